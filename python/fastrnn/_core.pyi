@@ -1,0 +1,3 @@
+"""Type stub for fastrnn._core, the compiled C++/Eigen extension."""
+
+def build_info() -> dict[str, object]: ...

@@ -1,0 +1,383 @@
+"""The NumPy reference backend: the readable spec of the kernel contract, and the baseline.
+
+Everything here is written the way a careful NumPy programmer would write it, because
+every benchmark compares against it: the input projection of all T steps is one GEMM
+before the time loop, each step is one GEMM for all gates with the element-wise gate
+math done in place on preallocated buffers, and the weight gradients are one GEMM each
+after the loop. Only the ``dh`` recurrence of the backward pass is sequential.
+
+Notation (PyTorch's names, the course's names in brackets): ``W_ih`` [U], ``W_hh`` [W],
+``b_ih + b_hh`` [b]. Arrays are time-major: ``x`` (T, B, D), states (B, H), ``hs``
+(T, B, H). Gate order: lstm i, f, g, o; gru r, z, n.
+
+Padded steps (``t >= lengths[b]``) follow PyTorch's packed sequences: ``hs[t, b] = 0``,
+the state is carried unchanged, and ``dhs[t, b]`` is ignored. Because the real steps of
+a sequence are a prefix, ``hs[t-1, b]`` (or ``h0`` at ``t = 0``) is the true previous
+state at every real step, which is what the backward pass relies on.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+UNAVAILABLE_REASON = None
+
+
+# --- element-wise helpers (in place, no temporaries) ---------------------------------
+
+
+def _sigmoid_(v: np.ndarray) -> np.ndarray:
+    """v <- sigmoid(v) in place, as 0.5 * (1 + tanh(v / 2)): no overflow for any v."""
+    v *= 0.5
+    np.tanh(v, out=v)
+    v *= 0.5
+    v += 0.5
+    return v
+
+
+def _activate_(v: np.ndarray, activation: str, slope: float) -> None:
+    """v <- act(v) in place for the vanilla RNN's activation."""
+    if activation == "tanh":
+        np.tanh(v, out=v)
+    elif activation == "relu":
+        np.maximum(v, 0, out=v)
+    elif activation == "leaky_relu":
+        np.multiply(v, np.where(v > 0, 1, slope).astype(v.dtype, copy=False), out=v)
+    # identity: nothing to do
+
+
+def _activation_grad(hs: np.ndarray, activation: str, slope: float) -> np.ndarray | None:
+    """act'(a_t) for all steps at once, written in terms of the output h_t = act(a_t).
+
+    Computed once before the backward loop; ``None`` means the derivative is 1.
+    """
+    if activation == "tanh":
+        return 1 - hs * hs
+    if activation == "relu":
+        return (hs > 0).astype(hs.dtype)
+    if activation == "leaky_relu":  # slope >= 0, so h > 0 exactly where a > 0
+        return np.where(hs > 0, 1, slope).astype(hs.dtype)
+    return None
+
+
+def _active_masks(lengths: np.ndarray | None, T: int) -> np.ndarray | None:
+    """active[t, b] is True where step t is a real step of sequence b."""
+    if lengths is None:
+        return None
+    return np.arange(T)[:, None] < lengths[None, :]
+
+
+def _input_projection(x: np.ndarray, W_ih: np.ndarray, bias: np.ndarray) -> np.ndarray:
+    """U x_t + b for all T steps in one GEMM: (T, B, D) -> (T, B, G*H)."""
+    T, B, D = x.shape
+    a = x.reshape(T * B, D) @ W_ih.T
+    a += bias
+    return a.reshape(T, B, -1)
+
+
+def _prev_state_product(dA: np.ndarray, hs: np.ndarray, h0: np.ndarray) -> np.ndarray:
+    """sum_t dA_t^T h_{t-1}, with h_{-1} = h0, as two GEMMs over all steps (no copy)."""
+    T, B, GH = dA.shape
+    H = hs.shape[2]
+    out = dA[0].T @ h0
+    if T > 1:
+        out += dA[1:].reshape((T - 1) * B, GH).T @ hs[:-1].reshape((T - 1) * B, H)
+    return out
+
+
+# --- forward -------------------------------------------------------------------------
+
+
+def forward(cell, params, x, h0, c0, *, activation, negative_slope, lengths, num_threads):
+    """Run the recurrence; return ``(hs, h_n, c_n, saved)``.
+
+    ``saved`` holds only what :func:`backward` needs beyond x, h0, c0 and hs:
+    nothing for rnn (act' is a function of h), the gate activations and cell states for
+    lstm ((4+1)*H values per step and sequence), the gates and ``W_hn h + b_hn`` for gru
+    ((3+1)*H values).
+    """
+    del num_threads  # NumPy's BLAS decides its own threading
+    if cell == "rnn":
+        return _rnn_forward(params, x, h0, activation, negative_slope, lengths)
+    if cell == "lstm":
+        return _lstm_forward(params, x, h0, c0, lengths)
+    return _gru_forward(params, x, h0, lengths)
+
+
+def _rnn_forward(params, x, h0, activation, slope, lengths):
+    T = x.shape[0]
+    W_hh_T = params["W_hh"].T
+    # a_t = U x_t + b for every step, written straight into hs and completed in the loop
+    hs = _input_projection(x, params["W_ih"], params["b_ih"] + params["b_hh"])
+    active = _active_masks(lengths, T)
+    h = h0.copy() if active is not None else h0  # the running state h_{t-1}
+    rec = np.empty_like(h0)  # W h_{t-1}
+    for t in range(T):
+        out = hs[t]
+        np.matmul(h, W_hh_T, out=rec)  # W h_{t-1}
+        out += rec  # a_t = U x_t + W h_{t-1} + b
+        _activate_(out, activation, slope)  # h_t = act(a_t)
+        if active is None:
+            h = out
+        else:  # padded sequences keep their state and output zeros
+            np.copyto(h, out, where=active[t][:, None])
+            out[~active[t]] = 0
+    return hs, h.copy(), None, None
+
+
+def _lstm_forward(params, x, h0, c0, lengths):
+    T, B, _ = x.shape
+    H = h0.shape[1]
+    W_hh_T = params["W_hh"].T
+    # pre-activations of all four gates for every step; turned into activations in place
+    gates = _input_projection(x, params["W_ih"], params["b_ih"] + params["b_hh"])
+    hs = np.empty((T, B, H), dtype=x.dtype)
+    cs = np.empty((T, B, H), dtype=x.dtype)
+    active = _active_masks(lengths, T)
+    h, c = (h0.copy(), c0.copy()) if active is not None else (h0, c0)
+    rec = np.empty((B, 4 * H), dtype=x.dtype)
+    ig = np.empty((B, H), dtype=x.dtype)
+    for t in range(T):
+        g_t = gates[t]
+        np.matmul(h, W_hh_T, out=rec)
+        g_t += rec  # all gates' pre-activations: one packed product per step
+        _sigmoid_(g_t[:, : 2 * H])  # i, f
+        np.tanh(g_t[:, 2 * H : 3 * H], out=g_t[:, 2 * H : 3 * H])  # g
+        _sigmoid_(g_t[:, 3 * H :])  # o
+        i, f, g, o = g_t[:, :H], g_t[:, H : 2 * H], g_t[:, 2 * H : 3 * H], g_t[:, 3 * H :]
+        np.multiply(f, c, out=cs[t])  # c_t = f * c_{t-1} + i * g
+        np.multiply(i, g, out=ig)
+        cs[t] += ig
+        np.tanh(cs[t], out=hs[t])  # h_t = o * tanh(c_t)
+        hs[t] *= o
+        if active is None:
+            h, c = hs[t], cs[t]
+        else:
+            m = active[t][:, None]
+            np.copyto(h, hs[t], where=m)
+            np.copyto(c, cs[t], where=m)
+            hs[t][~active[t]] = 0
+    return hs, h.copy(), c.copy(), (gates, cs)
+
+
+def _gru_forward(params, x, h0, lengths):
+    T, B, _ = x.shape
+    H = h0.shape[1]
+    W_hh_T = params["W_hh"].T
+    b_hh = params["b_hh"]
+    # W_i{r,z,n} x_t + b_i{r,z,n} for every step; r, z, n activations overwrite it
+    gates = _input_projection(x, params["W_ih"], params["b_ih"])
+    hn = np.empty((T, B, H), dtype=x.dtype)  # W_hn h_{t-1} + b_hn, saved for backward
+    hs = np.empty((T, B, H), dtype=x.dtype)
+    active = _active_masks(lengths, T)
+    h = h0.copy() if active is not None else h0
+    rec = np.empty((B, 3 * H), dtype=x.dtype)
+    for t in range(T):
+        g_t = gates[t]
+        np.matmul(h, W_hh_T, out=rec)  # W_h{r,z,n} h_{t-1}: one packed product
+        rec += b_hh
+        rz = g_t[:, : 2 * H]
+        rz += rec[:, : 2 * H]
+        _sigmoid_(rz)  # r, z
+        r, z, n = g_t[:, :H], g_t[:, H : 2 * H], g_t[:, 2 * H :]
+        hn[t] = rec[:, 2 * H :]
+        np.multiply(r, hn[t], out=hs[t])  # n = tanh(W_in x + b_in + r * (W_hn h + b_hn))
+        n += hs[t]
+        np.tanh(n, out=n)
+        np.subtract(h, n, out=hs[t])  # h_t = (1 - z) * n + z * h_{t-1} = n + z (h - n)
+        hs[t] *= z
+        hs[t] += n
+        if active is None:
+            h = hs[t]
+        else:
+            np.copyto(h, hs[t], where=active[t][:, None])
+            hs[t][~active[t]] = 0
+    return hs, h.copy(), None, (gates, hn)
+
+
+# --- backward (BPTT) -----------------------------------------------------------------
+
+
+def backward(
+    cell,
+    params,
+    x,
+    h0,
+    c0,
+    hs,
+    saved,
+    dhs,
+    dh_n,
+    dc_n,
+    *,
+    activation,
+    negative_slope,
+    lengths,
+    num_threads,
+    step_norms,
+):
+    """Backpropagation through time; return ``(dx, dh0, dc0, dparams, norms)``.
+
+    ``norms`` is ``None`` unless ``step_norms``; then it is a (T, B) array of
+    ``||dL/dh_t||`` (the whole gradient reaching hidden state t of sequence b, from the
+    loss at step t and from every later step), 0 at padded steps.
+    """
+    del num_threads
+    T, B, _ = x.shape
+    active = _active_masks(lengths, T)
+    norms = np.zeros((T, B), dtype=x.dtype) if step_norms else None
+    if cell == "rnn":
+        dx, dh0, dparams = _rnn_backward(
+            params, x, h0, hs, dhs, dh_n, activation, negative_slope, active, norms
+        )
+        return dx, dh0, None, dparams, norms
+    if cell == "lstm":
+        return _lstm_backward(params, x, h0, c0, hs, saved, dhs, dh_n, dc_n, active, norms)
+    dx, dh0, dparams = _gru_backward(params, x, h0, hs, saved, dhs, dh_n, active, norms)
+    return dx, dh0, None, dparams, norms
+
+
+def _weight_grads(dA_in, dA_rec, x, hs, h0, W_ih):
+    """dW_ih = dA^T X, dW_hh = dA^T H_prev, the bias sums and dx: one GEMM each."""
+    T, B, D = x.shape
+    GH = dA_in.shape[2]
+    flat = dA_in.reshape(T * B, GH)
+    return (
+        (flat @ W_ih).reshape(T, B, D),
+        {
+            "W_ih": flat.T @ x.reshape(T * B, D),
+            "W_hh": _prev_state_product(dA_rec, hs, h0),
+            "b_ih": flat.sum(axis=0),
+            "b_hh": dA_rec.reshape(T * B, GH).sum(axis=0),
+        },
+    )
+
+
+def _rnn_backward(params, x, h0, hs, dhs, dh_n, activation, slope, active, norms):
+    T = x.shape[0]
+    W_hh = params["W_hh"]
+    dact = _activation_grad(hs, activation, slope)  # act'(a_t) for all t at once
+    dA = np.empty_like(hs)  # dL/da_t, the pre-activation gradient
+    dh = dh_n.copy()  # dL/dh_t arriving from later steps (and from h_n)
+    new = np.empty_like(dh)
+    for t in range(T - 1, -1, -1):
+        da = dA[t]
+        np.add(dh, dhs[t], out=da)  # dL/dh_t = dhs_t + W^T dL/da_{t+1}
+        if active is not None:
+            da[~active[t]] = 0
+        if norms is not None:
+            norms[t] = np.linalg.norm(da, axis=1)
+        if dact is not None:
+            da *= dact[t]  # dL/da_t = dL/dh_t * act'(a_t)
+        np.matmul(da, W_hh, out=new)  # dL/dh_{t-1} = W^T dL/da_t
+        if active is None:
+            dh, new = new, dh
+        else:  # padded steps pass the gradient of the carried state through
+            np.copyto(dh, new, where=active[t][:, None])
+    dx, dparams = _weight_grads(dA, dA, x, hs, h0, params["W_ih"])
+    return dx, dh, dparams
+
+
+def _lstm_backward(params, x, h0, c0, hs, saved, dhs, dh_n, dc_n, active, norms):
+    T = x.shape[0]
+    H = h0.shape[1]
+    W_hh = params["W_hh"]
+    gates, cs = saved
+    dA = np.empty_like(gates)  # pre-activation gradients of i, f, g, o
+    dh, dc = dh_n.copy(), dc_n.copy()
+    new_dh = np.empty_like(dh)
+    dh_t = np.empty_like(dh)
+    dc_t = np.empty_like(dc)
+    tc = np.empty_like(dh)
+    tmp = np.empty_like(dh)
+    for t in range(T - 1, -1, -1):
+        i, f, g, o = (gates[t][:, k * H : (k + 1) * H] for k in range(4))
+        dai, daf, dag, dao = (dA[t][:, k * H : (k + 1) * H] for k in range(4))
+        c_prev = cs[t - 1] if t > 0 else c0
+        np.add(dh, dhs[t], out=dh_t)  # dL/dh_t
+        if active is not None:
+            dh_t[~active[t]] = 0
+        if norms is not None:
+            norms[t] = np.linalg.norm(dh_t, axis=1)
+        np.tanh(cs[t], out=tc)
+        np.multiply(dh_t, tc, out=dao)  # dL/do = dh * tanh(c)
+        dao *= o
+        np.subtract(1, o, out=tmp)
+        dao *= tmp  # through sigmoid: o (1 - o)
+        np.multiply(tc, tc, out=tmp)  # dL/dc_t = dc + dh * o * (1 - tanh(c)^2)
+        np.subtract(1, tmp, out=tmp)
+        tmp *= o
+        tmp *= dh_t
+        np.add(dc, tmp, out=dc_t)
+        if active is not None:
+            dc_t[~active[t]] = 0
+        np.multiply(dc_t, g, out=dai)  # dL/di = dc * g, through sigmoid
+        dai *= i
+        np.subtract(1, i, out=tmp)
+        dai *= tmp
+        np.multiply(dc_t, c_prev, out=daf)  # dL/df = dc * c_{t-1}, through sigmoid
+        daf *= f
+        np.subtract(1, f, out=tmp)
+        daf *= tmp
+        np.multiply(g, g, out=tmp)  # dL/dg = dc * i, through tanh: 1 - g^2
+        np.subtract(1, tmp, out=tmp)
+        np.multiply(dc_t, i, out=dag)
+        dag *= tmp
+        np.matmul(dA[t], W_hh, out=new_dh)  # dL/dh_{t-1} = W_hh^T dA_t
+        dc_t *= f  # dL/dc_{t-1} = dc_t * f
+        if active is None:
+            dh, new_dh = new_dh, dh
+            dc, dc_t = dc_t, dc
+        else:
+            m = active[t][:, None]
+            np.copyto(dh, new_dh, where=m)
+            np.copyto(dc, dc_t, where=m)
+    dx, dparams = _weight_grads(dA, dA, x, hs, h0, params["W_ih"])
+    return dx, dh, dc, dparams, norms
+
+
+def _gru_backward(params, x, h0, hs, saved, dhs, dh_n, active, norms):
+    T = x.shape[0]
+    H = h0.shape[1]
+    W_hh = params["W_hh"]
+    gates, hn = saved
+    dA_in = np.empty_like(gates)  # d/d(W_i. x + b_i.) for r, z, n
+    dA_rec = np.empty_like(gates)  # d/d(W_h. h + b_h.) for r, z, n
+    dh = dh_n.copy()
+    dh_t = np.empty_like(dh)
+    new_dh = np.empty_like(dh)
+    tmp = np.empty_like(dh)
+    for t in range(T - 1, -1, -1):
+        r, z, n = (gates[t][:, k * H : (k + 1) * H] for k in range(3))
+        dar, daz, dan = (dA_in[t][:, k * H : (k + 1) * H] for k in range(3))
+        h_prev = hs[t - 1] if t > 0 else h0
+        np.add(dh, dhs[t], out=dh_t)  # dL/dh_t
+        if active is not None:
+            dh_t[~active[t]] = 0
+        if norms is not None:
+            norms[t] = np.linalg.norm(dh_t, axis=1)
+        np.subtract(1, z, out=tmp)  # dL/dn = dh (1 - z), through tanh: 1 - n^2
+        np.multiply(dh_t, tmp, out=dan)
+        np.multiply(n, n, out=tmp)
+        np.subtract(1, tmp, out=tmp)
+        dan *= tmp
+        np.subtract(h_prev, n, out=daz)  # dL/dz = dh (h_{t-1} - n), through sigmoid
+        daz *= dh_t
+        daz *= z
+        np.subtract(1, z, out=tmp)
+        daz *= tmp
+        np.multiply(dan, hn[t], out=dar)  # dL/dr = dL/dn_pre * (W_hn h + b_hn)
+        dar *= r
+        np.subtract(1, r, out=tmp)
+        dar *= tmp
+        dA_rec[t][:, : 2 * H] = dA_in[t][:, : 2 * H]  # r, z: same on both sides
+        np.multiply(dan, r, out=dA_rec[t][:, 2 * H :])  # the n side is gated by r
+        np.matmul(dA_rec[t], W_hh, out=new_dh)  # dL/dh_{t-1} = W_hh^T dA_rec + dh z
+        np.multiply(dh_t, z, out=tmp)
+        new_dh += tmp
+        if active is None:
+            dh, new_dh = new_dh, dh
+        else:
+            np.copyto(dh, new_dh, where=active[t][:, None])
+    dx, dparams = _weight_grads(dA_in, dA_rec, x, hs, h0, params["W_ih"])
+    return dx, dh, dparams
