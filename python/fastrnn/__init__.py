@@ -8,6 +8,8 @@ of several backends behind one API: ``"numpy"`` (the reference), ``"numba"`` and
 
 from __future__ import annotations
 
+import importlib
+
 from ._config import (
     available_backends,
     get_backend,
@@ -29,6 +31,47 @@ def build_info() -> dict[str, object]:
     except ImportError as exc:
         return {"available": False, "error": str(exc)}
     return {"available": True, **_core.build_info()}
+
+
+# Names that live in modules loaded on first use, so that `import fastrnn` stays light
+# and never triggers a JIT compile: name -> module.
+_LAZY: dict[str, str] = {
+    "RNN": "fastrnn.layers",
+    "LSTM": "fastrnn.layers",
+    "GRU": "fastrnn.layers",
+    "Linear": "fastrnn.layers",
+    "SGD": "fastrnn.optim",
+    "Momentum": "fastrnn.optim",
+    "Adam": "fastrnn.optim",
+    "clip_grad_norm": "fastrnn.optim",
+    "clip_grad_value": "fastrnn.optim",
+    "load": "fastrnn.io",
+    "save": "fastrnn.io",
+    "warmup": "fastrnn._warmup",
+    "SequenceClassifier": "fastrnn.models",
+    "SequenceRegressor": "fastrnn.models",
+    "SequenceTagger": "fastrnn.models",
+    "CharLanguageModel": "fastrnn.models",
+    "SequenceGenerator": "fastrnn.models",
+    "Seq2Seq": "fastrnn.models",
+    "gradcheck": "fastrnn.diagnostics",
+}
+_SUBMODULES = {"layers", "losses", "optim", "training", "io", "models", "datasets", "diagnostics"}
+
+
+def __getattr__(name: str) -> object:
+    if name in _SUBMODULES:
+        return importlib.import_module(f"fastrnn.{name}")
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'fastrnn' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_LAZY) | _SUBMODULES)
 
 
 __all__ = [
