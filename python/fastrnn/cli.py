@@ -46,7 +46,8 @@ def _info(args: argparse.Namespace) -> int:
     return 0
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(command: str | None = None) -> argparse.ArgumentParser:
+    """The argument parser; only the module of ``command`` (if given) is imported."""
     parser = argparse.ArgumentParser(prog="fastrnn", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
     info = sub.add_parser("info", help="backends, the active one, and how _core was built")
@@ -54,21 +55,25 @@ def build_parser() -> argparse.ArgumentParser:
     info.set_defaults(func=_info)
     for name, (module_name, help_text) in SUBCOMMANDS.items():
         p = sub.add_parser(name, help=help_text)
+        if name != command:
+            continue
         try:
             module = importlib.import_module(module_name)
-        except ImportError:
-            p.set_defaults(func=lambda a, n=name: _missing(n))
+        except ImportError as exc:
+            p.set_defaults(func=lambda a, n=name, e=exc: _missing(n, e))
             continue
         module.add_arguments(p)
         p.set_defaults(func=module.run)
     return parser
 
 
-def _missing(name: str) -> int:
-    print(f"fastrnn {name}: this subcommand is not available in this build", file=sys.stderr)
+def _missing(name: str, exc: ImportError) -> int:
+    print(f"fastrnn {name}: not available in this installation ({exc})", file=sys.stderr)
     return 2
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    command = next((a for a in argv if not a.startswith("-")), None)
+    args = build_parser(command).parse_args(argv)
     return int(args.func(args) or 0)
