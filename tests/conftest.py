@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-import fastrnn
 import numpy as np
 import pytest
+
+import fastrnn
 from fastrnn.backends import BACKENDS
 
 CELL_CASES = [

@@ -3,9 +3,10 @@ without lengths and h0/c0, and with gradients entering through dhs, the final st
 
 from __future__ import annotations
 
-import fastrnn
 import numpy as np
 import pytest
+
+import fastrnn
 from conftest import CELL_CASES, CELL_IDS, make_case
 
 TOL = {np.float64: 1e-10, np.float32: 1e-4}

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-import fastrnn
 import numpy as np
 import pytest
+
+import fastrnn
 from conftest import CELL_CASES, CELL_IDS, make_case
 
 GRAD_ENTRIES = ["dhs", "final", "both"]
