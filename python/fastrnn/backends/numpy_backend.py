@@ -35,14 +35,15 @@ def _sigmoid_(v: np.ndarray) -> np.ndarray:
     return v
 
 
-def _activate_(v: np.ndarray, activation: str, slope: float) -> None:
-    """v <- act(v) in place for the vanilla RNN's activation."""
+def _activate_(v: np.ndarray, activation: str, slope: float, buf: np.ndarray) -> None:
+    """v <- act(v) in place for the vanilla RNN's activation (``buf``: scratch like v)."""
     if activation == "tanh":
         np.tanh(v, out=v)
     elif activation == "relu":
         np.maximum(v, 0, out=v)
-    elif activation == "leaky_relu":
-        np.multiply(v, np.where(v > 0, 1, slope).astype(v.dtype, copy=False), out=v)
+    elif activation == "leaky_relu":  # max(v, slope v) for slope <= 1, min(...) above
+        np.multiply(v, slope, out=buf)
+        (np.maximum if slope <= 1 else np.minimum)(v, buf, out=v)
     # identity: nothing to do
 
 
@@ -127,7 +128,7 @@ def _rnn_forward(params, x, h0, activation, slope, lengths):
         out = hs[t]
         np.matmul(h, W_hh_T, out=rec)  # W h_{t-1}
         out += rec  # a_t = U x_t + W h_{t-1} + b
-        _activate_(out, activation, slope)  # h_t = act(a_t)
+        _activate_(out, activation, slope, rec)  # h_t = act(a_t)
         if active is None:
             h = out
         else:  # padded sequences keep their state and output zeros
