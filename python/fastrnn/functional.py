@@ -9,6 +9,7 @@ normalised input described in :mod:`fastrnn.backends`.
 from __future__ import annotations
 
 import math
+import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -92,7 +93,31 @@ def _as_float_array(name: str, value: object, dtype: np.dtype | None = None) -> 
             f"{name} has dtype {arr.dtype} but the parameters are {dtype}; "
             f"use one dtype for all arrays (e.g. {name}.astype(np.{dtype}))"
         )
+    if not arr.flags.c_contiguous:  # a strided or broadcast view is copied: can it be?
+        _check_memory(arr.nbytes, f"a C-contiguous copy of {name} with shape {arr.shape}")
     return np.ascontiguousarray(arr)
+
+
+def _check_memory(nbytes: int, what: str) -> None:
+    """Refuse with a MemoryError, before allocating, ``nbytes`` for ``what`` that would not
+    fit in the memory available now (MemAvailable, else free pages; unchecked if unknown).
+    Below 256 MiB nothing is read, so that small calls pay nothing."""
+    if nbytes < 2**28:
+        return
+    try:
+        with open("/proc/meminfo") as f:
+            avail = next(int(ln.split()[1]) * 1024 for ln in f if ln.startswith("MemAvailable:"))
+    except (OSError, StopIteration, ValueError, IndexError):
+        try:
+            avail = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+        except (ValueError, OSError, AttributeError):
+            return
+    if nbytes > avail:
+        raise MemoryError(
+            f"{what} needs about {nbytes / 2**30:.3g} GiB but only {avail / 2**30:.3g} GiB of "
+            "memory is available (refused before allocating); use smaller sizes, float32, or "
+            "for long sequences truncated BPTT"
+        )
 
 
 def _check_shape(name: str, arr: np.ndarray, expected: tuple[int, ...], meaning: str) -> None:
@@ -205,8 +230,9 @@ def init_params(
         raise TypeError(f"dtype must be float32 or float64, got {dt}")
     if isinstance(gain, bool) or not isinstance(gain, (int, float)) or not math.isfinite(gain):
         raise ValueError(f"gain must be a finite float, got {gain!r}")
-    rng = np.random.default_rng(seed)
     G, D, H = GATES[cell], int(input_size), int(hidden_size)
+    _check_memory(16 * G * H * (D + H + 2), f"init_params({cell!r}, {D}, {H})")
+    rng = np.random.default_rng(seed)
     if init == "uniform":
         k = 1.0 / math.sqrt(H)
         W_ih = rng.uniform(-k, k, (G * H, D))
@@ -280,6 +306,11 @@ def forward(
             f"input_size={D} from params['W_ih'])"
         )
     T, B, _ = x.shape
+    G = GATES[cell]  # hs, the input projection / saved gates, x's copy, the states:
+    _check_memory(
+        dtype.itemsize * (T * B * ((G + 1) * H + D) + 4 * B * H),
+        f"forward of {cell!r} with T={T}, B={B}, input_size={D}, hidden_size={H} in {dtype}",
+    )
     if h0 is None:
         h0 = np.zeros((B, H), dtype=dtype)
     else:
@@ -349,6 +380,11 @@ def backward(
         )
     T, B, H = res.hs.shape
     dtype = res.hs.dtype
+    D, G = res.x.shape[2], GATES[res.cell]  # the gate gradients (twice for gru), dhs, dx:
+    _check_memory(
+        dtype.itemsize * T * B * (2 * G * H + H + D),
+        f"backward of {res.cell!r} with T={T}, B={B}, input_size={D}, hidden_size={H} in {dtype}",
+    )
 
     def grad(name: str, value: object, shape: tuple[int, ...]) -> np.ndarray:
         if value is None:
