@@ -1,0 +1,602 @@
+"""Recurrent layers (:class:`RNN`, :class:`LSTM`, :class:`GRU`) and the output head :class:`Linear`.
+
+The layers stack the functional core (:func:`fastrnn.forward` / :func:`fastrnn.backward`)
+over ``num_layers`` layers and one or two directions; they never touch a backend, so they
+run on whichever backend is configured. Everything is a plain NumPy array:
+
+- ``params``: the parameters under PyTorch's names, in PyTorch's ``state_dict`` order
+  (``weight_ih_l0``, ``weight_hh_l0``, ``bias_ih_l0``, ``bias_hh_l0``, then
+  ``..._l0_reverse`` when bidirectional, then layer 1, ...), so a PyTorch ``state_dict``
+  converted with ``{k: v.numpy() for k, v in sd.items()}`` loads unchanged and gives the
+  same outputs;
+- ``grads``: the same keys, written (not accumulated) by :meth:`backward`.
+
+Shapes: ``x`` is (T, B, D) time-major, or (B, T, D) with ``batch_first``; the output is
+(T, B, dirs*H) (or batch-first), the concatenation of the forward and reverse directions
+of the last layer; the state is ``h`` of shape (num_layers*dirs, B, H) for RNN and GRU and
+the pair ``(h, c)`` for LSTM, indexed ``layer*dirs + direction`` as in PyTorch.
+
+``lengths`` (B,) gives each sequence's real length (1..T); later steps are padding, their
+outputs are 0 and the final state is the state after the last real step. The reverse
+direction reads each sequence backwards *within its own length* (PyTorch's packed-sequence
+meaning), so padding never leaks into a real step.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+
+from . import functional as F
+from . import io as _io
+
+State = np.ndarray | tuple[np.ndarray, np.ndarray]
+"""A layer state: ``h`` (num_layers*dirs, B, H), or ``(h, c)`` for LSTM."""
+
+# functional-core name -> PyTorch name stem
+_TORCH_NAMES = {
+    "W_ih": "weight_ih",
+    "W_hh": "weight_hh",
+    "b_ih": "bias_ih",
+    "b_hh": "bias_hh",
+}
+
+
+def _check_positive_int(name: str, value: object) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+        raise ValueError(f"{name} must be a positive int, got {value!r}")
+    return int(value)
+
+
+def _check_dtype(dtype: Any) -> np.dtype:
+    try:
+        dt = np.dtype(dtype)
+    except TypeError:
+        raise TypeError(f"dtype must be float32 or float64, got {dtype!r}") from None
+    if dt not in F.DTYPES:
+        raise TypeError(f"dtype must be float32 or float64, got {dt}")
+    return dt
+
+
+def _as_array(name: str, value: object) -> np.ndarray:
+    if isinstance(value, np.ndarray):
+        return value
+    try:
+        return np.asarray(value)
+    except Exception as exc:  # ragged lists and the like
+        raise TypeError(f"{name} must be an array: {exc}") from None
+
+
+def _reverse_index(T: int, B: int, lengths: np.ndarray | None) -> np.ndarray:
+    """idx (T, B): ``a[idx, arange(B)]`` reverses each sequence within its own length.
+
+    Padded steps map to themselves, so the gather is its own inverse.
+    """
+    t = np.arange(T)[:, None]
+    if lengths is None:
+        return np.broadcast_to(T - 1 - t, (T, B))
+    lens = np.asarray(lengths, dtype=np.int64)[None, :]
+    return np.where(t < lens, lens - 1 - t, t)
+
+
+def _load_arrays(
+    owner: str, target: dict[str, np.ndarray], state: Mapping[str, object]
+) -> dict[str, np.ndarray]:
+    """Check ``state`` against ``target`` (same keys and shapes, float dtypes); return it
+    converted to the target dtypes, without touching ``target``."""
+    if not isinstance(state, Mapping):
+        raise TypeError(f"state_dict must be a dict of arrays, got {type(state).__name__}")
+    missing = [k for k in target if k not in state]
+    extra = [k for k in state if k not in target]
+    if missing or extra:
+        raise ValueError(
+            f"state_dict does not fit this {owner}: missing keys {missing}, unexpected keys {extra}"
+        )
+    out = {}
+    for key, ref in target.items():
+        arr = _as_array(f"state_dict[{key!r}]", state[key])
+        if arr.dtype.kind != "f":
+            raise TypeError(f"state_dict[{key!r}] must be a float array, got dtype {arr.dtype}")
+        if arr.shape != ref.shape:
+            raise ValueError(
+                f"state_dict[{key!r}] has shape {arr.shape}, expected {ref.shape} for this {owner}"
+            )
+        out[key] = arr.astype(ref.dtype, copy=False)
+    return out
+
+
+class _Recurrent:
+    """Shared machinery of :class:`RNN`, :class:`LSTM` and :class:`GRU`."""
+
+    _cell: str = ""
+
+    def __init__(
+        self,
+        input_size: int,
+        hidden_size: int,
+        num_layers: int = 1,
+        *,
+        bidirectional: bool = False,
+        batch_first: bool = False,
+        init: str = "uniform",
+        gain: float = 1.0,
+        seed: int | np.random.Generator | None = None,
+        dtype: Any = np.float32,
+        activation: str = "tanh",
+        negative_slope: float = 0.01,
+    ) -> None:
+        self.input_size = _check_positive_int("input_size", input_size)
+        self.hidden_size = _check_positive_int("hidden_size", hidden_size)
+        self.num_layers = _check_positive_int("num_layers", num_layers)
+        self.bidirectional = bool(bidirectional)
+        self.batch_first = bool(batch_first)
+        self.dtype = _check_dtype(dtype)
+        F._check_choice("init", init, F.INITS)
+        F._check_choice("activation", activation, F.ACTIVATIONS)
+        self.init = init
+        self.gain = gain
+        self.activation = activation
+        self.negative_slope = F._check_slope(negative_slope)
+        rng = np.random.default_rng(seed)
+        self.params: dict[str, np.ndarray] = {}
+        for layer in range(self.num_layers):
+            d_in = self.input_size if layer == 0 else self.hidden_size * self.num_directions
+            for direction in range(self.num_directions):
+                p = F.init_params(
+                    self._cell,
+                    d_in,
+                    self.hidden_size,
+                    init=init,
+                    seed=rng,
+                    dtype=self.dtype,
+                    gain=gain,
+                )
+                for short, value in p.items():
+                    self.params[self._name(short, layer, direction)] = value
+        self.grads: dict[str, np.ndarray] = {k: np.zeros_like(v) for k, v in self.params.items()}
+        self._cache: dict[str, Any] | None = None
+
+    # --- names ---------------------------------------------------------------------------
+
+    @property
+    def num_directions(self) -> int:
+        """2 if bidirectional, else 1."""
+        return 2 if self.bidirectional else 1
+
+    @staticmethod
+    def _name(short: str, layer: int, direction: int) -> str:
+        return f"{_TORCH_NAMES[short]}_l{layer}{'_reverse' if direction else ''}"
+
+    def _layer_params(self, layer: int, direction: int) -> dict[str, np.ndarray]:
+        return {short: self.params[self._name(short, layer, direction)] for short in _TORCH_NAMES}
+
+    def __repr__(self) -> str:
+        extra = ""
+        if self._cell == "rnn" and self.activation != "tanh":
+            extra = f", activation={self.activation!r}"
+        return (
+            f"{type(self).__name__}({self.input_size}, {self.hidden_size}, "
+            f"num_layers={self.num_layers}, bidirectional={self.bidirectional}, "
+            f"batch_first={self.batch_first}{extra}, dtype={self.dtype.name})"
+        )
+
+    # --- state helpers -------------------------------------------------------------------
+
+    def _split_state(
+        self, name: str, state: object, B: int
+    ) -> tuple[np.ndarray | None, np.ndarray | None]:
+        """Validate a state argument; return (h, c) arrays of shape (L*dirs, B, H) or None."""
+        if state is None:
+            return None, None
+        expected = (self.num_layers * self.num_directions, B, self.hidden_size)
+        if self._cell == "lstm":
+            if not isinstance(state, (tuple, list)) or len(state) != 2:
+                raise TypeError(
+                    f"{name} of an LSTM must be a pair (h, c) of arrays of shape {expected}, "
+                    f"got {type(state).__name__}"
+                )
+            parts = [(f"{name}[0] (h)", state[0]), (f"{name}[1] (c)", state[1])]
+        else:
+            if isinstance(state, (tuple, list)):
+                raise TypeError(
+                    f"{name} of a {type(self).__name__} is one array h of shape {expected}, "
+                    "got a tuple (only LSTM has a pair (h, c))"
+                )
+            parts = [(name, state)]
+        out = []
+        for label, value in parts:
+            arr = None if value is None else _as_array(label, value)
+            if arr is not None and arr.shape != expected:
+                raise ValueError(
+                    f"{label} has shape {arr.shape}, expected {expected} "
+                    "(num_layers*num_directions, batch, hidden_size)"
+                )
+            out.append(arr)
+        return out[0], (out[1] if len(out) > 1 else None)
+
+    def _pack_state(self, h: np.ndarray, c: np.ndarray | None) -> State:
+        return (h, c) if self._cell == "lstm" else h
+
+    # --- forward and backward ------------------------------------------------------------
+
+    def forward(
+        self, x: np.ndarray, state: State | None = None, *, lengths: np.ndarray | None = None
+    ) -> tuple[np.ndarray, State]:
+        """Run the stack over ``x``; return the output and the final state.
+
+        ``x``: (T, B, input_size), or (B, T, input_size) with ``batch_first``.
+        ``state``: the initial state, the same structure as the returned final state
+        (``None``: zeros). ``lengths`` (B,): real sequence lengths 1..T.
+        Returns ``out`` (T, B, dirs*H) (batch-first if ``batch_first``; zero at padded
+        steps) and the final state ``h`` (num_layers*dirs, B, H), or ``(h, c)`` for LSTM.
+        """
+        x = _as_array("x", x)
+        layout = "(B, T, input_size)" if self.batch_first else "(T, B, input_size)"
+        if x.ndim != 3 or x.shape[2] != self.input_size:
+            raise ValueError(
+                f"x has shape {x.shape}, expected {layout} with input_size={self.input_size}"
+            )
+        if self.batch_first:
+            x = x.transpose(1, 0, 2)
+        T, B, _ = x.shape
+        h0, c0 = self._split_state("state", state, B)
+        lens = F._check_lengths(lengths, T, B)
+        rev = _reverse_index(T, B, lens) if self.bidirectional else None
+        cols = np.arange(B)
+        dirs = self.num_directions
+        results = []
+        h_n, c_n = [], []
+        inp = x
+        for layer in range(self.num_layers):
+            outs = []
+            for direction in range(dirs):
+                k = layer * dirs + direction
+                xi = inp if direction == 0 else inp[rev, cols]
+                res = F.forward(
+                    self._cell,
+                    self._layer_params(layer, direction),
+                    xi,
+                    None if h0 is None else h0[k],
+                    None if c0 is None else c0[k],
+                    activation=self.activation,
+                    negative_slope=self.negative_slope,
+                    lengths=lens,
+                )
+                results.append(res)
+                outs.append(res.hs if direction == 0 else res.hs[rev, cols])
+                h_n.append(res.h_n)
+                if res.c_n is not None:
+                    c_n.append(res.c_n)
+            inp = outs[0] if dirs == 1 else np.concatenate(outs, axis=2)
+        out = inp
+        h = np.stack(h_n)
+        c = np.stack(c_n) if c_n else None
+        self._cache = {"results": results, "rev": rev, "T": T, "B": B, "dtype": out.dtype}
+        if self.batch_first:
+            out = out.transpose(1, 0, 2)
+        return out, self._pack_state(h, c)
+
+    __call__ = forward
+
+    def backward(
+        self, dout: np.ndarray | None = None, dstate: State | None = None
+    ) -> tuple[np.ndarray, State]:
+        """Backpropagate through the last :meth:`forward` call.
+
+        ``dout``: dL/d(out), the shape of the output (``None``: zero); ``dstate``: dL/d
+        of the returned final state, same structure (``None``: zero; for LSTM either part
+        of the pair may be ``None``). Returns ``dx`` (the shape of ``x``) and the gradient
+        w.r.t. the initial state; writes the parameter gradients into :attr:`grads`.
+        """
+        if self._cache is None:
+            raise RuntimeError(f"{type(self).__name__}.backward() called before forward()")
+        cache = self._cache
+        T, B, dtype, rev = cache["T"], cache["B"], cache["dtype"], cache["rev"]
+        H, dirs = self.hidden_size, self.num_directions
+        cols = np.arange(B)
+        if dout is None:
+            d_inp = np.zeros((T, B, dirs * H), dtype=dtype)
+        else:
+            d_inp = _as_array("dout", dout)
+            shape = (B, T, dirs * H) if self.batch_first else (T, B, dirs * H)
+            if d_inp.shape != shape:
+                raise ValueError(
+                    f"dout has shape {d_inp.shape}, expected {shape} (the shape of the output)"
+                )
+            if self.batch_first:
+                d_inp = d_inp.transpose(1, 0, 2)
+        dh, dc = self._split_state("dstate", dstate, B)
+        dh0 = np.zeros((self.num_layers * dirs, B, H), dtype=dtype)
+        dc0 = np.zeros_like(dh0) if self._cell == "lstm" else None
+        for layer in reversed(range(self.num_layers)):
+            dx_total = None
+            for direction in range(dirs):
+                k = layer * dirs + direction
+                res = cache["results"][k]
+                dhs = d_inp[:, :, direction * H : (direction + 1) * H]
+                if direction == 1:
+                    dhs = dhs[rev, cols]
+                g = F.backward(
+                    res,
+                    dhs,
+                    None if dh is None else dh[k],
+                    None if dc is None else dc[k],
+                )
+                dx = g.dx if direction == 0 else g.dx[rev, cols]
+                dx_total = dx if dx_total is None else dx_total + dx
+                dh0[k] = g.dh0
+                if dc0 is not None:
+                    dc0[k] = g.dc0
+                for short, value in g.params.items():
+                    self.grads[self._name(short, layer, direction)] = value
+            d_inp = dx_total
+        dx = d_inp.transpose(1, 0, 2) if self.batch_first else d_inp
+        return dx, self._pack_state(dh0, dc0)
+
+    # --- parameters and persistence ------------------------------------------------------
+
+    def parameters(self) -> dict[str, np.ndarray]:
+        """The parameter arrays (the same objects as :attr:`params`, updated in place)."""
+        return self.params
+
+    def state_dict(self) -> dict[str, np.ndarray]:
+        """A copy of the parameters under PyTorch's names."""
+        return {k: v.copy() for k, v in self.params.items()}
+
+    def load_state_dict(self, state_dict: Mapping[str, np.ndarray]) -> None:
+        """Copy ``state_dict`` (PyTorch names and shapes) into the parameters, in place.
+
+        Float arrays of another precision are converted to this layer's dtype.
+        """
+        arrays = _load_arrays(repr(self), self.params, state_dict)
+        for key, value in arrays.items():
+            np.copyto(self.params[key], value)
+
+    def _config(self) -> dict[str, Any]:
+        config: dict[str, Any] = {
+            "input_size": self.input_size,
+            "hidden_size": self.hidden_size,
+            "num_layers": self.num_layers,
+            "bidirectional": self.bidirectional,
+            "batch_first": self.batch_first,
+            "dtype": self.dtype.name,
+        }
+        if self._cell == "rnn":
+            config["activation"] = self.activation
+            config["negative_slope"] = self.negative_slope
+        return config
+
+    def _save_state(self) -> tuple[str, dict[str, Any], dict[str, np.ndarray]]:
+        return type(self).__name__, self._config(), dict(self.params)
+
+    @classmethod
+    def _from_state(cls, config: Mapping[str, Any], arrays: Mapping[str, np.ndarray]):
+        config = dict(config)
+        size_args = [config.pop(k) for k in ("input_size", "hidden_size", "num_layers")]
+        layer = cls(*size_args, **config)
+        layer.load_state_dict(arrays)
+        return layer
+
+    def save(self, path: Any) -> None:
+        """Save the layer (configuration and parameters) to ``.npz``; see :mod:`fastrnn.io`."""
+        _io.save(self, path)
+
+
+class RNN(_Recurrent):
+    """An Elman RNN stack: ``h_t = act(W_ih x_t + b_ih + W_hh h_{t-1} + b_hh)``.
+
+    ``activation``: ``"tanh"`` (default), ``"relu"``, ``"leaky_relu"`` (with
+    ``negative_slope``) or ``"identity"``. ``init``: see :func:`fastrnn.init_params`;
+    ``gain`` scales the recurrent weights; ``seed`` makes the initialisation reproducible.
+    """
+
+    _cell = "rnn"
+
+    def __init__(
+        self,
+        input_size: int,
+        hidden_size: int,
+        num_layers: int = 1,
+        *,
+        bidirectional: bool = False,
+        batch_first: bool = False,
+        activation: str = "tanh",
+        negative_slope: float = 0.01,
+        init: str = "uniform",
+        gain: float = 1.0,
+        seed: int | np.random.Generator | None = None,
+        dtype: Any = np.float32,
+    ) -> None:
+        super().__init__(
+            input_size,
+            hidden_size,
+            num_layers,
+            bidirectional=bidirectional,
+            batch_first=batch_first,
+            activation=activation,
+            negative_slope=negative_slope,
+            init=init,
+            gain=gain,
+            seed=seed,
+            dtype=dtype,
+        )
+
+
+class LSTM(_Recurrent):
+    """An LSTM stack (PyTorch's gate order i, f, g, o); the state is the pair ``(h, c)``.
+
+    ``init``: see :func:`fastrnn.init_params`; ``gain`` scales the recurrent weights;
+    ``seed`` makes the initialisation reproducible.
+    """
+
+    _cell = "lstm"
+
+    def __init__(
+        self,
+        input_size: int,
+        hidden_size: int,
+        num_layers: int = 1,
+        *,
+        bidirectional: bool = False,
+        batch_first: bool = False,
+        init: str = "uniform",
+        gain: float = 1.0,
+        seed: int | np.random.Generator | None = None,
+        dtype: Any = np.float32,
+    ) -> None:
+        super().__init__(
+            input_size,
+            hidden_size,
+            num_layers,
+            bidirectional=bidirectional,
+            batch_first=batch_first,
+            init=init,
+            gain=gain,
+            seed=seed,
+            dtype=dtype,
+        )
+
+
+class GRU(_Recurrent):
+    """A GRU stack (PyTorch's gate order r, z, n and its ``n`` formula).
+
+    ``init``: see :func:`fastrnn.init_params`; ``gain`` scales the recurrent weights;
+    ``seed`` makes the initialisation reproducible.
+    """
+
+    _cell = "gru"
+
+    def __init__(
+        self,
+        input_size: int,
+        hidden_size: int,
+        num_layers: int = 1,
+        *,
+        bidirectional: bool = False,
+        batch_first: bool = False,
+        init: str = "uniform",
+        gain: float = 1.0,
+        seed: int | np.random.Generator | None = None,
+        dtype: Any = np.float32,
+    ) -> None:
+        super().__init__(
+            input_size,
+            hidden_size,
+            num_layers,
+            bidirectional=bidirectional,
+            batch_first=batch_first,
+            init=init,
+            gain=gain,
+            seed=seed,
+            dtype=dtype,
+        )
+
+
+class Linear:
+    """The output head, the course's ``V`` and ``c``: ``o = h V^T + c``.
+
+    ``params``: ``{"weight": (out_features, in_features), "bias": (out_features,)}``
+    (PyTorch's names and its default initialisation U(-1/sqrt(in), 1/sqrt(in)));
+    ``grads`` likewise, written by :meth:`backward`. Applies to any leading dimensions,
+    so the same head serves every step ``(T, B, in)`` or the last step ``(B, in)``.
+    """
+
+    def __init__(
+        self,
+        in_features: int,
+        out_features: int,
+        *,
+        seed: int | np.random.Generator | None = None,
+        dtype: Any = np.float32,
+    ) -> None:
+        self.in_features = _check_positive_int("in_features", in_features)
+        self.out_features = _check_positive_int("out_features", out_features)
+        self.dtype = _check_dtype(dtype)
+        rng = np.random.default_rng(seed)
+        k = 1.0 / math.sqrt(self.in_features)
+        self.params: dict[str, np.ndarray] = {
+            "weight": rng.uniform(-k, k, (self.out_features, self.in_features)).astype(self.dtype),
+            "bias": rng.uniform(-k, k, self.out_features).astype(self.dtype),
+        }
+        self.grads: dict[str, np.ndarray] = {k: np.zeros_like(v) for k, v in self.params.items()}
+        self._h: np.ndarray | None = None
+
+    def __repr__(self) -> str:
+        return f"Linear({self.in_features}, {self.out_features}, dtype={self.dtype.name})"
+
+    def forward(self, h: np.ndarray) -> np.ndarray:
+        """``h`` (..., in_features) -> ``h @ weight.T + bias`` (..., out_features)."""
+        h = _as_array("h", h)
+        if h.ndim < 1 or h.shape[-1] != self.in_features:
+            raise ValueError(
+                f"h has shape {h.shape}, expected (..., {self.in_features}) "
+                f"(last axis in_features={self.in_features})"
+            )
+        if h.dtype != self.dtype:
+            raise TypeError(
+                f"h has dtype {h.dtype} but the Linear parameters are {self.dtype}; "
+                f"use one dtype for all arrays (e.g. h.astype(np.{self.dtype}))"
+            )
+        self._h = h
+        return h @ self.params["weight"].T + self.params["bias"]
+
+    __call__ = forward
+
+    def backward(self, dout: np.ndarray) -> np.ndarray:
+        """Given dL/d(out), write the parameter gradients into :attr:`grads`; return dL/dh."""
+        if self._h is None:
+            raise RuntimeError("Linear.backward() called before forward()")
+        h = self._h
+        dout = _as_array("dout", dout)
+        expected = (*h.shape[:-1], self.out_features)
+        if dout.shape != expected:
+            raise ValueError(
+                f"dout has shape {dout.shape}, expected {expected} (the shape of the output)"
+            )
+        d2 = dout.reshape(-1, self.out_features)
+        h2 = h.reshape(-1, self.in_features)
+        self.grads["weight"] = (d2.T @ h2).astype(self.dtype, copy=False)
+        self.grads["bias"] = d2.sum(axis=0).astype(self.dtype, copy=False)
+        return (dout @ self.params["weight"]).astype(self.dtype, copy=False)
+
+    def parameters(self) -> dict[str, np.ndarray]:
+        """The parameter arrays (the same objects as :attr:`params`, updated in place)."""
+        return self.params
+
+    def state_dict(self) -> dict[str, np.ndarray]:
+        """A copy of the parameters (``weight``, ``bias``)."""
+        return {k: v.copy() for k, v in self.params.items()}
+
+    def load_state_dict(self, state_dict: Mapping[str, np.ndarray]) -> None:
+        """Copy ``state_dict`` into the parameters, in place."""
+        arrays = _load_arrays(repr(self), self.params, state_dict)
+        for key, value in arrays.items():
+            np.copyto(self.params[key], value)
+
+    def _save_state(self) -> tuple[str, dict[str, Any], dict[str, np.ndarray]]:
+        config = {
+            "in_features": self.in_features,
+            "out_features": self.out_features,
+            "dtype": self.dtype.name,
+        }
+        return "Linear", config, dict(self.params)
+
+    @classmethod
+    def _from_state(cls, config: Mapping[str, Any], arrays: Mapping[str, np.ndarray]):
+        config = dict(config)
+        head = cls(config.pop("in_features"), config.pop("out_features"), **config)
+        head.load_state_dict(arrays)
+        return head
+
+    def save(self, path: Any) -> None:
+        """Save the head to a ``.npz`` file; see :mod:`fastrnn.io`."""
+        _io.save(self, path)
+
+
+for _cls in (RNN, LSTM, GRU, Linear):
+    _io.register(_cls.__name__)(_cls)
+
+__all__ = ["GRU", "LSTM", "RNN", "Linear", "State"]

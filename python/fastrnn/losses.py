@@ -1,0 +1,198 @@
+"""Losses computed from raw outputs (logits), each returning ``(loss, grad)``.
+
+``grad`` is dL/d(first argument), an array of its shape and dtype. All losses take
+
+- ``mask`` (optional): a boolean array whose shape is the leading dimensions of the
+  first argument (e.g. (T, B) for logits (T, B, K)); ``False`` entries (padded steps)
+  contribute nothing to the loss and get a zero gradient. Build one from sequence lengths
+  with :func:`mask_from_lengths`;
+- ``reduction``: ``"mean"`` averages over the unmasked elements (for :func:`mse` and
+  :func:`bce_with_logits` every scalar entry counts, as in PyTorch; for
+  :func:`softmax_cross_entropy` every target), ``"sum"`` sums them. With nothing
+  unmasked the loss is 0 and the gradient zero.
+
+Every loss is numerically stable for any finite logit: the softmax uses log-sum-exp and
+the binary cross-entropy the form ``max(z, 0) - z y + log(1 + exp(-|z|))``.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .functional import DTYPES
+
+REDUCTIONS = ("mean", "sum")
+
+
+def _float_array(name: str, value: object) -> np.ndarray:
+    arr = np.asarray(value)
+    if arr.dtype not in DTYPES:
+        raise TypeError(f"{name} must have dtype float32 or float64, got {arr.dtype}")
+    return arr
+
+
+def _check_reduction(reduction: object) -> str:
+    if reduction not in REDUCTIONS:
+        raise ValueError(f"reduction must be 'mean' or 'sum', got {reduction!r}")
+    return str(reduction)
+
+
+def _check_mask(mask: object, lead: tuple[int, ...], what: str) -> np.ndarray | None:
+    """``mask`` as a bool array of shape ``lead`` (or None)."""
+    if mask is None:
+        return None
+    m = np.asarray(mask)
+    if m.dtype != np.bool_:
+        raise TypeError(f"mask must be a boolean array, got dtype {m.dtype}")
+    if m.shape != lead[: m.ndim] or m.ndim == 0:
+        raise ValueError(
+            f"mask has shape {m.shape}, expected the leading dimensions of {what}, "
+            f"e.g. {lead[:-1] if len(lead) > 1 else lead} or {lead}"
+        )
+    return m
+
+
+def _weights(mask: np.ndarray | None, shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
+    """Per-element weights 1/0 of ``shape`` from a leading-dims mask."""
+    if mask is None:
+        return np.ones(shape, dtype=dtype)
+    w = mask.reshape(mask.shape + (1,) * (len(shape) - mask.ndim)).astype(dtype)
+    return np.broadcast_to(w, shape)
+
+
+def _reduce(
+    elementwise: np.ndarray, dgrad: np.ndarray, w: np.ndarray, reduction: str
+) -> tuple[float, np.ndarray]:
+    """Apply weights and the reduction to an elementwise loss and its elementwise grad."""
+    total = float(np.sum(elementwise * w, dtype=np.float64))
+    grad = dgrad * w
+    if reduction == "mean":
+        count = float(np.sum(w))
+        if count == 0:
+            return 0.0, np.zeros_like(dgrad)
+        total /= count
+        grad = grad / np.asarray(count, dtype=dgrad.dtype)
+    return total, grad.astype(dgrad.dtype, copy=False)
+
+
+def mask_from_lengths(lengths: np.ndarray, T: int, *, batch_first: bool = False) -> np.ndarray:
+    """The boolean mask of real steps: (T, B) with ``mask[t, b] = t < lengths[b]``,
+    or (B, T) with ``batch_first``."""
+    lens = np.asarray(lengths)
+    if lens.dtype.kind not in "iu" or lens.ndim != 1:
+        raise TypeError(
+            f"lengths must be a 1-d integer array (B,), got dtype {lens.dtype} "
+            f"and shape {lens.shape}"
+        )
+    if isinstance(T, bool) or not isinstance(T, (int, np.integer)) or T < 0:
+        raise ValueError(f"T must be a non-negative int, got {T!r}")
+    if lens.size and (lens.min() < 0 or lens.max() > T):
+        raise ValueError(f"lengths must be in 0..T = 0..{T}, got {lens.tolist()[:5]}")
+    mask = np.arange(T)[:, None] < lens[None, :]
+    return mask.T.copy() if batch_first else mask
+
+
+def softmax_cross_entropy(
+    logits: np.ndarray,
+    targets: np.ndarray,
+    *,
+    mask: np.ndarray | None = None,
+    reduction: str = "mean",
+) -> tuple[float, np.ndarray]:
+    """Softmax + cross-entropy from ``logits`` (..., K) and integer class ``targets`` (...).
+
+    Returns the loss and dL/d(logits) = (softmax - onehot) (times the mask, divided by the
+    number of unmasked targets for ``"mean"``). Targets at masked positions are ignored
+    (any value, e.g. -1 padding, is allowed there).
+    """
+    z = _float_array("logits", logits)
+    reduction = _check_reduction(reduction)
+    if z.ndim < 1 or z.shape[-1] < 1:
+        raise ValueError(f"logits has shape {z.shape}, expected (..., K) with K >= 1 classes")
+    y = np.asarray(targets)
+    if y.dtype.kind not in "iu":
+        raise TypeError(f"targets must be integer class indices, got dtype {y.dtype}")
+    if y.shape != z.shape[:-1]:
+        raise ValueError(
+            f"targets has shape {y.shape}, expected {z.shape[:-1]} (logits without its "
+            "last, class axis)"
+        )
+    m = _check_mask(mask, y.shape, "targets") if y.ndim else None
+    K = z.shape[-1]
+    live = (
+        np.ones(y.shape, dtype=bool)
+        if m is None
+        else np.broadcast_to(m.reshape(m.shape + (1,) * (y.ndim - m.ndim)), y.shape)
+    )
+    bad = live & ((y < 0) | (y >= K))
+    if np.any(bad):
+        raise ValueError(f"targets must be in 0..{K - 1} at unmasked positions, got {y[bad][:5]}")
+    y_safe = np.where(live, y, 0)
+    shifted = z - z.max(axis=-1, keepdims=True)
+    lse = np.log(np.sum(np.exp(shifted), axis=-1, keepdims=True))
+    logp = shifted - lse
+    picked = np.take_along_axis(logp, y_safe[..., None], axis=-1)[..., 0]
+    dgrad = np.exp(logp)
+    np.put_along_axis(
+        dgrad, y_safe[..., None], np.take_along_axis(dgrad, y_safe[..., None], -1) - 1, -1
+    )
+    w = live.astype(z.dtype)
+    total = float(np.sum(-picked * w, dtype=np.float64))
+    grad = dgrad * w[..., None]
+    if reduction == "mean":
+        count = float(np.sum(w))
+        if count == 0:
+            return 0.0, np.zeros_like(z)
+        total /= count
+        grad = grad / np.asarray(count, dtype=z.dtype)
+    return total, grad.astype(z.dtype, copy=False)
+
+
+def bce_with_logits(
+    logits: np.ndarray,
+    targets: np.ndarray,
+    *,
+    mask: np.ndarray | None = None,
+    reduction: str = "mean",
+) -> tuple[float, np.ndarray]:
+    """Sigmoid + binary cross-entropy from ``logits`` and ``targets`` in [0, 1] (same shape).
+
+    ``loss = max(z, 0) - z y + log(1 + exp(-|z|))``, stable for any logit;
+    dL/dz = sigmoid(z) - y (times the mask; divided by the unmasked count for ``"mean"``).
+    """
+    z = _float_array("logits", logits)
+    reduction = _check_reduction(reduction)
+    y = np.asarray(targets)
+    if y.dtype.kind not in "biuf":
+        raise TypeError(f"targets must be numbers in [0, 1], got dtype {y.dtype}")
+    if y.shape != z.shape:
+        raise ValueError(f"targets has shape {y.shape}, expected {z.shape} (the logits' shape)")
+    y = y.astype(z.dtype)
+    m = _check_mask(mask, z.shape, "logits")
+    elementwise = np.maximum(z, 0) - z * y + np.log1p(np.exp(-np.abs(z)))
+    e = np.exp(-np.abs(z))
+    sig = np.where(z >= 0, 1 / (1 + e), e / (1 + e))
+    return _reduce(elementwise, sig - y, _weights(m, z.shape, z.dtype), reduction)
+
+
+def mse(
+    pred: np.ndarray,
+    targets: np.ndarray,
+    *,
+    mask: np.ndarray | None = None,
+    reduction: str = "mean",
+) -> tuple[float, np.ndarray]:
+    """Mean squared error ``(pred - targets)^2``; dL/d(pred) = 2 (pred - targets)."""
+    p = _float_array("pred", pred)
+    reduction = _check_reduction(reduction)
+    y = np.asarray(targets)
+    if y.dtype.kind not in "biuf":
+        raise TypeError(f"targets must be numbers, got dtype {y.dtype}")
+    if y.shape != p.shape:
+        raise ValueError(f"targets has shape {y.shape}, expected {p.shape} (pred's shape)")
+    m = _check_mask(mask, p.shape, "pred")
+    diff = p - y.astype(p.dtype)
+    return _reduce(diff * diff, 2 * diff, _weights(m, p.shape, p.dtype), reduction)
+
+
+__all__ = ["bce_with_logits", "mask_from_lengths", "mse", "softmax_cross_entropy"]

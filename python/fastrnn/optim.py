@@ -1,0 +1,323 @@
+"""Optimizers that update NumPy parameter arrays in place, and gradient clipping.
+
+Every optimizer is built on the dict of arrays it updates (``model.parameters()``, a
+layer's ``params``) and takes the matching gradients in :meth:`Optimizer.step`::
+
+    opt = fastrnn.Adam(model.parameters(), lr=1e-3)
+    loss, grads = model.loss_and_grads(batch)
+    fastrnn.clip_grad_norm(grads, 1.0)
+    opt.step(grads)
+
+Parameters without a gradient in ``grads`` are left unchanged; a gradient for a name
+that is not a parameter is an error. The update rules follow PyTorch (no weight decay,
+no dampening):
+
+- :class:`SGD`: ``w <- w - lr * g`` (the course's gradient descent);
+- :class:`Momentum`: ``v <- momentum * v + g``, ``w <- w - lr * v``;
+- :class:`Adam`: ``m <- b1 m + (1 - b1) g``, ``v <- b2 v + (1 - b2) g^2``,
+  ``w <- w - lr * (m / (1 - b1^t)) / (sqrt(v / (1 - b2^t)) + eps)``.
+
+``state_dict()`` returns plain floats and arrays (the moments under ``"m/<name>"`` and
+``"v/<name>"``, momentum buffers under ``"velocity/<name>"``), so the state saves with
+:func:`fastrnn.save` and restores with ``load_state_dict`` or
+``fastrnn.load(path, params=...)``.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+
+from . import io as _io
+
+
+def _check_lr(name: str, value: object, *, allow_zero: bool = True) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float, np.floating, np.integer)):
+        raise TypeError(f"{name} must be a float, got {type(value).__name__}")
+    v = float(value)
+    if not math.isfinite(v) or v < 0 or (v == 0 and not allow_zero):
+        raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
+    return v
+
+
+def _check_fraction(name: str, value: object) -> float:
+    v = _check_lr(name, value)
+    if v >= 1:
+        raise ValueError(f"{name} must be in [0, 1), got {value!r}")
+    return v
+
+
+def _check_grads(grads: object, params: Mapping[str, np.ndarray] | None = None) -> dict:
+    if not isinstance(grads, Mapping):
+        raise TypeError(f"grads must be a dict of arrays, got {type(grads).__name__}")
+    if params is not None:
+        extra = [k for k in grads if k not in params]
+        if extra:
+            raise ValueError(
+                f"grads has keys that are not parameters of this optimizer: {extra}; "
+                f"parameters are {list(params)}"
+            )
+        for key, g in grads.items():
+            shape = getattr(g, "shape", None)
+            if shape != params[key].shape:
+                raise ValueError(
+                    f"grads[{key!r}] has shape {shape}, expected {params[key].shape} "
+                    "(the parameter's shape)"
+                )
+    return dict(grads)
+
+
+class Optimizer:
+    """Base class: holds ``params`` (name -> array, updated in place) and hyperparameters."""
+
+    kind: str = ""
+    _hyper: tuple[str, ...] = ("lr",)
+    _buffers: tuple[str, ...] = ()
+
+    def __init__(self, params: Mapping[str, np.ndarray], lr: float) -> None:
+        if not isinstance(params, Mapping) or not params:
+            raise TypeError(
+                "params must be a non-empty dict name -> np.ndarray (e.g. model.parameters()), "
+                f"got {type(params).__name__}"
+            )
+        for key, value in params.items():
+            if not isinstance(value, np.ndarray) or value.dtype.kind != "f":
+                raise TypeError(
+                    f"params[{key!r}] must be a float np.ndarray (updated in place), "
+                    f"got {type(value).__name__}"
+                    + (f" of dtype {value.dtype}" if isinstance(value, np.ndarray) else "")
+                )
+            if not value.flags.writeable:
+                raise ValueError(f"params[{key!r}] is read-only; the optimizer updates in place")
+        self.params: dict[str, np.ndarray] = dict(params)
+        self.lr = _check_lr("lr", lr)
+        self.step_count = 0
+        self.state: dict[str, dict[str, np.ndarray]] = {
+            buf: {k: np.zeros_like(v) for k, v in self.params.items()} for buf in self._buffers
+        }
+
+    def __repr__(self) -> str:
+        hyper = ", ".join(f"{h}={getattr(self, h)!r}" for h in self._hyper)
+        return f"{type(self).__name__}({hyper}, {len(self.params)} arrays)"
+
+    def step(self, grads: Mapping[str, np.ndarray]) -> None:
+        """Update the parameters in place from ``grads`` (name -> array of the same shape)."""
+        grads = _check_grads(grads, self.params)
+        self.step_count += 1
+        for key, g in grads.items():
+            self._update(key, self.params[key], np.asarray(g, dtype=self.params[key].dtype))
+
+    def _update(self, key: str, w: np.ndarray, g: np.ndarray) -> None:  # pragma: no cover
+        raise NotImplementedError
+
+    # --- state ---------------------------------------------------------------------------
+
+    def state_dict(self) -> dict[str, Any]:
+        """Hyperparameters (floats), ``"step"`` and the buffers (copies, ``"<buf>/<name>"``)."""
+        out: dict[str, Any] = {h: getattr(self, h) for h in self._hyper}
+        out["step"] = self.step_count
+        for buf, arrays in self.state.items():
+            for key, value in arrays.items():
+                out[f"{buf}/{key}"] = value.copy()
+        return out
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Restore what :meth:`state_dict` returned (for the same parameter names/shapes)."""
+        if not isinstance(state, Mapping):
+            raise TypeError(f"state must be a dict, got {type(state).__name__}")
+        expected = {*self._hyper, "step"} | {
+            f"{buf}/{k}" for buf in self._buffers for k in self.params
+        }
+        missing = sorted(expected - set(state))
+        extra = sorted(set(state) - expected)
+        if missing or extra:
+            raise ValueError(
+                f"optimizer state does not fit this {type(self).__name__}: missing "
+                f"{missing}, unexpected {extra}"
+            )
+        buffers = {}
+        for buf in self._buffers:
+            buffers[buf] = {}
+            for key, ref in self.params.items():
+                arr = np.asarray(state[f"{buf}/{key}"])
+                if arr.shape != ref.shape:
+                    raise ValueError(
+                        f"optimizer state {buf}/{key} has shape {arr.shape}, expected "
+                        f"{ref.shape} (the parameter's shape)"
+                    )
+                buffers[buf][key] = arr.astype(ref.dtype, copy=True)
+        hyper = {}
+        for h in self._hyper:
+            value = state[h]
+            hyper[h] = tuple(float(v) for v in value) if h == "betas" else float(value)
+        step = int(np.asarray(state["step"]))
+        if step < 0:
+            raise ValueError(f"optimizer state step must be >= 0, got {step}")
+        for h, value in hyper.items():
+            setattr(self, h, value)
+        self.step_count = step
+        self.state = buffers
+
+    def _save_state(self) -> tuple[str, dict[str, Any], dict[str, np.ndarray]]:
+        config = {h: getattr(self, h) for h in self._hyper}
+        config["step"] = self.step_count
+        arrays = {k: v for k, v in self.state_dict().items() if isinstance(v, np.ndarray)}
+        return self.kind, config, arrays
+
+    @classmethod
+    def _from_state(
+        cls,
+        config: Mapping[str, Any],
+        arrays: Mapping[str, np.ndarray],
+        *,
+        params: Mapping[str, np.ndarray] | None = None,
+    ):
+        if params is None:
+            raise TypeError(
+                f"this file holds a {cls.__name__} optimizer state; pass the arrays it "
+                "updates: fastrnn.load(path, params=model.parameters())"
+            )
+        hyper = {h: config[h] for h in cls._hyper}
+        opt = cls(params, **hyper)
+        opt.load_state_dict({**config, **arrays})
+        return opt
+
+    def save(self, path: Any) -> None:
+        """Save the optimizer state (not the parameters) to ``.npz``; see :mod:`fastrnn.io`."""
+        _io.save(self, path)
+
+
+@_io.register("optim.SGD")
+class SGD(Optimizer):
+    """Plain gradient descent, exactly the course's ``w <- w - lr * dL/dw``."""
+
+    kind = "optim.SGD"
+
+    def __init__(self, params: Mapping[str, np.ndarray], lr: float = 0.01) -> None:
+        super().__init__(params, lr)
+
+    def _update(self, key: str, w: np.ndarray, g: np.ndarray) -> None:
+        w -= self.lr * g
+
+
+@_io.register("optim.Momentum")
+class Momentum(Optimizer):
+    """Gradient descent with momentum (PyTorch's form): ``v <- mu v + g``, ``w <- w - lr v``."""
+
+    kind = "optim.Momentum"
+    _hyper = ("lr", "momentum")
+    _buffers = ("velocity",)
+
+    def __init__(
+        self, params: Mapping[str, np.ndarray], lr: float = 0.01, momentum: float = 0.9
+    ) -> None:
+        self.momentum = _check_fraction("momentum", momentum)
+        super().__init__(params, lr)
+
+    def _update(self, key: str, w: np.ndarray, g: np.ndarray) -> None:
+        v = self.state["velocity"][key]
+        v *= self.momentum
+        v += g
+        w -= self.lr * v
+
+
+@_io.register("optim.Adam")
+class Adam(Optimizer):
+    """Adam (Kingma & Ba 2015) with bias correction, as PyTorch computes it."""
+
+    kind = "optim.Adam"
+    _hyper = ("lr", "betas", "eps")
+    _buffers = ("m", "v")
+
+    def __init__(
+        self,
+        params: Mapping[str, np.ndarray],
+        lr: float = 1e-3,
+        betas: tuple[float, float] = (0.9, 0.999),
+        eps: float = 1e-8,
+    ) -> None:
+        if not isinstance(betas, (tuple, list)) or len(betas) != 2:
+            raise TypeError(f"betas must be a pair (beta1, beta2), got {betas!r}")
+        self.betas = (_check_fraction("betas[0]", betas[0]), _check_fraction("betas[1]", betas[1]))
+        self.eps = _check_lr("eps", eps)
+        super().__init__(params, lr)
+
+    def _update(self, key: str, w: np.ndarray, g: np.ndarray) -> None:
+        b1, b2 = self.betas
+        m, v = self.state["m"][key], self.state["v"][key]
+        m *= b1
+        m += (1 - b1) * g
+        v *= b2
+        v += (1 - b2) * g * g
+        t = self.step_count
+        m_hat = m / (1 - b1**t)
+        v_hat = v / (1 - b2**t)
+        w -= self.lr * m_hat / (np.sqrt(v_hat) + self.eps)
+
+
+OPTIMIZERS: dict[str, type[Optimizer]] = {"sgd": SGD, "momentum": Momentum, "adam": Adam}
+
+
+def make_optimizer(
+    spec: str | Optimizer, params: Mapping[str, np.ndarray], lr: float | None = None
+) -> Optimizer:
+    """An optimizer from a name (``"sgd"``, ``"momentum"``, ``"adam"``) or an instance
+    (returned as is; it must update exactly ``params``)."""
+    if isinstance(spec, Optimizer):
+        return spec
+    if not isinstance(spec, str) or spec.lower() not in OPTIMIZERS:
+        raise ValueError(
+            f"optimizer must be one of {', '.join(map(repr, OPTIMIZERS))} or an Optimizer "
+            f"instance, got {spec!r}"
+        )
+    cls = OPTIMIZERS[spec.lower()]
+    return cls(params) if lr is None else cls(params, lr=lr)
+
+
+def global_norm(grads: Mapping[str, np.ndarray]) -> float:
+    """The L2 norm of all gradients together, ``sqrt(sum_k ||g_k||^2)`` (in float64)."""
+    grads = _check_grads(grads)
+    total = 0.0
+    for g in grads.values():
+        g = np.asarray(g)
+        total += float(np.vdot(g, g).real) if g.size else 0.0
+    return math.sqrt(total)
+
+
+def clip_grad_norm(grads: Mapping[str, np.ndarray], max_norm: float) -> float:
+    """Scale all gradients in place so that their global norm is at most ``max_norm``.
+
+    Returns the global norm *before* clipping (``inf``/``nan`` pass through unchanged, the
+    gradients are then left as they are). After clipping the global norm equals
+    ``max_norm`` whenever it was larger.
+    """
+    max_norm = _check_lr("max_norm", max_norm, allow_zero=False)
+    norm = global_norm(grads)
+    if math.isfinite(norm) and norm > max_norm:
+        scale = max_norm / norm
+        for g in grads.values():
+            g *= scale
+    return norm
+
+
+def clip_grad_value(grads: Mapping[str, np.ndarray], clip_value: float) -> None:
+    """Clip every gradient entry in place into ``[-clip_value, clip_value]``."""
+    clip_value = _check_lr("clip_value", clip_value, allow_zero=False)
+    grads = _check_grads(grads)
+    for g in grads.values():
+        np.clip(g, -clip_value, clip_value, out=g)
+
+
+__all__ = [
+    "SGD",
+    "Adam",
+    "Momentum",
+    "Optimizer",
+    "clip_grad_norm",
+    "clip_grad_value",
+    "global_norm",
+    "make_optimizer",
+]
