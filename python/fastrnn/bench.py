@@ -1,0 +1,559 @@
+"""``fastrnn bench``: every backend (and PyTorch, if installed) side by side.
+
+By default it runs one training step end to end (layer forward, linear softmax head with
+K classes, cross-entropy over every step, full backward) on the named shapes S1..S4,
+float32, one thread, and prints for each backend the median time, microseconds per time
+step, the speed-up over the NumPy reference, the achieved GFLOP/s and their share of the
+GEMM throughput numpy reaches on the same machine in the same run, and the memory the
+layer holds for the backward pass.
+
+Examples::
+
+    fastrnn bench --quick                      # under a minute
+    fastrnn bench                              # S1..S4
+    fastrnn bench --threads 1,2 --json out.json
+    fastrnn bench --D 64 --H 128 --B 8 --T 500 --cells lstm,gru --dtype both
+    fastrnn bench --scaling --plot scaling.png  # T = 1e2 .. 1e6, H=64, B=1 and 16
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from . import _benchlib as lib
+
+_DTYPES = {"float32": ("float32",), "float64": ("float64",), "both": ("float32", "float64")}
+_ALL_BACKENDS = ("numpy", "numba", "cpp", "torch")  # table order: the reference first
+_SCALING_TS = (100, 1_000, 10_000, 100_000, 1_000_000)
+_SCALING_BATCHES = (1, 16)
+_MEMORY_SHARE = 0.8  # refuse a run whose estimate exceeds this share of available memory
+
+
+@dataclass
+class Row:
+    """One measured (or not measured) combination; also the JSON record."""
+
+    shape: str
+    D: int
+    H: int
+    B: int
+    T: int
+    cell: str
+    dtype: str
+    threads: int
+    backend: str
+    what: str
+    status: str = "ok"  # ok | unavailable | skipped | error | wrong
+    note: str = ""
+    seconds: float | None = None  # median
+    times: list[float] = field(default_factory=list)
+    us_per_step: float | None = None
+    speedup_vs_numpy: float | None = None
+    speedup_vs_1_thread: float | None = None
+    flops: float = 0.0
+    gflops: float | None = None
+    gemm_share: float | None = None
+    held_bytes: int | None = None
+    estimated_bytes: int = 0
+
+
+def _positive_int(text: str) -> int:
+    """An argparse type: one whole number >= 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected a positive whole number, got {text!r}"
+        ) from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive whole number, got {text!r}")
+    return value
+
+
+def _csv(item: Any = str, choices: tuple[str, ...] | None = None):
+    """An argparse type: a comma-separated list, each entry parsed by ``item`` and (if
+    given) one of ``choices``."""
+
+    def parse(text: str) -> list:
+        entries = [s.strip() for s in text.split(",") if s.strip()]
+        if not entries:
+            raise argparse.ArgumentTypeError("expected a comma-separated list, got nothing")
+        for entry in entries:
+            if choices is not None and entry not in choices:
+                raise argparse.ArgumentTypeError(f"{entry!r} is not one of {', '.join(choices)}")
+        return [item(e) for e in entries]
+
+    return parse
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The options of ``fastrnn bench``."""
+    parser.description = (
+        "Benchmark every backend and PyTorch on the same recurrent workloads. Shapes are "
+        "input size D, hidden size H, batch B, length T; named shapes: "
+        + "; ".join(f"{s.name} {s.dims} ({','.join(s.cells)})" for s in lib.NAMED_SHAPES.values())
+        + ". "
+        + lib.FLOP_FORMULA
+        + ". GEMM share: achieved GFLOP/s over numpy's (n x n) @ (n x n) GFLOP/s with the "
+        "same dtype and thread count, measured in the same run. Memory: bytes the layer "
+        "holds for backward (hs and the saved activations; torch: its output and the "
+        "tensors autograd saved)."
+    )
+    parser.formatter_class = argparse.RawDescriptionHelpFormatter
+    g = parser.add_argument_group("what to run")
+    g.add_argument(
+        "--quick", action="store_true", help="small shapes (S1..S4 shortened), 3 repeats"
+    )
+    g.add_argument(
+        "--shapes",
+        type=_csv(str, tuple(lib.NAMED_SHAPES)),
+        help="named shapes to run (default: all of S1,S2,S3,S4)",
+    )
+    for dim, meaning in (
+        ("D", "input size"),
+        ("H", "hidden size"),
+        ("B", "batch"),
+        ("T", "length"),
+    ):
+        g.add_argument(
+            f"--{dim}",
+            type=_positive_int,
+            help=f"custom shape: {meaning} (the others default to S1's; replaces --shapes)",
+        )
+    g.add_argument(
+        "--scaling",
+        action="store_true",
+        help="long sequences: T = 1e2..1e6 (see --T-max) with H=64, D=32, B=1 and 16 "
+        "(--H/--D/--B override), cell rnn unless --cells",
+    )
+    g.add_argument(
+        "--T-max",
+        dest="T_max",
+        type=_positive_int,
+        default=_SCALING_TS[-1],
+        help="--scaling: the longest sequence (default 1000000)",
+    )
+    g.add_argument(
+        "--backends",
+        type=_csv(str, _ALL_BACKENDS),
+        help=f"comma-separated, from {','.join(_ALL_BACKENDS)} (default: all)",
+    )
+    g.add_argument(
+        "--cells",
+        type=_csv(str, lib.CELLS),
+        help="comma-separated, from rnn,lstm,gru (default: each shape's cells)",
+    )
+    g.add_argument("--dtype", choices=tuple(_DTYPES), default="float32", help="default float32")
+    g.add_argument(
+        "--threads",
+        type=_csv(_positive_int),
+        default=[1],
+        help="comma-separated thread counts, e.g. 1,2 (default 1): fastrnn's setting, "
+        "numpy's BLAS (threadpoolctl) and torch.set_num_threads all get the same number",
+    )
+    g.add_argument(
+        "--what",
+        choices=lib.WHATS,
+        default="train",
+        help="train: layer + softmax head + loss, forward and backward (default); "
+        "fwdbwd: the layer's forward and BPTT with a gradient at every step; "
+        "forward: the layer's forward only",
+    )
+    g.add_argument(
+        "--classes",
+        type=_positive_int,
+        default=lib.CLASSES,
+        help=f"K, the head's output size (default {lib.CLASSES})",
+    )
+    g.add_argument(
+        "--repeat",
+        type=_positive_int,
+        help="timed runs per row after one warm-up; the median is reported "
+        "(default 5, --quick 3, --scaling 3 up to T=1e4 and 1 above)",
+    )
+    g.add_argument(
+        "--gemm-size",
+        type=_positive_int,
+        default=1024,
+        help="n of the reference GEMM (default 1024)",
+    )
+    o = parser.add_argument_group("output")
+    o.add_argument("--json", metavar="PATH", help="also write every row and the machine to PATH")
+    o.add_argument(
+        "--plot",
+        metavar="PATH",
+        help="draw time per step and memory against T (log axes) to a PNG; "
+        "needs matplotlib (pip install 'fastrnn[plot]')",
+    )
+
+
+# --- planning ----------------------------------------------------------------------------
+
+
+def _shapes(args: argparse.Namespace) -> list[lib.Shape]:
+    if args.scaling:
+        D = args.D or 32
+        H = args.H or 64
+        batches = (args.B,) if args.B else _SCALING_BATCHES
+        Ts = [T for T in _SCALING_TS if T <= args.T_max] or [args.T_max]
+        return [lib.Shape(f"B={B},T={T}", D, H, B, T) for B in batches for T in Ts]
+    if any(getattr(args, d) for d in "DHBT"):
+        s1 = lib.NAMED_SHAPES["S1"]
+        dims = {d: getattr(args, d) or getattr(s1, d) for d in "DHBT"}
+        return [lib.Shape("custom", **dims)]
+    table = lib.QUICK_SHAPES if args.quick else lib.NAMED_SHAPES
+    names = args.shapes or list(lib.NAMED_SHAPES)
+    if args.quick:
+        wanted = {n for n in names}
+        return [s for s in table.values() if s.name.split("/")[0] in wanted]
+    return [table[n] for n in names]
+
+
+def _repeat(args: argparse.Namespace, T: int) -> int:
+    if args.repeat:
+        return args.repeat
+    if args.scaling:
+        return 3 if T <= 10_000 else 1
+    return 3 if args.quick else 5
+
+
+def _plan(args: argparse.Namespace) -> list[Row]:
+    backends = args.backends or list(_ALL_BACKENDS)
+    rows = []
+    for shape in _shapes(args):
+        cells = args.cells or (("rnn",) if args.scaling else shape.cells)
+        for cell in cells:
+            for dtype in _DTYPES[args.dtype]:
+                for threads in args.threads:
+                    for backend in backends:
+                        rows.append(
+                            Row(
+                                shape=shape.name,
+                                D=shape.D,
+                                H=shape.H,
+                                B=shape.B,
+                                T=shape.T,
+                                cell=cell,
+                                dtype=dtype,
+                                threads=threads,
+                                backend=backend,
+                                what=args.what,
+                                flops=lib.flops(
+                                    cell,
+                                    shape.D,
+                                    shape.H,
+                                    shape.B,
+                                    shape.T,
+                                    args.what,
+                                    args.classes,
+                                ),
+                                estimated_bytes=lib.estimate_bytes(
+                                    cell,
+                                    shape.D,
+                                    shape.H,
+                                    shape.B,
+                                    shape.T,
+                                    dtype,
+                                    args.what,
+                                    args.classes,
+                                    backend,
+                                ),
+                            )
+                        )
+    return rows
+
+
+def _unavailable(backends: set[str]) -> dict[str, str]:
+    """Each requested backend that cannot run, with the reason."""
+    import fastrnn
+
+    reasons = {}
+    available = set(fastrnn.available_backends())
+    for name, why in fastrnn.unavailable_backends().items():
+        if name in backends and name not in available:
+            reasons[name] = why
+    if "torch" in backends:
+        why = lib.torch_unavailable_reason()
+        if why:
+            reasons["torch"] = why
+    return reasons
+
+
+# --- running -----------------------------------------------------------------------------
+
+
+def _measure(row: Row, runner: lib.Runner, repeat: int, warm_small: bool, case_small) -> None:
+    """Warm up (compile, first touch), then time ``repeat`` runs; fill in ``row``."""
+    if warm_small:  # a long sequence: warm up (compile) on a short one of the same kind
+        lib.make_runner(case_small(), row.backend, row.what).run()
+    else:
+        runner.run()
+    raw = None
+    for _ in range(repeat):
+        raw = None  # free the previous result before the next run allocates its own
+        t0 = time.perf_counter()
+        raw = runner.run()
+        row.times.append(time.perf_counter() - t0)
+    row.held_bytes = runner.held_bytes(raw)
+    row.seconds = statistics.median(row.times)
+    row.us_per_step = row.seconds / row.T * 1e6
+    row.gflops = row.flops / row.seconds / 1e9
+
+
+def _run_rows(args: argparse.Namespace, rows: list[Row], unavailable: dict[str, str]) -> None:
+    from tqdm import tqdm
+
+    from ._sysinfo import available_memory
+
+    checked: dict[tuple[str, str, str], str | None] = {}
+    case_key, case = None, None
+    limit = available_memory()
+    # disable=None: a progress bar on a terminal, nothing in logs and pipes
+    bar = tqdm(total=len(rows), desc="fastrnn bench", unit="run", file=sys.stderr, disable=None)
+    with bar:
+        for row in rows:
+            bar.set_postfix_str(f"{row.shape} {row.cell} {row.dtype} {row.threads}T {row.backend}")
+            try:
+                if row.backend in unavailable:
+                    row.status, row.note = "unavailable", unavailable[row.backend]
+                    continue
+                if limit is not None and row.estimated_bytes > _MEMORY_SHARE * limit:
+                    row.status = "skipped"
+                    row.note = (
+                        f"would not fit in memory: needs about {_fmt_bytes(row.estimated_bytes)}, "
+                        f"{_fmt_bytes(limit)} available"
+                    )
+                    continue
+                key = (row.backend, row.cell, row.dtype)
+                if key not in checked:
+                    with lib.thread_limit(row.threads):
+                        checked[key] = lib.check_against_reference(*key, row.what)
+                if checked[key]:
+                    row.status, row.note = "wrong", checked[key]
+                    continue
+                shape_key = (row.cell, row.dtype, row.D, row.H, row.B, row.T)
+                if shape_key != case_key:
+                    case_key, case = None, None  # drop the old case before making the new one
+                    case = lib.make_case(
+                        row.cell, row.D, row.H, row.B, row.T, row.dtype, args.classes
+                    )
+                    case_key = shape_key
+
+                def small(row=row):
+                    return lib.make_case(
+                        row.cell, row.D, row.H, row.B, min(row.T, 100), row.dtype, args.classes
+                    )
+
+                with lib.thread_limit(row.threads):
+                    runner = lib.make_runner(case, row.backend, row.what)
+                    _measure(row, runner, _repeat(args, row.T), row.T > 10_000, small)
+                    del runner
+            except MemoryError:
+                row.status, row.note = "skipped", "ran out of memory"
+            except Exception as exc:  # one failing backend must not lose the other rows
+                row.status, row.note = "error", f"{type(exc).__name__}: {exc}"
+            finally:
+                bar.update()
+
+
+def _derive(rows: list[Row], gemm: dict[tuple[str, int], float]) -> None:
+    """Speed-ups against numpy and against the same backend's 1-thread run; GEMM share."""
+
+    def key(r: Row, **kw: Any) -> tuple:
+        d = asdict(r) | kw
+        return (d["shape"], d["cell"], d["dtype"], d["threads"], d["backend"])
+
+    ok = {key(r): r for r in rows if r.status == "ok"}
+    for r in rows:
+        if r.status != "ok":
+            continue
+        ref = ok.get(key(r, backend="numpy"))
+        if ref is not None:
+            r.speedup_vs_numpy = ref.seconds / r.seconds
+        single = ok.get(key(r, threads=1))
+        if single is not None and r.threads != 1:
+            r.speedup_vs_1_thread = single.seconds / r.seconds
+        peak = gemm.get((r.dtype, r.threads))
+        if peak:
+            r.gemm_share = r.gflops / peak
+
+
+# --- output ------------------------------------------------------------------------------
+
+
+def _fmt_bytes(n: float | None) -> str:
+    if n is None:
+        return "-"
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if n < 1024 or unit == "TiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return "-"  # pragma: no cover
+
+
+def _fmt(value: float | None, spec: str) -> str:
+    return "-" if value is None else format(value, spec)
+
+
+def format_table(rows: list[Row]) -> str:
+    """The result table as aligned text."""
+    multi_thread = any(r.threads != 1 for r in rows)
+    head = ["shape", "dims", "cell", "dtype", "thr", "backend", "seconds", "us/step"]
+    head += ["x numpy"] + (["x 1thr"] if multi_thread else []) + ["GFLOP/s", "%GEMM", "bwd mem"]
+    table = [head]
+    for r in rows:
+        line = [r.shape, f"{r.D},{r.H},{r.B},{r.T}", r.cell, r.dtype, str(r.threads), r.backend]
+        if r.status == "ok":
+            line += [
+                _fmt(r.seconds, ".4g"),
+                _fmt(r.us_per_step, ".4g"),
+                _fmt(r.speedup_vs_numpy, ".2f"),
+            ]
+            if multi_thread:
+                line.append(_fmt(r.speedup_vs_1_thread, ".2f"))
+            share = None if r.gemm_share is None else 100 * r.gemm_share
+            line += [_fmt(r.gflops, ".3g"), _fmt(share, ".1f"), _fmt_bytes(r.held_bytes)]
+        else:
+            line.append(f"{r.status} (see below)" if r.status != "unavailable" else "unavailable")
+        table.append(line)
+    widths = [max(len(row[i]) for row in table if i < len(row)) for i in range(len(head))]
+    out = []
+    for i, line in enumerate(table):
+        cells = []
+        for j, text in enumerate(line):
+            last = j == len(line) - 1
+            if j < 6:
+                cells.append(text if last else text.ljust(widths[j]))
+            else:
+                cells.append(text if len(line) < len(head) else text.rjust(widths[j]))
+        out.append("  ".join(cells).rstrip())
+        if i == 0:
+            out.append("-" * len(out[0]))
+    return "\n".join(out)
+
+
+def _notes(rows: list[Row], unavailable: dict[str, str]) -> list[str]:
+    notes = [f"{name}: unavailable: {why}" for name, why in unavailable.items()]
+    seen = set()
+    for r in rows:
+        if r.status in ("skipped", "error", "wrong") and (r.status, r.note) not in seen:
+            seen.add((r.status, r.note))
+            where = f"{r.shape} {r.cell} {r.dtype} {r.threads} thread(s) {r.backend}"
+            notes.append(f"{where}: {r.status}: {r.note}")
+    return notes
+
+
+def _plot(path: str, rows: list[Row], title: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    series: dict[tuple, list[Row]] = {}
+    for r in rows:
+        if r.status == "ok":
+            series.setdefault((r.backend, r.cell, r.dtype, r.threads, r.D, r.H, r.B), []).append(r)
+    fig, (ax_t, ax_m) = plt.subplots(1, 2, figsize=(12, 4.8))
+    for (backend, cell, dtype, threads, _D, H, B), rs in sorted(series.items()):
+        rs = sorted(rs, key=lambda r: r.T)
+        label = f"{backend} {cell} H={H} B={B} {dtype} {threads}thr"
+        Ts = [r.T for r in rs]
+        ax_t.plot(Ts, [r.us_per_step for r in rs], marker="o", label=label)
+        mem = [(r.T, r.held_bytes / 2**20) for r in rs if r.held_bytes]
+        if mem:
+            ax_m.plot(*zip(*mem, strict=True), marker="o", label=label)
+    for ax, ylabel in ((ax_t, "microseconds per time step"), (ax_m, "held for backward (MiB)")):
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+        ax.set_xlabel("sequence length T")
+        ax.set_ylabel(ylabel)
+        ax.grid(True, which="both", alpha=0.3)
+    ax_t.legend(fontsize=7)
+    fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+# --- the command -------------------------------------------------------------------------
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run the benchmark described by ``args``; print the table; 0 on success."""
+    from ._sysinfo import format_system_info, system_info
+
+    if args.plot:
+        try:
+            import matplotlib  # noqa: F401
+        except ImportError:
+            print(
+                "fastrnn bench: --plot needs matplotlib; pip install 'fastrnn[plot]'",
+                file=sys.stderr,
+            )
+            return 2
+    if args.scaling and args.quick:
+        print("fastrnn bench: choose --scaling or --quick, not both", file=sys.stderr)
+        return 2
+
+    info = system_info()
+    print(format_system_info(info))
+    rows = _plan(args)
+    unavailable = _unavailable({r.backend for r in rows})
+
+    gemm: dict[tuple[str, int], float] = {}
+    for dtype in _DTYPES[args.dtype]:
+        for threads in sorted(set(args.threads) | {1}):
+            gemm[(dtype, threads)] = lib.gemm_gflops(dtype, args.gemm_size, threads)
+    print(
+        "GEMM:     numpy "
+        + ", ".join(
+            f"{'s' if d == 'float32' else 'd'}gemm {args.gemm_size}^3 {t} thread(s) {g:.1f} GFLOP/s"
+            for (d, t), g in gemm.items()
+        )
+    )
+    what = {
+        "train": "one training step (layer + linear softmax head, K="
+        f"{args.classes}, + cross-entropy, forward and backward)",
+        "fwdbwd": "the layer's forward and BPTT, a gradient entering at every step",
+        "forward": "the layer's forward pass (saving what backward needs)",
+    }[args.what]
+    print(f"timing:   {what}; median of the timed runs after one warm-up (compile excluded)")
+    print()
+
+    _run_rows(args, rows, unavailable)
+    _derive(rows, gemm)
+
+    print(format_table(rows))
+    print()
+    for note in _notes(rows, unavailable):
+        print(f"note: {note}")
+    print(f"FLOPs:    {lib.FLOP_FORMULA}")
+
+    if args.json:
+        doc = {
+            "command": "fastrnn bench",
+            "arguments": {k: v for k, v in vars(args).items() if k != "func"},
+            "system": info,
+            "gemm_gflops": [
+                {"dtype": d, "threads": t, "n": args.gemm_size, "gflops": g}
+                for (d, t), g in gemm.items()
+            ],
+            "flop_formula": lib.FLOP_FORMULA,
+            "unavailable": unavailable,
+            "results": [asdict(r) for r in rows],
+        }
+        with open(args.json, "w", encoding="utf-8") as f:
+            json.dump(doc, f, indent=2)
+        print(f"wrote {args.json}")
+    if args.plot:
+        title = f"fastrnn bench ({args.what}) on {info['cpu']}"
+        _plot(args.plot, rows, title)
+        print(f"wrote {args.plot}")
+    failed = [r for r in rows if r.status in ("error", "wrong")]
+    return 1 if failed else 0
