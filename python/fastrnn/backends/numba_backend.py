@@ -1,0 +1,172 @@
+"""The Numba backend: the contract of :mod:`fastrnn.backends.numpy_backend`, jitted.
+
+The split of work follows the performance principles of the design notes. The big
+products run once per call with NumPy, which calls BLAS and releases the GIL: the input
+projection of all T steps before the time loop, and ``dx``, ``dW_ih``, ``dW_hh`` and the
+bias sums after it (the reference's own helpers, so both backends share one definition).
+Only the sequential time loops are jitted (:mod:`fastrnn.backends._numba_kernels`): one
+packed product per step for all gates, with the gate math fused right after it, no
+allocation inside the loop, and ``nogil`` so other Python threads keep running.
+
+Threads: with ``num_threads > 1`` and ``B > 1`` the batch is split into contiguous chunks
+of sequences, each with its own time loop, over ``prange``; otherwise the serial kernel
+runs and pays nothing for threading. Numba's thread count is set for the call and the
+caller's value restored after it. One parallel region runs at a time; a call that finds
+one running (from another Python thread) runs serially instead of waiting.
+
+Importing this module compiles nothing (it fails with numba's ``ImportError`` when numba
+is missing, which the registry reports): each kernel is compiled for its explicit
+signature on first use, or ahead of time by :func:`warmup`, and cached on disk.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import numba
+import numpy as np
+
+from . import _numba_kernels as _k
+from . import numpy_backend as _ref
+
+UNAVAILABLE_REASON = None
+
+_parallel_lock = threading.Lock()
+
+
+def _writable(a: np.ndarray) -> np.ndarray:
+    """``a``, or a copy if it is read-only (the kernels' signatures take mutable arrays)."""
+    return a if a.flags.writeable else a.copy()
+
+
+def _lengths(lengths: np.ndarray | None, T: int, B: int) -> np.ndarray:
+    return np.full(B, T, dtype=np.int64) if lengths is None else _writable(lengths)
+
+
+def _run(name: str, dtype: np.dtype, B: int, num_threads: int, *args) -> None:
+    """Kernel ``name`` over all B sequences: serial, or in chunks on up to ``num_threads``."""
+    chunks = min(int(num_threads), B, numba.config.NUMBA_NUM_THREADS)
+    if chunks > 1 and _parallel_lock.acquire(blocking=False):
+        try:
+            kernel = _k.compiled(f"{name}_parallel", dtype.type)
+            previous = numba.get_num_threads()
+            numba.set_num_threads(chunks)
+            try:
+                kernel(*args, chunks)
+            finally:
+                numba.set_num_threads(previous)
+        finally:
+            _parallel_lock.release()
+        return
+    _k.compiled(name, dtype.type)(0, B, *args)
+
+
+# --- forward -------------------------------------------------------------------------
+
+
+def forward(cell, params, x, h0, c0, *, activation, negative_slope, lengths, num_threads):
+    """Run the recurrence; return ``(hs, h_n, c_n, saved)`` as the reference does.
+
+    ``saved``: nothing for rnn; the gate activations i, f, g, o and the cell states for
+    lstm ((4+1)*H values per step and sequence); r, z, n and ``W_hn h + b_hn`` for gru
+    ((3+1)*H values).
+    """
+    T, B, _ = x.shape
+    H = h0.shape[1]
+    dt = x.dtype
+    lens = _lengths(lengths, T, B)
+    W_hh = _writable(params["W_hh"])
+    h0 = _writable(h0)
+    h_n = np.empty((B, H), dtype=dt)
+    if cell == "rnn":
+        # a_t = U x_t + b for every step, written into hs and completed in the loop
+        hs = _ref._input_projection(x, params["W_ih"], params["b_ih"] + params["b_hh"])
+        act = _k.ACTIVATIONS[activation]
+        _run(
+            "rnn_forward", dt, B, num_threads, hs, W_hh, h0, lens, act, dt.type(negative_slope), h_n
+        )
+        return hs, h_n, None, None
+    hs = np.empty((T, B, H), dtype=dt)
+    if cell == "lstm":
+        gates = _ref._input_projection(x, params["W_ih"], params["b_ih"] + params["b_hh"])
+        cs = np.empty((T, B, H), dtype=dt)
+        c_n = np.empty((B, H), dtype=dt)
+        args = (gates, W_hh, h0, _writable(c0), lens, hs, cs, h_n, c_n)
+        _run("lstm_forward", dt, B, num_threads, *args)
+        return hs, h_n, c_n, (gates, cs)
+    # gru: b_hr and b_hz join the input projection; b_hn stays inside r * (W_hn h + b_hn)
+    bias = params["b_ih"].copy()
+    bias[: 2 * H] += params["b_hh"][: 2 * H]
+    gates = _ref._input_projection(x, params["W_ih"], bias)
+    hn = np.empty((T, B, H), dtype=dt)
+    b_hn = np.ascontiguousarray(params["b_hh"][2 * H :])
+    _run("gru_forward", dt, B, num_threads, gates, W_hh, b_hn, h0, lens, hs, hn, h_n)
+    return hs, h_n, None, (gates, hn)
+
+
+# --- backward (BPTT) -----------------------------------------------------------------
+
+
+def backward(
+    cell,
+    params,
+    x,
+    h0,
+    c0,
+    hs,
+    saved,
+    dhs,
+    dh_n,
+    dc_n,
+    *,
+    activation,
+    negative_slope,
+    lengths,
+    num_threads,
+    step_norms,
+):
+    """Backpropagation through time; return ``(dx, dh0, dc0, dparams, norms)``.
+
+    ``norms`` is ``None`` unless ``step_norms``; then it is the (T, B) array of
+    ``||dL/dh_t||``, 0 at padded steps.
+    """
+    T, B, _ = x.shape
+    dt = x.dtype
+    lens = _lengths(lengths, T, B)
+    W_hh_T = _ref._contiguous_T(params["W_hh"])
+    dhs = _writable(dhs)
+    dh = dh_n.copy()  # the running dL/dh, dh0 on return
+    norms = np.zeros((T, B), dtype=dt)
+    dc = None
+    if cell == "rnn":
+        dA_in = dA_rec = np.empty_like(hs)
+        act = _k.ACTIVATIONS[activation]
+        args = (hs, W_hh_T, dhs, lens, act, dt.type(negative_slope), dh, dA_in, norms)
+        _run("rnn_backward", dt, B, num_threads, *args)
+    elif cell == "lstm":
+        gates, cs = saved
+        dA_in = dA_rec = np.empty_like(gates)
+        dc = dc_n.copy()
+        args = (gates, cs, _writable(c0), W_hh_T, dhs, lens, dh, dc, dA_in, norms)
+        _run("lstm_backward", dt, B, num_threads, *args)
+    else:
+        gates, hn = saved
+        dA_in = np.empty_like(gates)
+        dA_rec = np.empty_like(gates)
+        args = (gates, hn, hs, _writable(h0), W_hh_T, dhs, lens, dh, dA_in, dA_rec, norms)
+        _run("gru_backward", dt, B, num_threads, *args)
+    dx, dparams = _ref._weight_grads(dA_in, dA_rec, x, hs, h0, params["W_ih"])
+    return dx, dh, dc, dparams, norms if step_norms else None
+
+
+# --- ahead-of-time compilation ---------------------------------------------------------
+
+
+def warmup() -> float:
+    """Compile (or load from the on-disk cache) every kernel for float32 and float64,
+    serial and parallel; return the seconds it took."""
+    start = time.perf_counter()
+    for name, dtype in _k.SIGNATURES:
+        _k.compiled(name, dtype)
+    return time.perf_counter() - start
