@@ -39,7 +39,8 @@ def _check_lr(name: str, value: object, *, allow_zero: bool = True) -> float:
         raise TypeError(f"{name} must be a float, got {type(value).__name__}")
     v = float(value)
     if not math.isfinite(v) or v < 0 or (v == 0 and not allow_zero):
-        raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
+        bound = ">= 0" if allow_zero else "> 0"
+        raise ValueError(f"{name} must be a finite number {bound}, got {value!r}")
     return v
 
 

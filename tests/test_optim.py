@@ -1,0 +1,170 @@
+"""Optimizers against hand computations, their saveable state, and gradient clipping."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+import fastrnn
+from fastrnn.optim import SGD, Adam, Momentum, clip_grad_norm, clip_grad_value, global_norm
+
+
+def _params():
+    return {"w": np.array([[1.0, -2.0], [0.5, 3.0]]), "b": np.array([0.1, -0.2])}
+
+
+def _grads(k):
+    """A different gradient at every step k."""
+    return {
+        "w": np.array([[0.5, -1.0], [2.0, 0.0]]) * (k + 1),
+        "b": np.array([-0.3, 0.7]) / (k + 1),
+    }
+
+
+def test_sgd_is_the_course_update():
+    p = _params()
+    w = p["w"]
+    SGD(p, lr=0.1).step(_grads(0))
+    assert p["w"] is w  # in place
+    np.testing.assert_allclose(
+        p["w"], [[1.0 - 0.05, -2.0 + 0.1], [0.5 - 0.2, 3.0]], rtol=0, atol=1e-15
+    )
+    np.testing.assert_allclose(p["b"], [0.1 + 0.03, -0.2 - 0.07], atol=1e-15)
+
+
+def test_momentum_by_hand():
+    p = _params()
+    opt = Momentum(p, lr=0.1, momentum=0.9)
+    w0 = 1.0  # follow the entry w[0, 0]
+    g = [0.5 * (k + 1) for k in range(3)]
+    v = 0.0
+    for k in range(3):
+        opt.step(_grads(k))
+        v = 0.9 * v + g[k]
+        w0 = w0 - 0.1 * v
+        assert p["w"][0, 0] == pytest.approx(w0, rel=1e-14)
+    # hand-unrolled: v1 = .5, v2 = .45 + 1 = 1.45, v3 = 1.305 + 1.5 = 2.805
+    assert p["w"][0, 0] == pytest.approx(1.0 - 0.1 * (0.5 + 1.45 + 2.805), rel=1e-14)
+
+
+def test_adam_by_hand():
+    p = _params()
+    opt = Adam(p, lr=0.01, betas=(0.9, 0.999), eps=1e-8)
+    # first step: m_hat = g, v_hat = g^2, so the update is lr * g / (|g| + eps) = lr*sign(g)
+    opt.step(_grads(0))
+    np.testing.assert_allclose(
+        p["w"][0], [1.0 - 0.01 * 0.5 / (0.5 + 1e-8), -2.0 + 0.01 * 1.0 / (1.0 + 1e-8)], rtol=1e-12
+    )
+    assert p["w"][1, 1] == 3.0  # zero gradient, no move
+    # second step for entry b[1]: g1 = 0.7, g2 = 0.35
+    opt.step(_grads(1))
+    m = 0.9 * (0.1 * 0.7) + 0.1 * 0.35
+    v = 0.999 * (0.001 * 0.49) + 0.001 * 0.35**2
+    step2 = 0.01 * (m / (1 - 0.9**2)) / (math.sqrt(v / (1 - 0.999**2)) + 1e-8)
+    step1 = 0.01 * 0.7 / (0.7 + 1e-8)
+    assert p["b"][1] == pytest.approx(-0.2 - step1 - step2, rel=1e-13)
+
+
+def test_adam_matches_pytorch():
+    torch = pytest.importorskip("torch")
+    p = _params()
+    tp = {k: torch.tensor(v.copy(), requires_grad=True) for k, v in p.items()}
+    opt = Adam(p, lr=0.05)
+    topt = torch.optim.Adam(list(tp.values()), lr=0.05)
+    for k in range(4):
+        g = _grads(k)
+        opt.step(g)
+        for name, t in tp.items():
+            t.grad = torch.tensor(g[name])
+        topt.step()
+    for name in p:
+        np.testing.assert_allclose(p[name], tp[name].detach().numpy(), rtol=1e-12)
+
+
+@pytest.mark.parametrize("cls", [SGD, Momentum, Adam])
+def test_state_round_trip_continues_identically(cls, tmp_path):
+    p1, p2 = _params(), _params()
+    a = cls(p1, lr=0.1)
+    for k in range(2):
+        a.step(_grads(k))
+    a.save(tmp_path / "opt.npz")
+    for k in p1:
+        p2[k][...] = p1[k]
+    b = fastrnn.load(tmp_path / "opt.npz", params=p2)
+    assert type(b) is cls and b.step_count == 2
+    c = cls(_params(), lr=0.5)
+    c.load_state_dict(a.state_dict())
+    assert c.lr == 0.1
+    for k in range(2, 4):
+        a.step(_grads(k))
+        b.step(_grads(k))
+    for k in p1:
+        np.testing.assert_array_equal(p1[k], p2[k])
+
+
+def test_load_optimizer_without_params_says_what_to_pass(tmp_path):
+    Adam(_params()).save(tmp_path / "adam.npz")
+    with pytest.raises(ValueError, match=r"params=model\.parameters\(\)"):
+        fastrnn.load(tmp_path / "adam.npz")
+    with pytest.raises(
+        ValueError, match=r"optimizer state m/w has shape \(2, 2\), expected \(3,\)"
+    ):
+        fastrnn.load(tmp_path / "adam.npz", params={"w": np.zeros(3), "b": np.zeros(2)})
+
+
+def test_missing_gradient_leaves_parameter_and_unknown_is_an_error():
+    p = _params()
+    before = p["b"].copy()
+    SGD(p, lr=0.1).step({"w": np.ones((2, 2))})
+    np.testing.assert_array_equal(p["b"], before)
+    with pytest.raises(ValueError, match=r"not parameters of this optimizer: \['u'\]"):
+        SGD(p, lr=0.1).step({"u": np.ones(2)})
+    with pytest.raises(ValueError, match=r"grads\['w'\] has shape \(2,\), expected \(2, 2\)"):
+        SGD(p, lr=0.1).step({"w": np.ones(2)})
+
+
+def test_bad_hyperparameters():
+    with pytest.raises(ValueError, match="lr must be a finite number >= 0"):
+        SGD(_params(), lr=-1)
+    with pytest.raises(ValueError, match=r"momentum must be in \[0, 1\)"):
+        Momentum(_params(), lr=0.1, momentum=1.0)
+    with pytest.raises(TypeError, match="betas must be a pair"):
+        Adam(_params(), betas=0.9)
+    with pytest.raises(TypeError, match="params must be a non-empty dict"):
+        Adam([np.zeros(3)])
+    with pytest.raises(TypeError, match=r"params\['w'\] must be a float np.ndarray"):
+        Adam({"w": [1.0, 2.0]})
+
+
+# --- clipping --------------------------------------------------------------------------
+
+
+def test_clip_grad_norm_makes_the_global_norm_equal_the_threshold():
+    g = {"a": np.array([3.0, 4.0]), "b": np.array([[12.0]])}
+    before = clip_grad_norm(g, 6.5)
+    assert before == pytest.approx(13.0)
+    assert global_norm(g) == pytest.approx(6.5, rel=1e-14)
+    np.testing.assert_allclose(g["a"], [1.5, 2.0])  # direction kept: scaled by 1/2
+    small = {"a": np.array([0.3, 0.4])}
+    assert clip_grad_norm(small, 1.0) == pytest.approx(0.5)
+    np.testing.assert_array_equal(small["a"], [0.3, 0.4])  # below the threshold: untouched
+
+
+def test_clip_grad_norm_float32_in_place():
+    g = {"a": np.full(10, 5.0, dtype=np.float32)}
+    ref = g["a"]
+    clip_grad_norm(g, 1.0)
+    assert g["a"] is ref and ref.dtype == np.float32
+    assert global_norm(g) == pytest.approx(1.0, rel=1e-6)
+
+
+def test_clip_grad_value():
+    g = {"a": np.array([-3.0, 0.2, 5.0])}
+    clip_grad_value(g, 1.0)
+    np.testing.assert_array_equal(g["a"], [-1.0, 0.2, 1.0])
+    with pytest.raises(ValueError, match="clip_value must be a finite number"):
+        clip_grad_value(g, -1.0)
+    with pytest.raises(ValueError, match="max_norm"):
+        clip_grad_norm(g, float("nan"))
