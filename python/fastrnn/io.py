@@ -174,9 +174,10 @@ def _read(path: str | os.PathLike) -> tuple[dict[str, Any], dict[str, np.ndarray
     if not os.path.exists(path):
         raise FileNotFoundError(f"no such file: {where}")
     try:
-        with np.load(path, allow_pickle=False) as npz:
-            if not isinstance(npz, np.lib.npyio.NpzFile):
-                raise ValueError(f"{where} is a single .npy array, not a fastrnn .npz file")
+        npz = np.load(path, allow_pickle=False)
+        if not isinstance(npz, np.lib.npyio.NpzFile):
+            raise ValueError(f"{where} is a single .npy array, not a fastrnn .npz file")
+        with npz:
             names = list(npz.files)
             if HEADER_KEY not in names:
                 raise ValueError(
