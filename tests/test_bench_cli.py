@@ -1,0 +1,195 @@
+"""``fastrnn bench`` on tiny shapes: the table, the JSON, the notes for backends that do
+not run, the memory guard, the scaling mode and plot, and bad arguments. Speed itself is
+never asserted here."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+import fastrnn
+from fastrnn import _benchlib as lib
+from fastrnn import _sysinfo
+from fastrnn.cli import main
+
+TINY = ["--D", "3", "--H", "5", "--B", "2", "--T", "7", "--repeat", "1", "--gemm-size", "32"]
+
+
+def _bench(capsys, *argv: str) -> tuple[int, str]:
+    code = main(["bench", *TINY, *argv])
+    return code, capsys.readouterr().out
+
+
+def _table_rows(out: str) -> list[list[str]]:
+    """The table's data lines (between the dashed rule and the blank line), split."""
+    lines = out.splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith("-----")) + 1
+    rows = []
+    for line in lines[start:]:
+        if not line.strip():
+            break
+        rows.append(line.split())
+    return rows
+
+
+def test_numpy_table_and_json(capsys, tmp_path):
+    path = tmp_path / "bench.json"
+    code, out = _bench(capsys, "--backends", "numpy", "--cells", "rnn,lstm", "--json", str(path))
+    assert code == 0
+    # the machine description comes first
+    assert "CPU:" in out and "BLAS:" in out and "GEMM:" in out
+    header = next(line for line in out.splitlines() if line.startswith("shape"))
+    for column in ("seconds", "us/step", "x numpy", "GFLOP/s", "%GEMM", "bwd mem"):
+        assert column in header
+    rows = _table_rows(out)
+    assert [(r[2], r[5]) for r in rows] == [("rnn", "numpy"), ("lstm", "numpy")]
+    assert all(r[8] == "1.00" for r in rows)  # numpy against itself
+    assert "FLOPs per step" in out
+
+    doc = json.loads(path.read_text())
+    assert doc["system"]["blas"] == _sysinfo.blas_info()
+    assert {g["dtype"] for g in doc["gemm_gflops"]} == {"float32"}
+    results = doc["results"]
+    assert [r["cell"] for r in results] == ["rnn", "lstm"]
+    T, B, D, H = 7, 2, 3, 5
+    for r in results:
+        assert r["status"] == "ok"
+        assert (r["T"], r["B"], r["D"], r["H"]) == (T, B, D, H)
+        assert len(r["times"]) == 1 and r["seconds"] == r["times"][0] > 0
+        assert r["us_per_step"] == pytest.approx(r["seconds"] / T * 1e6)
+        G = {"rnn": 1, "lstm": 4}[r["cell"]]
+        assert r["flops"] == T * B * 3 * (2 * G * H * (D + H) + 2 * H * lib.CLASSES)
+        assert r["gflops"] == pytest.approx(r["flops"] / r["seconds"] / 1e9)
+        assert r["gemm_share"] == pytest.approx(r["gflops"] / doc["gemm_gflops"][0]["gflops"])
+        assert r["speedup_vs_numpy"] == 1.0
+    # memory held for backward: rnn keeps hs only; lstm also its 4 gates and the cell state
+    assert results[0]["held_bytes"] == T * B * H * 4
+    assert results[1]["held_bytes"] == T * B * H * 4 * (1 + 4 + 1)
+
+
+def test_every_backend_runs_or_says_why(capsys):
+    code, out = _bench(capsys, "--cells", "gru", "--dtype", "float64", "--threads", "1,2")
+    assert code == 0
+    rows = _table_rows(out)
+    backends = ["numpy", "numba", "cpp", "torch"]
+    assert [(r[4], r[5]) for r in rows] == [(t, b) for t in ("1", "2") for b in backends]
+    available = set(fastrnn.available_backends())
+    if lib.torch_unavailable_reason() is None:
+        available.add("torch")
+    for r in rows:
+        if r[5] in available:
+            assert r[6] != "unavailable" and float(r[6]) > 0, r
+        else:
+            assert r[6] == "unavailable", r
+            assert f"note: {r[5]}: unavailable:" in out
+    assert "x 1thr" in out  # a second thread count adds the speed-up over one thread
+
+
+def test_wrong_backend_is_reported_not_timed(capsys, monkeypatch):
+    """A backend whose float32 result is off is caught by the check against the float64
+    reference, and the command fails."""
+    from fastrnn.backends import numpy_backend
+
+    real = numpy_backend.forward
+
+    def off_in_float32(*args, **kwargs):
+        hs, h_n, c_n, saved = real(*args, **kwargs)
+        if hs.dtype == np.float32:
+            hs = hs * np.float32(1.01)
+        return hs, h_n, c_n, saved
+
+    monkeypatch.setattr(numpy_backend, "forward", off_in_float32)
+    code, out = _bench(capsys, "--backends", "numpy", "--cells", "rnn", "--what", "forward")
+    assert code == 1
+    assert "wrong (see below)" in out
+    assert "hs differs from the reference" in out
+
+
+def test_run_that_does_not_fit_is_skipped_with_a_message(capsys, monkeypatch):
+    monkeypatch.setattr(_sysinfo, "available_memory", lambda: 1000)
+    code, out = _bench(capsys, "--backends", "numpy", "--cells", "rnn")
+    assert code == 0
+    assert "skipped (see below)" in out
+    assert "would not fit in memory: needs about" in out
+
+
+def test_scaling_mode_and_plot(capsys, tmp_path):
+    pytest.importorskip("matplotlib")
+    png, path = tmp_path / "scaling.png", tmp_path / "scaling.json"
+    scaling = ["--scaling", "--T-max", "1000", "--H", "4", "--D", "3", "--backends", "numpy"]
+    output = ["--plot", str(png), "--json", str(path)]
+    code = main(["bench", *scaling, "--gemm-size", "32", "--repeat", "1", *output])
+    out = capsys.readouterr().out
+    assert code == 0
+    rows = json.loads(path.read_text())["results"]
+    assert [(r["B"], r["T"]) for r in rows] == [(1, 100), (1, 1000), (16, 100), (16, 1000)]
+    assert all(r["status"] == "ok" for r in rows)
+    assert [r["held_bytes"] for r in rows] == [r["T"] * r["B"] * 4 * 4 for r in rows]
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert f"wrote {png}" in out
+
+
+def test_scaling_estimate_refuses_the_largest_runs():
+    """The estimate that guards --scaling: linear in T and B, and T=1e6, B=16 for lstm
+    needs more than 10 GB (so it is refused on small machines)."""
+    small = lib.estimate_bytes("lstm", 32, 64, 16, 1000, np.float32, "train")
+    assert lib.estimate_bytes("lstm", 32, 64, 16, 10_000, np.float32, "train") == 10 * small
+    assert lib.estimate_bytes("lstm", 32, 64, 16, 1_000_000, np.float32, "train") > 10e9
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--threads", "0"], "expected a positive whole number, got '0'"),
+        (["--threads", "1,x"], "expected a positive whole number, got 'x'"),
+        (["--backends", "numpy,tensorflow"], "'tensorflow' is not one of numpy, numba, cpp"),
+        (["--cells", "transformer"], "'transformer' is not one of rnn, lstm, gru"),
+        (["--T", "-5"], "expected a positive whole number, got '-5'"),
+        (["--shapes", "S9"], "'S9' is not one of S1, S2, S3, S4"),
+        (["--dtype", "float16"], "invalid choice: 'float16'"),
+    ],
+)
+def test_bad_arguments_name_what_is_wrong(capsys, argv, message):
+    with pytest.raises(SystemExit) as exc:
+        main(["bench", *argv])
+    assert exc.value.code == 2
+    assert message in capsys.readouterr().err
+
+
+def test_scaling_and_quick_exclude_each_other(capsys):
+    assert main(["bench", "--scaling", "--quick"]) == 2
+    assert "not both" in capsys.readouterr().err
+
+
+def test_held_bytes_counts_each_buffer_once():
+    case = lib.make_case("gru", 3, 4, 2, 5, np.float64)
+    res = fastrnn.forward("gru", case.params, case.x, backend="numpy")
+    gates, hn = res.saved
+    expected = res.hs.nbytes + gates.nbytes + hn.nbytes
+    assert lib.held_bytes(res) == expected
+    # a view of a saved buffer does not count twice
+    twice = type(res)(**{**vars(res), "saved": (gates, hn, gates[1:])})
+    assert lib.held_bytes(twice) == expected
+
+
+def test_openblas_coretype_is_warned_about():
+    assert any(
+        "OPENBLAS_CORETYPE=Haswell" in w
+        for w in _sysinfo.warnings_for({"OPENBLAS_CORETYPE": "Haswell"})
+    )
+    assert _sysinfo.warnings_for({}) == []
+
+
+def test_module_entry_point_runs():
+    proc = subprocess.run(
+        [sys.executable, "-m", "fastrnn", "bench", *TINY, "--backends", "numpy", "--cells", "rnn"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert "numpy" in proc.stdout and "us/step" in proc.stdout
