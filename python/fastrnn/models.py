@@ -433,6 +433,7 @@ class SequenceClassifier(_ManyToOne):
 
     def predict(self, X: np.ndarray, lengths: np.ndarray | None = None) -> np.ndarray:
         """The most probable label of each sequence (n,)."""
+        self._check_fitted()
         return self.classes_[self.predict_proba(X, lengths).argmax(axis=1)]
 
     def score(self, X: np.ndarray, y: np.ndarray, lengths: np.ndarray | None = None) -> float:
