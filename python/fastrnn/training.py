@@ -39,7 +39,14 @@ from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
-from .optim import Optimizer, clip_grad_norm, clip_grad_value, global_norm, make_optimizer
+from .optim import (
+    Optimizer,
+    _check_lr,
+    clip_grad_norm,
+    clip_grad_value,
+    global_norm,
+    make_optimizer,
+)
 
 
 @runtime_checkable
@@ -244,6 +251,10 @@ def train(
                 f"tbptt needs a model with num_steps(batch) and chunk_loss_and_grads(batch, "
                 f"start, stop, state); {type(model).__name__} has not"
             )
+    if clip_norm is not None:
+        _check_lr("clip_norm", clip_norm, allow_zero=False)
+    if clip_value is not None:
+        _check_lr("clip_value", clip_value, allow_zero=False)
     params = model.parameters()
     if isinstance(optimizer, Optimizer):
         if lr is not None:
