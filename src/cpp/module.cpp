@@ -1,13 +1,61 @@
 // The compiled module fastrnn._core: only bindings live here; the kernels are
-// header-only templates under fastrnn/ with no Python types.
+// header-only templates under fastrnn/ with no Python types, bound in kernels_module.cpp
+// once per instruction-set level. _core is compiled for baseline x86-64 and decides which
+// level this CPU can run.
 #include <pybind11/pybind11.h>
 
 #include <Eigen/Core>
+#include <cstdlib>
 #include <string>
 
 namespace py = pybind11;
 
 namespace {
+
+// Instruction-set levels of the kernel modules, lowest first; each requires the CPU
+// features it was compiled with (see CMakeLists.txt).
+const char* const kLevels[] = {"generic", "avx2", "avx512"};
+
+bool level_supported(const std::string& level) {
+  if (level == "generic") return true;
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+  __builtin_cpu_init();
+  const bool avx2 = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") &&
+                    __builtin_cpu_supports("f16c");
+  if (level == "avx2") return avx2;
+  if (level == "avx512")
+    return avx2 && __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512dq") &&
+           __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512bw");
+#endif
+  return false;
+}
+
+bool level_built(const std::string& level) {
+#ifdef FASTRNN_BUILT_LEVELS
+  return (std::string(" ") + FASTRNN_BUILT_LEVELS + " ").find(" " + level + " ") !=
+         std::string::npos;
+#else
+  return level == "generic";
+#endif
+}
+
+// The best level this CPU supports and this build has; the environment variable
+// FASTRNN_CPP_ISA (generic, avx2, avx512) can ask for a lower one.
+std::string kernel_isa() {
+  const char* env = std::getenv("FASTRNN_CPP_ISA");
+  std::string cap = env && *env ? env : "avx512";
+  bool known = false;
+  for (const char* level : kLevels) known = known || cap == level;
+  if (!known)
+    throw py::value_error("environment variable FASTRNN_CPP_ISA='" + cap +
+                          "' names no level; valid are 'generic', 'avx2', 'avx512'");
+  std::string best = "generic";
+  for (const char* level : kLevels) {
+    if (level_supported(level) && level_built(level)) best = level;
+    if (cap == level) break;
+  }
+  return best;
+}
 
 py::dict build_info() {
   py::dict info;
@@ -17,19 +65,38 @@ py::dict build_info() {
   info["eigen_version"] = std::to_string(EIGEN_WORLD_VERSION) + "." +
                           std::to_string(EIGEN_MAJOR_VERSION) + "." +
                           std::to_string(EIGEN_MINOR_VERSION);
-  info["eigen_simd"] = std::string(Eigen::SimdInstructionSetsInUse());
+  const std::string isa = kernel_isa();
+  info["kernel_isa"] = isa;
+  py::list built;
+  for (const char* level : kLevels)
+    if (level_built(level)) built.append(level);
+  info["kernel_isas_built"] = built;
+  try {
+    info["eigen_simd"] =
+        py::module_::import(("fastrnn._kernels_" + isa).c_str()).attr("EIGEN_SIMD");
+  } catch (py::error_already_set& e) {
+    info["eigen_simd"] = std::string("unavailable: ") + e.what();
+  }
 #ifdef _OPENMP
   info["openmp"] = true;
 #else
   info["openmp"] = false;
 #endif
+  info["blas"] = "none (Eigen's own GEMM)";
   return info;
 }
 
 }  // namespace
 
 PYBIND11_MODULE(_core, m) {
-  m.doc() = "fastrnn's compiled kernels (C++ with Eigen).";
+  m.doc() = "fastrnn's compiled extension (C++ with Eigen): build info and CPU dispatch.";
   m.def("build_info", &build_info,
-        "How the extension was built: compiler, flags, Eigen version and SIMD level, OpenMP.");
+        "How the extension was built: compiler, flags, Eigen version, the kernels' "
+        "instruction-set level and SIMD, OpenMP, BLAS.");
+  m.def("cpu_supports", &level_supported, py::arg("level"),
+        "Whether this CPU (and OS) can run kernels of instruction-set level `level` "
+        "('generic', 'avx2', 'avx512').");
+  m.def("kernel_isa", &kernel_isa,
+        "The instruction-set level whose kernel module fastrnn uses: the best one this CPU "
+        "supports and this build has, capped by the environment variable FASTRNN_CPP_ISA.");
 }

@@ -1,0 +1,453 @@
+// Forward and backpropagation through time for rnn, lstm and gru: header-only, templated
+// on the scalar type, no Python types. The meaning is the kernel contract of DESIGN.md
+// section 2 (PyTorch's parameters and gate order; `lengths` as packed sequences).
+//
+// Layout: every (steps, B, n) array is read as the column-major (n, steps*B) matrix it is
+// in memory, so a step of a batch chunk [b0, b1) is a contiguous (n, b1-b0) block and the
+// per-step products are W (G*H x H) times state columns ("feature-major").
+//
+// Structure (DESIGN.md section 3):
+//   forward:  1. input projection of all steps, one GEMM (rows of steps*B split over
+//                threads);
+//             2. each thread runs its own time loop over a contiguous chunk of sequences:
+//                one packed product for all gates (small_gemm), then the fused gate math;
+//   backward: 1. each thread runs the dh recurrence over its chunk, writing the
+//                pre-activation gradients dA of every step;
+//             2. dx = dA W_ih, dW_ih = dA^T X, dW_hh = dA^T H_prev and the bias sums as
+//                one GEMM each, split over threads by output rows (no reduction needed).
+// Saved for backward beyond hs: rnn nothing; lstm the gate activations and cell states
+// (5H per step and sequence); gru the gate activations and W_hn h + b_hn (4H).
+#pragma once
+
+#include <Eigen/Core>
+#include <algorithm>
+#include <cstdint>
+#include <utility>
+#include <vector>
+
+#include "parallel.hpp"
+#include "small_gemm.hpp"
+
+namespace fastrnn {
+
+enum class Cell { rnn, lstm, gru };
+enum class Activation { tanh, relu, leaky_relu, identity };
+
+inline Index gates_of(Cell cell) { return cell == Cell::rnn ? 1 : (cell == Cell::lstm ? 4 : 3); }
+
+template <class T>
+struct Problem {
+  Cell cell = Cell::rnn;
+  Activation activation = Activation::tanh;
+  T slope = T(0.01);
+  Index steps = 0, B = 0, D = 0, H = 0;
+  const T* W_ih = nullptr;  // (G*H, D) row-major
+  const T* W_hh = nullptr;  // (G*H, H)
+  const T* b_ih = nullptr;  // (G*H,)
+  const T* b_hh = nullptr;
+  const T* x = nullptr;              // (steps, B, D)
+  const T* h0 = nullptr;             // (B, H)
+  const T* c0 = nullptr;             // (B, H), lstm only
+  const std::int64_t* lengths = nullptr;  // (B,) in 1..steps, or null: all have length steps
+  int num_threads = 1;
+  bool flush_denormals = true;
+};
+
+template <class T>
+struct ForwardOutput {
+  T* hs = nullptr;     // (steps, B, H)
+  T* h_n = nullptr;    // (B, H)
+  T* c_n = nullptr;    // (B, H), lstm
+  T* gates = nullptr;  // (steps, B, G*H), lstm and gru: gate activations
+  T* extra = nullptr;  // (steps, B, H): lstm cell states, gru W_hn h + b_hn
+};
+
+template <class T>
+struct BackwardInput {
+  const T* hs = nullptr;
+  const T* gates = nullptr;
+  const T* extra = nullptr;
+  const T* dhs = nullptr;   // (steps, B, H)
+  const T* dh_n = nullptr;  // (B, H)
+  const T* dc_n = nullptr;  // (B, H), lstm
+};
+
+template <class T>
+struct BackwardOutput {
+  T* dx = nullptr;     // (steps, B, D)
+  T* dh0 = nullptr;    // (B, H)
+  T* dc0 = nullptr;    // (B, H), lstm
+  T* dW_ih = nullptr;  // like W_ih
+  T* dW_hh = nullptr;
+  T* db_ih = nullptr;
+  T* db_hh = nullptr;
+  T* norms = nullptr;  // (steps, B) or null
+};
+
+namespace detail {
+
+template <class T>
+using Arr = Eigen::Array<T, Eigen::Dynamic, Eigen::Dynamic>;
+template <class T>
+using Mat = Eigen::Matrix<T, Eigen::Dynamic, Eigen::Dynamic>;
+template <class T>
+using ArrMap = Eigen::Map<Arr<T>>;
+template <class T>
+using ConstArrMap = Eigen::Map<const Arr<T>>;
+template <class T>
+using StridedArrMap = Eigen::Map<Arr<T>, Eigen::Unaligned, Eigen::OuterStride<>>;
+template <class T>
+using MatMap = Eigen::Map<Mat<T>>;
+template <class T>
+using ConstMatMap = Eigen::Map<const Mat<T>>;
+
+// Which sequences of the chunk [b0, b0+nb) are still running at step t.
+struct ChunkMask {
+  const std::int64_t* lengths;  // already offset to b0, or null
+  Index nb;
+  Index all_active_until;  // every sequence of the chunk is active for t < this
+
+  ChunkMask(const std::int64_t* lens, Index b0, Index count, Index steps)
+      : lengths(lens ? lens + b0 : nullptr), nb(count), all_active_until(steps) {
+    if (lengths)
+      for (Index j = 0; j < nb; ++j) all_active_until = std::min<Index>(all_active_until, lengths[j]);
+  }
+  bool all_active(Index t) const { return t < all_active_until; }
+  bool active(Index t, Index j) const { return !lengths || t < lengths[j]; }
+  template <class M>
+  void zero_inactive(Index t, M&& m) const {
+    if (all_active(t)) return;
+    for (Index j = 0; j < nb; ++j)
+      if (!active(t, j)) m.col(j).setZero();
+  }
+  // Columns of `fresh` for finished sequences take the value of `carried`.
+  template <class M1, class M2>
+  void carry_inactive(Index t, M1&& fresh, const M2& carried) const {
+    if (all_active(t)) return;
+    for (Index j = 0; j < nb; ++j)
+      if (!active(t, j)) fresh.col(j) = carried.col(j);
+  }
+};
+
+template <class T>
+void activate(Activation act, T slope, ArrMap<T>& out, const StridedArrMap<T>& rec) {
+  switch (act) {
+    case Activation::tanh:
+      out = (out + rec).tanh();
+      break;
+    case Activation::relu:
+      out = (out + rec).max(T(0));
+      break;
+    case Activation::leaky_relu:
+      out += rec;
+      if (slope <= T(1))
+        out = out.max(out * slope);
+      else
+        out = out.min(out * slope);
+      break;
+    case Activation::identity:
+      out += rec;
+      break;
+  }
+}
+
+// dA = dh * act'(a), act' written in terms of h = act(a).
+template <class T, class DH>
+void activation_grad(Activation act, T slope, ArrMap<T>& dA, const DH& dh,
+                     const ConstArrMap<T>& h) {
+  switch (act) {
+    case Activation::tanh:
+      dA = dh * (T(1) - h * h);
+      break;
+    case Activation::relu:
+      dA = (h > T(0)).select(dh, T(0));
+      break;
+    case Activation::leaky_relu:
+      dA = (h > T(0)).select(dh, dh * slope);
+      break;
+    case Activation::identity:
+      dA = dh;
+      break;
+  }
+}
+
+// --- forward time loops over the chunk [b0, b0 + nb) ------------------------------------
+
+template <class T>
+void rnn_forward_chunk(const Problem<T>& p, const ForwardOutput<T>& out,
+                       const PackedMatrix<T>& W, Index b0, Index nb) {
+  const Index H = p.H, B = p.B;
+  const ChunkMask mask(p.lengths, b0, nb, p.steps);
+  std::vector<T> rec_buf(static_cast<std::size_t>(W.ld * nb));
+  const StridedArrMap<T> rec(rec_buf.data(), H, nb, Eigen::OuterStride<>(W.ld));
+  const T* h_prev = p.h0 + b0 * H;
+  for (Index t = 0; t < p.steps; ++t) {
+    T* h_ptr = out.hs + (t * B + b0) * H;
+    small_gemm(W, h_prev, H, rec_buf.data(), W.ld, nb);  // W h_{t-1}
+    ArrMap<T> h(h_ptr, H, nb);                             // holds U x_t + b
+    activate(p.activation, p.slope, h, rec);               // h_t = act(U x_t + W h_{t-1} + b)
+    mask.zero_inactive(t, h);
+    h_prev = h_ptr;
+  }
+}
+
+template <class T>
+void lstm_forward_chunk(const Problem<T>& p, const ForwardOutput<T>& out,
+                        const PackedMatrix<T>& W, Index b0, Index nb) {
+  const Index H = p.H, B = p.B, GH = 4 * H;
+  const ChunkMask mask(p.lengths, b0, nb, p.steps);
+  std::vector<T> rec_buf(static_cast<std::size_t>(W.ld * nb));
+  const StridedArrMap<T> rec(rec_buf.data(), GH, nb, Eigen::OuterStride<>(W.ld));
+  const T* h_prev = p.h0 + b0 * H;
+  const T* c_prev = p.c0 + b0 * H;
+  for (Index t = 0; t < p.steps; ++t) {
+    const Index off = (t * B + b0);
+    small_gemm(W, h_prev, H, rec_buf.data(), W.ld, nb);
+    ArrMap<T> g(out.gates + off * GH, GH, nb);  // holds U x_t + b, becomes i, f, g, o
+    g.topRows(2 * H) = (g.topRows(2 * H) + rec.topRows(2 * H)).logistic();
+    g.middleRows(2 * H, H) = (g.middleRows(2 * H, H) + rec.middleRows(2 * H, H)).tanh();
+    g.bottomRows(H) = (g.bottomRows(H) + rec.bottomRows(H)).logistic();
+    ArrMap<T> c(out.extra + off * H, H, nb);
+    ArrMap<T> h(out.hs + off * H, H, nb);
+    const ConstArrMap<T> cp(c_prev, H, nb);
+    c = g.middleRows(H, H) * cp + g.topRows(H) * g.middleRows(2 * H, H);  // f c + i g
+    h = g.bottomRows(H) * c.tanh();                                       // o tanh(c)
+    mask.zero_inactive(t, h);
+    h_prev = h.data();
+    c_prev = c.data();
+  }
+}
+
+template <class T>
+void gru_forward_chunk(const Problem<T>& p, const ForwardOutput<T>& out,
+                       const PackedMatrix<T>& W, Index b0, Index nb) {
+  const Index H = p.H, B = p.B, GH = 3 * H;
+  const ChunkMask mask(p.lengths, b0, nb, p.steps);
+  std::vector<T> rec_buf(static_cast<std::size_t>(W.ld * nb));
+  const StridedArrMap<T> rec(rec_buf.data(), GH, nb, Eigen::OuterStride<>(W.ld));
+  const Eigen::Map<const Eigen::Array<T, Eigen::Dynamic, 1>> b_hh(p.b_hh, GH);
+  const T* h_prev = p.h0 + b0 * H;
+  for (Index t = 0; t < p.steps; ++t) {
+    const Index off = (t * B + b0);
+    small_gemm(W, h_prev, H, rec_buf.data(), W.ld, nb);
+    ArrMap<T> g(out.gates + off * GH, GH, nb);  // holds W_i. x_t + b_i., becomes r, z, n
+    g.topRows(2 * H) = ((g.topRows(2 * H) + rec.topRows(2 * H)).colwise() + b_hh.head(2 * H))
+                           .logistic();
+    ArrMap<T> hn(out.extra + off * H, H, nb);  // W_hn h + b_hn
+    hn = rec.bottomRows(H).colwise() + b_hh.tail(H);
+    g.bottomRows(H) = (g.bottomRows(H) + g.topRows(H) * hn).tanh();
+    ArrMap<T> h(out.hs + off * H, H, nb);
+    const ConstArrMap<T> hp(h_prev, H, nb);
+    h = g.bottomRows(H) + g.middleRows(H, H) * (hp - g.bottomRows(H));  // n + z (h - n)
+    mask.zero_inactive(t, h);
+    h_prev = h.data();
+  }
+}
+
+// --- backward time loops -------------------------------------------------------------
+
+// Scratch of one chunk's dh recurrence: the running dL/dh (padded rows, swapped with the
+// product buffer every step) and temporaries of the gate math.
+template <class T>
+struct ChunkScratch {
+  Index ld, H, nb;
+  std::vector<T> a, b, dht, extra1, extra2;
+  T* dh;
+  T* rec;
+  ChunkScratch(Index ld_, Index H_, Index nb_)
+      : ld(ld_), H(H_), nb(nb_), a(ld_ * nb_), b(ld_ * nb_), dht(H_ * nb_), dh(a.data()),
+        rec(b.data()) {}
+  StridedArrMap<T> dh_map() { return StridedArrMap<T>(dh, H, nb, Eigen::OuterStride<>(ld)); }
+  StridedArrMap<T> rec_map() { return StridedArrMap<T>(rec, H, nb, Eigen::OuterStride<>(ld)); }
+  void swap() { std::swap(dh, rec); }
+};
+
+template <class T, class M>
+void store_norms(const BackwardOutput<T>& g, Index t, Index B, Index b0, const M& dht) {
+  if (!g.norms) return;
+  for (Index j = 0; j < dht.cols(); ++j) g.norms[t * B + b0 + j] = dht.col(j).matrix().norm();
+}
+
+template <class T>
+void rnn_backward_chunk(const Problem<T>& p, const BackwardInput<T>& in,
+                        const BackwardOutput<T>& g, const PackedMatrix<T>& WT, T* dA_all, Index b0,
+                        Index nb) {
+  const Index H = p.H, B = p.B;
+  const ChunkMask mask(p.lengths, b0, nb, p.steps);
+  ChunkScratch<T> s(WT.ld, H, nb);
+  s.dh_map() = ConstArrMap<T>(in.dh_n + b0 * H, H, nb);
+  ArrMap<T> dht(s.dht.data(), H, nb);
+  for (Index t = p.steps - 1; t >= 0; --t) {
+    const Index off = t * B + b0;
+    dht = s.dh_map() + ConstArrMap<T>(in.dhs + off * H, H, nb);  // dL/dh_t
+    mask.zero_inactive(t, dht);
+    store_norms(g, t, B, b0, dht);
+    ArrMap<T> dA(dA_all + off * H, H, nb);
+    activation_grad(p.activation, p.slope, dA, dht, ConstArrMap<T>(in.hs + off * H, H, nb));
+    small_gemm(WT, dA.data(), H, s.rec, WT.ld, nb);  // dL/dh_{t-1} = W^T dA_t
+    mask.carry_inactive(t, s.rec_map(), s.dh_map());
+    s.swap();
+  }
+  ArrMap<T>(g.dh0 + b0 * H, H, nb) = s.dh_map();
+}
+
+template <class T>
+void lstm_backward_chunk(const Problem<T>& p, const BackwardInput<T>& in,
+                         const BackwardOutput<T>& g, const PackedMatrix<T>& WT, T* dA_all,
+                         Index b0, Index nb) {
+  const Index H = p.H, B = p.B, GH = 4 * H;
+  const ChunkMask mask(p.lengths, b0, nb, p.steps);
+  ChunkScratch<T> s(WT.ld, H, nb);
+  s.dh_map() = ConstArrMap<T>(in.dh_n + b0 * H, H, nb);
+  std::vector<T> dc_buf(in.dc_n + b0 * H, in.dc_n + (b0 + nb) * H);
+  s.extra1.resize(H * nb);
+  s.extra2.resize(H * nb);
+  ArrMap<T> dc(dc_buf.data(), H, nb), dht(s.dht.data(), H, nb);
+  ArrMap<T> tc(s.extra1.data(), H, nb), dct(s.extra2.data(), H, nb);
+  for (Index t = p.steps - 1; t >= 0; --t) {
+    const Index off = t * B + b0;
+    const ConstArrMap<T> gt(in.gates + off * GH, GH, nb);
+    const auto i = gt.topRows(H), f = gt.middleRows(H, H), gg = gt.middleRows(2 * H, H),
+               o = gt.bottomRows(H);
+    const ConstArrMap<T> c(in.extra + off * H, H, nb);
+    const ConstArrMap<T> c_prev(t > 0 ? in.extra + (off - B) * H : p.c0 + b0 * H, H, nb);
+    dht = s.dh_map() + ConstArrMap<T>(in.dhs + off * H, H, nb);  // dL/dh_t
+    mask.zero_inactive(t, dht);
+    store_norms(g, t, B, b0, dht);
+    tc = c.tanh();
+    ArrMap<T> dA(dA_all + off * GH, GH, nb);
+    dA.bottomRows(H) = dht * tc * o * (T(1) - o);           // do, through sigmoid
+    dct = dc + dht * o * (T(1) - tc * tc);                  // dL/dc_t
+    mask.zero_inactive(t, dct);
+    dA.topRows(H) = dct * gg * i * (T(1) - i);              // di
+    dA.middleRows(H, H) = dct * c_prev * f * (T(1) - f);    // df
+    dA.middleRows(2 * H, H) = dct * i * (T(1) - gg * gg);  // dg, through tanh
+    small_gemm(WT, dA.data(), GH, s.rec, WT.ld, nb);       // dL/dh_{t-1} = W_hh^T dA_t
+    if (mask.all_active(t)) {
+      dc = dct * f;  // dL/dc_{t-1}
+    } else {
+      for (Index j = 0; j < nb; ++j)
+        if (mask.active(t, j)) dc.col(j) = dct.col(j) * f.col(j);
+    }
+    mask.carry_inactive(t, s.rec_map(), s.dh_map());
+    s.swap();
+  }
+  ArrMap<T>(g.dh0 + b0 * H, H, nb) = s.dh_map();
+  ArrMap<T>(g.dc0 + b0 * H, H, nb) = dc;
+}
+
+template <class T>
+void gru_backward_chunk(const Problem<T>& p, const BackwardInput<T>& in,
+                        const BackwardOutput<T>& g, const PackedMatrix<T>& WT, T* dA_in_all,
+                        T* dA_rec_all, Index b0, Index nb) {
+  const Index H = p.H, B = p.B, GH = 3 * H;
+  const ChunkMask mask(p.lengths, b0, nb, p.steps);
+  ChunkScratch<T> s(WT.ld, H, nb);
+  s.dh_map() = ConstArrMap<T>(in.dh_n + b0 * H, H, nb);
+  ArrMap<T> dht(s.dht.data(), H, nb);
+  for (Index t = p.steps - 1; t >= 0; --t) {
+    const Index off = t * B + b0;
+    const ConstArrMap<T> gt(in.gates + off * GH, GH, nb);
+    const auto r = gt.topRows(H), z = gt.middleRows(H, H), n = gt.bottomRows(H);
+    const ConstArrMap<T> hn(in.extra + off * H, H, nb);
+    const ConstArrMap<T> h_prev(t > 0 ? in.hs + (off - B) * H : p.h0 + b0 * H, H, nb);
+    dht = s.dh_map() + ConstArrMap<T>(in.dhs + off * H, H, nb);  // dL/dh_t
+    mask.zero_inactive(t, dht);
+    store_norms(g, t, B, b0, dht);
+    ArrMap<T> dA_in(dA_in_all + off * GH, GH, nb), dA_rec(dA_rec_all + off * GH, GH, nb);
+    dA_in.bottomRows(H) = dht * (T(1) - z) * (T(1) - n * n);              // dn, through tanh
+    dA_in.middleRows(H, H) = dht * (h_prev - n) * z * (T(1) - z);         // dz
+    dA_in.topRows(H) = dA_in.bottomRows(H) * hn * r * (T(1) - r);         // dr
+    dA_rec.topRows(2 * H) = dA_in.topRows(2 * H);                         // r, z: both sides
+    dA_rec.bottomRows(H) = dA_in.bottomRows(H) * r;                       // n: gated by r
+    small_gemm(WT, dA_rec.data(), GH, s.rec, WT.ld, nb);
+    s.rec_map() += dht * z;  // dL/dh_{t-1} = W_hh^T dA_rec + dh z
+    mask.carry_inactive(t, s.rec_map(), s.dh_map());
+    s.swap();
+  }
+  ArrMap<T>(g.dh0 + b0 * H, H, nb) = s.dh_map();
+}
+
+template <class T>
+int workers_for(const Problem<T>& p, Index items) {
+  return static_cast<int>(std::max<Index>(1, std::min<Index>(p.num_threads, items)));
+}
+
+}  // namespace detail
+
+// --- entry points ----------------------------------------------------------------------
+
+template <class T>
+void forward(const Problem<T>& p, const ForwardOutput<T>& out) {
+  using namespace detail;
+  const Index H = p.H, B = p.B, D = p.D, GH = gates_of(p.cell) * H, TB = p.steps * B;
+  T* pre = p.cell == Cell::rnn ? out.hs : out.gates;  // (GH, TB): U x_t + b for every step
+  Eigen::Matrix<T, Eigen::Dynamic, 1> bias = Eigen::Map<const Eigen::Matrix<T, Eigen::Dynamic, 1>>(p.b_ih, GH);
+  if (p.cell != Cell::gru) bias += Eigen::Map<const Eigen::Matrix<T, Eigen::Dynamic, 1>>(p.b_hh, GH);
+  const int proj_workers = workers_for(p, TB);
+  run_workers(proj_workers, p.flush_denormals, [&](int w) {
+    const auto [c0, c1] = split_range(TB, proj_workers, w);
+    MatMap<T> A(pre + c0 * GH, GH, c1 - c0);
+    A.noalias() = ConstMatMap<T>(p.W_ih, D, GH).transpose() * ConstMatMap<T>(p.x + c0 * D, D, c1 - c0);
+    A.colwise() += bias;
+  });
+  PackedMatrix<T> W;
+  W.from_row_major(p.W_hh, GH, H);
+  const int workers = workers_for(p, B);
+  run_workers(workers, p.flush_denormals, [&](int w) {
+    const auto [b0, b1] = split_range(B, workers, w);
+    if (p.cell == Cell::rnn) rnn_forward_chunk(p, out, W, b0, b1 - b0);
+    if (p.cell == Cell::lstm) lstm_forward_chunk(p, out, W, b0, b1 - b0);
+    if (p.cell == Cell::gru) gru_forward_chunk(p, out, W, b0, b1 - b0);
+  });
+  // final states: after each sequence's last real step
+  for (Index b = 0; b < B; ++b) {
+    const Index last = p.lengths ? static_cast<Index>(p.lengths[b]) - 1 : p.steps - 1;
+    std::copy_n(out.hs + (last * B + b) * H, H, out.h_n + b * H);
+    if (p.cell == Cell::lstm) std::copy_n(out.extra + (last * B + b) * H, H, out.c_n + b * H);
+  }
+}
+
+template <class T>
+void backward(const Problem<T>& p, const BackwardInput<T>& in, const BackwardOutput<T>& g) {
+  using namespace detail;
+  const Index H = p.H, B = p.B, D = p.D, GH = gates_of(p.cell) * H, TB = p.steps * B;
+  std::vector<T> dA_in(static_cast<std::size_t>(GH * TB));
+  std::vector<T> dA_rec_buf(p.cell == Cell::gru ? static_cast<std::size_t>(GH * TB) : 0);
+  T* dA_rec = p.cell == Cell::gru ? dA_rec_buf.data() : dA_in.data();
+  PackedMatrix<T> WT;  // W_hh^T, (H x GH)
+  WT.from_row_major_transposed(p.W_hh, H, GH);
+  const int workers = workers_for(p, B);
+  run_workers(workers, p.flush_denormals, [&](int w) {
+    const auto [b0, b1] = split_range(B, workers, w);
+    if (p.cell == Cell::rnn) rnn_backward_chunk(p, in, g, WT, dA_in.data(), b0, b1 - b0);
+    if (p.cell == Cell::lstm) lstm_backward_chunk(p, in, g, WT, dA_in.data(), b0, b1 - b0);
+    if (p.cell == Cell::gru)
+      gru_backward_chunk(p, in, g, WT, dA_in.data(), dA_rec, b0, b1 - b0);
+  });
+  // Weight gradients and dx, one GEMM each over all steps; worker w owns rows [r0, r1) of
+  // the gate dimension (dW_ih, dW_hh, biases) and columns [c0, c1) of steps*B (dx).
+  const ConstMatMap<T> dA(dA_in.data(), GH, TB), dAr(dA_rec, GH, TB);
+  const int grad_workers = workers_for(p, std::max(GH, TB));
+  run_workers(grad_workers, p.flush_denormals, [&](int w) {
+    const auto [c0, c1] = split_range(TB, grad_workers, w);
+    MatMap<T>(g.dx + c0 * D, D, c1 - c0).noalias() =
+        ConstMatMap<T>(p.W_ih, D, GH) * dA.middleCols(c0, c1 - c0);
+    const auto [r0, r1] = split_range(GH, grad_workers, w);
+    const Index nr = r1 - r0;
+    if (nr == 0) return;
+    MatMap<T>(g.dW_ih, D, GH).middleCols(r0, nr).noalias() =
+        ConstMatMap<T>(p.x, D, TB) * dA.middleRows(r0, nr).transpose();
+    auto dW_hh = MatMap<T>(g.dW_hh, H, GH).middleCols(r0, nr);
+    dW_hh.noalias() = ConstMatMap<T>(p.h0, H, B) * dAr.block(r0, 0, nr, B).transpose();
+    if (p.steps > 1)
+      dW_hh.noalias() += ConstMatMap<T>(in.hs, H, TB - B) *
+                         dAr.block(r0, B, nr, TB - B).transpose();
+    Eigen::Map<Eigen::Matrix<T, Eigen::Dynamic, 1>>(g.db_ih + r0, nr) =
+        dA.middleRows(r0, nr).rowwise().sum();
+    Eigen::Map<Eigen::Matrix<T, Eigen::Dynamic, 1>>(g.db_hh + r0, nr) =
+        dAr.middleRows(r0, nr).rowwise().sum();
+  });
+}
+
+}  // namespace fastrnn

@@ -1,0 +1,307 @@
+// Bindings of the recurrent kernels (fastrnn/recurrent.hpp). This one source is compiled
+// into one extension module per instruction-set level (_kernels_generic, _kernels_avx2,
+// _kernels_avx512; see CMakeLists.txt), each with hidden symbols, and fastrnn._core picks
+// the best one the CPU supports. Every buffer is checked here (dtype, C order, shape,
+// lengths in range) with the GIL held; then the GIL is released around the kernel.
+#include <pybind11/numpy.h>
+#include <pybind11/pybind11.h>
+
+#include <Eigen/Core>
+#include <cmath>
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "fastrnn/recurrent.hpp"
+
+#ifndef FASTRNN_KERNELS_NAME
+#error "FASTRNN_KERNELS_NAME must name the module"
+#endif
+#ifndef FASTRNN_ISA
+#error "FASTRNN_ISA must name the instruction-set level"
+#endif
+
+namespace py = pybind11;
+using fastrnn::Index;
+
+namespace {
+
+std::string shape_str(const std::vector<Index>& shape) {
+  std::string s = "(";
+  for (std::size_t i = 0; i < shape.size(); ++i) {
+    s += std::to_string(shape[i]);
+    if (shape.size() == 1 || i + 1 < shape.size()) s += ", ";
+  }
+  if (shape.size() == 1) s.pop_back(), s.pop_back(), s += ",";
+  return s + ")";
+}
+
+std::string array_shape(const py::array& a) {
+  std::vector<Index> shape(a.shape(), a.shape() + a.ndim());
+  return shape_str(shape);
+}
+
+fastrnn::Cell parse_cell(const std::string& name) {
+  if (name == "rnn") return fastrnn::Cell::rnn;
+  if (name == "lstm") return fastrnn::Cell::lstm;
+  if (name == "gru") return fastrnn::Cell::gru;
+  throw py::value_error("cell must be one of 'rnn', 'lstm', 'gru', got '" + name + "'");
+}
+
+fastrnn::Activation parse_activation(const std::string& name) {
+  if (name == "tanh") return fastrnn::Activation::tanh;
+  if (name == "relu") return fastrnn::Activation::relu;
+  if (name == "leaky_relu") return fastrnn::Activation::leaky_relu;
+  if (name == "identity") return fastrnn::Activation::identity;
+  throw py::value_error(
+      "activation must be one of 'tanh', 'relu', 'leaky_relu', 'identity', got '" + name + "'");
+}
+
+py::array as_array(const py::object& obj, const char* name) {
+  if (!py::isinstance<py::array>(obj))
+    throw py::type_error(std::string(name) + " must be a numpy array, got " +
+                         std::string(py::str(py::type::of(obj).attr("__name__"))));
+  return py::reinterpret_borrow<py::array>(obj);
+}
+
+// Checks one buffer: a C-contiguous array of scalar T with exactly the expected shape.
+template <class T>
+const T* input(const py::object& obj, const char* name, const std::vector<Index>& shape) {
+  py::array a = as_array(obj, name);
+  if (!a.dtype().is(py::dtype::of<T>()))
+    throw py::type_error(std::string(name) + " has dtype " + std::string(py::str(a.dtype())) +
+                         ", expected " + std::string(py::str(py::dtype::of<T>())) +
+                         " (the dtype of x)");
+  std::vector<Index> got(a.shape(), a.shape() + a.ndim());
+  if (got != shape)
+    throw py::value_error(std::string(name) + " has shape " + shape_str(got) + ", expected " +
+                          shape_str(shape));
+  if (!(a.flags() & py::array::c_style))
+    throw py::value_error(std::string(name) + " must be C-contiguous");
+  return static_cast<const T*>(a.data());
+}
+
+template <class T>
+const T* optional_input(const py::object& obj, const char* name, const std::vector<Index>& shape,
+                        bool wanted, const std::string& cell) {
+  if (!wanted) {
+    if (!obj.is_none())
+      throw py::value_error(std::string(name) + " must be None for cell '" + cell + "'");
+    return nullptr;
+  }
+  if (obj.is_none())
+    throw py::value_error(std::string(name) + " is required for cell '" + cell + "', expected " +
+                          "an array of shape " + shape_str(shape));
+  return input<T>(obj, name, shape);
+}
+
+const std::int64_t* lengths_input(const py::object& obj, Index steps, Index B) {
+  if (obj.is_none()) return nullptr;
+  py::array a = as_array(obj, "lengths");
+  if (!a.dtype().is(py::dtype::of<std::int64_t>()))
+    throw py::type_error("lengths has dtype " + std::string(py::str(a.dtype())) +
+                         ", expected int64");
+  std::vector<Index> got(a.shape(), a.shape() + a.ndim());
+  if (got != std::vector<Index>{B})
+    throw py::value_error("lengths has shape " + shape_str(got) + ", expected (" +
+                          std::to_string(B) + ",)");
+  if (!(a.flags() & py::array::c_style)) throw py::value_error("lengths must be C-contiguous");
+  const auto* lens = static_cast<const std::int64_t*>(a.data());
+  for (Index b = 0; b < B; ++b)
+    if (lens[b] < 1 || lens[b] > steps)
+      throw py::value_error("lengths must be in 1..T = 1.." + std::to_string(steps) + ", got " +
+                            std::to_string(lens[b]) + " at index " + std::to_string(b));
+  return lens;
+}
+
+// The sizes of a problem, read from x (T, B, D) and W_hh (G*H, H).
+template <class T>
+fastrnn::Problem<T> problem(const std::string& cell_name, const std::string& activation,
+                            double slope, const py::object& W_ih, const py::object& W_hh,
+                            const py::object& x, const py::object& h0, const py::object& c0,
+                            const py::object& lengths, int num_threads, bool flush_denormals) {
+  fastrnn::Problem<T> p;
+  p.cell = parse_cell(cell_name);
+  p.activation = parse_activation(activation);
+  if (p.cell != fastrnn::Cell::rnn && p.activation != fastrnn::Activation::tanh)
+    throw py::value_error("activation applies to cell 'rnn' only");
+  if (!std::isfinite(slope) || slope < 0.0)
+    throw py::value_error("negative_slope must be finite and >= 0, got " + std::to_string(slope));
+  p.slope = static_cast<T>(slope);
+  if (num_threads < 1)
+    throw py::value_error("num_threads must be >= 1, got " + std::to_string(num_threads));
+  p.num_threads = num_threads;
+  p.flush_denormals = flush_denormals;
+  const Index G = fastrnn::gates_of(p.cell);
+  py::array xa = as_array(x, "x");
+  if (xa.ndim() != 3)
+    throw py::value_error("x has shape " + array_shape(xa) + ", expected (T, B, D)");
+  p.steps = xa.shape(0);
+  p.B = xa.shape(1);
+  p.D = xa.shape(2);
+  if (p.steps < 1 || p.B < 1)
+    throw py::value_error("x has shape " + array_shape(xa) + ", expected T >= 1 and B >= 1");
+  py::array wa = as_array(W_hh, "W_hh");
+  if (wa.ndim() != 2 || wa.shape(1) < 1 || wa.shape(0) != G * wa.shape(1))
+    throw py::value_error("W_hh has shape " + array_shape(wa) + ", expected (" +
+                          std::to_string(G) + "*H, H) for cell '" + cell_name + "'");
+  p.H = wa.shape(1);
+  const Index GH = G * p.H;
+  p.x = input<T>(x, "x", {p.steps, p.B, p.D});
+  p.W_hh = input<T>(W_hh, "W_hh", {GH, p.H});
+  p.W_ih = input<T>(W_ih, "W_ih", {GH, p.D});
+  p.h0 = input<T>(h0, "h0", {p.B, p.H});
+  p.c0 = optional_input<T>(c0, "c0", {p.B, p.H}, p.cell == fastrnn::Cell::lstm, cell_name);
+  p.lengths = lengths_input(lengths, p.steps, p.B);
+  return p;
+}
+
+template <class T>
+py::array_t<T> empty(const std::vector<Index>& shape) {
+  return py::array_t<T>(std::vector<py::ssize_t>(shape.begin(), shape.end()));
+}
+
+template <class T>
+py::tuple forward_impl(const std::string& cell, const std::string& activation, double slope,
+                       const py::object& W_ih, const py::object& W_hh, const py::object& b_ih,
+                       const py::object& b_hh, const py::object& x, const py::object& h0,
+                       const py::object& c0, const py::object& lengths, int num_threads,
+                       bool flush_denormals) {
+  auto p = problem<T>(cell, activation, slope, W_ih, W_hh, x, h0, c0, lengths, num_threads,
+                      flush_denormals);
+  const Index GH = fastrnn::gates_of(p.cell) * p.H;
+  p.b_ih = input<T>(b_ih, "b_ih", {GH});
+  p.b_hh = input<T>(b_hh, "b_hh", {GH});
+  const bool saves = p.cell != fastrnn::Cell::rnn;
+  auto hs = empty<T>({p.steps, p.B, p.H});
+  auto h_n = empty<T>({p.B, p.H});
+  py::object c_n = py::none(), gates = py::none(), extra = py::none();
+  fastrnn::ForwardOutput<T> out;
+  out.hs = hs.mutable_data();
+  out.h_n = h_n.mutable_data();
+  if (p.cell == fastrnn::Cell::lstm) {
+    auto a = empty<T>({p.B, p.H});
+    out.c_n = a.mutable_data();
+    c_n = a;
+  }
+  if (saves) {
+    auto g = empty<T>({p.steps, p.B, GH});
+    auto e = empty<T>({p.steps, p.B, p.H});
+    out.gates = g.mutable_data();
+    out.extra = e.mutable_data();
+    gates = g;
+    extra = e;
+  }
+  {
+    py::gil_scoped_release release;
+    fastrnn::forward(p, out);
+  }
+  return py::make_tuple(hs, h_n, c_n, gates, extra);
+}
+
+template <class T>
+py::tuple backward_impl(const std::string& cell, const std::string& activation, double slope,
+                        const py::object& W_ih, const py::object& W_hh, const py::object& x,
+                        const py::object& h0, const py::object& c0, const py::object& hs,
+                        const py::object& gates, const py::object& extra, const py::object& dhs,
+                        const py::object& dh_n, const py::object& dc_n,
+                        const py::object& lengths, int num_threads, bool step_norms,
+                        bool flush_denormals) {
+  auto p = problem<T>(cell, activation, slope, W_ih, W_hh, x, h0, c0, lengths, num_threads,
+                      flush_denormals);
+  const Index GH = fastrnn::gates_of(p.cell) * p.H;
+  const bool saves = p.cell != fastrnn::Cell::rnn, lstm = p.cell == fastrnn::Cell::lstm;
+  fastrnn::BackwardInput<T> in;
+  in.hs = input<T>(hs, "hs", {p.steps, p.B, p.H});
+  in.gates = optional_input<T>(gates, "gates", {p.steps, p.B, GH}, saves, cell);
+  in.extra = optional_input<T>(extra, "extra", {p.steps, p.B, p.H}, saves, cell);
+  in.dhs = input<T>(dhs, "dhs", {p.steps, p.B, p.H});
+  in.dh_n = input<T>(dh_n, "dh_n", {p.B, p.H});
+  in.dc_n = optional_input<T>(dc_n, "dc_n", {p.B, p.H}, lstm, cell);
+  auto dx = empty<T>({p.steps, p.B, p.D});
+  auto dh0 = empty<T>({p.B, p.H});
+  auto dW_ih = empty<T>({GH, p.D});
+  auto dW_hh = empty<T>({GH, p.H});
+  auto db_ih = empty<T>({GH});
+  auto db_hh = empty<T>({GH});
+  fastrnn::BackwardOutput<T> g;
+  g.dx = dx.mutable_data();
+  g.dh0 = dh0.mutable_data();
+  g.dW_ih = dW_ih.mutable_data();
+  g.dW_hh = dW_hh.mutable_data();
+  g.db_ih = db_ih.mutable_data();
+  g.db_hh = db_hh.mutable_data();
+  py::object dc0 = py::none(), norms = py::none();
+  if (lstm) {
+    auto a = empty<T>({p.B, p.H});
+    g.dc0 = a.mutable_data();
+    dc0 = a;
+  }
+  if (step_norms) {
+    auto a = empty<T>({p.steps, p.B});
+    g.norms = a.mutable_data();
+    norms = a;
+  }
+  {
+    py::gil_scoped_release release;
+    fastrnn::backward(p, in, g);
+  }
+  return py::make_tuple(dx, dh0, dc0, dW_ih, dW_hh, db_ih, db_hh, norms);
+}
+
+// The scalar type of a call is the dtype of x.
+char scalar_kind(const py::object& x) {
+  py::array a = as_array(x, "x");
+  if (a.dtype().is(py::dtype::of<float>())) return 'f';
+  if (a.dtype().is(py::dtype::of<double>())) return 'd';
+  throw py::type_error("x has dtype " + std::string(py::str(a.dtype())) +
+                       ", expected float32 or float64");
+}
+
+}  // namespace
+
+PYBIND11_MODULE(FASTRNN_KERNELS_NAME, m) {
+  m.doc() = "fastrnn's recurrent kernels, compiled for one instruction-set level.";
+  m.attr("ISA") = FASTRNN_ISA;
+  m.attr("EIGEN_SIMD") = std::string(Eigen::SimdInstructionSetsInUse());
+  m.def(
+      "forward",
+      [](const std::string& cell, const std::string& activation, double negative_slope,
+         const py::object& W_ih, const py::object& W_hh, const py::object& b_ih,
+         const py::object& b_hh, const py::object& x, const py::object& h0, const py::object& c0,
+         const py::object& lengths, int num_threads, bool flush_denormals) {
+        if (scalar_kind(x) == 'f')
+          return forward_impl<float>(cell, activation, negative_slope, W_ih, W_hh, b_ih, b_hh, x,
+                                     h0, c0, lengths, num_threads, flush_denormals);
+        return forward_impl<double>(cell, activation, negative_slope, W_ih, W_hh, b_ih, b_hh, x,
+                                    h0, c0, lengths, num_threads, flush_denormals);
+      },
+      py::arg("cell"), py::arg("activation"), py::arg("negative_slope"), py::arg("W_ih"),
+      py::arg("W_hh"), py::arg("b_ih"), py::arg("b_hh"), py::arg("x"), py::arg("h0"),
+      py::arg("c0") = py::none(), py::arg("lengths") = py::none(), py::arg("num_threads") = 1,
+      py::arg("flush_denormals") = true,
+      "Forward pass; returns (hs, h_n, c_n, gates, extra); c_n, gates, extra may be None.");
+  m.def(
+      "backward",
+      [](const std::string& cell, const std::string& activation, double negative_slope,
+         const py::object& W_ih, const py::object& W_hh, const py::object& x, const py::object& h0,
+         const py::object& c0, const py::object& hs, const py::object& gates,
+         const py::object& extra, const py::object& dhs, const py::object& dh_n,
+         const py::object& dc_n, const py::object& lengths, int num_threads, bool step_norms,
+         bool flush_denormals) {
+        if (scalar_kind(x) == 'f')
+          return backward_impl<float>(cell, activation, negative_slope, W_ih, W_hh, x, h0, c0, hs,
+                                      gates, extra, dhs, dh_n, dc_n, lengths, num_threads,
+                                      step_norms, flush_denormals);
+        return backward_impl<double>(cell, activation, negative_slope, W_ih, W_hh, x, h0, c0, hs,
+                                     gates, extra, dhs, dh_n, dc_n, lengths, num_threads,
+                                     step_norms, flush_denormals);
+      },
+      py::arg("cell"), py::arg("activation"), py::arg("negative_slope"), py::arg("W_ih"),
+      py::arg("W_hh"), py::arg("x"), py::arg("h0"), py::arg("c0"), py::arg("hs"),
+      py::arg("gates"), py::arg("extra"), py::arg("dhs"), py::arg("dh_n"), py::arg("dc_n"),
+      py::arg("lengths") = py::none(), py::arg("num_threads") = 1, py::arg("step_norms") = false,
+      py::arg("flush_denormals") = true,
+      "BPTT; returns (dx, dh0, dc0, dW_ih, dW_hh, db_ih, db_hh, step_norms); dc0 and "
+      "step_norms may be None.");
+}
