@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import statistics
 import sys
 import time
@@ -401,6 +402,16 @@ def _fmt(value: float | None, spec: str) -> str:
     return "-" if value is None else format(value, spec)
 
 
+def _sig(value: float | None, digits: int = 4) -> str:
+    """``value`` with ``digits`` significant digits and no exponent (12345.6 -> 12346)."""
+    if value is None:
+        return "-"
+    if value == 0 or not math.isfinite(value):
+        return str(value)
+    decimals = max(0, digits - 1 - math.floor(math.log10(abs(value))))
+    return f"{value:.{decimals}f}"
+
+
 def format_table(rows: list[Row]) -> str:
     """The result table as aligned text."""
     multi_thread = any(r.threads != 1 for r in rows)
@@ -411,14 +422,14 @@ def format_table(rows: list[Row]) -> str:
         line = [r.shape, f"{r.D},{r.H},{r.B},{r.T}", r.cell, r.dtype, str(r.threads), r.backend]
         if r.status == "ok":
             line += [
-                _fmt(r.seconds, ".4g"),
-                _fmt(r.us_per_step, ".4g"),
+                _sig(r.seconds),
+                _sig(r.us_per_step),
                 _fmt(r.speedup_vs_numpy, ".2f"),
             ]
             if multi_thread:
                 line.append(_fmt(r.speedup_vs_1_thread, ".2f"))
             share = None if r.gemm_share is None else 100 * r.gemm_share
-            line += [_fmt(r.gflops, ".3g"), _fmt(share, ".1f"), _fmt_bytes(r.held_bytes)]
+            line += [_sig(r.gflops, 3), _fmt(share, ".1f"), _fmt_bytes(r.held_bytes)]
         else:
             line.append(f"{r.status} (see below)" if r.status != "unavailable" else "unavailable")
         table.append(line)
