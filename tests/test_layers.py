@@ -91,6 +91,27 @@ def test_stack_equals_composition_of_functional_calls(cell, with_lengths, backen
         np.testing.assert_allclose(state[1], want_c, rtol=1e-12, atol=1e-12)
 
 
+@pytest.mark.parametrize("cell", ["lstm", "gru", "rnn"])
+def test_backward_through_the_stack_agrees_on_every_backend(cell, backend):
+    layer, x, h0, c0, lengths = _make(cell)
+    rng = np.random.default_rng(3)
+    dout = rng.normal(size=(x.shape[0], x.shape[1], 2 * layer.hidden_size))
+    dh = rng.normal(size=h0.shape)
+    dc = rng.normal(size=h0.shape) if cell == "lstm" else None
+    results = {}
+    for name in ("numpy", backend):
+        with fastrnn.use_backend(name):
+            layer.forward(x, _state(cell, h0, c0), lengths=lengths)
+            dx, dstate = layer.backward(dout, _state(cell, dh, dc))
+        results[name] = (dx, dstate, {k: v.copy() for k, v in layer.grads.items()})
+    (dx0, ds0, g0), (dx1, ds1, g1) = results["numpy"], results[backend]
+    np.testing.assert_allclose(dx1, dx0, rtol=1e-10, atol=1e-12)
+    for a, b in zip(np.atleast_1d(ds1), np.atleast_1d(ds0), strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-10, atol=1e-12)
+    for k in g0:
+        np.testing.assert_allclose(g1[k], g0[k], rtol=1e-10, atol=1e-12, err_msg=k)
+
+
 @pytest.mark.parametrize("cell", ["lstm", "gru"])
 def test_padded_batch_equals_each_sequence_alone(cell):
     """Packed-sequence meaning: padding never influences a real step, either direction."""

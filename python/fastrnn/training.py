@@ -178,13 +178,15 @@ def _check_finite(loss: float, grads: Mapping[str, np.ndarray], where: str) -> f
 
 def _progress_bar(total: int, enabled: bool | None, desc: str):
     """A tqdm bar, or None when disabled (progress=False, or not a terminal by default)."""
-    if enabled is None:
+    delay = 0.0
+    if enabled is None:  # automatic: on a terminal, and only for runs longer than a second
         enabled = bool(getattr(sys.stderr, "isatty", lambda: False)())
+        delay = 1.0
     if not enabled:
         return None
     from tqdm.auto import tqdm
 
-    return tqdm(total=total, desc=desc, unit="step", leave=True, dynamic_ncols=True)
+    return tqdm(total=total, desc=desc, unit="step", leave=True, dynamic_ncols=True, delay=delay)
 
 
 def evaluate(model: Trainable, data: Any, *, batch_size: int = 64) -> float:
@@ -233,7 +235,8 @@ def train(
     / by value before every step. ``shuffle``/``seed``: reshuffle the samples every epoch
     with a generator seeded once. ``validation_data``: evaluated after every epoch
     (``history["val_loss"]``). ``progress``: a tqdm bar on stderr; ``None`` (default)
-    shows it only when stderr is a terminal, ``False`` never. ``tbptt``: truncated BPTT
+    shows it when stderr is a terminal and the run lasts over a second, ``True`` always,
+    ``False`` never. ``tbptt``: truncated BPTT
     with chunks of this many steps (see the module docstring). ``drop_last``: skip the
     last, smaller batch. ``history``: continue this History instead of a new one.
     """
