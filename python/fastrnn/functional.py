@@ -95,7 +95,7 @@ def _as_float_array(name: str, value: object, dtype: np.dtype | None = None) -> 
         )
     if not arr.flags.c_contiguous:  # a strided or broadcast view is copied: can it be?
         _check_memory(arr.nbytes, f"a C-contiguous copy of {name} with shape {arr.shape}")
-    return np.ascontiguousarray(arr)
+    return np.ascontiguousarray(arr).reshape(arr.shape)  # a 0-d array stays 0-d
 
 
 def _check_memory(nbytes: int, what: str) -> None:
@@ -166,7 +166,10 @@ def _check_lengths(lengths: object, T: int, B: int) -> np.ndarray | None:
     """Validate ``lengths``; ``None`` when absent or when every sequence has length T."""
     if lengths is None:
         return None
-    arr = np.asarray(lengths)
+    try:
+        arr = np.asarray(lengths)
+    except Exception as exc:  # ragged lists and the like
+        raise TypeError(f"lengths must be an integer array of shape ({B},): {exc}") from None
     if arr.dtype.kind not in "iu":
         raise TypeError(f"lengths must be an integer array of shape ({B},), got dtype {arr.dtype}")
     _check_shape("lengths", arr, (B,), "(one length per sequence in the batch)")
