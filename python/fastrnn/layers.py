@@ -214,6 +214,10 @@ class _Recurrent:
                     f"{label} has shape {arr.shape}, expected {expected} "
                     "(num_layers*num_directions, batch, hidden_size)"
                 )
+            if arr is not None and arr.dtype != self.dtype:
+                raise TypeError(
+                    f"{label} has dtype {arr.dtype}, expected {self.dtype} (the layer's dtype)"
+                )
             out.append(arr)
         return out[0], (out[1] if len(out) > 1 else None)
 
