@@ -18,9 +18,10 @@ sequence, with ``G`` gates (rnn 1, gru 3, lstm 4)::
     fwdbwd          T*B*3*F                    (backward = 2 GEMMs per forward GEMM)
     train           T*B*3*(F + 2*H*K)          (the head: 2*H*K forward)
 
-The head and the loss are written here in NumPy for the fastrnn backends (the same
-code for every backend, so the comparison is about the layer) and with ``torch.nn.Linear``
-and ``torch.nn.functional.cross_entropy`` for torch.
+The train step is written as a user writes it: ``fastrnn.RNN/LSTM/GRU`` +
+``fastrnn.Linear`` + ``fastrnn.losses.softmax_cross_entropy`` (the same head and loss code
+for every fastrnn backend), and ``torch.nn.RNN/LSTM/GRU`` + ``torch.nn.Linear`` +
+``torch.nn.functional.cross_entropy`` for torch.
 """
 
 from __future__ import annotations
@@ -38,6 +39,8 @@ import fastrnn
 from fastrnn.functional import CELLS, GATES, ForwardResult
 
 WHATS: tuple[str, ...] = ("forward", "fwdbwd", "train")
+# fastrnn's short parameter names -> PyTorch's (and fastrnn.layers') names
+_TORCH_NAMES = {"W_ih": "weight_ih", "W_hh": "weight_hh", "b_ih": "bias_ih", "b_hh": "bias_hh"}
 PEERS: tuple[str, ...] = ("torch",)
 CLASSES = 32  # the head's output size K by default
 
@@ -106,13 +109,14 @@ def estimate_bytes(
 ) -> int:
     """An upper estimate of the peak memory of one run, to refuse runs that cannot fit.
 
-    Per step and sequence: x and dx (2D), hs and dhs (2H), what backward saves (at most
-    (G+1)H), the input projection and the pre-activation gradients (2GH), and for the
-    train step the logits and their gradient (2K); a quarter more for temporaries.
-    torch's autograd keeps per-step tensors, so it gets twice that.
+    Per step and sequence: x and dx (2D), hs and dhs (2H), what backward saves (lstm
+    and gru at most (G+1)H, rnn nothing beyond hs), the input projection and the
+    pre-activation gradients (2GH), and for the train step the logits and their gradient
+    (2K); a quarter more for temporaries. torch's autograd keeps per-step tensors, so it
+    gets twice that.
     """
     G = GATES[cell]
-    values = 2 * D + 2 * H + (G + 1) * H + 2 * G * H
+    values = 2 * D + 2 * H + (0 if G == 1 else (G + 1) * H) + 2 * G * H
     if what == "train":
         values += 2 * classes
     total = 1.25 * values * T * B * np.dtype(dtype).itemsize
@@ -191,21 +195,6 @@ def make_case(
     )
 
 
-def softmax_cross_entropy(logits: np.ndarray, targets: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Mean cross-entropy of softmax(logits) (N, K) against class indices (N,), and its
-    gradient with respect to the logits. ``logits`` is overwritten (becomes the gradient)."""
-    n = logits.shape[0]
-    rows = np.arange(n)
-    logits -= logits.max(axis=1, keepdims=True)
-    np.exp(logits, out=logits)
-    total = logits.sum(axis=1, keepdims=True)
-    logits /= total
-    loss = -np.mean(np.log(logits[rows, targets]))
-    logits[rows, targets] -= 1
-    logits /= n
-    return loss, logits
-
-
 class Runner:
     """A zero-argument workload :meth:`run` for one backend, and what to read off it."""
 
@@ -222,49 +211,61 @@ class Runner:
 
 
 class FastrnnRunner(Runner):
-    """A fastrnn backend: fastrnn.forward/backward plus the NumPy head and loss."""
+    """A fastrnn backend. The kernels through :func:`fastrnn.forward`/:func:`fastrnn.backward`;
+    the train step the way a user writes it: ``fastrnn.RNN/LSTM/GRU`` + ``fastrnn.Linear``
+    + :func:`fastrnn.losses.softmax_cross_entropy`, on this backend."""
 
     def __init__(self, case: Case, backend: str, what: str) -> None:
         if what not in WHATS:
             raise ValueError(f"what must be one of {WHATS}, got {what!r}")
         self.name, self.case, self.what = backend, case, what
         self.run = {"forward": self._forward, "fwdbwd": self._fwdbwd, "train": self._train}[what]
+        self._held: int | None = None
+        if what == "train":
+            from fastrnn import layers, losses
 
-    def _forward(self) -> tuple[ForwardResult]:
+            D, H = case.x.shape[2], case.params["W_hh"].shape[1]
+            layer = {"rnn": layers.RNN, "lstm": layers.LSTM, "gru": layers.GRU}[case.cell]
+            self.layer = layer(D, H, dtype=case.dtype)
+            self.layer.load_state_dict({f"{_TORCH_NAMES[k]}_l0": v for k, v in case.params.items()})
+            self.head = layers.Linear(H, case.V.shape[0], dtype=case.dtype)
+            self.head.load_state_dict({"weight": case.V, "bias": case.c})
+            self._loss = losses.softmax_cross_entropy
+
+    def _forward(self) -> ForwardResult:
         c = self.case
-        return (fastrnn.forward(c.cell, c.params, c.x, backend=self.name),)
+        return fastrnn.forward(c.cell, c.params, c.x, backend=self.name)
 
     def _fwdbwd(self) -> tuple[ForwardResult, Any]:
         c = self.case
         res = fastrnn.forward(c.cell, c.params, c.x, backend=self.name)
         return res, fastrnn.backward(res, dhs=c.dhs)
 
-    def _train(self) -> tuple[ForwardResult, Any, Any, np.ndarray, np.ndarray]:
-        c = self.case
-        res = fastrnn.forward(c.cell, c.params, c.x, backend=self.name)
-        T, B, H = res.hs.shape
-        flat = res.hs.reshape(T * B, H)
-        logits = flat @ c.V.T
-        logits += c.c
-        loss, dlogits = softmax_cross_entropy(logits, c.targets.reshape(-1))
-        dV = dlogits.T @ flat
-        dc = dlogits.sum(axis=0)
-        dhs = (dlogits @ c.V).reshape(T, B, H)
-        return res, fastrnn.backward(res, dhs=dhs), loss, dV, dc
+    def _train(self) -> tuple[np.ndarray, float, np.ndarray]:
+        with fastrnn.use_backend(self.name):
+            out, _ = self.layer(self.case.x)
+            logits = self.head(out)
+            loss, dlogits = self._loss(logits, self.case.targets)
+            dx, _ = self.layer.backward(self.head.backward(dlogits))
+        return out, loss, dx
 
     def outputs(self, raw: Any) -> dict[str, np.ndarray]:
-        res = raw[0]
-        out = {"hs": res.hs, "h_n": res.h_n}
-        if self.what != "forward":
-            g = raw[1]
-            out["dx"] = g.dx
-            out.update({f"d{k}": v for k, v in g.params.items()})
-        if self.what == "train":
-            out.update(loss=np.asarray(raw[2]), dV=raw[3], dc=raw[4])
-        return out
+        if self.what == "forward":
+            return {"hs": raw.hs, "h_n": raw.h_n}
+        if self.what == "fwdbwd":
+            res, g = raw
+            return {"hs": res.hs, "dx": g.dx, **{f"d{k}": v for k, v in g.params.items()}}
+        out, loss, dx = raw
+        grads = {f"d{k}": self.layer.grads[f"{_TORCH_NAMES[k]}_l0"] for k in self.case.params}
+        head = {"dV": self.head.grads["weight"], "dc": self.head.grads["bias"]}
+        return {"hs": out, "loss": np.asarray(loss), "dx": dx, **grads, **head}
 
     def held_bytes(self, raw: Any) -> int:
-        return held_bytes(raw[0])
+        if self.what != "train":
+            return held_bytes(raw if self.what == "forward" else raw[0])
+        if self._held is None:  # the layer's forward is this same call of fastrnn.forward
+            self._held = held_bytes(self._forward())
+        return self._held
 
 
 class TorchRunner(Runner):
@@ -287,10 +288,8 @@ class TorchRunner(Runner):
         self.rnn = module(D, H).to(dt)
         self.head = torch.nn.Linear(H, K).to(dt)
         with torch.no_grad():
-            for ours, theirs in (("W_ih", "weight_ih_l0"), ("W_hh", "weight_hh_l0")):
-                getattr(self.rnn, theirs).copy_(torch.from_numpy(case.params[ours]))
-            for ours, theirs in (("b_ih", "bias_ih_l0"), ("b_hh", "bias_hh_l0")):
-                getattr(self.rnn, theirs).copy_(torch.from_numpy(case.params[ours]))
+            for ours, theirs in _TORCH_NAMES.items():
+                getattr(self.rnn, f"{theirs}_l0").copy_(torch.from_numpy(case.params[ours]))
             self.head.weight.copy_(torch.from_numpy(case.V))
             self.head.bias.copy_(torch.from_numpy(case.c))
         self.x = torch.from_numpy(case.x.copy()).requires_grad_(True)
@@ -328,13 +327,8 @@ class TorchRunner(Runner):
         res = {"hs": out.detach().numpy(), "h_n": h[0].detach().numpy()}
         if self.what != "forward":
             res["dx"] = self.x.grad.numpy()
-            for ours, theirs in (
-                ("dW_ih", "weight_ih_l0"),
-                ("dW_hh", "weight_hh_l0"),
-                ("db_ih", "bias_ih_l0"),
-                ("db_hh", "bias_hh_l0"),
-            ):
-                res[ours] = getattr(self.rnn, theirs).grad.numpy()
+            for ours, theirs in _TORCH_NAMES.items():
+                res[f"d{ours}"] = getattr(self.rnn, f"{theirs}_l0").grad.numpy()
         if self.what == "train":
             res["loss"] = raw[2].detach().numpy()
             res["dV"] = self.head.weight.grad.numpy()
