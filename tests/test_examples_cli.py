@@ -1,0 +1,42 @@
+"""``fastrnn train TASK``: the quickest task end to end, in process and as a command."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import numpy as np
+
+import fastrnn
+from fastrnn import datasets as ds
+from fastrnn.cli import main
+
+
+def test_train_deep_prints_the_prediction_and_saves(tmp_path, capsys):
+    path = tmp_path / "deep.npz"
+    code = main(["train", "deep", "--progress", "off", "--cell", "gru", "--save", str(path)])
+    out = capsys.readouterr().out
+    assert code == 0
+    assert "after d e e p the model predicts: e e p <stop>" in out
+    model = fastrnn.load(path)
+    d = ds.deep_autocomplete()
+    assert model.cell == "gru"
+    np.testing.assert_array_equal(model.predict(d.X), d.y)
+
+
+def test_train_bad_hyper_parameter_is_reported(capsys):
+    code = main(["train", "sentiment", "--hidden-size", "0", "--progress", "off"])
+    assert code == 2
+    assert "hidden_size must be a positive int" in capsys.readouterr().out
+
+
+def test_train_command_shows_a_progress_bar():
+    proc = subprocess.run(
+        [sys.executable, "-m", "fastrnn", "train", "deep", "--epochs", "20", "--progress", "on"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert "model predicts" in proc.stdout
+    assert "20/20" in proc.stderr  # the tqdm bar on stderr: 20 steps of one batch
