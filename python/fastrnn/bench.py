@@ -95,17 +95,25 @@ def _csv(item: Any = str, choices: tuple[str, ...] | None = None):
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The options of ``fastrnn bench``."""
-    parser.description = (
-        "Benchmark every backend and PyTorch on the same recurrent workloads. Shapes are "
-        "input size D, hidden size H, batch B, length T; named shapes: "
-        + "; ".join(f"{s.name} {s.dims} ({','.join(s.cells)})" for s in lib.NAMED_SHAPES.values())
-        + ". "
-        + lib.FLOP_FORMULA
-        + ". GEMM share: achieved GFLOP/s over numpy's (n x n) @ (n x n) GFLOP/s with the "
-        "same dtype and thread count, measured in the same run. Memory: bytes the layer "
-        "holds for backward (hs and the saved activations; torch: its output and the "
-        "tensors autograd saved)."
+    shapes = "\n".join(
+        f"  {s.name}  {s.dims:<28} {','.join(s.cells)}" for s in lib.NAMED_SHAPES.values()
     )
+    parser.description = f"""\
+Benchmark every backend and PyTorch on the same recurrent workloads, checked against
+the NumPy reference first; compile and warm-up are not timed.
+
+named shapes (input D, hidden H, batch B, length T):
+{shapes}
+
+FLOP count (a multiply-add is 2; G gates: rnn 1, gru 3, lstm 4; K head classes):
+  F = 2*G*H*(D+H)      the layer's forward, per step and sequence
+  forward:  T*B*F      fwdbwd:  T*B*3*F      train:  T*B*3*(F + 2*H*K)
+  (backward costs two GEMMs per forward GEMM; element-wise work is not counted)
+
+%GEMM:   achieved GFLOP/s over numpy's (n x n) @ (n x n) GFLOP/s with the same dtype
+         and thread count, measured in the same run (--gemm-size n)
+bwd mem: bytes the layer holds for backward: hs and the saved activations (torch:
+         its output and the tensors autograd saved in the layer's forward)"""
     parser.formatter_class = argparse.RawDescriptionHelpFormatter
     g = parser.add_argument_group("what to run")
     g.add_argument(
