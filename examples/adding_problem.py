@@ -1,0 +1,161 @@
+"""The remedies for vanishing and exploding gradients, demonstrated on the adding problem.
+
+The adding problem (Hochreiter & Schmidhuber 1997): every step carries a value uniform in
+[0, 1] and a marker; exactly two steps are marked (one in each half) and the target is
+the sum of their values. Always predicting 1 scores MSE 1/6 = 0.167; beating it means the
+network carried information across up to T steps.
+
+With the same budget (hidden size, training samples, batch size, number of updates) this
+trains, at T=150:
+
+- a tanh RNN (orthogonal recurrent weights): gradients vanish over 150 steps, so it is
+  expected to stay near the baseline;
+- an IRNN (ReLU, recurrent weights initialised to the identity; Le et al. 2015);
+- an LSTM (forget-gate bias 1) and a GRU, whose gates keep an additive path for the
+  gradient;
+
+each without and with gradient clipping by global norm, and prints the test MSE of each
+against the 0.167 baseline. Defaults take a few minutes on 2 cores; ``--quick`` runs a
+small version (T=30) in seconds.
+
+    python examples/adding_problem.py
+    python examples/adding_problem.py --quick
+    python examples/adding_problem.py --T 200 --epochs 40 --models lstm,gru
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import numpy as np
+
+import fastrnn
+from fastrnn.datasets import adding_problem
+from fastrnn.models import SequenceRegressor
+
+MODELS = {
+    "tanh": ("tanh RNN", {"cell": "rnn", "activation": "tanh", "init": "orthogonal"}),
+    "irnn": ("IRNN", {"cell": "rnn", "activation": "relu", "init": "identity"}),
+    "lstm": ("LSTM", {"cell": "lstm", "init": "orthogonal"}),
+    "gru": ("GRU", {"cell": "gru", "init": "orthogonal"}),
+}
+
+
+def compare(
+    *,
+    T: int = 150,
+    hidden_size: int = 32,
+    n_train: int = 3200,
+    n_test: int = 1000,
+    batch_size: int = 32,
+    epochs: int = 25,
+    lr: float = 0.01,
+    irnn_lr: float = 0.001,
+    clip_norm: float = 1.0,
+    models: tuple[str, ...] = ("tanh", "irnn", "lstm", "gru"),
+    seed: int = 0,
+) -> list[dict]:
+    """Train every model without and with clipping; return one result row per run."""
+    train = adding_problem(n_train, T, seed=seed)
+    test = adding_problem(n_test, T, seed=seed + 1)
+    rows = []
+    for key in models:
+        name, kwargs = MODELS[key]
+        for clip in (None, clip_norm):
+            rate = irnn_lr if key == "irnn" else lr
+            model = SequenceRegressor(
+                hidden_size,
+                epochs=epochs,
+                batch_size=batch_size,
+                lr=rate,
+                clip_norm=clip,
+                seed=seed,
+                progress=None,
+                **kwargs,
+            )
+            start = time.perf_counter()
+            row = {"model": name, "clip": clip, "lr": rate, "mse": float("nan"), "solved": None}
+            try:
+                model.fit(train.X, train.y)
+                row["mse"] = float(np.mean((model.predict(test.X) - test.y) ** 2))
+                below = [i for i, v in enumerate(model.history_.loss, 1) if v < 0.05]
+                row["solved"] = below[0] if below else None
+                row["note"] = ""
+            except FloatingPointError as exc:  # exploding gradients stop training
+                row["note"] = "diverged: " + str(exc).split(";")[0]
+            row["seconds"] = time.perf_counter() - start
+            rows.append(row)
+            print(_format_row(row, test.baseline), flush=True)
+    return rows
+
+
+def _format_row(row: dict, baseline: float) -> str:
+    clip = "-" if row["clip"] is None else f"{row['clip']:g}"
+    solved = "-" if row["solved"] is None else str(row["solved"])
+    ratio = row["mse"] / baseline
+    return (
+        f"| {row['model']:<8} | {clip:>4} | {row['lr']:<6g} | {row['mse']:8.4f} | "
+        f"{ratio:7.2f} | {solved:>6} | {row['seconds']:6.1f} | {row['note']}"
+    ).rstrip()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--T", type=int, default=150, help="sequence length (default 150)")
+    parser.add_argument("--hidden-size", type=int, default=32)
+    parser.add_argument("--train", type=int, default=3200, help="training samples")
+    parser.add_argument("--test", type=int, default=1000, help="test samples")
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--epochs", type=int, default=25)
+    parser.add_argument("--lr", type=float, default=0.01, help="Adam learning rate")
+    parser.add_argument(
+        "--irnn-lr",
+        type=float,
+        default=0.001,
+        help="learning rate of the IRNN (at 0.01 Adam's first steps kill every ReLU unit)",
+    )
+    parser.add_argument("--clip-norm", type=float, default=1.0, help="the clipped runs' norm")
+    parser.add_argument("--models", default="tanh,irnn,lstm,gru", help="comma-separated")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--backend", default=None, help="numpy, numba, cpp (default: auto)")
+    parser.add_argument("--quick", action="store_true", help="T=30, 10 epochs: seconds")
+    args = parser.parse_args()
+    if args.quick:
+        args.T, args.epochs, args.train, args.test = 30, 10, 1600, 500
+    models = tuple(m.strip() for m in args.models.split(",") if m.strip())
+    unknown = [m for m in models if m not in MODELS]
+    if unknown:
+        parser.error(f"--models: unknown {unknown}; choose from {sorted(MODELS)}")
+    if args.backend:
+        fastrnn.set_backend(args.backend)
+    steps = args.epochs * -(-args.train // args.batch_size)
+    print(
+        f"adding problem, T={args.T}: {args.train} training / {args.test} test sequences, "
+        f"hidden {args.hidden_size}, batch {args.batch_size}, {args.epochs} epochs = {steps} "
+        f"Adam updates per run, backend {fastrnn.get_backend()}; baseline MSE 1/6 = 0.167"
+    )
+    print("| model    | clip | lr     | test MSE | / 0.167 | solved | time s | note")
+    print("|----------|------|--------|----------|---------|--------|--------|-----")
+    start = time.perf_counter()
+    rows = compare(
+        T=args.T,
+        hidden_size=args.hidden_size,
+        n_train=args.train,
+        n_test=args.test,
+        batch_size=args.batch_size,
+        epochs=args.epochs,
+        lr=args.lr,
+        irnn_lr=args.irnn_lr,
+        clip_norm=args.clip_norm,
+        models=models,
+        seed=args.seed,
+    )
+    print(
+        f"'solved': first epoch whose training loss fell below 0.05. Total "
+        f"{time.perf_counter() - start:.0f} s for {len(rows)} runs."
+    )
+
+
+if __name__ == "__main__":
+    main()
