@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
+import pytest
 
 import fastrnn
 from fastrnn import datasets as ds
@@ -40,3 +42,29 @@ def test_train_command_shows_a_progress_bar():
     assert proc.returncode == 0, proc.stderr
     assert "model predicts" in proc.stdout
     assert "20/20" in proc.stderr  # the tqdm bar on stderr: 20 steps of one batch
+
+
+EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
+
+
+@pytest.mark.parametrize(
+    "script, args, expect",
+    [
+        ("sentiment.py", [], "training accuracy: 100%"),
+        ("one_to_one.py", [], "accuracy: 100%"),
+        ("deep_autocomplete.py", [], "predicts: e e p <stop>"),
+        ("generator.py", [], "exactly right"),
+        ("seq2seq_numbers.py", ["--epochs", "2"], "held-out exact match"),
+        ("char_lm.py", ["--epochs", "1", "--length", "20"], "--- greedy ---"),
+        ("adding_problem.py", ["--quick", "--models", "gru", "--epochs", "1"], "| GRU"),
+    ],
+)
+def test_examples_run(script, args, expect):
+    proc = subprocess.run(
+        [sys.executable, str(EXAMPLES / script), *args],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert expect in proc.stdout
