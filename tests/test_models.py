@@ -302,3 +302,29 @@ def test_char_lm_learns_and_generates():
     assert set(text) <= set(corpus.vocab)
     greedy = lm.generate("Twinkle", 30, greedy=True)
     assert greedy == lm.generate("Twinkle", 30, greedy=True)
+
+
+def test_validation_loss_is_recorded_without_gradients():
+    X, lengths = _seq_data()
+    y = np.arange(12) % 3
+    clf = SequenceClassifier(6, epochs=3, seed=0)
+    clf.fit(X, y, lengths, validation_data=(X, y, lengths))
+    assert len(clf.history_.val_loss) == 3
+    batch = (X, y, lengths)
+    before = {k: v.copy() for k, v in clf._grads().items()}
+    loss = clf.loss(batch)
+    for key, value in clf._grads().items():  # loss() computed no gradients
+        np.testing.assert_array_equal(value, before[key])
+    assert loss == pytest.approx(clf.loss_and_grads(batch)[0], rel=1e-6)
+    assert clf.history_.val_loss[-1] == pytest.approx(loss, rel=1e-5)
+
+
+@pytest.mark.parametrize("name", ["classifier", "tagger", "seq2seq"])
+def test_models_train_alike_on_every_backend(name, backend):
+    """The models only use the layers: in float64 every backend gives the numpy losses."""
+    results = []
+    for b in ("numpy", backend):
+        model, fit_args, _ = FACTORIES[name]("lstm", seed=1, dtype="float64")
+        with fastrnn.use_backend(b):
+            results.append(model.fit(*fit_args).history_.loss)
+    np.testing.assert_allclose(results[1], results[0], rtol=1e-8)

@@ -248,7 +248,13 @@ class _Model:
         loss = self._loss_backward(batch)
         return loss, self._grads()
 
-    def _loss_backward(self, batch: Sequence[np.ndarray]) -> float:
+    def loss(self, batch: Sequence[np.ndarray]) -> float:
+        """The loss on ``batch`` without gradients (what :func:`fastrnn.training.evaluate`
+        uses for validation data)."""
+        return self._loss_backward(batch, backward=False)
+
+    def _loss_backward(self, batch: Sequence[np.ndarray], backward: bool = True) -> float:
+        """The loss on ``batch``; with ``backward``, also fill every part's grads."""
         raise NotImplementedError
 
     def _train(
@@ -410,7 +416,7 @@ class SequenceClassifier(_ManyToOne):
             raise ValueError(f"y holds labels not seen in fit: {unknown[:5]}")
         return idx.astype(np.int64)
 
-    def _loss_backward(self, batch: Sequence[np.ndarray]) -> float:
+    def _loss_backward(self, batch: Sequence[np.ndarray], backward: bool = True) -> float:
         X, y, lens = batch
         out = self._outputs(X, lens)
         if out.shape[1] == 1:
@@ -418,7 +424,8 @@ class SequenceClassifier(_ManyToOne):
             dz = dz[:, None]
         else:
             loss, dz = losses.softmax_cross_entropy(out, y)
-        self._outputs_backward(dz)
+        if backward:
+            self._outputs_backward(dz)
         return loss
 
     def predict_proba(self, X: np.ndarray, lengths: np.ndarray | None = None) -> np.ndarray:
@@ -471,11 +478,12 @@ class SequenceRegressor(_ManyToOne):
         self._train((X, y2, lens), rng, val)
         return self
 
-    def _loss_backward(self, batch: Sequence[np.ndarray]) -> float:
+    def _loss_backward(self, batch: Sequence[np.ndarray], backward: bool = True) -> float:
         X, y, lens = batch
         out = self._outputs(X, lens)
         loss, dout = losses.mse(out, y)
-        self._outputs_backward(dout)
+        if backward:
+            self._outputs_backward(dout)
         return loss
 
     def predict(self, X: np.ndarray, lengths: np.ndarray | None = None) -> np.ndarray:
@@ -509,14 +517,15 @@ class _PerStep(_Model):
         dirs = 2 if self.bidirectional else 1
         self._parts["head"] = self._linear(dirs * self.hidden_size, meta["n_classes"], rng)
 
-    def _loss_backward(self, batch: Sequence[np.ndarray]) -> float:
+    def _loss_backward(self, batch: Sequence[np.ndarray], backward: bool = True) -> float:
         X, y, lens = batch
         T = int(lens.max())
         out, _ = self._parts["rnn"].forward(X[:, :T], lengths=lens)
         logits = self._parts["head"].forward(out)
         mask = losses.mask_from_lengths(lens, T, batch_first=True)
         loss, dz = losses.softmax_cross_entropy(logits, y[:, :T], mask=mask)
-        self._parts["rnn"].backward(self._parts["head"].backward(dz))
+        if backward:
+            self._parts["rnn"].backward(self._parts["head"].backward(dz))
         return loss
 
     def _step_logits(self, X: np.ndarray, lengths: np.ndarray) -> np.ndarray:
@@ -788,9 +797,11 @@ class _Decoder(_Model):
             raise ValueError("y holds tokens not seen in fit")
         return np.where(mask, idx, PAD)
 
-    def _teacher_forcing(self, state0: layers.State, y: np.ndarray, lens: np.ndarray):
+    def _teacher_forcing(
+        self, state0: layers.State, y: np.ndarray, lens: np.ndarray, backward: bool = True
+    ) -> tuple[float, layers.State | None]:
         """Loss of predicting y then <stop> given the true previous tokens; returns the
-        loss and the gradient w.r.t. ``state0``."""
+        loss and (with ``backward``) the gradient w.r.t. ``state0``."""
         K = self._meta["n_classes"]
         B = y.shape[0]
         T = int(lens.max()) + 1
@@ -805,6 +816,8 @@ class _Decoder(_Model):
         logits = head.forward(out)
         mask = losses.mask_from_lengths(lens + 1, T, batch_first=True)
         loss, dz = losses.softmax_cross_entropy(logits, target, mask=mask)
+        if not backward:
+            return loss, None
         _, dstate0 = dec.backward(head.backward(dz))
         return loss, dstate0
 
@@ -874,9 +887,11 @@ class SequenceGenerator(_Decoder):
         h0 = np.ascontiguousarray(self._h0.reshape(B, L, H).transpose(1, 0, 2))
         return (h0, np.zeros_like(h0)) if self.cell == "lstm" else h0
 
-    def _loss_backward(self, batch: Sequence[np.ndarray]) -> float:
+    def _loss_backward(self, batch: Sequence[np.ndarray], backward: bool = True) -> float:
         X, y, lens = batch
-        loss, dstate = self._teacher_forcing(self._initial_state(X), y, lens)
+        loss, dstate = self._teacher_forcing(self._initial_state(X), y, lens, backward)
+        if dstate is None:
+            return loss
         dh0 = _state_h(dstate)
         B = X.shape[0]
         dpre = dh0.transpose(1, 0, 2).reshape(B, -1) * (1.0 - self._h0**2)
@@ -926,10 +941,11 @@ class Seq2Seq(_Decoder):
         _, state = self._parts["encoder"].forward(X[:, : int(lens.max())], lengths=lens)
         return state
 
-    def _loss_backward(self, batch: Sequence[np.ndarray]) -> float:
+    def _loss_backward(self, batch: Sequence[np.ndarray], backward: bool = True) -> float:
         X, lens, y, ylens = batch
-        loss, dstate = self._teacher_forcing(self._encode_inputs(X, lens), y, ylens)
-        self._parts["encoder"].backward(None, dstate)
+        loss, dstate = self._teacher_forcing(self._encode_inputs(X, lens), y, ylens, backward)
+        if dstate is not None:
+            self._parts["encoder"].backward(None, dstate)
         return loss
 
     def predict(
