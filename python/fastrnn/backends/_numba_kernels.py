@@ -31,7 +31,9 @@ from numba.extending import overload
 # Contraction to FMA and reassociation (to vectorize the dot products); NaN and inf keep
 # their IEEE meaning so that a diverging network shows up as it does in the reference.
 FASTMATH = {"nsz", "arcp", "contract", "reassoc", "afn"}
-_JIT = {"cache": True, "nogil": True, "fastmath": FASTMATH}
+# error_model="numpy": IEEE division (no ZeroDivisionError check, which stops LLVM from
+# vectorizing any loop that divides, such as the float32 tanh below).
+_JIT = {"cache": True, "nogil": True, "fastmath": FASTMATH, "error_model": "numpy"}
 
 ACTIVATIONS = {"tanh": 0, "relu": 1, "leaky_relu": 2, "identity": 3}
 
@@ -83,7 +85,7 @@ def _is_f32(v) -> bool:
     return isinstance(v, types.Float) and v.bitwidth == 32
 
 
-@overload(tanh, jit_options={"fastmath": FASTMATH})
+@overload(tanh, jit_options={"fastmath": FASTMATH, "error_model": "numpy"})
 def _ol_tanh(v):
     if _is_f32(v):
         return _tanh_f32
@@ -92,7 +94,7 @@ def _ol_tanh(v):
     return None
 
 
-@overload(sigmoid, jit_options={"fastmath": FASTMATH})
+@overload(sigmoid, jit_options={"fastmath": FASTMATH, "error_model": "numpy"})
 def _ol_sigmoid(v):
     if _is_f32(v):
         return lambda v: _HALF32 * tanh(_HALF32 * v) + _HALF32
@@ -105,31 +107,22 @@ def _ol_sigmoid(v):
 
 
 @njit(**_JIT)
-def _gemv_add(W, r0, n, h, out, o0):
-    """out[o0 + i] += W[r0 + i, :] . h for i in 0..n-1 (rows of W are contiguous)."""
-    K = h.shape[0]
-    for i in range(n):
-        row = W[r0 + i]
-        s = out[o0 + i]
-        for k in range(K):
-            s += row[k] * h[k]
-        out[o0 + i] = s
-
-
-@njit(**_JIT)
-def _activate(v, act, slope):
-    """v <- act(v) in place for the vanilla RNN (codes of :data:`ACTIVATIONS`)."""
-    zero = v.dtype.type(0)
+def _activate(out, rec, act, slope):
+    """out <- act(out + rec) for the vanilla RNN (codes of :data:`ACTIVATIONS`)."""
+    zero = out.dtype.type(0)
     if act == 0:
-        for j in range(v.shape[0]):
-            v[j] = tanh(v[j])
+        for j in range(out.shape[0]):
+            out[j] = tanh(out[j] + rec[j])
     elif act == 1:
-        for j in range(v.shape[0]):
-            v[j] = max(v[j], zero)
+        for j in range(out.shape[0]):
+            out[j] = max(out[j] + rec[j], zero)
     elif act == 2:
-        for j in range(v.shape[0]):
-            a = v[j]
-            v[j] = a if a > zero else a * slope
+        for j in range(out.shape[0]):
+            a = out[j] + rec[j]
+            out[j] = a if a > zero else a * slope
+    else:
+        for j in range(out.shape[0]):
+            out[j] += rec[j]
 
 
 @njit(**_JIT)
@@ -150,7 +143,7 @@ def _activation_grad_(da, h, act, slope):
 
 
 @njit(**_JIT)
-def _add_squared_norm(dst, a, b):
+def _add_norm(dst, a, b):
     """dst <- a + b element-wise; returns ||a + b||."""
     ss = dst.dtype.type(0)
     for j in range(dst.shape[0]):
@@ -160,72 +153,95 @@ def _add_squared_norm(dst, a, b):
     return math.sqrt(ss)
 
 
+@njit(**_JIT)
+def _steps(lengths, b0, b1):
+    """The number of steps any sequence of b0:b1 is still running: max(lengths[b0:b1])."""
+    n = 0
+    for b in range(b0, b1):
+        n = max(n, lengths[b])
+    return n
+
+
+# The per-step product of a chunk of sequences is one BLAS call (``np.dot`` with ``out``):
+# ``h_{t-1} @ W_hh^T`` forward, ``dA_t @ W_hh`` backward. Rows of sequences that have
+# ended are zero (their outputs and gradients are zeroed as they end), so they ride along
+# harmlessly; each sequence reads and writes only its own rows around the product.
+
 # --- rnn -------------------------------------------------------------------------------
 
 
 @njit(**_JIT)
-def rnn_forward(b0, b1, hs, W_hh, h0, lengths, act, slope, h_n):
+def rnn_forward(b0, b1, hs, W_hh_T, h0, lengths, act, slope, h_n):
     """Sequences b0:b1. ``hs`` holds W_ih x_t + b_ih + b_hh on entry, h_t on return."""
     T = hs.shape[0]
-    H = hs.shape[2]
     zero = hs.dtype.type(0)
-    for t in range(T):
+    steps = _steps(lengths, b0, b1)
+    rec = np.empty((b1 - b0, hs.shape[2]), dtype=hs.dtype)
+    for t in range(steps):
+        h_prev = hs[t - 1, b0:b1] if t > 0 else h0[b0:b1]
+        np.dot(h_prev, W_hh_T, rec)  # W h_{t-1}: one product for the chunk
         for b in range(b0, b1):
-            out = hs[t, b]
-            if t >= lengths[b]:
-                out[:] = zero
-                continue
-            h_prev = hs[t - 1, b] if t > 0 else h0[b]
-            _gemv_add(W_hh, 0, H, h_prev, out, 0)  # a_t = U x_t + b + W h_{t-1}
-            _activate(out, act, slope)
+            if t < lengths[b]:
+                _activate(hs[t, b], rec[b - b0], act, slope)  # h_t = act(U x_t + b + W h_{t-1})
+            else:
+                hs[t, b] = zero
+    for t in range(steps, T):
+        hs[t, b0:b1] = zero
     for b in range(b0, b1):
-        h_n[b, :] = hs[lengths[b] - 1, b]
+        h_n[b] = hs[lengths[b] - 1, b]
 
 
 @njit(**_JIT)
-def rnn_backward(b0, b1, hs, W_hh_T, dhs, lengths, act, slope, dh, dA, norms):
+def rnn_backward(b0, b1, hs, W_hh, dhs, lengths, act, slope, dh, dA, norms):
     """Sequences b0:b1. ``dh`` holds dh_n on entry and dh0 on return; ``dA`` gets dL/da_t."""
     T = hs.shape[0]
     zero = hs.dtype.type(0)
-    for t in range(T - 1, -1, -1):
+    steps = _steps(lengths, b0, b1)
+    tmp = np.empty((b1 - b0, hs.shape[2]), dtype=hs.dtype)
+    for t in range(steps, T):
+        dA[t, b0:b1] = zero
+    for t in range(steps - 1, -1, -1):
         for b in range(b0, b1):
-            da = dA[t, b]
-            if t >= lengths[b]:
-                da[:] = zero
-                continue
-            dhb = dh[b]
-            norms[t, b] = _add_squared_norm(da, dhb, dhs[t, b])  # dL/dh_t
-            _activation_grad_(da, hs[t, b], act, slope)  # dL/da_t
-            dhb[:] = zero
-            _gemv_add(W_hh_T, 0, dhb.shape[0], da, dhb, 0)  # dL/dh_{t-1} = W^T dL/da_t
+            if t < lengths[b]:
+                norms[t, b] = _add_norm(dA[t, b], dh[b], dhs[t, b])  # dL/dh_t
+                _activation_grad_(dA[t, b], hs[t, b], act, slope)  # dL/da_t
+            else:
+                dA[t, b] = zero
+        np.dot(dA[t, b0:b1], W_hh, tmp)  # dL/dh_{t-1} = W^T dL/da_t
+        for b in range(b0, b1):
+            if t < lengths[b]:  # padded steps pass dh through unchanged
+                dh[b] = tmp[b - b0]
 
 
 # --- lstm ------------------------------------------------------------------------------
 
 
 @njit(**_JIT)
-def lstm_forward(b0, b1, gates, W_hh, h0, c0, lengths, hs, cs, h_n, c_n):
+def lstm_forward(b0, b1, gates, W_hh_T, h0, c0, lengths, hs, cs, h_n, c_n):
     """``gates`` holds W_ih x_t + b_ih + b_hh on entry and the activations i, f, g, o on
     return; ``cs`` gets the cell states."""
     T = gates.shape[0]
     H = hs.shape[2]
     zero = hs.dtype.type(0)
-    for t in range(T):
+    steps = _steps(lengths, b0, b1)
+    rec = np.empty((b1 - b0, 4 * H), dtype=hs.dtype)
+    for t in range(steps):
+        h_prev = hs[t - 1, b0:b1] if t > 0 else h0[b0:b1]
+        np.dot(h_prev, W_hh_T, rec)  # all four gates of the chunk: one packed product
         for b in range(b0, b1):
             h_t = hs[t, b]
             if t >= lengths[b]:
                 h_t[:] = zero
                 continue
-            h_prev = hs[t - 1, b] if t > 0 else h0[b]
             c_prev = cs[t - 1, b] if t > 0 else c0[b]
             g = gates[t, b]
+            r = rec[b - b0]
             c_t = cs[t, b]
-            _gemv_add(W_hh, 0, 4 * H, h_prev, g, 0)  # all four gates: one packed product
             for j in range(H):
-                i = sigmoid(g[j])
-                f = sigmoid(g[H + j])
-                gg = tanh(g[2 * H + j])
-                o = sigmoid(g[3 * H + j])
+                i = sigmoid(g[j] + r[j])
+                f = sigmoid(g[H + j] + r[H + j])
+                gg = tanh(g[2 * H + j] + r[2 * H + j])
+                o = sigmoid(g[3 * H + j] + r[3 * H + j])
                 g[j] = i
                 g[H + j] = f
                 g[2 * H + j] = gg
@@ -233,18 +249,24 @@ def lstm_forward(b0, b1, gates, W_hh, h0, c0, lengths, hs, cs, h_n, c_n):
                 c = f * c_prev[j] + i * gg
                 c_t[j] = c
                 h_t[j] = o * tanh(c)
+    for t in range(steps, T):
+        hs[t, b0:b1] = zero
     for b in range(b0, b1):
-        h_n[b, :] = hs[lengths[b] - 1, b]
-        c_n[b, :] = cs[lengths[b] - 1, b]
+        h_n[b] = hs[lengths[b] - 1, b]
+        c_n[b] = cs[lengths[b] - 1, b]
 
 
 @njit(**_JIT)
-def lstm_backward(b0, b1, gates, cs, c0, W_hh_T, dhs, lengths, dh, dc, dA, norms):
+def lstm_backward(b0, b1, gates, cs, c0, W_hh, dhs, lengths, dh, dc, dA, norms):
     """``dh``/``dc`` hold dh_n/dc_n on entry and dh0/dc0 on return."""
     T = gates.shape[0]
     H = cs.shape[2]
     zero, one = cs.dtype.type(0), cs.dtype.type(1)
-    for t in range(T - 1, -1, -1):
+    steps = _steps(lengths, b0, b1)
+    tmp = np.empty((b1 - b0, H), dtype=cs.dtype)
+    for t in range(steps, T):
+        dA[t, b0:b1] = zero
+    for t in range(steps - 1, -1, -1):
         for b in range(b0, b1):
             da = dA[t, b]
             if t >= lengths[b]:
@@ -272,52 +294,65 @@ def lstm_backward(b0, b1, gates, cs, c0, W_hh_T, dhs, lengths, dh, dc, dA, norms
                 da[3 * H + j] = dht * tc * o * (one - o)
                 dcb[j] = dct * f  # dL/dc_{t-1}
             norms[t, b] = math.sqrt(ss)
-            dhb[:] = zero
-            _gemv_add(W_hh_T, 0, H, da, dhb, 0)  # dL/dh_{t-1} = W_hh^T dA_t
+        np.dot(dA[t, b0:b1], W_hh, tmp)  # dL/dh_{t-1} = W_hh^T dA_t
+        for b in range(b0, b1):
+            if t < lengths[b]:
+                dh[b] = tmp[b - b0]
 
 
 # --- gru -------------------------------------------------------------------------------
 
 
 @njit(**_JIT)
-def gru_forward(b0, b1, gates, W_hh, b_hn, h0, lengths, hs, hn, h_n):
+def gru_forward(b0, b1, gates, W_hh_T, b_hn, h0, lengths, hs, hn, h_n):
     """``gates`` holds W_i. x_t + b_i. with b_hr, b_hz added on entry and r, z, n on
     return; ``hn`` gets W_hn h_{t-1} + b_hn."""
     T = gates.shape[0]
     H = hs.shape[2]
     zero = hs.dtype.type(0)
-    for t in range(T):
+    steps = _steps(lengths, b0, b1)
+    rec = np.empty((b1 - b0, 3 * H), dtype=hs.dtype)
+    for t in range(steps):
+        h_prevs = hs[t - 1, b0:b1] if t > 0 else h0[b0:b1]
+        np.dot(h_prevs, W_hh_T, rec)  # W_h{r,z,n} h_{t-1}: one packed product
         for b in range(b0, b1):
             h_t = hs[t, b]
             if t >= lengths[b]:
                 h_t[:] = zero
                 continue
-            h_prev = hs[t - 1, b] if t > 0 else h0[b]
+            h_prev = h_prevs[b - b0]
             g = gates[t, b]
+            r_ = rec[b - b0]
             hn_t = hn[t, b]
-            hn_t[:] = b_hn
-            _gemv_add(W_hh, 0, 2 * H, h_prev, g, 0)  # r, z
-            _gemv_add(W_hh, 2 * H, H, h_prev, hn_t, 0)  # W_hn h + b_hn
             for j in range(H):
-                r = sigmoid(g[j])
-                z = sigmoid(g[H + j])
-                n = tanh(g[2 * H + j] + r * hn_t[j])
+                r = sigmoid(g[j] + r_[j])
+                z = sigmoid(g[H + j] + r_[H + j])
+                hnj = r_[2 * H + j] + b_hn[j]
+                n = tanh(g[2 * H + j] + r * hnj)
                 g[j] = r
                 g[H + j] = z
                 g[2 * H + j] = n
+                hn_t[j] = hnj
                 h_t[j] = n + z * (h_prev[j] - n)  # (1 - z) n + z h_{t-1}
+    for t in range(steps, T):
+        hs[t, b0:b1] = zero
     for b in range(b0, b1):
-        h_n[b, :] = hs[lengths[b] - 1, b]
+        h_n[b] = hs[lengths[b] - 1, b]
 
 
 @njit(**_JIT)
-def gru_backward(b0, b1, gates, hn, hs, h0, W_hh_T, dhs, lengths, dh, dA_in, dA_rec, norms):
+def gru_backward(b0, b1, gates, hn, hs, h0, W_hh, dhs, lengths, dh, dA_in, dA_rec, norms):
     """``dh`` holds dh_n on entry and dh0 on return; ``dA_in``/``dA_rec`` get the
     gradients of the input-side and recurrent-side pre-activations."""
     T = gates.shape[0]
     H = hs.shape[2]
     zero, one = hs.dtype.type(0), hs.dtype.type(1)
-    for t in range(T - 1, -1, -1):
+    steps = _steps(lengths, b0, b1)
+    tmp = np.empty((b1 - b0, H), dtype=hs.dtype)
+    for t in range(steps, T):
+        dA_in[t, b0:b1] = zero
+        dA_rec[t, b0:b1] = zero
+    for t in range(steps - 1, -1, -1):
         for b in range(b0, b1):
             da_in = dA_in[t, b]
             da_rec = dA_rec[t, b]
@@ -348,59 +383,65 @@ def gru_backward(b0, b1, gates, hn, hs, h0, W_hh_T, dhs, lengths, dh, dA_in, dA_
                 da_rec[2 * H + j] = dan * r
                 dhb[j] = dht * z  # the direct path h_{t-1} -> h_t
             norms[t, b] = math.sqrt(ss)
-            _gemv_add(W_hh_T, 0, H, da_rec, dhb, 0)  # + W_hh^T dA_rec
+        np.dot(dA_rec[t, b0:b1], W_hh, tmp)  # W_hh^T dA_rec
+        for b in range(b0, b1):
+            if t < lengths[b]:
+                dhb = dh[b]
+                tb = tmp[b - b0]
+                for j in range(H):
+                    dhb[j] += tb[j]
 
 
 # --- batch-parallel wrappers: contiguous chunks of sequences, one time loop each ---------
 
 
 @njit(parallel=True, **_JIT)
-def rnn_forward_parallel(hs, W_hh, h0, lengths, act, slope, h_n, chunks):
+def rnn_forward_parallel(hs, W_hh_T, h0, lengths, act, slope, h_n, chunks):
     B = hs.shape[1]
     for c in prange(chunks):
-        rnn_forward(c * B // chunks, (c + 1) * B // chunks, hs, W_hh, h0, lengths, act, slope, h_n)
+        rnn_forward(
+            c * B // chunks, (c + 1) * B // chunks, hs, W_hh_T, h0, lengths, act, slope, h_n
+        )
 
 
 @njit(parallel=True, **_JIT)
-def rnn_backward_parallel(hs, W_hh_T, dhs, lengths, act, slope, dh, dA, norms, chunks):
-    B = hs.shape[1]
-    for c in prange(chunks):
-        b0, b1 = c * B // chunks, (c + 1) * B // chunks
-        rnn_backward(b0, b1, hs, W_hh_T, dhs, lengths, act, slope, dh, dA, norms)
-
-
-@njit(parallel=True, **_JIT)
-def lstm_forward_parallel(gates, W_hh, h0, c0, lengths, hs, cs, h_n, c_n, chunks):
+def rnn_backward_parallel(hs, W_hh, dhs, lengths, act, slope, dh, dA, norms, chunks):
     B = hs.shape[1]
     for c in prange(chunks):
         b0, b1 = c * B // chunks, (c + 1) * B // chunks
-        lstm_forward(b0, b1, gates, W_hh, h0, c0, lengths, hs, cs, h_n, c_n)
+        rnn_backward(b0, b1, hs, W_hh, dhs, lengths, act, slope, dh, dA, norms)
 
 
 @njit(parallel=True, **_JIT)
-def lstm_backward_parallel(gates, cs, c0, W_hh_T, dhs, lengths, dh, dc, dA, norms, chunks):
+def lstm_forward_parallel(gates, W_hh_T, h0, c0, lengths, hs, cs, h_n, c_n, chunks):
+    B = hs.shape[1]
+    for c in prange(chunks):
+        b0, b1 = c * B // chunks, (c + 1) * B // chunks
+        lstm_forward(b0, b1, gates, W_hh_T, h0, c0, lengths, hs, cs, h_n, c_n)
+
+
+@njit(parallel=True, **_JIT)
+def lstm_backward_parallel(gates, cs, c0, W_hh, dhs, lengths, dh, dc, dA, norms, chunks):
     B = cs.shape[1]
     for c in prange(chunks):
         b0, b1 = c * B // chunks, (c + 1) * B // chunks
-        lstm_backward(b0, b1, gates, cs, c0, W_hh_T, dhs, lengths, dh, dc, dA, norms)
+        lstm_backward(b0, b1, gates, cs, c0, W_hh, dhs, lengths, dh, dc, dA, norms)
 
 
 @njit(parallel=True, **_JIT)
-def gru_forward_parallel(gates, W_hh, b_hn, h0, lengths, hs, hn, h_n, chunks):
+def gru_forward_parallel(gates, W_hh_T, b_hn, h0, lengths, hs, hn, h_n, chunks):
     B = hs.shape[1]
     for c in prange(chunks):
         b0, b1 = c * B // chunks, (c + 1) * B // chunks
-        gru_forward(b0, b1, gates, W_hh, b_hn, h0, lengths, hs, hn, h_n)
+        gru_forward(b0, b1, gates, W_hh_T, b_hn, h0, lengths, hs, hn, h_n)
 
 
 @njit(parallel=True, **_JIT)
-def gru_backward_parallel(
-    gates, hn, hs, h0, W_hh_T, dhs, lengths, dh, dA_in, dA_rec, norms, chunks
-):
+def gru_backward_parallel(gates, hn, hs, h0, W_hh, dhs, lengths, dh, dA_in, dA_rec, norms, chunks):
     B = hs.shape[1]
     for c in prange(chunks):
         b0, b1 = c * B // chunks, (c + 1) * B // chunks
-        gru_backward(b0, b1, gates, hn, hs, h0, W_hh_T, dhs, lengths, dh, dA_in, dA_rec, norms)
+        gru_backward(b0, b1, gates, hn, hs, h0, W_hh, dhs, lengths, dh, dA_in, dA_rec, norms)
 
 
 # --- explicit signatures, compiled on first use ------------------------------------------

@@ -8,6 +8,12 @@ Only the sequential time loops are jitted (:mod:`fastrnn.backends._numba_kernels
 packed product per step for all gates, with the gate math fused right after it, no
 allocation inside the loop, and ``nogil`` so other Python threads keep running.
 
+The per-step product is a BLAS call from inside the jitted loop (``np.dot`` with ``out``),
+which Numba routes to the BLAS that SciPy ships; that is why SciPy is a dependency. It beat
+hand-written loops at every measured shape (H=64, float32, one thread: 0.20 against 0.46
+us for a 64x64 matrix-vector product, 4.7 against 11 us for B=16 and 4 gates). Those
+calls are kept single-threaded: the backend's threads are its chunks of sequences.
+
 Threads: with ``num_threads > 1`` and ``B > 1`` the batch is split into contiguous chunks
 of sequences, each with its own time loop, over ``prange``; otherwise the serial kernel
 runs and pays nothing for threading. Numba's thread count is set for the call and the
@@ -21,18 +27,72 @@ signature on first use, or ahead of time by :func:`warmup`, and cached on disk.
 
 from __future__ import annotations
 
+import contextlib
+import importlib.util
+import os
 import threading
 import time
+from collections.abc import Iterator
 
 import numba
 import numpy as np
+import threadpoolctl
 
 from . import _numba_kernels as _k
 from . import numpy_backend as _ref
 
-UNAVAILABLE_REASON = None
+UNAVAILABLE_REASON = (
+    None
+    if importlib.util.find_spec("scipy") is not None
+    else "SciPy is missing: Numba's np.dot, the per-step product, calls the BLAS SciPy ships "
+    "(`pip install scipy`)"
+)
 
 _parallel_lock = threading.Lock()
+
+_blas_lock = threading.Lock()
+_blas_users = 0
+_blas_limiter = None
+_blas_controller: threadpoolctl.ThreadpoolController | None = None
+
+
+def _kernel_blas() -> threadpoolctl.ThreadpoolController:
+    """The BLAS library that Numba's ``np.dot`` calls (SciPy's), as a threadpoolctl handle.
+
+    SciPy's wheels ship their own OpenBLAS (under ``scipy.libs``); if SciPy shares a BLAS
+    with NumPy (conda, distributions), that shared one is the handle.
+    """
+    global _blas_controller
+    if _blas_controller is None:
+        import scipy.linalg.cython_blas  # noqa: F401  (loads the library Numba calls)
+
+        blas = threadpoolctl.ThreadpoolController().select(user_api="blas")
+        own = [
+            lib.filepath
+            for lib in blas.lib_controllers
+            if "scipy" in os.path.basename(os.path.dirname(lib.filepath))
+        ]
+        _blas_controller = blas.select(filepath=own) if own else blas
+    return _blas_controller
+
+
+@contextlib.contextmanager
+def _single_threaded_blas() -> Iterator[None]:
+    """The per-step BLAS calls run on the thread that makes them, for as long as any
+    kernel runs; the library's previous thread count is restored after the last one."""
+    global _blas_users, _blas_limiter
+    with _blas_lock:
+        if _blas_users == 0:
+            _blas_limiter = _kernel_blas().limit(limits=1)
+        _blas_users += 1
+    try:
+        yield
+    finally:
+        with _blas_lock:
+            _blas_users -= 1
+            if _blas_users == 0:
+                _blas_limiter.restore_original_limits()
+                _blas_limiter = None
 
 
 def _writable(a: np.ndarray) -> np.ndarray:
@@ -47,19 +107,20 @@ def _lengths(lengths: np.ndarray | None, T: int, B: int) -> np.ndarray:
 def _run(name: str, dtype: np.dtype, B: int, num_threads: int, *args) -> None:
     """Kernel ``name`` over all B sequences: serial, or in chunks on up to ``num_threads``."""
     chunks = min(int(num_threads), B, numba.config.NUMBA_NUM_THREADS)
-    if chunks > 1 and _parallel_lock.acquire(blocking=False):
-        try:
-            kernel = _k.compiled(f"{name}_parallel", dtype.type)
-            previous = numba.get_num_threads()
-            numba.set_num_threads(chunks)
+    with _single_threaded_blas():
+        if chunks > 1 and _parallel_lock.acquire(blocking=False):
             try:
-                kernel(*args, chunks)
+                kernel = _k.compiled(f"{name}_parallel", dtype.type)
+                previous = numba.get_num_threads()
+                numba.set_num_threads(chunks)
+                try:
+                    kernel(*args, chunks)
+                finally:
+                    numba.set_num_threads(previous)
             finally:
-                numba.set_num_threads(previous)
-        finally:
-            _parallel_lock.release()
-        return
-    _k.compiled(name, dtype.type)(0, B, *args)
+                _parallel_lock.release()
+            return
+        _k.compiled(name, dtype.type)(0, B, *args)
 
 
 # --- forward -------------------------------------------------------------------------
@@ -76,7 +137,7 @@ def forward(cell, params, x, h0, c0, *, activation, negative_slope, lengths, num
     H = h0.shape[1]
     dt = x.dtype
     lens = _lengths(lengths, T, B)
-    W_hh = _writable(params["W_hh"])
+    W_hh_T = _ref._contiguous_T(params["W_hh"])  # the per-step product is h_{t-1} @ W_hh^T
     h0 = _writable(h0)
     h_n = np.empty((B, H), dtype=dt)
     if cell == "rnn":
@@ -84,7 +145,17 @@ def forward(cell, params, x, h0, c0, *, activation, negative_slope, lengths, num
         hs = _ref._input_projection(x, params["W_ih"], params["b_ih"] + params["b_hh"])
         act = _k.ACTIVATIONS[activation]
         _run(
-            "rnn_forward", dt, B, num_threads, hs, W_hh, h0, lens, act, dt.type(negative_slope), h_n
+            "rnn_forward",
+            dt,
+            B,
+            num_threads,
+            hs,
+            W_hh_T,
+            h0,
+            lens,
+            act,
+            dt.type(negative_slope),
+            h_n,
         )
         return hs, h_n, None, None
     hs = np.empty((T, B, H), dtype=dt)
@@ -92,7 +163,7 @@ def forward(cell, params, x, h0, c0, *, activation, negative_slope, lengths, num
         gates = _ref._input_projection(x, params["W_ih"], params["b_ih"] + params["b_hh"])
         cs = np.empty((T, B, H), dtype=dt)
         c_n = np.empty((B, H), dtype=dt)
-        args = (gates, W_hh, h0, _writable(c0), lens, hs, cs, h_n, c_n)
+        args = (gates, W_hh_T, h0, _writable(c0), lens, hs, cs, h_n, c_n)
         _run("lstm_forward", dt, B, num_threads, *args)
         return hs, h_n, c_n, (gates, cs)
     # gru: b_hr and b_hz join the input projection; b_hn stays inside r * (W_hn h + b_hn)
@@ -101,7 +172,7 @@ def forward(cell, params, x, h0, c0, *, activation, negative_slope, lengths, num
     gates = _ref._input_projection(x, params["W_ih"], bias)
     hn = np.empty((T, B, H), dtype=dt)
     b_hn = np.ascontiguousarray(params["b_hh"][2 * H :])
-    _run("gru_forward", dt, B, num_threads, gates, W_hh, b_hn, h0, lens, hs, hn, h_n)
+    _run("gru_forward", dt, B, num_threads, gates, W_hh_T, b_hn, h0, lens, hs, hn, h_n)
     return hs, h_n, None, (gates, hn)
 
 
@@ -134,7 +205,7 @@ def backward(
     T, B, _ = x.shape
     dt = x.dtype
     lens = _lengths(lengths, T, B)
-    W_hh_T = _ref._contiguous_T(params["W_hh"])
+    W_hh = _writable(params["W_hh"])  # the per-step product is dA_t @ W_hh
     dhs = _writable(dhs)
     dh = dh_n.copy()  # the running dL/dh, dh0 on return
     norms = np.zeros((T, B), dtype=dt)
@@ -142,19 +213,19 @@ def backward(
     if cell == "rnn":
         dA_in = dA_rec = np.empty_like(hs)
         act = _k.ACTIVATIONS[activation]
-        args = (hs, W_hh_T, dhs, lens, act, dt.type(negative_slope), dh, dA_in, norms)
+        args = (hs, W_hh, dhs, lens, act, dt.type(negative_slope), dh, dA_in, norms)
         _run("rnn_backward", dt, B, num_threads, *args)
     elif cell == "lstm":
         gates, cs = saved
         dA_in = dA_rec = np.empty_like(gates)
         dc = dc_n.copy()
-        args = (gates, cs, _writable(c0), W_hh_T, dhs, lens, dh, dc, dA_in, norms)
+        args = (gates, cs, _writable(c0), W_hh, dhs, lens, dh, dc, dA_in, norms)
         _run("lstm_backward", dt, B, num_threads, *args)
     else:
         gates, hn = saved
         dA_in = np.empty_like(gates)
         dA_rec = np.empty_like(gates)
-        args = (gates, hn, hs, _writable(h0), W_hh_T, dhs, lens, dh, dA_in, dA_rec, norms)
+        args = (gates, hn, hs, _writable(h0), W_hh, dhs, lens, dh, dA_in, dA_rec, norms)
         _run("gru_backward", dt, B, num_threads, *args)
     dx, dparams = _ref._weight_grads(dA_in, dA_rec, x, hs, h0, params["W_ih"])
     return dx, dh, dc, dparams, norms if step_norms else None
@@ -167,6 +238,7 @@ def warmup() -> float:
     """Compile (or load from the on-disk cache) every kernel for float32 and float64,
     serial and parallel; return the seconds it took."""
     start = time.perf_counter()
+    _kernel_blas()
     for name, dtype in _k.SIGNATURES:
         _k.compiled(name, dtype)
     return time.perf_counter() - start
