@@ -328,3 +328,34 @@ def test_models_train_alike_on_every_backend(name, backend):
         with fastrnn.use_backend(b):
             results.append(model.fit(*fit_args).history_.loss)
     np.testing.assert_allclose(results[1], results[0], rtol=1e-8)
+
+
+def test_tagger_truncated_bptt():
+    X, lengths = _seq_data(T=8)
+    y = (X[..., 0] > 0).astype(np.int64)
+    full = SequenceTagger(6, cell="gru", epochs=3, seed=0, dtype="float64")
+    whole = SequenceTagger(6, cell="gru", epochs=3, seed=0, dtype="float64", tbptt=8)
+    cut = SequenceTagger(6, cell="gru", epochs=3, seed=0, dtype="float64", tbptt=3)
+    full.fit(X, y, lengths)
+    whole.fit(X, y, lengths)
+    cut.fit(X, y, lengths)
+    # a chunk that covers the sequence is full BPTT
+    np.testing.assert_allclose(whole.history_.loss, full.history_.loss, rtol=1e-12)
+    # chunks of 3 make 3 optimizer steps per batch and a different model
+    assert len(cut.history_["step_loss"]) == 3 * len(full.history_["step_loss"])
+    assert not np.allclose(cut.history_.loss, full.history_.loss)
+    assert cut.predict(X, lengths).shape == X.shape[:2]
+    with pytest.raises(ValueError, match="tbptt"):
+        SequenceTagger(bidirectional=True, tbptt=4)
+    with pytest.raises(ValueError, match="tbptt"):
+        SequenceTagger(tbptt=0)
+
+
+def test_char_lm_truncated_bptt_carries_the_state(tmp_path):
+    text = "abcdefgh" * 40
+    lm = CharLanguageModel(16, seq_len=64, tbptt=8, epochs=15, seed=0).fit(text)
+    assert lm.tbptt == 8
+    assert lm.cross_entropy(text) < 0.3 * math.log(8)
+    assert lm.generate("abc", 8, greedy=True) == "abcdefghabc"
+    lm.save(tmp_path / "lm.npz")
+    assert fastrnn.load(tmp_path / "lm.npz").tbptt == 8

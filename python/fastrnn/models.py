@@ -273,6 +273,7 @@ class _Model:
             seed=int(rng.integers(2**31)),
             validation_data=validation_data,
             progress=self.progress,
+            tbptt=getattr(self, "tbptt", None),
         )
 
     # --- input checks ---------------------------------------------------------------------
@@ -510,23 +511,57 @@ def _unpack_validation(data: object) -> tuple:
 
 
 class _PerStep(_Model):
-    """An RNN stack with a softmax head at every step: tagging and language modelling."""
+    """An RNN stack with a softmax head at every step: tagging and language modelling.
+
+    With ``tbptt=k`` training runs truncated BPTT (the ``SupportsTBPTT`` protocol of
+    :mod:`fastrnn.training`): each batch is cut into chunks of k steps, the state is
+    carried from chunk to chunk and the gradient stops at chunk borders.
+    """
+
+    tbptt: int | None = None
+
+    def _check_tbptt(self, tbptt: object) -> int | None:
+        if tbptt is None:
+            return None
+        if self.bidirectional:
+            raise ValueError("tbptt needs a unidirectional model (bidirectional=False)")
+        return _pos_int("tbptt", tbptt)
 
     def _build(self, meta: Mapping[str, Any], rng: np.random.Generator) -> None:
         self._parts["rnn"] = self._rnn(meta["input_size"], rng, bidirectional=self.bidirectional)
         dirs = 2 if self.bidirectional else 1
         self._parts["head"] = self._linear(dirs * self.hidden_size, meta["n_classes"], rng)
 
-    def _loss_backward(self, batch: Sequence[np.ndarray], backward: bool = True) -> float:
+    def _chunk(
+        self, batch: Sequence[np.ndarray], start: int, stop: int, state: Any, backward: bool
+    ) -> tuple[float, Any]:
+        """Loss of steps ``start:stop`` from ``state`` (gradient cut there); final state."""
         X, y, lens = batch
-        T = int(lens.max())
-        out, _ = self._parts["rnn"].forward(X[:, :T], lengths=lens)
+        chunk_lens = np.clip(lens - start, 0, stop - start)
+        # sequences that already ended run one padded step; their loss is masked out
+        out, final = self._parts["rnn"].forward(
+            X[:, start:stop], state, lengths=np.maximum(chunk_lens, 1)
+        )
         logits = self._parts["head"].forward(out)
-        mask = losses.mask_from_lengths(lens, T, batch_first=True)
-        loss, dz = losses.softmax_cross_entropy(logits, y[:, :T], mask=mask)
+        mask = losses.mask_from_lengths(chunk_lens, stop - start, batch_first=True)
+        loss, dz = losses.softmax_cross_entropy(logits, y[:, start:stop], mask=mask)
         if backward:
             self._parts["rnn"].backward(self._parts["head"].backward(dz))
-        return loss
+        return loss, final
+
+    def _loss_backward(self, batch: Sequence[np.ndarray], backward: bool = True) -> float:
+        return self._chunk(batch, 0, self.num_steps(batch), None, backward)[0]
+
+    def num_steps(self, batch: Sequence[np.ndarray]) -> int:
+        """The number of steps of ``batch`` (its longest sequence)."""
+        return int(batch[2].max())
+
+    def chunk_loss_and_grads(
+        self, batch: Sequence[np.ndarray], start: int, stop: int, state: Any
+    ) -> tuple[float, dict[str, np.ndarray], Any]:
+        """Truncated BPTT: loss and gradients of steps ``start:stop`` from ``state``."""
+        loss, final = self._chunk(batch, start, stop, state, True)
+        return loss, self._grads(), final
 
     def _step_logits(self, X: np.ndarray, lengths: np.ndarray) -> np.ndarray:
         out, _ = self._parts["rnn"].forward(X, lengths=lengths)
@@ -546,8 +581,13 @@ class SequenceTagger(_PerStep):
 
     ``y`` (n, T) holds non-negative integer labels; steps beyond a sequence's length (and
     entries equal to :data:`fastrnn.datasets.PAD`) are ignored. ``classes_`` are the labels
-    seen in ``fit``; ``predict`` fills padded steps with ``PAD`` (-1).
+    seen in ``fit``; ``predict`` fills padded steps with ``PAD`` (-1). ``tbptt``: train with
+    truncated BPTT in chunks of this many steps (default: full BPTT).
     """
+
+    def __init__(self, hidden_size: int = 32, *, tbptt: int | None = None, **kwargs: Any):
+        super().__init__(hidden_size, **kwargs)
+        self.tbptt = self._check_tbptt(tbptt)
 
     def fit(
         self,
@@ -623,8 +663,9 @@ class CharLanguageModel(_PerStep):
     """A character-level language model: predicts the next character at every step.
 
     ``fit(text)`` learns from a string (or a :class:`~fastrnn.datasets.CharCorpus`), cut
-    into windows of ``seq_len`` characters (state is not carried between windows: truncated
-    BPTT at ``seq_len``). ``generate(prompt, n)`` continues a prompt by sampling with a
+    into windows of ``seq_len`` characters (the state starts at zero in every window);
+    ``tbptt=k`` additionally cuts the gradient every k steps inside a window while carrying
+    the state across. ``generate(prompt, n)`` continues a prompt by sampling with a
     ``temperature`` or greedily. ``vocab_`` holds the characters.
     """
 
@@ -635,6 +676,7 @@ class CharLanguageModel(_PerStep):
         hidden_size: int = 64,
         *,
         seq_len: int = 32,
+        tbptt: int | None = None,
         cell: str = "lstm",
         num_layers: int = 1,
         activation: str = "tanh",
@@ -670,6 +712,7 @@ class CharLanguageModel(_PerStep):
             progress=progress,
         )
         self.seq_len = _pos_int("seq_len", seq_len)
+        self.tbptt = self._check_tbptt(tbptt)
 
     def fit(self, text: str | CharCorpus, y: None = None) -> CharLanguageModel:
         """Learn the text ``text`` (a str or a CharCorpus); windows of ``seq_len``
