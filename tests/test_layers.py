@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 import fastrnn
-from fastrnn.layers import GRU, LSTM, RNN, Linear
+from fastrnn.layers import GRU, LSTM, RNN, Linear, last_step, last_step_backward
 
 LAYERS = {"rnn": RNN, "lstm": LSTM, "gru": GRU}
 SHORT = {"weight_ih": "W_ih", "weight_hh": "W_hh", "bias_ih": "b_ih", "bias_hh": "b_hh"}
@@ -239,6 +239,29 @@ def test_linear_forward_backward_against_finite_differences():
         np.testing.assert_allclose(
             [analytic[i] for i in idxs], _numeric(loss, arr, idxs), rtol=1e-6, err_msg=name
         )
+
+
+@pytest.mark.parametrize("batch_first", [False, True])
+def test_last_step_head_and_its_gradient(batch_first):
+    layer, x, _, _, lengths = _make("lstm", bidirectional=False, batch_first=batch_first)
+    if batch_first:
+        x = x.transpose(1, 0, 2).copy()
+    out, (h, _) = layer.forward(x, lengths=lengths)
+    last = last_step(out, lengths, batch_first=batch_first)
+    np.testing.assert_array_equal(last, h[-1])  # the last real output is the final state
+    rng = np.random.default_rng(0)
+    dlast = rng.normal(size=last.shape)
+    dout = last_step_backward(
+        dlast, lengths, x.shape[1 if batch_first else 0], batch_first=batch_first
+    )
+    assert dout.shape == out.shape
+    # <dlast, last_step(out)> has gradient dout: check by linearity on a random out
+    probe = rng.normal(size=out.shape)
+    assert np.sum(dout * probe) == pytest.approx(
+        np.sum(dlast * last_step(probe, lengths, batch_first=batch_first)), rel=1e-12
+    )
+    want = out[:, -1] if batch_first else out[-1]
+    np.testing.assert_array_equal(last_step(out, batch_first=batch_first), want)
 
 
 def test_parameter_names_and_shapes_follow_pytorch():

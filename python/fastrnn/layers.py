@@ -600,7 +600,56 @@ class Linear:
         _io.save(self, path)
 
 
+def _last_index(lengths: object, T: int, B: int) -> np.ndarray:
+    if lengths is None:
+        return np.full(B, T - 1, dtype=np.int64)
+    lens = F._check_lengths(lengths, T, B)
+    return np.full(B, T - 1, dtype=np.int64) if lens is None else lens - 1
+
+
+def last_step(
+    out: np.ndarray, lengths: np.ndarray | None = None, *, batch_first: bool = False
+) -> np.ndarray:
+    """The output at each sequence's last real step: (T, B, F) -> (B, F).
+
+    ``out`` is time-major (or (B, T, F) with ``batch_first``); ``lengths`` (B,) as for
+    the layers (``None``: every sequence has T steps). For a many-to-one head apply
+    :class:`Linear` to the result; :func:`last_step_backward` is its gradient. (For a
+    bidirectional layer the reverse direction has seen only one step there; its summary
+    of the whole sequence is in the final state instead.)
+    """
+    out = _as_array("out", out)
+    if out.ndim != 3:
+        layout = "(B, T, F)" if batch_first else "(T, B, F)"
+        raise ValueError(f"out has shape {out.shape}, expected {layout}")
+    T, B = (out.shape[1], out.shape[0]) if batch_first else out.shape[:2]
+    idx = _last_index(lengths, T, B)
+    cols = np.arange(B)
+    return out[cols, idx] if batch_first else out[idx, cols]
+
+
+def last_step_backward(
+    dlast: np.ndarray, lengths: np.ndarray | None, T: int, *, batch_first: bool = False
+) -> np.ndarray:
+    """The gradient of :func:`last_step`: ``dlast`` (B, F) placed at each sequence's last
+    real step of a zero (T, B, F) array (or (B, T, F) with ``batch_first``)."""
+    dlast = _as_array("dlast", dlast)
+    if dlast.ndim != 2:
+        raise ValueError(f"dlast has shape {dlast.shape}, expected (B, F)")
+    T = _check_positive_int("T", T)
+    B, feat = dlast.shape
+    idx = _last_index(lengths, T, B)
+    cols = np.arange(B)
+    shape = (B, T, feat) if batch_first else (T, B, feat)
+    dout = np.zeros(shape, dtype=dlast.dtype)
+    if batch_first:
+        dout[cols, idx] = dlast
+    else:
+        dout[idx, cols] = dlast
+    return dout
+
+
 for _cls in (RNN, LSTM, GRU, Linear):
     _io.register(_cls.__name__)(_cls)
 
-__all__ = ["GRU", "LSTM", "RNN", "Linear", "State"]
+__all__ = ["GRU", "LSTM", "RNN", "Linear", "State", "last_step", "last_step_backward"]
