@@ -130,7 +130,7 @@ class _Model:
         clip_value: float | None = None,
         seed: int | None = None,
         dtype: Any = "float32",
-        progress: bool | None = False,
+        progress: bool | None = None,
     ) -> None:
         self.hidden_size = _pos_int("hidden_size", hidden_size)
         self.cell = F._check_choice("cell", cell, F.CELLS)
@@ -691,7 +691,7 @@ class CharLanguageModel(_PerStep):
         clip_value: float | None = None,
         seed: int | None = None,
         dtype: Any = "float32",
-        progress: bool | None = False,
+        progress: bool | None = None,
     ) -> None:
         super().__init__(
             hidden_size,
