@@ -66,7 +66,9 @@ def sigmoid(v):
 
 
 def _tanh_f32(v):
-    x = min(max(v, -_T_CLAMP), _T_CLAMP)
+    # the clamp keeps NaN (comparisons with NaN are false), so NaN stays NaN as in np.tanh
+    x = _T_CLAMP if v > _T_CLAMP else v
+    x = -_T_CLAMP if x < -_T_CLAMP else x
     x2 = x * x
     p = x2 * _A13 + _A11
     p = x2 * p + _A9

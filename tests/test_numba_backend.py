@@ -1,0 +1,271 @@
+"""The numba backend beyond the reference comparison of test_backends.py: lazy compilation,
+warmup, threads, the GIL, its float32 tanh, and the report when numba cannot load."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import textwrap
+import threading
+
+import numpy as np
+import pytest
+
+import fastrnn
+from conftest import CELL_CASES, CELL_IDS, make_case
+
+
+@pytest.fixture
+def kernels():
+    """The private kernel module; the test is skipped with the reason if numba is unavailable."""
+    if "numba" not in fastrnn.available_backends():
+        pytest.skip(f"backend 'numba' unavailable: {fastrnn.unavailable_backends()['numba']}")
+    from fastrnn.backends import _numba_kernels
+
+    return _numba_kernels
+
+
+def _python(code: str) -> str:
+    """Run ``code`` in a fresh interpreter; return its stdout (a failure fails the test)."""
+    proc = subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(code)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 0, f"subprocess failed:\n{proc.stdout}\n{proc.stderr}"
+    return proc.stdout
+
+
+def _run(cell, activation, case, backend="numba"):
+    res = fastrnn.forward(
+        cell,
+        case["params"],
+        case["x"],
+        case["h0"],
+        case["c0"],
+        activation=activation,
+        lengths=case["lengths"],
+        backend=backend,
+    )
+    g = fastrnn.backward(res, case["dhs"], case["dh_n"], case["dc_n"], return_step_norms=True)
+    out = {"hs": res.hs, "h_n": res.h_n, "dx": g.dx, "dh0": g.dh0, "norms": g.step_norms}
+    out.update({f"d{k}": v for k, v in g.params.items()})
+    if cell == "lstm":
+        out.update(c_n=res.c_n, dc0=g.dc0)
+    return out
+
+
+# --- lazy compilation and warmup -------------------------------------------------------
+
+
+def test_import_compiles_nothing(kernels):
+    out = _python(
+        """
+        import sys
+        import fastrnn
+        assert "numba" not in sys.modules, "import fastrnn imported numba"
+        assert "numba" in fastrnn.available_backends()  # loads the backend module
+        from fastrnn.backends import _numba_kernels as k
+        compiled = [name for name, _ in k.SIGNATURES if getattr(k, name).signatures]
+        assert not compiled, f"compiled or loaded at import: {compiled}"
+        print("ok")
+        """
+    )
+    assert out.strip() == "ok"
+
+
+def test_first_call_compiles_only_what_it_uses(kernels):
+    out = _python(
+        """
+        import numpy as np
+        import fastrnn
+        from fastrnn.backends import _numba_kernels as k
+        fastrnn.set_num_threads(1)
+        p = fastrnn.init_params("gru", 3, 4, seed=0)
+        fastrnn.forward("gru", p, np.ones((2, 1, 3), np.float32), backend="numba")
+        done = [
+            f"{name}-{dtype.__name__}"
+            for (name, dtype), sig in k.SIGNATURES.items()
+            if tuple(sig) in [tuple(s) for s in getattr(k, name).signatures]
+        ]
+        print(done, sum(len(getattr(k, n).signatures) for n in {name for name, _ in k.SIGNATURES}))
+        """
+    )
+    assert out.strip() == "['gru_forward-float32'] 1"
+
+
+def test_warmup_compiles_every_kernel(kernels):
+    seconds = fastrnn.warmup("numba")
+    assert list(seconds) == ["numba"] and seconds["numba"] >= 0
+    for (name, _dtype), sig in kernels.SIGNATURES.items():
+        assert tuple(sig) in [tuple(s) for s in getattr(kernels, name).signatures], name
+    # all C-contiguous: no other layout was compiled along the way
+    for name, _ in kernels.SIGNATURES:
+        for sig in getattr(kernels, name).signatures:
+            assert all(getattr(t, "layout", "C") == "C" for t in sig), (name, sig)
+
+
+def test_warmup_default_is_every_available_backend():
+    assert set(fastrnn.warmup()) == set(fastrnn.available_backends())
+    assert list(fastrnn.warmup(["numpy"])) == ["numpy"]
+
+
+@pytest.mark.parametrize(
+    ("arg", "error", "match"),
+    [("bogus", ValueError, "unknown backend 'bogus'"), (3, TypeError, "got int")],
+)
+def test_warmup_rejects_bad_names(arg, error, match):
+    with pytest.raises(error, match=match):
+        fastrnn.warmup(arg)
+
+
+# --- numba missing ---------------------------------------------------------------------
+
+
+def test_missing_numba_is_reported_and_numpy_still_works():
+    out = _python(
+        """
+        import sys
+        sys.modules["numba"] = None  # makes `import numba` fail as if it were not installed
+        import numpy as np
+        import fastrnn
+        assert "numba" not in fastrnn.available_backends()
+        print(fastrnn.unavailable_backends()["numba"])
+        p = fastrnn.init_params("rnn", 3, 4, seed=0)
+        x = np.ones((2, 1, 3), np.float32)
+        try:
+            fastrnn.forward("rnn", p, x, backend="numba")
+        except RuntimeError as exc:
+            print(exc)
+        res = fastrnn.forward("rnn", p, x, backend="numpy")
+        assert res.hs.shape == (2, 1, 4)
+        """
+    )
+    reason, error = out.strip().splitlines()
+    assert "Error" in reason and "numba" in reason
+    assert "'numba' is not available" in error and "pip install numba" in error
+
+
+def test_missing_scipy_is_reported(kernels):
+    out = _python(
+        """
+        import sys
+        sys.modules["scipy"] = None  # as if SciPy were not installed
+        import fastrnn
+        assert "numba" not in fastrnn.available_backends()
+        print(fastrnn.unavailable_backends()["numba"])
+        """
+    )
+    assert "SciPy is missing" in out
+
+
+# --- threads and the GIL ---------------------------------------------------------------
+
+
+@pytest.fixture
+def two_threads(kernels):
+    import numba
+
+    if numba.config.NUMBA_NUM_THREADS < 2:
+        pytest.skip("numba has a single thread on this machine")
+    before = fastrnn.get_num_threads()
+    yield
+    fastrnn.set_num_threads(before)
+
+
+@pytest.mark.parametrize(("cell", "activation"), CELL_CASES, ids=CELL_IDS)
+def test_thread_count_does_not_change_results(two_threads, cell, activation):
+    import numba
+
+    case = make_case(cell, T=9, B=7, D=3, H=6, lengths=True, h0=True, seed=3)
+    numba_threads = numba.get_num_threads()
+    fastrnn.set_num_threads(1)
+    serial = _run(cell, activation, case)
+    fastrnn.set_num_threads(2)
+    parallel = _run(cell, activation, case)
+    assert numba.get_num_threads() == numba_threads, "the caller's numba thread count changed"
+    for name, want in serial.items():
+        # chunks of 3 and 4 sequences instead of 7 take other BLAS paths: rounding only
+        np.testing.assert_allclose(parallel[name], want, rtol=1e-13, atol=1e-14, err_msg=name)
+
+
+def test_concurrent_calls_match_serial_calls(two_threads):
+    fastrnn.set_num_threads(2)
+    cases = [
+        make_case(c, T=30, B=6, D=4, H=8, lengths=True, h0=True, seed=s)
+        for c, s in [("rnn", 0), ("lstm", 1), ("gru", 2), ("lstm", 3)]
+    ]
+    cells = ["rnn", "lstm", "gru", "lstm"]
+    want = [_run(cell, "tanh", case) for cell, case in zip(cells, cases, strict=True)]
+    got: list = [None] * 4
+    errors: list = []
+    barrier = threading.Barrier(4)
+
+    def work(i):
+        try:
+            barrier.wait()
+            for _ in range(5):
+                got[i] = _run(cells[i], "tanh", cases[i])
+        except Exception as exc:  # reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=work, args=(i,)) for i in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors, errors
+    for i in range(4):
+        for name, value in want[i].items():
+            np.testing.assert_allclose(got[i][name], value, rtol=1e-13, atol=1e-14, err_msg=name)
+
+
+def test_kernels_release_the_gil(kernels):
+    T, B, H = 200_000, 1, 32
+    rng = np.random.default_rng(0)
+    W_T = rng.uniform(-0.2, 0.2, (H, H))
+    hs = rng.normal(size=(T, B, H))
+    h0, h_n = np.zeros((B, H)), np.empty((B, H))
+    lengths = np.full(B, T, dtype=np.int64)
+    forward = kernels.compiled("rnn_forward", np.float64)
+    forward(0, B, hs[:2].copy(), W_T, h0, np.full(B, 2, dtype=np.int64), 0, 0.0, h_n)
+    started = threading.Event()
+
+    def run():
+        started.set()
+        forward(0, B, hs, W_T, h0, lengths, 0, 0.0, h_n)
+
+    worker = threading.Thread(target=run)
+    worker.start()
+    started.wait()
+    count = 0
+    while worker.is_alive():  # runs only if the worker let go of the GIL
+        count += 1
+    worker.join()
+    assert count > 1000, f"the main thread ran {count} iterations during the kernel"
+
+
+# --- float32 math ----------------------------------------------------------------------
+
+
+def test_float32_tanh_and_sigmoid(kernels):
+    from numba import njit
+
+    @njit(fastmath=kernels.FASTMATH, error_model="numpy")
+    def apply(v, t, s):
+        for j in range(v.shape[0]):
+            t[j] = kernels.tanh(v[j])
+            s[j] = kernels.sigmoid(v[j])
+
+    v = np.concatenate(
+        [np.linspace(-12, 12, 100_001), [np.nan, np.inf, -np.inf, 1e-30, -5e-4, 1e4]]
+    ).astype(np.float32)
+    t, s = np.empty_like(v), np.empty_like(v)
+    apply(v, t, s)
+    v64 = v.astype(np.float64)
+    with np.errstate(over="ignore"):
+        s_want = 1 / (1 + np.exp(-v64))
+    np.testing.assert_allclose(t, np.tanh(v64), rtol=0, atol=1e-6)
+    np.testing.assert_allclose(s, s_want, rtol=0, atol=1e-6)
+    assert t.dtype == np.float32 and np.isnan(t[-6]) and np.isnan(s[-6])
