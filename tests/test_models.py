@@ -359,3 +359,19 @@ def test_char_lm_truncated_bptt_carries_the_state(tmp_path):
     assert lm.generate("abc", 8, greedy=True) == "abcdefghabc"
     lm.save(tmp_path / "lm.npz")
     assert fastrnn.load(tmp_path / "lm.npz").tbptt == 8
+
+
+def test_get_and_set_params():
+    model = Seq2Seq(16, cell="gru", max_length=5, epochs=3)
+    params = model.get_params()
+    assert params["hidden_size"] == 16 and params["cell"] == "gru" and params["max_length"] == 5
+    assert "bidirectional" in params and "tbptt" not in params
+    assert set(CharLanguageModel().get_params()) >= {"seq_len", "tbptt", "cell"}
+    assert model.set_params(cell="lstm", lr=0.1) is model
+    assert model.cell == "lstm" and model.lr == 0.1 and model.hidden_size == 16
+    with pytest.raises(ValueError, match="unknown hyper-parameters"):
+        model.set_params(colour="red")
+    with pytest.raises(ValueError, match="cell"):
+        model.set_params(cell="transformer")
+    assert model.cell == "lstm"
+    assert "lr=0.1" in repr(model) and "cell=" not in repr(model)  # lstm is the default

@@ -5,18 +5,14 @@ returns the model), predicts with ``predict`` (and ``predict_proba`` where it me
 something) and takes samples-first input: ``X`` of shape (n_samples, T, D), with optional
 ``lengths`` (n_samples,) for sequences shorter than T (later steps are padding).
 
-=======================  ===================  =============================================
-model                    shape                what it does
-=======================  ===================  =============================================
-:class:`SequenceClassifier`  many-to-one      a label per sequence (sigmoid for two
-                                              classes, softmax for more); T=1 is one-to-one
-:class:`SequenceRegressor`   many-to-one      a real vector per sequence (MSE)
-:class:`SequenceTagger`      many-to-many     a label per step (softmax at every step)
-:class:`CharLanguageModel`   many-to-many     next character, ``generate(prompt, n)``
-:class:`SequenceGenerator`   one-to-many      a token sequence from one input vector
-:class:`Seq2Seq`             encoder-decoder  token sequences from sequences of another
-                                              length (translation), greedy decoding
-=======================  ===================  =============================================
+- :class:`SequenceClassifier` (many-to-one): a label per sequence, sigmoid for two
+  classes, softmax for more; with T=1 it is the one-to-one network;
+- :class:`SequenceRegressor` (many-to-one): a real number or vector per sequence (MSE);
+- :class:`SequenceTagger` (many-to-many, synchronised): a label per step;
+- :class:`CharLanguageModel` (many-to-many): the next character, ``generate(prompt, n)``;
+- :class:`SequenceGenerator` (one-to-many): a token sequence from one input vector;
+- :class:`Seq2Seq` (encoder-decoder): token sequences from input sequences of another,
+  variable length (translation), teacher forcing in training, greedy decoding.
 
 Shared hyper-parameters: ``hidden_size``; ``cell`` (``"rnn"``, ``"lstm"``, ``"gru"``);
 ``num_layers``; ``bidirectional`` (encoders that see the whole sequence only);
@@ -168,6 +164,20 @@ class _Model:
     def get_params(self) -> dict[str, Any]:
         """The constructor's hyper-parameters (as scikit-learn's ``get_params``)."""
         return {name: getattr(self, name) for name in self._signature()}
+
+    def set_params(self, **params: Any) -> _Model:
+        """Change hyper-parameters (checked as in the constructor); takes effect at the next
+        ``fit``. Returns the model."""
+        unknown = sorted(set(params) - set(self._signature()))
+        if unknown:
+            raise ValueError(
+                f"unknown hyper-parameters {unknown} for {type(self).__name__}; "
+                f"valid: {sorted(self._signature())}"
+            )
+        checked = type(self)(**{**self.get_params(), **params})
+        for name in self._signature():
+            setattr(self, name, getattr(checked, name))
+        return self
 
     @classmethod
     def _signature(cls) -> dict[str, inspect.Parameter]:
