@@ -160,6 +160,13 @@ def test_clip_grad_norm_float32_in_place():
     assert global_norm(g) == pytest.approx(1.0, rel=1e-6)
 
 
+def test_global_norm_of_large_float32_gradients_does_not_overflow():
+    g = {"a": np.full(4, 1e20, dtype=np.float32)}  # the squares overflow float32
+    assert global_norm(g) == pytest.approx(2e20, rel=1e-6)
+    clip_grad_norm(g, 1.0)
+    assert np.allclose(g["a"], 0.5)
+
+
 def test_clip_grad_value():
     g = {"a": np.array([-3.0, 0.2, 5.0])}
     clip_grad_value(g, 1.0)

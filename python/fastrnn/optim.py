@@ -283,8 +283,7 @@ def global_norm(grads: Mapping[str, np.ndarray]) -> float:
     grads = _check_grads(grads)
     total = 0.0
     for g in grads.values():
-        g = np.asarray(g)
-        total += float(np.vdot(g, g).real) if g.size else 0.0
+        total += float(np.sum(np.square(g, dtype=np.float64)))  # no float32 overflow
     return math.sqrt(total)
 
 
