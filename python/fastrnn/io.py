@@ -69,7 +69,6 @@ import importlib
 import json
 import os
 import tempfile
-import zipfile
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, TypeVar
@@ -189,7 +188,7 @@ def _read(path: str | os.PathLike) -> tuple[dict[str, Any], dict[str, np.ndarray
         if str(exc).startswith(where):
             raise
         raise ValueError(f"{where} is not a readable fastrnn file: {exc}") from None
-    except (zipfile.BadZipFile, OSError, EOFError, KeyError) as exc:
+    except Exception as exc:  # BadZipFile, OSError, EOFError, zlib.error, struct.error, ...
         raise ValueError(
             f"{where} is not a readable fastrnn file (truncated or corrupted?): "
             f"{type(exc).__name__}: {exc}"
