@@ -19,6 +19,7 @@ Examples::
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import math
 import statistics
@@ -33,6 +34,7 @@ _DTYPES = {"float32": ("float32",), "float64": ("float64",), "both": ("float32",
 _ALL_BACKENDS = ("numpy", "numba", "cpp", "torch")  # table order: the reference first
 _SCALING_TS = (100, 1_000, 10_000, 100_000, 1_000_000)
 _SCALING_BATCHES = (1, 16)
+_LONG = 10_000  # longer sequences warm up on a short one: the warm-up is not timed anyway
 _MEMORY_SHARE = 0.8  # refuse a run whose estimate exceeds this share of available memory
 
 
@@ -48,8 +50,8 @@ class Row:
     cell: str
     dtype: str
     threads: int
-    backend: str
-    what: str
+    backend: str = ""
+    what: str = "train"
     status: str = "ok"  # ok | unavailable | skipped | error | wrong
     note: str = ""
     seconds: float | None = None  # median
@@ -219,8 +221,7 @@ def _shapes(args: argparse.Namespace) -> list[lib.Shape]:
     table = lib.QUICK_SHAPES if args.quick else lib.NAMED_SHAPES
     names = args.shapes or list(lib.NAMED_SHAPES)
     if args.quick:
-        wanted = {n for n in names}
-        return [s for s in table.values() if s.name.split("/")[0] in wanted]
+        return [s for s in table.values() if s.name.split("/")[0] in names]
     return [table[n] for n in names]
 
 
@@ -233,48 +234,22 @@ def _repeat(args: argparse.Namespace, T: int) -> int:
 
 
 def _plan(args: argparse.Namespace) -> list[Row]:
+    """Every row to run, in table order: shape, cell, dtype, threads, backend."""
     backends = args.backends or list(_ALL_BACKENDS)
     rows = []
     for shape in _shapes(args):
+        dims = {"D": shape.D, "H": shape.H, "B": shape.B, "T": shape.T}
         cells = args.cells or (("rnn",) if args.scaling else shape.cells)
-        for cell in cells:
-            for dtype in _DTYPES[args.dtype]:
-                for threads in args.threads:
-                    for backend in backends:
-                        rows.append(
-                            Row(
-                                shape=shape.name,
-                                D=shape.D,
-                                H=shape.H,
-                                B=shape.B,
-                                T=shape.T,
-                                cell=cell,
-                                dtype=dtype,
-                                threads=threads,
-                                backend=backend,
-                                what=args.what,
-                                flops=lib.flops(
-                                    cell,
-                                    shape.D,
-                                    shape.H,
-                                    shape.B,
-                                    shape.T,
-                                    args.what,
-                                    args.classes,
-                                ),
-                                estimated_bytes=lib.estimate_bytes(
-                                    cell,
-                                    shape.D,
-                                    shape.H,
-                                    shape.B,
-                                    shape.T,
-                                    dtype,
-                                    args.what,
-                                    args.classes,
-                                    backend,
-                                ),
-                            )
-                        )
+        for cell, dtype, threads, backend in itertools.product(
+            cells, _DTYPES[args.dtype], args.threads, backends
+        ):
+            row = Row(shape.name, **dims, cell=cell, dtype=dtype, threads=threads)
+            row.backend, row.what = backend, args.what
+            row.flops = lib.flops(cell, **dims, what=args.what, classes=args.classes)
+            row.estimated_bytes = lib.estimate_bytes(
+                cell, **dims, dtype=dtype, what=args.what, classes=args.classes, backend=backend
+            )
+            rows.append(row)
     return rows
 
 
@@ -297,12 +272,10 @@ def _unavailable(backends: set[str]) -> dict[str, str]:
 # --- running -----------------------------------------------------------------------------
 
 
-def _measure(row: Row, runner: lib.Runner, repeat: int, warm_small: bool, case_small) -> None:
-    """Warm up (compile, first touch), then time ``repeat`` runs; fill in ``row``."""
-    if warm_small:  # a long sequence: warm up (compile) on a short one of the same kind
-        lib.make_runner(case_small(), row.backend, row.what).run()
-    else:
-        runner.run()
+def _measure(row: Row, runner: lib.Runner, repeat: int, warmup: lib.Runner) -> None:
+    """Run ``warmup`` once (compile, first touch), then time ``repeat`` runs of ``runner``;
+    fill in ``row``."""
+    warmup.run()
     raw = None
     for _ in range(repeat):
         raw = None  # free the previous result before the next run allocates its own
@@ -354,15 +327,16 @@ def _run_rows(args: argparse.Namespace, rows: list[Row], unavailable: dict[str, 
                     )
                     case_key = shape_key
 
-                def small(row=row):
-                    return lib.make_case(
-                        row.cell, row.D, row.H, row.B, min(row.T, 100), row.dtype, args.classes
-                    )
-
                 with lib.thread_limit(row.threads):
                     runner = lib.make_runner(case, row.backend, row.what)
-                    _measure(row, runner, _repeat(args, row.T), row.T > 10_000, small)
-                    del runner
+                    warmup = runner
+                    if row.T > _LONG:  # warm up (compile) on a short sequence of the same kind
+                        short = (row.cell, row.D, row.H, row.B, _LONG // 100, row.dtype)
+                        warmup = lib.make_runner(
+                            lib.make_case(*short, args.classes), row.backend, row.what
+                        )
+                    _measure(row, runner, _repeat(args, row.T), warmup)
+                    del runner, warmup
             except MemoryError:
                 row.status, row.note = "skipped", "ran out of memory"
             except Exception as exc:  # one failing backend must not lose the other rows
