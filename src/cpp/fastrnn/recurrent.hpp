@@ -22,8 +22,14 @@
 #include <Eigen/Core>
 #include <algorithm>
 #include <cstdint>
+#include <cstdlib>
+#include <new>
 #include <utility>
 #include <vector>
+
+#if defined(__linux__)
+#include <sys/mman.h>
+#endif
 
 #include "parallel.hpp"
 #include "small_gemm.hpp"
@@ -100,6 +106,44 @@ template <class T>
 using MatMap = Eigen::Map<Mat<T>>;
 template <class T>
 using ConstMatMap = Eigen::Map<const Mat<T>>;
+
+// An uninitialised scratch array; large ones ask Linux for transparent huge pages (as
+// NumPy does for its arrays), which makes first touch of a big buffer several times cheaper.
+template <class T>
+class LargeBuffer {
+ public:
+  explicit LargeBuffer(Index n) {
+    if (n <= 0) return;
+    constexpr std::size_t kHuge = std::size_t(1) << 21;
+    std::size_t bytes = static_cast<std::size_t>(n) * sizeof(T);
+    if (bytes >= 4 * kHuge) {
+      bytes = (bytes + kHuge - 1) / kHuge * kHuge;
+      data_ = static_cast<T*>(std::aligned_alloc(kHuge, bytes));
+#ifdef MADV_HUGEPAGE
+      if (data_) madvise(data_, bytes, MADV_HUGEPAGE);
+#endif
+    } else {
+      data_ = static_cast<T*>(std::malloc(bytes));
+    }
+    if (!data_) throw std::bad_alloc();
+  }
+  ~LargeBuffer() { std::free(data_); }
+  LargeBuffer(const LargeBuffer&) = delete;
+  LargeBuffer& operator=(const LargeBuffer&) = delete;
+  T* get() const { return data_; }
+
+ private:
+  T* data_ = nullptr;
+};
+
+// Ask for a block the next step reads (written long ago by the input projection, or read
+// backwards in time, which the hardware prefetcher does not follow) while this step computes.
+template <class T>
+inline void prefetch(const T* p, Index n) {
+  const char* c = reinterpret_cast<const char*>(p);
+  const Index bytes = n * static_cast<Index>(sizeof(T));
+  for (Index i = 0; i < bytes; i += 64) __builtin_prefetch(c + i, 0, 3);
+}
 
 // Which sequences of the chunk [b0, b0+nb) are still running at step t.
 struct ChunkMask {
@@ -183,6 +227,7 @@ void rnn_forward_chunk(const Problem<T>& p, const ForwardOutput<T>& out,
   const T* h_prev = p.h0 + b0 * H;
   for (Index t = 0; t < p.steps; ++t) {
     T* h_ptr = out.hs + (t * B + b0) * H;
+    if (t + 1 < p.steps) prefetch(h_ptr + B * H, H * nb);
     small_gemm(W, h_prev, H, rec_buf.data(), W.ld, nb);  // W h_{t-1}
     ArrMap<T> h(h_ptr, H, nb);                             // holds U x_t + b
     activate(p.activation, p.slope, h, rec);               // h_t = act(U x_t + W h_{t-1} + b)
@@ -202,6 +247,7 @@ void lstm_forward_chunk(const Problem<T>& p, const ForwardOutput<T>& out,
   const T* c_prev = p.c0 + b0 * H;
   for (Index t = 0; t < p.steps; ++t) {
     const Index off = (t * B + b0);
+    if (t + 1 < p.steps) prefetch(out.gates + (off + B) * GH, GH * nb);
     small_gemm(W, h_prev, H, rec_buf.data(), W.ld, nb);
     ArrMap<T> g(out.gates + off * GH, GH, nb);  // holds U x_t + b, becomes i, f, g, o
     g.topRows(2 * H) = (g.topRows(2 * H) + rec.topRows(2 * H)).logistic();
@@ -229,6 +275,7 @@ void gru_forward_chunk(const Problem<T>& p, const ForwardOutput<T>& out,
   const T* h_prev = p.h0 + b0 * H;
   for (Index t = 0; t < p.steps; ++t) {
     const Index off = (t * B + b0);
+    if (t + 1 < p.steps) prefetch(out.gates + (off + B) * GH, GH * nb);
     small_gemm(W, h_prev, H, rec_buf.data(), W.ld, nb);
     ArrMap<T> g(out.gates + off * GH, GH, nb);  // holds W_i. x_t + b_i., becomes r, z, n
     g.topRows(2 * H) = ((g.topRows(2 * H) + rec.topRows(2 * H)).colwise() + b_hh.head(2 * H))
@@ -279,6 +326,10 @@ void rnn_backward_chunk(const Problem<T>& p, const BackwardInput<T>& in,
   ArrMap<T> dht(s.dht.data(), H, nb);
   for (Index t = p.steps - 1; t >= 0; --t) {
     const Index off = t * B + b0;
+    if (t > 0) {
+      prefetch(in.dhs + (off - B) * H, H * nb);
+      prefetch(in.hs + (off - B) * H, H * nb);
+    }
     dht = s.dh_map() + ConstArrMap<T>(in.dhs + off * H, H, nb);  // dL/dh_t
     mask.zero_inactive(t, dht);
     store_norms(g, t, B, b0, dht);
@@ -309,6 +360,11 @@ void lstm_backward_chunk(const Problem<T>& p, const BackwardInput<T>& in,
     const ConstArrMap<T> gt(in.gates + off * GH, GH, nb);
     const auto i = gt.topRows(H), f = gt.middleRows(H, H), gg = gt.middleRows(2 * H, H),
                o = gt.bottomRows(H);
+    if (t > 0) {
+      prefetch(in.dhs + (off - B) * H, H * nb);
+      prefetch(in.gates + (off - B) * GH, GH * nb);
+      if (t > 1) prefetch(in.extra + (off - 2 * B) * H, H * nb);
+    }
     const ConstArrMap<T> c(in.extra + off * H, H, nb);
     const ConstArrMap<T> c_prev(t > 0 ? in.extra + (off - B) * H : p.c0 + b0 * H, H, nb);
     dht = s.dh_map() + ConstArrMap<T>(in.dhs + off * H, H, nb);  // dL/dh_t
@@ -349,6 +405,12 @@ void gru_backward_chunk(const Problem<T>& p, const BackwardInput<T>& in,
     const Index off = t * B + b0;
     const ConstArrMap<T> gt(in.gates + off * GH, GH, nb);
     const auto r = gt.topRows(H), z = gt.middleRows(H, H), n = gt.bottomRows(H);
+    if (t > 0) {
+      prefetch(in.dhs + (off - B) * H, H * nb);
+      prefetch(in.gates + (off - B) * GH, GH * nb);
+      prefetch(in.extra + (off - B) * H, H * nb);
+      if (t > 1) prefetch(in.hs + (off - 2 * B) * H, H * nb);
+    }
     const ConstArrMap<T> hn(in.extra + off * H, H, nb);
     const ConstArrMap<T> h_prev(t > 0 ? in.hs + (off - B) * H : p.h0 + b0 * H, H, nb);
     dht = s.dh_map() + ConstArrMap<T>(in.dhs + off * H, H, nb);  // dL/dh_t
@@ -366,6 +428,15 @@ void gru_backward_chunk(const Problem<T>& p, const BackwardInput<T>& in,
     s.swap();
   }
   ArrMap<T>(g.dh0 + b0 * H, H, nb) = s.dh_map();
+}
+
+// out = m.rowwise().sum() for a column-major m with many columns, as a running sum of
+// columns (Eigen's rowwise().sum() walks each row with a stride here, 20x slower).
+template <class M, class T>
+void column_sum(const M& m, T* out) {
+  Eigen::Map<Eigen::Matrix<T, Eigen::Dynamic, 1>> acc(out, m.rows());
+  acc.setZero();
+  for (Index c = 0; c < m.cols(); ++c) acc += m.col(c);
 }
 
 template <class T>
@@ -388,8 +459,8 @@ void forward(const Problem<T>& p, const ForwardOutput<T>& out) {
   run_workers(proj_workers, p.flush_denormals, [&](int w) {
     const auto [c0, c1] = split_range(TB, proj_workers, w);
     MatMap<T> A(pre + c0 * GH, GH, c1 - c0);
-    A.noalias() = ConstMatMap<T>(p.W_ih, D, GH).transpose() * ConstMatMap<T>(p.x + c0 * D, D, c1 - c0);
-    A.colwise() += bias;
+    A.colwise() = bias;  // then += the product: no separate zeroing pass
+    A.noalias() += ConstMatMap<T>(p.W_ih, D, GH).transpose() * ConstMatMap<T>(p.x + c0 * D, D, c1 - c0);
   });
   PackedMatrix<T> W;
   W.from_row_major(p.W_hh, GH, H);
@@ -412,22 +483,23 @@ template <class T>
 void backward(const Problem<T>& p, const BackwardInput<T>& in, const BackwardOutput<T>& g) {
   using namespace detail;
   const Index H = p.H, B = p.B, D = p.D, GH = gates_of(p.cell) * H, TB = p.steps * B;
-  std::vector<T> dA_in(static_cast<std::size_t>(GH * TB));
-  std::vector<T> dA_rec_buf(p.cell == Cell::gru ? static_cast<std::size_t>(GH * TB) : 0);
-  T* dA_rec = p.cell == Cell::gru ? dA_rec_buf.data() : dA_in.data();
+  // every entry is written by the time loops: no need to zero these
+  LargeBuffer<T> dA_buf(GH * TB), dA_rec_buf(p.cell == Cell::gru ? GH * TB : 0);
+  T* dA_in = dA_buf.get();
+  T* dA_rec = p.cell == Cell::gru ? dA_rec_buf.get() : dA_in;
   PackedMatrix<T> WT;  // W_hh^T, (H x GH)
   WT.from_row_major_transposed(p.W_hh, H, GH);
   const int workers = workers_for(p, B);
   run_workers(workers, p.flush_denormals, [&](int w) {
     const auto [b0, b1] = split_range(B, workers, w);
-    if (p.cell == Cell::rnn) rnn_backward_chunk(p, in, g, WT, dA_in.data(), b0, b1 - b0);
-    if (p.cell == Cell::lstm) lstm_backward_chunk(p, in, g, WT, dA_in.data(), b0, b1 - b0);
+    if (p.cell == Cell::rnn) rnn_backward_chunk(p, in, g, WT, dA_in, b0, b1 - b0);
+    if (p.cell == Cell::lstm) lstm_backward_chunk(p, in, g, WT, dA_in, b0, b1 - b0);
     if (p.cell == Cell::gru)
-      gru_backward_chunk(p, in, g, WT, dA_in.data(), dA_rec, b0, b1 - b0);
+      gru_backward_chunk(p, in, g, WT, dA_in, dA_rec, b0, b1 - b0);
   });
   // Weight gradients and dx, one GEMM each over all steps; worker w owns rows [r0, r1) of
   // the gate dimension (dW_ih, dW_hh, biases) and columns [c0, c1) of steps*B (dx).
-  const ConstMatMap<T> dA(dA_in.data(), GH, TB), dAr(dA_rec, GH, TB);
+  const ConstMatMap<T> dA(dA_in, GH, TB), dAr(dA_rec, GH, TB);
   const int grad_workers = workers_for(p, std::max(GH, TB));
   run_workers(grad_workers, p.flush_denormals, [&](int w) {
     const auto [c0, c1] = split_range(TB, grad_workers, w);
@@ -443,10 +515,8 @@ void backward(const Problem<T>& p, const BackwardInput<T>& in, const BackwardOut
     if (p.steps > 1)
       dW_hh.noalias() += ConstMatMap<T>(in.hs, H, TB - B) *
                          dAr.block(r0, B, nr, TB - B).transpose();
-    Eigen::Map<Eigen::Matrix<T, Eigen::Dynamic, 1>>(g.db_ih + r0, nr) =
-        dA.middleRows(r0, nr).rowwise().sum();
-    Eigen::Map<Eigen::Matrix<T, Eigen::Dynamic, 1>>(g.db_hh + r0, nr) =
-        dAr.middleRows(r0, nr).rowwise().sum();
+    column_sum(dA.middleRows(r0, nr), g.db_ih + r0);
+    column_sum(dAr.middleRows(r0, nr), g.db_hh + r0);
   });
 }
 
