@@ -52,6 +52,11 @@ TASKS: dict[str, tuple[str, dict[str, Any]]] = {
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The arguments of ``fastrnn train``."""
+    parser.formatter_class = argparse.RawDescriptionHelpFormatter
+    parser.description = "Train one of the course's example tasks and show what it learned."
+    parser.epilog = "tasks:\n" + "\n".join(
+        f"  {name:<10} {help_text}" for name, (help_text, _) in sorted(TASKS.items())
+    )
     parser.add_argument("task", choices=sorted(TASKS), help="which example to train")
     parser.add_argument("--cell", choices=F.CELLS, help="recurrent cell (default per task)")
     parser.add_argument("--activation", choices=F.ACTIVATIONS, help="rnn activation")
