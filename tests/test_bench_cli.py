@@ -133,6 +133,25 @@ def test_scaling_mode_and_plot(capsys, tmp_path):
     assert f"wrote {png}" in out
 
 
+def test_long_sequences_warm_up_on_a_short_one(capsys, monkeypatch):
+    from fastrnn import bench
+
+    monkeypatch.setattr(bench, "_LONG", 5)  # T=7 counts as long here
+    made = []  # T of each case made with positional dims (the check's small cases use keywords)
+    real = lib.make_case
+
+    def make_case(*a, **k):
+        if len(a) > 4:
+            made.append(a[4])
+        return real(*a, **k)
+
+    monkeypatch.setattr(lib, "make_case", make_case)
+    code, out = _bench(capsys, "--backends", "numpy", "--cells", "rnn")
+    assert code == 0
+    assert made == [7, bench._WARMUP_T]  # the timed case, then the warm-up case
+    assert _table_rows(out)[0][6] != "error"
+
+
 def test_scaling_estimate_refuses_the_largest_runs():
     """The estimate that guards --scaling: linear in T and B, and T=1e6, B=16 for lstm
     needs more than 10 GB (so it is refused on small machines)."""

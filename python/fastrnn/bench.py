@@ -34,7 +34,8 @@ _DTYPES = {"float32": ("float32",), "float64": ("float64",), "both": ("float32",
 _ALL_BACKENDS = ("numpy", "numba", "cpp", "torch")  # table order: the reference first
 _SCALING_TS = (100, 1_000, 10_000, 100_000, 1_000_000)
 _SCALING_BATCHES = (1, 16)
-_LONG = 10_000  # longer sequences warm up on a short one: the warm-up is not timed anyway
+_LONG = 10_000  # longer sequences warm up on one of _WARMUP_T steps (warm-up is not timed)
+_WARMUP_T = 100
 _MEMORY_SHARE = 0.8  # refuse a run whose estimate exceeds this share of available memory
 
 
@@ -331,7 +332,7 @@ def _run_rows(args: argparse.Namespace, rows: list[Row], unavailable: dict[str, 
                     runner = lib.make_runner(case, row.backend, row.what)
                     warmup = runner
                     if row.T > _LONG:  # warm up (compile) on a short sequence of the same kind
-                        short = (row.cell, row.D, row.H, row.B, _LONG // 100, row.dtype)
+                        short = (row.cell, row.D, row.H, row.B, _WARMUP_T, row.dtype)
                         warmup = lib.make_runner(
                             lib.make_case(*short, args.classes), row.backend, row.what
                         )
