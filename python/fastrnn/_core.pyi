@@ -1,3 +1,14 @@
-"""Type stub for fastrnn._core, the compiled C++/Eigen extension."""
+"""Type stub for fastrnn._core, the compiled C++/Eigen extension.
 
-def build_info() -> dict[str, object]: ...
+The kernels themselves live in the modules ``fastrnn._kernels_<level>`` (one per
+instruction-set level, chosen by :func:`kernel_isa`); see ``fastrnn.backends.cpp_backend``.
+"""
+
+def build_info() -> dict[str, object]:
+    """Compiler, flags, Eigen version and SIMD, the kernels' instruction-set level, BLAS."""
+
+def cpu_supports(level: str) -> bool:
+    """Whether this CPU can run kernels of level ``"generic"``, ``"avx2"`` or ``"avx512"``."""
+
+def kernel_isa() -> str:
+    """The level whose kernels fastrnn uses (best supported, capped by FASTRNN_CPP_ISA)."""

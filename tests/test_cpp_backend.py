@@ -1,0 +1,330 @@
+"""What only the C++ backend has: the GIL released around its kernels, thread safety, the
+thread-count setting, the caller's floating-point mode restored, the per-instruction-set
+kernel modules, and the checks of its raw entry points (which must raise, never crash).
+
+Agreement with the reference for every cell, dtype and option is tests/test_backends.py.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+import subprocess
+import sys
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+import pytest
+
+import fastrnn
+from conftest import make_case
+
+if "cpp" not in fastrnn.available_backends():
+    pytest.skip(
+        f"backend 'cpp' unavailable: {fastrnn.unavailable_backends().get('cpp')}",
+        allow_module_level=True,
+    )
+
+from fastrnn import _core
+from fastrnn.backends import cpp_backend
+
+LEVELS = ("generic", "avx2", "avx512")
+
+
+def _forward_backward(case, cell, backend="cpp"):
+    res = fastrnn.forward(
+        cell,
+        case["params"],
+        case["x"],
+        case["h0"],
+        case["c0"],
+        lengths=case["lengths"],
+        backend=backend,
+    )
+    g = fastrnn.backward(res, case["dhs"], case["dh_n"], case["dc_n"], return_step_norms=True)
+    return [res.hs, res.h_n, g.dx, g.dh0, g.step_norms, *g.params.values()]
+
+
+@pytest.fixture
+def threads():
+    """Restore the thread-count setting after a test changes it."""
+    before = fastrnn.get_num_threads()
+    yield
+    fastrnn.set_num_threads(before)
+
+
+def test_gil_is_released_during_a_long_forward():
+    """A Python thread keeps running while the kernel runs: its longest pause is far
+    shorter than the call (with the GIL held it would pause for the whole call)."""
+    case = make_case("lstm", dtype=np.float32, T=4000, B=8, D=16, H=64)
+    stop = threading.Event()
+    stamps: list[float] = []
+
+    def spin():
+        while not stop.is_set():
+            stamps.append(time.perf_counter())
+            time.sleep(0)
+
+    spinner = threading.Thread(target=spin)
+    spinner.start()
+    try:
+        time.sleep(0.02)
+        start = time.perf_counter()
+        for _ in range(3):
+            fastrnn.forward("lstm", case["params"], case["x"], backend="cpp")
+        end = time.perf_counter()
+    finally:
+        stop.set()
+        spinner.join()
+    during = np.array([s for s in stamps if start <= s <= end])
+    assert during.size > 10, (
+        f"the other thread ran {during.size} times during a {end - start:.3f}s call"
+    )
+    longest_pause = np.max(np.diff(np.concatenate([[start], during, [end]])))
+    assert longest_pause < 0.5 * (end - start), (
+        f"the other thread paused {longest_pause:.3f}s of a {end - start:.3f}s call"
+    )
+
+
+def _same(a, b):
+    """Equal up to the last bit or two: Eigen evaluates the first and last few elements of a
+    column without SIMD when the array's address is not aligned, so two calls can differ in
+    the last ulp depending on where NumPy put the arrays. Mixing up data between threads
+    would give errors of order 1."""
+    np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-14)
+
+
+def test_concurrent_calls_give_the_serial_results(threads):
+    fastrnn.set_num_threads(2)
+    cases = [
+        (cell, make_case(cell, T=60, B=6, D=5, H=12, lengths=True, h0=True, seed=seed))
+        for seed, cell in enumerate(["rnn", "lstm", "gru", "lstm", "rnn", "gru", "gru", "lstm"])
+    ]
+    serial = [_forward_backward(case, cell) for cell, case in cases]
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        concurrent = list(pool.map(lambda cc: _forward_backward(cc[1], cc[0]), cases * 3))
+    for i, got in enumerate(concurrent):
+        for a, b in zip(got, serial[i % len(cases)], strict=True):
+            _same(a, b)
+
+
+@pytest.mark.parametrize("cell", ["rnn", "lstm", "gru"])
+def test_thread_count_does_not_change_results(threads, cell):
+    case = make_case(cell, T=30, B=7, D=6, H=20, lengths=True, h0=True, seed=3)
+    results = {}
+    for n in (1, 2, 3, 8):  # 8 > B: more threads than sequences
+        fastrnn.set_num_threads(n)
+        results[n] = _forward_backward(case, cell)
+    for n in (2, 3, 8):
+        for a, b in zip(results[n], results[1], strict=True):
+            _same(a, b)
+
+
+def test_denormal_mode_of_the_caller_is_restored():
+    """The kernels flush subnormals to zero while they run; the caller's mode is back after."""
+    tiny = np.array([1e-40], dtype=np.float32)  # subnormal
+    assert (tiny * np.float32(0.5))[0] != 0
+    case = make_case("gru", dtype=np.float32, lengths=True, h0=True)
+    _forward_backward(case, "gru")
+    assert (tiny * np.float32(0.5))[0] != 0, "flush-to-zero leaked into the calling thread"
+
+
+def test_build_info_reports_the_chosen_instruction_set():
+    info = fastrnn.build_info()
+    assert info["kernel_isa"] == cpp_backend.ISA == _core.kernel_isa()
+    assert info["kernel_isa"] in info["kernel_isas_built"]
+    assert _core.cpu_supports(info["kernel_isa"])
+    assert cpp_backend._kernels.ISA == info["kernel_isa"]
+    assert _core.cpu_supports("generic")
+    assert not _core.cpu_supports("no-such-level")
+
+
+def _isa_levels():
+    built = _core.build_info()["kernel_isas_built"]
+    return [
+        pytest.param(
+            level,
+            marks=pytest.mark.skipif(
+                level not in built or not _core.cpu_supports(level),
+                reason=f"kernels for {level} not built or not supported by this CPU",
+            ),
+        )
+        for level in LEVELS
+    ]
+
+
+@pytest.mark.parametrize("level", _isa_levels())
+@pytest.mark.parametrize("cell", ["rnn", "lstm", "gru"])
+def test_every_instruction_set_level_matches_the_reference(level, cell):
+    kernels = importlib.import_module(f"fastrnn._kernels_{level}")
+    case = make_case(cell, T=9, B=5, D=7, H=33, lengths=True, h0=True, seed=1)
+    p, x, h0, c0 = case["params"], case["x"], case["h0"], case["c0"]
+    if c0 is None and cell == "lstm":
+        c0 = np.zeros_like(h0)
+    lengths = case["lengths"].astype(np.int64)
+    hs, h_n, _, gates, extra = kernels.forward(
+        cell, "tanh", 0.01, p["W_ih"], p["W_hh"], p["b_ih"], p["b_hh"], x, h0, c0, lengths, 2
+    )
+    ref = fastrnn.forward(cell, p, x, h0, c0, lengths=lengths, backend="numpy")
+    np.testing.assert_allclose(hs, ref.hs, rtol=1e-10, atol=1e-12)
+    np.testing.assert_allclose(h_n, ref.h_n, rtol=1e-10, atol=1e-12)
+    dc_n = case["dc_n"]
+    dx, dh0, _, dW_ih, dW_hh, db_ih, db_hh, _ = kernels.backward(
+        cell,
+        "tanh",
+        0.01,
+        p["W_ih"],
+        p["W_hh"],
+        x,
+        h0,
+        c0,
+        hs,
+        gates,
+        extra,
+        case["dhs"],
+        case["dh_n"],
+        dc_n,
+        lengths,
+        2,
+        False,
+    )
+    gref = fastrnn.backward(ref, case["dhs"], case["dh_n"], dc_n)
+    for got, want in [
+        (dx, gref.dx),
+        (dh0, gref.dh0),
+        (dW_ih, gref.params["W_ih"]),
+        (dW_hh, gref.params["W_hh"]),
+        (db_ih, gref.params["b_ih"]),
+        (db_hh, gref.params["b_hh"]),
+    ]:
+        np.testing.assert_allclose(got, want, rtol=1e-10, atol=1e-12)
+
+
+def test_isa_environment_variable_caps_the_level():
+    code = "from fastrnn import _core; print(_core.kernel_isa())"
+    env = {**os.environ, "FASTRNN_CPP_ISA": "generic"}
+    out = subprocess.run(
+        [sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True
+    )
+    assert out.stdout.strip() == "generic"
+
+
+# --- the raw entry points check every buffer -----------------------------------------
+
+
+def _raw_args(cell="lstm", dtype=np.float64, T=4, B=3, D=2, H=5):
+    case = make_case(cell, dtype=dtype, T=T, B=B, D=D, H=H, h0=True)
+    p = case["params"]
+    return {
+        "cell": cell,
+        "activation": "tanh",
+        "negative_slope": 0.01,
+        "W_ih": p["W_ih"],
+        "W_hh": p["W_hh"],
+        "b_ih": p["b_ih"],
+        "b_hh": p["b_hh"],
+        "x": case["x"],
+        "h0": case["h0"],
+        "c0": case["c0"],
+        "lengths": None,
+        "num_threads": 1,
+    }
+
+
+def _backward_args(fwd_args):
+    k = cpp_backend._kernels
+    hs, _, _, gates, extra = k.forward(**fwd_args)
+    args = {key: v for key, v in fwd_args.items() if key not in ("b_ih", "b_hh")}
+    B, H = fwd_args["h0"].shape
+    dt = fwd_args["x"].dtype
+    args.update(
+        hs=hs,
+        gates=gates,
+        extra=extra,
+        dhs=np.ones_like(hs),
+        dh_n=np.ones((B, H), dt),
+        dc_n=np.ones((B, H), dt) if fwd_args["cell"] == "lstm" else None,
+    )
+    return args
+
+
+BAD_INPUTS = [
+    # sizes are read from x and W_hh, so an x of the wrong width shows up at W_ih
+    (
+        "x",
+        lambda a: a["x"][:, :, :1].copy(),
+        ValueError,
+        r"W_ih has shape \(20, 2\), expected \(20, 1\)",
+    ),
+    ("x", lambda a: a["x"].astype(np.int64), TypeError, "float32 or float64"),
+    ("x", lambda a: a["x"][0], ValueError, "x has shape"),
+    ("x", lambda a: a["x"][:0], ValueError, "T >= 1"),
+    ("x", lambda a: [[[1.0]]], TypeError, "numpy array"),
+    ("x", lambda a: np.asfortranarray(a["x"]), ValueError, "C-contiguous"),
+    ("W_hh", lambda a: a["W_hh"][:-1], ValueError, "W_hh has shape"),
+    ("W_hh", lambda a: a["W_hh"].astype(np.float32), TypeError, "W_hh has dtype"),
+    ("W_ih", lambda a: a["W_ih"].T, ValueError, "W_ih has shape"),
+    ("W_ih", lambda a: a["W_ih"][:, ::-1], ValueError, "C-contiguous"),
+    ("b_ih", lambda a: a["b_ih"][:-1], ValueError, "b_ih has shape"),
+    ("b_hh", lambda a: None, TypeError, "b_hh must be a numpy array"),
+    ("h0", lambda a: a["h0"].T.copy(), ValueError, "h0 has shape"),
+    ("c0", lambda a: None, ValueError, "c0 is required"),
+    ("lengths", lambda a: np.array([1, 2, 9]), ValueError, "lengths must be in 1..T"),
+    ("lengths", lambda a: np.array([0, 2, 3]), ValueError, "lengths must be in 1..T"),
+    ("lengths", lambda a: np.array([1, 2, 3], np.int32), TypeError, "int64"),
+    ("lengths", lambda a: np.array([1, 2]), ValueError, "lengths has shape"),
+    ("num_threads", lambda a: 0, ValueError, "num_threads"),
+    ("cell", lambda a: "elman", ValueError, "cell must be one of"),
+    ("activation", lambda a: "gelu", ValueError, "activation must be one of"),
+    ("negative_slope", lambda a: float("nan"), ValueError, "negative_slope"),
+]
+
+
+@pytest.mark.parametrize(
+    ("name", "make", "error", "match"),
+    BAD_INPUTS,
+    ids=[f"{n}-{i}" for i, (n, *_) in enumerate(BAD_INPUTS)],
+)
+def test_raw_forward_rejects_bad_input(name, make, error, match):
+    args = _raw_args()
+    args[name] = make(args)
+    with pytest.raises(error, match=match):
+        cpp_backend._kernels.forward(**args)
+
+
+BAD_BACKWARD = [
+    ("hs", lambda a: a["hs"][:-1], ValueError, "hs has shape"),
+    ("gates", lambda a: a["gates"][..., :-1], ValueError, "gates has shape"),
+    ("gates", lambda a: None, ValueError, "gates is required"),
+    ("extra", lambda a: a["extra"].astype(np.float32), TypeError, "extra has dtype"),
+    ("dhs", lambda a: a["dhs"][:, :, ::2], ValueError, "dhs has shape"),
+    ("dh_n", lambda a: a["dh_n"].T, ValueError, "dh_n has shape"),
+    ("dc_n", lambda a: None, ValueError, "dc_n is required"),
+]
+
+
+@pytest.mark.parametrize(
+    ("name", "make", "error", "match"),
+    BAD_BACKWARD,
+    ids=[f"{n}-{i}" for i, (n, *_) in enumerate(BAD_BACKWARD)],
+)
+def test_raw_backward_rejects_bad_input(name, make, error, match):
+    args = _backward_args(_raw_args())
+    args[name] = make(args)
+    with pytest.raises(error, match=match):
+        cpp_backend._kernels.backward(**args)
+
+
+def test_raw_entry_points_reject_saved_arrays_for_rnn():
+    args = _backward_args(_raw_args(cell="rnn"))
+    args["gates"] = np.zeros((4, 3, 5))
+    with pytest.raises(ValueError, match="gates must be None for cell 'rnn'"):
+        cpp_backend._kernels.backward(**args)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_raw_forward_keeps_the_dtype(dtype):
+    hs, h_n, c_n, gates, extra = cpp_backend._kernels.forward(**_raw_args(dtype=dtype))
+    assert {a.dtype for a in (hs, h_n, c_n, gates, extra)} == {np.dtype(dtype)}
