@@ -1,0 +1,134 @@
+"""Thread safety: the same calls from several Python threads at once give what serial
+calls give, on every backend (the kernels release the GIL, so the threads really overlap),
+and a backend chosen with use_backend stays in its own thread.
+
+"The same" is up to a few units in the last place, not bit for bit: a SIMD kernel may sum
+in another order when a buffer that the allocator of another thread handed out has
+another alignment, and a batch split over threads (num_threads > 1) sums the weight
+gradients in another order when a parallel run is busy elsewhere. A race would be
+visible far above that tolerance."""
+
+from __future__ import annotations
+
+import threading
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+import pytest
+
+import fastrnn
+from conftest import CELL_CASES, make_case
+
+THREADS = 4
+ROUNDS = 3
+
+
+def _call(backend: str, cell: str, activation: str, case: dict) -> dict[str, np.ndarray]:
+    res = fastrnn.forward(
+        cell,
+        case["params"],
+        case["x"],
+        case["h0"],
+        case["c0"],
+        activation=activation,
+        lengths=case["lengths"],
+        backend=backend,
+    )
+    g = fastrnn.backward(res, case["dhs"], case["dh_n"], case["dc_n"], return_step_norms=True)
+    out = {"hs": res.hs, "h_n": res.h_n, "dx": g.dx, "dh0": g.dh0, "norms": g.step_norms}
+    out |= {f"d{k}": v for k, v in g.params.items()}
+    if cell == "lstm":
+        out |= {"c_n": res.c_n, "dc0": g.dc0}
+    return out
+
+
+def _jobs(dtype) -> list[tuple[str, str, dict]]:
+    """One job per cell case, each with its own inputs (several share nothing)."""
+    return [
+        (cell, act, make_case(cell, dtype=dtype, T=40, B=6, D=8, H=24, lengths=k % 2 == 0,
+                              h0=True, seed=k))
+        for k, (cell, act) in enumerate(CELL_CASES)
+    ]  # fmt: skip
+
+
+def _concurrently(fn, args: list[tuple]) -> list:
+    """fn(*a) for every a, spread over THREADS threads that start together; the results
+    in the order of ``args``. An exception in any thread is raised here."""
+    n = min(THREADS, len(args))
+    barrier = threading.Barrier(n)
+
+    def worker(k: int) -> list:
+        barrier.wait(timeout=60)
+        return [fn(*a) for a in args[k::n]]
+
+    with ThreadPoolExecutor(max_workers=n) as pool:
+        parts = [f.result() for f in [pool.submit(worker, k) for k in range(n)]]
+    out = [None] * len(args)
+    for k, part in enumerate(parts):
+        out[k::n] = part
+    return out
+
+
+def _assert_same(got: dict, want: dict, what: str) -> None:
+    assert got.keys() == want.keys()
+    for name, w in want.items():
+        g = got[name]
+        assert g.shape == w.shape and g.dtype == w.dtype, f"{what}: {name}"
+        ulp = float(np.finfo(w.dtype).eps)
+        scale = max(float(np.max(np.abs(w))), 1.0) if w.size else 1.0
+        err = float(np.max(np.abs(g.astype(np.float64) - w))) / scale if w.size else 0.0
+        assert err <= 64 * ulp, f"{what}: {name} differs by {err / ulp:.0f} ulp of its scale"
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64], ids=["f32", "f64"])
+def test_different_calls_at_once_equal_serial_calls(backend, dtype):
+    jobs = _jobs(dtype)
+    serial = [_call(backend, cell, act, case) for cell, act, case in jobs]
+    parallel = _concurrently(
+        lambda i: _call(backend, *jobs[i]), [(i,) for i in range(len(jobs))] * ROUNDS
+    )
+    for k, got in enumerate(parallel):
+        cell, act, _ = jobs[k % len(jobs)]
+        _assert_same(got, serial[k % len(jobs)], f"{cell}-{act}, call {k}")
+
+
+def test_the_same_call_from_every_thread(backend):
+    """All threads share the very same input arrays (read-only use by every kernel)."""
+    cell, act, case = _jobs(np.float32)[4]  # lstm: the most saved state
+    want = _call(backend, cell, act, case)
+    for got in _concurrently(lambda: _call(backend, cell, act, case), [()] * (THREADS * 2)):
+        _assert_same(got, want, "shared input")
+
+
+def test_internal_threads_and_python_threads_together(backend):
+    """Kernels that use their own threads (num_threads > 1) called from several threads."""
+    jobs = _jobs(np.float64)
+    before = fastrnn.get_num_threads()
+    try:
+        fastrnn.set_num_threads(1)
+        serial = [_call(backend, *job) for job in jobs]
+        fastrnn.set_num_threads(3)
+        parallel = _concurrently(lambda i: _call(backend, *jobs[i]), [(i,) for i in range(6)])
+    finally:
+        fastrnn.set_num_threads(before)
+    for k, got in enumerate(parallel):
+        _assert_same(got, serial[k], f"num_threads=3, call {k}")
+
+
+def test_use_backend_stays_in_its_thread():
+    """Each thread picks its own backend with use_backend; results match each backend's
+    serial result, and no thread sees another's choice."""
+    names = fastrnn.available_backends()
+    cell, act, case = _jobs(np.float64)[5]
+    want = {name: _call(name, cell, act, case) for name in names}
+
+    def work(name: str):
+        with fastrnn.use_backend(name):
+            seen = fastrnn.get_backend()
+            out = _call(None, cell, act, case)
+            return seen, out, fastrnn.get_backend()
+
+    results = _concurrently(work, [(n,) for n in names] * THREADS)
+    for (name,), (seen, out, after) in zip([(n,) for n in names] * THREADS, results, strict=True):
+        assert seen == name and after == name
+        _assert_same(out, want[name], f"use_backend({name!r})")
