@@ -221,6 +221,40 @@ def test_concurrent_calls_match_serial_calls(two_threads):
             np.testing.assert_allclose(got[i][name], value, rtol=1e-13, atol=1e-14, err_msg=name)
 
 
+@pytest.mark.skipif(not hasattr(__import__("os"), "fork"), reason="needs os.fork")
+def test_forked_child_after_parallel_run_works(two_threads):
+    # numba kills a child that launches GNU OpenMP threads its parent had started
+    out = _python(
+        """
+        import os
+        import numpy as np
+        import fastrnn
+        fastrnn.set_num_threads(2)
+        p = fastrnn.init_params("gru", 3, 4, seed=0)
+        x = np.random.default_rng(0).normal(size=(6, 5, 3)).astype(np.float32)
+        want = fastrnn.forward("gru", p, x, backend="numba").hs
+        pid = os.fork()
+        if pid == 0:
+            got = fastrnn.forward("gru", p, x, backend="numba").hs
+            os._exit(0 if np.allclose(got, want, rtol=1e-6, atol=1e-7) else 3)
+        _, status = os.waitpid(pid, 0)
+        print(os.waitstatus_to_exitcode(status))
+        """
+    )
+    assert out.strip() == "0"
+
+
+def test_read_only_inputs(kernels):
+    case = make_case("lstm", T=6, B=4, lengths=True, h0=True, seed=1)
+    want = _run("lstm", "tanh", case)
+    for value in [*case.values(), *case["params"].values()]:
+        if isinstance(value, np.ndarray):
+            value.flags.writeable = False
+    got = _run("lstm", "tanh", case)
+    for name, value in want.items():
+        np.testing.assert_array_equal(got[name], value, err_msg=name)
+
+
 def test_kernels_release_the_gil(kernels):
     T, B, H = 200_000, 1, 32
     rng = np.random.default_rng(0)

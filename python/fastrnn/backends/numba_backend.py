@@ -18,7 +18,8 @@ Threads: with ``num_threads > 1`` and ``B > 1`` the batch is split into contiguo
 of sequences, each with its own time loop, over ``prange``; otherwise the serial kernel
 runs and pays nothing for threading. Numba's thread count is set for the call and the
 caller's value restored after it. One parallel region runs at a time; a call that finds
-one running (from another Python thread) runs serially instead of waiting.
+one running (from another Python thread) runs serially instead of waiting, and so does a
+process forked after its parent ran numba's OpenMP threads (which would kill it).
 
 Importing this module compiles nothing (it fails with numba's ``ImportError`` when numba
 is missing, which the registry reports): each kernel is compiled for its explicit
@@ -49,6 +50,23 @@ UNAVAILABLE_REASON = (
 )
 
 _parallel_lock = threading.Lock()
+_threads_usable = True  # False in a child forked after GNU OpenMP started in the parent
+
+
+def _after_fork_in_child() -> None:
+    """GNU OpenMP (numba's "omp" threading layer) is not fork-safe: a child that launches a
+    parallel region after its parent did is killed by numba. Such children run serially."""
+    global _threads_usable
+    try:
+        layer = numba.threading_layer()  # ValueError: the parent never launched threads
+    except ValueError:
+        return
+    if layer not in ("tbb", "workqueue"):
+        _threads_usable = False
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
 
 _blas_lock = threading.Lock()
 _blas_users = 0
@@ -106,7 +124,7 @@ def _lengths(lengths: np.ndarray | None, T: int, B: int) -> np.ndarray:
 
 def _run(name: str, dtype: np.dtype, B: int, num_threads: int, *args) -> None:
     """Kernel ``name`` over all B sequences: serial, or in chunks on up to ``num_threads``."""
-    chunks = min(int(num_threads), B, numba.config.NUMBA_NUM_THREADS)
+    chunks = min(int(num_threads), B, numba.config.NUMBA_NUM_THREADS) if _threads_usable else 1
     with _single_threaded_blas():
         if chunks > 1 and _parallel_lock.acquire(blocking=False):
             try:
