@@ -433,44 +433,64 @@ def format_table(rows: list[Row]) -> str:
 
 
 def _notes(rows: list[Row], unavailable: dict[str, str]) -> list[str]:
+    """Why rows were not measured: each reason once, with the backends it applies to."""
     notes = [f"{name}: unavailable: {why}" for name, why in unavailable.items()]
-    seen = set()
+    grouped: dict[tuple, list[str]] = {}
     for r in rows:
-        if r.status in ("skipped", "error", "wrong") and (r.status, r.note) not in seen:
-            seen.add((r.status, r.note))
-            where = f"{r.shape} {r.cell} {r.dtype} {r.threads} thread(s) {r.backend}"
-            notes.append(f"{where}: {r.status}: {r.note}")
+        if r.status in ("skipped", "error", "wrong"):
+            key = (r.shape, r.cell, r.dtype, r.threads, r.status, r.note)
+            grouped.setdefault(key, []).append(r.backend)
+    for (shape, cell, dtype, threads, status, note), backends in grouped.items():
+        where = f"{shape} {cell} {dtype} {threads} thread(s) {', '.join(backends)}"
+        notes.append(f"{where}: {status}: {note}")
     return notes
 
 
 def _plot(path: str, rows: list[Row], title: str) -> None:
+    """Time per step and memory held for backward against T, log-log: one colour and
+    marker per backend, one line style per remaining configuration (B, H, cell, ...)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    series: dict[tuple, list[Row]] = {}
+    series: dict[tuple, dict[str, list[Row]]] = {}
     for r in rows:
         if r.status == "ok":
-            series.setdefault((r.backend, r.cell, r.dtype, r.threads, r.D, r.H, r.B), []).append(r)
-    fig, (ax_t, ax_m) = plt.subplots(1, 2, figsize=(12, 4.8))
-    for (backend, cell, dtype, threads, _D, H, B), rs in sorted(series.items()):
-        rs = sorted(rs, key=lambda r: r.T)
-        label = f"{backend} {cell} H={H} B={B} {dtype} {threads}thr"
-        Ts = [r.T for r in rs]
-        ax_t.plot(Ts, [r.us_per_step for r in rs], marker="o", label=label)
-        mem = [(r.T, r.held_bytes / 2**20) for r in rs if r.held_bytes]
-        if mem:
-            ax_m.plot(*zip(*mem, strict=True), marker="o", label=label)
+            config = (r.cell, r.dtype, r.threads, r.D, r.H, r.B)
+            series.setdefault(config, {}).setdefault(r.backend, []).append(r)
+    styles = ("-", "--", ":", "-.")
+    markers = {"numpy": "o", "numba": "s", "cpp": "^", "torch": "D"}
+    colors = {name: f"C{i}" for i, name in enumerate(_ALL_BACKENDS)}
+    fig, (ax_t, ax_m) = plt.subplots(1, 2, figsize=(12, 5.2))
+    for i, (config, by_backend) in enumerate(sorted(series.items())):
+        cell, dtype, threads, _D, H, B = config
+        for backend, rs in by_backend.items():
+            rs = sorted(rs, key=lambda r: r.T)
+            style = {
+                "color": colors[backend],
+                "marker": markers[backend],
+                "linestyle": styles[i % len(styles)],
+                "markerfacecolor": "none",
+                "label": f"{backend} {cell} H={H} B={B} {dtype} {threads}thr",
+            }
+            ax_t.plot([r.T for r in rs], [r.us_per_step for r in rs], **style)
+            mem = [(r.T, r.held_bytes / 2**20) for r in rs if r.held_bytes]
+            if mem:
+                ax_m.plot(*zip(*mem, strict=True), **style)
     for ax, ylabel in ((ax_t, "microseconds per time step"), (ax_m, "held for backward (MiB)")):
         ax.set_xscale("log")
         ax.set_yscale("log")
         ax.set_xlabel("sequence length T")
         ax.set_ylabel(ylabel)
         ax.grid(True, which="both", alpha=0.3)
-    ax_t.legend(fontsize=7)
+    handles, labels = ax_t.get_legend_handles_labels()
+    fig.legend(handles, labels, loc="lower center", ncol=4, fontsize=7, frameon=False)
+    skipped = sorted({f"{r.shape} {r.cell}" for r in rows if r.status == "skipped"})
+    if skipped:
+        title += "\nnot run (would not fit in memory): " + ", ".join(skipped)
     fig.suptitle(title, fontsize=9)
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0.06 + 0.03 * (len(labels) // 4), 1, 1))
     fig.savefig(path, dpi=120)
     plt.close(fig)
 
