@@ -134,8 +134,8 @@ class _Model:
         self.bidirectional = bool(bidirectional)
         if self.bidirectional and self._causal:
             raise ValueError(
-                f"bidirectional=True is not possible for {type(self).__name__}: it generates "
-                "left to right and cannot read the future"
+                f"bidirectional=True is not supported by {type(self).__name__}: it generates "
+                "tokens left to right (its decoder cannot read the future)"
             )
         self.activation = F._check_choice("activation", activation, F.ACTIVATIONS)
         if cell != "rnn" and activation != "tanh":
