@@ -30,7 +30,7 @@ from numba.extending import overload
 
 # Contraction to FMA and reassociation (to vectorize the dot products); NaN and inf keep
 # their IEEE meaning so that a diverging network shows up as it does in the reference.
-FASTMATH = {"nsz", "arcp", "contract", "reassoc", "afn"}
+FASTMATH = {"nsz", "arcp", "contract", "reassoc"}
 # error_model="numpy": IEEE division (no ZeroDivisionError check, which stops LLVM from
 # vectorizing any loop that divides, such as the float32 tanh below).
 _JIT = {"cache": True, "nogil": True, "fastmath": FASTMATH, "error_model": "numpy"}

@@ -161,20 +161,8 @@ def forward(cell, params, x, h0, c0, *, activation, negative_slope, lengths, num
     if cell == "rnn":
         # a_t = U x_t + b for every step, written into hs and completed in the loop
         hs = _ref._input_projection(x, params["W_ih"], params["b_ih"] + params["b_hh"])
-        act = _k.ACTIVATIONS[activation]
-        _run(
-            "rnn_forward",
-            dt,
-            B,
-            num_threads,
-            hs,
-            W_hh_T,
-            h0,
-            lens,
-            act,
-            dt.type(negative_slope),
-            h_n,
-        )
+        act, slope = _k.ACTIVATIONS[activation], dt.type(negative_slope)
+        _run("rnn_forward", dt, B, num_threads, hs, W_hh_T, h0, lens, act, slope, h_n)
         return hs, h_n, None, None
     hs = np.empty((T, B, H), dtype=dt)
     if cell == "lstm":
