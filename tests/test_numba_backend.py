@@ -260,15 +260,15 @@ def test_kernels_release_the_gil(kernels):
     rng = np.random.default_rng(0)
     W_T = rng.uniform(-0.2, 0.2, (H, H))
     hs = rng.normal(size=(T, B, H))
-    h0, h_n = np.zeros((B, H)), np.empty((B, H))
+    bias, h0, h_n = np.zeros(H), np.zeros((B, H)), np.empty((B, H))
     lengths = np.full(B, T, dtype=np.int64)
     forward = kernels.compiled("rnn_forward", np.float64)
-    forward(0, B, hs[:2].copy(), W_T, h0, np.full(B, 2, dtype=np.int64), 0, 0.0, h_n)
+    forward(0, B, hs[:2].copy(), W_T, bias, h0, np.full(B, 2, dtype=np.int64), 0, 0.0, h_n)
     started = threading.Event()
 
     def run():
         started.set()
-        forward(0, B, hs, W_T, h0, lengths, 0, 0.0, h_n)
+        forward(0, B, hs, W_T, bias, h0, lengths, 0, 0.0, h_n)
 
     worker = threading.Thread(target=run)
     worker.start()

@@ -9,10 +9,10 @@ into chunks over ``prange``. Only the real steps of each sequence are computed (
 a prefix, so ``hs[t-1, b]`` is the previous state); padded steps get zero outputs and
 zero gradients, and the state and its gradient pass through them unchanged.
 
-Nothing is allocated inside a time loop: the per-step product writes straight into the
-output row that already holds the hoisted input projection, the gate math runs right
-after it on the same row, and the backward pass keeps its running ``dh``/``dc`` in the
-``dh0``/``dc0`` output rows.
+Nothing is allocated inside a time loop: the per-step product of a chunk goes to one
+scratch matrix sized before the loop, the gate math runs right after it, reading the
+hoisted input projection and writing the activations over it, and the backward pass
+keeps its running ``dh``/``dc`` in the ``dh0``/``dc0`` output rows.
 
 Importing this module compiles nothing; a kernel is compiled (or loaded from the on-disk
 cache) for one of the explicit C-contiguous signatures of :data:`SIGNATURES` by
@@ -106,53 +106,10 @@ def _ol_sigmoid(v):
 
 
 # --- building blocks -------------------------------------------------------------------
-
-
-@njit(**_JIT)
-def _activate(out, rec, act, slope):
-    """out <- act(out + rec) for the vanilla RNN (codes of :data:`ACTIVATIONS`)."""
-    zero = out.dtype.type(0)
-    if act == 0:
-        for j in range(out.shape[0]):
-            out[j] = tanh(out[j] + rec[j])
-    elif act == 1:
-        for j in range(out.shape[0]):
-            out[j] = max(out[j] + rec[j], zero)
-    elif act == 2:
-        for j in range(out.shape[0]):
-            a = out[j] + rec[j]
-            out[j] = a if a > zero else a * slope
-    else:
-        for j in range(out.shape[0]):
-            out[j] += rec[j]
-
-
-@njit(**_JIT)
-def _activation_grad_(da, h, act, slope):
-    """da <- da * act'(a), written in terms of h = act(a) (slope >= 0: h > 0 iff a > 0)."""
-    one, zero = da.dtype.type(1), da.dtype.type(0)
-    if act == 0:
-        for j in range(da.shape[0]):
-            da[j] *= one - h[j] * h[j]
-    elif act == 1:
-        for j in range(da.shape[0]):
-            if h[j] <= zero:
-                da[j] = zero
-    elif act == 2:
-        for j in range(da.shape[0]):
-            if h[j] <= zero:
-                da[j] *= slope
-
-
-@njit(**_JIT)
-def _add_norm(dst, a, b):
-    """dst <- a + b element-wise; returns ||a + b||."""
-    ss = dst.dtype.type(0)
-    for j in range(dst.shape[0]):
-        v = a[j] + b[j]
-        dst[j] = v
-        ss += v * v
-    return math.sqrt(ss)
+#
+# The loops index the 3-d arrays directly (``hs[t, b, j]``) instead of taking row views:
+# a view costs reference-count updates, which at H=64 and B=1 was measurable against the
+# few hundred nanoseconds a step takes.
 
 
 @njit(**_JIT)
@@ -164,286 +121,315 @@ def _steps(lengths, b0, b1):
     return n
 
 
+@njit(**_JIT)
+def _activate(hs, t, b, rec, r, bias, act, slope):
+    """hs[t, b] <- act(hs[t, b] + rec[r] + bias) for the vanilla RNN (:data:`ACTIVATIONS`)."""
+    zero = hs.dtype.type(0)
+    H = hs.shape[2]
+    if act == 0:
+        for j in range(H):
+            hs[t, b, j] = tanh(hs[t, b, j] + rec[r, j] + bias[j])
+    elif act == 1:
+        for j in range(H):
+            hs[t, b, j] = max(hs[t, b, j] + rec[r, j] + bias[j], zero)
+    elif act == 2:
+        for j in range(H):
+            a = hs[t, b, j] + rec[r, j] + bias[j]
+            hs[t, b, j] = a if a > zero else a * slope
+    else:
+        for j in range(H):
+            hs[t, b, j] += rec[r, j] + bias[j]
+
+
+@njit(**_JIT)
+def _zero_steps(a, t0, t1, b0, b1):
+    """a[t0:t1, b0:b1] = 0."""
+    zero = a.dtype.type(0)
+    for t in range(t0, t1):
+        for b in range(b0, b1):
+            for j in range(a.shape[2]):
+                a[t, b, j] = zero
+
+
 # The per-step product of a chunk of sequences is one BLAS call (``np.dot`` with ``out``):
 # ``h_{t-1} @ W_hh^T`` forward, ``dA_t @ W_hh`` backward. Rows of sequences that have
 # ended are zero (their outputs and gradients are zeroed as they end), so they ride along
 # harmlessly; each sequence reads and writes only its own rows around the product.
+# Forward kernels add the biases in the gate loop (the input projection is a bare GEMM);
+# backward kernels sum the bias gradients per sequence in float64 (``db``, (B, G*H)).
 
 # --- rnn -------------------------------------------------------------------------------
 
 
 @njit(**_JIT)
-def rnn_forward(b0, b1, hs, W_hh_T, h0, lengths, act, slope, h_n):
-    """Sequences b0:b1. ``hs`` holds W_ih x_t + b_ih + b_hh on entry, h_t on return."""
-    T = hs.shape[0]
-    zero = hs.dtype.type(0)
+def rnn_forward(b0, b1, hs, W_hh_T, bias, h0, lengths, act, slope, h_n):
+    """Sequences b0:b1. ``hs`` holds W_ih x_t on entry and h_t on return; ``bias`` is
+    b_ih + b_hh."""
+    T, _, H = hs.shape
     steps = _steps(lengths, b0, b1)
-    rec = np.empty((b1 - b0, hs.shape[2]), dtype=hs.dtype)
+    rec = np.empty((b1 - b0, H), dtype=hs.dtype)
     for t in range(steps):
-        h_prev = hs[t - 1, b0:b1] if t > 0 else h0[b0:b1]
-        np.dot(h_prev, W_hh_T, rec)  # W h_{t-1}: one product for the chunk
+        np.dot(hs[t - 1, b0:b1] if t > 0 else h0[b0:b1], W_hh_T, rec)  # W h_{t-1}, chunk
         for b in range(b0, b1):
             if t < lengths[b]:
-                _activate(hs[t, b], rec[b - b0], act, slope)  # h_t = act(U x_t + b + W h_{t-1})
+                _activate(hs, t, b, rec, b - b0, bias, act, slope)
             else:
-                hs[t, b] = zero
-    for t in range(steps, T):
-        hs[t, b0:b1] = zero
+                _zero_steps(hs, t, t + 1, b, b + 1)
+    _zero_steps(hs, steps, T, b0, b1)
     for b in range(b0, b1):
-        h_n[b] = hs[lengths[b] - 1, b]
+        for j in range(H):
+            h_n[b, j] = hs[lengths[b] - 1, b, j]
 
 
 @njit(**_JIT)
-def rnn_backward(b0, b1, hs, W_hh, dhs, lengths, act, slope, dh, dA, norms):
+def rnn_backward(b0, b1, hs, W_hh, dhs, lengths, act, slope, dh, dA, db, norms):
     """Sequences b0:b1. ``dh`` holds dh_n on entry and dh0 on return; ``dA`` gets dL/da_t."""
-    T = hs.shape[0]
-    zero = hs.dtype.type(0)
+    T, _, H = hs.shape
+    zero, one = hs.dtype.type(0), hs.dtype.type(1)
     steps = _steps(lengths, b0, b1)
-    tmp = np.empty((b1 - b0, hs.shape[2]), dtype=hs.dtype)
-    for t in range(steps, T):
-        dA[t, b0:b1] = zero
+    tmp = np.empty((b1 - b0, H), dtype=hs.dtype)
+    _zero_steps(dA, steps, T, b0, b1)
     for t in range(steps - 1, -1, -1):
         for b in range(b0, b1):
-            if t < lengths[b]:
-                norms[t, b] = _add_norm(dA[t, b], dh[b], dhs[t, b])  # dL/dh_t
-                _activation_grad_(dA[t, b], hs[t, b], act, slope)  # dL/da_t
-            else:
-                dA[t, b] = zero
+            if t >= lengths[b]:
+                _zero_steps(dA, t, t + 1, b, b + 1)
+                continue
+            ss = zero
+            for j in range(H):
+                v = dh[b, j] + dhs[t, b, j]  # dL/dh_t
+                ss += v * v
+                h = hs[t, b, j]  # dL/da_t = dL/dh_t * act'(a_t), act' in terms of h_t
+                if act == 0:
+                    v *= one - h * h
+                elif act != 3 and h <= zero:
+                    v = zero if act == 1 else v * slope
+                dA[t, b, j] = v
+                db[b, j] += v
+            norms[t, b] = math.sqrt(ss)
         np.dot(dA[t, b0:b1], W_hh, tmp)  # dL/dh_{t-1} = W^T dL/da_t
         for b in range(b0, b1):
             if t < lengths[b]:  # padded steps pass dh through unchanged
-                dh[b] = tmp[b - b0]
+                for j in range(H):
+                    dh[b, j] = tmp[b - b0, j]
 
 
 # --- lstm ------------------------------------------------------------------------------
 
 
 @njit(**_JIT)
-def lstm_forward(b0, b1, gates, W_hh_T, h0, c0, lengths, hs, cs, h_n, c_n):
-    """``gates`` holds W_ih x_t + b_ih + b_hh on entry and the activations i, f, g, o on
-    return; ``cs`` gets the cell states."""
-    T = gates.shape[0]
-    H = hs.shape[2]
-    zero = hs.dtype.type(0)
+def lstm_forward(b0, b1, gates, W_hh_T, bias, h0, c0, lengths, hs, cs, h_n, c_n):
+    """``gates`` holds W_ih x_t on entry and the activations i, f, g, o on return
+    (``bias`` is b_ih + b_hh); ``cs`` gets the cell states."""
+    T, _, H = hs.shape
     steps = _steps(lengths, b0, b1)
     rec = np.empty((b1 - b0, 4 * H), dtype=hs.dtype)
     for t in range(steps):
-        h_prev = hs[t - 1, b0:b1] if t > 0 else h0[b0:b1]
-        np.dot(h_prev, W_hh_T, rec)  # all four gates of the chunk: one packed product
+        np.dot(hs[t - 1, b0:b1] if t > 0 else h0[b0:b1], W_hh_T, rec)  # all 4 gates
         for b in range(b0, b1):
-            h_t = hs[t, b]
             if t >= lengths[b]:
-                h_t[:] = zero
+                _zero_steps(hs, t, t + 1, b, b + 1)
                 continue
-            c_prev = cs[t - 1, b] if t > 0 else c0[b]
-            g = gates[t, b]
-            r = rec[b - b0]
-            c_t = cs[t, b]
+            r = b - b0
             for j in range(H):
-                i = sigmoid(g[j] + r[j])
-                f = sigmoid(g[H + j] + r[H + j])
-                gg = tanh(g[2 * H + j] + r[2 * H + j])
-                o = sigmoid(g[3 * H + j] + r[3 * H + j])
-                g[j] = i
-                g[H + j] = f
-                g[2 * H + j] = gg
-                g[3 * H + j] = o
-                c = f * c_prev[j] + i * gg
-                c_t[j] = c
-                h_t[j] = o * tanh(c)
-    for t in range(steps, T):
-        hs[t, b0:b1] = zero
+                i = sigmoid(gates[t, b, j] + rec[r, j] + bias[j])
+                f = sigmoid(gates[t, b, H + j] + rec[r, H + j] + bias[H + j])
+                g = tanh(gates[t, b, 2 * H + j] + rec[r, 2 * H + j] + bias[2 * H + j])
+                o = sigmoid(gates[t, b, 3 * H + j] + rec[r, 3 * H + j] + bias[3 * H + j])
+                gates[t, b, j] = i
+                gates[t, b, H + j] = f
+                gates[t, b, 2 * H + j] = g
+                gates[t, b, 3 * H + j] = o
+                c = f * (cs[t - 1, b, j] if t > 0 else c0[b, j]) + i * g
+                cs[t, b, j] = c
+                hs[t, b, j] = o * tanh(c)
+    _zero_steps(hs, steps, T, b0, b1)
     for b in range(b0, b1):
-        h_n[b] = hs[lengths[b] - 1, b]
-        c_n[b] = cs[lengths[b] - 1, b]
+        for j in range(H):
+            h_n[b, j] = hs[lengths[b] - 1, b, j]
+            c_n[b, j] = cs[lengths[b] - 1, b, j]
 
 
 @njit(**_JIT)
-def lstm_backward(b0, b1, gates, cs, c0, W_hh, dhs, lengths, dh, dc, dA, norms):
+def lstm_backward(b0, b1, gates, cs, c0, W_hh, dhs, lengths, dh, dc, dA, db, norms):
     """``dh``/``dc`` hold dh_n/dc_n on entry and dh0/dc0 on return."""
-    T = gates.shape[0]
-    H = cs.shape[2]
+    T, _, H = cs.shape
     zero, one = cs.dtype.type(0), cs.dtype.type(1)
     steps = _steps(lengths, b0, b1)
     tmp = np.empty((b1 - b0, H), dtype=cs.dtype)
-    for t in range(steps, T):
-        dA[t, b0:b1] = zero
+    _zero_steps(dA, steps, T, b0, b1)
     for t in range(steps - 1, -1, -1):
         for b in range(b0, b1):
-            da = dA[t, b]
             if t >= lengths[b]:
-                da[:] = zero
+                _zero_steps(dA, t, t + 1, b, b + 1)
                 continue
-            g = gates[t, b]
-            c_t = cs[t, b]
-            c_prev = cs[t - 1, b] if t > 0 else c0[b]
-            dhb = dh[b]
-            dcb = dc[b]
-            dh_up = dhs[t, b]
             ss = zero
             for j in range(H):
-                dht = dhb[j] + dh_up[j]  # dL/dh_t
+                dht = dh[b, j] + dhs[t, b, j]  # dL/dh_t
                 ss += dht * dht
-                i = g[j]
-                f = g[H + j]
-                gg = g[2 * H + j]
-                o = g[3 * H + j]
-                tc = tanh(c_t[j])
-                dct = dcb[j] + dht * o * (one - tc * tc)  # dL/dc_t
-                da[j] = dct * gg * i * (one - i)
-                da[H + j] = dct * c_prev[j] * f * (one - f)
-                da[2 * H + j] = dct * i * (one - gg * gg)
-                da[3 * H + j] = dht * tc * o * (one - o)
-                dcb[j] = dct * f  # dL/dc_{t-1}
+                i = gates[t, b, j]
+                f = gates[t, b, H + j]
+                g = gates[t, b, 2 * H + j]
+                o = gates[t, b, 3 * H + j]
+                tc = tanh(cs[t, b, j])
+                dct = dc[b, j] + dht * o * (one - tc * tc)  # dL/dc_t
+                c_prev = cs[t - 1, b, j] if t > 0 else c0[b, j]
+                dai = dct * g * i * (one - i)
+                daf = dct * c_prev * f * (one - f)
+                dag = dct * i * (one - g * g)
+                dao = dht * tc * o * (one - o)
+                dA[t, b, j] = dai
+                dA[t, b, H + j] = daf
+                dA[t, b, 2 * H + j] = dag
+                dA[t, b, 3 * H + j] = dao
+                db[b, j] += dai
+                db[b, H + j] += daf
+                db[b, 2 * H + j] += dag
+                db[b, 3 * H + j] += dao
+                dc[b, j] = dct * f  # dL/dc_{t-1}
             norms[t, b] = math.sqrt(ss)
         np.dot(dA[t, b0:b1], W_hh, tmp)  # dL/dh_{t-1} = W_hh^T dA_t
         for b in range(b0, b1):
             if t < lengths[b]:
-                dh[b] = tmp[b - b0]
+                for j in range(H):
+                    dh[b, j] = tmp[b - b0, j]
 
 
 # --- gru -------------------------------------------------------------------------------
 
 
 @njit(**_JIT)
-def gru_forward(b0, b1, gates, W_hh_T, b_hn, h0, lengths, hs, hn, h_n):
-    """``gates`` holds W_i. x_t + b_i. with b_hr, b_hz added on entry and r, z, n on
-    return; ``hn`` gets W_hn h_{t-1} + b_hn."""
-    T = gates.shape[0]
-    H = hs.shape[2]
-    zero = hs.dtype.type(0)
+def gru_forward(b0, b1, gates, W_hh_T, bias, b_hn, h0, lengths, hs, hn, h_n):
+    """``gates`` holds W_i. x_t on entry and r, z, n on return (``bias`` is b_ih with
+    b_hr, b_hz added); ``hn`` gets W_hn h_{t-1} + b_hn."""
+    T, _, H = hs.shape
     steps = _steps(lengths, b0, b1)
     rec = np.empty((b1 - b0, 3 * H), dtype=hs.dtype)
     for t in range(steps):
-        h_prevs = hs[t - 1, b0:b1] if t > 0 else h0[b0:b1]
-        np.dot(h_prevs, W_hh_T, rec)  # W_h{r,z,n} h_{t-1}: one packed product
+        np.dot(hs[t - 1, b0:b1] if t > 0 else h0[b0:b1], W_hh_T, rec)  # W_h{r,z,n} h_{t-1}
         for b in range(b0, b1):
-            h_t = hs[t, b]
             if t >= lengths[b]:
-                h_t[:] = zero
+                _zero_steps(hs, t, t + 1, b, b + 1)
                 continue
-            h_prev = h_prevs[b - b0]
-            g = gates[t, b]
-            r_ = rec[b - b0]
-            hn_t = hn[t, b]
+            q = b - b0
             for j in range(H):
-                r = sigmoid(g[j] + r_[j])
-                z = sigmoid(g[H + j] + r_[H + j])
-                hnj = r_[2 * H + j] + b_hn[j]
-                n = tanh(g[2 * H + j] + r * hnj)
-                g[j] = r
-                g[H + j] = z
-                g[2 * H + j] = n
-                hn_t[j] = hnj
-                h_t[j] = n + z * (h_prev[j] - n)  # (1 - z) n + z h_{t-1}
-    for t in range(steps, T):
-        hs[t, b0:b1] = zero
+                r = sigmoid(gates[t, b, j] + rec[q, j] + bias[j])
+                z = sigmoid(gates[t, b, H + j] + rec[q, H + j] + bias[H + j])
+                hnj = rec[q, 2 * H + j] + b_hn[j]
+                n = tanh(gates[t, b, 2 * H + j] + bias[2 * H + j] + r * hnj)
+                gates[t, b, j] = r
+                gates[t, b, H + j] = z
+                gates[t, b, 2 * H + j] = n
+                hn[t, b, j] = hnj
+                h_prev = hs[t - 1, b, j] if t > 0 else h0[b, j]
+                hs[t, b, j] = n + z * (h_prev - n)  # (1 - z) n + z h_{t-1}
+    _zero_steps(hs, steps, T, b0, b1)
     for b in range(b0, b1):
-        h_n[b] = hs[lengths[b] - 1, b]
+        for j in range(H):
+            h_n[b, j] = hs[lengths[b] - 1, b, j]
 
 
 @njit(**_JIT)
-def gru_backward(b0, b1, gates, hn, hs, h0, W_hh, dhs, lengths, dh, dA_in, dA_rec, norms):
+def gru_backward(
+    b0, b1, gates, hn, hs, h0, W_hh, dhs, lengths, dh, dA_in, dA_rec, db, db_hn, norms
+):
     """``dh`` holds dh_n on entry and dh0 on return; ``dA_in``/``dA_rec`` get the
-    gradients of the input-side and recurrent-side pre-activations."""
-    T = gates.shape[0]
-    H = hs.shape[2]
+    gradients of the input-side and recurrent-side pre-activations, ``db`` the sums of
+    ``dA_in`` and ``db_hn`` those of the n part of ``dA_rec`` (its r, z parts are dA_in's)."""
+    T, _, H = hs.shape
     zero, one = hs.dtype.type(0), hs.dtype.type(1)
     steps = _steps(lengths, b0, b1)
     tmp = np.empty((b1 - b0, H), dtype=hs.dtype)
-    for t in range(steps, T):
-        dA_in[t, b0:b1] = zero
-        dA_rec[t, b0:b1] = zero
+    _zero_steps(dA_in, steps, T, b0, b1)
+    _zero_steps(dA_rec, steps, T, b0, b1)
     for t in range(steps - 1, -1, -1):
         for b in range(b0, b1):
-            da_in = dA_in[t, b]
-            da_rec = dA_rec[t, b]
             if t >= lengths[b]:
-                da_in[:] = zero
-                da_rec[:] = zero
+                _zero_steps(dA_in, t, t + 1, b, b + 1)
+                _zero_steps(dA_rec, t, t + 1, b, b + 1)
                 continue
-            g = gates[t, b]
-            hn_t = hn[t, b]
-            h_prev = hs[t - 1, b] if t > 0 else h0[b]
-            dhb = dh[b]
-            dh_up = dhs[t, b]
             ss = zero
             for j in range(H):
-                dht = dhb[j] + dh_up[j]  # dL/dh_t
+                dht = dh[b, j] + dhs[t, b, j]  # dL/dh_t
                 ss += dht * dht
-                r = g[j]
-                z = g[H + j]
-                n = g[2 * H + j]
+                r = gates[t, b, j]
+                z = gates[t, b, H + j]
+                n = gates[t, b, 2 * H + j]
+                h_prev = hs[t - 1, b, j] if t > 0 else h0[b, j]
                 dan = dht * (one - z) * (one - n * n)
-                daz = dht * (h_prev[j] - n) * z * (one - z)
-                dar = dan * hn_t[j] * r * (one - r)
-                da_in[j] = dar
-                da_in[H + j] = daz
-                da_in[2 * H + j] = dan
-                da_rec[j] = dar
-                da_rec[H + j] = daz
-                da_rec[2 * H + j] = dan * r
-                dhb[j] = dht * z  # the direct path h_{t-1} -> h_t
+                daz = dht * (h_prev - n) * z * (one - z)
+                dar = dan * hn[t, b, j] * r * (one - r)
+                dA_in[t, b, j] = dar
+                dA_in[t, b, H + j] = daz
+                dA_in[t, b, 2 * H + j] = dan
+                dA_rec[t, b, j] = dar
+                dA_rec[t, b, H + j] = daz
+                dA_rec[t, b, 2 * H + j] = dan * r
+                db[b, j] += dar
+                db[b, H + j] += daz
+                db[b, 2 * H + j] += dan
+                db_hn[b, j] += dan * r
+                dh[b, j] = dht * z  # the direct path h_{t-1} -> h_t
             norms[t, b] = math.sqrt(ss)
-        np.dot(dA_rec[t, b0:b1], W_hh, tmp)  # W_hh^T dA_rec
+        np.dot(dA_rec[t, b0:b1], W_hh, tmp)  # + W_hh^T dA_rec
         for b in range(b0, b1):
             if t < lengths[b]:
-                dhb = dh[b]
-                tb = tmp[b - b0]
                 for j in range(H):
-                    dhb[j] += tb[j]
+                    dh[b, j] += tmp[b - b0, j]
 
 
 # --- batch-parallel wrappers: contiguous chunks of sequences, one time loop each ---------
 
 
 @njit(parallel=True, **_JIT)
-def rnn_forward_parallel(hs, W_hh_T, h0, lengths, act, slope, h_n, chunks):
-    B = hs.shape[1]
-    for c in prange(chunks):
-        rnn_forward(
-            c * B // chunks, (c + 1) * B // chunks, hs, W_hh_T, h0, lengths, act, slope, h_n
-        )
-
-
-@njit(parallel=True, **_JIT)
-def rnn_backward_parallel(hs, W_hh, dhs, lengths, act, slope, dh, dA, norms, chunks):
+def rnn_forward_parallel(hs, W_hh_T, bias, h0, lengths, act, slope, h_n, chunks):
     B = hs.shape[1]
     for c in prange(chunks):
         b0, b1 = c * B // chunks, (c + 1) * B // chunks
-        rnn_backward(b0, b1, hs, W_hh, dhs, lengths, act, slope, dh, dA, norms)
+        rnn_forward(b0, b1, hs, W_hh_T, bias, h0, lengths, act, slope, h_n)
 
 
 @njit(parallel=True, **_JIT)
-def lstm_forward_parallel(gates, W_hh_T, h0, c0, lengths, hs, cs, h_n, c_n, chunks):
+def rnn_backward_parallel(hs, W_hh, dhs, lengths, act, slope, dh, dA, db, norms, chunks):
     B = hs.shape[1]
     for c in prange(chunks):
         b0, b1 = c * B // chunks, (c + 1) * B // chunks
-        lstm_forward(b0, b1, gates, W_hh_T, h0, c0, lengths, hs, cs, h_n, c_n)
+        rnn_backward(b0, b1, hs, W_hh, dhs, lengths, act, slope, dh, dA, db, norms)
 
 
 @njit(parallel=True, **_JIT)
-def lstm_backward_parallel(gates, cs, c0, W_hh, dhs, lengths, dh, dc, dA, norms, chunks):
+def lstm_forward_parallel(gates, W_hh_T, bias, h0, c0, lengths, hs, cs, h_n, c_n, chunks):
+    B = hs.shape[1]
+    for c in prange(chunks):
+        b0, b1 = c * B // chunks, (c + 1) * B // chunks
+        lstm_forward(b0, b1, gates, W_hh_T, bias, h0, c0, lengths, hs, cs, h_n, c_n)
+
+
+@njit(parallel=True, **_JIT)
+def lstm_backward_parallel(gates, cs, c0, W_hh, dhs, lengths, dh, dc, dA, db, norms, chunks):
     B = cs.shape[1]
     for c in prange(chunks):
         b0, b1 = c * B // chunks, (c + 1) * B // chunks
-        lstm_backward(b0, b1, gates, cs, c0, W_hh, dhs, lengths, dh, dc, dA, norms)
+        lstm_backward(b0, b1, gates, cs, c0, W_hh, dhs, lengths, dh, dc, dA, db, norms)
 
 
 @njit(parallel=True, **_JIT)
-def gru_forward_parallel(gates, W_hh_T, b_hn, h0, lengths, hs, hn, h_n, chunks):
+def gru_forward_parallel(gates, W_hh_T, bias, b_hn, h0, lengths, hs, hn, h_n, chunks):
     B = hs.shape[1]
     for c in prange(chunks):
         b0, b1 = c * B // chunks, (c + 1) * B // chunks
-        gru_forward(b0, b1, gates, W_hh_T, b_hn, h0, lengths, hs, hn, h_n)
+        gru_forward(b0, b1, gates, W_hh_T, bias, b_hn, h0, lengths, hs, hn, h_n)
 
 
 @njit(parallel=True, **_JIT)
-def gru_backward_parallel(gates, hn, hs, h0, W_hh, dhs, lengths, dh, dA_in, dA_rec, norms, chunks):
+def gru_backward_parallel(
+    gates, hn, hs, h0, W_hh, dhs, lengths, dh, dA_in, dA_rec, db, db_hn, norms, chunks
+):
     B = hs.shape[1]
     for c in prange(chunks):
         b0, b1 = c * B // chunks, (c + 1) * B // chunks
-        gru_backward(b0, b1, gates, hn, hs, h0, W_hh, dhs, lengths, dh, dA_in, dA_rec, norms)
+        gru_backward(
+            b0, b1, gates, hn, hs, h0, W_hh, dhs, lengths, dh, dA_in, dA_rec, db, db_hn, norms
+        )
 
 
 # --- explicit signatures, compiled on first use ------------------------------------------
@@ -454,13 +440,14 @@ def _signatures(dtype: type) -> dict[str, tuple]:
     f = types.float32 if dtype is np.float32 else types.float64
     v, m, a3 = f[::1], f[:, ::1], f[:, :, ::1]
     i, lens = types.int64, types.int64[::1]
+    d = types.float64[:, ::1]  # bias-gradient sums: float64 for both dtypes
     serial = {
-        "rnn_forward": (a3, m, m, lens, i, f, m),
-        "rnn_backward": (a3, m, a3, lens, i, f, m, a3, m),
-        "lstm_forward": (a3, m, m, m, lens, a3, a3, m, m),
-        "lstm_backward": (a3, a3, m, m, a3, lens, m, m, a3, m),
-        "gru_forward": (a3, m, v, m, lens, a3, a3, m),
-        "gru_backward": (a3, a3, a3, m, m, a3, lens, m, a3, a3, m),
+        "rnn_forward": (a3, m, v, m, lens, i, f, m),
+        "rnn_backward": (a3, m, a3, lens, i, f, m, a3, d, m),
+        "lstm_forward": (a3, m, v, m, m, lens, a3, a3, m, m),
+        "lstm_backward": (a3, a3, m, m, a3, lens, m, m, a3, d, m),
+        "gru_forward": (a3, m, v, v, m, lens, a3, a3, m),
+        "gru_backward": (a3, a3, a3, m, m, a3, lens, m, a3, a3, d, d, m),
     }
     sigs = {name: (i, i, *args) for name, args in serial.items()}
     sigs.update({f"{name}_parallel": (*args, i) for name, args in serial.items()})

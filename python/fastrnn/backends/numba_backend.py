@@ -2,11 +2,11 @@
 
 The split of work follows the performance principles of the design notes. The big
 products run once per call with NumPy, which calls BLAS and releases the GIL: the input
-projection of all T steps before the time loop, and ``dx``, ``dW_ih``, ``dW_hh`` and the
-bias sums after it (the reference's own helpers, so both backends share one definition).
-Only the sequential time loops are jitted (:mod:`fastrnn.backends._numba_kernels`): one
-packed product per step for all gates, with the gate math fused right after it, no
-allocation inside the loop, and ``nogil`` so other Python threads keep running.
+projection of all T steps before the time loop, and ``dx``, ``dW_ih`` and ``dW_hh`` after
+it. Only the sequential time loops are jitted (:mod:`fastrnn.backends._numba_kernels`):
+one packed product per step for all gates, with the gate math fused right after it (the
+biases added there, and their gradients summed there), no allocation inside the loop,
+and ``nogil`` so other Python threads keep running.
 
 The per-step product is a BLAS call from inside the jitted loop (``np.dot`` with ``out``),
 which Numba routes to the BLAS that SciPy ships; that is why SciPy is a dependency. It beat
@@ -144,6 +144,13 @@ def _run(name: str, dtype: np.dtype, B: int, num_threads: int, *args) -> None:
 # --- forward -------------------------------------------------------------------------
 
 
+def _projection(x: np.ndarray, W_ih: np.ndarray) -> np.ndarray:
+    """W_ih x_t for all T steps in one GEMM, (T, B, D) -> (T, B, G*H); the kernels add the
+    biases in their gate loop, which saves NumPy a pass over the whole array."""
+    T, B, D = x.shape
+    return (x.reshape(T * B, D) @ W_ih.T).reshape(T, B, -1)
+
+
 def forward(cell, params, x, h0, c0, *, activation, negative_slope, lengths, num_threads):
     """Run the recurrence; return ``(hs, h_n, c_n, saved)`` as the reference does.
 
@@ -158,28 +165,28 @@ def forward(cell, params, x, h0, c0, *, activation, negative_slope, lengths, num
     W_hh_T = _ref._contiguous_T(params["W_hh"])  # the per-step product is h_{t-1} @ W_hh^T
     h0 = _writable(h0)
     h_n = np.empty((B, H), dtype=dt)
-    if cell == "rnn":
-        # a_t = U x_t + b for every step, written into hs and completed in the loop
-        hs = _ref._input_projection(x, params["W_ih"], params["b_ih"] + params["b_hh"])
+    proj = _projection(x, params["W_ih"])
+    if cell == "rnn":  # proj becomes hs: a_t = U x_t + b + W h_{t-1}, then h_t = act(a_t)
+        bias = params["b_ih"] + params["b_hh"]
         act, slope = _k.ACTIVATIONS[activation], dt.type(negative_slope)
-        _run("rnn_forward", dt, B, num_threads, hs, W_hh_T, h0, lens, act, slope, h_n)
-        return hs, h_n, None, None
+        _run("rnn_forward", dt, B, num_threads, proj, W_hh_T, bias, h0, lens, act, slope, h_n)
+        return proj, h_n, None, None
     hs = np.empty((T, B, H), dtype=dt)
-    if cell == "lstm":
-        gates = _ref._input_projection(x, params["W_ih"], params["b_ih"] + params["b_hh"])
+    if cell == "lstm":  # proj becomes the gate activations
+        bias = params["b_ih"] + params["b_hh"]
         cs = np.empty((T, B, H), dtype=dt)
         c_n = np.empty((B, H), dtype=dt)
-        args = (gates, W_hh_T, h0, _writable(c0), lens, hs, cs, h_n, c_n)
+        args = (proj, W_hh_T, bias, h0, _writable(c0), lens, hs, cs, h_n, c_n)
         _run("lstm_forward", dt, B, num_threads, *args)
-        return hs, h_n, c_n, (gates, cs)
-    # gru: b_hr and b_hz join the input projection; b_hn stays inside r * (W_hn h + b_hn)
+        return hs, h_n, c_n, (proj, cs)
+    # gru: b_hr and b_hz join b_ih; b_hn stays inside r * (W_hn h + b_hn)
     bias = params["b_ih"].copy()
     bias[: 2 * H] += params["b_hh"][: 2 * H]
-    gates = _ref._input_projection(x, params["W_ih"], bias)
-    hn = np.empty((T, B, H), dtype=dt)
     b_hn = np.ascontiguousarray(params["b_hh"][2 * H :])
-    _run("gru_forward", dt, B, num_threads, gates, W_hh_T, b_hn, h0, lens, hs, hn, h_n)
-    return hs, h_n, None, (gates, hn)
+    hn = np.empty((T, B, H), dtype=dt)
+    args = (proj, W_hh_T, bias, b_hn, h0, lens, hs, hn, h_n)
+    _run("gru_forward", dt, B, num_threads, *args)
+    return hs, h_n, None, (proj, hn)
 
 
 # --- backward (BPTT) -----------------------------------------------------------------
@@ -208,32 +215,47 @@ def backward(
     ``norms`` is ``None`` unless ``step_norms``; then it is the (T, B) array of
     ``||dL/dh_t||``, 0 at padded steps.
     """
-    T, B, _ = x.shape
+    T, B, D = x.shape
+    GH = params["W_hh"].shape[0]
     dt = x.dtype
     lens = _lengths(lengths, T, B)
     W_hh = _writable(params["W_hh"])  # the per-step product is dA_t @ W_hh
     dhs = _writable(dhs)
     dh = dh_n.copy()  # the running dL/dh, dh0 on return
     norms = np.zeros((T, B), dtype=dt)
+    db = np.zeros((B, GH))  # per-sequence bias-gradient sums, in float64
     dc = None
     if cell == "rnn":
         dA_in = dA_rec = np.empty_like(hs)
         act = _k.ACTIVATIONS[activation]
-        args = (hs, W_hh, dhs, lens, act, dt.type(negative_slope), dh, dA_in, norms)
+        args = (hs, W_hh, dhs, lens, act, dt.type(negative_slope), dh, dA_in, db, norms)
         _run("rnn_backward", dt, B, num_threads, *args)
+        db_ih = db_hh = db.sum(axis=0)
     elif cell == "lstm":
         gates, cs = saved
         dA_in = dA_rec = np.empty_like(gates)
         dc = dc_n.copy()
-        args = (gates, cs, _writable(c0), W_hh, dhs, lens, dh, dc, dA_in, norms)
+        args = (gates, cs, _writable(c0), W_hh, dhs, lens, dh, dc, dA_in, db, norms)
         _run("lstm_backward", dt, B, num_threads, *args)
+        db_ih = db_hh = db.sum(axis=0)
     else:
         gates, hn = saved
         dA_in = np.empty_like(gates)
         dA_rec = np.empty_like(gates)
-        args = (gates, hn, hs, _writable(h0), W_hh, dhs, lens, dh, dA_in, dA_rec, norms)
-        _run("gru_backward", dt, B, num_threads, *args)
-    dx, dparams = _ref._weight_grads(dA_in, dA_rec, x, hs, h0, params["W_ih"])
+        db_hn = np.zeros((B, GH // 3))
+        args = (gates, hn, hs, _writable(h0), W_hh, dhs, lens, dh, dA_in, dA_rec, db, db_hn)
+        _run("gru_backward", dt, B, num_threads, *args, norms)
+        db_ih = db.sum(axis=0)
+        db_hh = np.concatenate([db_ih[: 2 * GH // 3], db_hn.sum(axis=0)])
+    # the weight gradients and dx: one GEMM each over all steps
+    flat = dA_in.reshape(T * B, GH)
+    dparams = {
+        "W_ih": flat.T @ x.reshape(T * B, D),
+        "W_hh": _ref._prev_state_product(dA_rec, hs, h0),
+        "b_ih": db_ih.astype(dt),
+        "b_hh": db_hh.astype(dt),
+    }
+    dx = (flat @ params["W_ih"]).reshape(T, B, D)
     return dx, dh, dc, dparams, norms if step_norms else None
 
 
