@@ -501,12 +501,13 @@ def _report(args: argparse.Namespace, curves: dict[str, np.ndarray], bounds: dic
     width = max(len(label) for label in curves)
     print(
         f"||dL/dh_(T-1-k)|| for a loss at the last step, T={T}, H={args.hidden}, "
-        f"mean over {args.batch} sequences (lag 0 = 1)"
+        f"mean over {args.batch} sequences (lag 0 = 1);\nbound = ||W_hh||_2 * max|act'| "
+        "(rnn: below 1 the gradient must vanish, above 1 it can explode)"
     )
-    print(f"{'cell':<{width}}  {'|W|*act':>7}  " + "  ".join(f"{'lag ' + str(k):>9}" for k in lags))
+    print(f"{'cell':<{width}}  {'bound':>6}  " + "  ".join(f"{'lag ' + str(k):>9}" for k in lags))
     for label, norms in curves.items():
         cells = "  ".join(f"{norms[k]:9.2e}" for k in lags)
-        print(f"{label:<{width}}  {bounds[label]:>7}  {cells}")
+        print(f"{label:<{width}}  {bounds[label]:>6}  {cells}")
     if args.no_plot:
         return 0
     try:
