@@ -26,7 +26,11 @@ struct SimdTraits {
 #else
   static constexpr int MR = 2;  // 16 vector registers
 #endif
-  static constexpr int NR = 4;  // columns per register tile
+#if defined(__AVX512F__)
+  static constexpr int NR = 8;  // columns per register tile: 8 measured 10% faster than 4
+#else                           // for 1024x1024 W_hh, the same for 64x64
+  static constexpr int NR = 4;
+#endif
 };
 
 // Round m up to a whole number of packets.
@@ -88,24 +92,23 @@ EIGEN_ALWAYS_INLINE void micro_tile(const T* A, Index lda, const T* B, Index ldb
     for (int j = 0; j < NC; ++j) pstoreu(C + j * ldc + i * P, acc[i][j]);
 }
 
+// The last N % NR columns: a tile of exactly `cols` columns (cols < NC).
+template <class T, int MP, int NC>
+inline void column_rest(Index cols, const T* A, Index lda, const T* B, Index ldb, T* C, Index ldc,
+                        Index K) {
+  if constexpr (NC > 0) {
+    if (cols == NC) return micro_tile<T, MP, NC>(A, lda, B, ldb, C, ldc, K);
+    column_rest<T, MP, NC - 1>(cols, A, lda, B, ldb, C, ldc, K);
+  }
+}
+
 template <class T, int MP>
 inline void row_panel(const T* A, Index lda, const T* B, Index ldb, T* C, Index ldc, Index K,
                       Index N) {
   constexpr int NR = SimdTraits<T>::NR;
   Index j = 0;
   for (; j + NR <= N; j += NR) micro_tile<T, MP, NR>(A, lda, B + j * ldb, ldb, C + j * ldc, ldc, K);
-  const Index rest = N - j;
-  B += j * ldb;
-  C += j * ldc;
-  if constexpr (NR > 1) {
-    if (rest == 1) micro_tile<T, MP, 1>(A, lda, B, ldb, C, ldc, K);
-  }
-  if constexpr (NR > 2) {
-    if (rest == 2) micro_tile<T, MP, 2>(A, lda, B, ldb, C, ldc, K);
-  }
-  if constexpr (NR > 3) {
-    if (rest == 3) micro_tile<T, MP, 3>(A, lda, B, ldb, C, ldc, K);
-  }
+  if (j < N) column_rest<T, MP, NR - 1>(N - j, A, lda, B + j * ldb, ldb, C + j * ldc, ldc, K);
 }
 
 template <class T, int MP>
