@@ -120,6 +120,34 @@ def test_warmup_rejects_bad_names(arg, error, match):
         fastrnn.warmup(arg)
 
 
+def test_kernels_run_as_python_under_numba_disable_jit(kernels):
+    # the debugging mode of numba: the same kernels, interpreted
+    out = _python(
+        """
+        import os
+        os.environ["NUMBA_DISABLE_JIT"] = "1"
+        import numpy as np
+        import fastrnn
+        fastrnn.set_num_threads(2)
+        rng = np.random.default_rng(0)
+        x = rng.normal(size=(4, 3, 2))
+        for cell in ("rnn", "lstm", "gru"):
+            p = fastrnn.init_params(cell, 2, 3, seed=0, dtype=np.float64)
+            got, want = (
+                fastrnn.backward(
+                    fastrnn.forward(cell, p, x, lengths=[4, 1, 2], backend=name),
+                    dh_n=np.ones((3, 3)),
+                )
+                for name in ("numba", "numpy")
+            )
+            assert np.allclose(got.dx, want.dx, rtol=1e-12, atol=1e-14), cell
+            assert np.allclose(got.params["W_hh"], want.params["W_hh"], rtol=1e-12), cell
+        print(fastrnn.warmup("numba")["numba"] < 1)
+        """
+    )
+    assert out.strip() == "True"
+
+
 # --- numba missing ---------------------------------------------------------------------
 
 

@@ -468,7 +468,7 @@ def compiled(name: str, dtype: type):
     """Kernel ``name`` with its signature for ``dtype`` compiled or loaded from the cache."""
     key = (name, dtype)
     kernel = globals()[name]
-    if key not in _ready:
+    if key not in _ready and hasattr(kernel, "compile"):  # not under NUMBA_DISABLE_JIT=1
         with _compile_lock:
             if key not in _ready:
                 kernel.compile(SIGNATURES[key])
