@@ -89,6 +89,15 @@ def test_every_backend_runs_or_says_why(capsys):
     assert "x 1thr" in out  # a second thread count adds the speed-up over one thread
 
 
+def test_missing_torch_is_said_in_its_column(capsys, monkeypatch):
+    monkeypatch.setattr(lib, "torch_unavailable_reason", lambda: "torch not installed (here)")
+    code, out = _bench(capsys, "--backends", "numpy,torch", "--cells", "rnn")
+    assert code == 0
+    rows = _table_rows(out)
+    assert [r[5:7] for r in rows] == [["numpy", rows[0][6]], ["torch", "unavailable"]]
+    assert "note: torch: unavailable: torch not installed (here)" in out
+
+
 def test_wrong_backend_is_reported_not_timed(capsys, monkeypatch):
     """A backend whose float32 result is off is caught by the check against the float64
     reference, and the command fails."""
