@@ -1,18 +1,20 @@
 """The Numba backend: the contract of :mod:`fastrnn.backends.numpy_backend`, jitted.
 
 The split of work follows the performance principles of the design notes. The big
-products run once per call with NumPy, which calls BLAS and releases the GIL: the input
-projection of all T steps before the time loop, and ``dx``, ``dW_ih`` and ``dW_hh`` after
-it. Only the sequential time loops are jitted (:mod:`fastrnn.backends._numba_kernels`):
-one packed product per step for all gates, with the gate math fused right after it (the
-biases added there, and their gradients summed there), no allocation inside the loop,
-and ``nogil`` so other Python threads keep running.
+products run once per call, each one BLAS call per chunk of rows: the input projection
+of all T steps before the time loop, and ``dx``, ``dW_ih`` and ``dW_hh`` after it. The
+time loops (:mod:`fastrnn.backends._numba_kernels`) do one packed product per step for
+all gates, with the gate math fused right after it (the biases added there, and their
+gradients summed there), no allocation inside the loop; every kernel is ``nogil``, so
+other Python threads keep running.
 
 The per-step product is a BLAS call from inside the jitted loop (``np.dot`` with ``out``),
 which Numba routes to the BLAS that SciPy ships; that is why SciPy is a dependency. It beat
 hand-written loops at every measured shape (H=64, float32, one thread: 0.20 against 0.46
-us for a 64x64 matrix-vector product, 4.7 against 11 us for B=16 and 4 gates). Those
-calls are kept single-threaded: the backend's threads are its chunks of sequences.
+us for a 64x64 matrix-vector product, 4.7 against 11 us for B=16 and 4 gates). All BLAS
+calls of this backend go there and are kept single-threaded: the backend's threads are
+its chunks (of sequences, or of rows of the big products) and nothing else, so NumPy's
+BLAS threads never compete with them.
 
 Threads: with ``num_threads > 1`` and ``B > 1`` the batch is split into contiguous chunks
 of sequences, each with its own time loop, over ``prange``; otherwise the serial kernel
@@ -122,9 +124,10 @@ def _lengths(lengths: np.ndarray | None, T: int, B: int) -> np.ndarray:
     return np.full(B, T, dtype=np.int64) if lengths is None else _writable(lengths)
 
 
-def _run(name: str, dtype: np.dtype, B: int, num_threads: int, *args) -> None:
-    """Kernel ``name`` over all B sequences: serial, or in chunks on up to ``num_threads``."""
-    chunks = min(int(num_threads), B, numba.config.NUMBA_NUM_THREADS) if _threads_usable else 1
+def _run(name: str, dtype: np.dtype, n: int, num_threads: int, *args) -> None:
+    """Kernel ``name`` over ``n`` independent units (sequences, or rows of a product):
+    serially, or split into contiguous chunks over up to ``num_threads`` threads."""
+    chunks = min(int(num_threads), n, numba.config.NUMBA_NUM_THREADS) if _threads_usable else 1
     with _single_threaded_blas():
         if chunks > 1 and _parallel_lock.acquire(blocking=False):
             try:
@@ -138,17 +141,31 @@ def _run(name: str, dtype: np.dtype, B: int, num_threads: int, *args) -> None:
             finally:
                 _parallel_lock.release()
             return
-        _k.compiled(name, dtype.type)(0, B, *args)
+        _k.compiled(name, dtype.type)(0, n, *args)
+
+
+def _matmul(a: np.ndarray, b: np.ndarray, num_threads: int) -> np.ndarray:
+    """a @ b for C-contiguous 2-d arrays, by blocks of rows of ``a``."""
+    out = np.empty((a.shape[0], b.shape[1]), dtype=a.dtype)
+    _run("matmul", a.dtype, a.shape[0], num_threads, a, b, out)
+    return out
+
+
+def _matmul_tn(a: np.ndarray, b: np.ndarray, num_threads: int) -> np.ndarray:
+    """a^T @ b for C-contiguous 2-d arrays with the same number of rows (a sum over rows)."""
+    out = np.empty((a.shape[1], b.shape[1]), dtype=a.dtype)
+    _run("matmul_tn", a.dtype, a.shape[0], num_threads, a, b, out)
+    return out
 
 
 # --- forward -------------------------------------------------------------------------
 
 
-def _projection(x: np.ndarray, W_ih: np.ndarray) -> np.ndarray:
-    """W_ih x_t for all T steps in one GEMM, (T, B, D) -> (T, B, G*H); the kernels add the
-    biases in their gate loop, which saves NumPy a pass over the whole array."""
+def _projection(x: np.ndarray, W_ih: np.ndarray, num_threads: int) -> np.ndarray:
+    """W_ih x_t for all T steps in one product, (T, B, D) -> (T, B, G*H); the kernels add
+    the biases in their gate loop, which saves a pass over the whole array."""
     T, B, D = x.shape
-    return (x.reshape(T * B, D) @ W_ih.T).reshape(T, B, -1)
+    return _matmul(x.reshape(T * B, D), _ref._contiguous_T(W_ih), num_threads).reshape(T, B, -1)
 
 
 def forward(cell, params, x, h0, c0, *, activation, negative_slope, lengths, num_threads):
@@ -165,7 +182,7 @@ def forward(cell, params, x, h0, c0, *, activation, negative_slope, lengths, num
     W_hh_T = _ref._contiguous_T(params["W_hh"])  # the per-step product is h_{t-1} @ W_hh^T
     h0 = _writable(h0)
     h_n = np.empty((B, H), dtype=dt)
-    proj = _projection(x, params["W_ih"])
+    proj = _projection(x, params["W_ih"], num_threads)
     if cell == "rnn":  # proj becomes hs: a_t = U x_t + b + W h_{t-1}, then h_t = act(a_t)
         bias = params["b_ih"] + params["b_hh"]
         act, slope = _k.ACTIVATIONS[activation], dt.type(negative_slope)
@@ -247,15 +264,20 @@ def backward(
         _run("gru_backward", dt, B, num_threads, *args, norms)
         db_ih = db.sum(axis=0)
         db_hh = np.concatenate([db_ih[: 2 * GH // 3], db_hn.sum(axis=0)])
-    # the weight gradients and dx: one GEMM each over all steps
+    # the weight gradients and dx: one product each over all steps
     flat = dA_in.reshape(T * B, GH)
+    rec = dA_rec.reshape(T * B, GH)
+    H = hs.shape[2]
+    dW_hh = _matmul_tn(rec[:B], _writable(h0), num_threads)  # sum_t dA_t^T h_{t-1}
+    if T > 1:
+        dW_hh += _matmul_tn(rec[B:], hs.reshape(T * B, H)[:-B], num_threads)
     dparams = {
-        "W_ih": flat.T @ x.reshape(T * B, D),
-        "W_hh": _ref._prev_state_product(dA_rec, hs, h0),
+        "W_ih": _matmul_tn(flat, x.reshape(T * B, D), num_threads),
+        "W_hh": dW_hh,
         "b_ih": db_ih.astype(dt),
         "b_hh": db_hh.astype(dt),
     }
-    dx = (flat @ params["W_ih"]).reshape(T, B, D)
+    dx = _matmul(flat, _writable(params["W_ih"]), num_threads).reshape(T, B, D)
     return dx, dh, dc, dparams, norms if step_norms else None
 
 
