@@ -447,8 +447,14 @@ void forward(const Problem<T>& p, const ForwardOutput<T>& out) {
   Eigen::Matrix<T, Eigen::Dynamic, 1> bias = Eigen::Map<const Eigen::Matrix<T, Eigen::Dynamic, 1>>(p.b_ih, GH);
   if (p.cell != Cell::gru) bias += Eigen::Map<const Eigen::Matrix<T, Eigen::Dynamic, 1>>(p.b_hh, GH);
   const int proj_workers = workers_for(p, TB);
+  // With whole packets of rows, the panel kernel streams x once with W_ih in cache and the
+  // bias folded in (1.5x Eigen's GEMM here, which packs all of x first); else Eigen.
+  const bool panels = GH % SimdTraits<T>::size == 0;
+  PackedMatrix<T> W_in;
+  if (panels) W_in.from_row_major(p.W_ih, GH, D);
   run_workers(proj_workers, p.flush_denormals, [&](int w) {
     const auto [c0, c1] = split_range(TB, proj_workers, w);
+    if (panels) return small_gemm(W_in, p.x + c0 * D, D, pre + c0 * GH, GH, c1 - c0, bias.data());
     MatMap<T> A(pre + c0 * GH, GH, c1 - c0);
     A.colwise() = bias;  // then += the product: no separate zeroing pass
     A.noalias() += ConstMatMap<T>(p.W_ih, D, GH).transpose() * ConstMatMap<T>(p.x + c0 * D, D, c1 - c0);
@@ -500,6 +506,11 @@ void backward(const Problem<T>& p, const BackwardInput<T>& in, const BackwardOut
   const bool separate_rec = p.cell == Cell::gru;  // rnn, lstm: dA_rec is dA
   std::vector<Mat<T>> part_ih(grad_workers), part_hh(grad_workers);
   std::vector<Mat<T>> part_b(grad_workers);  // columns: db_ih, db_hh
+  // the panel kernel where rows come in whole packets (no packing of the big operands)
+  constexpr Index P = SimdTraits<T>::size;
+  const bool d_panels = D % P == 0, h_panels = H % P == 0;
+  PackedMatrix<T> W_ih_T;  // (D x GH)
+  if (d_panels) W_ih_T.from_row_major_transposed(p.W_ih, D, GH);
   run_workers(grad_workers, p.flush_denormals, [&](int w) {
     const auto [k0, k1] = split_range(blocks, grad_workers, w);
     Mat<T>& dW_ih = part_ih[w];
@@ -513,15 +524,32 @@ void backward(const Problem<T>& p, const BackwardInput<T>& in, const BackwardOut
       const Index c0 = k * block, n = std::min(block, TB - c0);
       const auto dAb = dA.middleCols(c0, n);
       const auto dArb = dAr.middleCols(c0, n);
-      MatMap<T>(g.dx + c0 * D, D, n).noalias() = W_ih * dAb;
-      dW_ih.noalias() += X.middleCols(c0, n) * dAb.transpose();
+      if (d_panels) {
+        small_gemm(W_ih_T, dA_in + c0 * GH, GH, g.dx + c0 * D, D, n);
+        panel_gemm<T, true, true>({p.x + c0 * D, D, dA_in + c0 * GH, GH, dW_ih.data(), D, n, nullptr},
+                                  D, GH);
+      } else {
+        MatMap<T>(g.dx + c0 * D, D, n).noalias() = W_ih * dAb;
+        dW_ih.noalias() += X.middleCols(c0, n) * dAb.transpose();
+      }
       // H_prev column c is h0 column c for c < B, else hs column c - B
       const Index from_h0 = std::clamp<Index>(B - c0, 0, n);
-      if (from_h0 > 0)
-        dW_hh.noalias() += h0.middleCols(c0, from_h0) * dArb.leftCols(from_h0).transpose();
-      if (from_h0 < n)
-        dW_hh.noalias() += hs.middleCols(c0 + from_h0 - B, n - from_h0) *
-                           dArb.rightCols(n - from_h0).transpose();
+      if (h_panels) {
+        if (from_h0 > 0)
+          panel_gemm<T, true, true>(
+              {p.h0 + c0 * H, H, dA_rec + c0 * GH, GH, dW_hh.data(), H, from_h0, nullptr}, H, GH);
+        if (from_h0 < n)
+          panel_gemm<T, true, true>({in.hs + (c0 + from_h0 - B) * H, H,
+                                     dA_rec + (c0 + from_h0) * GH, GH, dW_hh.data(), H,
+                                     n - from_h0, nullptr},
+                                    H, GH);
+      } else {
+        if (from_h0 > 0)
+          dW_hh.noalias() += h0.middleCols(c0, from_h0) * dArb.leftCols(from_h0).transpose();
+        if (from_h0 < n)
+          dW_hh.noalias() += hs.middleCols(c0 + from_h0 - B, n - from_h0) *
+                             dArb.rightCols(n - from_h0).transpose();
+      }
       for (Index c = 0; c < n; ++c) db.col(0) += dAb.col(c);
       if (separate_rec)
         for (Index c = 0; c < n; ++c) db.col(1) += dArb.col(c);

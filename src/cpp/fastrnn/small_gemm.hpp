@@ -70,72 +70,114 @@ struct PackedMatrix {
 
 namespace detail {
 
-// C[:, 0:NC] (MP packets of rows) = A_panel * B[:, 0:NC], accumulators in registers.
-template <class T, int MP, int NC>
-EIGEN_ALWAYS_INLINE void micro_tile(const T* A, Index lda, const T* B, Index ldb, T* C, Index ldc,
-                                    Index K) {
+// What a product reads and writes: A (rows x K, column-major, leading dimension lda, rows a
+// whole number of packets); B (K x N) column-major (element (k, j) at B[j * ldb + k]) or,
+// with b_row_major, row-major (at B[k * ldb + j]); C (rows x N, column-major, ldc). C is
+// overwritten, or accumulated into with `accumulate`; `init` (rows,) if given is added to
+// every column (a bias), else C starts from zero.
+template <class T>
+struct Operands {
+  const T* A;
+  Index lda;
+  const T* B;
+  Index ldb;
+  T* C;
+  Index ldc;
+  Index K;
+  const T* init;
+};
+
+template <class T, bool BRowMajor>
+EIGEN_ALWAYS_INLINE T b_at(const T* B, Index ldb, Index k, Index j) {
+  return BRowMajor ? B[k * ldb + j] : B[j * ldb + k];
+}
+
+// C[:, 0:NC] (MP packets of rows) (+)= A_panel * B[:, 0:NC], accumulators in registers.
+template <class T, int MP, int NC, bool BRowMajor, bool Accumulate>
+EIGEN_ALWAYS_INLINE void micro_tile(const Operands<T>& o, const T* A, const T* B, T* C,
+                                    const T* init) {
   using namespace Eigen::internal;
   using Packet = typename SimdTraits<T>::Packet;
   constexpr int P = SimdTraits<T>::size;
   Packet acc[MP][NC];
   for (int i = 0; i < MP; ++i)
-    for (int j = 0; j < NC; ++j) acc[i][j] = pset1<Packet>(T(0));
-  for (Index k = 0; k < K; ++k) {
+    for (int j = 0; j < NC; ++j)
+      acc[i][j] = Accumulate ? ploadu<Packet>(C + j * o.ldc + i * P)
+                             : (init ? ploadu<Packet>(init + i * P) : pset1<Packet>(T(0)));
+  for (Index k = 0; k < o.K; ++k) {
     Packet a[MP];
-    for (int i = 0; i < MP; ++i) a[i] = ploadu<Packet>(A + k * lda + i * P);
+    for (int i = 0; i < MP; ++i) a[i] = ploadu<Packet>(A + k * o.lda + i * P);
     for (int j = 0; j < NC; ++j) {
-      const Packet b = pset1<Packet>(B[j * ldb + k]);
+      const Packet b = pset1<Packet>(b_at<T, BRowMajor>(B, o.ldb, k, j));
       for (int i = 0; i < MP; ++i) acc[i][j] = pmadd(a[i], b, acc[i][j]);
     }
   }
   for (int i = 0; i < MP; ++i)
-    for (int j = 0; j < NC; ++j) pstoreu(C + j * ldc + i * P, acc[i][j]);
+    for (int j = 0; j < NC; ++j) pstoreu(C + j * o.ldc + i * P, acc[i][j]);
 }
 
-// The last N % NR columns: a tile of exactly `cols` columns (cols < NC).
-template <class T, int MP, int NC>
-inline void column_rest(Index cols, const T* A, Index lda, const T* B, Index ldb, T* C, Index ldc,
-                        Index K) {
+// The last N % NR columns: a tile of exactly `cols` columns (cols <= NC).
+template <class T, int MP, int NC, bool BRowMajor, bool Accumulate>
+inline void column_rest(Index cols, const Operands<T>& o, const T* A, const T* B, T* C,
+                        const T* init) {
   if constexpr (NC > 0) {
-    if (cols == NC) return micro_tile<T, MP, NC>(A, lda, B, ldb, C, ldc, K);
-    column_rest<T, MP, NC - 1>(cols, A, lda, B, ldb, C, ldc, K);
+    if (cols == NC) return micro_tile<T, MP, NC, BRowMajor, Accumulate>(o, A, B, C, init);
+    column_rest<T, MP, NC - 1, BRowMajor, Accumulate>(cols, o, A, B, C, init);
   }
 }
 
-template <class T, int MP>
-inline void row_panel(const T* A, Index lda, const T* B, Index ldb, T* C, Index ldc, Index K,
-                      Index N) {
+// Columns [j0, j1) of one panel of MP packets of rows starting at row r0.
+template <class T, int MP, bool BRowMajor, bool Accumulate>
+inline void row_panel(const Operands<T>& o, Index r0, Index j0, Index j1) {
   constexpr int NR = SimdTraits<T>::NR;
-  Index j = 0;
-  for (; j + NR <= N; j += NR) micro_tile<T, MP, NR>(A, lda, B + j * ldb, ldb, C + j * ldc, ldc, K);
-  if (j < N) column_rest<T, MP, NR - 1>(N - j, A, lda, B + j * ldb, ldb, C + j * ldc, ldc, K);
+  const T* A = o.A + r0;
+  T* C = o.C + r0;
+  const T* init = o.init ? o.init + r0 : nullptr;
+  const Index bstep = BRowMajor ? 1 : o.ldb;
+  Index j = j0;
+  for (; j + NR <= j1; j += NR)
+    micro_tile<T, MP, NR, BRowMajor, Accumulate>(o, A, o.B + j * bstep, C + j * o.ldc, init);
+  if (j < j1)
+    column_rest<T, MP, NR - 1, BRowMajor, Accumulate>(j1 - j, o, A, o.B + j * bstep,
+                                                      C + j * o.ldc, init);
 }
 
-template <class T, int MP>
-inline void partial_panel(Index packets, const T* A, Index lda, const T* B, Index ldb, T* C,
-                          Index ldc, Index K, Index N) {
+template <class T, int MP, bool BRowMajor, bool Accumulate>
+inline void partial_panel(Index packets, const Operands<T>& o, Index r0, Index j0, Index j1) {
   if constexpr (MP > 0) {
-    if (packets == MP) return row_panel<T, MP>(A, lda, B, ldb, C, ldc, K, N);
-    partial_panel<T, MP - 1>(packets, A, lda, B, ldb, C, ldc, K, N);
+    if (packets == MP) return row_panel<T, MP, BRowMajor, Accumulate>(o, r0, j0, j1);
+    partial_panel<T, MP - 1, BRowMajor, Accumulate>(packets, o, r0, j0, j1);
   }
 }
 
 }  // namespace detail
 
-// C (A.ld x N, column-major, leading dimension ldc >= A.ld) = A * B, B (A.cols x N)
-// column-major with leading dimension ldb. Rows of C beyond A.rows receive zeros.
-template <class T>
-inline void small_gemm(const PackedMatrix<T>& A, const T* B, Index ldb, T* C, Index ldc, Index N) {
+// The general form behind small_gemm: `rows` (a whole number of packets) by N, see
+// detail::Operands. Columns go in blocks so that a block of B stays in cache while every
+// panel of rows uses it (A is small and stays in cache anyway).
+template <class T, bool BRowMajor = false, bool Accumulate = false>
+inline void panel_gemm(const detail::Operands<T>& o, Index rows, Index N) {
   constexpr int P = SimdTraits<T>::size;
   constexpr int MR = SimdTraits<T>::MR;
-  const Index packets = A.ld / P;
-  const T* a = A.data.data();
-  Index p = 0;
-  for (; p + MR <= packets; p += MR)
-    detail::row_panel<T, MR>(a + p * P, A.ld, B, ldb, C + p * P, ldc, A.cols, N);
-  if (p < packets)
-    detail::partial_panel<T, MR - 1>(packets - p, a + p * P, A.ld, B, ldb, C + p * P, ldc, A.cols,
-                                     N);
+  constexpr Index column_block = 256;
+  const Index packets = rows / P;
+  for (Index j0 = 0; j0 < N; j0 += column_block) {
+    const Index j1 = std::min(N, j0 + column_block);
+    Index p = 0;
+    for (; p + MR <= packets; p += MR)
+      detail::row_panel<T, MR, BRowMajor, Accumulate>(o, p * P, j0, j1);
+    if (p < packets)
+      detail::partial_panel<T, MR - 1, BRowMajor, Accumulate>(packets - p, o, p * P, j0, j1);
+  }
+}
+
+// C (A.ld x N, column-major, leading dimension ldc >= A.ld) = A * B (+ init per column),
+// B (A.cols x N) column-major with leading dimension ldb. Rows of C beyond A.rows receive
+// zeros (plus init's padding).
+template <class T>
+inline void small_gemm(const PackedMatrix<T>& A, const T* B, Index ldb, T* C, Index ldc, Index N,
+                       const T* init = nullptr) {
+  panel_gemm<T>({A.data.data(), A.ld, B, ldb, C, ldc, A.cols, init}, A.ld, N);
 }
 
 }  // namespace fastrnn
