@@ -281,6 +281,12 @@ def test_read_only_inputs(kernels):
     got = _run("lstm", "tanh", case)
     for name, value in want.items():
         np.testing.assert_array_equal(got[name], value, err_msg=name)
+    # read-only arrays were copied, not given to numba to compile another variant for
+    from numba import types
+
+    for name, _ in kernels.SIGNATURES:
+        for sig in getattr(kernels, name).signatures:
+            assert all(t.mutable for t in sig if isinstance(t, types.Array)), (name, sig)
 
 
 def test_kernels_release_the_gil(kernels):

@@ -147,14 +147,14 @@ def _run(name: str, dtype: np.dtype, n: int, num_threads: int, *args) -> None:
 def _matmul(a: np.ndarray, b: np.ndarray, num_threads: int) -> np.ndarray:
     """a @ b for C-contiguous 2-d arrays, by blocks of rows of ``a``."""
     out = np.empty((a.shape[0], b.shape[1]), dtype=a.dtype)
-    _run("matmul", a.dtype, a.shape[0], num_threads, a, b, out)
+    _run("matmul", a.dtype, a.shape[0], num_threads, _writable(a), _writable(b), out)
     return out
 
 
 def _matmul_tn(a: np.ndarray, b: np.ndarray, num_threads: int) -> np.ndarray:
     """a^T @ b for C-contiguous 2-d arrays with the same number of rows (a sum over rows)."""
     out = np.empty((a.shape[1], b.shape[1]), dtype=a.dtype)
-    _run("matmul_tn", a.dtype, a.shape[0], num_threads, a, b, out)
+    _run("matmul_tn", a.dtype, a.shape[0], num_threads, _writable(a), _writable(b), out)
     return out
 
 
@@ -237,7 +237,8 @@ def backward(
     dt = x.dtype
     lens = _lengths(lengths, T, B)
     W_hh = _writable(params["W_hh"])  # the per-step product is dA_t @ W_hh
-    dhs = _writable(dhs)
+    dhs, hs = _writable(dhs), _writable(hs)
+    saved = saved and tuple(_writable(a) for a in saved)
     dh = dh_n.copy()  # the running dL/dh, dh0 on return
     norms = np.zeros((T, B), dtype=dt)
     db = np.zeros((B, GH))  # per-sequence bias-gradient sums, in float64
@@ -268,7 +269,7 @@ def backward(
     flat = dA_in.reshape(T * B, GH)
     rec = dA_rec.reshape(T * B, GH)
     H = hs.shape[2]
-    dW_hh = _matmul_tn(rec[:B], _writable(h0), num_threads)  # sum_t dA_t^T h_{t-1}
+    dW_hh = _matmul_tn(rec[:B], h0, num_threads)  # sum_t dA_t^T h_{t-1}
     if T > 1:
         dW_hh += _matmul_tn(rec[B:], hs.reshape(T * B, H)[:-B], num_threads)
     dparams = {
@@ -277,7 +278,7 @@ def backward(
         "b_ih": db_ih.astype(dt),
         "b_hh": db_hh.astype(dt),
     }
-    dx = _matmul(flat, _writable(params["W_ih"]), num_threads).reshape(T, B, D)
+    dx = _matmul(flat, params["W_ih"], num_threads).reshape(T, B, D)
     return dx, dh, dc, dparams, norms if step_norms else None
 
 
