@@ -20,6 +20,9 @@
 #ifndef FASTRNN_ISA
 #error "FASTRNN_ISA must name the instruction-set level"
 #endif
+#ifndef FASTRNN_ISA_FLAGS
+#define FASTRNN_ISA_FLAGS ""
+#endif
 
 namespace py = pybind11;
 using fastrnn::Index;
@@ -264,6 +267,7 @@ PYBIND11_MODULE(FASTRNN_KERNELS_NAME, m) {
   m.doc() = "fastrnn's recurrent kernels, compiled for one instruction-set level.";
   m.attr("ISA") = FASTRNN_ISA;
   m.attr("EIGEN_SIMD") = std::string(Eigen::SimdInstructionSetsInUse());
+  m.attr("FLAGS") = FASTRNN_ISA_FLAGS;
   m.def(
       "forward",
       [](const std::string& cell, const std::string& activation, double negative_slope,

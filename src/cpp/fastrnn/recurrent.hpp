@@ -142,7 +142,12 @@ template <class T>
 inline void prefetch(const T* p, Index n) {
   const char* c = reinterpret_cast<const char*>(p);
   const Index bytes = n * static_cast<Index>(sizeof(T));
+#if defined(__GNUC__) || defined(__clang__)
   for (Index i = 0; i < bytes; i += 64) __builtin_prefetch(c + i, 0, 3);
+#else
+  (void)c;
+  (void)bytes;
+#endif
 }
 
 // Which sequences of the chunk [b0, b0+nb) are still running at step t.
