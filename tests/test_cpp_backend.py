@@ -58,7 +58,7 @@ def threads():
 def test_gil_is_released_during_a_long_forward():
     """A Python thread keeps running while the kernel runs: its longest pause is far
     shorter than the call (with the GIL held it would pause for the whole call)."""
-    case = make_case("lstm", dtype=np.float32, T=20000, B=8, D=16, H=64)
+    case = make_case("lstm", dtype=np.float32, T=10000, B=8, D=16, H=64)
     stop = threading.Event()
     stamps: list[float] = []
 
