@@ -328,3 +328,15 @@ def test_raw_entry_points_reject_saved_arrays_for_rnn():
 def test_raw_forward_keeps_the_dtype(dtype):
     hs, h_n, c_n, gates, extra = cpp_backend._kernels.forward(**_raw_args(dtype=dtype))
     assert {a.dtype for a in (hs, h_n, c_n, gates, extra)} == {np.dtype(dtype)}
+
+
+@pytest.mark.parametrize(("cell", "gates"), [("rnn", 1), ("lstm", 4), ("gru", 3)])
+def test_saves_at_most_g_plus_one_h_values_per_step(cell, gates):
+    """Beyond inputs and outputs, forward keeps (G+1)*H values per step and sequence
+    (rnn: nothing, act' is a function of hs)."""
+    T, B, H = 6, 4, 7
+    case = make_case(cell, T=T, B=B, H=H)
+    res = fastrnn.forward(cell, case["params"], case["x"], backend="cpp")
+    saved = [] if res.saved is None else list(res.saved)
+    total = sum(a.size for a in saved)
+    assert total == (0 if cell == "rnn" else T * B * (gates + 1) * H)
