@@ -168,6 +168,7 @@ def _projection(x: np.ndarray, W_ih: np.ndarray, num_threads: int) -> np.ndarray
     return _matmul(x.reshape(T * B, D), _ref._contiguous_T(W_ih), num_threads).reshape(T, B, -1)
 
 
+@_single_threaded_blas()  # once per call: the kernels' own entries are then just a count
 def forward(cell, params, x, h0, c0, *, activation, negative_slope, lengths, num_threads):
     """Run the recurrence; return ``(hs, h_n, c_n, saved)`` as the reference does.
 
@@ -209,6 +210,7 @@ def forward(cell, params, x, h0, c0, *, activation, negative_slope, lengths, num
 # --- backward (BPTT) -----------------------------------------------------------------
 
 
+@_single_threaded_blas()
 def backward(
     cell,
     params,
