@@ -156,7 +156,9 @@ def _zero_steps(a, t0, t1, b0, b1):
 # ended are zero (their outputs and gradients are zeroed as they end), so they ride along
 # harmlessly; each sequence reads and writes only its own rows around the product.
 # Forward kernels add the biases in the gate loop (the input projection is a bare GEMM);
-# backward kernels sum the bias gradients per sequence in float64 (``db``, (B, G*H)).
+# backward kernels sum the bias gradients per sequence in float64 (``db``, (B, G*H)) and
+# write ||dL/dh_t|| to ``norms`` of shape (B, T), so that threads working on neighbouring
+# sequences do not write to one cache line at every step.
 
 # --- rnn -------------------------------------------------------------------------------
 
@@ -205,7 +207,7 @@ def rnn_backward(b0, b1, hs, W_hh, dhs, lengths, act, slope, dh, dA, db, norms):
                     v = zero if act == 1 else v * slope
                 dA[t, b, j] = v
                 db[b, j] += v
-            norms[t, b] = math.sqrt(ss)
+            norms[b, t] = math.sqrt(ss)
         np.dot(dA[t, b0:b1], W_hh, tmp)  # dL/dh_{t-1} = W^T dL/da_t
         for b in range(b0, b1):
             if t < lengths[b]:  # padded steps pass dh through unchanged
@@ -286,7 +288,7 @@ def lstm_backward(b0, b1, gates, cs, c0, W_hh, dhs, lengths, dh, dc, dA, db, nor
                 db[b, 2 * H + j] += dag
                 db[b, 3 * H + j] += dao
                 dc[b, j] = dct * f  # dL/dc_{t-1}
-            norms[t, b] = math.sqrt(ss)
+            norms[b, t] = math.sqrt(ss)
         np.dot(dA[t, b0:b1], W_hh, tmp)  # dL/dh_{t-1} = W_hh^T dA_t
         for b in range(b0, b1):
             if t < lengths[b]:
@@ -369,7 +371,7 @@ def gru_backward(
                 db[b, 2 * H + j] += dan
                 db_hn[b, j] += dan * r
                 dh[b, j] = dht * z  # the direct path h_{t-1} -> h_t
-            norms[t, b] = math.sqrt(ss)
+            norms[b, t] = math.sqrt(ss)
         np.dot(dA_rec[t, b0:b1], W_hh, tmp)  # + W_hh^T dA_rec
         for b in range(b0, b1):
             if t < lengths[b]:

@@ -242,7 +242,7 @@ def backward(
     dhs, hs = _writable(dhs), _writable(hs)
     saved = saved and tuple(_writable(a) for a in saved)
     dh = dh_n.copy()  # the running dL/dh, dh0 on return
-    norms = np.zeros((T, B), dtype=dt)
+    norms = np.zeros((B, T), dtype=dt)  # ||dL/dh_t||, sequence-major for the kernels
     db = np.zeros((B, GH))  # per-sequence bias-gradient sums, in float64
     dc = None
     if cell == "rnn":
@@ -281,7 +281,7 @@ def backward(
         "b_hh": db_hh.astype(dt),
     }
     dx = _matmul(flat, params["W_ih"], num_threads).reshape(T, B, D)
-    return dx, dh, dc, dparams, norms if step_norms else None
+    return dx, dh, dc, dparams, np.ascontiguousarray(norms.T) if step_norms else None
 
 
 # --- ahead-of-time compilation ---------------------------------------------------------
