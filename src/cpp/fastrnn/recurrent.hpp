@@ -335,11 +335,16 @@ void rnn_backward_chunk(const Problem<T>& p, const BackwardInput<T>& in,
       prefetch(in.dhs + (off - B) * H, H * nb);
       prefetch(in.hs + (off - B) * H, H * nb);
     }
-    dht = s.dh_map() + ConstArrMap<T>(in.dhs + off * H, H, nb);  // dL/dh_t
-    mask.zero_inactive(t, dht);
-    store_norms(g, t, B, b0, dht);
+    const ConstArrMap<T> dhs_t(in.dhs + off * H, H, nb), h(in.hs + off * H, H, nb);
     ArrMap<T> dA(dA_all + off * H, H, nb);
-    activation_grad(p.activation, p.slope, dA, dht, ConstArrMap<T>(in.hs + off * H, H, nb));
+    if (g.norms || !mask.all_active(t)) {
+      dht = s.dh_map() + dhs_t;  // dL/dh_t
+      mask.zero_inactive(t, dht);
+      store_norms(g, t, B, b0, dht);
+      activation_grad(p.activation, p.slope, dA, dht, h);
+    } else {  // the same in one pass
+      activation_grad(p.activation, p.slope, dA, s.dh_map() + dhs_t, h);
+    }
     small_gemm(WT, dA.data(), H, s.rec, WT.ld, nb);  // dL/dh_{t-1} = W^T dA_t
     mask.carry_inactive(t, s.rec_map(), s.dh_map());
     s.swap();
