@@ -545,7 +545,10 @@ class Linear:
                 f"use one dtype for all arrays (e.g. h.astype(np.{self.dtype}))"
             )
         self._h = h
-        return h @ self.params["weight"].T + self.params["bias"]
+        # one 2-D GEMM over all leading dims (a 3-D matmul is T small GEMMs in NumPy)
+        out = h.reshape(-1, self.in_features) @ self.params["weight"].T
+        out += self.params["bias"]
+        return out.reshape(*h.shape[:-1], self.out_features)
 
     __call__ = forward
 
@@ -564,7 +567,7 @@ class Linear:
         h2 = h.reshape(-1, self.in_features)
         self.grads["weight"] = (d2.T @ h2).astype(self.dtype, copy=False)
         self.grads["bias"] = d2.sum(axis=0).astype(self.dtype, copy=False)
-        return (dout @ self.params["weight"]).astype(self.dtype, copy=False)
+        return (d2 @ self.params["weight"]).reshape(h.shape).astype(self.dtype, copy=False)
 
     def parameters(self) -> dict[str, np.ndarray]:
         """The parameter arrays (the same objects as :attr:`params`, updated in place)."""

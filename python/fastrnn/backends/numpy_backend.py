@@ -254,13 +254,15 @@ def _weight_grads(dA_in, dA_rec, x, hs, h0, W_ih):
     T, B, D = x.shape
     GH = dA_in.shape[2]
     flat = dA_in.reshape(T * B, GH)
+    db_ih = flat.sum(axis=0)
     return (
         (flat @ W_ih).reshape(T, B, D),
         {
             "W_ih": flat.T @ x.reshape(T * B, D),
             "W_hh": _prev_state_product(dA_rec, hs, h0),
-            "b_ih": flat.sum(axis=0),
-            "b_hh": dA_rec.reshape(T * B, GH).sum(axis=0),
+            "b_ih": db_ih,
+            # rnn and lstm: both biases enter the same pre-activation, so share the sum
+            "b_hh": db_ih.copy() if dA_rec is dA_in else dA_rec.reshape(T * B, GH).sum(axis=0),
         },
     )
 
