@@ -6,7 +6,7 @@ one this CPU runs (the environment variable ``FASTRNN_CPP_ISA`` can ask for a lo
 and that module is imported here. The kernels release the GIL and split the batch over
 ``num_threads`` threads (each with its own time loop; one thread creates none). They run
 with subnormals flushed to zero (FTZ/DAZ) and restore the caller's mode on return: with
-every state subnormal, lstm ran 1.37x faster that way on this machine's CPU (rnn: no
+every state subnormal, lstm ran 1.36x faster that way on this machine's CPU (rnn: no
 change), and Intel CPUs are known to slow down far more on subnormals.
 
 ``saved`` is ``None`` for rnn (act' is a function of hs) and ``(gates, extra)`` otherwise:
