@@ -136,3 +136,24 @@ def test_inputs_are_not_modified(backend):
             np.testing.assert_array_equal(case[k], v)
     for k, v in params_copy.items():
         np.testing.assert_array_equal(case["params"][k], v)
+
+
+@pytest.mark.parametrize(("cell", "activation"), CELL_CASES, ids=CELL_IDS)
+@pytest.mark.parametrize("dtype", [np.float32, np.float64], ids=["f32", "f64"])
+def test_repeated_calls_are_bit_identical(backend, cell, activation, dtype):
+    """The same input gives the same bits on every call, wherever the arrays live in memory
+    (results must not depend on the allocator's alignment: saved models must predict
+    exactly what they predicted before saving)."""
+    case = make_case(cell, dtype=dtype, T=6, B=3, D=5, H=9, lengths=True, h0=True, seed=8)
+    first = None
+    for offset in range(12):
+        x = case["x"]
+        moved = np.empty(x.size + 16, dtype=dtype)[offset : offset + x.size].reshape(x.shape)
+        moved[...] = x
+        case_moved = dict(case, x=moved, params={k: v.copy() for k, v in case["params"].items()})
+        res, g = _run(backend, cell, activation, case_moved, "both")
+        got = [res.hs, res.h_n, g.dx, g.dh0, g.step_norms, *g.params.values()]
+        if first is None:
+            first = got
+        for a, b in zip(first, got, strict=True):
+            np.testing.assert_array_equal(a, b)
