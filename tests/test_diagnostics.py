@@ -135,6 +135,20 @@ def test_norms_by_lag_from_a_layer():
         diagnostics.gradient_norms_by_lag(rnn, p, 9)
 
 
+def test_norms_by_lag_from_a_fitted_model():
+    models = pytest.importorskip("fastrnn.models")
+    rng = np.random.default_rng(0)
+    X, y = rng.normal(size=(8, 5, 3)), np.arange(8) % 2
+    model = models.SequenceClassifier(hidden_size=4, cell="gru", epochs=1, seed=0)
+    with pytest.raises(TypeError, match=r"has no RNN/LSTM/GRU layer .*fit a model first"):
+        diagnostics.gradient_norms_by_lag(model, None, 6)
+    model.fit(X, y)
+    got = diagnostics.gradient_norms_by_lag(model, None, 6)
+    layer = next(v for v in vars(model)["_parts"].values() if hasattr(v, "num_layers"))
+    np.testing.assert_array_equal(got, diagnostics.gradient_norms_by_lag(layer, None, 6))
+    assert diagnostics.recurrent_spectrum(model).cell == "gru"
+
+
 @pytest.mark.parametrize(
     ("kwargs", "error", "pattern"),
     [
@@ -145,7 +159,7 @@ def test_norms_by_lag_from_a_layer():
         ({"reduce": "max"}, ValueError, "reduce must be one of 'mean', 'none'"),
         ({"activation": "sigmoid"}, ValueError, "activation must be one of"),
         ({"cell": "cnn"}, ValueError, "cell must be one of"),
-        ({"cell": 3}, TypeError, "cell must be 'rnn', 'lstm', 'gru' or a fastrnn"),
+        ({"cell": 3}, TypeError, "cell must be 'rnn', 'lstm', 'gru', a fastrnn"),
         ({"cell": "lstm"}, ValueError, r"params\['W_hh'\] has shape \(4, 4\)"),
     ],
 )

@@ -56,20 +56,37 @@ def _resolve(
     """``(cell, params, activation, slope)`` from a cell name and params, or from a layer.
 
     A layer is a :class:`fastrnn.RNN`, :class:`fastrnn.LSTM` or :class:`fastrnn.GRU`; its
-    parameters are read through the public PyTorch names (``weight_hh_l{layer}`` ...).
+    parameters are read through the public PyTorch names (``weight_hh_l{layer}`` ...). A
+    model (anything else) stands for the first such layer among its attributes.
     """
     if isinstance(cell, str):
         F._check_choice("cell", cell, F.CELLS)
         p, _, _ = F._check_params(cell, params)
         return cell, p, activation, negative_slope
-    from . import layers  # only when a layer is given: layers are optional here
+    from . import layers  # only when a layer or model is given: layers are optional here
 
     kinds = {layers.RNN: "rnn", layers.LSTM: "lstm", layers.GRU: "gru"}
-    name = next((kinds[k] for k in kinds if isinstance(cell, k)), None)
+
+    def kind(obj: object) -> str | None:
+        return next((kinds[k] for k in kinds if isinstance(obj, k)), None)
+
+    name = kind(cell)
+    if name is None and hasattr(cell, "__dict__"):  # a model: its first recurrent layer
+        found = [v for v in vars(cell).values() if kind(v)]
+        found += [v for d in vars(cell).values() if isinstance(d, dict) for v in d.values()]
+        found = [v for v in found if kind(v)]
+        if not found and not isinstance(cell, type):
+            raise TypeError(
+                f"{type(cell).__name__} has no RNN/LSTM/GRU layer (yet: fit a model first); "
+                "cell must be 'rnn', 'lstm', 'gru', a fastrnn.RNN/LSTM/GRU layer or a model "
+                "that holds one"
+            )
+        if found:
+            cell, name = found[0], kind(found[0])
     if name is None:
         raise TypeError(
-            "cell must be 'rnn', 'lstm', 'gru' or a fastrnn.RNN/LSTM/GRU layer, "
-            f"got {type(cell).__name__}"
+            "cell must be 'rnn', 'lstm', 'gru', a fastrnn.RNN/LSTM/GRU layer or a model "
+            f"that holds one, got {type(cell).__name__}"
         )
     if params is not None:
         raise TypeError("params must be None when a layer is given (its own params are used)")
@@ -127,8 +144,9 @@ def gradient_norms_by_lag(
     ``backward(..., return_step_norms=True)`` on ``backend``.
 
     ``cell`` is ``"rnn"``, ``"lstm"`` or ``"gru"`` with ``params`` (and ``activation``
-    for rnn), or a :class:`fastrnn.RNN`/``LSTM``/``GRU`` layer with ``params=None``
-    (its layer ``layer``, forward direction, is measured).
+    for rnn), or a :class:`fastrnn.RNN`/``LSTM``/``GRU`` layer or a fitted model with
+    ``params=None`` (layer ``layer`` of its first recurrent stack, forward direction, is
+    measured).
     """
     cell, p, activation, negative_slope = _resolve(cell, params, activation, negative_slope, layer)
     T = _positive_int("T", T)
