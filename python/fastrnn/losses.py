@@ -127,24 +127,29 @@ def softmax_cross_entropy(
     bad = live & ((y < 0) | (y >= K))
     if np.any(bad):
         raise ValueError(f"targets must be in 0..{K - 1} at unmasked positions, got {y[bad][:5]}")
-    y_safe = np.where(live, y, 0)
-    shifted = z - z.max(axis=-1, keepdims=True)
-    lse = np.log(np.sum(np.exp(shifted), axis=-1, keepdims=True))
-    logp = shifted - lse
-    picked = np.take_along_axis(logp, y_safe[..., None], axis=-1)[..., 0]
-    dgrad = np.exp(logp)
-    np.put_along_axis(
-        dgrad, y_safe[..., None], np.take_along_axis(dgrad, y_safe[..., None], -1) - 1, -1
-    )
-    w = live.astype(z.dtype)
-    total = float(np.sum(-picked * w, dtype=np.float64))
-    grad = dgrad * w[..., None]
-    if reduction == "mean":
+    y_safe = (np.where(live, y, 0) if m is not None else y)[..., None]
+    # log-sum-exp, with one exp: e = exp(z - max), softmax = e / sum(e),
+    # log softmax[y] = (z - max)[y] - log(sum(e))
+    grad = z - z.max(axis=-1, keepdims=True)
+    picked = np.take_along_axis(grad, y_safe, axis=-1)[..., 0]
+    np.exp(grad, out=grad)
+    sums = grad.sum(axis=-1, keepdims=True)
+    picked -= np.log(sums[..., 0])
+    grad /= sums  # softmax; dL/dz = softmax - onehot(y), times the weights
+    np.put_along_axis(grad, y_safe, np.take_along_axis(grad, y_safe, -1) - 1, -1)
+    if m is None:
+        total = -float(np.sum(picked, dtype=np.float64))
+        count = float(picked.size)
+    else:
+        w = live.astype(z.dtype)
+        total = -float(np.sum(picked * w, dtype=np.float64))
         count = float(np.sum(w))
+        grad *= w[..., None]
+    if reduction == "mean":
         if count == 0:
             return 0.0, np.zeros_like(z)
         total /= count
-        grad = grad / np.asarray(count, dtype=z.dtype)
+        grad /= np.asarray(count, dtype=z.dtype)
     return total, grad.astype(z.dtype, copy=False)
 
 
