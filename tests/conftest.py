@@ -76,3 +76,24 @@ def make_case(
             lens[1] = 1
         case["lengths"] = lens
     return case
+
+
+def run_case(backend: str | None, cell: str, activation: str, case: dict) -> dict:
+    """Forward and backward (gradient from every step and the final state) on a
+    :func:`make_case` case; every output and gradient, by name."""
+    res = fastrnn.forward(
+        cell,
+        case["params"],
+        case["x"],
+        case["h0"],
+        case["c0"],
+        activation=activation,
+        lengths=case["lengths"],
+        backend=backend,
+    )
+    g = fastrnn.backward(res, case["dhs"], case["dh_n"], case["dc_n"], return_step_norms=True)
+    out = {"hs": res.hs, "h_n": res.h_n, "dx": g.dx, "dh0": g.dh0, "norms": g.step_norms}
+    out |= {f"d{k}": v for k, v in g.params.items()}
+    if cell == "lstm":
+        out |= {"c_n": res.c_n, "dc0": g.dc0}
+    return out

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 import fastrnn
-from conftest import CELL_CASES, CELL_IDS, make_case
+from conftest import CELL_CASES, CELL_IDS, make_case, run_case
 
 
 @pytest.fixture
@@ -38,22 +38,7 @@ def _python(code: str) -> str:
 
 
 def _run(cell, activation, case, backend="numba"):
-    res = fastrnn.forward(
-        cell,
-        case["params"],
-        case["x"],
-        case["h0"],
-        case["c0"],
-        activation=activation,
-        lengths=case["lengths"],
-        backend=backend,
-    )
-    g = fastrnn.backward(res, case["dhs"], case["dh_n"], case["dc_n"], return_step_norms=True)
-    out = {"hs": res.hs, "h_n": res.h_n, "dx": g.dx, "dh0": g.dh0, "norms": g.step_norms}
-    out.update({f"d{k}": v for k, v in g.params.items()})
-    if cell == "lstm":
-        out.update(c_n=res.c_n, dc0=g.dc0)
-    return out
+    return run_case(backend, cell, activation, case)
 
 
 # --- lazy compilation and warmup -------------------------------------------------------

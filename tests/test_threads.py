@@ -17,29 +17,10 @@ import numpy as np
 import pytest
 
 import fastrnn
-from conftest import CELL_CASES, make_case
+from conftest import CELL_CASES, make_case, run_case
 
 THREADS = 4
 ROUNDS = 3
-
-
-def _call(backend: str, cell: str, activation: str, case: dict) -> dict[str, np.ndarray]:
-    res = fastrnn.forward(
-        cell,
-        case["params"],
-        case["x"],
-        case["h0"],
-        case["c0"],
-        activation=activation,
-        lengths=case["lengths"],
-        backend=backend,
-    )
-    g = fastrnn.backward(res, case["dhs"], case["dh_n"], case["dc_n"], return_step_norms=True)
-    out = {"hs": res.hs, "h_n": res.h_n, "dx": g.dx, "dh0": g.dh0, "norms": g.step_norms}
-    out |= {f"d{k}": v for k, v in g.params.items()}
-    if cell == "lstm":
-        out |= {"c_n": res.c_n, "dc0": g.dc0}
-    return out
 
 
 def _jobs(dtype) -> list[tuple[str, str, dict]]:
@@ -95,9 +76,9 @@ def _assert_same(got: dict, want: dict, what: str, exact: bool = True) -> None:
 @pytest.mark.parametrize("dtype", [np.float32, np.float64], ids=["f32", "f64"])
 def test_different_calls_at_once_equal_serial_calls(backend, dtype, one_kernel_thread):
     jobs = _jobs(dtype)
-    serial = [_call(backend, cell, act, case) for cell, act, case in jobs]
+    serial = [run_case(backend, cell, act, case) for cell, act, case in jobs]
     parallel = _concurrently(
-        lambda i: _call(backend, *jobs[i]), [(i,) for i in range(len(jobs))] * ROUNDS
+        lambda i: run_case(backend, *jobs[i]), [(i,) for i in range(len(jobs))] * ROUNDS
     )
     for k, got in enumerate(parallel):
         cell, act, _ = jobs[k % len(jobs)]
@@ -107,8 +88,8 @@ def test_different_calls_at_once_equal_serial_calls(backend, dtype, one_kernel_t
 def test_the_same_call_from_every_thread(backend, one_kernel_thread):
     """All threads share the very same input arrays (read-only use by every kernel)."""
     cell, act, case = _jobs(np.float32)[4]  # lstm: the most saved state
-    want = _call(backend, cell, act, case)
-    for got in _concurrently(lambda: _call(backend, cell, act, case), [()] * (THREADS * 2)):
+    want = run_case(backend, cell, act, case)
+    for got in _concurrently(lambda: run_case(backend, cell, act, case), [()] * (THREADS * 2)):
         _assert_same(got, want, "shared input")
 
 
@@ -118,9 +99,9 @@ def test_internal_threads_and_python_threads_together(backend):
     before = fastrnn.get_num_threads()
     try:
         fastrnn.set_num_threads(1)
-        serial = [_call(backend, *job) for job in jobs]
+        serial = [run_case(backend, *job) for job in jobs]
         fastrnn.set_num_threads(3)
-        parallel = _concurrently(lambda i: _call(backend, *jobs[i]), [(i,) for i in range(6)])
+        parallel = _concurrently(lambda i: run_case(backend, *jobs[i]), [(i,) for i in range(6)])
     finally:
         fastrnn.set_num_threads(before)
     for k, got in enumerate(parallel):
@@ -132,12 +113,12 @@ def test_use_backend_stays_in_its_thread(one_kernel_thread):
     serial result, and no thread sees another's choice."""
     names = fastrnn.available_backends()
     cell, act, case = _jobs(np.float64)[5]
-    want = {name: _call(name, cell, act, case) for name in names}
+    want = {name: run_case(name, cell, act, case) for name in names}
 
     def work(name: str):
         with fastrnn.use_backend(name):
             seen = fastrnn.get_backend()
-            out = _call(None, cell, act, case)
+            out = run_case(None, cell, act, case)
             return seen, out, fastrnn.get_backend()
 
     results = _concurrently(work, [(n,) for n in names] * THREADS)
