@@ -18,9 +18,10 @@ sequence, with ``G`` gates (rnn 1, gru 3, lstm 4)::
     fwdbwd          T*B*3*F                    (backward = 2 GEMMs per forward GEMM)
     train           T*B*3*(F + 2*H*K)          (the head: 2*H*K forward)
 
-The train step is written as a user writes it: ``fastrnn.RNN/LSTM/GRU`` +
-``fastrnn.Linear`` + ``fastrnn.losses.softmax_cross_entropy`` (the same head and loss code
-for every fastrnn backend), and ``torch.nn.RNN/LSTM/GRU`` + ``torch.nn.Linear`` +
+The train step is written as a user writes it: ``fastrnn.RNN/LSTM/GRU`` and the head
+``fastrnn.Linear`` with its fused softmax cross-entropy
+(:meth:`fastrnn.Linear.softmax_cross_entropy`; layer and head both run on the backend
+being timed), and ``torch.nn.RNN/LSTM/GRU`` + ``torch.nn.Linear`` +
 ``torch.nn.functional.cross_entropy`` for torch.
 """
 
@@ -215,7 +216,7 @@ class Runner:
 class FastrnnRunner(Runner):
     """A fastrnn backend. The kernels through :func:`fastrnn.forward`/:func:`fastrnn.backward`;
     the train step the way a user writes it: ``fastrnn.RNN/LSTM/GRU`` + ``fastrnn.Linear``
-    + :func:`fastrnn.losses.softmax_cross_entropy`, on this backend."""
+    and its fused :meth:`~fastrnn.Linear.softmax_cross_entropy`, on this backend."""
 
     def __init__(self, case: Case, backend: str, what: str) -> None:
         if what not in WHATS:
@@ -224,7 +225,7 @@ class FastrnnRunner(Runner):
         self.run = {"forward": self._forward, "fwdbwd": self._fwdbwd, "train": self._train}[what]
         self._held: int | None = None
         if what == "train":
-            from fastrnn import layers, losses
+            from fastrnn import layers
 
             D, H = case.x.shape[2], case.params["W_hh"].shape[1]
             layer = {"rnn": layers.RNN, "lstm": layers.LSTM, "gru": layers.GRU}[case.cell]
@@ -232,7 +233,6 @@ class FastrnnRunner(Runner):
             self.layer.load_state_dict({f"{_TORCH_NAMES[k]}_l0": v for k, v in case.params.items()})
             self.head = layers.Linear(H, case.V.shape[0], dtype=case.dtype)
             self.head.load_state_dict({"weight": case.V, "bias": case.c})
-            self._loss = losses.softmax_cross_entropy
 
     def _forward(self) -> ForwardResult:
         c = self.case
@@ -246,9 +246,8 @@ class FastrnnRunner(Runner):
     def _train(self) -> tuple[np.ndarray, float, np.ndarray]:
         with fastrnn.use_backend(self.name):
             out, _ = self.layer(self.case.x)
-            logits = self.head(out)
-            loss, dlogits = self._loss(logits, self.case.targets)
-            dx, _ = self.layer.backward(self.head.backward(dlogits))
+            loss, dh = self.head.softmax_cross_entropy(out, self.case.targets)
+            dx, _ = self.layer.backward(dh)
         return out, loss, dx
 
     def outputs(self, raw: Any) -> dict[str, np.ndarray]:

@@ -25,6 +25,7 @@ INITS: tuple[str, ...] = ("uniform", "xavier", "orthogonal", "identity")
 PARAM_NAMES: tuple[str, ...] = ("W_ih", "W_hh", "b_ih", "b_hh")
 GATES: dict[str, int] = {"rnn": 1, "lstm": 4, "gru": 3}
 DTYPES: tuple[np.dtype, ...] = (np.dtype(np.float32), np.dtype(np.float64))
+REDUCTIONS: tuple[str, ...] = ("mean", "sum")
 
 
 @dataclass(frozen=True, eq=False)
@@ -63,6 +64,17 @@ class Gradients:
     dc0: np.ndarray | None
     params: dict[str, np.ndarray]
     step_norms: np.ndarray | None = None
+
+
+@dataclass(frozen=True, eq=False)
+class HeadGradients:
+    """What :func:`linear_cross_entropy` returns: the ``loss`` (a float), ``dh`` (dL/dh, the
+    shape of ``h``), ``dweight`` (K, H) and ``dbias`` (K,)."""
+
+    loss: float
+    dh: np.ndarray
+    dweight: np.ndarray
+    dbias: np.ndarray
 
 
 # --- validation helpers --------------------------------------------------------------
@@ -188,6 +200,27 @@ def _check_slope(negative_slope: object) -> float:
     if not math.isfinite(slope) or slope < 0:
         raise ValueError(f"negative_slope must be finite and >= 0, got {negative_slope!r}")
     return slope
+
+
+def _check_reduction(reduction: object) -> str:
+    if not isinstance(reduction, str) or reduction not in REDUCTIONS:
+        raise ValueError(f"reduction must be 'mean' or 'sum', got {reduction!r}")
+    return reduction
+
+
+def _check_mask(mask: object, lead: tuple[int, ...], what: str) -> np.ndarray | None:
+    """``mask`` as a bool array whose shape is a prefix of ``lead`` (or None)."""
+    if mask is None:
+        return None
+    m = np.asarray(mask)
+    if m.dtype != np.bool_:
+        raise TypeError(f"mask must be a boolean array, got dtype {m.dtype}")
+    if m.shape != lead[: m.ndim] or m.ndim == 0:
+        raise ValueError(
+            f"mask has shape {m.shape}, expected the leading dimensions of {what}, "
+            f"e.g. {lead[:-1] if len(lead) > 1 else lead} or {lead}"
+        )
+    return m
 
 
 def _backend_name(backend: str | None) -> str:
@@ -431,3 +464,84 @@ def backward(
         step_norms=bool(return_step_norms),
     )
     return Gradients(dx=dx, dh0=dh0, dc0=dc0, params=dparams, step_norms=norms)
+
+
+def linear_cross_entropy(
+    h: np.ndarray,
+    weight: np.ndarray,
+    bias: np.ndarray,
+    targets: np.ndarray,
+    *,
+    mask: np.ndarray | None = None,
+    reduction: str = "mean",
+    backend: str | None = None,
+) -> HeadGradients:
+    """A linear softmax head and its cross-entropy, forward and backward in one call.
+
+    The logits ``z = h @ weight.T + bias`` (the course's ``o_t = V h_t + c``) of ``h``
+    (..., H), with ``weight`` (K, H) and ``bias`` (K,), against integer class ``targets``
+    of shape ``h.shape[:-1]``; ``mask`` and ``reduction`` as in
+    :func:`fastrnn.losses.softmax_cross_entropy`. The value and the gradients are those of
+    :class:`fastrnn.Linear` followed by that loss, but the fast backends never hold all the
+    logits: they run the head, the softmax and the three gradient products block by
+    block of rows, in cache, and split the rows over threads.
+    """
+    weight = _as_float_array("weight", weight)
+    dtype = weight.dtype
+    if weight.ndim != 2 or 0 in weight.shape:
+        raise ValueError(
+            f"weight has shape {weight.shape}, expected (classes, hidden_size), both >= 1"
+        )
+    K, H = weight.shape
+    bias = _as_float_array("bias", bias, dtype)
+    _check_shape("bias", bias, (K,), f"(classes,) with {K} classes from weight")
+    h = _as_float_array("h", h, dtype)
+    if h.ndim < 1 or h.shape[-1] != H:
+        raise ValueError(
+            f"h has shape {h.shape}, expected (..., {H}) (last axis hidden_size={H} from weight)"
+        )
+    lead = h.shape[:-1]
+    try:
+        y = np.asarray(targets)
+    except Exception as exc:
+        raise TypeError(f"targets must be an integer array of shape {lead}: {exc}") from None
+    if y.dtype.kind not in "iu":
+        raise TypeError(f"targets must be integer class indices, got dtype {y.dtype}")
+    _check_shape("targets", y, lead, "(h without its last, hidden axis)")
+    reduction = _check_reduction(reduction)
+    m = _check_mask(mask, lead, "targets") if lead else None
+    N = math.prod(lead)
+    _check_memory(
+        dtype.itemsize * N * (2 * K + H) + 8 * N,
+        f"linear_cross_entropy of {N} rows, {H} features and {K} classes in {dtype}",
+    )
+    live = None
+    if m is not None:
+        live = np.broadcast_to(m.reshape(m.shape + (1,) * (len(lead) - m.ndim)), lead)
+    bad = (y < 0) | (y >= K)
+    if live is not None:
+        bad &= live
+    if np.any(bad):
+        raise ValueError(f"targets must be in 0..{K - 1} at unmasked positions, got {y[bad][:5]}")
+    y = np.ascontiguousarray(y.reshape(N), dtype=np.int64)
+    row_weights = None
+    count = float(N)
+    if live is not None:
+        live = live.reshape(N)
+        count = float(np.count_nonzero(live))
+        y = np.where(live, y, 0)  # any value is allowed at masked positions
+        row_weights = np.ascontiguousarray(live, dtype=dtype)
+    name = _backend_name(backend)
+    if count == 0:  # nothing to learn from: zero loss and gradients
+        return HeadGradients(0.0, np.zeros_like(h), np.zeros_like(weight), np.zeros_like(bias))
+    scale = 1.0 / count if reduction == "mean" else 1.0
+    loss, dh, dweight, dbias = _registry.load(name).linear_cross_entropy(
+        h.reshape(N, H),
+        weight,
+        bias,
+        y,
+        row_weights,
+        scale=scale,
+        num_threads=_config.get_num_threads(),
+    )
+    return HeadGradients(loss=loss, dh=dh.reshape(h.shape), dweight=dweight, dbias=dbias)

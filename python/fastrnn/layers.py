@@ -569,6 +569,31 @@ class Linear:
         self.grads["bias"] = d2.sum(axis=0).astype(self.dtype, copy=False)
         return (d2 @ self.params["weight"]).reshape(h.shape).astype(self.dtype, copy=False)
 
+    def softmax_cross_entropy(
+        self,
+        h: np.ndarray,
+        targets: np.ndarray,
+        *,
+        mask: np.ndarray | None = None,
+        reduction: str = "mean",
+    ) -> tuple[float, np.ndarray]:
+        """The head and a softmax cross-entropy on its output, forward and backward in one
+        fused call (:func:`fastrnn.functional.linear_cross_entropy`, on the current
+        backend): write the parameter gradients into :attr:`grads` and return
+        ``(loss, dL/dh)``. The same result as ``softmax_cross_entropy(self(h), targets)``
+        followed by :meth:`backward`, without holding all the logits."""
+        res = F.linear_cross_entropy(
+            h,
+            self.params["weight"],
+            self.params["bias"],
+            targets,
+            mask=mask,
+            reduction=reduction,
+        )
+        self.grads["weight"] = res.dweight
+        self.grads["bias"] = res.dbias
+        return res.loss, res.dh
+
     def parameters(self) -> dict[str, np.ndarray]:
         """The parameter arrays (the same objects as :attr:`params`, updated in place)."""
         return self.params

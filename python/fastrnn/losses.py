@@ -19,9 +19,16 @@ from __future__ import annotations
 
 import numpy as np
 
-from .functional import DTYPES
+from .functional import DTYPES, REDUCTIONS, _check_mask, _check_reduction, linear_cross_entropy
 
-REDUCTIONS = ("mean", "sum")
+__all__ = [
+    "REDUCTIONS",
+    "bce_with_logits",
+    "linear_cross_entropy",
+    "mask_from_lengths",
+    "mse",
+    "softmax_cross_entropy",
+]
 
 
 def _float_array(name: str, value: object) -> np.ndarray:
@@ -29,27 +36,6 @@ def _float_array(name: str, value: object) -> np.ndarray:
     if arr.dtype not in DTYPES:
         raise TypeError(f"{name} must have dtype float32 or float64, got {arr.dtype}")
     return arr
-
-
-def _check_reduction(reduction: object) -> str:
-    if reduction not in REDUCTIONS:
-        raise ValueError(f"reduction must be 'mean' or 'sum', got {reduction!r}")
-    return str(reduction)
-
-
-def _check_mask(mask: object, lead: tuple[int, ...], what: str) -> np.ndarray | None:
-    """``mask`` as a bool array of shape ``lead`` (or None)."""
-    if mask is None:
-        return None
-    m = np.asarray(mask)
-    if m.dtype != np.bool_:
-        raise TypeError(f"mask must be a boolean array, got dtype {m.dtype}")
-    if m.shape != lead[: m.ndim] or m.ndim == 0:
-        raise ValueError(
-            f"mask has shape {m.shape}, expected the leading dimensions of {what}, "
-            f"e.g. {lead[:-1] if len(lead) > 1 else lead} or {lead}"
-        )
-    return m
 
 
 def _weights(mask: np.ndarray | None, shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:

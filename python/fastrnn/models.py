@@ -552,11 +552,12 @@ class _PerStep(_Model):
         out, final = self._parts["rnn"].forward(
             X[:, start:stop], state, lengths=np.maximum(chunk_lens, 1)
         )
-        logits = self._parts["head"].forward(out)
+        head, target = self._parts["head"], y[:, start:stop]
         mask = losses.mask_from_lengths(chunk_lens, stop - start, batch_first=True)
-        loss, dz = losses.softmax_cross_entropy(logits, y[:, start:stop], mask=mask)
-        if backward:
-            self._parts["rnn"].backward(self._parts["head"].backward(dz))
+        if not backward:
+            return losses.softmax_cross_entropy(head.forward(out), target, mask=mask)[0], final
+        loss, dh = head.softmax_cross_entropy(out, target, mask=mask)  # fused head + loss
+        self._parts["rnn"].backward(dh)
         return loss, final
 
     def _loss_backward(self, batch: Sequence[np.ndarray], backward: bool = True) -> float:
@@ -866,12 +867,11 @@ class _Decoder(_Model):
         target = np.where(t < lens[:, None], yy, np.where(t == lens[:, None], K, 0))
         dec, head = self._parts["decoder"], self._parts["head"]
         out, _ = dec.forward(one_hot(prev, K + 1, dtype=self._dtype), state0, lengths=lens + 1)
-        logits = head.forward(out)
         mask = losses.mask_from_lengths(lens + 1, T, batch_first=True)
-        loss, dz = losses.softmax_cross_entropy(logits, target, mask=mask)
         if not backward:
-            return loss, None
-        _, dstate0 = dec.backward(head.backward(dz))
+            return losses.softmax_cross_entropy(head.forward(out), target, mask=mask)[0], None
+        loss, dh = head.softmax_cross_entropy(out, target, mask=mask)  # fused head + loss
+        _, dstate0 = dec.backward(dh)
         return loss, dstate0
 
     def _greedy(self, state: layers.State, B: int, max_length: int | None) -> list[np.ndarray]:

@@ -12,6 +12,7 @@
 #include <string>
 #include <vector>
 
+#include "fastrnn/head.hpp"
 #include "fastrnn/recurrent.hpp"
 
 #ifndef FASTRNN_KERNELS_NAME
@@ -69,12 +70,13 @@ py::array as_array(const py::object& obj, const char* name) {
 
 // Checks one buffer: a C-contiguous array of scalar T with exactly the expected shape.
 template <class T>
-const T* input(const py::object& obj, const char* name, const std::vector<Index>& shape) {
+const T* input(const py::object& obj, const char* name, const std::vector<Index>& shape,
+               const char* dtype_from = "x") {
   py::array a = as_array(obj, name);
   if (!a.dtype().is(py::dtype::of<T>()))
     throw py::type_error(std::string(name) + " has dtype " + std::string(py::str(a.dtype())) +
                          ", expected " + std::string(py::str(py::dtype::of<T>())) +
-                         " (the dtype of x)");
+                         " (the dtype of " + dtype_from + ")");
   std::vector<Index> got(a.shape(), a.shape() + a.ndim());
   if (got != shape)
     throw py::value_error(std::string(name) + " has shape " + shape_str(got) + ", expected " +
@@ -264,12 +266,69 @@ py::tuple backward_impl(const std::string& cell, const std::string& activation, 
   return py::make_tuple(dx, dh0, dc0, dW_ih, dW_hh, db_ih, db_hh, norms);
 }
 
-// The scalar type of a call is the dtype of x.
-char scalar_kind(const py::object& x) {
-  py::array a = as_array(x, "x");
+template <class T>
+py::tuple linear_cross_entropy_impl(const py::object& h, const py::object& weight,
+                                    const py::object& bias, const py::object& targets,
+                                    const py::object& row_weights, double scale, int num_threads,
+                                    bool flush_denormals) {
+  fastrnn::HeadProblem<T> p;
+  py::array ha = as_array(h, "h"), wa = as_array(weight, "weight");
+  if (wa.ndim() != 2 || wa.shape(0) < 1 || wa.shape(1) < 1)
+    throw py::value_error("weight has shape " + array_shape(wa) +
+                          ", expected (K, H) with K >= 1 classes and H >= 1 features");
+  p.K = wa.shape(0);
+  p.H = wa.shape(1);
+  if (ha.ndim() != 2 || ha.shape(1) != p.H)
+    throw py::value_error("h has shape " + array_shape(ha) + ", expected (N, " +
+                          std::to_string(p.H) + ")");
+  p.N = ha.shape(0);
+  p.h = input<T>(h, "h", {p.N, p.H}, "h");
+  p.weight = input<T>(weight, "weight", {p.K, p.H}, "h");
+  p.bias = input<T>(bias, "bias", {p.K}, "h");
+  py::array ya = as_array(targets, "targets");
+  if (!ya.dtype().is(py::dtype::of<std::int64_t>()))
+    throw py::type_error("targets has dtype " + std::string(py::str(ya.dtype())) +
+                         ", expected int64");
+  std::vector<Index> got(ya.shape(), ya.shape() + ya.ndim());
+  if (got != std::vector<Index>{p.N})
+    throw py::value_error("targets has shape " + shape_str(got) + ", expected (" +
+                          std::to_string(p.N) + ",)");
+  if (!(ya.flags() & py::array::c_style)) throw py::value_error("targets must be C-contiguous");
+  p.targets = static_cast<const std::int64_t*>(ya.data());
+  for (Index n = 0; n < p.N; ++n)
+    if (p.targets[n] < 0 || p.targets[n] >= p.K)
+      throw py::value_error("targets must be in 0..K-1 = 0.." + std::to_string(p.K - 1) +
+                            ", got " + std::to_string(p.targets[n]) + " at index " +
+                            std::to_string(n));
+  if (!row_weights.is_none()) p.row_weights = input<T>(row_weights, "row_weights", {p.N}, "h");
+  if (!std::isfinite(scale))
+    throw py::value_error("scale must be finite, got " + std::to_string(scale));
+  p.scale = static_cast<T>(scale);
+  if (num_threads < 1)
+    throw py::value_error("num_threads must be >= 1, got " + std::to_string(num_threads));
+  p.num_threads = num_threads;
+  p.flush_denormals = flush_denormals;
+  auto dh = empty<T>({p.N, p.H});
+  auto dweight = empty<T>({p.K, p.H});
+  auto dbias = empty<T>({p.K});
+  fastrnn::HeadOutput<T> out;
+  out.dh = dh.mutable_data();
+  out.dweight = dweight.mutable_data();
+  out.dbias = dbias.mutable_data();
+  double loss;
+  {
+    py::gil_scoped_release release;
+    loss = fastrnn::linear_cross_entropy(p, out);
+  }
+  return py::make_tuple(loss, dh, dweight, dbias);
+}
+
+// The scalar type of a call is the dtype of its first array (x, or h for the head).
+char scalar_kind(const py::object& x, const char* name = "x") {
+  py::array a = as_array(x, name);
   if (a.dtype().is(py::dtype::of<float>())) return 'f';
   if (a.dtype().is(py::dtype::of<double>())) return 'd';
-  throw py::type_error("x has dtype " + std::string(py::str(a.dtype())) +
+  throw py::type_error(std::string(name) + " has dtype " + std::string(py::str(a.dtype())) +
                        ", expected float32 or float64");
 }
 
@@ -320,4 +379,20 @@ PYBIND11_MODULE(FASTRNN_KERNELS_NAME, m) {
       py::arg("flush_denormals") = true,
       "BPTT; returns (dx, dh0, dc0, dW_ih, dW_hh, db_ih, db_hh, step_norms); dc0 and "
       "step_norms may be None.");
+  m.def(
+      "linear_cross_entropy",
+      [](const py::object& h, const py::object& weight, const py::object& bias,
+         const py::object& targets, const py::object& row_weights, double scale, int num_threads,
+         bool flush_denormals) {
+        if (scalar_kind(h, "h") == 'f')
+          return linear_cross_entropy_impl<float>(h, weight, bias, targets, row_weights, scale,
+                                                  num_threads, flush_denormals);
+        return linear_cross_entropy_impl<double>(h, weight, bias, targets, row_weights, scale,
+                                                 num_threads, flush_denormals);
+      },
+      py::arg("h"), py::arg("weight"), py::arg("bias"), py::arg("targets"),
+      py::arg("row_weights") = py::none(), py::arg("scale") = 1.0, py::arg("num_threads") = 1,
+      py::arg("flush_denormals") = true,
+      "Linear softmax head + cross-entropy, forward and backward; returns (loss, dh, dweight, "
+      "dbias).");
 }

@@ -92,3 +92,8 @@ def backward(
     )
     dparams = {"W_ih": dW_ih, "W_hh": dW_hh, "b_ih": db_ih, "b_hh": db_hh}
     return dx, dh0, dc0, dparams, norms
+
+
+def linear_cross_entropy(h, weight, bias, targets, row_weights, *, scale, num_threads):
+    """The fused head (``src/cpp/fastrnn/head.hpp``); return ``(loss, dh, dweight, dbias)``."""
+    return _kernels.linear_cross_entropy(h, weight, bias, targets, row_weights, scale, num_threads)

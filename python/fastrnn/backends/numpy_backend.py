@@ -395,3 +395,41 @@ def _gru_backward(params, x, h0, hs, saved, dhs, dh_n, active, norms):
             np.copyto(dh, new_dh, where=active[t][:, None])
     dx, dparams = _weight_grads(dA_in, dA_rec, x, hs, h0, params["W_ih"])
     return dx, dh, dparams
+
+
+# --- the output head: linear layer + softmax cross-entropy ------------------------------
+
+
+def linear_cross_entropy(h, weight, bias, targets, row_weights, *, scale, num_threads):
+    """A linear softmax head and its cross-entropy, forward and backward; return
+    ``(loss, dh, dweight, dbias)``.
+
+    ``h`` (N, H), ``weight`` (K, H) [V], ``bias`` (K,) [c], ``targets`` (N,) int64 in
+    0..K-1, ``row_weights`` (N,) or ``None`` (all 1), ``scale`` a float. With
+    ``z = h @ weight.T + bias`` and ``w = scale * row_weights``::
+
+        loss  = sum_n w_n (logsumexp(z_n) - z_n[targets_n])
+        dz_n  = w_n (softmax(z_n) - onehot(targets_n))
+        dh = dz @ weight,   dweight = dz^T h,   dbias = sum_n dz_n
+
+    The logits are kept class-major, (K, N): every reduction over the classes is then an
+    element-wise operation across K rows, which NumPy does several times faster than a
+    reduction along a short last axis (and ``weight @ h.T`` is one plain GEMM).
+    """
+    del num_threads
+    N = h.shape[0]
+    z = weight @ h.T  # (K, N) logits
+    z += bias[:, None]
+    z -= z.max(axis=0)  # log-sum-exp with one exp: softmax = e / sum(e)
+    rows = np.arange(N)
+    picked = z[targets, rows]  # z_y - max
+    np.exp(z, out=z)
+    sums = z.sum(axis=0)
+    nll = np.log(sums) - picked
+    w = np.full(N, scale, dtype=h.dtype)
+    if row_weights is not None:
+        w *= row_weights
+    loss = float(np.sum(nll * w, dtype=np.float64))
+    z *= w / sums  # w * softmax
+    z[targets, rows] -= w  # - w * onehot
+    return loss, z.T @ weight, z @ h, z.sum(axis=1)

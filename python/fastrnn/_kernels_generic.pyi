@@ -1,0 +1,73 @@
+"""Type stub for the compiled kernel modules ``fastrnn._kernels_generic``,
+``_kernels_avx2`` and ``_kernels_avx512``: one source (``src/cpp/kernels_module.cpp``)
+compiled once per instruction-set level, with the same functions. Every buffer is checked
+(dtype, C order, shape, ranges) before the GIL is released; bad input raises
+``TypeError``/``ValueError``. Called through ``fastrnn.backends.cpp_backend``.
+"""
+
+import numpy as np
+
+ISA: str
+EIGEN_SIMD: str
+FLAGS: str
+
+def forward(
+    cell: str,
+    activation: str,
+    negative_slope: float,
+    W_ih: np.ndarray,
+    W_hh: np.ndarray,
+    b_ih: np.ndarray,
+    b_hh: np.ndarray,
+    x: np.ndarray,
+    h0: np.ndarray,
+    c0: np.ndarray | None = None,
+    lengths: np.ndarray | None = None,
+    num_threads: int = 1,
+    flush_denormals: bool = True,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray | None, np.ndarray | None, np.ndarray | None]:
+    """Forward pass; returns (hs, h_n, c_n, gates, extra); c_n, gates, extra may be None."""
+
+def backward(
+    cell: str,
+    activation: str,
+    negative_slope: float,
+    W_ih: np.ndarray,
+    W_hh: np.ndarray,
+    x: np.ndarray,
+    h0: np.ndarray,
+    c0: np.ndarray | None,
+    hs: np.ndarray,
+    gates: np.ndarray | None,
+    extra: np.ndarray | None,
+    dhs: np.ndarray,
+    dh_n: np.ndarray,
+    dc_n: np.ndarray | None,
+    lengths: np.ndarray | None = None,
+    num_threads: int = 1,
+    step_norms: bool = False,
+    flush_denormals: bool = True,
+) -> tuple[
+    np.ndarray,
+    np.ndarray,
+    np.ndarray | None,
+    np.ndarray,
+    np.ndarray,
+    np.ndarray,
+    np.ndarray,
+    np.ndarray | None,
+]:
+    """BPTT; returns (dx, dh0, dc0, dW_ih, dW_hh, db_ih, db_hh, step_norms)."""
+
+def linear_cross_entropy(
+    h: np.ndarray,
+    weight: np.ndarray,
+    bias: np.ndarray,
+    targets: np.ndarray,
+    row_weights: np.ndarray | None = None,
+    scale: float = 1.0,
+    num_threads: int = 1,
+    flush_denormals: bool = True,
+) -> tuple[float, np.ndarray, np.ndarray, np.ndarray]:
+    """Linear softmax head + cross-entropy, forward and backward; returns
+    (loss, dh, dweight, dbias)."""
