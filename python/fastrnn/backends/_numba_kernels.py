@@ -3,11 +3,11 @@
 The public adapter (:mod:`fastrnn.backends.numba_backend`) validates nothing (the
 functional core did), allocates, and calls these kernels. Every time-loop kernel works
 on a contiguous range ``b0:b1`` of the sequences of a batch, with its own time loop (and
-the product kernels on a range of rows): the serial call is ``kernel(0, B, ...)`` and the
-``*_parallel`` wrappers split the range into chunks over ``prange``. Only the real
-steps of each sequence are computed (they are a prefix, so ``hs[t-1, b]`` is the
-previous state); padded steps get zero outputs and zero gradients, and the state and its
-gradient pass through them unchanged.
+the product kernels and the fused head on a range of rows): the serial call is
+``kernel(0, B, ...)`` and the ``*_parallel`` wrappers split the range into chunks over
+``prange``. Only the real steps of each sequence are computed (they are a prefix, so
+``hs[t-1, b]`` is the previous state); padded steps get zero outputs and zero gradients,
+and the state and its gradient pass through them unchanged.
 
 Nothing is allocated inside a time loop: the per-step product of a chunk goes to one
 scratch matrix sized before the loop, the gate math runs right after it, reading the
@@ -25,8 +25,9 @@ import math
 import threading
 
 import numpy as np
+from llvmlite import ir
 from numba import njit, prange, types
-from numba.extending import overload
+from numba.extending import intrinsic, overload
 
 # Contraction to FMA and reassociation (to vectorize the dot products); NaN and inf keep
 # their IEEE meaning so that a diverging network shows up as it does in the reference.
@@ -102,6 +103,67 @@ def _ol_sigmoid(v):
         return lambda v: _HALF32 * tanh(_HALF32 * v) + _HALF32
     if isinstance(v, types.Float):
         return lambda v: 0.5 * math.tanh(0.5 * v) + 0.5
+    return None
+
+
+# float32 exp for the softmax of the fused head: Cephes' expf (a degree-5 polynomial on
+# [-ln2/2, ln2/2] after x = n ln2 + r, with 2^n built in the exponent bits), within 1 ulp
+# of the exact value; below exp(-87.34) = 2^-126 it gives 0 (no subnormals). Plain
+# arithmetic and one bit cast, so the loops over the logits vectorize; math.exp is a
+# scalar libm call per element (numba has no vector exp without Intel's SVML), 8x slower.
+# Its own fastmath flags (``contract`` only): reassociation would undo the range reduction.
+
+_E_LO, _E_HI = _F(-87.3365447505531), _F(88.7228391116729)  # log(2^-126), log(FLT_MAX)
+_LOG2E = _F(1.44269504088896341)
+_LN2_HI, _LN2_LO = _F(0.693359375), _F(-2.12194440e-4)  # ln 2 in two parts
+_E0, _E1, _E2 = _F(1.9875691500e-4), _F(1.3981999507e-3), _F(8.3334519073e-3)
+_E3, _E4, _E5 = _F(4.1665795894e-2), _F(1.6666665459e-1), _F(5.0000001201e-1)
+_ZERO32, _ONE32, _INF32 = _F(0), _F(1), _F(np.inf)
+_EXP_JIT = {"fastmath": {"contract"}, "error_model": "numpy"}
+
+
+def exp(v):
+    """exp of a scalar (the Python twin of the jitted overload below)."""
+    return math.exp(v)
+
+
+@intrinsic
+def _f32_from_bits(typingctx, bits):
+    """The float32 whose IEEE bits are the int32 ``bits``."""
+    if not (isinstance(bits, types.Integer) and bits.bitwidth == 32):
+        return None
+
+    def codegen(context, builder, sig, args):
+        return builder.bitcast(args[0], ir.FloatType())
+
+    return types.float32(bits), codegen
+
+
+def _exp_f32(v):
+    x = _E_HI if v > _E_HI else v  # the clamps keep NaN, as in _tanh_f32
+    x = _E_LO if x < _E_LO else x
+    n = np.floor(x * _LOG2E + _HALF32)  # x = n ln2 + r, |r| <= ln2 / 2
+    n = n if n > _F(-126) else _F(-126)  # also NaN -> -126, a defined int conversion
+    n = _F(127) if n > _F(127) else n
+    r = x - n * _LN2_HI
+    r = r - n * _LN2_LO
+    p = _E0 * r + _E1
+    p = p * r + _E2
+    p = p * r + _E3
+    p = p * r + _E4
+    p = p * r + _E5
+    p = p * (r * r) + r + _ONE32  # exp(r)
+    y = p * _f32_from_bits(np.int32((np.int64(n) + 127) << 23))  # * 2^n
+    y = _ZERO32 if v < _E_LO else y
+    return _INF32 if v > _E_HI else y
+
+
+@overload(exp, jit_options=_EXP_JIT)
+def _ol_exp(v):
+    if _is_f32(v):
+        return _exp_f32
+    if isinstance(v, types.Float):
+        return lambda v: math.exp(v)
     return None
 
 
@@ -475,6 +537,113 @@ def matmul_tn_parallel(a, b, out, chunks):
             out[i, j] = s
 
 
+# --- the fused softmax head: linear layer, softmax cross-entropy and its gradients ------
+#
+# Rows r0:r1 of h, by blocks of _HEAD_BLOCK rows: a block's logits (128 KiB at K=32 in
+# float32) stay in the core's L2 cache between the product that makes them and the two
+# that use them. A block's logits are kept class-major, (K, rows), as in the reference:
+# the max, the sum of the exponentials and the scaling by 1 / sum run down the classes
+# with every row in its own SIMD lane, whatever K is (row-major, a short last axis needs
+# a horizontal reduction per row: about 15% slower overall at K=32). Three products per
+# block, each one BLAS call: z = weight @ h_blk^T, dweight += dz @ h_blk, dh_blk = dz^T
+# @ weight; they take about 90% of the time. A fourth BLAS call sums the columns of dz
+# (dbias): a reduction vectorized by LLVM adds in an order that can differ between the
+# serial kernel and its copy inlined in the parallel one, and the result must not depend
+# on which ran. The block size matters little: N=160000, H=64, K=32, float32, one BLAS
+# thread, 27.4 ms with blocks of 256 rows, 26.8 with 512 or 1024, 27.1 with 2048 (2
+# threads: 14.1, 13.8, 13.8, 13.8). Each block's loss and products are added to float64
+# sums of the kernel's rows; the caller adds up all ranges' sums.
+
+_HEAD_BLOCK = 1024
+
+
+@njit(**_JIT)
+def linear_cross_entropy(
+    r0, r1, h, weight, bias, targets, row_weights, scale, dh, dweight, dbias, loss
+):
+    """Rows r0:r1: ``dh[r0:r1]`` gets their dL/dh; ``dweight`` (K, H), ``dbias`` (K,) and
+    ``loss[0]`` get their sums over these rows (float64). ``row_weights`` is empty for all
+    ones; a row's weight is ``scale * row_weights[n]``."""
+    K, H = weight.shape
+    dt = h.dtype
+    zero = dt.type(0)
+    weighted = row_weights.shape[0] > 0
+    buf = np.empty(K * _HEAD_BLOCK, dtype=dt)
+    mx = np.empty(_HEAD_BLOCK, dtype=dt)  # the row maxima, then w / sum(exp)
+    picked = np.empty(_HEAD_BLOCK, dtype=dt)  # z_y - max
+    sums = np.empty(_HEAD_BLOCK, dtype=dt)
+    tmp = np.empty((K, H), dtype=dt)
+    ones = np.ones(_HEAD_BLOCK, dtype=dt)
+    colsum = np.empty(K, dtype=dt)
+    dweight[:] = 0.0
+    dbias[:] = 0.0
+    total = 0.0
+    for s in range(r0, r1, _HEAD_BLOCK):
+        e = min(s + _HEAD_BLOCK, r1)
+        n = e - s
+        z = buf[: K * n].reshape(K, n)
+        np.dot(weight, h[s:e].T, z)  # the logits, less the bias, class-major
+        for i in range(n):
+            mx[i] = z[0, i] + bias[0]
+            sums[i] = zero
+        for k in range(K):
+            for i in range(n):
+                v = z[k, i] + bias[k]
+                z[k, i] = v
+                mx[i] = v if v > mx[i] else mx[i]
+        for i in range(n):
+            picked[i] = z[targets[s + i], i] - mx[i]
+        for k in range(K):
+            for i in range(n):
+                v = exp(z[k, i] - mx[i])  # softmax = exp(z - max) / sum: one exp
+                z[k, i] = v
+                sums[i] += v
+        for i in range(n):  # nll = logsumexp(z) - z_y = log(sum) - (z_y - max)
+            w = scale * row_weights[s + i] if weighted else scale
+            total += np.float64(w) * (math.log(np.float64(sums[i])) - np.float64(picked[i]))
+            mx[i] = w / sums[i]
+        for k in range(K):
+            for i in range(n):
+                z[k, i] *= mx[i]  # w * softmax
+        for i in range(n):  # - w * onehot
+            w = scale * row_weights[s + i] if weighted else scale
+            z[targets[s + i], i] -= w
+        np.dot(z, ones[:n], colsum)  # dbias: BLAS sums the same way in any caller
+        for k in range(K):
+            dbias[k] += colsum[k]
+        np.dot(z, h[s:e], tmp)  # dweight += dz^T h
+        for k in range(K):
+            for j in range(H):
+                dweight[k, j] += tmp[k, j]
+        np.dot(z.T, weight, dh[s:e])  # dh = dz @ weight
+    loss[0] = total
+
+
+@njit(parallel=True, **_JIT)
+def linear_cross_entropy_parallel(
+    h, weight, bias, targets, row_weights, scale, dh, dweight, dbias, loss, chunks
+):
+    """Contiguous chunks of rows over ``prange``; chunk ``c`` writes its sums to
+    ``dweight[c]``, ``dbias[c]`` and ``loss[c]``, which the caller adds up."""
+    N = h.shape[0]
+    for c in prange(chunks):
+        r0, r1 = c * N // chunks, (c + 1) * N // chunks
+        linear_cross_entropy(
+            r0,
+            r1,
+            h,
+            weight,
+            bias,
+            targets,
+            row_weights,
+            scale,
+            dh,
+            dweight[c],
+            dbias[c],
+            loss[c : c + 1],
+        )
+
+
 # --- explicit signatures, compiled on first use ------------------------------------------
 
 
@@ -496,6 +665,12 @@ def _signatures(dtype: type) -> dict[str, tuple]:
     }
     sigs = {name: (i, i, *args) for name, args in serial.items()}
     sigs.update({f"{name}_parallel": (*args, i) for name, args in serial.items()})
+    # the head: h, weight, bias, targets, row_weights, scale, dh, then the float64 sums of
+    # dweight, dbias and the loss: of the kernel's rows, or one per chunk of rows
+    head = (m, m, v, lens, v, f, m)
+    sums = types.float64[::1]
+    sigs["linear_cross_entropy"] = (i, i, *head, d, sums, sums)
+    sigs["linear_cross_entropy_parallel"] = (*head, types.float64[:, :, ::1], d, sums, i)
     return sigs
 
 

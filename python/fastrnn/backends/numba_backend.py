@@ -124,24 +124,32 @@ def _lengths(lengths: np.ndarray | None, T: int, B: int) -> np.ndarray:
     return np.full(B, T, dtype=np.int64) if lengths is None else _writable(lengths)
 
 
+def _run_parallel(name: str, dtype: np.dtype, chunks: int, *args) -> bool:
+    """Kernel ``{name}_parallel`` over ``chunks`` chunks, on up to as many threads; ``False``
+    (and nothing run) if there is one chunk, threads are unusable, or another parallel
+    region is running."""
+    if chunks <= 1 or not _threads_usable or not _parallel_lock.acquire(blocking=False):
+        return False
+    try:
+        kernel = _k.compiled(f"{name}_parallel", dtype.type)
+        previous = numba.get_num_threads()
+        numba.set_num_threads(min(chunks, numba.config.NUMBA_NUM_THREADS))
+        try:
+            kernel(*args, chunks)
+        finally:
+            numba.set_num_threads(previous)
+    finally:
+        _parallel_lock.release()
+    return True
+
+
 def _run(name: str, dtype: np.dtype, n: int, num_threads: int, *args) -> None:
     """Kernel ``name`` over ``n`` independent units (sequences, or rows of a product):
     serially, or split into contiguous chunks over up to ``num_threads`` threads."""
     chunks = min(int(num_threads), n, numba.config.NUMBA_NUM_THREADS) if _threads_usable else 1
     with _single_threaded_blas():
-        if chunks > 1 and _parallel_lock.acquire(blocking=False):
-            try:
-                kernel = _k.compiled(f"{name}_parallel", dtype.type)
-                previous = numba.get_num_threads()
-                numba.set_num_threads(chunks)
-                try:
-                    kernel(*args, chunks)
-                finally:
-                    numba.set_num_threads(previous)
-            finally:
-                _parallel_lock.release()
-            return
-        _k.compiled(name, dtype.type)(0, n, *args)
+        if not _run_parallel(name, dtype, chunks, *args):
+            _k.compiled(name, dtype.type)(0, n, *args)
 
 
 def _matmul(a: np.ndarray, b: np.ndarray, num_threads: int) -> np.ndarray:
@@ -282,6 +290,43 @@ def backward(
     }
     dx = _matmul(flat, params["W_ih"], num_threads).reshape(T, B, D)
     return dx, dh, dc, dparams, np.ascontiguousarray(norms.T) if step_norms else None
+
+
+# --- the fused softmax head -------------------------------------------------------------
+
+# Rows per thread below which the head does not split: a chunk must be worth the start of
+# a parallel region and the reduction of its own (K, H) partial sums.
+_HEAD_ROWS_PER_THREAD = 1024
+
+
+def linear_cross_entropy(h, weight, bias, targets, row_weights, *, scale, num_threads):
+    """The contract of :func:`fastrnn.backends.numpy_backend.linear_cross_entropy`, block
+    by block of rows (the logits never exist for all rows at once).
+
+    The rows are split into ``min(num_threads, N // 1024)`` contiguous chunks (at least
+    one); each sums its share of the loss, ``dweight`` and ``dbias`` in float64, and the
+    chunks' sums are added in order after the kernel. The chunks depend on ``N`` and
+    ``num_threads`` only, and run one after the other when they cannot run in parallel, so
+    a call gives the same bits every time.
+    """
+    N, H = h.shape
+    K = weight.shape[0]
+    dt = h.dtype
+    chunks = max(1, min(int(num_threads), N // _HEAD_ROWS_PER_THREAD))
+    rw = np.empty(0, dtype=dt) if row_weights is None else _writable(row_weights)
+    dh = np.empty((N, H), dtype=dt)
+    dweight = np.empty((chunks, K, H))  # float64 sums, one per chunk
+    dbias = np.empty((chunks, K))
+    loss = np.empty(chunks)
+    args = (_writable(h), _writable(weight), _writable(bias), _writable(targets), rw)
+    args = (*args, dt.type(scale), dh)
+    with _single_threaded_blas():
+        if not _run_parallel("linear_cross_entropy", dt, chunks, *args, dweight, dbias, loss):
+            kernel = _k.compiled("linear_cross_entropy", dt.type)
+            for c in range(chunks):  # the same chunks, serially
+                r0, r1 = c * N // chunks, (c + 1) * N // chunks
+                kernel(r0, r1, *args, dweight[c], dbias[c], loss[c : c + 1])
+    return float(loss.sum()), dh, dweight.sum(axis=0).astype(dt), dbias.sum(axis=0).astype(dt)
 
 
 # --- ahead-of-time compilation ---------------------------------------------------------
