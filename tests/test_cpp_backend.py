@@ -340,3 +340,81 @@ def test_saves_at_most_g_plus_one_h_values_per_step(cell, gates):
     saved = [] if res.saved is None else list(res.saved)
     total = sum(a.size for a in saved)
     assert total == (0 if cell == "rnn" else T * B * (gates + 1) * H)
+
+
+# --- the fused head's raw entry point ---------------------------------------------------
+
+
+def _head_args(dtype=np.float64):
+    rng = np.random.default_rng(0)
+    return {
+        "h": rng.normal(size=(6, 5)).astype(dtype),
+        "weight": rng.normal(size=(4, 5)).astype(dtype),
+        "bias": rng.normal(size=4).astype(dtype),
+        "targets": np.array([0, 1, 2, 3, 0, 1], dtype=np.int64),
+        "row_weights": None,
+        "scale": 1.0,
+        "num_threads": 1,
+    }
+
+
+BAD_HEAD = [
+    ("h", lambda a: a["h"].astype(np.int32), TypeError, "h has dtype int32"),
+    ("h", lambda a: a["h"][:, :4].copy(), ValueError, r"h has shape \(6, 4\), expected \(N, 5\)"),
+    ("h", lambda a: a["h"][None], ValueError, r"h has shape \(1, 6, 5\)"),
+    ("h", lambda a: np.asfortranarray(a["h"]), ValueError, "h must be C-contiguous"),
+    ("weight", lambda a: a["weight"][0], ValueError, r"weight has shape \(5,\)"),
+    ("weight", lambda a: a["weight"][:0], ValueError, r"weight has shape \(0, 5\)"),
+    ("weight", lambda a: a["weight"].astype(np.float32), TypeError, "weight has dtype float32"),
+    ("bias", lambda a: a["bias"][:3], ValueError, r"bias has shape \(3,\), expected \(4,\)"),
+    ("bias", lambda a: "0", TypeError, "bias must be a numpy array"),
+    ("targets", lambda a: a["targets"].astype(np.int32), TypeError, "targets has dtype int32"),
+    ("targets", lambda a: a["targets"][:5], ValueError, r"targets has shape \(5,\)"),
+    ("targets", lambda a: a["targets"] + 1, ValueError, r"targets must be in 0\.\.K-1 = 0\.\.3"),
+    ("targets", lambda a: a["targets"] - 1, ValueError, "got -1 at index 0"),
+    ("row_weights", lambda a: np.ones(5), ValueError, r"row_weights has shape \(5,\)"),
+    ("row_weights", lambda a: np.ones(6, np.float32), TypeError, "row_weights has dtype"),
+    ("scale", lambda a: float("inf"), ValueError, "scale must be finite"),
+    ("num_threads", lambda a: 0, ValueError, "num_threads must be >= 1"),
+]
+
+
+@pytest.mark.parametrize(
+    ("name", "make", "error", "match"),
+    BAD_HEAD,
+    ids=[f"{n}-{i}" for i, (n, *_) in enumerate(BAD_HEAD)],
+)
+def test_raw_head_rejects_bad_input(name, make, error, match):
+    args = _head_args()
+    args[name] = make(args)
+    with pytest.raises(error, match=match):
+        cpp_backend._kernels.linear_cross_entropy(**args)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_raw_head_with_no_rows(dtype):
+    args = _head_args(dtype)
+    args.update(h=args["h"][:0], targets=args["targets"][:0])
+    loss, dh, dweight, dbias = cpp_backend._kernels.linear_cross_entropy(**args)
+    assert loss == 0.0 and dh.shape == (0, 5) and dh.dtype == dtype
+    assert not dweight.any() and not dbias.any()
+
+
+@pytest.mark.skipif(not hasattr(os, "sched_setaffinity"), reason="needs os.sched_setaffinity")
+def test_workers_leave_the_callers_cpu_affinity_alone(threads):
+    """Worker threads are kept off the caller's CPU by their own affinity; the caller's is
+    never touched, and a caller restricted to one CPU still gets correct results."""
+    allowed = os.sched_getaffinity(0)
+    case = make_case("lstm", T=40, B=6, D=5, H=12, lengths=True, h0=True, seed=4)
+    fastrnn.set_num_threads(1)
+    want = _forward_backward(case, "lstm")
+    try:
+        for cpus in ({min(allowed)}, allowed):  # one CPU: nothing to keep off
+            os.sched_setaffinity(0, cpus)
+            fastrnn.set_num_threads(3)
+            got = _forward_backward(case, "lstm")
+            assert os.sched_getaffinity(0) == cpus
+            for a, b in zip(got, want, strict=True):
+                _same(a, b)
+    finally:
+        os.sched_setaffinity(0, allowed)

@@ -1,8 +1,8 @@
 """fastrnn: fast CPU recurrent networks (RNN, LSTM, GRU) with backpropagation through time.
 
-The functional core (:func:`forward`, :func:`backward`, :func:`init_params`) runs on one
-of several backends behind one API: ``"numpy"`` (the reference), ``"numba"`` and
-``"cpp"`` (C++/Eigen); choose with :func:`set_backend`, :func:`use_backend`, the
+The functional core (:func:`forward`, :func:`backward`, :func:`init_params`, and the
+output head :func:`linear_cross_entropy`) runs on one of several backends behind one API:
+``"numpy"`` (the reference), ``"numba"`` and ``"cpp"`` (C++/Eigen); choose with :func:`set_backend`, :func:`use_backend`, the
 ``backend=`` argument or the ``FASTRNN_BACKEND`` environment variable.
 """
 
@@ -19,7 +19,15 @@ from ._config import (
     unavailable_backends,
     use_backend,
 )
-from .functional import ForwardResult, Gradients, backward, forward, init_params
+from .functional import (
+    ForwardResult,
+    Gradients,
+    HeadGradients,
+    backward,
+    forward,
+    init_params,
+    linear_cross_entropy,
+)
 
 __version__ = "0.1.0"
 
@@ -77,6 +85,7 @@ def __dir__() -> list[str]:
 __all__ = [
     "ForwardResult",
     "Gradients",
+    "HeadGradients",
     "__version__",
     "available_backends",
     "backward",
@@ -85,6 +94,7 @@ __all__ = [
     "get_backend",
     "get_num_threads",
     "init_params",
+    "linear_cross_entropy",
     "set_backend",
     "set_num_threads",
     "unavailable_backends",
