@@ -2,8 +2,9 @@
 
 The functional core (:func:`forward`, :func:`backward`, :func:`init_params`, and the
 output head :func:`linear_cross_entropy`) runs on one of several backends behind one API:
-``"numpy"`` (the reference), ``"numba"`` and ``"cpp"`` (C++/Eigen); choose with :func:`set_backend`, :func:`use_backend`, the
-``backend=`` argument or the ``FASTRNN_BACKEND`` environment variable.
+``"numpy"`` (the reference), ``"numba"`` and ``"cpp"`` (C++/Eigen); choose with
+:func:`set_backend`, :func:`use_backend`, the ``backend=`` argument or the
+``FASTRNN_BACKEND`` environment variable.
 """
 
 from __future__ import annotations
