@@ -90,11 +90,15 @@ def _threads(config: pytest.Config) -> list[int]:
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
-    """Parametrize ``shape_cell`` (each shape with its cells), ``dtype`` and ``threads``."""
+    """Parametrize ``shape_cell`` (each shape with its cells), ``bench_shape`` (each shape),
+    ``dtype`` and ``threads``."""
     config = metafunc.config
     if "shape_cell" in metafunc.fixturenames:
         pairs = [(s, c) for s in SIZES[_size(config)].values() for c in s.cells]
         metafunc.parametrize("shape_cell", pairs, ids=[f"{s.name}-{c}" for s, c in pairs])
+    if "bench_shape" in metafunc.fixturenames:  # a shape alone, for cell-free workloads
+        shapes = list(SIZES[_size(config)].values())
+        metafunc.parametrize("bench_shape", shapes, ids=[s.name for s in shapes])
     if "dtype" in metafunc.fixturenames:
         metafunc.parametrize("dtype", DTYPES, ids=["f32", "f64"])
     if "threads" in metafunc.fixturenames:
