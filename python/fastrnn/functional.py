@@ -223,6 +223,32 @@ def _check_mask(mask: object, lead: tuple[int, ...], what: str) -> np.ndarray | 
     return m
 
 
+def _check_targets(
+    targets: object, lead: tuple[int, ...], K: int, mask: object, meaning: str
+) -> tuple[np.ndarray, np.ndarray | None]:
+    """Integer class ``targets`` of shape ``lead`` in 0..K-1 wherever ``mask`` (a prefix
+    of ``lead``, see :func:`_check_mask`) is set. Returns the targets with masked entries
+    replaced by 0 (any value is allowed there) and the mask broadcast to ``lead`` (or
+    None)."""
+    try:
+        y = np.asarray(targets)
+    except Exception as exc:
+        raise TypeError(f"targets must be an integer array of shape {lead}: {exc}") from None
+    if y.dtype.kind not in "iu":
+        raise TypeError(f"targets must be integer class indices, got dtype {y.dtype}")
+    _check_shape("targets", y, lead, meaning)
+    m = _check_mask(mask, lead, "targets") if lead else None
+    live = None
+    if m is not None:
+        live = np.broadcast_to(m.reshape(m.shape + (1,) * (len(lead) - m.ndim)), lead)
+    bad = (y < 0) | (y >= K)
+    if live is not None:
+        bad &= live
+    if np.any(bad):
+        raise ValueError(f"targets must be in 0..{K - 1} at unmasked positions, got {y[bad][:5]}")
+    return (y if live is None else np.where(live, y, 0)), live
+
+
 def _backend_name(backend: str | None) -> str:
     if backend is None:
         return _config.get_backend()
@@ -501,36 +527,19 @@ def linear_cross_entropy(
             f"h has shape {h.shape}, expected (..., {H}) (last axis hidden_size={H} from weight)"
         )
     lead = h.shape[:-1]
-    try:
-        y = np.asarray(targets)
-    except Exception as exc:
-        raise TypeError(f"targets must be an integer array of shape {lead}: {exc}") from None
-    if y.dtype.kind not in "iu":
-        raise TypeError(f"targets must be integer class indices, got dtype {y.dtype}")
-    _check_shape("targets", y, lead, "(h without its last, hidden axis)")
     reduction = _check_reduction(reduction)
-    m = _check_mask(mask, lead, "targets") if lead else None
+    y, live = _check_targets(targets, lead, K, mask, "(h without its last, hidden axis)")
     N = math.prod(lead)
     _check_memory(
         dtype.itemsize * N * (2 * K + H) + 8 * N,
         f"linear_cross_entropy of {N} rows, {H} features and {K} classes in {dtype}",
     )
-    live = None
-    if m is not None:
-        live = np.broadcast_to(m.reshape(m.shape + (1,) * (len(lead) - m.ndim)), lead)
-    bad = (y < 0) | (y >= K)
-    if live is not None:
-        bad &= live
-    if np.any(bad):
-        raise ValueError(f"targets must be in 0..{K - 1} at unmasked positions, got {y[bad][:5]}")
     y = np.ascontiguousarray(y.reshape(N), dtype=np.int64)
     row_weights = None
     count = float(N)
     if live is not None:
-        live = live.reshape(N)
         count = float(np.count_nonzero(live))
-        y = np.where(live, y, 0)  # any value is allowed at masked positions
-        row_weights = np.ascontiguousarray(live, dtype=dtype)
+        row_weights = np.ascontiguousarray(live.reshape(N), dtype=dtype)
     name = _backend_name(backend)
     if count == 0:  # nothing to learn from: zero loss and gradients
         return HeadGradients(0.0, np.zeros_like(h), np.zeros_like(weight), np.zeros_like(bias))

@@ -19,7 +19,14 @@ from __future__ import annotations
 
 import numpy as np
 
-from .functional import DTYPES, REDUCTIONS, _check_mask, _check_reduction, linear_cross_entropy
+from .functional import (
+    DTYPES,
+    REDUCTIONS,
+    _check_mask,
+    _check_reduction,
+    _check_targets,
+    linear_cross_entropy,
+)
 
 __all__ = [
     "REDUCTIONS",
@@ -95,25 +102,11 @@ def softmax_cross_entropy(
     reduction = _check_reduction(reduction)
     if z.ndim < 1 or z.shape[-1] < 1:
         raise ValueError(f"logits has shape {z.shape}, expected (..., K) with K >= 1 classes")
-    y = np.asarray(targets)
-    if y.dtype.kind not in "iu":
-        raise TypeError(f"targets must be integer class indices, got dtype {y.dtype}")
-    if y.shape != z.shape[:-1]:
-        raise ValueError(
-            f"targets has shape {y.shape}, expected {z.shape[:-1]} (logits without its "
-            "last, class axis)"
-        )
-    m = _check_mask(mask, y.shape, "targets") if y.ndim else None
     K = z.shape[-1]
-    live = (
-        np.ones(y.shape, dtype=bool)
-        if m is None
-        else np.broadcast_to(m.reshape(m.shape + (1,) * (y.ndim - m.ndim)), y.shape)
+    y, live = _check_targets(
+        targets, z.shape[:-1], K, mask, "(logits without its last, class axis)"
     )
-    bad = live & ((y < 0) | (y >= K))
-    if np.any(bad):
-        raise ValueError(f"targets must be in 0..{K - 1} at unmasked positions, got {y[bad][:5]}")
-    y_safe = (np.where(live, y, 0) if m is not None else y)[..., None]
+    y_safe = y[..., None]
     # log-sum-exp, with one exp: e = exp(z - max), softmax = e / sum(e),
     # log softmax[y] = (z - max)[y] - log(sum(e))
     grad = z - z.max(axis=-1, keepdims=True)
@@ -123,7 +116,7 @@ def softmax_cross_entropy(
     picked -= np.log(sums[..., 0])
     grad /= sums  # softmax; dL/dz = softmax - onehot(y), times the weights
     np.put_along_axis(grad, y_safe, np.take_along_axis(grad, y_safe, -1) - 1, -1)
-    if m is None:
+    if live is None:
         total = -float(np.sum(picked, dtype=np.float64))
         count = float(picked.size)
     else:
