@@ -100,23 +100,31 @@ const T* optional_input(const py::object& obj, const char* name, const std::vect
   return input<T>(obj, name, shape);
 }
 
-const std::int64_t* lengths_input(const py::object& obj, Index steps, Index B) {
-  if (obj.is_none()) return nullptr;
-  py::array a = as_array(obj, "lengths");
+// A C-contiguous int64 array of shape (n,) with every value in lo..hi; `range` names the
+// range in the message.
+const std::int64_t* int64_input(const py::object& obj, const char* name, Index n,
+                                std::int64_t lo, std::int64_t hi, const std::string& range) {
+  py::array a = as_array(obj, name);
   if (!a.dtype().is(py::dtype::of<std::int64_t>()))
-    throw py::type_error("lengths has dtype " + std::string(py::str(a.dtype())) +
+    throw py::type_error(std::string(name) + " has dtype " + std::string(py::str(a.dtype())) +
                          ", expected int64");
   std::vector<Index> got(a.shape(), a.shape() + a.ndim());
-  if (got != std::vector<Index>{B})
-    throw py::value_error("lengths has shape " + shape_str(got) + ", expected (" +
-                          std::to_string(B) + ",)");
-  if (!(a.flags() & py::array::c_style)) throw py::value_error("lengths must be C-contiguous");
-  const auto* lens = static_cast<const std::int64_t*>(a.data());
-  for (Index b = 0; b < B; ++b)
-    if (lens[b] < 1 || lens[b] > steps)
-      throw py::value_error("lengths must be in 1..T = 1.." + std::to_string(steps) + ", got " +
-                            std::to_string(lens[b]) + " at index " + std::to_string(b));
-  return lens;
+  if (got != std::vector<Index>{n})
+    throw py::value_error(std::string(name) + " has shape " + shape_str(got) + ", expected (" +
+                          std::to_string(n) + ",)");
+  if (!(a.flags() & py::array::c_style))
+    throw py::value_error(std::string(name) + " must be C-contiguous");
+  const auto* v = static_cast<const std::int64_t*>(a.data());
+  for (Index i = 0; i < n; ++i)
+    if (v[i] < lo || v[i] > hi)
+      throw py::value_error(std::string(name) + " must be in " + range + ", got " +
+                            std::to_string(v[i]) + " at index " + std::to_string(i));
+  return v;
+}
+
+const std::int64_t* lengths_input(const py::object& obj, Index steps, Index B) {
+  if (obj.is_none()) return nullptr;
+  return int64_input(obj, "lengths", B, 1, steps, "1..T = 1.." + std::to_string(steps));
 }
 
 // The sizes of a problem, read from x (T, B, D) and W_hh (G*H, H).
@@ -285,21 +293,8 @@ py::tuple linear_cross_entropy_impl(const py::object& h, const py::object& weigh
   p.h = input<T>(h, "h", {p.N, p.H}, "h");
   p.weight = input<T>(weight, "weight", {p.K, p.H}, "h");
   p.bias = input<T>(bias, "bias", {p.K}, "h");
-  py::array ya = as_array(targets, "targets");
-  if (!ya.dtype().is(py::dtype::of<std::int64_t>()))
-    throw py::type_error("targets has dtype " + std::string(py::str(ya.dtype())) +
-                         ", expected int64");
-  std::vector<Index> got(ya.shape(), ya.shape() + ya.ndim());
-  if (got != std::vector<Index>{p.N})
-    throw py::value_error("targets has shape " + shape_str(got) + ", expected (" +
-                          std::to_string(p.N) + ",)");
-  if (!(ya.flags() & py::array::c_style)) throw py::value_error("targets must be C-contiguous");
-  p.targets = static_cast<const std::int64_t*>(ya.data());
-  for (Index n = 0; n < p.N; ++n)
-    if (p.targets[n] < 0 || p.targets[n] >= p.K)
-      throw py::value_error("targets must be in 0..K-1 = 0.." + std::to_string(p.K - 1) +
-                            ", got " + std::to_string(p.targets[n]) + " at index " +
-                            std::to_string(n));
+  p.targets = int64_input(targets, "targets", p.N, 0, p.K - 1,
+                          "0..K-1 = 0.." + std::to_string(p.K - 1));
   if (!row_weights.is_none()) p.row_weights = input<T>(row_weights, "row_weights", {p.N}, "h");
   if (!std::isfinite(scale))
     throw py::value_error("scale must be finite, got " + std::to_string(scale));
