@@ -137,6 +137,28 @@ def test_backend_matches_reference(fast_backend, dtype, shape, masked, reduction
         assert float(np.abs(a - b).max()) <= rtol * scale, name
 
 
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("H", [64, 67], ids=["packets", "ragged"])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64], ids=["f32", "f64"])
+def test_backend_matches_reference_for_a_large_dh(fast_backend, dtype, H, threads):
+    # dh past 16 MB: the C++ head writes it with streaming stores (whole packets of H), or
+    # through its padded scratch (ragged H)
+    case = make_head((4100, 17), H, 10, dtype=dtype, masked=True, seed=11)
+    assert case["h"].nbytes >= 16 << 20
+    want = run(case, "numpy")
+    previous = fastrnn.get_num_threads()
+    fastrnn.set_num_threads(threads)
+    try:
+        got = run(case, fast_backend)
+    finally:
+        fastrnn.set_num_threads(previous)
+    rtol = 1e-4 if dtype == np.float32 else 1e-10
+    assert got.loss == pytest.approx(want.loss, rel=rtol)
+    for name in ("dh", "dweight", "dbias"):
+        a, b = getattr(got, name), getattr(want, name)
+        assert float(np.abs(a - b).max()) <= rtol * float(np.abs(b).max()), name
+
+
 def test_backend_is_stable_for_huge_logits(backend):
     case = make_head((50, 4), 16, 12, dtype=np.float32, scale=1e4, seed=6)
     got = run(case, backend)

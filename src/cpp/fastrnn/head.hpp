@@ -21,6 +21,7 @@
 #include <cstdint>
 #include <vector>
 
+#include "memory.hpp"
 #include "parallel.hpp"
 #include "small_gemm.hpp"
 
@@ -51,51 +52,112 @@ namespace detail {
 template <class T>
 using AlignedMat = Eigen::Matrix<T, Eigen::Dynamic, Eigen::Dynamic>;  // Eigen aligns these
 
+// Transposes the first np columns (np a whole number of packets) of Z (Kp x np, leading
+// dimension ldz, Kp a whole number of packets) into Zt (np x Kp, leading dimension ldt),
+// P x P tiles at a time in registers.
+template <class T>
+void transpose_packets(const T* Z, Index ldz, Index Kp, Index np, T* Zt, Index ldt) {
+  using namespace Eigen::internal;
+  using Packet = typename SimdTraits<T>::Packet;
+  constexpr int P = SimdTraits<T>::size;
+  for (Index i = 0; i < Kp; i += P)
+    for (Index j = 0; j < np; j += P) {
+      PacketBlock<Packet, P> tile;
+      for (int l = 0; l < P; ++l) tile.packet[l] = ploadu<Packet>(Z + (j + l) * ldz + i);
+      ptranspose(tile);
+      for (int l = 0; l < P; ++l) pstoreu(Zt + (i + l) * ldt + j, tile.packet[l]);
+    }
+}
+
 // One worker's rows [r0, r1): adds its share of dW^T (H x K, column-major) and db into
 // dWt and db, writes its rows of dh, and returns its share of the loss.
+//
+// The logits of a block come out of the packed product with the classes as SIMD lanes (a
+// column per row), are transposed in registers so that the rows become the lanes, and the
+// softmax then runs across the class rows with no horizontal reduction: P rows' max, exp,
+// sum, log and gradient at once. The gradient products read dz in that layout.
 template <class T>
 double head_rows(const HeadProblem<T>& p, const HeadOutput<T>& out, const PackedMatrix<T>& Wp,
                  const PackedMatrix<T>& WTp, const T* bias_padded, Index r0, Index r1,
                  AlignedMat<T>& dWt, Eigen::Matrix<T, Eigen::Dynamic, 1>& db) {
+  using namespace Eigen::internal;
+  using Packet = typename SimdTraits<T>::Packet;
   using StridedMat = Eigen::Map<AlignedMat<T>, Eigen::Unaligned, Eigen::OuterStride<>>;
   const Index H = p.H, K = p.K, Kp = Wp.ld, Hp = WTp.ld;
   constexpr Index P = SimdTraits<T>::size;
+  constexpr Index Q = std::max<Index>(P, SimdTraits<T>::NR);  // both powers of two
   const bool h_panels = H % P == 0;
-  // a block of logits of about 32 KB (L1), a whole number of register tiles of columns
-  const Index block = std::clamp<Index>(
-      32768 / static_cast<Index>(sizeof(T) * std::max(Kp, Hp)) / SimdTraits<T>::NR *
-          SimdTraits<T>::NR,
-      SimdTraits<T>::NR, 512);
-  AlignedMat<T> Z(Kp, block);                              // logits, then dz
-  AlignedMat<T> dh_scratch(h_panels ? 0 : Hp, h_panels ? 0 : block);  // padded rows of dh
+  // dh bypasses the cache when it is too large to stay there for the caller (16 MB)
+  const bool stream = p.N * H * static_cast<Index>(sizeof(T)) >= (Index(16) << 20);
+  // a block of logits of about 32 KB (L1), a whole number of packets and register tiles
+  const Index block =
+      std::clamp<Index>(32768 / static_cast<Index>(sizeof(T) * std::max(Kp, Hp)) / Q * Q, Q, 512);
+  AlignedMat<T> Z(Kp, block);   // logits, a column per row
+  AlignedMat<T> Zt(block, Kp);  // logits, then dz: a column per class, rows as lanes
+  AlignedMat<T> dh_block(Hp, block);                    // dh, rows padded
+  AlignedMat<T> db_lanes = AlignedMat<T>::Zero(P, K);  // db, per lane
+  alignas(64) T picked[P], weight[P];
+  Index target[P];
   double loss = 0.0;
   for (Index c0 = r0; c0 < r1; c0 += block) {
-    const Index n = std::min(block, r1 - c0);
+    const Index n = std::min(block, r1 - c0), np = (n + P - 1) / P * P;
     const T* hb = p.h + c0 * H;
     small_gemm(Wp, hb, H, Z.data(), Kp, n, bias_padded);  // z = W h + b, column per row
-    for (Index j = 0; j < n; ++j) {
-      auto z = Z.col(j).head(K).array();
-      const Index y = static_cast<Index>(p.targets[c0 + j]);
-      const T m = z.maxCoeff();
-      const T picked = z(y) - m;
-      z = (z - m).exp();
-      const T sum = z.sum();
-      const T w = p.row_weights ? p.scale * p.row_weights[c0 + j] : p.scale;
-      loss += static_cast<double>(w) * static_cast<double>(std::log(sum) - picked);
-      z *= w / sum;  // w softmax
-      z(y) -= w;     // - w onehot
+    Z.middleCols(n, np - n).setZero();  // rows past the end: weight 0, finite logits
+    transpose_packets(Z.data(), Kp, Kp, np, Zt.data(), block);
+    // the next block's h, a share per packet of rows below: the dh stores of this block
+    // would otherwise delay the hardware's own prefetch of it
+    const Index next = std::min(block, r1 - c0 - n) * H, share = (next + np / P - 1) / (np / P);
+    for (Index j = 0; j < np; j += P) {
+      const Index ahead = j / P * share;
+      prefetch(hb + n * H + ahead, std::max<Index>(0, std::min(share, next - ahead)));
+      T* zt = Zt.data() + j;  // class k of these P rows at zt[k * block]
+      for (Index l = 0; l < P; ++l) {
+        const bool real = j + l < n;
+        target[l] = real ? static_cast<Index>(p.targets[c0 + j + l]) : 0;
+        weight[l] = !real ? T(0) : (p.row_weights ? p.scale * p.row_weights[c0 + j + l] : p.scale);
+        picked[l] = zt[target[l] * block + l];
+      }
+      Packet m = ploadu<Packet>(zt);
+      for (Index k = 1; k < K; ++k) m = pmax(m, ploadu<Packet>(zt + k * block));
+      Packet sum = pset1<Packet>(T(0));
+      for (Index k = 0; k < K; ++k) {
+        const Packet e = pexp(psub(ploadu<Packet>(zt + k * block), m));
+        pstoreu(zt + k * block, e);
+        sum = padd(sum, e);
+      }
+      const Packet w = pload<Packet>(weight);
+      // w (logsumexp(z) - z_y), with logsumexp(z) = m + log(sum)
+      loss += static_cast<double>(predux(pmul(w, psub(plog(sum), psub(pload<Packet>(picked), m)))));
+      const Packet r = pdiv(w, sum);
+      for (Index k = 0; k < K; ++k) {  // dz = w softmax - w onehot, and db
+        const Packet dz = pmul(ploadu<Packet>(zt + k * block), r);
+        pstoreu(zt + k * block, dz);
+        pstore(db_lanes.data() + k * P, padd(pload<Packet>(db_lanes.data() + k * P), dz));
+      }
+      for (Index l = 0; l < P; ++l) {
+        zt[target[l] * block + l] -= weight[l];
+        db_lanes(l, target[l]) -= weight[l];
+      }
     }
-    const StridedMat dz(Z.data(), K, n, Eigen::OuterStride<>(Kp));
-    for (Index j = 0; j < n; ++j) db += dz.col(j);
-    if (h_panels) {  // dW^T += h_blk^T dz^T, then dh_blk = W^T dz
-      panel_gemm<T, true, true>({hb, H, Z.data(), Kp, dWt.data(), H, n, nullptr}, H, K);
-      small_gemm(WTp, Z.data(), Kp, out.dh + c0 * H, H, n);
+    // dW^T += h_blk dz^T (dz (n x K), leading dimension block), then dh_blk = W^T dz^T
+    if (h_panels) {
+      panel_gemm<T, false, true>({hb, H, Zt.data(), block, dWt.data(), H, n, nullptr}, H, K);
     } else {
-      dWt.noalias() += Eigen::Map<const AlignedMat<T>>(hb, H, n) * dz.transpose();
-      small_gemm(WTp, Z.data(), Kp, dh_scratch.data(), Hp, n);
-      Eigen::Map<AlignedMat<T>>(out.dh + c0 * H, H, n) = dh_scratch.topLeftCorner(H, n);
+      const StridedMat dz(Zt.data(), n, K, Eigen::OuterStride<>(block));
+      dWt.noalias() += Eigen::Map<const AlignedMat<T>>(hb, H, n) * dz;
+    }
+    panel_gemm<T, true>({WTp.data.data(), Hp, Zt.data(), block, dh_block.data(), Hp, K, nullptr},
+                        Hp, n);
+    T* dh = out.dh + c0 * H;
+    if (H == Hp && stream) {
+      stream_copy(dh_block.data(), n * H, dh);
+    } else {
+      Eigen::Map<AlignedMat<T>>(dh, H, n) = dh_block.topLeftCorner(H, n);
     }
   }
+  if (stream) stream_fence();
+  db += db_lanes.colwise().sum().transpose();
   return loss;
 }
 

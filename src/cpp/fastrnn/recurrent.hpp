@@ -11,10 +11,12 @@
 //                threads);
 //             2. each thread runs its own time loop over a contiguous chunk of sequences:
 //                one packed product for all gates (small_gemm), then the fused gate math;
-//   backward: 1. each thread runs the dh recurrence over its chunk, writing the
-//                pre-activation gradients dA of every step;
-//             2. dx = dA W_ih, dW_ih = dA^T X, dW_hh = dA^T H_prev and the bias sums as
-//                one GEMM each, split over threads by output rows (no reduction needed).
+//   backward: each thread runs the dh recurrence over its chunk, backwards in time, writing
+//             the pre-activation gradients dA of each step into a small block of steps
+//             (GradBlocks); when a block is complete, dx = W_ih^T dA, dW_ih += X dA^T,
+//             dW_hh += H_prev dA^T and the bias sums run on it while it is in cache. No dA of
+//             all steps is ever stored; each thread's partial weight gradients are summed
+//             at the end in a fixed order.
 // Saved for backward beyond hs: rnn nothing; lstm the gate activations and cell states
 // (5H per step and sequence); gru the gate activations and W_hn h + b_hn (4H).
 #pragma once
@@ -22,15 +24,12 @@
 #include <Eigen/Core>
 #include <algorithm>
 #include <cstdint>
-#include <cstdlib>
-#include <new>
+#include <memory>
 #include <utility>
 #include <vector>
 
-#if defined(__linux__)
-#include <sys/mman.h>
-#endif
 
+#include "memory.hpp"
 #include "parallel.hpp"
 #include "small_gemm.hpp"
 
@@ -106,49 +105,6 @@ template <class T>
 using MatMap = Eigen::Map<Mat<T>>;
 template <class T>
 using ConstMatMap = Eigen::Map<const Mat<T>>;
-
-// An uninitialised scratch array; large ones ask Linux for transparent huge pages (as
-// NumPy does for its arrays), which makes first touch of a big buffer several times cheaper.
-template <class T>
-class LargeBuffer {
- public:
-  explicit LargeBuffer(Index n) {
-    if (n <= 0) return;
-    constexpr std::size_t kHuge = std::size_t(1) << 21;
-    std::size_t bytes = static_cast<std::size_t>(n) * sizeof(T);
-    if (bytes >= 4 * kHuge) {
-      bytes = (bytes + kHuge - 1) / kHuge * kHuge;
-      data_ = static_cast<T*>(std::aligned_alloc(kHuge, bytes));
-#ifdef MADV_HUGEPAGE
-      if (data_) madvise(data_, bytes, MADV_HUGEPAGE);
-#endif
-    } else {
-      data_ = static_cast<T*>(std::malloc(bytes));
-    }
-    if (!data_) throw std::bad_alloc();
-  }
-  ~LargeBuffer() { std::free(data_); }
-  LargeBuffer(const LargeBuffer&) = delete;
-  LargeBuffer& operator=(const LargeBuffer&) = delete;
-  T* get() const { return data_; }
-
- private:
-  T* data_ = nullptr;
-};
-
-// Ask for a block the next step reads (written long ago by the input projection, or read
-// backwards in time, which the hardware prefetcher does not follow) while this step computes.
-template <class T>
-inline void prefetch(const T* p, Index n) {
-  const char* c = reinterpret_cast<const char*>(p);
-  const Index bytes = n * static_cast<Index>(sizeof(T));
-#if defined(__GNUC__) || defined(__clang__)
-  for (Index i = 0; i < bytes; i += 64) __builtin_prefetch(c + i, 0, 3);
-#else
-  (void)c;
-  (void)bytes;
-#endif
-}
 
 // Which sequences of the chunk [b0, b0+nb) are still running at step t.
 struct ChunkMask {
@@ -298,6 +254,107 @@ void gru_forward_chunk(const Problem<T>& p, const ForwardOutput<T>& out,
 
 // --- backward time loops -------------------------------------------------------------
 
+// One worker's share of dx and of the weight and bias gradients, computed block by block
+// of steps while its dh recurrence runs backwards in time. The time loop writes step t's
+// dA (GH x nb) at dA_in(t) (and, for gru, the recurrent side's at dA_rec(t)) and calls
+// step_done(t); when t is the first step of its block, the block's products run.
+template <class T>
+class GradBlocks {
+ public:
+  Mat<T> dW_ih, dW_hh;  // (D x GH), (H x GH): the transposes of W_ih's and W_hh's shapes
+  Mat<T> db;            // (GH x 2): db_ih, db_hh
+
+  GradBlocks(const Problem<T>& p, const BackwardInput<T>& in, const BackwardOutput<T>& g,
+             const PackedMatrix<T>& W_ih_T, Index b0, Index nb)
+      : p_(p), in_(in), g_(g), W_ih_T_(W_ih_T), b0_(b0), nb_(nb),
+        GH_(gates_of(p.cell) * p.H), steps_(block_steps(GH_, nb)),
+        dA_(GH_ * nb * steps_), dA_rec_(p.cell == Cell::gru ? GH_ * nb * steps_ : 0),
+        x_(gathered() ? p.D * nb * steps_ : 0), h_prev_(p.H * nb * steps_),
+        dx_(W_ih_T.ld * nb * steps_),
+        stream_(p.steps * p.B * p.D * Index(sizeof(T)) >= (Index(16) << 20)) {
+    dW_ih.setZero(p.D, GH_);
+    dW_hh.setZero(p.H, GH_);
+    db.setZero(GH_, 2);
+  }
+
+  T* dA_in(Index t) { return dA_.data() + column(t) * GH_; }
+  T* dA_rec(Index t) { return (dA_rec_.empty() ? dA_ : dA_rec_).data() + column(t) * GH_; }
+
+  void step_done(Index t) {
+    // the next block's inputs, as far ahead as the block is long
+    if (t >= steps_) prefetch(p_.x + ((t - steps_) * p_.B + b0_) * p_.D, p_.D * nb_);
+    if (t % steps_ == 0) flush(t, std::min(steps_, p_.steps - t));
+  }
+
+ private:
+  // steps per block: at least 64 columns for the products, at most ~256 KB of dA (L2)
+  static Index block_steps(Index GH, Index nb) {
+    const Index cap = (Index(1) << 18) / (GH * nb * Index(sizeof(T)));
+    return std::max<Index>((64 + nb - 1) / nb, std::min<Index>((256 + nb - 1) / nb, cap));
+  }
+  bool gathered() const { return nb_ != p_.B; }  // else a block of x is contiguous
+  Index column(Index t) const { return t % steps_ * nb_; }
+
+  // The block of steps [t0, t0 + count): its dA are columns [0, count * nb).
+  void flush(Index t0, Index count) {
+    const Index D = p_.D, H = p_.H, B = p_.B, nb = nb_, n = count * nb, Dp = W_ih_T_.ld;
+    constexpr Index P = SimdTraits<T>::size;
+    // the inputs of these steps, and the states before them, as contiguous columns
+    const T* x = p_.x + (t0 * B + b0_) * D;
+    if (gathered()) {
+      for (Index s = 0; s < count; ++s)
+        std::copy_n(p_.x + ((t0 + s) * B + b0_) * D, D * nb, x_.data() + s * nb * D);
+      x = x_.data();
+    }
+    for (Index s = 0; s < count; ++s) {
+      const Index t = t0 + s;
+      const T* src = t > 0 ? in_.hs + ((t - 1) * B + b0_) * H : p_.h0 + b0_ * H;
+      std::copy_n(src, H * nb, h_prev_.data() + s * nb * H);
+    }
+    const T* dA = dA_.data();
+    const T* dAr = dA_rec_.empty() ? dA : dA_rec_.data();
+    // dW_ih += X dA^T, dW_hh += H_prev dA_rec^T: the panel kernel where rows come in whole
+    // packets (no packing of the operands), else Eigen
+    if (D % P == 0) {
+      panel_gemm<T, true, true>({x, D, dA, GH_, dW_ih.data(), D, n, nullptr}, D, GH_);
+    } else {
+      dW_ih.noalias() += ConstMatMap<T>(x, D, n) * ConstMatMap<T>(dA, GH_, n).transpose();
+    }
+    if (H % P == 0) {
+      panel_gemm<T, true, true>({h_prev_.data(), H, dAr, GH_, dW_hh.data(), H, n, nullptr}, H,
+                                GH_);
+    } else {
+      dW_hh.noalias() +=
+          ConstMatMap<T>(h_prev_.data(), H, n) * ConstMatMap<T>(dAr, GH_, n).transpose();
+    }
+    db.col(0) += ConstMatMap<T>(dA, GH_, n).rowwise().sum();
+    if (!dA_rec_.empty()) db.col(1) += ConstMatMap<T>(dAr, GH_, n).rowwise().sum();
+    // dx = W_ih^T dA, rows padded to whole packets, then each step's (D x nb) out
+    small_gemm(W_ih_T_, dA, GH_, dx_.data(), Dp, n);
+    for (Index s = 0; s < count; ++s) {
+      T* dst = g_.dx + ((t0 + s) * B + b0_) * D;
+      const T* src = dx_.data() + s * nb * Dp;
+      if (D != Dp) {
+        MatMap<T>(dst, D, nb) = ConstMatMap<T>(src, Dp, nb).topRows(D);
+      } else if (stream_) {
+        stream_copy(src, D * nb, dst);
+      } else {
+        std::copy_n(src, D * nb, dst);
+      }
+    }
+    if (t0 == 0 && stream_) stream_fence();  // the last block
+  }
+
+  const Problem<T>& p_;
+  const BackwardInput<T>& in_;
+  const BackwardOutput<T>& g_;
+  const PackedMatrix<T>& W_ih_T_;
+  Index b0_, nb_, GH_, steps_;
+  std::vector<T> dA_, dA_rec_, x_, h_prev_, dx_;
+  bool stream_;
+};
+
+
 // Scratch of one chunk's dh recurrence: the running dL/dh (padded rows, swapped with the
 // product buffer every step) and temporaries of the gate math.
 template <class T>
@@ -322,8 +379,8 @@ void store_norms(const BackwardOutput<T>& g, Index t, Index B, Index b0, const M
 
 template <class T>
 void rnn_backward_chunk(const Problem<T>& p, const BackwardInput<T>& in,
-                        const BackwardOutput<T>& g, const PackedMatrix<T>& WT, T* dA_all, Index b0,
-                        Index nb) {
+                        const BackwardOutput<T>& g, const PackedMatrix<T>& WT, GradBlocks<T>& grads,
+                        Index b0, Index nb) {
   const Index H = p.H, B = p.B;
   const ChunkMask mask(p.lengths, b0, nb, p.steps);
   ChunkScratch<T> s(WT.ld, H, nb);
@@ -336,7 +393,7 @@ void rnn_backward_chunk(const Problem<T>& p, const BackwardInput<T>& in,
       prefetch(in.hs + (off - B) * H, H * nb);
     }
     const ConstArrMap<T> dhs_t(in.dhs + off * H, H, nb), h(in.hs + off * H, H, nb);
-    ArrMap<T> dA(dA_all + off * H, H, nb);
+    ArrMap<T> dA(grads.dA_in(t), H, nb);
     if (g.norms || !mask.all_active(t)) {
       dht = s.dh_map() + dhs_t;  // dL/dh_t
       mask.zero_inactive(t, dht);
@@ -348,14 +405,15 @@ void rnn_backward_chunk(const Problem<T>& p, const BackwardInput<T>& in,
     small_gemm(WT, dA.data(), H, s.rec, WT.ld, nb);  // dL/dh_{t-1} = W^T dA_t
     mask.carry_inactive(t, s.rec_map(), s.dh_map());
     s.swap();
+    grads.step_done(t);
   }
   ArrMap<T>(g.dh0 + b0 * H, H, nb) = s.dh_map();
 }
 
 template <class T>
 void lstm_backward_chunk(const Problem<T>& p, const BackwardInput<T>& in,
-                         const BackwardOutput<T>& g, const PackedMatrix<T>& WT, T* dA_all,
-                         Index b0, Index nb) {
+                         const BackwardOutput<T>& g, const PackedMatrix<T>& WT,
+                         GradBlocks<T>& grads, Index b0, Index nb) {
   const Index H = p.H, B = p.B, GH = 4 * H;
   const ChunkMask mask(p.lengths, b0, nb, p.steps);
   ChunkScratch<T> s(WT.ld, H, nb);
@@ -381,7 +439,7 @@ void lstm_backward_chunk(const Problem<T>& p, const BackwardInput<T>& in,
     mask.zero_inactive(t, dht);
     store_norms(g, t, B, b0, dht);
     tc = c.tanh();
-    ArrMap<T> dA(dA_all + off * GH, GH, nb);
+    ArrMap<T> dA(grads.dA_in(t), GH, nb);
     dA.bottomRows(H) = dht * tc * o * (T(1) - o);           // do, through sigmoid
     dct = dc + dht * o * (T(1) - tc * tc);                  // dL/dc_t
     mask.zero_inactive(t, dct);
@@ -397,6 +455,7 @@ void lstm_backward_chunk(const Problem<T>& p, const BackwardInput<T>& in,
     }
     mask.carry_inactive(t, s.rec_map(), s.dh_map());
     s.swap();
+    grads.step_done(t);
   }
   ArrMap<T>(g.dh0 + b0 * H, H, nb) = s.dh_map();
   ArrMap<T>(g.dc0 + b0 * H, H, nb) = dc;
@@ -404,8 +463,8 @@ void lstm_backward_chunk(const Problem<T>& p, const BackwardInput<T>& in,
 
 template <class T>
 void gru_backward_chunk(const Problem<T>& p, const BackwardInput<T>& in,
-                        const BackwardOutput<T>& g, const PackedMatrix<T>& WT, T* dA_in_all,
-                        T* dA_rec_all, Index b0, Index nb) {
+                        const BackwardOutput<T>& g, const PackedMatrix<T>& WT, GradBlocks<T>& grads,
+                        Index b0, Index nb) {
   const Index H = p.H, B = p.B, GH = 3 * H;
   const ChunkMask mask(p.lengths, b0, nb, p.steps);
   ChunkScratch<T> s(WT.ld, H, nb);
@@ -426,7 +485,7 @@ void gru_backward_chunk(const Problem<T>& p, const BackwardInput<T>& in,
     dht = s.dh_map() + ConstArrMap<T>(in.dhs + off * H, H, nb);  // dL/dh_t
     mask.zero_inactive(t, dht);
     store_norms(g, t, B, b0, dht);
-    ArrMap<T> dA_in(dA_in_all + off * GH, GH, nb), dA_rec(dA_rec_all + off * GH, GH, nb);
+    ArrMap<T> dA_in(grads.dA_in(t), GH, nb), dA_rec(grads.dA_rec(t), GH, nb);
     dA_in.bottomRows(H) = dht * (T(1) - z) * (T(1) - n * n);              // dn, through tanh
     dA_in.middleRows(H, H) = dht * (h_prev - n) * z * (T(1) - z);         // dz
     dA_in.topRows(H) = dA_in.bottomRows(H) * hn * r * (T(1) - r);         // dr
@@ -436,6 +495,7 @@ void gru_backward_chunk(const Problem<T>& p, const BackwardInput<T>& in,
     s.rec_map() += dht * z;  // dL/dh_{t-1} = W_hh^T dA_rec + dh z
     mask.carry_inactive(t, s.rec_map(), s.dh_map());
     s.swap();
+    grads.step_done(t);
   }
   ArrMap<T>(g.dh0 + b0 * H, H, nb) = s.dh_map();
 }
@@ -489,93 +549,31 @@ void forward(const Problem<T>& p, const ForwardOutput<T>& out) {
 template <class T>
 void backward(const Problem<T>& p, const BackwardInput<T>& in, const BackwardOutput<T>& g) {
   using namespace detail;
-  const Index H = p.H, B = p.B, D = p.D, GH = gates_of(p.cell) * H, TB = p.steps * B;
-  // every entry is written by the time loops: no need to zero these
-  LargeBuffer<T> dA_buf(GH * TB), dA_rec_buf(p.cell == Cell::gru ? GH * TB : 0);
-  T* dA_in = dA_buf.get();
-  T* dA_rec = p.cell == Cell::gru ? dA_rec_buf.get() : dA_in;
-  PackedMatrix<T> WT;  // W_hh^T, (H x GH)
+  const Index H = p.H, B = p.B, D = p.D, GH = gates_of(p.cell) * H;
+  PackedMatrix<T> WT, W_ih_T;  // W_hh^T (H x GH), W_ih^T (D x GH)
   WT.from_row_major_transposed(p.W_hh, H, GH);
+  W_ih_T.from_row_major_transposed(p.W_ih, D, GH);
   const int workers = workers_for(p, B);
+  std::vector<std::unique_ptr<GradBlocks<T>>> parts(workers);
   run_workers(workers, p.flush_denormals, [&](int w) {
     const auto [b0, b1] = split_range(B, workers, w);
-    if (p.cell == Cell::rnn) rnn_backward_chunk(p, in, g, WT, dA_in, b0, b1 - b0);
-    if (p.cell == Cell::lstm) lstm_backward_chunk(p, in, g, WT, dA_in, b0, b1 - b0);
-    if (p.cell == Cell::gru)
-      gru_backward_chunk(p, in, g, WT, dA_in, dA_rec, b0, b1 - b0);
-  });
-  // Weight gradients and dx: the GEMMs dx = W_ih^T dA, dW_ih = dA^T X, dW_hh = dA^T H_prev
-  // and the bias sums over all steps, evaluated block by block of steps*B columns so that
-  // each block of dA is read from memory once and then from cache by all of them (three
-  // separate full-size GEMMs ran memory-bound, at half the speed). Workers take contiguous
-  // ranges of blocks and sum into their own partial weight gradients, reduced at the end.
-  const ConstMatMap<T> dA(dA_in, GH, TB), dAr(dA_rec, GH, TB);
-  const Index block = std::clamp<Index>(49152 / GH, 64, 1024);  // ~200 KB of dA: in L2
-  const Index blocks = (TB + block - 1) / block;
-  const int grad_workers = workers_for(p, blocks);
-  const bool separate_rec = p.cell == Cell::gru;  // rnn, lstm: dA_rec is dA
-  std::vector<Mat<T>> part_ih(grad_workers), part_hh(grad_workers);
-  std::vector<Mat<T>> part_b(grad_workers);  // columns: db_ih, db_hh
-  // the panel kernel where rows come in whole packets (no packing of the big operands)
-  constexpr Index P = SimdTraits<T>::size;
-  const bool d_panels = D % P == 0, h_panels = H % P == 0;
-  PackedMatrix<T> W_ih_T;  // (D x GH)
-  if (d_panels) W_ih_T.from_row_major_transposed(p.W_ih, D, GH);
-  run_workers(grad_workers, p.flush_denormals, [&](int w) {
-    const auto [k0, k1] = split_range(blocks, grad_workers, w);
-    Mat<T>& dW_ih = part_ih[w];
-    Mat<T>& dW_hh = part_hh[w];
-    Mat<T>& db = part_b[w];
-    dW_ih.setZero(D, GH);
-    dW_hh.setZero(H, GH);
-    db.setZero(GH, 2);
-    const ConstMatMap<T> W_ih(p.W_ih, D, GH), X(p.x, D, TB), h0(p.h0, H, B), hs(in.hs, H, TB);
-    for (Index k = k0; k < k1; ++k) {
-      const Index c0 = k * block, n = std::min(block, TB - c0);
-      const auto dAb = dA.middleCols(c0, n);
-      const auto dArb = dAr.middleCols(c0, n);
-      if (d_panels) {
-        small_gemm(W_ih_T, dA_in + c0 * GH, GH, g.dx + c0 * D, D, n);
-        panel_gemm<T, true, true>({p.x + c0 * D, D, dA_in + c0 * GH, GH, dW_ih.data(), D, n, nullptr},
-                                  D, GH);
-      } else {
-        MatMap<T>(g.dx + c0 * D, D, n).noalias() = W_ih * dAb;
-        dW_ih.noalias() += X.middleCols(c0, n) * dAb.transpose();
-      }
-      // H_prev column c is h0 column c for c < B, else hs column c - B
-      const Index from_h0 = std::clamp<Index>(B - c0, 0, n);
-      if (h_panels) {
-        if (from_h0 > 0)
-          panel_gemm<T, true, true>(
-              {p.h0 + c0 * H, H, dA_rec + c0 * GH, GH, dW_hh.data(), H, from_h0, nullptr}, H, GH);
-        if (from_h0 < n)
-          panel_gemm<T, true, true>({in.hs + (c0 + from_h0 - B) * H, H,
-                                     dA_rec + (c0 + from_h0) * GH, GH, dW_hh.data(), H,
-                                     n - from_h0, nullptr},
-                                    H, GH);
-      } else {
-        if (from_h0 > 0)
-          dW_hh.noalias() += h0.middleCols(c0, from_h0) * dArb.leftCols(from_h0).transpose();
-        if (from_h0 < n)
-          dW_hh.noalias() += hs.middleCols(c0 + from_h0 - B, n - from_h0) *
-                             dArb.rightCols(n - from_h0).transpose();
-      }
-      for (Index c = 0; c < n; ++c) db.col(0) += dAb.col(c);
-      if (separate_rec)
-        for (Index c = 0; c < n; ++c) db.col(1) += dArb.col(c);
-    }
+    parts[w] = std::make_unique<GradBlocks<T>>(p, in, g, W_ih_T, b0, b1 - b0);
+    if (p.cell == Cell::rnn) rnn_backward_chunk(p, in, g, WT, *parts[w], b0, b1 - b0);
+    if (p.cell == Cell::lstm) lstm_backward_chunk(p, in, g, WT, *parts[w], b0, b1 - b0);
+    if (p.cell == Cell::gru) gru_backward_chunk(p, in, g, WT, *parts[w], b0, b1 - b0);
   });
   MatMap<T> dW_ih(g.dW_ih, D, GH), dW_hh(g.dW_hh, H, GH);
   Eigen::Map<Eigen::Matrix<T, Eigen::Dynamic, 1>> db_ih(g.db_ih, GH), db_hh(g.db_hh, GH);
-  dW_ih = part_ih[0];
-  dW_hh = part_hh[0];
-  db_ih = part_b[0].col(0);
-  db_hh = part_b[0].col(separate_rec ? 1 : 0);
-  for (int w = 1; w < grad_workers; ++w) {
-    dW_ih += part_ih[w];
-    dW_hh += part_hh[w];
-    db_ih += part_b[w].col(0);
-    db_hh += part_b[w].col(separate_rec ? 1 : 0);
+  const int rec = p.cell == Cell::gru ? 1 : 0;  // rnn, lstm: db_hh is db_ih
+  dW_ih = parts[0]->dW_ih;
+  dW_hh = parts[0]->dW_hh;
+  db_ih = parts[0]->db.col(0);
+  db_hh = parts[0]->db.col(rec);
+  for (int w = 1; w < workers; ++w) {
+    dW_ih += parts[w]->dW_ih;
+    dW_hh += parts[w]->dW_hh;
+    db_ih += parts[w]->db.col(0);
+    db_hh += parts[w]->db.col(rec);
   }
 }
 
