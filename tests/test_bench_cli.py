@@ -221,3 +221,31 @@ def test_module_entry_point_runs():
     )
     assert proc.returncode == 0, proc.stderr
     assert "numpy" in proc.stdout and "us/step" in proc.stdout
+
+
+def test_backends_and_thread_counts_take_turns(capsys, monkeypatch):
+    """Each case's runs go in rounds (every backend and thread count once per round), with a
+    pause whenever the backend changes, and every row gets exactly its repeats."""
+    from fastrnn import bench
+
+    order, sleeps = [], []
+    real = bench._time_once
+
+    def time_once(row, runner):
+        order.append((row.cell, row.backend, row.threads))
+        real(row, runner)
+
+    monkeypatch.setattr(bench, "_time_once", time_once)
+    monkeypatch.setattr(bench.time, "sleep", lambda s: sleeps.append((len(order), s)))
+    argv = ["--backends", "cpp,numpy", "--threads", "2,1", "--cells", "rnn,gru", "--repeat", "3"]
+    code, out = _bench(capsys, *argv)
+    if "unavailable" in out:  # the cpp extension is not built here: numpy rows only
+        pytest.skip("the cpp backend is not available")
+    assert code == 0
+    one_round = [("numpy", 1), ("numpy", 2), ("cpp", 1), ("cpp", 2)]
+    want = [(cell, b, t) for cell in ("rnn", "gru") for _ in range(3) for b, t in one_round]
+    assert order == want
+    # before the first run of each case (after the warm-ups) and at every change of backend
+    assert [i for i, _ in sleeps] == [0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22]
+    assert all(s == bench._SETTLE for _, s in sleeps)
+    assert len(_table_rows(out)) == 8 and all(r[6] != "error" for r in _table_rows(out))

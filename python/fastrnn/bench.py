@@ -37,6 +37,8 @@ _SCALING_BATCHES = (1, 16)
 _LONG = 10_000  # longer sequences warm up on one of _WARMUP_T steps (warm-up is not timed)
 _WARMUP_T = 100
 _MEMORY_SHARE = 0.8  # refuse a run whose estimate exceeds this share of available memory
+_SETTLE = 0.25  # seconds between runs of different backends (OpenBLAS parks after ~0.1 s)
+_SETTLE_QUICK = 0.02
 
 
 @dataclass
@@ -274,77 +276,119 @@ def _unavailable(backends: set[str]) -> dict[str, str]:
 # --- running -----------------------------------------------------------------------------
 
 
-def _measure(row: Row, runner: lib.Runner, repeat: int, warmup: lib.Runner) -> None:
-    """Run ``warmup`` once (compile, first touch), then time ``repeat`` runs of ``runner``;
-    fill in ``row``."""
-    warmup.run()
-    raw = None
-    for _ in range(repeat):
-        raw = None  # free the previous result before the next run allocates its own
-        t0 = time.perf_counter()
-        raw = runner.run()
-        row.times.append(time.perf_counter() - t0)
-    row.held_bytes = runner.held_bytes(raw)
-    row.seconds = statistics.median(row.times)
-    row.us_per_step = row.seconds / row.T * 1e6
-    row.gflops = row.flops / row.seconds / 1e9
+def _prepare(args: argparse.Namespace, row: Row, case: Any) -> lib.Runner:
+    """Check ``row``'s backend against the reference (once per backend, cell and dtype, in
+    ``_checked``), make its runner and warm it up (compile, first touch)."""
+    key = (row.backend, row.cell, row.dtype)
+    with lib.thread_limit(row.threads):
+        if key not in _checked:
+            _checked[key] = lib.check_against_reference(*key, row.what)
+        if _checked[key]:
+            raise _Wrong(_checked[key])
+        runner = lib.make_runner(case, row.backend, row.what)
+        warmup = runner
+        if row.T > _LONG:  # warm up (compile) on a short sequence of the same kind
+            short = (row.cell, row.D, row.H, row.B, _WARMUP_T, row.dtype)
+            warmup = lib.make_runner(lib.make_case(*short, args.classes), row.backend, row.what)
+        warmup.run()
+    return runner
+
+
+class _Wrong(Exception):
+    """A backend disagrees with the reference: the row is reported, not timed."""
+
+
+_checked: dict[tuple[str, str, str], str | None] = {}
 
 
 def _run_rows(args: argparse.Namespace, rows: list[Row], unavailable: dict[str, str]) -> None:
+    """Time every row. The rows of one case (shape, cell, dtype) run in rounds, each round
+    timing every backend and thread count once: a change in the machine's load (a busy
+    neighbour on a shared vCPU) then falls on all of them alike, and the ratios (x numpy,
+    x 1thr) compare runs made seconds apart rather than minutes. Before a run whose
+    backend differs from the previous run's, the process sleeps ``_SETTLE`` seconds so that
+    the spinning worker threads of OpenBLAS or OpenMP go to sleep instead of taking CPU time
+    from the next backend's threads."""
     from tqdm import tqdm
 
     from ._sysinfo import available_memory
 
-    checked: dict[tuple[str, str, str], str | None] = {}
-    case_key, case = None, None
+    _checked.clear()
     limit = available_memory()
+    repeats = {id(r): _repeat(args, r.T) for r in rows}
+    settle = _SETTLE_QUICK if args.quick else _SETTLE
     # disable=None: a progress bar on a terminal, nothing in logs and pipes
-    bar = tqdm(total=len(rows), desc="fastrnn bench", unit="run", file=sys.stderr, disable=None)
+    bar = tqdm(
+        total=sum(repeats.values()), desc="fastrnn bench", unit="run", file=sys.stderr, disable=None
+    )
     with bar:
-        for row in rows:
-            bar.set_postfix_str(f"{row.shape} {row.cell} {row.dtype} {row.threads}T {row.backend}")
-            try:
-                if row.backend in unavailable:
-                    row.status, row.note = "unavailable", unavailable[row.backend]
-                    continue
-                if limit is not None and row.estimated_bytes > _MEMORY_SHARE * limit:
-                    row.status = "skipped"
-                    row.note = (
-                        f"would not fit in memory: needs about {_fmt_bytes(row.estimated_bytes)}, "
-                        f"{_fmt_bytes(limit)} available"
-                    )
-                    continue
-                key = (row.backend, row.cell, row.dtype)
-                if key not in checked:
-                    with lib.thread_limit(row.threads):
-                        checked[key] = lib.check_against_reference(*key, row.what)
-                if checked[key]:
-                    row.status, row.note = "wrong", checked[key]
-                    continue
-                shape_key = (row.cell, row.dtype, row.D, row.H, row.B, row.T)
-                if shape_key != case_key:
-                    case_key, case = None, None  # drop the old case before making the new one
-                    case = lib.make_case(
-                        row.cell, row.D, row.H, row.B, row.T, row.dtype, args.classes
-                    )
-                    case_key = shape_key
-
-                with lib.thread_limit(row.threads):
-                    runner = lib.make_runner(case, row.backend, row.what)
-                    warmup = runner
-                    if row.T > _LONG:  # warm up (compile) on a short sequence of the same kind
-                        short = (row.cell, row.D, row.H, row.B, _WARMUP_T, row.dtype)
-                        warmup = lib.make_runner(
-                            lib.make_case(*short, args.classes), row.backend, row.what
+        for (shape, cell, dtype), group in itertools.groupby(
+            rows, key=lambda r: (r.shape, r.cell, r.dtype)
+        ):
+            bar.set_postfix_str(f"{shape} {cell} {dtype}")
+            group = list(group)
+            case = None
+            runners: list[tuple[Row, lib.Runner]] = []
+            for row in group:
+                try:
+                    if row.backend in unavailable:
+                        row.status, row.note = "unavailable", unavailable[row.backend]
+                    elif limit is not None and row.estimated_bytes > _MEMORY_SHARE * limit:
+                        row.status = "skipped"
+                        row.note = (
+                            "would not fit in memory: needs about "
+                            f"{_fmt_bytes(row.estimated_bytes)}, {_fmt_bytes(limit)} available"
                         )
-                    _measure(row, runner, _repeat(args, row.T), warmup)
-                    del runner, warmup
-            except MemoryError:
-                row.status, row.note = "skipped", "ran out of memory"
-            except Exception as exc:  # one failing backend must not lose the other rows
-                row.status, row.note = "error", f"{type(exc).__name__}: {exc}"
-            finally:
-                bar.update()
+                    else:
+                        if case is None:
+                            case = lib.make_case(
+                                cell, row.D, row.H, row.B, row.T, dtype, args.classes
+                            )
+                        runners.append((row, _prepare(args, row, case)))
+                        continue
+                except _Wrong as exc:
+                    row.status, row.note = "wrong", str(exc)
+                except MemoryError:
+                    row.status, row.note = "skipped", "ran out of memory"
+                except Exception as exc:  # one failing backend must not lose the other rows
+                    row.status, row.note = "error", f"{type(exc).__name__}: {exc}"
+                bar.update(repeats[id(row)])
+            # a backend's runs next to each other (1 thread, then 2, ...), backends in order
+            runners.sort(key=lambda rr: (_ALL_BACKENDS.index(rr[0].backend), rr[0].threads))
+            previous = ""  # the warm-ups ran last: settle before the first run too
+            for _ in range(max((repeats[id(r)] for r, _ in runners), default=0)):
+                for row, runner in runners:
+                    if row.status != "ok" or len(row.times) >= repeats[id(row)]:
+                        continue
+                    if previous != row.backend:
+                        time.sleep(settle)
+                    previous = row.backend
+                    try:
+                        _time_once(row, runner)
+                    except MemoryError:
+                        row.status, row.note = "skipped", "ran out of memory"
+                        bar.update(repeats[id(row)] - len(row.times) - 1)
+                    except Exception as exc:
+                        row.status, row.note = "error", f"{type(exc).__name__}: {exc}"
+                        bar.update(repeats[id(row)] - len(row.times) - 1)
+                    bar.update()
+            del runners, case
+    for row in rows:
+        if row.status == "ok":
+            row.seconds = statistics.median(row.times)
+            row.us_per_step = row.seconds / row.T * 1e6
+            row.gflops = row.flops / row.seconds / 1e9
+
+
+def _time_once(row: Row, runner: lib.Runner) -> None:
+    """One timed run of ``runner`` at ``row``'s thread count; on the first, the memory the
+    result holds for backward."""
+    with lib.thread_limit(row.threads):
+        t0 = time.perf_counter()
+        raw = runner.run()
+        row.times.append(time.perf_counter() - t0)
+    if row.held_bytes is None:
+        row.held_bytes = runner.held_bytes(raw)
 
 
 def _derive(rows: list[Row], gemm: dict[tuple[str, int], float]) -> None:
@@ -544,6 +588,7 @@ def run(args: argparse.Namespace) -> int:
         "forward": "the layer's forward pass (saving what backward needs)",
     }[args.what]
     print(f"timing:   {what}; median of the timed runs after one warm-up (compile excluded)")
+    print("          the backends and thread counts of a case take turns, one run each per round")
     print()
 
     _run_rows(args, rows, unavailable)
