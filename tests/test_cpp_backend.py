@@ -28,7 +28,7 @@ if "cpp" not in fastrnn.available_backends():
     )
 
 from fastrnn import _core
-from fastrnn.backends import cpp_backend
+from fastrnn.backends import cpp_backend, numpy_backend
 
 LEVELS = ("generic", "avx2", "avx512")
 
@@ -155,11 +155,25 @@ def _isa_levels():
     ]
 
 
+# (T, B, D, H): sizes that are not whole SIMD packets (Eigen's products), and a longer one
+# with whole packets (the panel kernel) whose backward fills several blocks of steps per
+# worker, each gathering its chunk's columns
+ISA_SHAPES = [(9, 5, 7, 33), (300, 5, 16, 32)]
+
+
+@pytest.mark.parametrize("shape", ISA_SHAPES, ids=["ragged", "packets-long"])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64], ids=["f32", "f64"])
 @pytest.mark.parametrize("level", _isa_levels())
 @pytest.mark.parametrize("cell", ["rnn", "lstm", "gru"])
-def test_every_instruction_set_level_matches_the_reference(level, cell):
+def test_every_instruction_set_level_matches_the_reference(level, cell, dtype, shape):
     kernels = importlib.import_module(f"fastrnn._kernels_{level}")
-    case = make_case(cell, T=9, B=5, D=7, H=33, lengths=True, h0=True, seed=1)
+    T, B, D, H = shape
+    case = make_case(cell, T=T, B=B, D=D, H=H, lengths=True, h0=True, seed=1, dtype=dtype)
+    rtol = 1e-4 if dtype == np.float32 else 1e-10
+
+    def close(got, want):  # relative to the largest entry: sums over steps may cancel
+        assert float(np.abs(got - want).max()) <= rtol * float(np.abs(want).max())
+
     p, x, h0, c0 = case["params"], case["x"], case["h0"], case["c0"]
     if c0 is None and cell == "lstm":
         c0 = np.zeros_like(h0)
@@ -168,8 +182,8 @@ def test_every_instruction_set_level_matches_the_reference(level, cell):
         cell, "tanh", 0.01, p["W_ih"], p["W_hh"], p["b_ih"], p["b_hh"], x, h0, c0, lengths, 2
     )
     ref = fastrnn.forward(cell, p, x, h0, c0, lengths=lengths, backend="numpy")
-    np.testing.assert_allclose(hs, ref.hs, rtol=1e-10, atol=1e-12)
-    np.testing.assert_allclose(h_n, ref.h_n, rtol=1e-10, atol=1e-12)
+    close(hs, ref.hs)
+    close(h_n, ref.h_n)
     dc_n = case["dc_n"]
     dx, dh0, _, dW_ih, dW_hh, db_ih, db_hh, _ = kernels.backward(
         cell,
@@ -199,7 +213,29 @@ def test_every_instruction_set_level_matches_the_reference(level, cell):
         (db_ih, gref.params["b_ih"]),
         (db_hh, gref.params["b_hh"]),
     ]:
-        np.testing.assert_allclose(got, want, rtol=1e-10, atol=1e-12)
+        close(got, want)
+
+
+@pytest.mark.parametrize("rows", [37, 70_000], ids=["few-rows", "streamed-dh"])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64], ids=["f32", "f64"])
+@pytest.mark.parametrize("level", _isa_levels())
+def test_every_instruction_set_level_computes_the_head(level, dtype, rows):
+    # H = 64: whole packets at every level (dh streamed past 16 MB); K = 10: not
+    kernels = importlib.import_module(f"fastrnn._kernels_{level}")
+    rng = np.random.default_rng(3)
+    h = rng.normal(size=(rows, 64)).astype(dtype)
+    weight, bias = rng.normal(size=(10, 64)).astype(dtype), rng.normal(size=10).astype(dtype)
+    targets = rng.integers(0, 10, size=rows)
+    row_weights = rng.random(rows).astype(dtype)
+    got = kernels.linear_cross_entropy(h, weight, bias, targets, row_weights, 0.5, 2)
+    # the reference with the same row weights and scale
+    ref = numpy_backend.linear_cross_entropy(
+        h, weight, bias, targets, row_weights, scale=0.5, num_threads=1
+    )
+    rtol = 1e-4 if dtype == np.float32 else 1e-10
+    assert got[0] == pytest.approx(ref[0], rel=rtol)
+    for a, b in zip(got[1:], ref[1:], strict=True):
+        assert float(np.abs(a - b).max()) <= rtol * float(np.abs(b).max())
 
 
 def test_isa_environment_variable_caps_the_level():
