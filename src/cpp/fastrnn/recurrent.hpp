@@ -267,7 +267,7 @@ class GradBlocks {
   GradBlocks(const Problem<T>& p, const BackwardInput<T>& in, const BackwardOutput<T>& g,
              const PackedMatrix<T>& W_ih_T, Index b0, Index nb)
       : p_(p), in_(in), g_(g), W_ih_T_(W_ih_T), b0_(b0), nb_(nb),
-        GH_(gates_of(p.cell) * p.H), steps_(block_steps(GH_, nb)),
+        GH_(gates_of(p.cell) * p.H), steps_(block_steps(GH_, nb, p.steps)),
         dA_(GH_ * nb * steps_), dA_rec_(p.cell == Cell::gru ? GH_ * nb * steps_ : 0),
         x_(gathered() ? p.D * nb * steps_ : 0), h_prev_(p.H * nb * steps_),
         dx_(W_ih_T.ld * nb * steps_),
@@ -287,10 +287,12 @@ class GradBlocks {
   }
 
  private:
-  // steps per block: at least 64 columns for the products, at most ~256 KB of dA (L2)
-  static Index block_steps(Index GH, Index nb) {
+  // steps per block: at least 64 columns for the products, at most ~256 KB of dA (L2),
+  // and no more than there are
+  static Index block_steps(Index GH, Index nb, Index steps) {
     const Index cap = (Index(1) << 18) / (GH * nb * Index(sizeof(T)));
-    return std::max<Index>((64 + nb - 1) / nb, std::min<Index>((256 + nb - 1) / nb, cap));
+    const Index want = std::max<Index>((64 + nb - 1) / nb, std::min<Index>((256 + nb - 1) / nb, cap));
+    return std::max<Index>(1, std::min(want, steps));
   }
   bool gathered() const { return nb_ != p_.B; }  // else a block of x is contiguous
   Index column(Index t) const { return t % steps_ * nb_; }
@@ -299,17 +301,22 @@ class GradBlocks {
   void flush(Index t0, Index count) {
     const Index D = p_.D, H = p_.H, B = p_.B, nb = nb_, n = count * nb, Dp = W_ih_T_.ld;
     constexpr Index P = SimdTraits<T>::size;
-    // the inputs of these steps, and the states before them, as contiguous columns
+    // the inputs of these steps, and the states before them, as contiguous columns (in place
+    // when the chunk is the whole batch)
     const T* x = p_.x + (t0 * B + b0_) * D;
     if (gathered()) {
       for (Index s = 0; s < count; ++s)
         std::copy_n(p_.x + ((t0 + s) * B + b0_) * D, D * nb, x_.data() + s * nb * D);
       x = x_.data();
     }
-    for (Index s = 0; s < count; ++s) {
-      const Index t = t0 + s;
-      const T* src = t > 0 ? in_.hs + ((t - 1) * B + b0_) * H : p_.h0 + b0_ * H;
-      std::copy_n(src, H * nb, h_prev_.data() + s * nb * H);
+    const T* h_prev = in_.hs + ((t0 - 1) * B + b0_) * H;
+    if (gathered() || t0 == 0) {
+      for (Index s = 0; s < count; ++s) {
+        const Index t = t0 + s;
+        const T* src = t > 0 ? in_.hs + ((t - 1) * B + b0_) * H : p_.h0 + b0_ * H;
+        std::copy_n(src, H * nb, h_prev_.data() + s * nb * H);
+      }
+      h_prev = h_prev_.data();
     }
     const T* dA = dA_.data();
     const T* dAr = dA_rec_.empty() ? dA : dA_rec_.data();
@@ -321,11 +328,10 @@ class GradBlocks {
       dW_ih.noalias() += ConstMatMap<T>(x, D, n) * ConstMatMap<T>(dA, GH_, n).transpose();
     }
     if (H % P == 0) {
-      panel_gemm<T, true, true>({h_prev_.data(), H, dAr, GH_, dW_hh.data(), H, n, nullptr}, H,
-                                GH_);
+      panel_gemm<T, true, true>({h_prev, H, dAr, GH_, dW_hh.data(), H, n, nullptr}, H, GH_);
     } else {
       dW_hh.noalias() +=
-          ConstMatMap<T>(h_prev_.data(), H, n) * ConstMatMap<T>(dAr, GH_, n).transpose();
+          ConstMatMap<T>(h_prev, H, n) * ConstMatMap<T>(dAr, GH_, n).transpose();
     }
     db.col(0) += ConstMatMap<T>(dA, GH_, n).rowwise().sum();
     if (!dA_rec_.empty()) db.col(1) += ConstMatMap<T>(dAr, GH_, n).rowwise().sum();
