@@ -335,7 +335,8 @@ class GradBlocks {
   // and no more than there are
   static Index block_steps(Index GH, Index nb, Index steps) {
     const Index cap = (Index(1) << 18) / (GH * nb * Index(sizeof(T)));
-    const Index want = std::max<Index>((64 + nb - 1) / nb, std::min<Index>((256 + nb - 1) / nb, cap));
+    const Index want =
+        std::max<Index>((64 + nb - 1) / nb, std::min<Index>((256 + nb - 1) / nb, cap));
     return std::max<Index>(1, std::min(want, steps));
   }
   bool gathered() const { return nb_ != p_.B; }  // else a block of x is contiguous
