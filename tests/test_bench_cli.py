@@ -223,19 +223,27 @@ def test_module_entry_point_runs():
     assert "numpy" in proc.stdout and "us/step" in proc.stdout
 
 
-def test_a_backends_thread_counts_run_next_to_each_other(capsys, monkeypatch):
-    """Within a case, each backend's rows run together (its thread counts in order, each
-    row's repeats in a row), whatever the table order; a pause precedes every change of
-    backend."""
+def test_backends_and_thread_counts_take_turns(capsys, monkeypatch):
+    """Each case's runs go in rounds (every backend and thread count once per round), each
+    timed run right after an untimed run of the same row, with a pause whenever the backend
+    changes; every row gets exactly its repeats, and the table keeps its order."""
     from fastrnn import bench
 
-    order, sleeps = [], []
-    real = bench._time_once
+    order, sleeps, events = [], [], []  # events: every run of a runner, and which were timed
+    real_time_once, real_make_runner = bench._time_once, lib.make_runner
+
+    def make_runner(case, backend, what):
+        runner = real_make_runner(case, backend, what)
+        run = runner.run
+        runner.run = lambda: events.append(("run", id(runner))) or run()
+        return runner
 
     def time_once(row, runner):
         order.append((row.cell, row.backend, row.threads))
-        real(row, runner)
+        events.append(("timed", id(runner)))
+        real_time_once(row, runner)
 
+    monkeypatch.setattr(lib, "make_runner", make_runner)
     monkeypatch.setattr(bench, "_time_once", time_once)
     monkeypatch.setattr(bench.time, "sleep", lambda s: sleeps.append((len(order), s)))
     argv = ["--backends", "cpp,numpy", "--threads", "2,1", "--cells", "rnn,gru", "--repeat", "3"]
@@ -243,10 +251,14 @@ def test_a_backends_thread_counts_run_next_to_each_other(capsys, monkeypatch):
     if "unavailable" in out:  # the cpp extension is not built here: numpy rows only
         pytest.skip("the cpp backend is not available")
     assert code == 0
-    rows = [("numpy", 1), ("numpy", 2), ("cpp", 1), ("cpp", 2)]
-    assert order == [(cell, b, t) for cell in ("rnn", "gru") for b, t in rows for _ in range(3)]
-    # numpy -> cpp in each case, and cpp (rnn) -> numpy (gru) between the cases
-    assert [i for i, _ in sleeps] == [6, 12, 18]
+    one_round = [("numpy", 1), ("numpy", 2), ("cpp", 1), ("cpp", 2)]
+    want = [(cell, b, t) for cell in ("rnn", "gru") for _ in range(3) for b, t in one_round]
+    assert order == want
+    for i, (kind, runner) in enumerate(events):
+        if kind == "timed":  # an untimed run of the same runner just before, then the timed one
+            assert events[i - 1] == ("run", runner) and events[i + 1] == ("run", runner)
+    # before the first run of each case (after the warm-ups) and at every change of backend
+    assert [i for i, _ in sleeps] == [0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22]
     assert all(s == bench._SETTLE for _, s in sleeps)
     table = _table_rows(out)
     assert [(r[2], r[5], r[4]) for r in table] == [

@@ -302,66 +302,86 @@ _checked: dict[tuple[str, str, str], str | None] = {}
 
 
 def _run_rows(args: argparse.Namespace, rows: list[Row], unavailable: dict[str, str]) -> None:
-    """Time every row. Within a case (shape, cell, dtype) a backend's rows run next to each
-    other (1 thread, then 2, ...), each warmed up and then timed its repeats in a row: the
-    ratio to a backend's own 1-thread run compares runs made seconds apart, and every
-    backend is timed in its steady state, as in a training loop (NumPy's runs interleaved
-    with other backends' ran either as fast or up to 1.6x slower here, two in five runs
-    slow). Before the rows of a different backend the process sleeps
-    ``_SETTLE`` seconds, so that the spinning worker threads of OpenBLAS or OpenMP go to
-    sleep instead of taking CPU time from the next backend's threads."""
+    """Time every row. The rows of one case (shape, cell, dtype) run in rounds, each round
+    timing every backend and thread count once: a slow spell of the machine (a busy
+    neighbour on a shared vCPU, lasting seconds) then falls on all of them alike, and the
+    ratios (x numpy, x 1thr) compare runs made seconds apart rather than minutes. Each timed
+    run follows an untimed run of the same row, so every backend is timed in its steady
+    state as in a training loop (NumPy's runs right after another backend's ran up to 1.6x
+    slower, two in five, here). Before a row whose backend differs from the previous
+    row's, the process sleeps ``_SETTLE`` seconds so that the spinning worker threads of
+    OpenBLAS or OpenMP go to sleep instead of taking CPU time from the next backend's."""
     from tqdm import tqdm
 
     from ._sysinfo import available_memory
 
     _checked.clear()
     limit = available_memory()
+    repeats = {id(r): _repeat(args, r.T) for r in rows}
     settle = _SETTLE_QUICK if args.quick else _SETTLE
-    previous = None
     # disable=None: a progress bar on a terminal, nothing in logs and pipes
-    bar = tqdm(total=len(rows), desc="fastrnn bench", unit="run", file=sys.stderr, disable=None)
+    bar = tqdm(
+        total=sum(repeats.values()), desc="fastrnn bench", unit="run", file=sys.stderr, disable=None
+    )
     with bar:
-        for (_, cell, dtype), group in itertools.groupby(
+        for (shape, cell, dtype), group in itertools.groupby(
             rows, key=lambda r: (r.shape, r.cell, r.dtype)
         ):
+            bar.set_postfix_str(f"{shape} {cell} {dtype}")
+            group = list(group)
             case = None
-            order = {name: i for i, name in enumerate(_ALL_BACKENDS)}
-            for row in sorted(group, key=lambda r: (order.get(r.backend, 0), r.threads)):
-                bar.set_postfix_str(
-                    f"{row.shape} {row.cell} {row.dtype} {row.threads}T {row.backend}"
-                )
+            runners: list[tuple[Row, lib.Runner]] = []
+            for row in group:
                 try:
                     if row.backend in unavailable:
                         row.status, row.note = "unavailable", unavailable[row.backend]
-                        continue
-                    if limit is not None and row.estimated_bytes > _MEMORY_SHARE * limit:
+                    elif limit is not None and row.estimated_bytes > _MEMORY_SHARE * limit:
                         row.status = "skipped"
                         row.note = (
                             "would not fit in memory: needs about "
                             f"{_fmt_bytes(row.estimated_bytes)}, {_fmt_bytes(limit)} available"
                         )
+                    else:
+                        if case is None:
+                            case = lib.make_case(
+                                cell, row.D, row.H, row.B, row.T, dtype, args.classes
+                            )
+                        runners.append((row, _prepare(args, row, case)))
                         continue
-                    if previous is not None and previous != row.backend:
-                        time.sleep(settle)
-                    previous = row.backend
-                    if case is None:
-                        case = lib.make_case(cell, row.D, row.H, row.B, row.T, dtype, args.classes)
-                    runner = _prepare(args, row, case)
-                    for _ in range(_repeat(args, row.T)):
-                        _time_once(row, runner)
-                    del runner
-                    row.seconds = statistics.median(row.times)
-                    row.us_per_step = row.seconds / row.T * 1e6
-                    row.gflops = row.flops / row.seconds / 1e9
                 except _Wrong as exc:
                     row.status, row.note = "wrong", str(exc)
                 except MemoryError:
                     row.status, row.note = "skipped", "ran out of memory"
                 except Exception as exc:  # one failing backend must not lose the other rows
                     row.status, row.note = "error", f"{type(exc).__name__}: {exc}"
-                finally:
+                bar.update(repeats[id(row)])
+            # a backend's runs next to each other (1 thread, then 2, ...), backends in order
+            runners.sort(key=lambda rr: (_ALL_BACKENDS.index(rr[0].backend), rr[0].threads))
+            previous = ""  # the warm-ups ran last: settle before the first run too
+            for _ in range(max((repeats[id(r)] for r, _ in runners), default=0)):
+                for row, runner in runners:
+                    if row.status != "ok" or len(row.times) >= repeats[id(row)]:
+                        continue
+                    if previous != row.backend:
+                        time.sleep(settle)
+                    previous = row.backend
+                    try:
+                        with lib.thread_limit(row.threads):
+                            runner.run()  # untimed: back in this row's steady state
+                        _time_once(row, runner)
+                    except MemoryError:
+                        row.status, row.note = "skipped", "ran out of memory"
+                        bar.update(repeats[id(row)] - len(row.times) - 1)
+                    except Exception as exc:
+                        row.status, row.note = "error", f"{type(exc).__name__}: {exc}"
+                        bar.update(repeats[id(row)] - len(row.times) - 1)
                     bar.update()
-            del case
+            del runners, case
+    for row in rows:
+        if row.status == "ok":
+            row.seconds = statistics.median(row.times)
+            row.us_per_step = row.seconds / row.T * 1e6
+            row.gflops = row.flops / row.seconds / 1e9
 
 
 def _time_once(row: Row, runner: lib.Runner) -> None:
@@ -572,7 +592,8 @@ def run(args: argparse.Namespace) -> int:
         "forward": "the layer's forward pass (saving what backward needs)",
     }[args.what]
     print(f"timing:   {what}; median of the timed runs after one warm-up (compile excluded)")
-    print("          a backend's thread counts run next to each other, its repeats in a row")
+    print("          rounds: every backend and thread count once per round, each timed run after")
+    print("          an untimed one of its own")
     print()
 
     _run_rows(args, rows, unavailable)
