@@ -354,14 +354,15 @@ class GradBlocks {
         std::copy_n(p_.x + ((t0 + s) * B + b0_) * D, D * nb, x_.data() + s * nb * D);
       x = x_.data();
     }
-    const T* h_prev = in_.hs + ((t0 - 1) * B + b0_) * H;
-    if (gathered() || t0 == 0) {
+    const T* h_prev = h_prev_.data();
+    if (!gathered() && t0 > 0) {
+      h_prev = in_.hs + ((t0 - 1) * B + b0_) * H;
+    } else {
       for (Index s = 0; s < count; ++s) {
         const Index t = t0 + s;
         const T* src = t > 0 ? in_.hs + ((t - 1) * B + b0_) * H : p_.h0 + b0_ * H;
         std::copy_n(src, H * nb, h_prev_.data() + s * nb * H);
       }
-      h_prev = h_prev_.data();
     }
     const T* dA = dA_.data();
     const T* dAr = dA_rec_.empty() ? dA : dA_rec_.data();
