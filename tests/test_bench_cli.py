@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import weakref
 
 import numpy as np
 import pytest
@@ -230,13 +231,19 @@ def test_backends_and_thread_counts_take_turns(capsys, monkeypatch):
     from fastrnn import bench
 
     order, sleeps, events = [], [], []  # events: every run of a runner, and which were timed
-    real_time_once, real_make_runner = bench._time_once, lib.make_runner
+    real_time_once, real_make_runner, real_run = bench._time_once, lib.make_runner, lib.Runner.run
+
+    alive = weakref.WeakSet()  # the runners not yet freed: one case's rows hold no state
 
     def make_runner(case, backend, what):
+        assert not alive, "a runner is made while another still holds its last results"
         runner = real_make_runner(case, backend, what)
-        run = runner.run
-        runner.run = lambda: events.append(("run", id(runner))) or run()
+        alive.add(runner)
         return runner
+
+    def run(runner):
+        events.append(("run", id(runner)))
+        return real_run(runner)
 
     def time_once(row, runner):
         order.append((row.cell, row.backend, row.threads))
@@ -244,6 +251,7 @@ def test_backends_and_thread_counts_take_turns(capsys, monkeypatch):
         real_time_once(row, runner)
 
     monkeypatch.setattr(lib, "make_runner", make_runner)
+    monkeypatch.setattr(lib.Runner, "run", run)
     monkeypatch.setattr(bench, "_time_once", time_once)
     monkeypatch.setattr(bench.time, "sleep", lambda s: sleeps.append((len(order), s)))
     argv = ["--backends", "cpp,numpy", "--threads", "2,1", "--cells", "rnn,gru", "--repeat", "3"]

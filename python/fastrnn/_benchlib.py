@@ -30,7 +30,7 @@ from __future__ import annotations
 import contextlib
 import math
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -202,7 +202,13 @@ class Runner:
     """A zero-argument workload :meth:`run` for one backend, and what to read off it."""
 
     name: str
-    run: Callable[[], Any]
+    what: str  # one of WHATS: run() calls the subclass's _forward, _fwdbwd or _train
+
+    def run(self) -> Any:
+        """One run of the workload. (A method, not a bound method stored on the instance:
+        that would be a reference cycle, and a runner and the results its layers keep
+        would then wait for the garbage collector instead of going when dropped.)"""
+        return getattr(self, f"_{self.what}")()
 
     def outputs(self, raw: Any) -> dict[str, np.ndarray]:
         """The arrays to compare against the reference."""
@@ -222,7 +228,6 @@ class FastrnnRunner(Runner):
         if what not in WHATS:
             raise ValueError(f"what must be one of {WHATS}, got {what!r}")
         self.name, self.case, self.what = backend, case, what
-        self.run = {"forward": self._forward, "fwdbwd": self._fwdbwd, "train": self._train}[what]
         self._held: int | None = None
         if what == "train":
             from fastrnn import layers
@@ -297,7 +302,6 @@ class TorchRunner(Runner):
         self.targets = torch.from_numpy(case.targets.reshape(-1))
         self.dhs = torch.from_numpy(case.dhs)
         self._params = [*self.rnn.parameters(), *self.head.parameters()]
-        self.run = {"forward": self._forward, "fwdbwd": self._fwdbwd, "train": self._train}[what]
         self._held: int | None = None
 
     def _zero(self) -> None:

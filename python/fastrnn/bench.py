@@ -276,22 +276,20 @@ def _unavailable(backends: set[str]) -> dict[str, str]:
 # --- running -----------------------------------------------------------------------------
 
 
-def _prepare(args: argparse.Namespace, row: Row, case: Any) -> lib.Runner:
+def _prepare(args: argparse.Namespace, row: Row, case: Any) -> None:
     """Check ``row``'s backend against the reference (once per backend, cell and dtype, in
-    ``_checked``), make its runner and warm it up (compile, first touch)."""
+    ``_checked``) and warm it up (compile, first touch)."""
     key = (row.backend, row.cell, row.dtype)
     with lib.thread_limit(row.threads):
         if key not in _checked:
             _checked[key] = lib.check_against_reference(*key, row.what)
         if _checked[key]:
             raise _Wrong(_checked[key])
-        runner = lib.make_runner(case, row.backend, row.what)
-        warmup = runner
         if row.T > _LONG:  # warm up (compile) on a short sequence of the same kind
             short = (row.cell, row.D, row.H, row.B, _WARMUP_T, row.dtype)
-            warmup = lib.make_runner(lib.make_case(*short, args.classes), row.backend, row.what)
-        warmup.run()
-    return runner
+            lib.make_runner(lib.make_case(*short, args.classes), row.backend, row.what).run()
+        else:
+            lib.make_runner(case, row.backend, row.what).run()
 
 
 class _Wrong(Exception):
@@ -308,9 +306,11 @@ def _run_rows(args: argparse.Namespace, rows: list[Row], unavailable: dict[str, 
     ratios (x numpy, x 1thr) compare runs made seconds apart rather than minutes. Each timed
     run follows an untimed run of the same row, so every backend is timed in its steady
     state as in a training loop (NumPy's runs right after another backend's ran up to 1.6x
-    slower, two in five, here). Before a row whose backend differs from the previous
-    row's, the process sleeps ``_SETTLE`` seconds so that the spinning worker threads of
-    OpenBLAS or OpenMP go to sleep instead of taking CPU time from the next backend's."""
+    slower, two in five, here). Before a run whose backend differs from the previous
+    run's, the process sleeps ``_SETTLE`` seconds so that the spinning worker threads of
+    OpenBLAS or OpenMP go to sleep instead of taking CPU time from the next backend's. A
+    runner lives for one untimed and one timed run only: the layers keep what the last
+    forward saved, and one case's rows must not hold that all at once."""
     from tqdm import tqdm
 
     from ._sysinfo import available_memory
@@ -330,7 +330,7 @@ def _run_rows(args: argparse.Namespace, rows: list[Row], unavailable: dict[str, 
             bar.set_postfix_str(f"{shape} {cell} {dtype}")
             group = list(group)
             case = None
-            runners: list[tuple[Row, lib.Runner]] = []
+            ready: list[Row] = []
             for row in group:
                 try:
                     if row.backend in unavailable:
@@ -346,7 +346,8 @@ def _run_rows(args: argparse.Namespace, rows: list[Row], unavailable: dict[str, 
                             case = lib.make_case(
                                 cell, row.D, row.H, row.B, row.T, dtype, args.classes
                             )
-                        runners.append((row, _prepare(args, row, case)))
+                        _prepare(args, row, case)
+                        ready.append(row)
                         continue
                 except _Wrong as exc:
                     row.status, row.note = "wrong", str(exc)
@@ -356,10 +357,10 @@ def _run_rows(args: argparse.Namespace, rows: list[Row], unavailable: dict[str, 
                     row.status, row.note = "error", f"{type(exc).__name__}: {exc}"
                 bar.update(repeats[id(row)])
             # a backend's runs next to each other (1 thread, then 2, ...), backends in order
-            runners.sort(key=lambda rr: (_ALL_BACKENDS.index(rr[0].backend), rr[0].threads))
+            ready.sort(key=lambda r: (_ALL_BACKENDS.index(r.backend), r.threads))
             previous = ""  # the warm-ups ran last: settle before the first run too
-            for _ in range(max((repeats[id(r)] for r, _ in runners), default=0)):
-                for row, runner in runners:
+            for _ in range(max((repeats[id(r)] for r in ready), default=0)):
+                for row in ready:
                     if row.status != "ok" or len(row.times) >= repeats[id(row)]:
                         continue
                     if previous != row.backend:
@@ -367,8 +368,10 @@ def _run_rows(args: argparse.Namespace, rows: list[Row], unavailable: dict[str, 
                     previous = row.backend
                     try:
                         with lib.thread_limit(row.threads):
+                            runner = lib.make_runner(case, row.backend, row.what)
                             runner.run()  # untimed: back in this row's steady state
                         _time_once(row, runner)
+                        del runner
                     except MemoryError:
                         row.status, row.note = "skipped", "ran out of memory"
                         bar.update(repeats[id(row)] - len(row.times) - 1)
@@ -376,7 +379,7 @@ def _run_rows(args: argparse.Namespace, rows: list[Row], unavailable: dict[str, 
                         row.status, row.note = "error", f"{type(exc).__name__}: {exc}"
                         bar.update(repeats[id(row)] - len(row.times) - 1)
                     bar.update()
-            del runners, case
+            del case
     for row in rows:
         if row.status == "ok":
             row.seconds = statistics.median(row.times)
