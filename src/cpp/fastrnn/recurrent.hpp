@@ -7,10 +7,10 @@
 // per-step products are W (G*H x H) times state columns ("feature-major").
 //
 // Structure (DESIGN.md section 3):
-//   forward:  each thread runs its own time loop over a contiguous chunk of sequences: the
-//             input projection of a block of steps (InputBlocks) just before the loop
-//             reaches them, then per step one packed product for all gates (small_gemm)
-//             and the fused gate math;
+//   forward:  1. input projection of all steps, one GEMM (rows of steps*B split over
+//                threads);
+//             2. each thread runs its own time loop over a contiguous chunk of sequences:
+//                one packed product for all gates (small_gemm), then the fused gate math;
 //   backward: each thread runs the dh recurrence over its chunk, backwards in time, writing
 //             the pre-activation gradients dA of each step into a small block of steps
 //             (GradBlocks); when a block is complete, dx = W_ih^T dA, dW_ih += X dA^T,
@@ -178,61 +178,17 @@ void activation_grad(Activation act, T slope, ArrMap<T>& dA, const DH& dh,
 
 // --- forward time loops over the chunk [b0, b0 + nb) ------------------------------------
 
-// The input projection U x_t + b of one worker's chunk, a block of steps at a time just
-// before its time loop reaches them, written into the array that loop then reads and
-// overwrites (hs for rnn, gates for lstm and gru). The pre-activations are written once
-// and read back from cache, instead of going to memory in a separate pass and coming back,
-// and each worker's share stays in its own core's cache.
-template <class T>
-class InputBlocks {
- public:
-  // W_in: W_ih packed, or null (rows not a whole number of packets: Eigen's product)
-  InputBlocks(const Problem<T>& p, const PackedMatrix<T>* W_in, const T* bias, T* pre,
-              Index b0, Index nb)
-      : p_(p), W_in_(W_in), bias_(bias), pre_(pre), b0_(b0), nb_(nb),
-        GH_(gates_of(p.cell) * p.H), steps_(block_steps(GH_, nb)) {}
-
-  void before_step(Index t) {
-    if (t % steps_ != 0) return;
-    const Index count = std::min(steps_, p_.steps - t);
-    if (nb_ == p_.B) return project(t * p_.B, count * p_.B);  // contiguous columns
-    for (Index s = 0; s < count; ++s) project((t + s) * p_.B + b0_, nb_);
-  }
-
- private:
-  // ~128 KB of pre-activations per block
-  static Index block_steps(Index GH, Index nb) {
-    return std::max<Index>(1, (Index(1) << 17) / (GH * nb * Index(sizeof(T))));
-  }
-  // columns [c0, c0 + n) of the (GH, steps*B) pre-activations
-  void project(Index c0, Index n) {
-    const Index D = p_.D;
-    if (W_in_) return small_gemm(*W_in_, p_.x + c0 * D, D, pre_ + c0 * GH_, GH_, n, bias_);
-    MatMap<T> A(pre_ + c0 * GH_, GH_, n);
-    A.colwise() = Eigen::Map<const Eigen::Matrix<T, Eigen::Dynamic, 1>>(bias_, GH_);
-    A.noalias() +=
-        ConstMatMap<T>(p_.W_ih, D, GH_).transpose() * ConstMatMap<T>(p_.x + c0 * D, D, n);
-  }
-
-  const Problem<T>& p_;
-  const PackedMatrix<T>* W_in_;
-  const T* bias_;
-  T* pre_;
-  Index b0_, nb_, GH_, steps_;
-};
-
-
 template <class T>
 void rnn_forward_chunk(const Problem<T>& p, const ForwardOutput<T>& out,
-                       const PackedMatrix<T>& W, InputBlocks<T>& input, Index b0, Index nb) {
+                       const PackedMatrix<T>& W, Index b0, Index nb) {
   const Index H = p.H, B = p.B;
   const ChunkMask mask(p.lengths, b0, nb, p.steps);
   std::vector<T> rec_buf(static_cast<std::size_t>(W.ld * nb));
   const StridedArrMap<T> rec(rec_buf.data(), H, nb, Eigen::OuterStride<>(W.ld));
   const T* h_prev = p.h0 + b0 * H;
   for (Index t = 0; t < p.steps; ++t) {
-    input.before_step(t);
     T* h_ptr = out.hs + (t * B + b0) * H;
+    if (t + 1 < p.steps) prefetch(h_ptr + B * H, H * nb);
     small_gemm(W, h_prev, H, rec_buf.data(), W.ld, nb);  // W h_{t-1}
     ArrMap<T> h(h_ptr, H, nb);                             // holds U x_t + b
     activate(p.activation, p.slope, h, rec);               // h_t = act(U x_t + W h_{t-1} + b)
@@ -243,7 +199,7 @@ void rnn_forward_chunk(const Problem<T>& p, const ForwardOutput<T>& out,
 
 template <class T>
 void lstm_forward_chunk(const Problem<T>& p, const ForwardOutput<T>& out,
-                        const PackedMatrix<T>& W, InputBlocks<T>& input, Index b0, Index nb) {
+                        const PackedMatrix<T>& W, Index b0, Index nb) {
   const Index H = p.H, B = p.B, GH = 4 * H;
   const ChunkMask mask(p.lengths, b0, nb, p.steps);
   std::vector<T> rec_buf(static_cast<std::size_t>(W.ld * nb));
@@ -252,7 +208,7 @@ void lstm_forward_chunk(const Problem<T>& p, const ForwardOutput<T>& out,
   const T* c_prev = p.c0 + b0 * H;
   for (Index t = 0; t < p.steps; ++t) {
     const Index off = (t * B + b0);
-    input.before_step(t);
+    if (t + 1 < p.steps) prefetch(out.gates + (off + B) * GH, GH * nb);
     small_gemm(W, h_prev, H, rec_buf.data(), W.ld, nb);
     ArrMap<T> g(out.gates + off * GH, GH, nb);  // holds U x_t + b, becomes i, f, g, o
     g.topRows(2 * H) = (g.topRows(2 * H) + rec.topRows(2 * H)).logistic();
@@ -271,7 +227,7 @@ void lstm_forward_chunk(const Problem<T>& p, const ForwardOutput<T>& out,
 
 template <class T>
 void gru_forward_chunk(const Problem<T>& p, const ForwardOutput<T>& out,
-                       const PackedMatrix<T>& W, InputBlocks<T>& input, Index b0, Index nb) {
+                       const PackedMatrix<T>& W, Index b0, Index nb) {
   const Index H = p.H, B = p.B, GH = 3 * H;
   const ChunkMask mask(p.lengths, b0, nb, p.steps);
   std::vector<T> rec_buf(static_cast<std::size_t>(W.ld * nb));
@@ -280,7 +236,7 @@ void gru_forward_chunk(const Problem<T>& p, const ForwardOutput<T>& out,
   const T* h_prev = p.h0 + b0 * H;
   for (Index t = 0; t < p.steps; ++t) {
     const Index off = (t * B + b0);
-    input.before_step(t);
+    if (t + 1 < p.steps) prefetch(out.gates + (off + B) * GH, GH * nb);
     small_gemm(W, h_prev, H, rec_buf.data(), W.ld, nb);
     ArrMap<T> g(out.gates + off * GH, GH, nb);  // holds W_i. x_t + b_i., becomes r, z, n
     g.topRows(2 * H) = ((g.topRows(2 * H) + rec.topRows(2 * H)).colwise() + b_hh.head(2 * H))
@@ -564,22 +520,31 @@ int workers_for(const Problem<T>& p, Index items) {
 template <class T>
 void forward(const Problem<T>& p, const ForwardOutput<T>& out) {
   using namespace detail;
-  const Index H = p.H, B = p.B, D = p.D, GH = gates_of(p.cell) * H;
+  const Index H = p.H, B = p.B, D = p.D, GH = gates_of(p.cell) * H, TB = p.steps * B;
   T* pre = p.cell == Cell::rnn ? out.hs : out.gates;  // (GH, TB): U x_t + b for every step
   Eigen::Matrix<T, Eigen::Dynamic, 1> bias = Eigen::Map<const Eigen::Matrix<T, Eigen::Dynamic, 1>>(p.b_ih, GH);
   if (p.cell != Cell::gru) bias += Eigen::Map<const Eigen::Matrix<T, Eigen::Dynamic, 1>>(p.b_hh, GH);
+  const int proj_workers = workers_for(p, TB);
   // With whole packets of rows, the panel kernel streams x once with W_ih in cache and the
   // bias folded in (1.5x Eigen's GEMM here, which packs all of x first); else Eigen.
-  PackedMatrix<T> W_in, W;
-  if (GH % SimdTraits<T>::size == 0) W_in.from_row_major(p.W_ih, GH, D);
+  const bool panels = GH % SimdTraits<T>::size == 0;
+  PackedMatrix<T> W_in;
+  if (panels) W_in.from_row_major(p.W_ih, GH, D);
+  run_workers(proj_workers, p.flush_denormals, [&](int w) {
+    const auto [c0, c1] = split_range(TB, proj_workers, w);
+    if (panels) return small_gemm(W_in, p.x + c0 * D, D, pre + c0 * GH, GH, c1 - c0, bias.data());
+    MatMap<T> A(pre + c0 * GH, GH, c1 - c0);
+    A.colwise() = bias;  // then += the product: no separate zeroing pass
+    A.noalias() += ConstMatMap<T>(p.W_ih, D, GH).transpose() * ConstMatMap<T>(p.x + c0 * D, D, c1 - c0);
+  });
+  PackedMatrix<T> W;
   W.from_row_major(p.W_hh, GH, H);
   const int workers = workers_for(p, B);
   run_workers(workers, p.flush_denormals, [&](int w) {
     const auto [b0, b1] = split_range(B, workers, w);
-    InputBlocks<T> input(p, W_in.data.empty() ? nullptr : &W_in, bias.data(), pre, b0, b1 - b0);
-    if (p.cell == Cell::rnn) rnn_forward_chunk(p, out, W, input, b0, b1 - b0);
-    if (p.cell == Cell::lstm) lstm_forward_chunk(p, out, W, input, b0, b1 - b0);
-    if (p.cell == Cell::gru) gru_forward_chunk(p, out, W, input, b0, b1 - b0);
+    if (p.cell == Cell::rnn) rnn_forward_chunk(p, out, W, b0, b1 - b0);
+    if (p.cell == Cell::lstm) lstm_forward_chunk(p, out, W, b0, b1 - b0);
+    if (p.cell == Cell::gru) gru_forward_chunk(p, out, W, b0, b1 - b0);
   });
   // final states: after each sequence's last real step
   for (Index b = 0; b < B; ++b) {
