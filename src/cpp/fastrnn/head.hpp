@@ -87,8 +87,7 @@ double head_rows(const HeadProblem<T>& p, const HeadOutput<T>& out, const Packed
   constexpr Index P = SimdTraits<T>::size;
   constexpr Index Q = std::max<Index>(P, SimdTraits<T>::NR);  // both powers of two
   const bool h_panels = H % P == 0;
-  // dh bypasses the cache when it is too large to stay there for the caller (16 MB)
-  const bool stream = p.N * H * static_cast<Index>(sizeof(T)) >= (Index(16) << 20);
+  const bool stream = worth_streaming(p.N * H * static_cast<Index>(sizeof(T)));  // dh
   // a block of logits of about 32 KB (L1), a whole number of packets and register tiles
   const Index block =
       std::clamp<Index>(32768 / static_cast<Index>(sizeof(T) * std::max(Kp, Hp)) / Q * Q, Q, 512);

@@ -43,6 +43,11 @@ inline void stream_store(float* d, const float* s) { _mm_stream_ps(d, _mm_loadu_
 inline void stream_store(double* d, const double* s) { _mm_stream_pd(d, _mm_loadu_pd(s)); }
 #endif
 
+// Whether an output of `bytes` is written with stream_copy: from 16 MB, more than a
+// share of the last-level cache it would only evict, to be read back from memory anyway.
+// Smaller ones may still be in cache when the caller reads them.
+inline bool worth_streaming(Index bytes) { return bytes >= (Index(16) << 20); }
+
 // dst[0:n] = src[0:n] with non-temporal stores (where the instruction set has them) for
 // an output too large to stay in cache: each line is written once, and not first read in
 // as a normal store would. They are weakly ordered: call stream_fence() once after the

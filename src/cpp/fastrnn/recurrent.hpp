@@ -271,7 +271,7 @@ class GradBlocks {
         dA_(GH_ * nb * steps_), dA_rec_(p.cell == Cell::gru ? GH_ * nb * steps_ : 0),
         x_(gathered() ? p.D * nb * steps_ : 0), h_prev_(p.H * nb * steps_),
         dx_(W_ih_T.ld * nb * steps_),
-        stream_(p.steps * p.B * p.D * Index(sizeof(T)) >= (Index(16) << 20)) {
+        stream_(worth_streaming(p.steps * p.B * p.D * Index(sizeof(T)))) {  // dx
     dW_ih.setZero(p.D, GH_);
     dW_hh.setZero(p.H, GH_);
     db.setZero(GH_, 2);
@@ -296,12 +296,20 @@ class GradBlocks {
     return std::max<Index>(1, std::min(want, steps));
   }
   bool gathered() const { return nb_ != p_.B; }  // else a block of x is contiguous
+
+  // C (m x GH) += A (m x n) dA (GH x n)^T: the panel kernel where the m rows come in whole
+  // packets (no packing of the operands), else Eigen
+  void add_outer(Mat<T>& C, const T* A, const T* dA, Index n) const {
+    const Index m = C.rows();
+    if (m % SimdTraits<T>::size == 0)
+      return panel_gemm<T, true, true>({A, m, dA, GH_, C.data(), m, n, nullptr}, m, GH_);
+    C.noalias() += ConstMatMap<T>(A, m, n) * ConstMatMap<T>(dA, GH_, n).transpose();
+  }
   Index column(Index t) const { return t % steps_ * nb_; }
 
   // The block of steps [t0, t0 + count): its dA are columns [0, count * nb).
   void flush(Index t0, Index count) {
     const Index D = p_.D, H = p_.H, B = p_.B, nb = nb_, n = count * nb, Dp = W_ih_T_.ld;
-    constexpr Index P = SimdTraits<T>::size;
     // the inputs of these steps, and the states before them, as contiguous columns (in place
     // when the chunk is the whole batch)
     const T* x = p_.x + (t0 * B + b0_) * D;
@@ -322,19 +330,8 @@ class GradBlocks {
     }
     const T* dA = dA_.data();
     const T* dAr = dA_rec_.empty() ? dA : dA_rec_.data();
-    // dW_ih += X dA^T, dW_hh += H_prev dA_rec^T: the panel kernel where rows come in whole
-    // packets (no packing of the operands), else Eigen
-    if (D % P == 0) {
-      panel_gemm<T, true, true>({x, D, dA, GH_, dW_ih.data(), D, n, nullptr}, D, GH_);
-    } else {
-      dW_ih.noalias() += ConstMatMap<T>(x, D, n) * ConstMatMap<T>(dA, GH_, n).transpose();
-    }
-    if (H % P == 0) {
-      panel_gemm<T, true, true>({h_prev, H, dAr, GH_, dW_hh.data(), H, n, nullptr}, H, GH_);
-    } else {
-      dW_hh.noalias() +=
-          ConstMatMap<T>(h_prev, H, n) * ConstMatMap<T>(dAr, GH_, n).transpose();
-    }
+    add_outer(dW_ih, x, dA, n);       // dW_ih += X dA^T
+    add_outer(dW_hh, h_prev, dAr, n);  // dW_hh += H_prev dA_rec^T
     db.col(0) += ConstMatMap<T>(dA, GH_, n).rowwise().sum();
     if (!dA_rec_.empty()) db.col(1) += ConstMatMap<T>(dAr, GH_, n).rowwise().sum();
     // dx = W_ih^T dA, rows padded to whole packets, then each step's (D x nb) out
