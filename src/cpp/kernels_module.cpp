@@ -100,6 +100,15 @@ const T* optional_input(const py::object& obj, const char* name, const std::vect
   return input<T>(obj, name, shape);
 }
 
+// The thread settings every kernel problem (Problem, HeadProblem) carries.
+template <class Problem>
+void set_threads(Problem& p, int num_threads, bool flush_denormals) {
+  if (num_threads < 1)
+    throw py::value_error("num_threads must be >= 1, got " + std::to_string(num_threads));
+  p.num_threads = num_threads;
+  p.flush_denormals = flush_denormals;
+}
+
 // A C-contiguous int64 array of shape (n,) with every value in lo..hi; `range` names the
 // range in the message.
 const std::int64_t* int64_input(const py::object& obj, const char* name, Index n,
@@ -141,10 +150,7 @@ fastrnn::Problem<T> problem(const std::string& cell_name, const std::string& act
   if (!std::isfinite(slope) || slope < 0.0)
     throw py::value_error("negative_slope must be finite and >= 0, got " + std::to_string(slope));
   p.slope = static_cast<T>(slope);
-  if (num_threads < 1)
-    throw py::value_error("num_threads must be >= 1, got " + std::to_string(num_threads));
-  p.num_threads = num_threads;
-  p.flush_denormals = flush_denormals;
+  set_threads(p, num_threads, flush_denormals);
   const Index G = fastrnn::gates_of(p.cell);
   py::array xa = as_array(x, "x");
   if (xa.ndim() != 3)
@@ -299,10 +305,7 @@ py::tuple linear_cross_entropy_impl(const py::object& h, const py::object& weigh
   if (!std::isfinite(scale))
     throw py::value_error("scale must be finite, got " + std::to_string(scale));
   p.scale = static_cast<T>(scale);
-  if (num_threads < 1)
-    throw py::value_error("num_threads must be >= 1, got " + std::to_string(num_threads));
-  p.num_threads = num_threads;
-  p.flush_denormals = flush_denormals;
+  set_threads(p, num_threads, flush_denormals);
   auto dh = empty<T>({p.N, p.H});
   auto dweight = empty<T>({p.K, p.H});
   auto dbias = empty<T>({p.K});
