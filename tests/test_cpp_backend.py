@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 
 import fastrnn
-from conftest import make_case
+from conftest import make_case, run_case
 
 if "cpp" not in fastrnn.available_backends():
     pytest.skip(
@@ -34,17 +34,8 @@ LEVELS = ("generic", "avx2", "avx512")
 
 
 def _forward_backward(case, cell, backend="cpp"):
-    res = fastrnn.forward(
-        cell,
-        case["params"],
-        case["x"],
-        case["h0"],
-        case["c0"],
-        lengths=case["lengths"],
-        backend=backend,
-    )
-    g = fastrnn.backward(res, case["dhs"], case["dh_n"], case["dc_n"], return_step_norms=True)
-    return [res.hs, res.h_n, g.dx, g.dh0, g.step_norms, *g.params.values()]
+    """Every output and gradient of forward + backward, as a list (see conftest.run_case)."""
+    return list(run_case(backend, cell, "tanh", case).values())
 
 
 @pytest.fixture
