@@ -46,6 +46,7 @@ __all__ = [
     "as_array",
     "as_float_array",
     "as_int_array",
+    "as_numeric_array",
     "available_memory",
     "check_bool",
     "check_choice",
@@ -261,6 +262,31 @@ def as_array(name: str, value: object) -> np.ndarray:
         return np.asarray(value)
     except (ValueError, TypeError) as exc:
         raise TypeError(f"{name} must be an array, got {describe(value)}: {exc}") from None
+
+
+def as_numeric_array(
+    name: str, value: object, dtype: np.dtype, *, finite: bool = True
+) -> np.ndarray:
+    """``value`` (any array of numbers: bool, int or float, or what NumPy turns into one)
+    converted once to a C-contiguous array of ``dtype``, as scikit-learn's ``check_array``
+    does for an estimator's input. With ``finite`` (the default) NaN and inf are refused by
+    :func:`check_finite`, in the input itself and, when the conversion narrows the dtype,
+    as overflow of the converted values."""
+    if type(value).__module__.split(".")[0] == "torch" and hasattr(value, "detach"):
+        value = value.detach().cpu()  # type: ignore[attr-defined]
+    arr = as_array(name, value)
+    if arr.dtype.kind not in "biuf":
+        raise TypeError(
+            f"{name} must be an array of numbers, got dtype {arr.dtype}"
+            + ("" if isinstance(value, np.ndarray) else f" ({describe(value)})")
+        )
+    if finite:
+        check_finite(name, arr)
+    with np.errstate(over="ignore"):  # an overflow is reported below, by position
+        out = np.ascontiguousarray(arr, dtype=dtype)
+    if finite and arr.dtype.kind == "f" and arr.dtype.itemsize > out.dtype.itemsize:
+        check_finite(f"{name} converted to {out.dtype}", out)
+    return out
 
 
 def as_int_array(name: str, value: object, shape: tuple[int, ...] | None = None) -> np.ndarray:

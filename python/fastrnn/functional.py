@@ -81,8 +81,10 @@ class HeadGradients:
 
 # --- validation --------------------------------------------------------------------------
 # The checks live in fastrnn._validation; these names stay for the modules that still
-# import them from here (diagnostics), until they use fastrnn._validation directly.
+# import them from here (diagnostics, losses), until they use fastrnn._validation directly.
 _check_choice = V.check_choice
+_check_mask = V.check_mask
+_check_targets = V.check_targets
 _check_params = V.check_params
 _check_lengths = V.check_lengths
 _as_float_array = V.as_float_array
@@ -95,7 +97,9 @@ def _check_slope(negative_slope: object) -> float:
 
 
 def _check_reduction(reduction: object) -> str:
-    return V.check_choice("reduction", reduction, REDUCTIONS)
+    if not isinstance(reduction, str) or reduction not in REDUCTIONS:
+        raise ValueError(f"reduction must be 'mean' or 'sum', got {reduction!r}")
+    return reduction
 
 
 def _backend_name(backend: str | None) -> str:

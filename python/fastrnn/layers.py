@@ -93,6 +93,15 @@ class _Module:
     """
 
     training: bool = True
+    _backward_state: tuple[str, ...] = ()  # attributes that hold what backward needs
+
+    def __getstate__(self) -> dict[str, Any]:
+        """Pickle without what :meth:`backward` needs (the activations of the last
+        forward): a pickled layer is its configuration and parameters."""
+        state = dict(self.__dict__)
+        for name in self._backward_state:
+            state[name] = None
+        return state
 
     def train(self, mode: bool = True) -> Any:
         """Set training mode (``mode=False``: evaluation mode); return the module."""
@@ -113,6 +122,8 @@ class _Module:
 
 class _Recurrent(_Module):
     """Shared machinery of :class:`RNN`, :class:`LSTM` and :class:`GRU`."""
+
+    _backward_state = ("_cache",)
 
     _cell: str = ""
 
@@ -524,6 +535,8 @@ class Linear(_Module):
     ``grads`` likewise, written by :meth:`backward`. Applies to any leading dimensions,
     so the same head serves every step ``(T, B, in)`` or the last step ``(B, in)``.
     """
+
+    _backward_state = ("_h",)
 
     def __init__(
         self,

@@ -1,0 +1,246 @@
+"""Decoders: one-to-many (:class:`SequenceGenerator`) and encoder-decoder (:class:`Seq2Seq`)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from .. import _validation as V
+from .. import io as _io
+from .. import layers, losses
+from ..datasets import one_hot
+from ._base import _encode_labels, _lengths, _Model, _state_h
+
+
+class _Decoder(_Model):
+    """A token decoder started from a state: teacher forcing in training, greedy decoding.
+
+    Token ids 0..K-1 are the classes; id K is <start> as an input and <stop> as a target.
+    Subclasses give the initial state and its backward.
+    """
+
+    _causal = True
+
+    def __init__(self, hidden_size: int = 32, *, max_length: int | None = None, **kwargs: Any):
+        super().__init__(hidden_size, **kwargs)
+        self.max_length = (
+            None if max_length is None else V.check_positive_int("max_length", max_length)
+        )
+
+    def _adjust_tags(self, tags: Any) -> None:
+        tags.target_tags.two_d_labels = True
+
+    def _build_decoder(self, meta: dict[str, Any], rng: np.random.Generator) -> None:
+        K = meta["n_classes"]
+        self._parts["decoder"] = self._rnn(K + 1, rng)
+        self._parts["head"] = self._linear(self.hidden_size, K + 1, rng)
+
+    def _setup(self, meta: dict[str, Any]) -> np.random.Generator:
+        rng = super()._setup(meta)
+        self.classes_ = np.asarray(meta["classes"], dtype=np.int64)
+        return rng
+
+    def _check_targets(self, y: object, y_lengths: object, n: int) -> tuple[np.ndarray, np.ndarray]:
+        y = V.as_int_array("y", y)
+        if y.ndim != 2 or y.shape[0] != n or y.shape[1] < 1:
+            raise ValueError(
+                f"y has shape {y.shape}, expected ({n}, T_out): a token sequence per sample"
+            )
+        if y_lengths is None:
+            real = y >= 0
+            y_lengths = real.sum(axis=1)
+            if not np.array_equal(
+                real, losses.mask_from_lengths(y_lengths, y.shape[1], batch_first=True)
+            ):
+                raise ValueError("y has PAD (-1) entries inside sequences; pass y_lengths")
+        lens = _lengths(y_lengths, n, y.shape[1]) if np.min(y_lengths) >= 1 else None
+        if lens is None:
+            raise ValueError("y_lengths must be >= 1: every target needs at least one token")
+        return y, lens
+
+    def _classes_meta(self, y: np.ndarray, lens: np.ndarray) -> dict[str, Any]:
+        classes = np.unique(y[losses.mask_from_lengths(lens, y.shape[1], batch_first=True)])
+        if classes[0] < 0:
+            raise ValueError(f"y holds negative tokens inside the sequences: {classes[:3]}")
+        return {"n_classes": len(classes), "classes": classes.tolist(), "max_len": int(lens.max())}
+
+    def _encode(self, y: np.ndarray, lens: np.ndarray) -> np.ndarray:
+        mask = losses.mask_from_lengths(lens, y.shape[1], batch_first=True)
+        return _encode_labels(self.classes_, y, mask, "tokens")
+
+    def _tokens(self, ids: np.ndarray) -> np.ndarray:
+        """One-hot decoder input for token ids (K is <start>)."""
+        return one_hot(ids, self._meta["n_classes"] + 1, dtype=self._dtype)
+
+    def _teacher_forcing(
+        self, state0: layers.State, y: np.ndarray, lens: np.ndarray, backward: bool = True
+    ) -> tuple[float, layers.State | None]:
+        """Loss of predicting y then <stop> given the true previous tokens; returns the
+        loss and (with ``backward``) the gradient w.r.t. ``state0``."""
+        K = self._meta["n_classes"]
+        B = y.shape[0]
+        T = int(lens.max()) + 1
+        t = np.arange(T)[None, :]
+        prev = np.full((B, T), K, dtype=np.int64)
+        prev[:, 1:] = np.where(t[:, 1:] <= lens[:, None], y[:, : T - 1], 0)
+        yy = np.zeros((B, T), dtype=np.int64)
+        yy[:, : T - 1] = np.maximum(y[:, : T - 1], 0)
+        target = np.where(t < lens[:, None], yy, np.where(t == lens[:, None], K, 0))
+        dec, head = self._parts["decoder"], self._parts["head"]
+        out, _ = dec.forward(self._tokens(prev), state0, lengths=lens + 1)
+        mask = losses.mask_from_lengths(lens + 1, T, batch_first=True)
+        if not backward:
+            return losses.softmax_cross_entropy(head.forward(out), target, mask=mask)[0], None
+        loss, dh = head.softmax_cross_entropy(out, target, mask=mask)  # fused head + loss
+        _, dstate0 = dec.backward(dh)
+        return loss, dstate0
+
+    def _greedy(self, state: layers.State, B: int, max_length: int | None) -> list[np.ndarray]:
+        K = self._meta["n_classes"]
+        limit = self.max_length or 2 * self._meta["max_len"] if max_length is None else max_length
+        dec, head = self._parts["decoder"], self._parts["head"]
+        tok = np.full(B, K, dtype=np.int64)
+        tokens = np.zeros((B, limit), dtype=np.int64)
+        length = np.full(B, limit, dtype=np.int64)
+        done = np.zeros(B, dtype=bool)
+        for t in range(limit):
+            out, state = dec.forward(self._tokens(tok[:, None]), state)
+            tok = head.forward(out[:, 0]).argmax(axis=-1)
+            tokens[:, t] = tok
+            stop = (tok == K) & ~done
+            length[stop] = t
+            done |= stop
+            if done.all():
+                break
+        return [self.classes_[tokens[b, : length[b]]] for b in range(B)]
+
+
+@_io.register("SequenceGenerator")
+class SequenceGenerator(_Decoder):
+    """One-to-many: a token sequence from one input vector (image features, a style code).
+
+    ``fit(X, y)``: ``X`` (n, D) one vector per sample, ``y`` (n, T_out) integer tokens
+    (padded with -1, or with ``y_lengths``). The vector sets the decoder's initial state
+    ``h0 = tanh(W x + b)`` (every layer; the LSTM cell state starts at 0); the decoder
+    is trained with teacher forcing (it reads the true previous token) and stops with a
+    learned <stop> token. ``predict(X)`` decodes greedily: a list of token arrays.
+    """
+
+    def _adjust_tags(self, tags: Any) -> None:
+        super()._adjust_tags(tags)
+        tags.input_tags.two_d_array = True
+        tags.input_tags.three_d_array = False
+
+    def _build(self, meta: dict[str, Any], rng: np.random.Generator) -> None:
+        self._parts["init"] = self._linear(
+            meta["input_size"], self.num_layers * self.hidden_size, rng
+        )
+        self._build_decoder(meta, rng)
+
+    def fit(
+        self, X: np.ndarray, y: np.ndarray, y_lengths: np.ndarray | None = None
+    ) -> SequenceGenerator:
+        """Learn to emit ``y`` (n, T_out) tokens from the vectors ``X`` (n, D).
+
+        NaN or inf in ``X`` is a ValueError naming the first bad position, raised before
+        any training."""
+        X = self._check_X(X, ndim=2)
+        y, lens = self._check_targets(y, y_lengths, X.shape[0])
+        rng = self._setup({"input_size": X.shape[1], **self._classes_meta(y, lens)})
+        self._train((X, self._encode(y, lens), lens), rng)
+        return self
+
+    def _initial_state(self, X: np.ndarray) -> tuple[layers.State, np.ndarray]:
+        """The decoder's initial state and ``tanh(W x + b)`` (n, L*H) it was made of."""
+        h0_flat = np.tanh(self._parts["init"].forward(X))
+        B, L, H = X.shape[0], self.num_layers, self.hidden_size
+        h0 = np.ascontiguousarray(h0_flat.reshape(B, L, H).transpose(1, 0, 2))
+        return ((h0, np.zeros_like(h0)) if self.cell == "lstm" else h0), h0_flat
+
+    def _loss_backward(self, batch: Sequence[np.ndarray], backward: bool = True) -> float:
+        X, y, lens = batch
+        state0, h0_flat = self._initial_state(X)
+        loss, dstate = self._teacher_forcing(state0, y, lens, backward)
+        if dstate is None:
+            return loss
+        dh0 = _state_h(dstate)
+        dpre = dh0.transpose(1, 0, 2).reshape(X.shape[0], -1) * (1.0 - h0_flat**2)
+        self._parts["init"].backward(dpre.astype(self._dtype, copy=False))
+        return loss
+
+    def predict(self, X: np.ndarray, *, max_length: int | None = None) -> list[np.ndarray]:
+        """Greedy decoding: the token sequence (without <stop>) for each vector of ``X``;
+        at most ``max_length`` tokens (default: the constructor's, or twice the longest
+        training target)."""
+        self._check_fitted()
+        X = self._check_X(X, ndim=2)
+        return self._greedy(self._initial_state(X)[0], X.shape[0], max_length)
+
+
+@_io.register("Seq2Seq")
+class Seq2Seq(_Decoder):
+    """Encoder-decoder for input and output sequences of different, variable lengths.
+
+    The encoder (an RNN stack over ``X`` with ``lengths``) hands its final state to the
+    decoder (the same cell and size), which is trained with teacher forcing and decodes
+    greedily until it emits <stop>. ``fit(X, y, lengths, y_lengths)``: ``X`` (n, T_in, D),
+    ``y`` (n, T_out) integer tokens padded with -1 (or real lengths in ``y_lengths``).
+    ``predict`` returns a list of token arrays.
+    """
+
+    def _build(self, meta: dict[str, Any], rng: np.random.Generator) -> None:
+        self._parts["encoder"] = self._rnn(meta["input_size"], rng)
+        self._build_decoder(meta, rng)
+
+    def fit(
+        self,
+        X: np.ndarray,
+        y: np.ndarray,
+        lengths: np.ndarray | None = None,
+        y_lengths: np.ndarray | None = None,
+    ) -> Seq2Seq:
+        """Learn to translate ``X`` (n, T_in, D) with ``lengths`` into tokens ``y``.
+
+        NaN or inf in ``X`` is a ValueError naming the first bad position, raised before
+        any training."""
+        X = self._check_X(X)
+        lens = _lengths(lengths, X.shape[0], X.shape[1])
+        y, ylens = self._check_targets(y, y_lengths, X.shape[0])
+        rng = self._setup({"input_size": X.shape[2], **self._classes_meta(y, ylens)})
+        self._train((X, lens, self._encode(y, ylens), ylens), rng)
+        return self
+
+    def _encode_inputs(self, X: np.ndarray, lens: np.ndarray) -> layers.State:
+        _, state = self._parts["encoder"].forward(X[:, : int(lens.max())], lengths=lens)
+        return state
+
+    def _loss_backward(self, batch: Sequence[np.ndarray], backward: bool = True) -> float:
+        X, lens, y, ylens = batch
+        loss, dstate = self._teacher_forcing(self._encode_inputs(X, lens), y, ylens, backward)
+        if dstate is not None:
+            self._parts["encoder"].backward(None, dstate)
+        return loss
+
+    def predict(
+        self, X: np.ndarray, lengths: np.ndarray | None = None, *, max_length: int | None = None
+    ) -> list[np.ndarray]:
+        """Greedy decoding: the output tokens (without <stop>) for each input sequence."""
+        self._check_fitted()
+        X = self._check_X(X)
+        lens = _lengths(lengths, X.shape[0], X.shape[1])
+        return self._greedy(self._encode_inputs(X, lens), X.shape[0], max_length)
+
+    def score(
+        self,
+        X: np.ndarray,
+        y: np.ndarray,
+        lengths: np.ndarray | None = None,
+        y_lengths: np.ndarray | None = None,
+    ) -> float:
+        """Exact-match accuracy: the share of sequences decoded exactly right."""
+        X = self._check_X(X)
+        y, ylens = self._check_targets(y, y_lengths, X.shape[0])
+        pred = self.predict(X, lengths)
+        return float(np.mean([np.array_equal(p, y[i, : ylens[i]]) for i, p in enumerate(pred)]))
