@@ -139,7 +139,7 @@ def test_env_var_with_unknown_name_fails_clearly():
 def test_num_threads_setting():
     fastrnn.set_num_threads(1)
     assert fastrnn.get_num_threads() == 1
-    with pytest.raises(ValueError, match="num_threads must be >= 1"):
+    with pytest.raises(ValueError, match="num_threads must be a positive int, got 0"):
         fastrnn.set_num_threads(0)
     with pytest.raises(TypeError, match="num_threads must be an int"):
         fastrnn.set_num_threads(2.0)

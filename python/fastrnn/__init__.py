@@ -10,6 +10,7 @@ output head :func:`linear_cross_entropy`) runs on one of several backends behind
 from __future__ import annotations
 
 import importlib
+from typing import TYPE_CHECKING
 
 from ._config import (
     available_backends,
@@ -30,6 +31,8 @@ from .functional import (
     linear_cross_entropy,
 )
 
+# The one place the version is written: pyproject.toml reads it from here (scikit-build-core's
+# regex metadata provider), and `fastrnn --version` and the benchmarks report it.
 __version__ = "0.1.0"
 
 
@@ -66,6 +69,36 @@ _LAZY: dict[str, str] = {
     "gradcheck": "fastrnn.diagnostics",
 }
 _SUBMODULES = {"layers", "losses", "optim", "training", "io", "models", "datasets", "diagnostics"}
+
+if TYPE_CHECKING:  # what __getattr__ loads on first use, for type checkers and IDEs
+    # ("X as X": an explicit re-export, PEP 484)
+    from . import datasets as datasets
+    from . import diagnostics as diagnostics
+    from . import io as io
+    from . import layers as layers
+    from . import losses as losses
+    from . import models as models
+    from . import optim as optim
+    from . import training as training
+    from ._warmup import warmup as warmup
+    from .diagnostics import gradcheck as gradcheck
+    from .io import load as load
+    from .io import save as save
+    from .layers import GRU as GRU
+    from .layers import LSTM as LSTM
+    from .layers import RNN as RNN
+    from .layers import Linear as Linear
+    from .models import CharLanguageModel as CharLanguageModel
+    from .models import Seq2Seq as Seq2Seq
+    from .models import SequenceClassifier as SequenceClassifier
+    from .models import SequenceGenerator as SequenceGenerator
+    from .models import SequenceRegressor as SequenceRegressor
+    from .models import SequenceTagger as SequenceTagger
+    from .optim import SGD as SGD
+    from .optim import Adam as Adam
+    from .optim import Momentum as Momentum
+    from .optim import clip_grad_norm as clip_grad_norm
+    from .optim import clip_grad_value as clip_grad_value
 
 
 def __getattr__(name: str) -> object:

@@ -13,6 +13,7 @@ import os
 import threading
 from collections.abc import Iterator
 
+from . import _validation as V
 from . import backends as _registry
 
 _VALID = (*_registry.BACKENDS, "auto")
@@ -57,6 +58,14 @@ def available_backends() -> list[str]:
 def unavailable_backends() -> dict[str, str]:
     """Each known backend that does not load here, with the reason."""
     return _registry.unavailable_reasons()
+
+
+def resolve_backend(name: str | None = None) -> str:
+    """The concrete backend a call with ``backend=name`` runs on: the current setting
+    (:func:`get_backend`) for ``None``, else ``name`` checked and ``"auto"`` resolved."""
+    if name is None:
+        return get_backend()
+    return _resolve(_check_name(name))
 
 
 def get_backend() -> str:
@@ -118,8 +127,4 @@ def get_num_threads() -> int:
 def set_num_threads(n: int) -> None:
     """Set how many threads the numba and cpp kernels may use (``FASTRNN_NUM_THREADS``)."""
     global _num_threads
-    if isinstance(n, bool) or not isinstance(n, int):
-        raise TypeError(f"num_threads must be an int, got {type(n).__name__}")
-    if n < 1:
-        raise ValueError(f"num_threads must be >= 1, got {n}")
-    _num_threads = n
+    _num_threads = V.check_positive_int("num_threads", n)

@@ -102,13 +102,6 @@ def _check_reduction(reduction: object) -> str:
     return reduction
 
 
-def _backend_name(backend: str | None) -> str:
-    if backend is None:
-        return _config.get_backend()
-    _config._check_name(backend)
-    return _config._resolve(backend)
-
-
 # --- init ------------------------------------------------------------------------------
 
 
@@ -245,7 +238,7 @@ def forward(
     elif c0 is not None:
         raise ValueError(f"c0 is the lstm cell state; cell {cell!r} takes no c0")
     lens = V.check_lengths(lengths, T, B)
-    name = _backend_name(backend)
+    name = _config.resolve_backend(backend)
     if T == 0 or B == 0:  # nothing to run: a defined, empty result
         hs = np.zeros((T, B, H), dtype=dtype)
         h_n, c_n, saved = h0.copy(), None if c0 is None else c0.copy(), None
@@ -405,7 +398,7 @@ def linear_cross_entropy(
     if live is not None:
         count = float(np.count_nonzero(live))
         row_weights = np.ascontiguousarray(live.reshape(N), dtype=dtype)
-    name = _backend_name(backend)
+    name = _config.resolve_backend(backend)
     if count == 0:  # nothing to learn from: zero loss and gradients
         return HeadGradients(0.0, np.zeros_like(h), np.zeros_like(weight), np.zeros_like(bias))
     scale = 1.0 / count if reduction == "mean" else 1.0
