@@ -9,6 +9,7 @@ from concurrent.futures import ProcessPoolExecutor
 import numpy as np
 import pytest
 
+import fastrnn
 from fastrnn.layers import LSTM
 from fastrnn.models import (
     CharLanguageModel,
@@ -31,16 +32,22 @@ def _data(n=24, T=5, D=3, seed=0):
     return X, y
 
 
-def _fitted_models():
+def _models():
+    """(an unfitted model, its fit arguments, its predict arguments) for every model."""
     X, y = _data()
-    yield SequenceClassifier(4, epochs=2, seed=0).fit(X, y), (X,)
-    yield SequenceRegressor(4, epochs=2, seed=0).fit(X, X[:, 0, :2]), (X,)
+    yield SequenceClassifier(4, epochs=2, seed=0), (X, y), (X,)
+    yield SequenceRegressor(4, epochs=2, seed=0), (X, X[:, 0, :2]), (X,)
     tags = (X[..., 0] > 0).astype(np.int64)
-    yield SequenceTagger(4, epochs=2, seed=0).fit(X, tags), (X,)
-    yield CharLanguageModel(4, seq_len=4, epochs=1, seed=0).fit("abcabcabcab"), ("ab", 3)
+    yield SequenceTagger(4, epochs=2, seed=0), (X, tags), (X,)
+    yield CharLanguageModel(4, seq_len=4, epochs=1, seed=0), ("abcabcabcab",), ("ab", 3)
     tokens = np.array([[1, 2, -1], [2, 1, 1]] * 3)
-    yield SequenceGenerator(4, epochs=2, seed=0).fit(X[:6, 0], tokens), (X[:6, 0],)
-    yield Seq2Seq(4, epochs=2, seed=0).fit(X[:6], tokens), (X[:6],)
+    yield SequenceGenerator(4, epochs=2, seed=0), (X[:6, 0], tokens), (X[:6, 0],)
+    yield Seq2Seq(4, epochs=2, seed=0), (X[:6], tokens), (X[:6],)
+
+
+def _fitted_models():
+    for model, fit_args, predict_args in _models():
+        yield model.fit(*fit_args), predict_args
 
 
 def _predict(model, args):
@@ -144,6 +151,32 @@ def test_model_round_trips_through_another_process():
     np.testing.assert_array_equal(remote, model.predict_proba(X))
     # fitted in the other process from the same seed: the same model as fitted here
     np.testing.assert_array_equal(refitted.predict_proba(X), model.predict_proba(X))
+
+
+@pytest.mark.parametrize("index", range(6))
+def test_inference_runs_forwards_that_save_nothing(index, monkeypatch):
+    """predict, predict_proba, score, generate and cross_entropy run every forward with
+    training=False; fit runs training forwards."""
+    model, fit_args, predict_args = list(_models())[index]
+    seen = []
+    real = fastrnn.functional.forward
+
+    def spy(*args, **kwargs):
+        seen.append(kwargs.get("training", True))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(fastrnn.functional, "forward", spy)
+    model.fit(*fit_args)
+    assert True in seen
+    seen.clear()
+    _predict(model, predict_args)
+    if hasattr(model, "predict_proba"):
+        model.predict_proba(*predict_args)
+    if isinstance(model, CharLanguageModel):
+        model.cross_entropy("abcab")
+    elif hasattr(model, "score"):
+        model.score(*fit_args)
+    assert seen and not any(seen)
 
 
 # --- input checks (scikit-learn's check_array) ---------------------------------------------------

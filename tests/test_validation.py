@@ -222,3 +222,130 @@ def test_init_params_shapes_and_seed(cell, init):
 def test_init_gain_scales_recurrent_weights():
     a = fastrnn.init_params("rnn", 3, 5, init="identity", gain=1.5, seed=0)
     np.testing.assert_allclose(a["W_hh"], 1.5 * np.eye(5))
+
+
+# --- fastrnn._validation itself: one policy, TypeError for a type, ValueError for a value ------
+
+from fastrnn import _validation as V  # noqa: E402
+
+
+@pytest.mark.parametrize(
+    ("value", "exc", "pattern"),
+    [
+        (2.0, TypeError, r"n must be an int, got a float \(2\.0\)"),
+        ("3", TypeError, "n must be an int, got a str"),
+        (True, TypeError, "n must be an int, got a bool"),
+        (np.bool_(True), TypeError, "n must be an int"),
+        (0, ValueError, "n must be a positive int, got 0"),
+        (-2, ValueError, "n must be a positive int, got -2"),
+    ],
+)
+def test_check_positive_int(value, exc, pattern):
+    with pytest.raises(exc, match=pattern):
+        V.check_positive_int("n", value)
+
+
+def test_check_int_accepts_numpy_ints_and_returns_python_ints():
+    assert V.check_positive_int("n", np.int32(3)) == 3
+    assert type(V.check_positive_int("n", np.int64(3))) is int
+    assert V.check_non_negative_int("n", 0) == 0
+    with pytest.raises(ValueError, match="n must be a non-negative int, got -1"):
+        V.check_non_negative_int("n", -1)
+    with pytest.raises(ValueError, match="n must be an int >= 2, got 1"):
+        V.check_int("n", 1, 2)
+
+
+@pytest.mark.parametrize(
+    ("call", "exc", "pattern"),
+    [
+        (lambda: V.check_positive_float("lr", "0.1"), TypeError, "lr must be a number, got a str"),
+        (lambda: V.check_positive_float("lr", None), TypeError, "lr must be a number, got a Non"),
+        (lambda: V.check_positive_float("lr", True), TypeError, "lr must be a number, got a bool"),
+        (lambda: V.check_positive_float("lr", 0), ValueError, r"lr must be finite and > 0, got 0"),
+        (lambda: V.check_positive_float("lr", np.inf), ValueError, "lr must be finite"),
+        (lambda: V.check_non_negative_float("eps", -1e-9), ValueError, "eps must be finite and >="),
+        (lambda: V.check_fraction("p", 1.0), ValueError, r"p must be finite and >= 0 and < 1"),
+        (lambda: V.check_fraction("p", float("nan")), ValueError, "p must be finite"),
+        (lambda: V.check_choice("cell", 3, ("rnn",)), ValueError, "cell must be one of 'rnn'"),
+        (lambda: V.check_bool("flag", 1), TypeError, r"flag must be True or False, got an int"),
+        (lambda: V.check_float_dtype("dtype", "int8"), TypeError, "dtype must be float32 or"),
+        (lambda: V.check_float_dtype("dtype", "no"), TypeError, "dtype must be float32 or"),
+    ],
+)
+def test_scalar_checks(call, exc, pattern):
+    with pytest.raises(exc, match=pattern):
+        call()
+
+
+def test_scalar_checks_return_the_value():
+    assert V.check_positive_float("lr", np.float32(0.5)) == 0.5
+    assert V.check_fraction("p", 0) == 0.0
+    assert V.check_float("x", 3, minimum=3) == 3.0
+    assert V.check_bool("flag", np.bool_(False)) is False
+    assert V.check_float_dtype("dtype", "f8") is np.dtype(np.float64)
+
+
+def test_as_float_array_converts_once_and_only_when_needed():
+    a = np.arange(6.0).reshape(2, 3)
+    assert V.as_float_array("a", a) is a  # fine as it is: no copy, no view
+    swapped = V.as_float_array("a", a.astype(">f8"))
+    assert swapped.dtype is np.dtype(np.float64) and swapped.dtype.isnative
+    np.testing.assert_array_equal(swapped, a)
+    strided = V.as_float_array("a", a[:, ::2])
+    assert strided.flags.c_contiguous
+    view = V.as_float_array("a", a[:, ::2], contiguous=False)
+    assert np.shares_memory(view, a)
+    assert V.as_float_array("a", [1, 2], np.dtype(np.float32)).dtype == np.float32
+    assert V.as_float_array("a", 2.5).ndim == 0
+
+
+def test_as_float_array_names_the_real_cause():
+    f32 = np.dtype(np.float32)
+    with pytest.raises(TypeError, match=r"a has dtype float64 but the parameters are float32"):
+        V.as_float_array("a", np.zeros(2), f32)
+    with pytest.raises(TypeError, match=r"a has dtype float64 but W's entries are float32"):
+        V.as_float_array("a", np.zeros(2), f32, dtype_of="W's entries")
+    with pytest.raises(TypeError, match=r"a must have dtype float32 or float64, got int64; cast"):
+        V.as_float_array("a", np.zeros(2, np.int64))
+    with pytest.raises(TypeError, match=r"a is a list that NumPy cannot turn into an array"):
+        V.as_float_array("a", [[1.0], [1.0, 2.0]], f32)
+    with pytest.raises(TypeError, match=r"a must be a float32 or float64 array, got a list that"):
+        V.as_float_array("a", [[1.0], [1.0, 2.0]])
+
+
+def test_check_finite_names_the_first_bad_position():
+    a = np.zeros((3, 4))
+    V.check_finite("a", a)
+    V.check_finite("ids", np.array([1, 2]))  # integers cannot hold NaN
+    a[2, 1] = np.inf
+    a[1, 3] = np.nan
+    with pytest.raises(ValueError, match=r"^a contains NaN at index \(1, 3\) \(2 non-finite"):
+        V.check_finite("a", a)
+    with pytest.raises(ValueError, match=r"^v contains infinity at index 4 \(1 non-finite value"):
+        V.check_finite("v", np.array([0.0, 1, 2, 3, -np.inf]))
+
+
+def test_as_numeric_array_is_check_array():
+    f32 = np.dtype(np.float32)
+    out = V.as_numeric_array("X", [[1, 2], [3, 4]], f32)
+    assert out.dtype == np.float32 and out.flags.c_contiguous
+    assert V.as_numeric_array("X", np.array([True, False]), f32).tolist() == [1.0, 0.0]
+    with pytest.raises(
+        TypeError, match="X must be an array of numbers, got dtype <U1 \\(a list\\)"
+    ):
+        V.as_numeric_array("X", ["a"], f32)
+    with pytest.raises(ValueError, match=r"X contains NaN at index 1"):
+        V.as_numeric_array("X", [0.0, float("nan")], f32)
+    assert np.isnan(V.as_numeric_array("X", [float("nan")], f32, finite=False)[0])
+
+
+def test_one_free_memory_read():
+    """The functional core refuses what cannot fit with the one reading of free memory."""
+    from fastrnn import _sysinfo
+
+    assert V.available_memory is _sysinfo.available_memory
+    V.check_memory(2**20, "small")  # below the threshold nothing is read
+    avail = _sysinfo.available_memory()
+    if avail is not None:
+        with pytest.raises(MemoryError, match=r"huge needs about .* GiB but only"):
+            V.check_memory(avail + 2**40, "huge")
