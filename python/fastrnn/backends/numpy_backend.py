@@ -22,6 +22,10 @@ import numpy as np
 
 UNAVAILABLE_REASON = None
 
+# The input projection of an inference forward is computed for this many bytes of steps
+# at a time (at least one step).
+INFERENCE_BLOCK_BYTES = 2**18
+
 
 # --- element-wise helpers (in place, no temporaries) ---------------------------------
 
@@ -118,11 +122,32 @@ def forward(
     ``saved`` holds only what :func:`backward` needs beyond x, h0, c0 and hs:
     nothing for rnn (act' is a function of h), the gate activations and cell states for
     lstm ((4+1)*H values per step and sequence), the gates and ``W_hn h + b_hn`` for gru
-    ((3+1)*H values). With ``training=False`` (inference) ``saved`` is ``None`` and the
-    per-step values that only backward needs (lstm's cell states, gru's ``W_hn h + b_hn``)
-    live in one (B, H) buffer instead of one per step.
+    ((3+1)*H values). With ``training=False`` (inference) ``saved`` is ``None``: the steps
+    run in blocks of about :data:`INFERENCE_BLOCK_BYTES` of gate pre-activations, and the
+    per-step values only backward needs (lstm's cell states, gru's ``W_hn h + b_hn``) live
+    in one (B, H) buffer, so nothing but ``hs`` grows with T.
     """
     del num_threads  # NumPy's BLAS decides its own threading
+    T, B, _ = x.shape
+    G = {"rnn": 1, "lstm": 4, "gru": 3}[cell]
+    # Inference keeps nothing, so it runs in blocks of steps whose input projection stays
+    # in cache, carrying the state from block to block: the peak memory is hs and a block.
+    per_step = B * G * h0.shape[1] * x.dtype.itemsize
+    block = T if training else max(1, INFERENCE_BLOCK_BYTES // per_step)
+    if block >= T:
+        return _forward(cell, params, x, h0, c0, activation, negative_slope, lengths, training)
+    hs = np.empty((T, B, h0.shape[1]), dtype=x.dtype)
+    h, c = h0, c0
+    for start in range(0, T, block):
+        stop = min(start + block, T)
+        lens = None if lengths is None else np.clip(lengths - start, 0, stop - start)
+        hs[start:stop], h, c, _ = _forward(
+            cell, params, x[start:stop], h, c, activation, negative_slope, lens, False
+        )
+    return hs, h, c, None
+
+
+def _forward(cell, params, x, h0, c0, activation, negative_slope, lengths, training):
     if cell == "rnn":
         return _rnn_forward(params, x, h0, activation, negative_slope, lengths)
     if cell == "lstm":
