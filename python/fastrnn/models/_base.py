@@ -8,7 +8,7 @@ backward passes what it needs as values, so a fitted model can be pickled, clone
 used from several threads for prediction.
 
 The parts stay in evaluation mode (``layer.eval()``: forwards that save nothing for
-backward) except inside the training step itself (:meth:`_Model.loss_and_grads` and
+backward) except inside the training step itself (:meth:`BaseModel.loss_and_grads` and
 :meth:`_PerStep.chunk_loss_and_grads`), so ``predict``, ``predict_proba``, ``score``,
 ``generate`` and the validation loss never pay for backward.
 """
@@ -50,17 +50,17 @@ def _optional_positive_float(name: str, value: object) -> float | None:
     return None if value is None else V.check_positive_float(name, value)
 
 
-def _lengths(lengths: object, n: int, T: int) -> np.ndarray:
+def full_lengths(lengths: object, n: int, T: int) -> np.ndarray:
     """``lengths`` validated as the functional core does, as int64 (n,); T if None."""
     lens = V.check_lengths(lengths, T, n)
     return np.full(n, T, dtype=np.int64) if lens is None else lens
 
 
-def _state_h(state: layers.State) -> np.ndarray:
+def state_h(state: layers.State) -> np.ndarray:
     return state[0] if isinstance(state, tuple) else state
 
 
-def _softmax(z: np.ndarray, temperature: float = 1.0) -> np.ndarray:
+def softmax(z: np.ndarray, temperature: float = 1.0) -> np.ndarray:
     """softmax(z / temperature) over the last axis, computed in float64."""
     z = z.astype(np.float64) / temperature
     z = z - z.max(axis=-1, keepdims=True)
@@ -68,7 +68,7 @@ def _softmax(z: np.ndarray, temperature: float = 1.0) -> np.ndarray:
     return e / e.sum(axis=-1, keepdims=True)
 
 
-def _encode_labels(
+def encode_labels(
     classes: np.ndarray, y: np.ndarray, mask: np.ndarray | None = None, what: str = "labels"
 ) -> np.ndarray:
     """The index of every label of ``y`` in the sorted ``classes`` (int64); where ``mask``
@@ -85,7 +85,7 @@ def _encode_labels(
     return idx if mask is None else np.where(mask, idx, PAD)
 
 
-def _unpack_validation(data: object) -> tuple:
+def unpack_validation(data: object) -> tuple:
     if not isinstance(data, (tuple, list)) or len(data) not in (2, 3):
         size = f" of length {len(data)}" if isinstance(data, (tuple, list)) else ""
         raise TypeError(
@@ -97,7 +97,7 @@ def _unpack_validation(data: object) -> tuple:
 # --- the shared base --------------------------------------------------------------------------
 
 
-class _Model:
+class BaseModel:
     """Hyper-parameters, parts, parameters, training and saving shared by every model."""
 
     _causal = False  # decoders and language models must read left to right
@@ -160,7 +160,7 @@ class _Model:
         del deep
         return {name: getattr(self, name) for name in self._signature()}
 
-    def set_params(self, **params: Any) -> _Model:
+    def set_params(self, **params: Any) -> BaseModel:
         """Change hyper-parameters (checked as in the constructor); takes effect at the next
         ``fit``. Returns the model."""
         unknown = sorted(set(params) - set(self._signature()))

@@ -11,10 +11,10 @@ from .. import _validation as V
 from .. import io as _io
 from .. import layers, losses
 from ..datasets import one_hot
-from ._base import _encode_labels, _lengths, _Model, _state_h
+from ._base import BaseModel, encode_labels, full_lengths, state_h
 
 
-class _Decoder(_Model):
+class _Decoder(BaseModel):
     """A token decoder started from a state: teacher forcing in training, greedy decoding.
 
     Token ids 0..K-1 are the classes; id K is <start> as an input and <stop> as a target.
@@ -55,7 +55,7 @@ class _Decoder(_Model):
                 real, losses.mask_from_lengths(y_lengths, y.shape[1], batch_first=True)
             ):
                 raise ValueError("y has PAD (-1) entries inside sequences; pass y_lengths")
-        lens = _lengths(y_lengths, n, y.shape[1]) if np.min(y_lengths) >= 1 else None
+        lens = full_lengths(y_lengths, n, y.shape[1]) if np.min(y_lengths) >= 1 else None
         if lens is None:
             raise ValueError("y_lengths must be >= 1: every target needs at least one token")
         return y, lens
@@ -68,7 +68,7 @@ class _Decoder(_Model):
 
     def _encode(self, y: np.ndarray, lens: np.ndarray) -> np.ndarray:
         mask = losses.mask_from_lengths(lens, y.shape[1], batch_first=True)
-        return _encode_labels(self.classes_, y, mask, "tokens")
+        return encode_labels(self.classes_, y, mask, "tokens")
 
     def _tokens(self, ids: np.ndarray) -> np.ndarray:
         """One-hot decoder input for token ids (K is <start>)."""
@@ -165,7 +165,7 @@ class SequenceGenerator(_Decoder):
         loss, dstate = self._teacher_forcing(state0, y, lens, backward)
         if dstate is None:
             return loss
-        dh0 = _state_h(dstate)
+        dh0 = state_h(dstate)
         dpre = dh0.transpose(1, 0, 2).reshape(X.shape[0], -1) * (1.0 - h0_flat**2)
         self._parts["init"].backward(dpre.astype(self._dtype, copy=False))
         return loss
@@ -206,7 +206,7 @@ class Seq2Seq(_Decoder):
         NaN or inf in ``X`` is a ValueError naming the first bad position, raised before
         any training."""
         X = self._check_X(X)
-        lens = _lengths(lengths, X.shape[0], X.shape[1])
+        lens = full_lengths(lengths, X.shape[0], X.shape[1])
         y, ylens = self._check_targets(y, y_lengths, X.shape[0])
         rng = self._setup({"input_size": X.shape[2], **self._classes_meta(y, ylens)})
         self._train((X, lens, self._encode(y, ylens), ylens), rng)
@@ -229,7 +229,7 @@ class Seq2Seq(_Decoder):
         """Greedy decoding: the output tokens (without <stop>) for each input sequence."""
         self._check_fitted()
         X = self._check_X(X)
-        lens = _lengths(lengths, X.shape[0], X.shape[1])
+        lens = full_lengths(lengths, X.shape[0], X.shape[1])
         return self._greedy(self._encode_inputs(X, lens), X.shape[0], max_length)
 
     def score(

@@ -11,10 +11,10 @@ import numpy as np
 from .. import _validation as V
 from .. import io as _io
 from .. import losses
-from ._base import _encode_labels, _lengths, _Model, _softmax, _state_h, _unpack_validation
+from ._base import BaseModel, encode_labels, full_lengths, softmax, state_h, unpack_validation
 
 
-class _ManyToOne(_Model):
+class _ManyToOne(BaseModel):
     """An RNN stack read to each sequence's last real step, then a linear head."""
 
     def _build(self, meta: dict[str, Any], rng: np.random.Generator) -> None:
@@ -26,7 +26,7 @@ class _ManyToOne(_Model):
         """Head outputs (n, n_outputs) from the top layer's final state (both directions)."""
         X = X[:, : int(lengths.max())]
         _, state = self._parts["rnn"].forward(X, lengths=lengths)
-        h = _state_h(state)
+        h = state_h(state)
         dirs = 2 if self.bidirectional else 1
         feat = np.concatenate(list(h[-dirs:]), axis=-1)
         return self._parts["head"].forward(feat)
@@ -53,17 +53,17 @@ class _ManyToOne(_Model):
                 f"sample of {where}X"
             )
         V.check_finite(f"{where}y", y)
-        return X, y, _lengths(lengths, X.shape[0], X.shape[1])
+        return X, y, full_lengths(lengths, X.shape[0], X.shape[1])
 
     def _predict_outputs(self, X: object, lengths: object) -> np.ndarray:
         self._check_fitted()
         X = self._check_X(X)
-        return self._outputs(X, _lengths(lengths, X.shape[0], X.shape[1]))
+        return self._outputs(X, full_lengths(lengths, X.shape[0], X.shape[1]))
 
     def _validation(self, validation_data: object, encode: Any) -> tuple | None:
         if validation_data is None:
             return None
-        Xv, yv, lv = self._check_Xy(*_unpack_validation(validation_data), "validation_data ")
+        Xv, yv, lv = self._check_Xy(*unpack_validation(validation_data), "validation_data ")
         return Xv, encode(yv), lv
 
 
@@ -112,7 +112,7 @@ class SequenceClassifier(_ManyToOne):
         return rng
 
     def _encode(self, y: np.ndarray) -> np.ndarray:
-        return _encode_labels(self.classes_, y)
+        return encode_labels(self.classes_, y)
 
     def _loss_backward(self, batch: Sequence[np.ndarray], backward: bool = True) -> float:
         X, y, lens = batch
@@ -131,7 +131,7 @@ class SequenceClassifier(_ManyToOne):
         z = self._predict_outputs(X, lengths)
         if z.shape[1] == 1:  # the two-class model's one logit is z1 - z0
             z = np.concatenate([np.zeros_like(z), z], axis=1)
-        return _softmax(z).astype(z.dtype)
+        return softmax(z).astype(z.dtype)
 
     def predict(self, X: np.ndarray, lengths: np.ndarray | None = None) -> np.ndarray:
         """The most probable label of each sequence (n,)."""

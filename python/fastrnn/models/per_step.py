@@ -12,10 +12,10 @@ from .. import _validation as V
 from .. import io as _io
 from .. import losses
 from ..datasets import PAD, CharCorpus, char_corpus, one_hot
-from ._base import _encode_labels, _lengths, _Model, _softmax, _unpack_validation
+from ._base import BaseModel, encode_labels, full_lengths, softmax, unpack_validation
 
 
-class _PerStep(_Model):
+class _PerStep(BaseModel):
     """An RNN stack with a softmax head at every step: tagging and language modelling.
 
     With ``tbptt=k`` training runs truncated BPTT (the ``SupportsTBPTT`` protocol of
@@ -114,7 +114,7 @@ class SequenceTagger(_PerStep):
         )
         val = None
         if validation_data is not None:
-            Xv, yv, lv = _unpack_validation(validation_data)
+            Xv, yv, lv = unpack_validation(validation_data)
             Xv = self._check_X(Xv, "validation_data X")
             yv, lv = self._check_y(Xv, yv, lv)
             val = (Xv, self._encode(yv, lv), lv)
@@ -131,18 +131,18 @@ class SequenceTagger(_PerStep):
         y = V.as_int_array("y", y)
         if y.shape != (n, T):
             raise ValueError(f"y has shape {y.shape}, expected ({n}, {T}): a label per step of X")
-        return y, _lengths(lengths, n, T)
+        return y, full_lengths(lengths, n, T)
 
     def _encode(self, y: np.ndarray, lens: np.ndarray) -> np.ndarray:
         mask = losses.mask_from_lengths(lens, y.shape[1], batch_first=True)
-        return _encode_labels(self.classes_, y, mask)
+        return encode_labels(self.classes_, y, mask)
 
     def predict_proba(self, X: np.ndarray, lengths: np.ndarray | None = None) -> np.ndarray:
         """Per-step class probabilities (n, T, n_classes); zero rows at padded steps."""
         self._check_fitted()
         X = self._check_X(X)
-        lens = _lengths(lengths, X.shape[0], X.shape[1])
-        p = _softmax(self._step_logits(X, lens)).astype(self._dtype)
+        lens = full_lengths(lengths, X.shape[0], X.shape[1])
+        p = softmax(self._step_logits(X, lens)).astype(self._dtype)
         p[~losses.mask_from_lengths(lens, X.shape[1], batch_first=True)] = 0
         return p
 
@@ -284,7 +284,7 @@ class CharLanguageModel(_PerStep):
             if greedy:
                 nxt = int(np.argmax(logits))
             else:
-                nxt = int(rng.choice(len(logits), p=_softmax(logits, temperature)))
+                nxt = int(rng.choice(len(logits), p=softmax(logits, temperature)))
             generated.append(nxt)
             out, state = rnn.forward(self._one_hot(np.array([[nxt]])), state)
             logits = head.forward(out[:, -1])[0]
