@@ -1,9 +1,11 @@
 """The functional core: ``init_params``, ``forward`` and ``backward`` for rnn, lstm and gru.
 
-This is the one place that validates input and the one place that knows backends exist.
-Every public argument is checked here, once, with a message that names the argument,
-the shape or dtype it got and the one expected; the backends then receive only the
-normalised input described in :mod:`fastrnn.backends`.
+This is the one place that validates the input of the kernels and the one place that
+knows backends exist. Every public argument is checked here, once (with the checks of
+:mod:`fastrnn._validation`: TypeError for a wrong type, ValueError for a wrong value, a
+message that names the argument, what it got and what was expected); the backends then
+receive only the normalised input described in :mod:`fastrnn.backends` (native,
+C-contiguous arrays of one canonical dtype).
 """
 
 from __future__ import annotations
@@ -189,18 +191,59 @@ def forward(
 ) -> ForwardResult:
     """Run one recurrent layer over a time-major batch ``x`` of shape (T, B, D).
 
-    ``cell``: ``"rnn"``, ``"lstm"`` or ``"gru"``; ``activation`` (rnn only): ``"tanh"``,
-    ``"relu"``, ``"leaky_relu"`` (with ``negative_slope``) or ``"identity"``.
-    ``h0``/``c0`` (B, H): initial states (zeros if omitted; ``c0`` only for lstm).
-    ``lengths`` (B,): the real length of each sequence, 1..T; later steps are padding.
-    ``backend`` overrides the configured backend for this call.
-    ``training=False`` (inference) saves nothing for :func:`backward`: the backend keeps
-    no per-step activations beyond ``hs``, and ``backward`` of the result is refused.
+    Parameters
+    ----------
+    cell : {"rnn", "lstm", "gru"}
+        The recurrent cell.
+    params : dict of arrays
+        ``W_ih`` (G*H, D), ``W_hh`` (G*H, H), ``b_ih`` and ``b_hh`` (G*H,) in PyTorch's
+        layout, with G = 1, 4, 3 gates for rnn, lstm, gru (see :func:`init_params`). Their
+        dtype (float32 or float64) is the dtype of the computation.
+    x : array (T, B, D)
+        The input, time-major.
+    h0, c0 : array (B, H), optional
+        Initial hidden state and (lstm only) cell state; zeros when omitted.
+    activation : {"tanh", "relu", "leaky_relu", "identity"}
+        The rnn activation (gated cells have fixed gate activations: only "tanh").
+    negative_slope : float
+        The slope of "leaky_relu" for negative inputs (>= 0).
+    lengths : int array (B,), optional
+        The real length of each sequence, 1..T; later steps are padding: their outputs
+        are 0 and the state is carried through them unchanged.
+    backend : {"numpy", "numba", "cpp", "auto"}, optional
+        Overrides the configured backend (:func:`fastrnn.set_backend`) for this call.
+    training : bool
+        ``False`` for inference: the backend saves nothing for :func:`backward` (no
+        per-step activations beyond ``hs`` are held) and ``backward`` of the result is
+        refused.
 
+    Returns
+    -------
+    ForwardResult
+        ``hs`` (T, B, H), the hidden state of every step; ``h_n`` (B, H) and ``c_n`` (B, H,
+        lstm only, else None), the state after each sequence's last real step; the rest is
+        what :func:`backward` needs.
+
+    Raises
+    ------
+    TypeError
+        An argument of the wrong type: params not a dict, an array not float32/float64,
+        an array of the other float dtype than the parameters, lengths not integers.
+    ValueError
+        A wrong value: an unknown cell, activation or backend, shapes that do not fit
+        each other (the message gives the expected shape and where it comes from),
+        lengths outside 1..T, a negative or non-finite negative_slope.
+    RuntimeError
+        The backend asked for is not available here (the message says why).
+    MemoryError
+        The call would need more memory than is available (refused before allocating).
+
+    Notes
+    -----
     Arrays may be anything NumPy reads as float32/float64 (memory-mapped, read-only,
-    unpickled, byte-swapped, a PyTorch tensor): used as is or converted once. Python
-    lists are converted to the parameters' dtype; an array of the other float dtype is a
-    TypeError (see :mod:`fastrnn._validation`).
+    unpickled, byte-swapped, ``np.frombuffer``, a PyTorch tensor): used as they are or
+    converted once. Python lists are converted to the parameters' dtype; an array of the
+    other float dtype is a TypeError (see :mod:`fastrnn._validation`).
     """
     training = V.check_bool("training", training)
     V.check_choice("cell", cell, CELLS)
@@ -284,10 +327,36 @@ def backward(
 ) -> Gradients:
     """Backpropagation through time for the call that produced ``res``.
 
-    ``dhs`` (T, B, H): dL/dhs, the loss gradient at every step (ignored at padded steps);
-    ``dh_n``/``dc_n`` (B, H): the gradient arriving at the final state. Omitted ones are
-    zero. Runs on the backend that made ``res``. With ``return_step_norms``, also returns
-    ``||dL/dh_t||`` per step and sequence (the course's gradient-vs-lag picture).
+    Runs on the backend that made ``res``.
+
+    Parameters
+    ----------
+    res : ForwardResult
+        The result of :func:`forward` (with ``training=True``, the default).
+    dhs : array (T, B, H), optional
+        dL/dhs, the loss gradient at every step (ignored at padded steps); zero if omitted.
+    dh_n, dc_n : array (B, H), optional
+        The gradient arriving at the final state (``dc_n``: lstm only); zero if omitted.
+    return_step_norms : bool
+        Also return ``||dL/dh_t||`` per step and sequence (the gradient-vs-lag picture).
+
+    Returns
+    -------
+    Gradients
+        ``dx`` (T, B, D), ``dh0`` (B, H), ``dc0`` (B, H, lstm only, else None),
+        ``params`` (dL/d of each parameter, the keys of the params) and ``step_norms``
+        ((T, B) or None).
+
+    Raises
+    ------
+    TypeError
+        ``res`` is not a ForwardResult, or a gradient is not a float array of the
+        parameters' dtype.
+    ValueError
+        ``res`` comes from ``forward(..., training=False)``; a gradient of the wrong
+        shape; ``dc_n`` for a cell without a cell state.
+    MemoryError
+        The call would need more memory than is available (refused before allocating).
     """
     if not isinstance(res, ForwardResult):
         raise TypeError(
@@ -362,13 +431,45 @@ def linear_cross_entropy(
 ) -> HeadGradients:
     """A linear softmax head and its cross-entropy, forward and backward in one call.
 
-    The logits ``z = h @ weight.T + bias`` (the course's ``o_t = V h_t + c``) of ``h``
-    (..., H), with ``weight`` (K, H) and ``bias`` (K,), against integer class ``targets``
-    of shape ``h.shape[:-1]``; ``mask`` and ``reduction`` as in
-    :func:`fastrnn.losses.softmax_cross_entropy`. The value and the gradients are those of
-    :class:`fastrnn.Linear` followed by that loss, but the fast backends never hold all the
-    logits: they run the head, the softmax and the three gradient products block by
-    block of rows, in cache, and split the rows over threads.
+    The logits ``z = h @ weight.T + bias`` (the course's ``o_t = V h_t + c``) against
+    integer class ``targets``. The value and the gradients are those of
+    :class:`fastrnn.Linear` followed by :func:`fastrnn.losses.softmax_cross_entropy`, but
+    the fast backends never hold all the logits: they run the head, the softmax and the
+    three gradient products block by block of rows, in cache, and split the rows over
+    threads.
+
+    Parameters
+    ----------
+    h : array (..., H)
+        The hidden states (any leading shape).
+    weight : array (K, H)
+        The head's weights; its dtype is the dtype of the computation.
+    bias : array (K,)
+        The head's bias.
+    targets : int array of shape ``h.shape[:-1]``
+        Class indices in 0..K-1 (any value where ``mask`` is False).
+    mask : bool array, optional
+        Which positions count; its shape is a prefix of ``h.shape[:-1]``.
+    reduction : {"mean", "sum"}
+        The mean over the counted positions, or their sum.
+    backend : {"numpy", "numba", "cpp", "auto"}, optional
+        Overrides the configured backend for this call.
+
+    Returns
+    -------
+    HeadGradients
+        ``loss`` (a float), ``dh`` (the shape of ``h``), ``dweight`` (K, H), ``dbias`` (K,).
+
+    Raises
+    ------
+    TypeError
+        An array that is not float32/float64 (or of the other float dtype than
+        ``weight``); targets that are not integers; a mask that is not boolean.
+    ValueError
+        Shapes that do not fit; targets outside 0..K-1 at counted positions; an unknown
+        reduction or backend.
+    MemoryError
+        The call would need more memory than is available (refused before allocating).
     """
     weight = V.as_float_array("weight", weight)
     dtype = weight.dtype
