@@ -74,7 +74,6 @@ def _check_grads(grads: object, params: Mapping[str, np.ndarray] | None = None) 
 class Optimizer:
     """Base class: holds ``params`` (name -> array, updated in place) and hyperparameters."""
 
-    kind: str = ""
     _hyper: tuple[str, ...] = ("lr",)
     _buffers: tuple[str, ...] = ()
 
@@ -162,11 +161,16 @@ class Optimizer:
         self.step_count = step
         self.state = buffers
 
-    def _save_state(self) -> tuple[str, dict[str, Any], dict[str, np.ndarray]]:
+    @property
+    def kind(self) -> str:
+        """The kind this optimizer saves under (registered with :func:`fastrnn.io.register`)."""
+        return _io.kind_of(self)
+
+    def _save_state(self) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
         config = {h: getattr(self, h) for h in self._hyper}
         config["step"] = self.step_count
         arrays = {k: v for k, v in self.state_dict().items() if isinstance(v, np.ndarray)}
-        return self.kind, config, arrays
+        return config, arrays
 
     @classmethod
     def _from_state(
@@ -195,8 +199,6 @@ class Optimizer:
 class SGD(Optimizer):
     """Plain gradient descent, exactly the course's ``w <- w - lr * dL/dw``."""
 
-    kind = "optim.SGD"
-
     def __init__(self, params: Mapping[str, np.ndarray], lr: float = 0.01) -> None:
         super().__init__(params, lr)
 
@@ -208,7 +210,6 @@ class SGD(Optimizer):
 class Momentum(Optimizer):
     """Gradient descent with momentum (PyTorch's form): ``v <- mu v + g``, ``w <- w - lr v``."""
 
-    kind = "optim.Momentum"
     _hyper = ("lr", "momentum")
     _buffers = ("velocity",)
 
@@ -229,7 +230,6 @@ class Momentum(Optimizer):
 class Adam(Optimizer):
     """Adam (Kingma & Ba 2015) with bias correction, as PyTorch computes it."""
 
-    kind = "optim.Adam"
     _hyper = ("lr", "betas", "eps")
     _buffers = ("m", "v")
 
