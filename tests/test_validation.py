@@ -182,9 +182,11 @@ def test_backward_errors(rnn):
         ({"cell": "tree"}, ValueError, "cell must be one of"),
         ({"init": "he"}, ValueError, "init must be one of"),
         ({"input_size": 0}, ValueError, "input_size must be a positive int, got 0"),
-        ({"hidden_size": 2.5}, ValueError, "hidden_size must be a positive int"),
+        ({"hidden_size": 2.5}, TypeError, "hidden_size must be an int, got a float"),
+        ({"hidden_size": -1}, ValueError, "hidden_size must be a positive int, got -1"),
         ({"dtype": np.int32}, TypeError, "dtype must be float32 or float64"),
-        ({"gain": float("nan")}, ValueError, "gain must be a finite float"),
+        ({"gain": float("nan")}, ValueError, "gain must be finite, got nan"),
+        ({"gain": "2"}, TypeError, "gain must be a number, got a str"),
     ],
 )
 def test_init_params_errors(kwargs, exc, pattern):

@@ -1,0 +1,408 @@
+"""Argument checks for the whole package: the one place that decides what is accepted.
+
+Policy, the same for every function here and every public entry point that uses them:
+
+- **TypeError** for a value of the wrong *type* (a float where an int is expected, a
+  string where a number is, an integer array where a float array is);
+- **ValueError** for a value of the right type but a wrong *value* (out of range, NaN,
+  wrong shape, not one of the choices);
+- **MemoryError** (:func:`check_memory`) for a request that cannot fit, before allocating.
+
+Every message names the argument, what it got and what was expected.
+
+Arrays (:func:`as_float_array`): anything NumPy considers float32/float64 is accepted,
+however it was made (pickled, memory-mapped, read-only, ``np.frombuffer``, a PyTorch
+tensor, non-native byte order); it is used as is when it can be, converted once otherwise
+(a non-native byte order is swapped to native, a non-contiguous view is copied), so the
+backends only ever see native, C-contiguous arrays whose dtype is the canonical
+``np.dtype(np.float32)`` / ``np.dtype(np.float64)`` object. Dtypes are compared by value.
+
+Python lists, tuples and scalars are converted the way NumPy functions convert them,
+directly to the dtype they must have (``forward(..., x=[[...]])`` with float32 parameters
+gets a float32 ``x``): a list carries no dtype of its own, so there is nothing to disagree
+with. NumPy arrays (and tensors) keep theirs: an array of the other float dtype is a
+TypeError that names both dtypes, because silently converting a whole array (and
+returning gradients of another dtype) hides a real mistake.
+
+The names here are public *inside* the package (``from . import _validation as V``); no
+module imports another module's private ``_check_*`` helpers.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+
+from ._sysinfo import available_memory
+
+__all__ = [
+    "CELLS",
+    "DTYPES",
+    "GATES",
+    "PARAM_NAMES",
+    "as_float_array",
+    "as_int_array",
+    "available_memory",
+    "check_bool",
+    "check_choice",
+    "check_finite",
+    "check_float",
+    "check_float_dtype",
+    "check_fraction",
+    "check_int",
+    "check_lengths",
+    "check_mask",
+    "check_memory",
+    "check_non_negative_float",
+    "check_non_negative_int",
+    "check_params",
+    "check_positive_float",
+    "check_positive_int",
+    "check_shape",
+    "check_targets",
+    "describe",
+]
+
+CELLS: tuple[str, ...] = ("rnn", "lstm", "gru")
+PARAM_NAMES: tuple[str, ...] = ("W_ih", "W_hh", "b_ih", "b_hh")
+GATES: dict[str, int] = {"rnn": 1, "lstm": 4, "gru": 3}
+DTYPES: tuple[np.dtype, ...] = (np.dtype(np.float32), np.dtype(np.float64))
+
+# Below this many bytes check_memory reads nothing, so that small calls pay nothing.
+_MEMORY_CHECK_FLOOR = 2**28
+
+
+def describe(value: object) -> str:
+    """A short name for ``value``'s type in a message: ``"a list"``, ``"a torch Tensor"``."""
+    t = type(value)
+    name = t.__name__
+    module = t.__module__.split(".")[0]
+    if module not in ("builtins", "numpy"):
+        name = f"{module} {name}"
+    return f"an {name}" if name[:1].lower() in "aeiou" else f"a {name}"
+
+
+# --- scalars ---------------------------------------------------------------------------------
+
+
+def check_bool(name: str, value: object) -> bool:
+    """``value`` as a bool; TypeError for anything but a bool (or NumPy bool)."""
+    if not isinstance(value, (bool, np.bool_)):
+        raise TypeError(f"{name} must be True or False, got {describe(value)} ({value!r})")
+    return bool(value)
+
+
+def check_int(name: str, value: object, minimum: int | None = None) -> int:
+    """``value`` as an int >= ``minimum``. A bool, a float (even ``3.0``) or a string is a
+    TypeError; an int below ``minimum`` a ValueError."""
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)):
+        raise TypeError(f"{name} must be an int, got {describe(value)} ({value!r})")
+    if minimum is not None and value < minimum:
+        what = {1: "a positive int", 0: "a non-negative int"}.get(minimum, f"an int >= {minimum}")
+        raise ValueError(f"{name} must be {what}, got {value!r}")
+    return int(value)
+
+
+def check_positive_int(name: str, value: object) -> int:
+    """``value`` as an int >= 1 (see :func:`check_int`)."""
+    return check_int(name, value, 1)
+
+
+def check_non_negative_int(name: str, value: object) -> int:
+    """``value`` as an int >= 0 (see :func:`check_int`)."""
+    return check_int(name, value, 0)
+
+
+def check_float(
+    name: str,
+    value: object,
+    *,
+    minimum: float | None = None,
+    maximum: float | None = None,
+    min_inclusive: bool = True,
+    max_inclusive: bool = True,
+) -> float:
+    """``value`` (an int or float, Python or NumPy, not a bool) as a finite float in the
+    given range. Wrong type: TypeError; NaN, inf or out of range: ValueError."""
+    if isinstance(value, (bool, np.bool_)) or not isinstance(
+        value, (int, float, np.integer, np.floating)
+    ):
+        raise TypeError(f"{name} must be a number, got {describe(value)} ({value!r})")
+    v = float(value)
+    lo_ok = minimum is None or (v >= minimum if min_inclusive else v > minimum)
+    hi_ok = maximum is None or (v <= maximum if max_inclusive else v < maximum)
+    if not math.isfinite(v) or not lo_ok or not hi_ok:
+        bounds = []
+        if minimum is not None:
+            bounds.append(f"{'>=' if min_inclusive else '>'} {minimum:g}")
+        if maximum is not None:
+            bounds.append(f"{'<=' if max_inclusive else '<'} {maximum:g}")
+        rng = f" and {' and '.join(bounds)}" if bounds else ""
+        raise ValueError(f"{name} must be finite{rng}, got {value!r}")
+    return v
+
+
+def check_positive_float(name: str, value: object) -> float:
+    """A finite float > 0 (see :func:`check_float`)."""
+    return check_float(name, value, minimum=0.0, min_inclusive=False)
+
+
+def check_non_negative_float(name: str, value: object) -> float:
+    """A finite float >= 0 (see :func:`check_float`)."""
+    return check_float(name, value, minimum=0.0)
+
+
+def check_fraction(name: str, value: object) -> float:
+    """A float in [0, 1) (a momentum, a beta, a dropout probability)."""
+    return check_float(name, value, minimum=0.0, maximum=1.0, max_inclusive=False)
+
+
+def check_choice(name: str, value: object, choices: tuple[str, ...]) -> str:
+    """``value`` if it is one of the string ``choices``; otherwise a ValueError listing
+    them (also for a non-string: the question is only ever "which one")."""
+    if not isinstance(value, str) or value not in choices:
+        raise ValueError(f"{name} must be one of {', '.join(map(repr, choices))}, got {value!r}")
+    return value
+
+
+def check_float_dtype(name: str, dtype: Any) -> np.dtype:
+    """``dtype`` (anything ``np.dtype`` accepts) as float32 or float64, else TypeError."""
+    try:
+        dt = np.dtype(dtype)
+    except TypeError:
+        raise TypeError(f"{name} must be float32 or float64, got {dtype!r}") from None
+    if dt not in DTYPES:
+        raise TypeError(f"{name} must be float32 or float64, got {dt}")
+    return DTYPES[DTYPES.index(dt)]
+
+
+# --- arrays ----------------------------------------------------------------------------------
+
+
+def _to_numpy(name: str, value: object, dtype: np.dtype | None) -> np.ndarray:
+    """``value`` as a base-class ndarray, without a copy when it already is one."""
+    if isinstance(value, np.ndarray):
+        return np.asarray(value)  # a memmap or other subclass -> a plain view
+    if type(value).__module__.split(".")[0] == "torch" and hasattr(value, "detach"):
+        return np.asarray(value.detach().cpu())  # type: ignore[attr-defined]
+    if isinstance(value, (list, tuple, int, float, np.generic)) and dtype is not None:
+        try:
+            arr = np.asarray(value)
+        except (ValueError, TypeError) as exc:  # ragged lists and the like
+            raise TypeError(
+                f"{name} is {describe(value)} that NumPy cannot turn into an array: {exc}"
+            ) from None
+        if arr.dtype.kind in "iuf":  # a list has no dtype of its own: take the needed one
+            return arr.astype(dtype)
+        return arr
+    try:
+        return np.asarray(value)
+    except (ValueError, TypeError) as exc:
+        raise TypeError(
+            f"{name} must be a float32 or float64 array, got {describe(value)} that NumPy "
+            f"cannot turn into an array: {exc}"
+        ) from None
+
+
+def as_float_array(
+    name: str,
+    value: object,
+    dtype: np.dtype | None = None,
+    *,
+    dtype_of: str = "the parameters",
+    finite: bool = False,
+    contiguous: bool = True,
+) -> np.ndarray:
+    """``value`` as a native, C-contiguous float32/float64 ndarray (see the module notes).
+
+    ``dtype``: the dtype it must have (``dtype_of`` says where that dtype comes from, for
+    the message); lists, tuples and scalars are converted to it. ``finite``: refuse NaN and
+    inf with :func:`check_finite`. ``contiguous=False`` skips the contiguous copy (for
+    callers that only read the array through NumPy). A 0-d array stays 0-d.
+    """
+    arr = _to_numpy(name, value, dtype)
+    if arr.dtype not in DTYPES and arr.dtype.kind == "f" and not arr.dtype.isnative:
+        arr = arr.astype(arr.dtype.newbyteorder("="))  # byte-swapped: converted once
+    if arr.dtype not in DTYPES:
+        hint = ""
+        if arr.dtype.kind in "biuf":
+            hint = f"; cast it first, e.g. {name}.astype(np.float32)"
+        src = "" if isinstance(value, np.ndarray) else f" ({describe(value)})"
+        raise TypeError(f"{name} must have dtype float32 or float64, got {arr.dtype}{src}{hint}")
+    if dtype is not None and arr.dtype != dtype:
+        src = "" if isinstance(value, np.ndarray) else f" ({describe(value)})"
+        raise TypeError(
+            f"{name}{src} has dtype {arr.dtype} but {dtype_of} are {dtype}; "
+            f"use one dtype for all arrays (e.g. {name}.astype(np.{dtype}))"
+        )
+    if not arr.dtype.isnative:  # '>f8' compares unequal to float64, but be safe
+        arr = arr.astype(arr.dtype.newbyteorder("="))
+    canonical = DTYPES[DTYPES.index(arr.dtype)]
+    if arr.dtype is not canonical:  # e.g. an unpickled array: same dtype, another object
+        arr = arr.view(canonical)
+    if contiguous and not arr.flags.c_contiguous:  # a strided or broadcast view is copied
+        check_memory(arr.nbytes, f"a C-contiguous copy of {name} with shape {arr.shape}")
+        arr = np.ascontiguousarray(arr).reshape(arr.shape)
+    if finite:
+        check_finite(name, arr)
+    return arr
+
+
+def as_int_array(name: str, value: object, shape: tuple[int, ...] | None = None) -> np.ndarray:
+    """``value`` as an int64 array (of ``shape`` if given): TypeError unless its dtype is an
+    integer dtype (floats, even integral ones, and bools are refused)."""
+    try:
+        arr = np.asarray(value)
+    except (ValueError, TypeError) as exc:
+        raise TypeError(f"{name} must be an integer array: {exc}") from None
+    if arr.dtype.kind not in "iu":
+        raise TypeError(f"{name} must be an integer array, got dtype {arr.dtype}")
+    if shape is not None:
+        check_shape(name, arr, shape)
+    return arr.astype(np.int64, copy=False)
+
+
+def check_finite(name: str, arr: np.ndarray) -> None:
+    """ValueError if ``arr`` holds NaN or inf, naming the first bad position (as
+    scikit-learn's ``check_array``), before anything is computed from it."""
+    if arr.dtype.kind not in "fc" or arr.size == 0:
+        return
+    ok = np.isfinite(arr)
+    if ok.all():
+        return
+    pos = tuple(int(i) for i in np.unravel_index(int(np.argmin(ok)), arr.shape))
+    bad = arr[pos]
+    what = "NaN" if np.isnan(bad) else "infinity"
+    count = int(arr.size - np.count_nonzero(ok))
+    at = f"index {pos}" if len(pos) != 1 else f"index {pos[0]}"
+    raise ValueError(
+        f"{name} contains {what} at {at} ({count} non-finite value{'s' * (count != 1)} in "
+        f"all); remove or impute missing values first"
+    )
+
+
+def check_shape(name: str, arr: np.ndarray, expected: tuple[int, ...], meaning: str = "") -> None:
+    """ValueError unless ``arr.shape == expected``; ``meaning`` explains the expected shape."""
+    if arr.shape != expected:
+        sep = " " if meaning else ""
+        raise ValueError(f"{name} has shape {arr.shape}, expected {expected}{sep}{meaning}")
+
+
+def check_memory(nbytes: int, what: str) -> None:
+    """Refuse with a MemoryError, before allocating, ``nbytes`` for ``what`` that would not
+    fit in the memory available now (:func:`fastrnn._sysinfo.available_memory`; unchecked
+    if unknown). Below 256 MiB nothing is read, so that small calls pay nothing."""
+    if nbytes < _MEMORY_CHECK_FLOOR:
+        return
+    avail = available_memory()
+    if avail is not None and nbytes > avail:
+        raise MemoryError(
+            f"{what} needs about {nbytes / 2**30:.3g} GiB but only {avail / 2**30:.3g} GiB of "
+            "memory is available (refused before allocating); use smaller sizes, float32, or "
+            "for long sequences truncated BPTT"
+        )
+
+
+# --- the functional core's domain ------------------------------------------------------------
+
+
+def check_params(cell: str, params: object) -> tuple[dict[str, np.ndarray], int, int]:
+    """Validate a params dict of ``cell``; return it normalised, with (input_size, hidden_size)."""
+    if not isinstance(params, Mapping):
+        raise TypeError(
+            f"params must be a dict with keys {list(PARAM_NAMES)}, got {type(params).__name__}"
+        )
+    missing = [k for k in PARAM_NAMES if k not in params]
+    extra = [k for k in params if k not in PARAM_NAMES]
+    if missing or extra:
+        raise ValueError(
+            f"params must have exactly the keys {list(PARAM_NAMES)}; "
+            f"missing {missing}, unexpected {extra}"
+        )
+    W_hh = as_float_array("params['W_hh']", params["W_hh"])
+    dtype = W_hh.dtype
+    G = GATES[cell]
+    if W_hh.ndim != 2 or W_hh.shape[0] != G * W_hh.shape[1] or W_hh.shape[1] == 0:
+        raise ValueError(
+            f"params['W_hh'] has shape {W_hh.shape}, expected ({G}*H, H) = ({G}H, H) with "
+            f"H >= 1 for cell {cell!r} ({G} gate{'s' if G > 1 else ''}); "
+            "are these params for another cell?"
+        )
+    H = W_hh.shape[1]
+    of = "params['W_hh'] and the other parameters"
+    W_ih = as_float_array("params['W_ih']", params["W_ih"], dtype, dtype_of=of)
+    if W_ih.ndim != 2 or W_ih.shape[0] != G * H:
+        raise ValueError(
+            f"params['W_ih'] has shape {W_ih.shape}, expected ({G * H}, input_size) "
+            f"for cell {cell!r} with hidden size {H}"
+        )
+    out = {"W_ih": W_ih, "W_hh": W_hh}
+    for key in ("b_ih", "b_hh"):
+        b = as_float_array(f"params[{key!r}]", params[key], dtype, dtype_of=of)
+        check_shape(f"params[{key!r}]", b, (G * H,), f"for cell {cell!r} with hidden size {H}")
+        out[key] = b
+    return out, W_ih.shape[1], H
+
+
+def check_lengths(lengths: object, T: int, B: int) -> np.ndarray | None:
+    """Validate ``lengths`` (B,) in 1..T; ``None`` when absent or when every sequence has
+    length T, else a C-contiguous int64 array."""
+    if lengths is None:
+        return None
+    try:
+        arr = np.asarray(lengths)
+    except (ValueError, TypeError) as exc:  # ragged lists and the like
+        raise TypeError(f"lengths must be an integer array of shape ({B},): {exc}") from None
+    if arr.dtype.kind not in "iu":
+        raise TypeError(f"lengths must be an integer array of shape ({B},), got dtype {arr.dtype}")
+    check_shape("lengths", arr, (B,), "(one length per sequence in the batch)")
+    if B and (arr.min() < 1 or arr.max() > T):
+        bad = arr[(arr < 1) | (arr > T)]
+        raise ValueError(f"lengths must be in 1..T = 1..{T}, got values {bad[:5].tolist()}")
+    if B == 0 or arr.min() == T:
+        return None
+    return np.ascontiguousarray(arr, dtype=np.int64)
+
+
+def check_mask(mask: object, lead: tuple[int, ...], what: str) -> np.ndarray | None:
+    """``mask`` as a bool array whose shape is a prefix of ``lead`` (or None)."""
+    if mask is None:
+        return None
+    m = np.asarray(mask)
+    if m.dtype != np.bool_:
+        raise TypeError(f"mask must be a boolean array, got dtype {m.dtype}")
+    if m.shape != lead[: m.ndim] or m.ndim == 0:
+        raise ValueError(
+            f"mask has shape {m.shape}, expected the leading dimensions of {what}, "
+            f"e.g. {lead[:-1] if len(lead) > 1 else lead} or {lead}"
+        )
+    return m
+
+
+def check_targets(
+    targets: object, lead: tuple[int, ...], K: int, mask: object, meaning: str
+) -> tuple[np.ndarray, np.ndarray | None]:
+    """Integer class ``targets`` of shape ``lead`` in 0..K-1 wherever ``mask`` (a prefix
+    of ``lead``, see :func:`check_mask`) is set. Returns the targets with masked entries
+    replaced by 0 (any value is allowed there) and the mask broadcast to ``lead`` (or
+    None)."""
+    try:
+        y = np.asarray(targets)
+    except (ValueError, TypeError) as exc:
+        raise TypeError(f"targets must be an integer array of shape {lead}: {exc}") from None
+    if y.dtype.kind not in "iu":
+        raise TypeError(f"targets must be integer class indices, got dtype {y.dtype}")
+    check_shape("targets", y, lead, meaning)
+    m = check_mask(mask, lead, "targets") if lead else None
+    live = None
+    if m is not None:
+        live = np.broadcast_to(m.reshape(m.shape + (1,) * (len(lead) - m.ndim)), lead)
+    bad = (y < 0) | (y >= K)
+    if live is not None:
+        bad &= live
+    if np.any(bad):
+        raise ValueError(f"targets must be in 0..{K - 1} at unmasked positions, got {y[bad][:5]}")
+    return (y if live is None else np.where(live, y, 0)), live
