@@ -126,12 +126,21 @@ def test_missing_gradient_leaves_parameter_and_unknown_is_an_error():
 
 
 def test_bad_hyperparameters():
-    with pytest.raises(ValueError, match="lr must be a finite number >= 0"):
+    with pytest.raises(ValueError, match="lr must be finite and >= 0, got -1"):
         SGD(_params(), lr=-1)
-    with pytest.raises(ValueError, match=r"momentum must be in \[0, 1\)"):
+    with pytest.raises(ValueError, match=r"momentum must be finite and >= 0 and < 1, got 1\.0"):
         Momentum(_params(), lr=0.1, momentum=1.0)
     with pytest.raises(TypeError, match="betas must be a pair"):
         Adam(_params(), betas=0.9)
+    with pytest.raises(ValueError, match=r"betas must be a pair \(beta1, beta2\), got 3 values"):
+        Adam(_params(), betas=(0.9, 0.99, 0.999))
+    # one policy: a wrong type is a TypeError, a wrong value a ValueError
+    with pytest.raises(TypeError, match=r"lr must be a number, got a str \('0\.1'\)"):
+        SGD(_params(), lr="0.1")
+    with pytest.raises(TypeError, match="eps must be a number, got a NoneType"):
+        Adam(_params(), eps=None)
+    with pytest.raises(ValueError, match=r"params must be a non-empty dict.*got an empty dict"):
+        SGD({})
     with pytest.raises(TypeError, match="params must be a non-empty dict"):
         Adam([np.zeros(3)])
     with pytest.raises(TypeError, match=r"params\['w'\] must be a float np.ndarray"):
@@ -171,7 +180,7 @@ def test_clip_grad_value():
     g = {"a": np.array([-3.0, 0.2, 5.0])}
     clip_grad_value(g, 1.0)
     np.testing.assert_array_equal(g["a"], [-1.0, 0.2, 1.0])
-    with pytest.raises(ValueError, match="clip_value must be a finite number"):
+    with pytest.raises(ValueError, match=r"clip_value must be finite and > 0, got -1\.0"):
         clip_grad_value(g, -1.0)
-    with pytest.raises(ValueError, match="max_norm"):
+    with pytest.raises(ValueError, match="max_norm must be finite and > 0, got nan"):
         clip_grad_norm(g, float("nan"))

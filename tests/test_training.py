@@ -412,10 +412,14 @@ def test_bad_arguments():
     model = Recorder()
     with pytest.raises(ValueError, match=r"different numbers of samples .*\[10, 9\]"):
         train(model, (np.zeros(10), np.zeros(9)), epochs=1, batch_size=2)
-    with pytest.raises(ValueError, match="epochs must be an int >= 0"):
+    with pytest.raises(ValueError, match="epochs must be a non-negative int, got -1"):
         train(model, _index_data(), epochs=-1, batch_size=2)
-    with pytest.raises(ValueError, match="batch_size must be an int >= 1"):
+    with pytest.raises(ValueError, match="batch_size must be a positive int, got 0"):
         train(model, _index_data(), epochs=1, batch_size=0)
+    with pytest.raises(TypeError, match=r"epochs must be an int, got a float \(1\.5\)"):
+        train(model, _index_data(), epochs=1.5, batch_size=2)
+    with pytest.raises(TypeError, match="clip_value must be a number, got a str"):
+        train(model, _index_data(), epochs=1, batch_size=2, clip_value="1")
     with pytest.raises(ValueError, match="optimizer must be one of"):
         train(model, _index_data(), epochs=1, batch_size=2, optimizer="rmsprop")
     with pytest.raises(ValueError, match="does not update the model's parameter arrays"):
@@ -432,7 +436,7 @@ def test_bad_arguments():
 
     with pytest.raises(TypeError, match="tbptt needs a model with num_steps"):
         train(Plain(), _index_data(), epochs=1, batch_size=2, tbptt=3)
-    with pytest.raises(ValueError, match="clip_norm must be a finite number > 0"):
+    with pytest.raises(ValueError, match=r"clip_norm must be finite and > 0, got -1\.0"):
         train(Plain(), _index_data(), epochs=1, batch_size=2, clip_norm=-1.0)
 
 

@@ -31,24 +31,8 @@ from typing import Any
 
 import numpy as np
 
+from . import _validation as V
 from . import io as _io
-
-
-def _check_lr(name: str, value: object, *, allow_zero: bool = True) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float, np.floating, np.integer)):
-        raise TypeError(f"{name} must be a float, got {type(value).__name__}")
-    v = float(value)
-    if not math.isfinite(v) or v < 0 or (v == 0 and not allow_zero):
-        bound = ">= 0" if allow_zero else "> 0"
-        raise ValueError(f"{name} must be a finite number {bound}, got {value!r}")
-    return v
-
-
-def _check_fraction(name: str, value: object) -> float:
-    v = _check_lr(name, value)
-    if v >= 1:
-        raise ValueError(f"{name} must be in [0, 1), got {value!r}")
-    return v
 
 
 def _check_grads(grads: object, params: Mapping[str, np.ndarray] | None = None) -> dict:
@@ -78,11 +62,11 @@ class Optimizer:
     _buffers: tuple[str, ...] = ()
 
     def __init__(self, params: Mapping[str, np.ndarray], lr: float) -> None:
-        if not isinstance(params, Mapping) or not params:
-            raise TypeError(
-                "params must be a non-empty dict name -> np.ndarray (e.g. model.parameters()), "
-                f"got {type(params).__name__}"
-            )
+        want = "params must be a non-empty dict name -> np.ndarray (e.g. model.parameters())"
+        if not isinstance(params, Mapping):
+            raise TypeError(f"{want}, got {type(params).__name__}")
+        if not params:
+            raise ValueError(f"{want}, got an empty {type(params).__name__}")
         for key, value in params.items():
             if not isinstance(value, np.ndarray) or value.dtype.kind != "f":
                 raise TypeError(
@@ -93,7 +77,7 @@ class Optimizer:
             if not value.flags.writeable:
                 raise ValueError(f"params[{key!r}] is read-only; the optimizer updates in place")
         self.params: dict[str, np.ndarray] = dict(params)
-        self.lr = _check_lr("lr", lr)
+        self.lr = V.check_non_negative_float("lr", lr)
         self.step_count = 0
         self.state: dict[str, dict[str, np.ndarray]] = {
             buf: {k: np.zeros_like(v) for k, v in self.params.items()} for buf in self._buffers
@@ -216,7 +200,7 @@ class Momentum(Optimizer):
     def __init__(
         self, params: Mapping[str, np.ndarray], lr: float = 0.01, momentum: float = 0.9
     ) -> None:
-        self.momentum = _check_fraction("momentum", momentum)
+        self.momentum = V.check_fraction("momentum", momentum)
         super().__init__(params, lr)
 
     def _update(self, key: str, w: np.ndarray, g: np.ndarray) -> None:
@@ -240,10 +224,15 @@ class Adam(Optimizer):
         betas: tuple[float, float] = (0.9, 0.999),
         eps: float = 1e-8,
     ) -> None:
-        if not isinstance(betas, (tuple, list)) or len(betas) != 2:
+        if not isinstance(betas, (tuple, list)):
             raise TypeError(f"betas must be a pair (beta1, beta2), got {betas!r}")
-        self.betas = (_check_fraction("betas[0]", betas[0]), _check_fraction("betas[1]", betas[1]))
-        self.eps = _check_lr("eps", eps)
+        if len(betas) != 2:
+            raise ValueError(f"betas must be a pair (beta1, beta2), got {len(betas)} values")
+        self.betas = (
+            V.check_fraction("betas[0]", betas[0]),
+            V.check_fraction("betas[1]", betas[1]),
+        )
+        self.eps = V.check_non_negative_float("eps", eps)
         super().__init__(params, lr)
 
     def _update(self, key: str, w: np.ndarray, g: np.ndarray) -> None:
@@ -294,7 +283,7 @@ def clip_grad_norm(grads: Mapping[str, np.ndarray], max_norm: float) -> float:
     gradients are then left as they are). After clipping the global norm equals
     ``max_norm`` whenever it was larger.
     """
-    max_norm = _check_lr("max_norm", max_norm, allow_zero=False)
+    max_norm = V.check_positive_float("max_norm", max_norm)
     norm = global_norm(grads)
     if math.isfinite(norm) and norm > max_norm:
         scale = max_norm / norm
@@ -305,7 +294,7 @@ def clip_grad_norm(grads: Mapping[str, np.ndarray], max_norm: float) -> float:
 
 def clip_grad_value(grads: Mapping[str, np.ndarray], clip_value: float) -> None:
     """Clip every gradient entry in place into ``[-clip_value, clip_value]``."""
-    clip_value = _check_lr("clip_value", clip_value, allow_zero=False)
+    clip_value = V.check_positive_float("clip_value", clip_value)
     grads = _check_grads(grads)
     for g in grads.values():
         np.clip(g, -clip_value, clip_value, out=g)

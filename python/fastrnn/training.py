@@ -39,9 +39,9 @@ from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
+from . import _validation as V
 from .optim import (
     Optimizer,
-    _check_lr,
     clip_grad_norm,
     clip_grad_value,
     global_norm,
@@ -152,12 +152,6 @@ def _take(arrays: tuple[np.ndarray, ...], single: bool, idx: np.ndarray) -> Any:
     return batch[0] if single else batch
 
 
-def _check_count(name: str, value: object, minimum: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
-        raise ValueError(f"{name} must be an int >= {minimum}, got {value!r}")
-    return int(value)
-
-
 def _check_finite(loss: float, grads: Mapping[str, np.ndarray], where: str) -> float:
     """Raise FloatingPointError for a non-finite loss/gradient; return the global norm."""
     hint = (
@@ -196,7 +190,7 @@ def evaluate(model: Trainable, data: Any, *, batch_size: int = 64) -> float:
     loss of ``model.loss_and_grads(batch)``.
     """
     arrays, single, n = _as_arrays("validation_data", data)
-    batch_size = _check_count("batch_size", batch_size, 1)
+    batch_size = V.check_positive_int("batch_size", batch_size)
     loss_fn = getattr(model, "loss", None)
     total = 0.0
     for start in range(0, n, batch_size):
@@ -245,19 +239,19 @@ def train(
             f"model must have parameters() and loss_and_grads(batch), got {type(model).__name__}"
         )
     arrays, single, n = _as_arrays("data", data)
-    epochs = _check_count("epochs", epochs, 0)
-    batch_size = _check_count("batch_size", batch_size, 1)
+    epochs = V.check_non_negative_int("epochs", epochs)
+    batch_size = V.check_positive_int("batch_size", batch_size)
     if tbptt is not None:
-        tbptt = _check_count("tbptt", tbptt, 1)
+        tbptt = V.check_positive_int("tbptt", tbptt)
         if not isinstance(model, SupportsTBPTT):
             raise TypeError(
                 f"tbptt needs a model with num_steps(batch) and chunk_loss_and_grads(batch, "
                 f"start, stop, state); {type(model).__name__} has not"
             )
     if clip_norm is not None:
-        _check_lr("clip_norm", clip_norm, allow_zero=False)
+        clip_norm = V.check_positive_float("clip_norm", clip_norm)
     if clip_value is not None:
-        _check_lr("clip_value", clip_value, allow_zero=False)
+        clip_value = V.check_positive_float("clip_value", clip_value)
     params = model.parameters()
     if isinstance(optimizer, Optimizer):
         if lr is not None:
