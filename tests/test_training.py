@@ -489,6 +489,12 @@ def _snapshots():
     return cb, snaps
 
 
+def _train_scalar(model, targets, callbacks, **kwargs):
+    """train() of a Scalar by plain gradient descent, one batch per epoch by default."""
+    args = {"epochs": 20, "batch_size": len(targets), "optimizer": "sgd", "lr": 0.05}
+    return train(model, targets, progress=False, callbacks=callbacks, **(args | kwargs))
+
+
 def test_callbacks_see_every_batch_and_epoch_in_order():
     seen = []
     cb = LambdaCallback(
@@ -531,16 +537,7 @@ def test_a_callback_can_add_a_metric_and_stop_training():
 
     model = Scalar()
     stopper = Callback()
-    hist = train(
-        model,
-        np.full(4, 10.0),
-        epochs=5,
-        batch_size=4,
-        optimizer="sgd",
-        lr=0.05,
-        progress=False,
-        callbacks=[stopper, LambdaCallback(on_epoch_end=metric)],
-    )
+    hist = _train_scalar(model, np.full(4, 10.0), [stopper, LambdaCallback(on_epoch_end=metric)])
     assert hist.epochs == 2 and hist["val_w"] == pytest.approx([1.0, 1.9])
 
 
@@ -550,17 +547,7 @@ def test_early_stopping_restores_the_best_weights_when_validation_gets_worse():
     model = Scalar()
     keep, snaps = _snapshots()
     stop = EarlyStopping(patience=2)
-    hist = train(
-        model,
-        np.full(4, 10.0),
-        epochs=20,
-        batch_size=4,
-        optimizer="sgd",
-        lr=0.05,
-        validation_data=np.full(2, 1.0),
-        progress=False,
-        callbacks=[keep, stop],
-    )
+    hist = _train_scalar(model, np.full(4, 10.0), [keep, stop], validation_data=np.full(2, 1.0))
     # w: 1.0, 1.9, 2.71 -> val loss 0, 0.81, 2.92: two epochs without improvement
     assert hist.epochs == 3 and hist.val_loss == pytest.approx([0.0, 0.81, 2.9241])
     assert stop.best_epoch == 1 and stop.stopped_epoch == 3 and stop.best == hist.val_loss[0]
@@ -607,14 +594,7 @@ def test_early_stopping_on_a_real_model_that_overfits():
 
 def test_early_stopping_needs_its_metric():
     with pytest.raises(ValueError, match=r"monitors 'val_loss'.*only with validation_data"):
-        train(
-            Scalar(),
-            np.full(4, 1.0),
-            epochs=2,
-            batch_size=4,
-            progress=False,
-            callbacks=[EarlyStopping()],
-        )
+        _train_scalar(Scalar(), np.full(4, 1.0), [EarlyStopping()])
     with pytest.raises(ValueError, match="mode must be one of 'auto', 'min', 'max'"):
         EarlyStopping(mode="best")
     with pytest.raises(TypeError, match="patience must be an int"):
@@ -627,17 +607,8 @@ def test_model_checkpoint_writes_loadable_files(tmp_path):
     every = ModelCheckpoint(tmp_path / "w-{epoch:02d}.npz", monitor="val_loss")
     best = ModelCheckpoint(tmp_path / "best.npz", save_best_only=True)
     keep, snaps = _snapshots()
-    train(
-        model,
-        np.full(4, 10.0),
-        epochs=4,
-        batch_size=4,
-        optimizer="sgd",
-        lr=0.05,
-        validation_data=np.full(2, 1.0),
-        progress=False,
-        callbacks=[keep, every, best],
-    )
+    callbacks = [keep, every, best]
+    _train_scalar(model, np.full(4, 10.0), callbacks, epochs=4, validation_data=np.full(2, 1.0))
     assert [os.path.basename(p) for p in every.saved] == [f"w-0{e}.npz" for e in (1, 2, 3, 4)]
     for epoch, path in enumerate(every.saved, start=1):
         back = fastrnn.load(path)
@@ -678,29 +649,20 @@ def test_model_checkpoint_of_a_model_without_save_state_saves_its_parameters(tmp
 def test_a_schedule_is_a_callback_stepping_once_per_epoch():
     model = Scalar()
     sched = StepLR(step_size=2, gamma=0.5)  # no optimizer: train attaches its own
-    hist = train(
-        model,
-        np.full(4, 1.0),
-        epochs=5,
-        batch_size=2,
-        optimizer="sgd",
-        lr=0.4,
-        progress=False,
-        callbacks=[sched],
-    )
+    hist = _train_scalar(model, np.full(4, 1.0), [sched], epochs=5, batch_size=2, lr=0.4)
     assert hist["lr"] == [0.4, 0.4, 0.2, 0.2, 0.1]
     assert sched.last_epoch == 5 and sched.optimizer.lr == pytest.approx(0.1)
     with pytest.raises(ValueError, match="already drives another optimizer"):
-        train(model, np.full(4, 1.0), epochs=1, batch_size=2, progress=False, callbacks=[sched])
+        _train_scalar(model, np.full(4, 1.0), [sched])
 
 
 def test_bad_callbacks():
     with pytest.raises(
         TypeError, match="callbacks must be a list of callbacks, got builtin_function"
     ):
-        train(Scalar(), np.ones(2), epochs=1, batch_size=2, callbacks=print)
+        _train_scalar(Scalar(), np.ones(2), print)
     with pytest.raises(TypeError, match=r"callbacks\[0\] is a builtin_function_or_method with"):
-        train(Scalar(), np.ones(2), epochs=1, batch_size=2, callbacks=[print])
+        _train_scalar(Scalar(), np.ones(2), [print])
     with pytest.raises(TypeError, match="on_epoch_end must be a function, got int"):
         LambdaCallback(on_epoch_end=3)
 
