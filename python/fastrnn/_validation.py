@@ -43,6 +43,7 @@ __all__ = [
     "DTYPES",
     "GATES",
     "PARAM_NAMES",
+    "as_array",
     "as_float_array",
     "as_int_array",
     "available_memory",
@@ -249,6 +250,17 @@ def as_float_array(
     if finite:
         check_finite(name, arr)
     return arr
+
+
+def as_array(name: str, value: object) -> np.ndarray:
+    """``value`` as an ndarray of whatever dtype NumPy gives it (no copy for an ndarray);
+    a TypeError naming ``name`` for what NumPy cannot turn into an array (ragged lists)."""
+    if isinstance(value, np.ndarray):
+        return value
+    try:
+        return np.asarray(value)
+    except (ValueError, TypeError) as exc:
+        raise TypeError(f"{name} must be an array, got {describe(value)}: {exc}") from None
 
 
 def as_int_array(name: str, value: object, shape: tuple[int, ...] | None = None) -> np.ndarray:

@@ -35,7 +35,8 @@ class ForwardResult:
     ``hs`` (T, B, H): the hidden state at every step (zero at padded steps);
     ``h_n`` (B, H): the state after each sequence's last real step;
     ``c_n`` (B, H): the lstm cell state likewise (``None`` for rnn and gru).
-    The remaining fields are what :func:`backward` needs; treat them as private.
+    The remaining fields are what :func:`backward` needs; treat them as private
+    (``saved`` is ``None`` after ``forward(..., training=False)``).
     """
 
     hs: np.ndarray
@@ -51,6 +52,7 @@ class ForwardResult:
     c0: np.ndarray | None = field(repr=False)
     lengths: np.ndarray | None = field(repr=False)
     saved: Any = field(repr=False)
+    training: bool = field(default=True, repr=False)
 
 
 @dataclass(frozen=True, eq=False)
@@ -186,6 +188,7 @@ def forward(
     negative_slope: float = 0.01,
     lengths: np.ndarray | None = None,
     backend: str | None = None,
+    training: bool = True,
 ) -> ForwardResult:
     """Run one recurrent layer over a time-major batch ``x`` of shape (T, B, D).
 
@@ -194,7 +197,15 @@ def forward(
     ``h0``/``c0`` (B, H): initial states (zeros if omitted; ``c0`` only for lstm).
     ``lengths`` (B,): the real length of each sequence, 1..T; later steps are padding.
     ``backend`` overrides the configured backend for this call.
+    ``training=False`` (inference) saves nothing for :func:`backward`: the backend keeps
+    no per-step activations beyond ``hs``, and ``backward`` of the result is refused.
+
+    Arrays may be anything NumPy reads as float32/float64 (memory-mapped, read-only,
+    unpickled, byte-swapped, a PyTorch tensor): used as is or converted once. Python
+    lists are converted to the parameters' dtype; an array of the other float dtype is a
+    TypeError (see :mod:`fastrnn._validation`).
     """
+    training = V.check_bool("training", training)
     V.check_choice("cell", cell, CELLS)
     V.check_choice("activation", activation, ACTIVATIONS)
     if cell != "rnn" and activation != "tanh":
@@ -246,6 +257,7 @@ def forward(
             negative_slope=slope,
             lengths=lens,
             num_threads=_config.get_num_threads(),
+            training=training,
         )
     return ForwardResult(
         hs=hs,
@@ -261,6 +273,7 @@ def forward(
         c0=c0,
         lengths=lens,
         saved=saved,
+        training=training,
     )
 
 
@@ -282,6 +295,11 @@ def backward(
     if not isinstance(res, ForwardResult):
         raise TypeError(
             f"res must be the ForwardResult of fastrnn.forward, got {type(res).__name__}"
+        )
+    if not res.training:
+        raise ValueError(
+            "res comes from fastrnn.forward(..., training=False), which saves nothing for "
+            "backward; run the forward with training=True (the default) to backpropagate"
         )
     T, B, H = res.hs.shape
     dtype = res.hs.dtype

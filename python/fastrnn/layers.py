@@ -30,6 +30,7 @@ from typing import Any
 
 import numpy as np
 
+from . import _validation as V
 from . import functional as F
 from . import io as _io
 
@@ -43,31 +44,6 @@ _TORCH_NAMES = {
     "b_ih": "bias_ih",
     "b_hh": "bias_hh",
 }
-
-
-def _check_positive_int(name: str, value: object) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
-        raise ValueError(f"{name} must be a positive int, got {value!r}")
-    return int(value)
-
-
-def _check_dtype(dtype: Any) -> np.dtype:
-    try:
-        dt = np.dtype(dtype)
-    except TypeError:
-        raise TypeError(f"dtype must be float32 or float64, got {dtype!r}") from None
-    if dt not in F.DTYPES:
-        raise TypeError(f"dtype must be float32 or float64, got {dt}")
-    return dt
-
-
-def _as_array(name: str, value: object) -> np.ndarray:
-    if isinstance(value, np.ndarray):
-        return value
-    try:
-        return np.asarray(value)
-    except Exception as exc:  # ragged lists and the like
-        raise TypeError(f"{name} must be an array: {exc}") from None
 
 
 def _reverse_index(T: int, B: int, lengths: np.ndarray | None) -> np.ndarray:
@@ -97,7 +73,7 @@ def _load_arrays(
         )
     out = {}
     for key, ref in target.items():
-        arr = _as_array(f"state_dict[{key!r}]", state[key])
+        arr = V.as_array(f"state_dict[{key!r}]", state[key])
         if arr.dtype.kind != "f":
             raise TypeError(f"state_dict[{key!r}] must be a float array, got dtype {arr.dtype}")
         if arr.shape != ref.shape:
@@ -108,7 +84,34 @@ def _load_arrays(
     return out
 
 
-class _Recurrent:
+class _Module:
+    """Training and evaluation mode, with PyTorch's names.
+
+    In training mode (the default) :meth:`forward` keeps what :meth:`backward` needs; in
+    evaluation mode (:meth:`eval`) it runs the functional core with ``training=False``
+    and keeps nothing, and :meth:`backward` is refused.
+    """
+
+    training: bool = True
+
+    def train(self, mode: bool = True) -> Any:
+        """Set training mode (``mode=False``: evaluation mode); return the module."""
+        self.training = V.check_bool("mode", mode)
+        return self
+
+    def eval(self) -> Any:
+        """Set evaluation mode (the same as ``train(False)``); return the module."""
+        return self.train(False)
+
+    def _refuse_backward_in_eval(self) -> None:
+        raise ValueError(
+            f"{type(self).__name__}.backward(): the last forward ran in evaluation mode "
+            "(.eval(), training=False), which keeps nothing for backward; call .train() "
+            "before the forward to backpropagate"
+        )
+
+
+class _Recurrent(_Module):
     """Shared machinery of :class:`RNN`, :class:`LSTM` and :class:`GRU`."""
 
     _cell: str = ""
@@ -128,18 +131,19 @@ class _Recurrent:
         activation: str = "tanh",
         negative_slope: float = 0.01,
     ) -> None:
-        self.input_size = _check_positive_int("input_size", input_size)
-        self.hidden_size = _check_positive_int("hidden_size", hidden_size)
-        self.num_layers = _check_positive_int("num_layers", num_layers)
+        self.input_size = V.check_positive_int("input_size", input_size)
+        self.hidden_size = V.check_positive_int("hidden_size", hidden_size)
+        self.num_layers = V.check_positive_int("num_layers", num_layers)
         self.bidirectional = bool(bidirectional)
         self.batch_first = bool(batch_first)
-        self.dtype = _check_dtype(dtype)
-        F._check_choice("init", init, F.INITS)
-        F._check_choice("activation", activation, F.ACTIVATIONS)
+        self.dtype = V.check_float_dtype("dtype", dtype)
+        V.check_choice("init", init, F.INITS)
+        V.check_choice("activation", activation, F.ACTIVATIONS)
         self.init = init
         self.gain = gain
         self.activation = activation
-        self.negative_slope = F._check_slope(negative_slope)
+        self.negative_slope = V.check_non_negative_float("negative_slope", negative_slope)
+        self.training = True
         rng = np.random.default_rng(seed)
         self.params: dict[str, np.ndarray] = {}
         for layer in range(self.num_layers):
@@ -208,18 +212,21 @@ class _Recurrent:
             parts = [(name, state)]
         out = []
         for label, value in parts:
-            arr = None if value is None else _as_array(label, value)
-            if arr is not None and arr.shape != expected:
-                raise ValueError(
-                    f"{label} has shape {arr.shape}, expected {expected} "
-                    "(num_layers*num_directions, batch, hidden_size)"
+            arr = None
+            if value is not None:
+                arr = V.as_float_array(
+                    label, value, self.dtype, dtype_of=self._of, contiguous=False
                 )
-            if arr is not None and arr.dtype != self.dtype:
-                raise TypeError(
-                    f"{label} has dtype {arr.dtype}, expected {self.dtype} (the layer's dtype)"
+                V.check_shape(
+                    label, arr, expected, "(num_layers*num_directions, batch, hidden_size)"
                 )
             out.append(arr)
         return out[0], (out[1] if len(out) > 1 else None)
+
+    @property
+    def _of(self) -> str:
+        """Where this layer's dtype comes from, for a dtype message."""
+        return f"the {type(self).__name__} parameters"
 
     def _pack_state(self, h: np.ndarray, c: np.ndarray | None) -> State:
         return (h, c) if self._cell == "lstm" else h
@@ -236,8 +243,9 @@ class _Recurrent:
         (``None``: zeros). ``lengths`` (B,): real sequence lengths 1..T.
         Returns ``out`` (T, B, dirs*H) (batch-first if ``batch_first``; zero at padded
         steps) and the final state ``h`` (num_layers*dirs, B, H), or ``(h, c)`` for LSTM.
+        In evaluation mode (:meth:`eval`) nothing is kept for :meth:`backward`.
         """
-        x = _as_array("x", x)
+        x = V.as_float_array("x", x, self.dtype, dtype_of=self._of, contiguous=False)
         layout = "(B, T, input_size)" if self.batch_first else "(T, B, input_size)"
         if x.ndim != 3 or x.shape[2] != self.input_size:
             raise ValueError(
@@ -247,7 +255,7 @@ class _Recurrent:
             x = x.transpose(1, 0, 2)
         T, B, _ = x.shape
         h0, c0 = self._split_state("state", state, B)
-        lens = F._check_lengths(lengths, T, B)
+        lens = V.check_lengths(lengths, T, B)
         rev = _reverse_index(T, B, lens) if self.bidirectional else None
         cols = np.arange(B)
         dirs = self.num_directions
@@ -268,6 +276,7 @@ class _Recurrent:
                     activation=self.activation,
                     negative_slope=self.negative_slope,
                     lengths=lens,
+                    training=self.training,
                 )
                 results.append(res)
                 outs.append(res.hs if direction == 0 else res.hs[rev, cols])
@@ -279,6 +288,8 @@ class _Recurrent:
         h = np.stack(h_n)
         c = np.stack(c_n) if c_n else None
         self._cache = {"results": results, "rev": rev, "T": T, "B": B, "dtype": out.dtype}
+        if not self.training:
+            self._cache = {"training": False}
         if self.batch_first:
             out = out.transpose(1, 0, 2)
         return out, self._pack_state(h, c)
@@ -298,13 +309,15 @@ class _Recurrent:
         if self._cache is None:
             raise RuntimeError(f"{type(self).__name__}.backward() called before forward()")
         cache = self._cache
+        if "results" not in cache:
+            self._refuse_backward_in_eval()
         T, B, dtype, rev = cache["T"], cache["B"], cache["dtype"], cache["rev"]
         H, dirs = self.hidden_size, self.num_directions
         cols = np.arange(B)
         if dout is None:
             d_inp = np.zeros((T, B, dirs * H), dtype=dtype)
         else:
-            d_inp = _as_array("dout", dout)
+            d_inp = V.as_array("dout", dout)
             shape = (B, T, dirs * H) if self.batch_first else (T, B, dirs * H)
             if d_inp.shape != shape:
                 raise ValueError(
@@ -389,6 +402,7 @@ class _Recurrent:
         _io.save(self, path)
 
 
+@_io.register("RNN")
 class RNN(_Recurrent):
     """An Elman RNN stack: ``h_t = act(W_ih x_t + b_ih + W_hh h_{t-1} + b_hh)``.
 
@@ -429,6 +443,7 @@ class RNN(_Recurrent):
         )
 
 
+@_io.register("LSTM")
 class LSTM(_Recurrent):
     """An LSTM stack (PyTorch's gate order i, f, g, o); the state is the pair ``(h, c)``.
 
@@ -464,6 +479,7 @@ class LSTM(_Recurrent):
         )
 
 
+@_io.register("GRU")
 class GRU(_Recurrent):
     """A GRU stack (PyTorch's gate order r, z, n and its ``n`` formula).
 
@@ -499,7 +515,8 @@ class GRU(_Recurrent):
         )
 
 
-class Linear:
+@_io.register("Linear")
+class Linear(_Module):
     """The output head, the course's ``V`` and ``c``: ``o = h V^T + c``.
 
     ``params``: ``{"weight": (out_features, in_features), "bias": (out_features,)}``
@@ -516,9 +533,9 @@ class Linear:
         seed: int | np.random.Generator | None = None,
         dtype: Any = np.float32,
     ) -> None:
-        self.in_features = _check_positive_int("in_features", in_features)
-        self.out_features = _check_positive_int("out_features", out_features)
-        self.dtype = _check_dtype(dtype)
+        self.in_features = V.check_positive_int("in_features", in_features)
+        self.out_features = V.check_positive_int("out_features", out_features)
+        self.dtype = V.check_float_dtype("dtype", dtype)
         rng = np.random.default_rng(seed)
         k = 1.0 / math.sqrt(self.in_features)
         self.params: dict[str, np.ndarray] = {
@@ -527,24 +544,25 @@ class Linear:
         }
         self.grads: dict[str, np.ndarray] = {k: np.zeros_like(v) for k, v in self.params.items()}
         self._h: np.ndarray | None = None
+        self._ran_in_eval = False
+        self.training = True
 
     def __repr__(self) -> str:
         return f"Linear({self.in_features}, {self.out_features}, dtype={self.dtype.name})"
 
     def forward(self, h: np.ndarray) -> np.ndarray:
-        """``h`` (..., in_features) -> ``h @ weight.T + bias`` (..., out_features)."""
-        h = _as_array("h", h)
+        """``h`` (..., in_features) -> ``h @ weight.T + bias`` (..., out_features).
+
+        In evaluation mode (:meth:`eval`) ``h`` is not kept for :meth:`backward`."""
+        of = "the Linear parameters"
+        h = V.as_float_array("h", h, self.dtype, dtype_of=of, contiguous=False)
         if h.ndim < 1 or h.shape[-1] != self.in_features:
             raise ValueError(
                 f"h has shape {h.shape}, expected (..., {self.in_features}) "
                 f"(last axis in_features={self.in_features})"
             )
-        if h.dtype != self.dtype:
-            raise TypeError(
-                f"h has dtype {h.dtype} but the Linear parameters are {self.dtype}; "
-                f"use one dtype for all arrays (e.g. h.astype(np.{self.dtype}))"
-            )
-        self._h = h
+        self._h = h if self.training else None
+        self._ran_in_eval = not self.training
         # one 2-D GEMM over all leading dims (a 3-D matmul is T small GEMMs in NumPy)
         out = h.reshape(-1, self.in_features) @ self.params["weight"].T
         out += self.params["bias"]
@@ -555,9 +573,11 @@ class Linear:
     def backward(self, dout: np.ndarray) -> np.ndarray:
         """Given dL/d(out), write the parameter gradients into :attr:`grads`; return dL/dh."""
         if self._h is None:
+            if self._ran_in_eval:
+                self._refuse_backward_in_eval()
             raise RuntimeError("Linear.backward() called before forward()")
         h = self._h
-        dout = _as_array("dout", dout)
+        dout = V.as_array("dout", dout)
         expected = (*h.shape[:-1], self.out_features)
         if dout.shape != expected:
             raise ValueError(
@@ -631,7 +651,7 @@ class Linear:
 def _last_index(lengths: object, T: int, B: int) -> np.ndarray:
     if lengths is None:
         return np.full(B, T - 1, dtype=np.int64)
-    lens = F._check_lengths(lengths, T, B)
+    lens = V.check_lengths(lengths, T, B)
     return np.full(B, T - 1, dtype=np.int64) if lens is None else lens - 1
 
 
@@ -646,7 +666,7 @@ def last_step(
     bidirectional layer the reverse direction has seen only one step there; its summary
     of the whole sequence is in the final state instead.)
     """
-    out = _as_array("out", out)
+    out = V.as_array("out", out)
     if out.ndim != 3:
         layout = "(B, T, F)" if batch_first else "(T, B, F)"
         raise ValueError(f"out has shape {out.shape}, expected {layout}")
@@ -661,10 +681,10 @@ def last_step_backward(
 ) -> np.ndarray:
     """The gradient of :func:`last_step`: ``dlast`` (B, F) placed at each sequence's last
     real step of a zero (T, B, F) array (or (B, T, F) with ``batch_first``)."""
-    dlast = _as_array("dlast", dlast)
+    dlast = V.as_array("dlast", dlast)
     if dlast.ndim != 2:
         raise ValueError(f"dlast has shape {dlast.shape}, expected (B, F)")
-    T = _check_positive_int("T", T)
+    T = V.check_positive_int("T", T)
     B, feat = dlast.shape
     idx = _last_index(lengths, T, B)
     cols = np.arange(B)
@@ -676,8 +696,5 @@ def last_step_backward(
         dout[idx, cols] = dlast
     return dout
 
-
-for _cls in (RNN, LSTM, GRU, Linear):
-    _io.register(_cls.__name__)(_cls)
 
 __all__ = ["GRU", "LSTM", "RNN", "Linear", "State", "last_step", "last_step_backward"]

@@ -32,8 +32,11 @@ except (ImportError, ValueError) as exc:  # extension not built, or a bad FASTRN
     UNAVAILABLE_REASON = f"{type(exc).__name__}: {exc}"
 
 
-def forward(cell, params, x, h0, c0, *, activation, negative_slope, lengths, num_threads):
-    """Run the recurrence; return ``(hs, h_n, c_n, saved)`` (see the module docstring)."""
+def forward(
+    cell, params, x, h0, c0, *, activation, negative_slope, lengths, num_threads, training=True
+):
+    """Run the recurrence; return ``(hs, h_n, c_n, saved)`` (see the module docstring;
+    ``saved`` is None when not ``training``)."""
     hs, h_n, c_n, gates, extra = _kernels.forward(
         cell,
         activation,
@@ -48,7 +51,7 @@ def forward(cell, params, x, h0, c0, *, activation, negative_slope, lengths, num
         lengths,
         num_threads,
     )
-    return hs, h_n, c_n, (None if gates is None else (gates, extra))
+    return hs, h_n, c_n, (None if gates is None or not training else (gates, extra))
 
 
 def backward(

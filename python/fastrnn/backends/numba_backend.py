@@ -177,8 +177,11 @@ def _projection(x: np.ndarray, W_ih: np.ndarray, num_threads: int) -> np.ndarray
 
 
 @_single_threaded_blas()  # once per call: the kernels' own entries are then just a count
-def forward(cell, params, x, h0, c0, *, activation, negative_slope, lengths, num_threads):
-    """Run the recurrence; return ``(hs, h_n, c_n, saved)`` as the reference does.
+def forward(
+    cell, params, x, h0, c0, *, activation, negative_slope, lengths, num_threads, training=True
+):
+    """Run the recurrence; return ``(hs, h_n, c_n, saved)`` as the reference does
+    (``saved`` is None when not ``training``).
 
     ``saved``: nothing for rnn; the gate activations i, f, g, o and the cell states for
     lstm ((4+1)*H values per step and sequence); r, z, n and ``W_hn h + b_hn`` for gru
@@ -204,7 +207,7 @@ def forward(cell, params, x, h0, c0, *, activation, negative_slope, lengths, num
         c_n = np.empty((B, H), dtype=dt)
         args = (proj, W_hh_T, bias, h0, _writable(c0), lens, hs, cs, h_n, c_n)
         _run("lstm_forward", dt, B, num_threads, *args)
-        return hs, h_n, c_n, (proj, cs)
+        return hs, h_n, c_n, (proj, cs) if training else None
     # gru: b_hr and b_hz join b_ih; b_hn stays inside r * (W_hn h + b_hn)
     bias = params["b_ih"].copy()
     bias[: 2 * H] += params["b_hh"][: 2 * H]
@@ -212,7 +215,7 @@ def forward(cell, params, x, h0, c0, *, activation, negative_slope, lengths, num
     hn = np.empty((T, B, H), dtype=dt)
     args = (proj, W_hh_T, bias, b_hn, h0, lens, hs, hn, h_n)
     _run("gru_forward", dt, B, num_threads, *args)
-    return hs, h_n, None, (proj, hn)
+    return hs, h_n, None, (proj, hn) if training else None
 
 
 # --- backward (BPTT) -----------------------------------------------------------------

@@ -100,20 +100,34 @@ def _prev_state_product(dA: np.ndarray, hs: np.ndarray, h0: np.ndarray) -> np.nd
 # --- forward -------------------------------------------------------------------------
 
 
-def forward(cell, params, x, h0, c0, *, activation, negative_slope, lengths, num_threads):
+def forward(
+    cell,
+    params,
+    x,
+    h0,
+    c0,
+    *,
+    activation,
+    negative_slope,
+    lengths,
+    num_threads,
+    training: bool = True,
+):
     """Run the recurrence; return ``(hs, h_n, c_n, saved)``.
 
     ``saved`` holds only what :func:`backward` needs beyond x, h0, c0 and hs:
     nothing for rnn (act' is a function of h), the gate activations and cell states for
     lstm ((4+1)*H values per step and sequence), the gates and ``W_hn h + b_hn`` for gru
-    ((3+1)*H values).
+    ((3+1)*H values). With ``training=False`` (inference) ``saved`` is ``None`` and the
+    per-step values that only backward needs (lstm's cell states, gru's ``W_hn h + b_hn``)
+    live in one (B, H) buffer instead of one per step.
     """
     del num_threads  # NumPy's BLAS decides its own threading
     if cell == "rnn":
         return _rnn_forward(params, x, h0, activation, negative_slope, lengths)
     if cell == "lstm":
-        return _lstm_forward(params, x, h0, c0, lengths)
-    return _gru_forward(params, x, h0, lengths)
+        return _lstm_forward(params, x, h0, c0, lengths, training)
+    return _gru_forward(params, x, h0, lengths, training)
 
 
 def _rnn_forward(params, x, h0, activation, slope, lengths):
@@ -137,49 +151,52 @@ def _rnn_forward(params, x, h0, activation, slope, lengths):
     return hs, h.copy(), None, None
 
 
-def _lstm_forward(params, x, h0, c0, lengths):
+def _lstm_forward(params, x, h0, c0, lengths, training):
     T, B, _ = x.shape
     H = h0.shape[1]
     W_hh_T = _contiguous_T(params["W_hh"])
     # pre-activations of all four gates for every step; turned into activations in place
     gates = _input_projection(x, params["W_ih"], params["b_ih"] + params["b_hh"])
     hs = np.empty((T, B, H), dtype=x.dtype)
-    cs = np.empty((T, B, H), dtype=x.dtype)
+    # the cell state of every step for backward, or one step's (rewritten in place)
+    cs = np.empty((T if training else 1, B, H), dtype=x.dtype)
     active = _active_masks(lengths, T)
     h, c = (h0.copy(), c0.copy()) if active is not None else (h0, c0)
     rec = np.empty((B, 4 * H), dtype=x.dtype)
     ig = np.empty((B, H), dtype=x.dtype)
     for t in range(T):
         g_t = gates[t]
+        c_t = cs[t if training else 0]
         np.matmul(h, W_hh_T, out=rec)
         g_t += rec  # all gates' pre-activations: one packed product per step
         _sigmoid_(g_t[:, : 2 * H])  # i, f
         np.tanh(g_t[:, 2 * H : 3 * H], out=g_t[:, 2 * H : 3 * H])  # g
         _sigmoid_(g_t[:, 3 * H :])  # o
         i, f, g, o = g_t[:, :H], g_t[:, H : 2 * H], g_t[:, 2 * H : 3 * H], g_t[:, 3 * H :]
-        np.multiply(f, c, out=cs[t])  # c_t = f * c_{t-1} + i * g
+        np.multiply(f, c, out=c_t)  # c_t = f * c_{t-1} + i * g (c may be c_t itself)
         np.multiply(i, g, out=ig)
-        cs[t] += ig
-        np.tanh(cs[t], out=hs[t])  # h_t = o * tanh(c_t)
+        c_t += ig
+        np.tanh(c_t, out=hs[t])  # h_t = o * tanh(c_t)
         hs[t] *= o
         if active is None:
-            h, c = hs[t], cs[t]
+            h, c = hs[t], c_t
         else:
             m = active[t][:, None]
             np.copyto(h, hs[t], where=m)
-            np.copyto(c, cs[t], where=m)
+            np.copyto(c, c_t, where=m)
             hs[t][~active[t]] = 0
-    return hs, h.copy(), c.copy(), (gates, cs)
+    return hs, h.copy(), c.copy(), (gates, cs) if training else None
 
 
-def _gru_forward(params, x, h0, lengths):
+def _gru_forward(params, x, h0, lengths, training):
     T, B, _ = x.shape
     H = h0.shape[1]
     W_hh_T = _contiguous_T(params["W_hh"])
     b_hh = params["b_hh"]
     # W_i{r,z,n} x_t + b_i{r,z,n} for every step; r, z, n activations overwrite it
     gates = _input_projection(x, params["W_ih"], params["b_ih"])
-    hn = np.empty((T, B, H), dtype=x.dtype)  # W_hn h_{t-1} + b_hn, saved for backward
+    # W_hn h_{t-1} + b_hn of every step, saved for backward (inference reads it from rec)
+    hn = np.empty((T, B, H), dtype=x.dtype) if training else None
     hs = np.empty((T, B, H), dtype=x.dtype)
     active = _active_masks(lengths, T)
     h = h0.copy() if active is not None else h0
@@ -192,8 +209,10 @@ def _gru_forward(params, x, h0, lengths):
         rz += rec[:, : 2 * H]
         _sigmoid_(rz)  # r, z
         r, z, n = g_t[:, :H], g_t[:, H : 2 * H], g_t[:, 2 * H :]
-        hn[t] = rec[:, 2 * H :]
-        np.multiply(r, hn[t], out=hs[t])  # n = tanh(W_in x + b_in + r * (W_hn h + b_hn))
+        hn_t = rec[:, 2 * H :]
+        if training:
+            hn[t] = hn_t
+        np.multiply(r, hn_t, out=hs[t])  # n = tanh(W_in x + b_in + r * (W_hn h + b_hn))
         n += hs[t]
         np.tanh(n, out=n)
         np.subtract(h, n, out=hs[t])  # h_t = (1 - z) * n + z * h_{t-1} = n + z (h - n)
@@ -204,7 +223,7 @@ def _gru_forward(params, x, h0, lengths):
         else:
             np.copyto(h, hs[t], where=active[t][:, None])
             hs[t][~active[t]] = 0
-    return hs, h.copy(), None, (gates, hn)
+    return hs, h.copy(), None, (gates, hn) if training else None
 
 
 # --- backward (BPTT) -----------------------------------------------------------------
