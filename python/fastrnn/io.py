@@ -83,7 +83,7 @@ import os
 import tempfile
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 import numpy as np
 
@@ -278,7 +278,7 @@ def save(obj: Any, path: str | os.PathLike) -> None:
     fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=directory)
     try:
         with os.fdopen(fd, "wb") as fh:
-            np.savez(fh, **members)
+            np.savez(fh, **cast(dict[str, Any], members))
         os.replace(tmp, target)
     except BaseException:
         if os.path.exists(tmp):
@@ -424,7 +424,7 @@ def load(path: str | os.PathLike, *, expect: type | tuple[type, ...] | None = No
             names = " or ".join(c.__name__ for c in wanted)
             raise ValueError(f"{where} holds a {header['kind']}, expected a {names}")
     try:
-        return cls._from_state(header["config"], arrays, **kwargs)
+        return cast(Any, cls)._from_state(header["config"], arrays, **kwargs)
     except (ValueError, TypeError, KeyError) as exc:
         raise ValueError(
             f"{where} holds a {header['kind']} whose data does not fit its configuration "

@@ -126,7 +126,7 @@ class Optimizer:
                 f"optimizer state does not fit this {type(self).__name__}: missing "
                 f"{missing}, unexpected {extra}"
             )
-        buffers = {}
+        buffers: dict[str, dict[str, np.ndarray]] = {}
         for buf in self._buffers:
             buffers[buf] = {}
             for key, ref in self.params.items():
@@ -198,7 +198,7 @@ class SGD(Optimizer):
 class Momentum(Optimizer):
     """Gradient descent with momentum (PyTorch's form): ``v <- mu v + g``, ``w <- w - lr v``."""
 
-    _hyper = ("lr", "momentum")
+    _hyper: tuple[str, ...] = ("lr", "momentum")
     _buffers = ("velocity",)
 
     def __init__(
@@ -218,7 +218,7 @@ class Momentum(Optimizer):
 class Adam(Optimizer):
     """Adam (Kingma & Ba 2015) with bias correction, as PyTorch computes it."""
 
-    _hyper = ("lr", "betas", "eps")
+    _hyper: tuple[str, ...] = ("lr", "betas", "eps")
     _buffers = ("m", "v")
 
     def __init__(
@@ -262,7 +262,7 @@ class AdamW(Adam):
     in PyTorch, applies only to the parameters that have a gradient in the step.
     """
 
-    _hyper = ("lr", "betas", "eps", "weight_decay")
+    _hyper: tuple[str, ...] = ("lr", "betas", "eps", "weight_decay")
 
     def __init__(
         self,
@@ -506,7 +506,7 @@ def make_optimizer(
             f"instance, got {spec!r}"
         )
     cls = OPTIMIZERS[spec.lower()]
-    return cls(params) if lr is None else cls(params, lr=lr)
+    return cls(params, **({} if lr is None else {"lr": lr}))
 
 
 def global_norm(grads: Mapping[str, np.ndarray]) -> float:

@@ -61,7 +61,7 @@ import os
 import sys
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol, runtime_checkable
+from typing import Any, Protocol, cast, runtime_checkable
 
 import numpy as np
 
@@ -154,7 +154,8 @@ class History:
 def _as_arrays(name: str, data: object) -> tuple[tuple[np.ndarray, ...], bool, int]:
     """(arrays, single, n_samples) for ``data``: one array or a sequence of arrays."""
     if isinstance(data, np.ndarray):
-        arrays, single = (data,), True
+        arrays: tuple[np.ndarray, ...] = (data,)
+        single = True
     elif isinstance(data, Sequence) and not isinstance(data, str) and len(data) > 0:
         arrays, single = tuple(np.asarray(a) for a in data), False
     else:
@@ -272,24 +273,25 @@ class LambdaCallback(Callback):
         for name, fn in given.items():
             if fn is not None and not callable(fn):
                 raise TypeError(f"{name} must be a function, got {type(fn).__name__}")
-        self._fns = {k: v for k, v in given.items() if v is not None}
+        self._fns: dict[str, Callable[..., Any]] = {k: v for k, v in given.items() if v is not None}
+
+    def _run(self, hook: str, *args: Any) -> None:
+        fn = self._fns.get(hook)
+        if fn is not None:
+            fn(*args)
 
     def on_train_begin(self, context: TrainingContext) -> None:
         super().on_train_begin(context)
-        if "on_train_begin" in self._fns:
-            self._fns["on_train_begin"](context)
+        self._run("on_train_begin", context)
 
     def on_batch_end(self, step: int, logs: dict[str, float]) -> None:
-        if "on_batch_end" in self._fns:
-            self._fns["on_batch_end"](step, logs)
+        self._run("on_batch_end", step, logs)
 
     def on_epoch_end(self, epoch: int, logs: dict[str, float]) -> None:
-        if "on_epoch_end" in self._fns:
-            self._fns["on_epoch_end"](epoch, logs)
+        self._run("on_epoch_end", epoch, logs)
 
     def on_train_end(self, context: TrainingContext) -> None:
-        if "on_train_end" in self._fns:
-            self._fns["on_train_end"](context)
+        self._run("on_train_end", context)
 
 
 class _Monitor:
@@ -550,6 +552,7 @@ def train(
     n_batches = n // batch_size if drop_last else math.ceil(n / batch_size)
     if n_batches == 0:
         raise ValueError(f"drop_last with batch_size={batch_size} > {n} samples leaves no batch")
+    chunked = cast(SupportsTBPTT, model)  # used only with tbptt, checked above
     hist = history if history is not None else History()
     context = TrainingContext(model, opt, hist, epochs)
     _call(callbacks, "on_train_begin", context)
@@ -564,10 +567,11 @@ def train(
             for b in range(n_batches):
                 idx = order[b * batch_size : (b + 1) * batch_size]
                 batch = _take(arrays, single, idx)
+                T = 1
                 if tbptt is None:
-                    chunks = [None]
+                    chunks: list[tuple[int, int] | None] = [None]
                 else:
-                    T = int(model.num_steps(batch))
+                    T = int(chunked.num_steps(batch))
                     chunks = [(s, min(s + tbptt, T)) for s in range(0, T, tbptt)]
                 state = None
                 batch_loss = 0.0
@@ -578,8 +582,8 @@ def train(
                         loss, grads = model.loss_and_grads(batch)
                         weight = 1.0
                     else:
-                        loss, grads, state = model.chunk_loss_and_grads(batch, *chunk, state)
-                        weight = (chunk[1] - chunk[0]) / chunks[-1][1]
+                        loss, grads, state = chunked.chunk_loss_and_grads(batch, *chunk, state)
+                        weight = (chunk[1] - chunk[0]) / T
                     loss = float(loss)
                     norm = _check_finite(loss, grads, where)
                     if clip_norm is not None:
