@@ -654,6 +654,10 @@ def test_a_schedule_is_a_callback_stepping_once_per_epoch():
     assert sched.last_epoch == 5 and sched.optimizer.lr == pytest.approx(0.1)
     with pytest.raises(ValueError, match="already drives another optimizer"):
         _train_scalar(model, np.full(4, 1.0), [sched])
+    # a schedule built on the optimizer given to train drives it as well
+    opt = SGD(model.parameters(), lr=1.0)
+    hist = _train_scalar(model, np.ones(4), [StepLR(opt, step_size=1)], optimizer=opt, lr=None)
+    assert hist["lr"] == pytest.approx([1.0, 0.1, 0.01, 0.001] + [10.0**-k for k in range(4, 20)])
 
 
 def test_bad_callbacks():
