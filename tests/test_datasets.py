@@ -140,3 +140,18 @@ def test_counting_sequences():
 def test_bad_arguments_are_named(call, match):
     with pytest.raises(ValueError, match=match):
         call()
+
+
+@pytest.mark.parametrize(
+    "call, match",
+    [
+        (lambda: ds.adding_problem(10.0), r"n_samples must be an int, got a float \(10\.0\)"),
+        (lambda: ds.one_hot(np.array([0.0, 1.0]), 2), "ids must be an integer array"),
+        (lambda: ds.reverse_strings(5, alphabet=list("ab")), "alphabet must be a str, got list"),
+        (lambda: ds.counting_sequences(steps=3), "steps must be a tuple of positive ints"),
+        (lambda: ds.toy_sentiment().split("half"), "test_fraction must be a number"),
+    ],
+)
+def test_wrong_types_are_type_errors(call, match):
+    with pytest.raises(TypeError, match=match):
+        call()

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 import zipfile
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -154,8 +157,51 @@ def test_unknown_kind_and_foreign_module(saved, tmp_path):
     bad = _rewrite(
         saved, tmp_path / "kind.npz", header=lambda h: h | {"kind": "Nope", "module": "os"}
     )
-    with pytest.raises(ValueError, match=r"kind\.npz' holds an object of kind 'Nope'"):
+    with pytest.raises(
+        ValueError,
+        match=r"kind\.npz' holds an object of kind 'Nope'.*module 'os', outside the fastrnn",
+    ):
         fastrnn.load(bad)
+
+
+def test_unknown_kind_says_why_its_module_did_not_register_it(saved, tmp_path, monkeypatch):
+    missing = _rewrite(
+        saved,
+        tmp_path / "missing.npz",
+        header=lambda h: h | {"kind": "Nope", "module": "fastrnn.no_such_module"},
+    )
+    with pytest.raises(
+        ValueError,
+        match=r"kind 'Nope' from the module 'fastrnn\.no_such_module', which failed to import: "
+        r"ModuleNotFoundError: No module named 'fastrnn\.no_such_module'",
+    ) as info:
+        fastrnn.load(missing)
+    assert isinstance(info.value.__cause__, ModuleNotFoundError)
+    # a module that exists but fails inside its own import (a dependency it needs is
+    # missing): that error is the reason given
+    extra = tmp_path / "modules"
+    extra.mkdir()
+    (extra / "needs_dependency.py").write_text("import fastrnn_test_no_such_dependency\n")
+    monkeypatch.setattr(fastrnn, "__path__", [*fastrnn.__path__, str(extra)])
+    broken = _rewrite(
+        saved,
+        tmp_path / "broken.npz",
+        header=lambda h: h | {"kind": "B", "module": "fastrnn.needs_dependency"},
+    )
+    with pytest.raises(
+        ValueError,
+        match=r"module 'fastrnn\.needs_dependency', which failed to import: ModuleNotFoundError: "
+        r"No module named 'fastrnn_test_no_such_dependency'",
+    ):
+        fastrnn.load(broken)
+    # a module that imports fine but registers no such kind
+    other = _rewrite(
+        saved, tmp_path / "other.npz", header=lambda h: h | {"kind": "Nope", "module": "fastrnn.io"}
+    )
+    with pytest.raises(
+        ValueError, match=r"kind 'Nope', but its module 'fastrnn\.io' does not register that kind"
+    ):
+        fastrnn.load(other)
 
 
 def test_not_a_fastrnn_file(tmp_path):
@@ -169,7 +215,7 @@ def test_not_a_fastrnn_file(tmp_path):
         fastrnn.load(npy)
     text = tmp_path / "text.npz"
     text.write_text("hello")
-    with pytest.raises(ValueError, match=r"text\.npz' is not a readable fastrnn file"):
+    with pytest.raises(ValueError, match=r"text\.npz' is not an npz archive.*starts with b'hell'"):
         fastrnn.load(text)
     with pytest.raises(FileNotFoundError, match=r"nothing\.npz"):
         fastrnn.load(tmp_path / "nothing.npz")
@@ -231,3 +277,120 @@ def test_save_refuses_unregistered_objects(tmp_path):
         fastrnn.save(object(), tmp_path / "x.npz")
     with pytest.raises(ValueError, match="already registered"):
         io.register("GRU")(Pair)
+
+
+def test_register_sets_the_kind_and_a_subclass_does_not_inherit_it(tmp_path):
+    assert Pair.__fastrnn_kind__ == "tests.Pair" and io.kind_of(Pair(2)) == "tests.Pair"
+    assert io.kind_of(GRU) == "GRU" and io.registered_kinds()["GRU"] is GRU
+
+    class MyGRU(GRU):
+        pass
+
+    with pytest.raises(TypeError, match=r"MyGRU: its class is not registered.*parent GRU is"):
+        fastrnn.save(MyGRU(2, 3), tmp_path / "mine.npz")
+    with pytest.raises(TypeError, match="kind must be a str, got int"):
+        io.register(3)
+    with pytest.raises(TypeError, match="must define _save_state"):
+        io.register("tests.Plain")(type("Plain", (), {}))
+
+
+def test_old_save_state_form_is_checked_against_the_registered_kind(tmp_path):
+    @io.register("tests.Old")
+    class Old:
+        said = "tests.Old"
+
+        def _save_state(self):
+            return self.said, {}, {"a": np.arange(3)}
+
+        @classmethod
+        def _from_state(cls, config, arrays):
+            obj = cls()
+            obj.a = arrays["a"]
+            return obj
+
+    fastrnn.save(Old(), tmp_path / "old.npz")
+    np.testing.assert_array_equal(fastrnn.load(tmp_path / "old.npz").a, np.arange(3))
+    liar = Old()
+    liar.said = "GRU"
+    with pytest.raises(ValueError, match=r"returned the kind 'GRU', but Old is registered as"):
+        fastrnn.save(liar, tmp_path / "liar.npz")
+
+
+# --- issue 18: the messages name the real cause, and a dict of arrays saves -----------
+
+
+def test_swapped_save_arguments_say_so(tmp_path):
+    layer = GRU(2, 3)
+    for path in (str(tmp_path / "g.npz"), tmp_path / "g.npz"):
+        with pytest.raises(TypeError, match=r"save\(obj, path\): got a path first"):
+            fastrnn.save(path, layer)
+    assert not list(tmp_path.iterdir())
+    with pytest.raises(TypeError, match=r"path must be a str or os\.PathLike, got GRU"):
+        fastrnn.save(layer, layer)
+
+
+def test_a_params_dict_round_trips_bit_for_bit(tmp_path):
+    p = fastrnn.init_params("lstm", 3, 4, seed=0, dtype=np.float32)
+    p = {k: p[k] for k in ("b_hh", "W_ih", "W_hh", "b_ih")}  # not the usual order
+    fastrnn.save(p, tmp_path / "params.npz")
+    back = fastrnn.load(tmp_path / "params.npz")
+    assert type(back) is dict and list(back) == list(p)  # the same names, in order
+    for k, v in p.items():
+        assert back[k].dtype == v.dtype and back[k].shape == v.shape
+        assert back[k].tobytes() == v.tobytes()
+    x = np.random.default_rng(1).normal(size=(2, 1, 3)).astype(np.float32)
+    out = fastrnn.forward("lstm", back, x, backend="numpy")
+    np.testing.assert_array_equal(out.hs, fastrnn.forward("lstm", p, x, backend="numpy").hs)
+    mixed = {
+        "steps": np.arange(5, dtype=np.int16),
+        "mask": np.array([True, False]),
+        "scale": np.float64(np.pi),
+        "big": np.arange(6, dtype=">f8").reshape(2, 3),
+    }
+    fastrnn.save(mixed, tmp_path / "mixed.npz")
+    back = fastrnn.load(tmp_path / "mixed.npz", expect=dict)
+    for k, v in mixed.items():
+        v = np.asarray(v)
+        assert back[k].dtype == v.dtype and back[k].shape == v.shape
+        assert back[k].tobytes() == v.tobytes()
+    with pytest.raises(ValueError, match=r"params\.npz' holds a dict, expected a GRU"):
+        fastrnn.load(tmp_path / "params.npz", expect=GRU)
+    fastrnn.save({}, tmp_path / "empty.npz")
+    assert fastrnn.load(tmp_path / "empty.npz") == {}
+
+
+def test_a_dict_that_is_not_name_to_array_is_refused_by_name(tmp_path):
+    with pytest.raises(TypeError, match=r"key 0 \(int\): the names of saved arrays are str"):
+        fastrnn.save({0: np.zeros(2)}, tmp_path / "x.npz")
+    with pytest.raises(TypeError, match=r"entry 'rnn' is a dict, not an array"):
+        fastrnn.save({"rnn": {"W": np.zeros(2)}}, tmp_path / "x.npz")
+    with pytest.raises(TypeError, match=r"array 'w' of dict is a str of dtype <U3; only arrays"):
+        fastrnn.save({"w": "abc"}, tmp_path / "x.npz")
+    assert not list(tmp_path.iterdir())
+
+
+def test_an_empty_file_is_not_an_npz_archive(tmp_path):
+    empty = tmp_path / "empty.npz"
+    empty.write_bytes(b"")
+    with pytest.raises(ValueError, match=r"empty\.npz' is not an npz archive.*an empty file"):
+        fastrnn.load(empty)
+    with pytest.raises(ValueError, match=r"is not a readable fastrnn file: IsADirectoryError"):
+        fastrnn.load(tmp_path)
+
+
+def test_io_is_a_leaf_and_load_imports_the_module_the_file_names(tmp_path):
+    """io imports nothing from the package; a file names the module that registers its kind."""
+    GRU(2, 3, seed=0).save(tmp_path / "gru.npz")
+    Pair(2).head.save(tmp_path / "linear.npz")
+    code = f"""
+import sys
+import fastrnn.io as io
+assert not [m for m in ("fastrnn.layers", "fastrnn.optim", "fastrnn.models") if m in sys.modules]
+gru = io.load({str(tmp_path / "gru.npz")!r})
+assert type(gru).__module__ == "fastrnn.layers" and type(gru).__name__ == "GRU"
+assert "fastrnn.optim" not in sys.modules and "fastrnn.models" not in sys.modules
+"""
+    src = str(Path(fastrnn.__file__).parent.parent)
+    env = {"PYTHONPATH": src, "PATH": "/usr/bin:/bin"}
+    done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr

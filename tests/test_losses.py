@@ -145,7 +145,7 @@ def test_bad_input_messages():
         softmax_cross_entropy(z, np.zeros(3))
     with pytest.raises(ValueError, match=r"targets must be in 0..3"):
         softmax_cross_entropy(z, np.array([0, 4, 1]))
-    with pytest.raises(ValueError, match="reduction must be 'mean' or 'sum'"):
+    with pytest.raises(ValueError, match="reduction must be one of 'mean', 'sum', got 'max'"):
         mse(z, z, reduction="max")
     with pytest.raises(ValueError, match=r"mask has shape \(4,\)"):
         mse(z, z, mask=np.ones(4, bool))
@@ -153,5 +153,13 @@ def test_bad_input_messages():
         mse(z, z, mask=np.ones(3))
     with pytest.raises(TypeError, match="logits must have dtype float32 or float64"):
         bce_with_logits(np.zeros(3, int), np.zeros(3))
+    with pytest.raises(TypeError, match=r"T must be an int, got a float \(4\.0\)"):
+        mask_from_lengths(np.array([1, 2]), 4.0)
+    with pytest.raises(TypeError, match="lengths must be an integer array, got dtype float64"):
+        mask_from_lengths(np.array([1.0, 2.0]), 4)
+    with pytest.raises(ValueError, match=r"lengths must be a 1-d integer array \(B,\), got shape"):
+        mask_from_lengths(np.ones((2, 2), int), 4)
+    with pytest.raises(ValueError, match=r"targets has shape \(3,\), expected \(2,\) \(pred's"):
+        mse(np.zeros(2), np.zeros(3))
     with pytest.raises(ValueError, match=r"targets has shape \(2,\), expected \(3,\)"):
         bce_with_logits(np.zeros(3), np.zeros(2))

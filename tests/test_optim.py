@@ -8,7 +8,19 @@ import numpy as np
 import pytest
 
 import fastrnn
-from fastrnn.optim import SGD, Adam, Momentum, clip_grad_norm, clip_grad_value, global_norm
+from fastrnn.optim import (
+    SGD,
+    Adam,
+    AdamW,
+    CosineAnnealingLR,
+    LinearLR,
+    Momentum,
+    SequentialLR,
+    StepLR,
+    clip_grad_norm,
+    clip_grad_value,
+    global_norm,
+)
 
 
 def _params():
@@ -126,12 +138,21 @@ def test_missing_gradient_leaves_parameter_and_unknown_is_an_error():
 
 
 def test_bad_hyperparameters():
-    with pytest.raises(ValueError, match="lr must be a finite number >= 0"):
+    with pytest.raises(ValueError, match="lr must be finite and >= 0, got -1"):
         SGD(_params(), lr=-1)
-    with pytest.raises(ValueError, match=r"momentum must be in \[0, 1\)"):
+    with pytest.raises(ValueError, match=r"momentum must be finite and >= 0 and < 1, got 1\.0"):
         Momentum(_params(), lr=0.1, momentum=1.0)
     with pytest.raises(TypeError, match="betas must be a pair"):
         Adam(_params(), betas=0.9)
+    with pytest.raises(ValueError, match=r"betas must be a pair \(beta1, beta2\), got 3 values"):
+        Adam(_params(), betas=(0.9, 0.99, 0.999))
+    # one policy: a wrong type is a TypeError, a wrong value a ValueError
+    with pytest.raises(TypeError, match=r"lr must be a number, got a str \('0\.1'\)"):
+        SGD(_params(), lr="0.1")
+    with pytest.raises(TypeError, match="eps must be a number, got a NoneType"):
+        Adam(_params(), eps=None)
+    with pytest.raises(ValueError, match=r"params must be a non-empty dict.*got an empty dict"):
+        SGD({})
     with pytest.raises(TypeError, match="params must be a non-empty dict"):
         Adam([np.zeros(3)])
     with pytest.raises(TypeError, match=r"params\['w'\] must be a float np.ndarray"):
@@ -171,7 +192,137 @@ def test_clip_grad_value():
     g = {"a": np.array([-3.0, 0.2, 5.0])}
     clip_grad_value(g, 1.0)
     np.testing.assert_array_equal(g["a"], [-1.0, 0.2, 1.0])
-    with pytest.raises(ValueError, match="clip_value must be a finite number"):
+    with pytest.raises(ValueError, match=r"clip_value must be finite and > 0, got -1\.0"):
         clip_grad_value(g, -1.0)
-    with pytest.raises(ValueError, match="max_norm"):
+    with pytest.raises(ValueError, match="max_norm must be finite and > 0, got nan"):
         clip_grad_norm(g, float("nan"))
+
+
+# --- AdamW and the learning-rate schedules against PyTorch -------------------------------
+
+SCHEDULES = {
+    "constant": (lambda opt: None, lambda topt, lrs: None),
+    "step": (
+        lambda opt: StepLR(opt, step_size=7, gamma=0.5),
+        lambda topt, lrs: lrs.StepLR(topt, step_size=7, gamma=0.5),
+    ),
+    "cosine": (  # T_max < 50 steps: down to eta_min and up again
+        lambda opt: CosineAnnealingLR(opt, T_max=20, eta_min=1e-3),
+        lambda topt, lrs: lrs.CosineAnnealingLR(topt, T_max=20, eta_min=1e-3),
+    ),
+    "warmup": (
+        lambda opt: LinearLR(opt, start_factor=0.1, total_iters=10),
+        lambda topt, lrs: lrs.LinearLR(topt, start_factor=0.1, total_iters=10),
+    ),
+    "warmup_then_cosine": (
+        lambda opt: SequentialLR(
+            opt,
+            [LinearLR(start_factor=0.2, total_iters=5), CosineAnnealingLR(T_max=30)],
+            milestones=[5],
+        ),
+        lambda topt, lrs: lrs.SequentialLR(
+            topt,
+            [
+                lrs.LinearLR(topt, start_factor=0.2, total_iters=5),
+                lrs.CosineAnnealingLR(topt, T_max=30),
+            ],
+            milestones=[5],
+        ),
+    ),
+}
+
+
+@pytest.mark.parametrize("schedule", list(SCHEDULES))
+def test_adamw_and_schedules_match_pytorch_step_by_step(schedule):
+    """50 steps in float64: every learning rate and every parameter within 1e-12."""
+    torch = pytest.importorskip("torch")
+    rng = np.random.default_rng(3)
+    p = {"w": rng.normal(size=(6, 5)), "b": rng.normal(size=5)}
+    tp = {k: torch.tensor(v.copy(), requires_grad=True) for k, v in p.items()}
+    opt = AdamW(p, lr=0.05, betas=(0.8, 0.99), eps=1e-7, weight_decay=0.1)
+    topt = torch.optim.AdamW(
+        list(tp.values()), lr=0.05, betas=(0.8, 0.99), eps=1e-7, weight_decay=0.1
+    )
+    make, tmake = SCHEDULES[schedule]
+    sched, tsched = make(opt), tmake(topt, torch.optim.lr_scheduler)
+    lrs = []
+    for _ in range(50):
+        assert opt.lr == pytest.approx(topt.param_groups[0]["lr"], rel=1e-12, abs=1e-300)
+        lrs.append(opt.lr)
+        g = {k: rng.normal(size=v.shape) for k, v in p.items()}
+        opt.step(g)
+        for name, t in tp.items():
+            t.grad = torch.tensor(g[name])
+        topt.step()
+        for name in p:
+            # 1e-12 relative; an entry that passes near zero keeps the absolute rounding of
+            # the O(1) terms that cancel in it (50 steps * a few ulps of 1 < 1e-14)
+            np.testing.assert_allclose(p[name], tp[name].detach().numpy(), rtol=1e-12, atol=1e-14)
+        if sched is not None:
+            sched.step()
+            tsched.step()
+    if schedule != "constant":
+        assert len(set(lrs)) > 5  # the schedule did change the learning rate
+    assert sched is None or sched.get_last_lr() == [opt.lr]
+
+
+def test_schedules_closed_forms():
+    p = _params()
+    opt = SGD(p, lr=1.0)
+    s = StepLR(opt, step_size=3, gamma=0.5)
+    assert [opt.lr] + [s.step() for _ in range(7)] == [1, 1, 1, 0.5, 0.5, 0.5, 0.25, 0.25]
+    opt = SGD(_params(), lr=2.0)
+    w = LinearLR(opt, start_factor=0.25, total_iters=3)
+    assert [opt.lr] + [w.step() for _ in range(4)] == [0.5, 1.0, 1.5, 2.0, 2.0]
+    opt = SGD(_params(), lr=1.0)
+    c = CosineAnnealingLR(opt, T_max=4, eta_min=0.1)
+    got = [opt.lr] + [c.step() for _ in range(8)]
+    want = [0.1 + 0.9 * (1 + math.cos(math.pi * e / 4)) / 2 for e in range(9)]
+    np.testing.assert_allclose(got, want, rtol=1e-15)
+    assert got[4] == pytest.approx(0.1) and got[8] == pytest.approx(1.0)
+    # the base lr is the optimizer's lr when its first schedule attached (initial_lr)
+    again = StepLR(opt, step_size=1, gamma=0.5)
+    assert again.base_lr == 1.0 and opt.lr == 1.0
+
+
+def test_schedule_state_and_bad_arguments():
+    opt = SGD(_params(), lr=1.0)
+    s = StepLR(opt, step_size=2, gamma=0.1)
+    for _ in range(3):
+        s.step()
+    state = s.state_dict()
+    opt2 = SGD(_params(), lr=1.0)
+    s2 = StepLR(opt2, step_size=2, gamma=0.1)
+    s2.load_state_dict(state)
+    assert s2.last_epoch == 3 and opt2.lr == opt.lr == pytest.approx(0.1)
+    assert s.step() == s2.step()
+    with pytest.raises(TypeError, match=r"StepLR\(\) missing the required argument 'step_size'"):
+        StepLR(opt)
+    with pytest.raises(ValueError, match="T_max must be a positive int, got 0"):
+        CosineAnnealingLR(opt, T_max=0)
+    with pytest.raises(ValueError, match="start_factor must be finite and > 0 and <= 1"):
+        LinearLR(opt, start_factor=0.0)
+    with pytest.raises(TypeError, match=r"optimizer must be a fastrnn Optimizer .*, got dict"):
+        StepLR(_params(), step_size=1)
+    with pytest.raises(ValueError, match="already drives another optimizer"):
+        s.attach(SGD(_params()))
+    with pytest.raises(RuntimeError, match="drives no optimizer yet"):
+        StepLR(step_size=1).step()
+    with pytest.raises(ValueError, match="one milestone fewer than schedulers"):
+        SequentialLR(opt, [StepLR(step_size=1)], milestones=[2])
+    with pytest.raises(ValueError, match=r"schedulers\[0\] drives another optimizer"):
+        SequentialLR(SGD(_params()), [s, StepLR(step_size=1)], milestones=[2])
+
+
+def test_adamw_state_round_trip_and_weight_decay_by_hand(tmp_path):
+    p = {"w": np.array([2.0, -4.0])}
+    opt = AdamW(p, lr=0.1, weight_decay=0.5)
+    opt.step({"w": np.array([1.0, -1.0])})
+    # decay first: w * (1 - 0.1 * 0.5); then the first Adam step moves by lr * sign(g)
+    np.testing.assert_allclose(p["w"], [2.0 * 0.95 - 0.1, -4.0 * 0.95 + 0.1], rtol=1e-7)
+    opt.save(tmp_path / "adamw.npz")
+    back = fastrnn.load(tmp_path / "adamw.npz", params={"w": p["w"].copy()})
+    assert type(back) is AdamW and back.weight_decay == 0.5 and back.step_count == 1
+    assert opt.kind == "optim.AdamW"
+    with pytest.raises(ValueError, match="weight_decay must be finite and >= 0"):
+        AdamW(_params(), weight_decay=-0.1)

@@ -3,14 +3,25 @@ stop, batching and shuffling, progress, and the same losses on every backend."""
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import pytest
 
 import fastrnn
+from fastrnn import io
 from fastrnn.layers import GRU, LSTM, RNN, Linear
 from fastrnn.losses import bce_with_logits, mask_from_lengths, mse, softmax_cross_entropy
-from fastrnn.optim import SGD, global_norm
-from fastrnn.training import History, evaluate, train
+from fastrnn.optim import SGD, StepLR, global_norm
+from fastrnn.training import (
+    Callback,
+    EarlyStopping,
+    History,
+    LambdaCallback,
+    ModelCheckpoint,
+    evaluate,
+    train,
+)
 
 CELLS = {"rnn": RNN, "lstm": LSTM, "gru": GRU}
 
@@ -412,10 +423,14 @@ def test_bad_arguments():
     model = Recorder()
     with pytest.raises(ValueError, match=r"different numbers of samples .*\[10, 9\]"):
         train(model, (np.zeros(10), np.zeros(9)), epochs=1, batch_size=2)
-    with pytest.raises(ValueError, match="epochs must be an int >= 0"):
+    with pytest.raises(ValueError, match="epochs must be a non-negative int, got -1"):
         train(model, _index_data(), epochs=-1, batch_size=2)
-    with pytest.raises(ValueError, match="batch_size must be an int >= 1"):
+    with pytest.raises(ValueError, match="batch_size must be a positive int, got 0"):
         train(model, _index_data(), epochs=1, batch_size=0)
+    with pytest.raises(TypeError, match=r"epochs must be an int, got a float \(1\.5\)"):
+        train(model, _index_data(), epochs=1.5, batch_size=2)
+    with pytest.raises(TypeError, match="clip_value must be a number, got a str"):
+        train(model, _index_data(), epochs=1, batch_size=2, clip_value="1")
     with pytest.raises(ValueError, match="optimizer must be one of"):
         train(model, _index_data(), epochs=1, batch_size=2, optimizer="rmsprop")
     with pytest.raises(ValueError, match="does not update the model's parameter arrays"):
@@ -432,8 +447,228 @@ def test_bad_arguments():
 
     with pytest.raises(TypeError, match="tbptt needs a model with num_steps"):
         train(Plain(), _index_data(), epochs=1, batch_size=2, tbptt=3)
-    with pytest.raises(ValueError, match="clip_norm must be a finite number > 0"):
+    with pytest.raises(ValueError, match=r"clip_norm must be finite and > 0, got -1\.0"):
         train(Plain(), _index_data(), epochs=1, batch_size=2, clip_norm=-1.0)
+
+
+# --- callbacks, early stopping, checkpoints, schedules ----------------------------------
+
+
+@io.register("tests.Scalar")
+class Scalar:
+    """One parameter w; loss mean((w - t)^2) over the batch's targets t (a 1-d array)."""
+
+    def __init__(self, w=0.0):
+        self.w = {"w": np.array([w])}
+
+    def parameters(self):
+        return self.w
+
+    def loss(self, batch):
+        return float(np.mean((self.w["w"][0] - batch) ** 2))
+
+    def loss_and_grads(self, batch):
+        return self.loss(batch), {"w": np.array([2 * np.mean(self.w["w"][0] - batch)])}
+
+    def _save_state(self):
+        return {}, dict(self.w)
+
+    @classmethod
+    def _from_state(cls, config, arrays):
+        return cls(float(arrays["w"][0]))
+
+
+def _snapshots():
+    """A callback that keeps a copy of the parameters at the end of every epoch."""
+    snaps = {}
+
+    def keep(epoch, logs):
+        snaps[epoch] = {k: v.copy() for k, v in cb.context.model.parameters().items()}
+
+    cb = LambdaCallback(on_epoch_end=keep)
+    return cb, snaps
+
+
+def _train_scalar(model, targets, callbacks, **kwargs):
+    """train() of a Scalar by plain gradient descent, one batch per epoch by default."""
+    args = {"epochs": 20, "batch_size": len(targets), "optimizer": "sgd", "lr": 0.05}
+    return train(model, targets, progress=False, callbacks=callbacks, **(args | kwargs))
+
+
+def test_callbacks_see_every_batch_and_epoch_in_order():
+    seen = []
+    cb = LambdaCallback(
+        on_train_begin=lambda ctx: seen.append(("begin", ctx.epochs)),
+        on_batch_end=lambda step, logs: seen.append(("batch", step, logs["epoch"], logs["batch"])),
+        on_epoch_end=lambda epoch, logs: seen.append(("epoch", epoch, sorted(logs))),
+        on_train_end=lambda ctx: seen.append(("end", ctx.history.epochs)),
+    )
+    hist = train(
+        Recorder(),
+        _index_data(N=5),
+        epochs=2,
+        batch_size=2,
+        optimizer="sgd",
+        lr=0.0,
+        progress=False,
+        callbacks=[cb],
+    )
+    keys = ["grad_norm", "loss", "lr"]
+    assert seen == [
+        ("begin", 2),
+        ("batch", 1, 1, 1),
+        ("batch", 2, 1, 2),
+        ("batch", 3, 1, 3),
+        ("epoch", 1, keys),
+        ("batch", 4, 2, 1),
+        ("batch", 5, 2, 2),
+        ("batch", 6, 2, 3),
+        ("epoch", 2, keys),
+        ("end", 2),
+    ]
+    assert hist["lr"] == [0.0, 0.0]
+
+
+def test_a_callback_can_add_a_metric_and_stop_training():
+    def metric(epoch, logs):
+        logs["val_w"] = float(model.w["w"][0])
+        if epoch == 2:
+            stopper.context.stop_training = True
+
+    model = Scalar()
+    stopper = Callback()
+    hist = _train_scalar(model, np.full(4, 10.0), [stopper, LambdaCallback(on_epoch_end=metric)])
+    assert hist.epochs == 2 and hist["val_w"] == pytest.approx([1.0, 1.9])
+
+
+def test_early_stopping_restores_the_best_weights_when_validation_gets_worse():
+    """Training pulls w from 0 towards 10; the validation optimum is w = 1, reached
+    after the first epoch, so the validation loss then only gets worse."""
+    model = Scalar()
+    keep, snaps = _snapshots()
+    stop = EarlyStopping(patience=2)
+    hist = _train_scalar(model, np.full(4, 10.0), [keep, stop], validation_data=np.full(2, 1.0))
+    # w: 1.0, 1.9, 2.71 -> val loss 0, 0.81, 2.92: two epochs without improvement
+    assert hist.epochs == 3 and hist.val_loss == pytest.approx([0.0, 0.81, 2.9241])
+    assert stop.best_epoch == 1 and stop.stopped_epoch == 3 and stop.best == hist.val_loss[0]
+    np.testing.assert_array_equal(model.w["w"], snaps[1]["w"])
+    assert model.w["w"][0] != snaps[3]["w"][0]
+
+
+def _rule_data(N, T, seed, noise):
+    """3 classes from the signs of two input features, a fraction ``noise`` of labels random."""
+    rng = np.random.default_rng(seed)
+    X = rng.normal(size=(N, T, 3))
+    y = (X[..., 0] > 0).astype(np.int64) + (X[..., 1] > 0)
+    y = np.where(rng.random(size=y.shape) < noise, rng.integers(0, 3, size=y.shape), y)
+    return X, y, np.full(N, T)
+
+
+def test_early_stopping_on_a_real_model_that_overfits():
+    """A GRU tagger on a few sequences with half their labels random: it first learns the
+    rule (the clean validation loss falls), then memorises the noise (it rises)."""
+    model = Tagger("gru", H=16, K=3, seed=2)
+    params = model.parameters()
+    keep, snaps = _snapshots()
+    stop = EarlyStopping("val_loss", patience=5, min_delta=1e-4)
+    hist = train(
+        model,
+        _rule_data(12, 6, seed=0, noise=0.5),
+        epochs=100,
+        batch_size=12,
+        lr=0.03,
+        seed=0,
+        validation_data=_rule_data(12, 6, seed=1, noise=0.0),
+        progress=False,
+        callbacks=[keep, stop],
+    )
+    best = int(np.argmin(hist.val_loss)) + 1
+    assert 1 < best and hist.val_loss[best - 1] < hist.val_loss[0]  # it did improve first
+    assert stop.best_epoch == best and stop.stopped_epoch == hist.epochs == best + 5
+    assert hist.val_loss[-1] > hist.val_loss[best - 1] and hist.loss[-1] < hist.loss[best - 1]
+    for k, v in params.items():
+        assert model.parameters()[k] is v  # restored in place
+        np.testing.assert_array_equal(v, snaps[best][k], err_msg=k)
+        assert not np.array_equal(v, snaps[hist.epochs][k])
+
+
+def test_early_stopping_needs_its_metric():
+    with pytest.raises(ValueError, match=r"monitors 'val_loss'.*only with validation_data"):
+        _train_scalar(Scalar(), np.full(4, 1.0), [EarlyStopping()])
+    with pytest.raises(ValueError, match="mode must be one of 'auto', 'min', 'max'"):
+        EarlyStopping(mode="best")
+    with pytest.raises(TypeError, match="patience must be an int"):
+        EarlyStopping(patience=1.5)
+    assert EarlyStopping("val_acc")._monitor.mode == "max"
+
+
+def test_model_checkpoint_writes_loadable_files(tmp_path):
+    model = Scalar()
+    every = ModelCheckpoint(tmp_path / "w-{epoch:02d}.npz", monitor="val_loss")
+    best = ModelCheckpoint(tmp_path / "best.npz", save_best_only=True)
+    keep, snaps = _snapshots()
+    callbacks = [keep, every, best]
+    _train_scalar(model, np.full(4, 10.0), callbacks, epochs=4, validation_data=np.full(2, 1.0))
+    assert [os.path.basename(p) for p in every.saved] == [f"w-0{e}.npz" for e in (1, 2, 3, 4)]
+    for epoch, path in enumerate(every.saved, start=1):
+        back = fastrnn.load(path)
+        assert isinstance(back, Scalar)
+        np.testing.assert_array_equal(back.w["w"], snaps[epoch]["w"])
+    assert best.saved == [str(tmp_path / "best.npz")]  # only epoch 1 improved
+    np.testing.assert_array_equal(fastrnn.load(tmp_path / "best.npz").w["w"], snaps[1]["w"])
+
+
+def test_model_checkpoint_of_a_model_without_save_state_saves_its_parameters(tmp_path):
+    model = Tagger("lstm")
+    ckpt = ModelCheckpoint(tmp_path / "tagger.npz")
+    train(model, _data(N=4), epochs=1, batch_size=4, progress=False, callbacks=[ckpt])
+    back = fastrnn.load(tmp_path / "tagger.npz")
+    assert type(back) is dict and list(back) == list(model.parameters())
+    for k, v in model.parameters().items():
+        np.testing.assert_array_equal(back[k], v)
+    with pytest.raises(FileNotFoundError, match=r"the folder .*nowhere' does not exist"):
+        train(
+            model,
+            _data(N=4),
+            epochs=1,
+            batch_size=4,
+            progress=False,
+            callbacks=[ModelCheckpoint(tmp_path / "nowhere" / "x.npz")],
+        )
+    with pytest.raises(ValueError, match=r"cannot be filled .*KeyError: 'acc'"):
+        train(
+            model,
+            _data(N=4),
+            epochs=1,
+            batch_size=4,
+            progress=False,
+            callbacks=[ModelCheckpoint(str(tmp_path / "{acc}.npz"))],
+        )
+
+
+def test_a_schedule_is_a_callback_stepping_once_per_epoch():
+    model = Scalar()
+    sched = StepLR(step_size=2, gamma=0.5)  # no optimizer: train attaches its own
+    hist = _train_scalar(model, np.full(4, 1.0), [sched], epochs=5, batch_size=2, lr=0.4)
+    assert hist["lr"] == [0.4, 0.4, 0.2, 0.2, 0.1]
+    assert sched.last_epoch == 5 and sched.optimizer.lr == pytest.approx(0.1)
+    with pytest.raises(ValueError, match="already drives another optimizer"):
+        _train_scalar(model, np.full(4, 1.0), [sched])
+    # a schedule built on the optimizer given to train drives it as well
+    opt = SGD(model.parameters(), lr=1.0)
+    hist = _train_scalar(model, np.ones(4), [StepLR(opt, step_size=1)], optimizer=opt, lr=None)
+    assert hist["lr"] == pytest.approx([1.0, 0.1, 0.01, 0.001] + [10.0**-k for k in range(4, 20)])
+
+
+def test_bad_callbacks():
+    with pytest.raises(
+        TypeError, match="callbacks must be a list of callbacks, got builtin_function"
+    ):
+        _train_scalar(Scalar(), np.ones(2), print)
+    with pytest.raises(TypeError, match=r"callbacks\[0\] is a builtin_function_or_method with"):
+        _train_scalar(Scalar(), np.ones(2), [print])
+    with pytest.raises(TypeError, match="on_epoch_end must be a function, got int"):
+        LambdaCallback(on_epoch_end=3)
 
 
 # --- every backend -----------------------------------------------------------------------

@@ -26,6 +26,8 @@ from typing import Any
 
 import numpy as np
 
+from . import _validation as V
+
 __all__ = [
     "PAD",
     "CharCorpus",
@@ -86,8 +88,14 @@ class SequenceDataset:
         self, test_fraction: float = 0.2, *, seed: int | None = 0
     ) -> tuple[SequenceDataset, SequenceDataset]:
         """A random (train, test) split with ``test_fraction`` of the samples held out."""
-        if not 0.0 < test_fraction < 1.0:
-            raise ValueError(f"test_fraction must be in (0, 1), got {test_fraction!r}")
+        V.check_float(
+            "test_fraction",
+            test_fraction,
+            minimum=0.0,
+            maximum=1.0,
+            min_inclusive=False,
+            max_inclusive=False,
+        )
         n = len(self)
         n_test = max(1, round(n * test_fraction))
         if n_test >= n:
@@ -111,23 +119,14 @@ def one_hot(ids: np.ndarray, depth: int, *, dtype: Any = np.float32) -> np.ndarr
 
     Negative ids (padding, :data:`PAD`) give all-zero rows.
     """
-    ids = np.asarray(ids)
-    if ids.dtype.kind not in "iu":
-        raise TypeError(f"ids must be an integer array, got dtype {ids.dtype}")
-    if isinstance(depth, bool) or not isinstance(depth, (int, np.integer)) or depth < 1:
-        raise ValueError(f"depth must be a positive int, got {depth!r}")
+    ids = V.as_int_array("ids", ids)
+    depth = V.check_positive_int("depth", depth)
     if ids.size and ids.max() >= depth:
         raise ValueError(f"ids must be < depth = {depth}, got a maximum of {ids.max()}")
     out = np.zeros((*ids.shape, depth), dtype=dtype)
     valid = ids >= 0
     out[valid, ids[valid]] = 1
     return out
-
-
-def _check_int(name: str, value: object, minimum: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
-        raise ValueError(f"{name} must be an int >= {minimum}, got {value!r}")
-    return int(value)
 
 
 def _pad(seqs: list[list[int]], fill: int = PAD) -> tuple[np.ndarray, np.ndarray]:
@@ -240,8 +239,8 @@ class CharCorpus:
         ``y[i, t]`` is the character after ``X[i, t]``; windows start every ``step``
         characters (default ``seq_len``, i.e. non-overlapping).
         """
-        seq_len = _check_int("seq_len", seq_len, 1)
-        step = seq_len if step is None else _check_int("step", step, 1)
+        seq_len = V.check_positive_int("seq_len", seq_len)
+        step = seq_len if step is None else V.check_positive_int("step", step)
         ids = self.ids
         if len(ids) < seq_len + 1:
             raise ValueError(
@@ -313,8 +312,8 @@ def adding_problem(
     (T >= 2). ``y`` (n,): the sum of the two marked values. Always predicting 1 (the
     mean) scores MSE = Var(U1 + U2) = 2/12 = 1/6 ≈ 0.167, the ``baseline``.
     """
-    n = _check_int("n_samples", n_samples, 1)
-    T = _check_int("T", T, 2)
+    n = V.check_positive_int("n_samples", n_samples)
+    T = V.check_int("T", T, 2)
     rng = np.random.default_rng(seed)
     values = rng.uniform(0.0, 1.0, size=(n, T))
     half = T // 2
@@ -356,13 +355,12 @@ def copy_memory(
     scores cross-entropy ``copy_length * ln(n_symbols) / (T + 2 * copy_length)``
     (10 ln 8 / (T + 20) with the defaults), the ``baseline``.
     """
-    n = _check_int("n_samples", n_samples, 1)
-    T = _check_int("T", T, 1)
-    K = _check_int("n_symbols", n_symbols, 2)
-    L = _check_int("copy_length", copy_length, 1)
+    n = V.check_positive_int("n_samples", n_samples)
+    T = V.check_positive_int("T", T)
+    K = V.check_int("n_symbols", n_symbols, 2)
+    L = V.check_positive_int("copy_length", copy_length)
     rng = np.random.default_rng(seed)
     total = T + 2 * L
-    V = K + 2
     data = rng.integers(1, K + 1, size=(n, L))
     x = np.zeros((n, total), dtype=np.int64)
     x[:, :L] = data
@@ -371,7 +369,7 @@ def copy_memory(
     y[:, -L:] = data
     vocab = ("_", *(str(i) for i in range(1, K + 1)), ":")
     return SequenceDataset(
-        X=one_hot(x, V, dtype=dtype),
+        X=one_hot(x, len(vocab), dtype=dtype),
         y=y,
         vocab=vocab,
         target_vocab=vocab,
@@ -408,7 +406,7 @@ def number_words(max_number: int = 999, *, dtype: Any = np.float32) -> SequenceD
     ``target_vocab``, ``y_lengths`` 1..3, padding :data:`PAD`. E.g. "three hundred
     forty two" -> 3 4 2, "seven hundred five" -> 7 0 5. Both sides vary in length.
     """
-    m = _check_int("max_number", max_number, 1)
+    m = V.check_positive_int("max_number", max_number)
     if m > 999:
         raise ValueError(f"max_number must be <= 999, got {max_number}")
     src, tgt = _pad([[NUMBER_WORDS.index(w) for w in _words(k)] for k in range(m + 1)])
@@ -436,10 +434,12 @@ def reverse_strings(
 ) -> SequenceDataset:
     """Random strings and their reversals: ``X`` (n, max_length, len(alphabet)) one-hot
     with ``lengths``; ``y`` (n, max_length) ids with ``y_lengths`` (equal to ``lengths``)."""
-    n = _check_int("n_samples", n_samples, 1)
-    lo = _check_int("min_length", min_length, 1)
-    hi = _check_int("max_length", max_length, lo)
-    if not isinstance(alphabet, str) or len(set(alphabet)) != len(alphabet) or not alphabet:
+    n = V.check_positive_int("n_samples", n_samples)
+    lo = V.check_positive_int("min_length", min_length)
+    hi = V.check_int("max_length", max_length, lo)
+    if not isinstance(alphabet, str):
+        raise TypeError(f"alphabet must be a str, got {type(alphabet).__name__}")
+    if len(set(alphabet)) != len(alphabet) or not alphabet:
         raise ValueError(f"alphabet must be a non-empty str of distinct characters: {alphabet!r}")
     rng = np.random.default_rng(seed)
     lens = rng.integers(lo, hi + 1, size=n)
@@ -469,9 +469,12 @@ def counting_sequences(
     into ``target_vocab``, padded with :data:`PAD`, real lengths in ``y_lengths``), e.g.
     start 3 step 2 -> 3 5 7 9.
     """
-    nd = _check_int("n_digits", n_digits, 2)
-    if not steps or any(_check_int("steps[i]", k, 1) != k for k in steps):
-        raise ValueError(f"steps must be a non-empty tuple of positive ints, got {steps!r}")
+    nd = V.check_int("n_digits", n_digits, 2)
+    if not isinstance(steps, (tuple, list)):
+        raise TypeError(f"steps must be a tuple of positive ints, got {type(steps).__name__}")
+    if not steps:
+        raise ValueError("steps must be a non-empty tuple of positive ints, got ()")
+    steps = tuple(V.check_positive_int(f"steps[{i}]", k) for i, k in enumerate(steps))
     codes, seqs = [], []
     for s in range(nd):
         for j, k in enumerate(steps):

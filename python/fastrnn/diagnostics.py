@@ -27,6 +27,7 @@ from typing import Any
 
 import numpy as np
 
+from . import _validation as V
 from . import functional as F
 
 __all__ = [
@@ -60,8 +61,8 @@ def _resolve(
     model (anything else) stands for the first such layer among its attributes.
     """
     if isinstance(cell, str):
-        F._check_choice("cell", cell, F.CELLS)
-        p, _, _ = F._check_params(cell, params)
+        V.check_choice("cell", cell, F.CELLS)
+        p, _, _ = V.check_params(cell, params)
         return cell, p, activation, negative_slope
     from . import layers  # only when a layer or model is given: layers are optional here
 
@@ -90,30 +91,13 @@ def _resolve(
         )
     if params is not None:
         raise TypeError("params must be None when a layer is given (its own params are used)")
-    if isinstance(layer, bool) or not isinstance(layer, int) or not 0 <= layer < cell.num_layers:
+    if V.check_non_negative_int("layer", layer) >= cell.num_layers:
         raise ValueError(f"layer must be an int in 0..{cell.num_layers - 1}, got {layer!r}")
     torch_names = {"W_ih": "weight_ih", "W_hh": "weight_hh", "b_ih": "bias_ih", "b_hh": "bias_hh"}
     raw = {k: cell.params[f"{v}_l{layer}"] for k, v in torch_names.items()}
-    p, _, _ = F._check_params(name, raw)
+    p, _, _ = V.check_params(name, raw)
     act = cell.activation if name == "rnn" else "tanh"
     return name, p, act, cell.negative_slope
-
-
-def _positive_int(name: str, value: object) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
-        raise ValueError(f"{name} must be a positive int, got {value!r}")
-    return int(value)
-
-
-def _positive_float(name: str, value: object, *, allow_zero: bool = False) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float, np.floating)):
-        raise TypeError(f"{name} must be a float, got {type(value).__name__}")
-    v = float(value)
-    if not math.isfinite(v) or v < 0 or (v == 0 and not allow_zero):
-        raise ValueError(
-            f"{name} must be finite and {'>=' if allow_zero else '>'} 0, got {value!r}"
-        )
-    return v
 
 
 # --- gradient norm against lag -------------------------------------------------------------
@@ -149,10 +133,10 @@ def gradient_norms_by_lag(
     measured).
     """
     cell, p, activation, negative_slope = _resolve(cell, params, activation, negative_slope, layer)
-    T = _positive_int("T", T)
-    batch = _positive_int("batch", batch)
-    input_scale = _positive_float("input_scale", input_scale, allow_zero=True)
-    F._check_choice("reduce", reduce, ("mean", "none"))
+    T = V.check_positive_int("T", T)
+    batch = V.check_positive_int("batch", batch)
+    input_scale = V.check_non_negative_float("input_scale", input_scale)
+    V.check_choice("reduce", reduce, ("mean", "none"))
     dtype = p["W_hh"].dtype
     D, H = p["W_ih"].shape[1], p["W_hh"].shape[1]
     rng = np.random.default_rng(seed)
@@ -230,8 +214,8 @@ def recurrent_spectrum(
                     f"params['W_hh'] has shape {W.shape}, expected (G*H, H) with G = 1 (rnn), "
                     "4 (lstm) or 3 (gru); pass cell= to say which"
                 )
-        F._check_choice("activation", activation, F.ACTIVATIONS)
-        slope = F._check_slope(negative_slope)
+        V.check_choice("activation", activation, F.ACTIVATIONS)
+        slope = V.check_non_negative_float("negative_slope", negative_slope)
         cell, p, activation, slope = _resolve(cell, params, activation, slope, layer)
     else:
         if cell is not None:
@@ -321,11 +305,11 @@ def gradcheck(
     Returns a :class:`GradcheckReport`; with ``raise_on_failure`` (default), a failed
     check raises :class:`GradcheckError` naming the worst entry instead.
     """
-    eps = _positive_float("eps", eps)
-    rtol = _positive_float("rtol", rtol, allow_zero=True)
-    atol = _positive_float("atol", atol, allow_zero=True)
+    eps = V.check_positive_float("eps", eps)
+    rtol = V.check_non_negative_float("rtol", rtol)
+    atol = V.check_non_negative_float("atol", atol)
     if max_entries is not None:
-        max_entries = _positive_int("max_entries", max_entries)
+        max_entries = V.check_positive_int("max_entries", max_entries)
     # one validating call with the caller's arguments: every error names the argument
     first = F.forward(
         cell,
@@ -482,7 +466,7 @@ def run(args: argparse.Namespace) -> int:
 
 def _measure(args: argparse.Namespace) -> tuple[dict[str, np.ndarray], dict[str, str]]:
     """The norm-against-lag curve and the spectral bound of every row."""
-    T = _positive_int("--steps", args.steps)
+    T = V.check_positive_int("--steps", args.steps)
     curves: dict[str, np.ndarray] = {}
     bounds: dict[str, str] = {}
     for row in _rows(args):

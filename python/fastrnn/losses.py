@@ -19,14 +19,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from .functional import (
-    DTYPES,
-    REDUCTIONS,
-    _check_mask,
-    _check_reduction,
-    _check_targets,
-    linear_cross_entropy,
-)
+from . import _validation as V
+from .functional import REDUCTIONS, linear_cross_entropy
 
 __all__ = [
     "REDUCTIONS",
@@ -38,11 +32,19 @@ __all__ = [
 ]
 
 
-def _float_array(name: str, value: object) -> np.ndarray:
-    arr = np.asarray(value)
-    if arr.dtype not in DTYPES:
-        raise TypeError(f"{name} must have dtype float32 or float64, got {arr.dtype}")
-    return arr
+def _inputs(name: str, value: object, reduction: object) -> tuple[np.ndarray, str]:
+    """The first argument of a loss as a float32/float64 array, and the reduction."""
+    arr = V.as_float_array(name, value, contiguous=False)
+    return arr, V.check_choice("reduction", reduction, REDUCTIONS)
+
+
+def _numeric_targets(targets: object, shape: tuple[int, ...], what: str) -> np.ndarray:
+    """Numeric ``targets`` of ``shape`` (the shape of ``what``), as an array."""
+    y = np.asarray(targets)
+    if y.dtype.kind not in "biuf":
+        raise TypeError(f"targets must be numbers, got dtype {y.dtype}")
+    V.check_shape("targets", y, shape, f"({what}'s shape)")
+    return y
 
 
 def _weights(mask: np.ndarray | None, shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
@@ -71,14 +73,10 @@ def _reduce(
 def mask_from_lengths(lengths: np.ndarray, T: int, *, batch_first: bool = False) -> np.ndarray:
     """The boolean mask of real steps: (T, B) with ``mask[t, b] = t < lengths[b]``,
     or (B, T) with ``batch_first``."""
-    lens = np.asarray(lengths)
-    if lens.dtype.kind not in "iu" or lens.ndim != 1:
-        raise TypeError(
-            f"lengths must be a 1-d integer array (B,), got dtype {lens.dtype} "
-            f"and shape {lens.shape}"
-        )
-    if isinstance(T, bool) or not isinstance(T, (int, np.integer)) or T < 0:
-        raise ValueError(f"T must be a non-negative int, got {T!r}")
+    lens = V.as_int_array("lengths", lengths)
+    if lens.ndim != 1:
+        raise ValueError(f"lengths must be a 1-d integer array (B,), got shape {lens.shape}")
+    T = V.check_non_negative_int("T", T)
     if lens.size and (lens.min() < 0 or lens.max() > T):
         raise ValueError(f"lengths must be in 0..T = 0..{T}, got {lens.tolist()[:5]}")
     mask = np.arange(T)[:, None] < lens[None, :]
@@ -98,12 +96,11 @@ def softmax_cross_entropy(
     number of unmasked targets for ``"mean"``). Targets at masked positions are ignored
     (any value, e.g. -1 padding, is allowed there).
     """
-    z = _float_array("logits", logits)
-    reduction = _check_reduction(reduction)
+    z, reduction = _inputs("logits", logits, reduction)
     if z.ndim < 1 or z.shape[-1] < 1:
         raise ValueError(f"logits has shape {z.shape}, expected (..., K) with K >= 1 classes")
     K = z.shape[-1]
-    y, live = _check_targets(
+    y, live = V.check_targets(
         targets, z.shape[:-1], K, mask, "(logits without its last, class axis)"
     )
     y_safe = y[..., None]
@@ -144,15 +141,9 @@ def bce_with_logits(
     ``loss = max(z, 0) - z y + log(1 + exp(-|z|))``, stable for any logit;
     dL/dz = sigmoid(z) - y (times the mask; divided by the unmasked count for ``"mean"``).
     """
-    z = _float_array("logits", logits)
-    reduction = _check_reduction(reduction)
-    y = np.asarray(targets)
-    if y.dtype.kind not in "biuf":
-        raise TypeError(f"targets must be numbers in [0, 1], got dtype {y.dtype}")
-    if y.shape != z.shape:
-        raise ValueError(f"targets has shape {y.shape}, expected {z.shape} (the logits' shape)")
-    y = y.astype(z.dtype)
-    m = _check_mask(mask, z.shape, "logits")
+    z, reduction = _inputs("logits", logits, reduction)
+    y = _numeric_targets(targets, z.shape, "the logits").astype(z.dtype)
+    m = V.check_mask(mask, z.shape, "logits")
     elementwise = np.maximum(z, 0) - z * y + np.log1p(np.exp(-np.abs(z)))
     e = np.exp(-np.abs(z))
     sig = np.where(z >= 0, 1 / (1 + e), e / (1 + e))
@@ -167,14 +158,9 @@ def mse(
     reduction: str = "mean",
 ) -> tuple[float, np.ndarray]:
     """Mean squared error ``(pred - targets)^2``; dL/d(pred) = 2 (pred - targets)."""
-    p = _float_array("pred", pred)
-    reduction = _check_reduction(reduction)
-    y = np.asarray(targets)
-    if y.dtype.kind not in "biuf":
-        raise TypeError(f"targets must be numbers, got dtype {y.dtype}")
-    if y.shape != p.shape:
-        raise ValueError(f"targets has shape {y.shape}, expected {p.shape} (pred's shape)")
-    m = _check_mask(mask, p.shape, "pred")
+    p, reduction = _inputs("pred", pred, reduction)
+    y = _numeric_targets(targets, p.shape, "pred")
+    m = V.check_mask(mask, p.shape, "pred")
     diff = p - y.astype(p.dtype)
     return _reduce(diff * diff, 2 * diff, _weights(m, p.shape, p.dtype), reduction)
 

@@ -23,6 +23,30 @@ batch, which must equal ``loss_and_grads(batch)`` (full BPTT); the tests check t
 a reference model. The recorded batch loss is the mean of the chunk losses weighted by
 the chunk lengths.
 
+Callbacks
+---------
+``train(..., callbacks=[...])`` takes objects with any of the hooks of :class:`Callback`
+(subclass it, or use :class:`LambdaCallback` with plain functions):
+
+- ``on_train_begin(context)``: a :class:`TrainingContext` (the model, the optimizer, the
+  history, and ``stop_training``, which a callback sets to end training);
+- ``on_batch_end(step, logs)``: after every batch (all its truncated-BPTT chunks);
+  ``step`` counts the batches of this call from 1; ``logs`` holds ``loss`` (the batch's),
+  ``epoch``, ``batch`` (its number in the epoch, from 1), ``size`` and ``lr``;
+- ``on_epoch_end(epoch, logs)``: after every epoch (``epoch`` counts on across calls that
+  continue a history); ``logs`` holds ``loss``, ``grad_norm``, ``lr`` and, with
+  validation data, ``val_loss``. A callback may add entries (e.g. a validation accuracy);
+  the callbacks after it see them, and the :class:`History` records them;
+- ``on_train_end(context)``: once, when training ends normally (all epochs run or
+  ``stop_training`` set), not when it stops with an error.
+
+They run in the order given. Built in: :class:`EarlyStopping` (stop when a validation
+metric stops improving, restoring the best weights), :class:`ModelCheckpoint` (save
+the model to a file with :func:`fastrnn.save`) and the learning-rate schedules of
+:mod:`fastrnn.optim` (:class:`~fastrnn.optim.StepLR`,
+:class:`~fastrnn.optim.CosineAnnealingLR`, :class:`~fastrnn.optim.LinearLR`,
+:class:`~fastrnn.optim.SequentialLR`), which step once per epoch.
+
 Failures
 --------
 A loss or gradient that is NaN or infinite stops training with a
@@ -33,15 +57,18 @@ parameter), and suggesting gradient clipping or a lower learning rate.
 from __future__ import annotations
 
 import math
+import os
 import sys
-from collections.abc import Mapping, Sequence
-from typing import Any, Protocol, runtime_checkable
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol, cast, runtime_checkable
 
 import numpy as np
 
+from . import _validation as V
+from . import io as _io
 from .optim import (
     Optimizer,
-    _check_lr,
     clip_grad_norm,
     clip_grad_value,
     global_norm,
@@ -83,8 +110,10 @@ class History:
     ``history["loss"]`` (= ``history.loss``): the training loss of every epoch (the mean
     of its batch losses weighted by batch size); ``history["val_loss"]`` likewise on the
     validation data, when given; ``history["grad_norm"]``: the mean global gradient norm
-    (before clipping) of each epoch; ``history["step_loss"]``: the loss of every optimizer
-    step. :meth:`record` adds any other series.
+    (before clipping) of each epoch; ``history["lr"]``: the learning rate of each epoch
+    (what a schedule set at its start); ``history["step_loss"]``: the loss of every
+    optimizer step. :meth:`record` adds any other series (so do callbacks that add
+    entries to the epoch's logs).
     """
 
     def __init__(self) -> None:
@@ -125,7 +154,8 @@ class History:
 def _as_arrays(name: str, data: object) -> tuple[tuple[np.ndarray, ...], bool, int]:
     """(arrays, single, n_samples) for ``data``: one array or a sequence of arrays."""
     if isinstance(data, np.ndarray):
-        arrays, single = (data,), True
+        arrays: tuple[np.ndarray, ...] = (data,)
+        single = True
     elif isinstance(data, Sequence) and not isinstance(data, str) and len(data) > 0:
         arrays, single = tuple(np.asarray(a) for a in data), False
     else:
@@ -150,12 +180,6 @@ def _as_arrays(name: str, data: object) -> tuple[tuple[np.ndarray, ...], bool, i
 def _take(arrays: tuple[np.ndarray, ...], single: bool, idx: np.ndarray) -> Any:
     batch = tuple(a[idx] for a in arrays)
     return batch[0] if single else batch
-
-
-def _check_count(name: str, value: object, minimum: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
-        raise ValueError(f"{name} must be an int >= {minimum}, got {value!r}")
-    return int(value)
 
 
 def _check_finite(loss: float, grads: Mapping[str, np.ndarray], where: str) -> float:
@@ -189,6 +213,254 @@ def _progress_bar(total: int, enabled: bool | None, desc: str):
     return tqdm(total=total, desc=desc, unit="step", leave=True, dynamic_ncols=True, delay=delay)
 
 
+# --- callbacks ------------------------------------------------------------------------------
+
+HOOKS: tuple[str, ...] = ("on_train_begin", "on_batch_end", "on_epoch_end", "on_train_end")
+"""The hooks :func:`train` calls on each callback that has them."""
+
+
+@dataclass
+class TrainingContext:
+    """What the callbacks of one :func:`train` call share: the ``model``, the
+    ``optimizer`` the loop steps, the ``history`` it records into, the number of
+    ``epochs`` asked for, and ``stop_training``: set it to True to end training after
+    the current batch (the epoch is then closed with the batches done)."""
+
+    model: Any
+    optimizer: Optimizer
+    history: History
+    epochs: int
+    stop_training: bool = False
+
+
+class Callback:
+    """Base class of callbacks (see the module docstring): every hook does nothing, and
+    :meth:`on_train_begin` keeps the :class:`TrainingContext` as ``self.context``."""
+
+    context: TrainingContext | None = None
+
+    def on_train_begin(self, context: TrainingContext) -> None:
+        self.context = context
+
+    def on_batch_end(self, step: int, logs: dict[str, float]) -> None:
+        pass
+
+    def on_epoch_end(self, epoch: int, logs: dict[str, float]) -> None:
+        pass
+
+    def on_train_end(self, context: TrainingContext) -> None:
+        pass
+
+
+class LambdaCallback(Callback):
+    """A callback from plain functions, e.g.
+    ``LambdaCallback(on_epoch_end=lambda epoch, logs: print(epoch, logs["loss"]))``."""
+
+    def __init__(
+        self,
+        *,
+        on_train_begin: Callable[[TrainingContext], Any] | None = None,
+        on_batch_end: Callable[[int, dict[str, float]], Any] | None = None,
+        on_epoch_end: Callable[[int, dict[str, float]], Any] | None = None,
+        on_train_end: Callable[[TrainingContext], Any] | None = None,
+    ) -> None:
+        given = dict(
+            on_train_begin=on_train_begin,
+            on_batch_end=on_batch_end,
+            on_epoch_end=on_epoch_end,
+            on_train_end=on_train_end,
+        )
+        for name, fn in given.items():
+            if fn is not None and not callable(fn):
+                raise TypeError(f"{name} must be a function, got {type(fn).__name__}")
+        self._fns: dict[str, Callable[..., Any]] = {k: v for k, v in given.items() if v is not None}
+
+    def _run(self, hook: str, *args: Any) -> None:
+        fn = self._fns.get(hook)
+        if fn is not None:
+            fn(*args)
+
+    def on_train_begin(self, context: TrainingContext) -> None:
+        super().on_train_begin(context)
+        self._run("on_train_begin", context)
+
+    def on_batch_end(self, step: int, logs: dict[str, float]) -> None:
+        self._run("on_batch_end", step, logs)
+
+    def on_epoch_end(self, epoch: int, logs: dict[str, float]) -> None:
+        self._run("on_epoch_end", epoch, logs)
+
+    def on_train_end(self, context: TrainingContext) -> None:
+        self._run("on_train_end", context)
+
+
+class _Monitor:
+    """The best value so far of one metric of the epoch logs, lower or higher is better."""
+
+    def __init__(self, owner: str, monitor: object, mode: object, min_delta: object) -> None:
+        if not isinstance(monitor, str):
+            raise TypeError(f"monitor must be a str, got {type(monitor).__name__}")
+        mode = V.check_choice("mode", mode, ("auto", "min", "max"))
+        if mode == "auto":  # as Keras: accuracies grow, everything else (losses) shrinks
+            mode = "max" if "acc" in monitor else "min"
+        self.owner, self.monitor, self.mode = owner, monitor, mode
+        self.min_delta = V.check_non_negative_float("min_delta", min_delta)
+        self.best = math.inf if mode == "min" else -math.inf
+
+    def improved(self, logs: Mapping[str, float]) -> bool:
+        """Whether ``logs[monitor]`` beats the best by more than ``min_delta`` (then it
+        becomes the best); NaN never does."""
+        if self.monitor not in logs:
+            hint = " (train records val_loss only with validation_data)" * (
+                self.monitor.startswith("val_")
+            )
+            raise ValueError(
+                f"{self.owner} monitors {self.monitor!r}, which the epoch logs do not hold"
+                f"{hint}; they hold {sorted(logs)}"
+            )
+        value = float(logs[self.monitor])
+        if self.mode == "min":
+            better = value < self.best - self.min_delta
+        else:
+            better = value > self.best + self.min_delta
+        if better:
+            self.best = value
+        return better
+
+
+class EarlyStopping(Callback):
+    """Stop training when ``monitor`` (default ``"val_loss"``: pass ``validation_data``)
+    has not improved by more than ``min_delta`` for ``patience`` epochs in a row.
+
+    ``mode``: ``"min"``, ``"max"`` or ``"auto"`` (``"max"`` for a name containing
+    ``"acc"``, else ``"min"``). ``restore_best_weights`` (default True): when training
+    ends (stopped or not), the model's parameters are set back, in place, to their values
+    at the end of the best epoch. After training, ``best``, ``best_epoch`` and
+    ``stopped_epoch`` (None if it ran to the end) tell what happened.
+    """
+
+    def __init__(
+        self,
+        monitor: str = "val_loss",
+        *,
+        patience: int = 0,
+        min_delta: float = 0.0,
+        mode: str = "auto",
+        restore_best_weights: bool = True,
+    ) -> None:
+        self._monitor = _Monitor("EarlyStopping", monitor, mode, min_delta)
+        self.monitor = monitor
+        self.patience = V.check_non_negative_int("patience", patience)
+        self.restore_best_weights = V.check_bool("restore_best_weights", restore_best_weights)
+        self._reset()
+
+    def _reset(self) -> None:
+        self._monitor.best = math.inf if self._monitor.mode == "min" else -math.inf
+        self.wait = 0
+        self.best_epoch: int | None = None
+        self.stopped_epoch: int | None = None
+        self.best_weights: dict[str, np.ndarray] | None = None
+
+    @property
+    def best(self) -> float:
+        return self._monitor.best
+
+    def on_train_begin(self, context: TrainingContext) -> None:
+        super().on_train_begin(context)
+        self._reset()
+
+    def on_epoch_end(self, epoch: int, logs: dict[str, float]) -> None:
+        assert self.context is not None
+        if self._monitor.improved(logs):
+            self.wait = 0
+            self.best_epoch = epoch
+            if self.restore_best_weights:
+                params = self.context.model.parameters()
+                self.best_weights = {k: v.copy() for k, v in params.items()}
+            return
+        self.wait += 1
+        if self.wait >= self.patience and not self.context.stop_training:
+            self.stopped_epoch = epoch
+            self.context.stop_training = True
+
+    def on_train_end(self, context: TrainingContext) -> None:
+        if self.restore_best_weights and self.best_weights is not None:
+            for key, value in context.model.parameters().items():
+                np.copyto(value, self.best_weights[key])
+
+
+class ModelCheckpoint(Callback):
+    """Save the model with :func:`fastrnn.save` at the end of epochs.
+
+    ``path`` may hold format fields filled from the epoch and its logs, e.g.
+    ``"ckpt-{epoch:03d}.npz"`` or ``"best-{val_loss:.3f}.npz"``; without them each save
+    replaces the last (atomically). ``save_best_only``: save only when ``monitor``
+    improves (``mode`` and ``min_delta`` as for :class:`EarlyStopping`). A model that
+    cannot be saved itself (no ``_save_state``) is saved as its ``parameters()`` dict,
+    which :func:`fastrnn.load` returns as a dict. ``saved`` lists the paths written.
+    """
+
+    def __init__(
+        self,
+        path: str | os.PathLike,
+        *,
+        monitor: str = "val_loss",
+        save_best_only: bool = False,
+        mode: str = "auto",
+        min_delta: float = 0.0,
+    ) -> None:
+        if not isinstance(path, (str, os.PathLike)):
+            raise TypeError(f"path must be a str or os.PathLike, got {type(path).__name__}")
+        self.path = os.fspath(path)
+        self.save_best_only = V.check_bool("save_best_only", save_best_only)
+        self._monitor = _Monitor("ModelCheckpoint", monitor, mode, min_delta)
+        self.saved: list[str] = []
+
+    def on_train_begin(self, context: TrainingContext) -> None:
+        super().on_train_begin(context)
+        folder = os.path.dirname(self.path) or "."
+        if not os.path.isdir(folder):
+            raise FileNotFoundError(
+                f"ModelCheckpoint path {self.path!r}: the folder {folder!r} does not exist"
+            )
+
+    def on_epoch_end(self, epoch: int, logs: dict[str, float]) -> None:
+        assert self.context is not None
+        if self.save_best_only and not self._monitor.improved(logs):
+            return
+        try:
+            path = self.path.format(epoch=epoch, **logs)
+        except (KeyError, IndexError, ValueError) as exc:
+            raise ValueError(
+                f"ModelCheckpoint path {self.path!r} cannot be filled from the epoch and "
+                f"its logs {sorted(logs)}: {type(exc).__name__}: {exc}"
+            ) from None
+        model = self.context.model
+        _io.save(model if hasattr(model, "_save_state") else model.parameters(), path)
+        self.saved.append(path)
+
+
+def _check_callbacks(callbacks: object) -> list[Any]:
+    if callbacks is None:
+        return []
+    if not isinstance(callbacks, (list, tuple)):
+        raise TypeError(f"callbacks must be a list of callbacks, got {type(callbacks).__name__}")
+    for i, cb in enumerate(callbacks):
+        if not any(callable(getattr(cb, hook, None)) for hook in HOOKS):
+            raise TypeError(
+                f"callbacks[{i}] is {V.describe(cb)} with none of the hooks {', '.join(HOOKS)}; "
+                "wrap a function in fastrnn.training.LambdaCallback(on_epoch_end=...)"
+            )
+    return list(callbacks)
+
+
+def _call(callbacks: list[Any], hook: str, *args: Any) -> None:
+    for cb in callbacks:
+        fn = getattr(cb, hook, None)
+        if callable(fn):
+            fn(*args)
+
+
 def evaluate(model: Trainable, data: Any, *, batch_size: int = 64) -> float:
     """The mean loss of ``model`` over ``data`` in batches (weighted by batch size).
 
@@ -196,7 +468,7 @@ def evaluate(model: Trainable, data: Any, *, batch_size: int = 64) -> float:
     loss of ``model.loss_and_grads(batch)``.
     """
     arrays, single, n = _as_arrays("validation_data", data)
-    batch_size = _check_count("batch_size", batch_size, 1)
+    batch_size = V.check_positive_int("batch_size", batch_size)
     loss_fn = getattr(model, "loss", None)
     total = 0.0
     for start in range(0, n, batch_size):
@@ -224,6 +496,7 @@ def train(
     tbptt: int | None = None,
     drop_last: bool = False,
     history: History | None = None,
+    callbacks: Sequence[Any] | None = None,
 ) -> History:
     """Train ``model`` on ``data`` with mini-batches; return the :class:`History`.
 
@@ -239,25 +512,28 @@ def train(
     ``False`` never. ``tbptt``: truncated BPTT
     with chunks of this many steps (see the module docstring). ``drop_last``: skip the
     last, smaller batch. ``history``: continue this History instead of a new one.
+    ``callbacks``: a list of callbacks (see the module docstring), e.g.
+    ``[EarlyStopping(patience=3), ModelCheckpoint("best.npz", save_best_only=True),
+    CosineAnnealingLR(T_max=epochs)]``.
     """
     if not isinstance(model, Trainable):
         raise TypeError(
             f"model must have parameters() and loss_and_grads(batch), got {type(model).__name__}"
         )
     arrays, single, n = _as_arrays("data", data)
-    epochs = _check_count("epochs", epochs, 0)
-    batch_size = _check_count("batch_size", batch_size, 1)
+    epochs = V.check_non_negative_int("epochs", epochs)
+    batch_size = V.check_positive_int("batch_size", batch_size)
     if tbptt is not None:
-        tbptt = _check_count("tbptt", tbptt, 1)
+        tbptt = V.check_positive_int("tbptt", tbptt)
         if not isinstance(model, SupportsTBPTT):
             raise TypeError(
                 f"tbptt needs a model with num_steps(batch) and chunk_loss_and_grads(batch, "
                 f"start, stop, state); {type(model).__name__} has not"
             )
     if clip_norm is not None:
-        _check_lr("clip_norm", clip_norm, allow_zero=False)
+        clip_norm = V.check_positive_float("clip_norm", clip_norm)
     if clip_value is not None:
-        _check_lr("clip_value", clip_value, allow_zero=False)
+        clip_value = V.check_positive_float("clip_value", clip_value)
     params = model.parameters()
     if isinstance(optimizer, Optimizer):
         if lr is not None:
@@ -269,27 +545,33 @@ def train(
                 "build it on model.parameters()"
             )
     opt = make_optimizer(optimizer, params, lr)
+    callbacks = _check_callbacks(callbacks)
     if validation_data is not None:
         _as_arrays("validation_data", validation_data)
     rng = np.random.default_rng(seed)
     n_batches = n // batch_size if drop_last else math.ceil(n / batch_size)
     if n_batches == 0:
         raise ValueError(f"drop_last with batch_size={batch_size} > {n} samples leaves no batch")
+    chunked = cast(SupportsTBPTT, model)  # used only with tbptt, checked above
     hist = history if history is not None else History()
+    context = TrainingContext(model, opt, hist, epochs)
+    _call(callbacks, "on_train_begin", context)
     bar = _progress_bar(epochs * n_batches, progress, "train")
-    step = 0
+    step = batches = 0
     try:
         for epoch in range(hist.epochs + 1, hist.epochs + epochs + 1):
             order = rng.permutation(n) if shuffle else np.arange(n)
             epoch_loss = epoch_norm = 0.0
             seen = updates = 0
+            epoch_lr = opt.lr
             for b in range(n_batches):
                 idx = order[b * batch_size : (b + 1) * batch_size]
                 batch = _take(arrays, single, idx)
+                T = 1
                 if tbptt is None:
-                    chunks = [None]
+                    chunks: list[tuple[int, int] | None] = [None]
                 else:
-                    T = int(model.num_steps(batch))
+                    T = int(chunked.num_steps(batch))
                     chunks = [(s, min(s + tbptt, T)) for s in range(0, T, tbptt)]
                 state = None
                 batch_loss = 0.0
@@ -300,8 +582,8 @@ def train(
                         loss, grads = model.loss_and_grads(batch)
                         weight = 1.0
                     else:
-                        loss, grads, state = model.chunk_loss_and_grads(batch, *chunk, state)
-                        weight = (chunk[1] - chunk[0]) / chunks[-1][1]
+                        loss, grads, state = chunked.chunk_loss_and_grads(batch, *chunk, state)
+                        weight = (chunk[1] - chunk[0]) / T
                     loss = float(loss)
                     norm = _check_finite(loss, grads, where)
                     if clip_norm is not None:
@@ -318,15 +600,48 @@ def train(
                 if bar is not None:
                     bar.update(1)
                     bar.set_postfix(epoch=epoch, loss=f"{batch_loss:.4g}", refresh=False)
-            hist.record("loss", epoch_loss / seen)
-            hist.record("grad_norm", epoch_norm / max(updates, 1))
+                if callbacks:
+                    batches += 1
+                    logs = {
+                        "loss": batch_loss,
+                        "epoch": epoch,
+                        "batch": b + 1,
+                        "size": len(idx),
+                        "lr": opt.lr,
+                    }
+                    _call(callbacks, "on_batch_end", batches, logs)
+                    if context.stop_training:
+                        break
+            logs = {"loss": epoch_loss / seen, "grad_norm": epoch_norm / max(updates, 1)}
             if validation_data is not None:
-                hist.record("val_loss", evaluate(model, validation_data, batch_size=batch_size))
+                logs["val_loss"] = evaluate(model, validation_data, batch_size=batch_size)
+            logs["lr"] = epoch_lr
+            for name, value in logs.items():
+                hist.record(name, value)
             hist.epochs = epoch
+            _call(callbacks, "on_epoch_end", epoch, logs)
+            for name, value in logs.items():  # what callbacks added
+                if len(hist.history.get(name, ())) < len(hist.history["loss"]):
+                    hist.record(name, value)
+            if context.stop_training:
+                break
+        _call(callbacks, "on_train_end", context)
     finally:
         if bar is not None:
             bar.close()
     return hist
 
 
-__all__ = ["History", "SupportsTBPTT", "Trainable", "evaluate", "train"]
+__all__ = [
+    "HOOKS",
+    "Callback",
+    "EarlyStopping",
+    "History",
+    "LambdaCallback",
+    "ModelCheckpoint",
+    "SupportsTBPTT",
+    "Trainable",
+    "TrainingContext",
+    "evaluate",
+    "train",
+]
