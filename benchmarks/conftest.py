@@ -1,6 +1,6 @@
 """The pytest-benchmark suite of fastrnn: every backend (and PyTorch) x cell x dtype x shape.
 
-Three workloads (see :mod:`fastrnn._benchlib`): the layer's ``forward``; ``fwdbwd``, its
+Three workloads (see :mod:`fastrnn.bench`): the layer's ``forward``; ``fwdbwd``, its
 forward and full BPTT with a gradient entering at every step; and ``train``, one training
 step end to end (layer + linear softmax head + cross-entropy, forward and backward). Each
 benchmark first checks its backend against the NumPy reference on a small case (a fast
@@ -35,8 +35,8 @@ import os
 import pytest
 
 import fastrnn
-from fastrnn import _benchlib as lib
 from fastrnn import _sysinfo
+from fastrnn import bench as lib
 
 CI_SHAPES = {"tiny": lib.Shape("tiny", 8, 16, 4, 20)}
 SIZES = {"ci": CI_SHAPES, "quick": lib.QUICK_SHAPES, "full": lib.NAMED_SHAPES}

@@ -13,8 +13,9 @@ import numpy as np
 import pytest
 
 import fastrnn
-from fastrnn import _benchlib as lib
 from fastrnn import _sysinfo
+from fastrnn import bench as lib
+from fastrnn.bench import cases, runners, schedule
 from fastrnn.cli import main
 
 TINY = ["--D", "3", "--H", "5", "--B", "2", "--T", "7", "--repeat", "1", "--gemm-size", "32"]
@@ -91,7 +92,7 @@ def test_every_backend_runs_or_says_why(capsys):
 
 
 def test_missing_torch_is_said_in_its_column(capsys, monkeypatch):
-    monkeypatch.setattr(lib, "torch_unavailable_reason", lambda: "torch not installed (here)")
+    monkeypatch.setattr(runners, "torch_unavailable_reason", lambda: "torch not installed (here)")
     code, out = _bench(capsys, "--backends", "numpy,torch", "--cells", "rnn")
     assert code == 0
     rows = _table_rows(out)
@@ -144,21 +145,19 @@ def test_scaling_mode_and_plot(capsys, tmp_path):
 
 
 def test_long_sequences_warm_up_on_a_short_one(capsys, monkeypatch):
-    from fastrnn import bench
-
-    monkeypatch.setattr(bench, "_LONG", 5)  # T=7 counts as long here
+    monkeypatch.setattr(schedule, "LONG", 5)  # T=7 counts as long here
     made = []  # T of each case made with positional dims (the check's small cases use keywords)
-    real = lib.make_case
+    real = cases.make_case
 
     def make_case(*a, **k):
         if len(a) > 4:
             made.append(a[4])
         return real(*a, **k)
 
-    monkeypatch.setattr(lib, "make_case", make_case)
+    monkeypatch.setattr(cases, "make_case", make_case)
     code, out = _bench(capsys, "--backends", "numpy", "--cells", "rnn")
     assert code == 0
-    assert made == [7, bench._WARMUP_T]  # the timed case, then the warm-up case
+    assert made == [7, schedule.WARMUP_T]  # the timed case, then the warm-up case
     assert _table_rows(out)[0][6] != "error"
 
 
@@ -228,10 +227,9 @@ def test_backends_and_thread_counts_take_turns(capsys, monkeypatch):
     """Each case's runs go in rounds (every backend and thread count once per round), each
     timed run right after an untimed run of the same row, with a pause whenever the backend
     changes; every row gets exactly its repeats, and the table keeps its order."""
-    from fastrnn import bench
-
     order, sleeps, events = [], [], []  # events: every run of a runner, and which were timed
-    real_time_once, real_make_runner, real_run = bench._time_once, lib.make_runner, lib.Runner.run
+    real_time_once, real_make_runner = schedule.time_once, runners.make_runner
+    real_run = runners.Runner.run
 
     alive = weakref.WeakSet()  # the runners not yet freed: one case's rows hold no state
 
@@ -250,10 +248,10 @@ def test_backends_and_thread_counts_take_turns(capsys, monkeypatch):
         events.append(("timed", id(runner)))
         real_time_once(row, runner)
 
-    monkeypatch.setattr(lib, "make_runner", make_runner)
-    monkeypatch.setattr(lib.Runner, "run", run)
-    monkeypatch.setattr(bench, "_time_once", time_once)
-    monkeypatch.setattr(bench.time, "sleep", lambda s: sleeps.append((len(order), s)))
+    monkeypatch.setattr(runners, "make_runner", make_runner)
+    monkeypatch.setattr(runners.Runner, "run", run)
+    monkeypatch.setattr(schedule, "time_once", time_once)
+    monkeypatch.setattr(schedule.time, "sleep", lambda s: sleeps.append((len(order), s)))
     argv = ["--backends", "cpp,numpy", "--threads", "2,1", "--cells", "rnn,gru", "--repeat", "3"]
     code, out = _bench(capsys, *argv)
     if "unavailable" in out:  # the cpp extension is not built here: numpy rows only
@@ -267,7 +265,7 @@ def test_backends_and_thread_counts_take_turns(capsys, monkeypatch):
             assert events[i - 1] == ("run", runner) and events[i + 1] == ("run", runner)
     # before the first run of each case (after the warm-ups) and at every change of backend
     assert [i for i, _ in sleeps] == [0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22]
-    assert all(s == bench._SETTLE for _, s in sleeps)
+    assert all(s == schedule.SETTLE for _, s in sleeps)
     table = _table_rows(out)
     assert [(r[2], r[5], r[4]) for r in table] == [
         (cell, b, t) for cell in ("rnn", "gru") for t in ("2", "1") for b in ("cpp", "numpy")

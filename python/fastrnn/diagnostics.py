@@ -11,16 +11,15 @@ module measures that and predicts it:
   block of ``W_hh`` and the bound ``||W_hh||_2 * max|act'|`` (below 1 the gradient of a
   vanilla RNN must vanish; above 1 it can explode);
 - :func:`gradcheck`: a finite-difference check of ``backward`` that users can run on their
-  own params and inputs;
-- the ``fastrnn gradflow`` command (:func:`add_arguments`, :func:`run`): tanh, ReLU with a
-  large recurrent gain, IRNN, LSTM and GRU side by side, as a table and a PNG.
+  own params and inputs.
+
+The ``fastrnn gradflow`` command, which draws these for five cells side by side, is
+:mod:`fastrnn.cli.gradflow`.
 """
 
 from __future__ import annotations
 
-import argparse
 import math
-import sys
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -28,16 +27,15 @@ from typing import Any
 import numpy as np
 
 from . import functional as F
+from ._moved import moved_names
 
 __all__ = [
     "GradcheckError",
     "GradcheckReport",
     "RecurrentSpectrum",
-    "add_arguments",
     "gradcheck",
     "gradient_norms_by_lag",
     "recurrent_spectrum",
-    "run",
 ]
 
 GATE_NAMES: dict[str, tuple[str, ...]] = {
@@ -418,143 +416,7 @@ def gradcheck(
     return report
 
 
-# --- the `fastrnn gradflow` command -----------------------------------------------------------
+# --- moved to fastrnn.cli.gradflow -----------------------------------------------------------
 
-
-@dataclass(frozen=True)
-class _Row:
-    label: str
-    cell: str
-    activation: str
-    init: str
-    gain: float
-    gate_bias: float  # added to the lstm forget / gru update gate bias
-
-
-def _rows(args: argparse.Namespace) -> list[_Row]:
-    """The five cells of the picture: PyTorch's default init unless the row says otherwise."""
-    relu = f"relu (orthogonal W, gain {args.relu_gain:g})"
-    bias = args.gate_bias
-    return [
-        _Row("tanh", "rnn", "tanh", "uniform", 1.0, 0.0),
-        _Row(relu, "rnn", "relu", "orthogonal", args.relu_gain, 0.0),
-        _Row("irnn (relu, W = I)", "rnn", "relu", "identity", 1.0, 0.0),
-        _Row(f"lstm (forget bias +{bias:g})", "lstm", "tanh", "uniform", 1.0, bias),
-        _Row(f"gru (update bias +{bias:g})", "gru", "tanh", "uniform", 1.0, bias),
-    ]
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """The options of ``fastrnn gradflow``."""
-    parser.add_argument("--steps", "-T", type=int, default=1000, help="sequence length T")
-    parser.add_argument("--hidden", type=int, default=32, help="hidden size H")
-    parser.add_argument("--input", type=int, default=4, help="input size D")
-    parser.add_argument("--batch", type=int, default=8, help="sequences to average over")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument(
-        "--relu-gain", type=float, default=2.0, help="recurrent gain of the relu row"
-    )
-    parser.add_argument(
-        "--gate-bias",
-        type=float,
-        default=6.0,
-        help="added to the lstm forget-gate and gru update-gate biases: they keep memory "
-        "open for about 1/(1 - sigmoid(bias)) steps (chrono-style: about ln T)",
-    )
-    parser.add_argument("--backend", default=None, help="numpy, numba, cpp or auto")
-    parser.add_argument(
-        "--output", "-o", default="gradflow.png", help="where to write the PNG (matplotlib)"
-    )
-    parser.add_argument("--no-plot", action="store_true", help="print the table only")
-
-
-def run(args: argparse.Namespace) -> int:
-    """Measure every row, print the table, write the PNG when matplotlib is there.
-
-    Returns 0, or 2 after printing the error when an option is invalid."""
-    try:
-        curves, bounds = _measure(args)
-    except (ValueError, TypeError, RuntimeError) as exc:
-        print(f"fastrnn gradflow: error: {exc}", file=sys.stderr)
-        return 2
-    return _report(args, curves, bounds)
-
-
-def _measure(args: argparse.Namespace) -> tuple[dict[str, np.ndarray], dict[str, str]]:
-    """The norm-against-lag curve and the spectral bound of every row."""
-    T = _positive_int("--steps", args.steps)
-    curves: dict[str, np.ndarray] = {}
-    bounds: dict[str, str] = {}
-    for row in _rows(args):
-        p = F.init_params(
-            row.cell,
-            args.input,
-            args.hidden,
-            init=row.init,
-            seed=args.seed,
-            gain=row.gain,
-            dtype=np.float64,
-        )
-        H = args.hidden
-        p["b_ih"][H : 2 * H] += row.gate_bias  # lstm f, gru z: the second gate block
-        spec = recurrent_spectrum(p, row.cell, activation=row.activation)
-        bounds[row.label] = "-" if spec.bound is None else f"{spec.bound:.2f}"
-        with np.errstate(over="ignore", invalid="ignore"):
-            curves[row.label] = gradient_norms_by_lag(
-                row.cell,
-                p,
-                T,
-                activation=row.activation,
-                batch=args.batch,
-                seed=args.seed,
-                backend=args.backend,
-            )
-    return curves, bounds
-
-
-def _report(args: argparse.Namespace, curves: dict[str, np.ndarray], bounds: dict[str, str]) -> int:
-    """Print the table; plot when matplotlib is installed and the plot is wanted."""
-    T = args.steps
-    lags = [k for k in (1, 10, 100, 1000) if k <= T]
-    width = max(len(label) for label in curves)
-    print(
-        f"||dL/dh_(T-1-k)|| for a loss at the last step, T={T}, H={args.hidden}, "
-        f"mean over {args.batch} sequences (lag 0 = 1);\nbound = ||W_hh||_2 * max|act'| "
-        "(rnn: below 1 the gradient must vanish, above 1 it can explode)"
-    )
-    print(f"{'cell':<{width}}  {'bound':>6}  " + "  ".join(f"{'lag ' + str(k):>9}" for k in lags))
-    for label, norms in curves.items():
-        cells = "  ".join(f"{norms[k]:9.2e}" for k in lags)
-        print(f"{label:<{width}}  {bounds[label]:>6}  {cells}")
-    if args.no_plot:
-        return 0
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        print(
-            "no plot: matplotlib is not installed; `pip install 'fastrnn[plot]'` to get "
-            f"{args.output}"
-        )
-        return 0
-    fig, ax = plt.subplots(figsize=(7, 4.2))
-    lag = np.arange(T + 1)
-    styles = ["-", "-", "--", "-", ":"]
-    for (label, norms), style in zip(curves.items(), styles, strict=True):
-        shown = np.where((norms > 0) & np.isfinite(norms), norms, np.nan)
-        ax.plot(lag, shown, style, label=label, linewidth=1.6)
-    ax.axhline(1.0, color="gray", linewidth=0.8)
-    ax.set_ylim(1e-20, 1e20)  # beyond this, vanished or exploded: the curve leaves the frame
-    ax.set_yscale("log")
-    ax.set_xlabel("lag k (steps back from the loss)")
-    ax.set_ylabel(r"$\|\partial L / \partial h_{T-1-k}\|$")
-    ax.set_title(f"Gradient norm against lag (T={T}, H={args.hidden})")
-    ax.grid(True, which="major", alpha=0.3)
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(args.output, dpi=120)
-    plt.close(fig)
-    print(f"wrote {args.output}")
-    return 0
+# add_arguments and run (the `fastrnn gradflow` command) still work, with a DeprecationWarning
+__getattr__ = moved_names(__name__, dict.fromkeys(("add_arguments", "run"), "fastrnn.cli.gradflow"))
