@@ -4,6 +4,7 @@ never asserted here."""
 
 from __future__ import annotations
 
+import argparse
 import json
 import subprocess
 import sys
@@ -271,3 +272,104 @@ def test_backends_and_thread_counts_take_turns(capsys, monkeypatch):
         (cell, b, t) for cell in ("rnn", "gru") for t in ("2", "1") for b in ("cpp", "numpy")
     ]
     assert all(r[6] != "error" for r in table)
+
+
+# --- the char-LM workload ----------------------------------------------------------------
+
+LM_TINY = ["--what", "charlm", "--D", "6", "--H", "5", "--B", "3", "--T", "4"]
+
+
+def test_charlm_table_against_torch_and_json(capsys, tmp_path):
+    pytest.importorskip("torch")
+    path = tmp_path / "lm.json"
+    code = main(["bench", *LM_TINY, "--repeat", "1", "--gemm-size", "32", "--json", str(path)])
+    out = capsys.readouterr().out
+    assert code == 0
+    assert "one training step of a character LM as CharLanguageModel.fit runs it" in out
+    header = next(line for line in out.splitlines() if line.startswith("shape"))
+    assert "x torch" in header.split("  ")
+    rows = _table_rows(out)
+    # a custom charlm shape keeps LM128's cells
+    assert [r[2] for r in rows] == ["lstm"] * 4 + ["gru"] * 4
+    results = json.loads(path.read_text())["results"]
+    D, H, B, T = 6, 5, 3, 4
+    for r in results:
+        assert r["what"] == "charlm"
+        if r["status"] == "unavailable":
+            continue
+        assert r["status"] == "ok", r
+        G = {"lstm": 4, "gru": 3}[r["cell"]]
+        assert r["flops"] == T * B * 3 * (2 * G * H * (D + H) + 2 * H * D)  # K = D
+        torch_row = next(t for t in results if t["backend"] == "torch" and t["cell"] == r["cell"])
+        assert r["speedup_vs_torch"] == pytest.approx(torch_row["seconds"] / r["seconds"])
+
+
+def test_charlm_without_torch_times_fastrnn_alone(capsys, monkeypatch):
+    monkeypatch.setattr(runners, "torch_unavailable_reason", lambda: "torch not installed (here)")
+    code = main(["bench", *LM_TINY, "--cells", "gru", "--backends", "numpy,torch", "--repeat", "1"])
+    out = capsys.readouterr().out
+    assert code == 0
+    rows = _table_rows(out)
+    assert [r[5] for r in rows] == ["numpy", "torch"]
+    assert float(rows[0][6]) > 0 and rows[1][6] == "unavailable"
+    assert "x torch" not in out
+
+
+def test_charlm_default_shapes_are_the_lm_shapes():
+    from fastrnn.cli import bench as command
+
+    parser = argparse.ArgumentParser()
+    command.add_arguments(parser)
+    shapes = command._shapes(parser.parse_args(["--what", "charlm"]))
+    assert [(s.name, s.D, s.H, s.B, s.T, s.cells) for s in shapes] == [
+        ("LM128", 100, 128, 32, 64, ("lstm", "gru")),
+        ("LM512", 100, 512, 32, 64, ("lstm", "gru")),
+    ]
+    quick = command._shapes(parser.parse_args(["--what", "charlm", "--quick"]))
+    assert [(s.name, s.T) for s in quick] == [("LM128/4", 16), ("LM512/4", 16)]
+    assert command._shapes(parser.parse_args(["--shapes", "LM512"]))[0].H == 512
+    all_threads = parser.parse_args(["--threads", "1,all"]).threads
+    assert all_threads == [1, _sysinfo.usable_cores()]
+
+
+@pytest.mark.parametrize("cell", ["lstm", "gru"])
+def test_charlm_step_is_the_same_training_step_in_fastrnn_and_torch(monkeypatch, cell):
+    """From the same weights, two steps of fastrnn's CharLanguageModel (as fit runs them)
+    and two of the PyTorch model give the same weights in float64: the same loss, the same
+    gradients, the same clipping (forced here by a small max norm) and the same Adam."""
+    pytest.importorskip("torch")
+    monkeypatch.setattr(runners, "LM_CLIP", 0.05)
+    case = lib.make_case(cell, 7, 5, 3, 6, np.float64, what="charlm")
+    ours = runners.make_runner(case, "numpy", "charlm")
+    theirs = runners.make_runner(case, "torch", "charlm")
+    for _ in range(2):
+        history = ours.run()
+        loss = theirs.run()
+        assert history["step_loss"][-1] == pytest.approx(loss.item(), rel=1e-9)
+        assert history["grad_norm"][-1] > 0.05  # the clipping was active
+    got = ours.model.parameters()
+    for name in got:
+        want = theirs._parameter(name).detach().numpy()
+        # Adam divides by sqrt(v) + 1e-8: for a gradient entry near 1e-8 (clipping makes
+        # them small), a rounding difference of 1e-14 in the summed gradient becomes 1e-8
+        # of a weight (lr 0.01 / 1e-8 = 1e6 times larger); a step itself moves weights by
+        # about lr, so a different clipping or Adam would be off by 1e-3
+        np.testing.assert_allclose(got[name], want, rtol=0, atol=1e-7, err_msg=name)
+
+
+def test_charlm_check_catches_a_wrong_gradient(monkeypatch):
+    """The check compares gradients, not weights after Adam (whose first step is about
+    lr * sign(gradient), the same for a gradient twice too large): that error is caught."""
+    from fastrnn.backends import numpy_backend
+
+    real = numpy_backend.backward
+
+    def off(*args, **kwargs):
+        dx, dh0, dc0, dparams, norms = real(*args, **kwargs)
+        if dx.dtype == np.float32:
+            dparams["W_hh"] *= np.float32(2)
+        return dx, dh0, dc0, dparams, norms
+
+    monkeypatch.setattr(numpy_backend, "backward", off)
+    error = runners.check_against_reference("numpy", "gru", "float32", "charlm")
+    assert error is not None and "differs from the reference" in error

@@ -223,7 +223,7 @@ class FastrnnRunner(Runner):
         return {"hs": out, "loss": np.asarray(loss), "dx": dx, **grads, **head}
 
     def held_bytes(self, raw: Any) -> int:
-        if self.what != "train":
+        if self.what in ("forward", "fwdbwd"):
             return held_bytes(raw if self.what == "forward" else raw[0])
         if self._held is None:  # the layer's forward holds what this fastrnn.forward holds
             self._held = held_bytes(self._forward())
