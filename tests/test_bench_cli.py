@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import subprocess
 import sys
 import weakref
@@ -373,3 +374,52 @@ def test_charlm_check_catches_a_wrong_gradient(monkeypatch):
     monkeypatch.setattr(numpy_backend, "backward", off)
     error = runners.check_against_reference("numpy", "gru", "float32", "charlm")
     assert error is not None and "differs from the reference" in error
+
+
+# --- the machine lines -------------------------------------------------------------------
+
+
+def test_machine_lines_name_each_blas_its_kernel_and_the_cpp_isa():
+    info = _sysinfo.system_info()
+    info["blas"] = [
+        {"owner": "numpy", "internal_api": "openblas", "version": "0.3.31", "num_threads": 2,
+         "architecture": "Zen", "threading_layer": "pthreads"},
+        {"owner": "scipy", "internal_api": "openblas", "version": "0.3.30", "num_threads": 4,
+         "architecture": "Haswell", "threading_layer": "pthreads"},
+    ]  # fmt: skip
+    info["env"] = {"OPENBLAS_L2_SIZE": "1048576"}
+    info["cpp_isa"] = {"in_use": "avx2", "requested": "avx2", "built": ["generic", "avx2"]}
+    lines = _sysinfo.format_system_info(info).splitlines()
+    blas = [line for line in lines if line.startswith("BLAS:")]
+    assert blas == [
+        "BLAS:     numpy's openblas 0.3.31, kernel Zen, 2 threads by default, threading pthreads",
+        "BLAS:     scipy's openblas 0.3.30, kernel Haswell, 4 threads by default, "
+        "threading pthreads",
+    ]
+    assert "OpenBLAS: OPENBLAS_CORETYPE unset, OPENBLAS_L2_SIZE=1048576" in lines
+    assert "cpp ISA:  avx2 (FASTRNN_CPP_ISA=avx2; built: generic, avx2)" in lines
+
+
+def test_blas_info_sees_numpys_and_scipys_openblas():
+    owners = {lib["owner"]: lib for lib in _sysinfo.blas_info()}
+    assert {"numpy", "scipy"} <= set(owners), owners
+    for lib_ in owners.values():
+        assert set(lib_) >= {"internal_api", "version", "architecture", "num_threads"}
+    assert _sysinfo._owner("/x/site-packages/numpy.libs/libscipy_openblas64_-1.so") == "numpy"
+    assert _sysinfo._owner("/x/site-packages/scipy.libs/libscipy_openblas-2.so") == "scipy"
+    assert _sysinfo._owner("/usr/lib/libopenblas.so") == "other"
+
+
+def test_the_cpp_isa_line_follows_fastrnn_cpp_isa():
+    if "cpp" not in fastrnn.available_backends():
+        pytest.skip("the cpp backend is not available")
+    code = "from fastrnn import _sysinfo as s; print(s.format_system_info(s.system_info()))"
+    env = {**os.environ, "FASTRNN_CPP_ISA": "generic"}
+    proc = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=120, env=env
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert "cpp ISA:  generic (FASTRNN_CPP_ISA=generic; built: " in proc.stdout
+    assert f"cpp ISA:  {_sysinfo.cpp_isa()['in_use']} (" in _sysinfo.format_system_info(
+        _sysinfo.system_info()
+    )
