@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import warnings
 
-from .cli.train import TASKS, add_arguments, run  # noqa: F401
+from .cli.train import add_arguments, run  # noqa: F401
+from .tasks import TASKS  # noqa: F401
 
 warnings.warn(
     "fastrnn.examples_cli is deprecated; use fastrnn.cli.train (the command) and "
