@@ -40,6 +40,7 @@ import pytest
 import fastrnn
 from fastrnn import _sysinfo
 from fastrnn import bench as lib
+from fastrnn.bench import schedule
 
 CI_SHAPES = {"tiny": lib.Shape("tiny", 8, 16, 4, 20)}
 SIZES = {"ci": CI_SHAPES, "quick": lib.QUICK_SHAPES, "full": lib.NAMED_SHAPES}
@@ -152,9 +153,9 @@ def run_workload(benchmark, request: pytest.FixtureRequest):
         error = _check(backend, cell, dtype, what)
         assert error is None, error
         need = lib.estimate_bytes(cell, shape.D, shape.H, shape.B, shape.T, dtype, what)
-        have = _sysinfo.available_memory()
-        if have is not None and need > 0.8 * have:
-            pytest.skip(f"would not fit in memory: about {need} bytes needed, {have} available")
+        why = schedule.too_big(need, _sysinfo.available_memory())
+        if why:
+            pytest.skip(why)
         case = lib.make_case(cell, shape.D, shape.H, shape.B, shape.T, dtype, what=what)
         benchmark.group = f"{what} {shape.name} {cell} {dtype} {threads}thr"
         with lib.thread_limit(threads):

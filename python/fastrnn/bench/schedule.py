@@ -64,6 +64,17 @@ def unavailable(backends: set[str]) -> dict[str, str]:
     return reasons
 
 
+def too_big(estimated: int, available: int | None) -> str | None:
+    """Why a run needing about ``estimated`` bytes must not start when ``available`` bytes
+    are free (more than :data:`MEMORY_SHARE` of them), or ``None`` if it may."""
+    if available is None or estimated <= MEMORY_SHARE * available:
+        return None
+    return (
+        f"would not fit in memory: needs about {fmt_bytes(estimated)}, "
+        f"{fmt_bytes(available)} available"
+    )
+
+
 class Wrong(Exception):
     """A backend disagrees with the reference: the row is reported, not timed."""
 
@@ -127,12 +138,8 @@ def run_rows(
                 try:
                     if row.backend in unavailable:
                         row.status, row.note = "unavailable", unavailable[row.backend]
-                    elif limit is not None and row.estimated_bytes > MEMORY_SHARE * limit:
-                        row.status = "skipped"
-                        row.note = (
-                            "would not fit in memory: needs about "
-                            f"{fmt_bytes(row.estimated_bytes)}, {fmt_bytes(limit)} available"
-                        )
+                    elif too_big(row.estimated_bytes, limit):
+                        row.status, row.note = "skipped", too_big(row.estimated_bytes, limit)
                     else:
                         if case is None:
                             dims = (row.D, row.H, row.B, row.T)
