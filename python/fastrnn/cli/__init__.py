@@ -26,7 +26,9 @@ SUBCOMMANDS: dict[str, str] = {
 
 def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     """The argument parser; only the module of ``command`` (if given) is imported."""
-    parser = argparse.ArgumentParser(prog="fastrnn", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        prog="fastrnn", description=__doc__.splitlines()[0].replace("``", "")
+    )
     parser.add_argument("--version", action="version", version=f"fastrnn {fastrnn.__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
     for name, help_text in SUBCOMMANDS.items():

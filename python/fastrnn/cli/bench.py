@@ -122,7 +122,8 @@ bwd mem: bytes the layer holds for backward: hs and the saved activations (torch
         g.add_argument(
             f"--{dim}",
             type=_positive_int,
-            help=f"custom shape: {meaning} (the others default to S1's; replaces --shapes)",
+            help=f"custom shape: {meaning} (the others default to S1's, with --what charlm "
+            "to LM128's; replaces --shapes)",
         )
     g.add_argument(
         "--scaling",
