@@ -1,8 +1,10 @@
 """The pytest-benchmark suite of fastrnn: every backend (and PyTorch) x cell x dtype x shape.
 
-Three workloads (see :mod:`fastrnn._benchlib`): the layer's ``forward``; ``fwdbwd``, its
-forward and full BPTT with a gradient entering at every step; and ``train``, one training
-step end to end (layer + linear softmax head + cross-entropy, forward and backward). Each
+Four workloads (see :mod:`fastrnn.bench`): the layer's ``forward``; ``fwdbwd``, its
+forward and full BPTT with a gradient entering at every step; ``train``, one training
+step end to end (layer + linear softmax head + cross-entropy, forward and backward); and
+``charlm``, one training step of a character language model as
+``CharLanguageModel.fit`` runs it (Adam, clipping) against the same model in PyTorch. Each
 benchmark first checks its backend against the NumPy reference on a small case (a fast
 wrong answer fails), warms up once (JIT compile and first touch are not timed), then times
 the workload with ``benchmark.pedantic``.
@@ -11,8 +13,9 @@ Sizes, chosen with ``--bench-size`` or the env var ``FASTRNN_BENCH_SIZE``:
 
 - ``ci`` (default): one tiny shape. With ``--benchmark-disable`` (set in pyproject.toml's
   addopts) every benchmark runs once as a test, which is what CI does.
-- ``quick``: the ``fastrnn bench --quick`` shapes (S1..S4 shortened).
-- ``full``: the named shapes S1..S4 of the backend issues (S4 for rnn only).
+- ``quick``: the ``fastrnn bench --quick`` shapes (S1..S4 shortened; LM128/4, LM512/4).
+- ``full``: the named shapes S1..S4 of the backend issues (S4 for rnn only) and, for the
+  char-LM step, LM128 and LM512 (H = 128 and 512, T = 64, B = 32, V = 100).
 
 Measure for real with::
 
@@ -35,11 +38,15 @@ import os
 import pytest
 
 import fastrnn
-from fastrnn import _benchlib as lib
 from fastrnn import _sysinfo
+from fastrnn import bench as lib
+from fastrnn.bench import schedule
 
 CI_SHAPES = {"tiny": lib.Shape("tiny", 8, 16, 4, 20)}
 SIZES = {"ci": CI_SHAPES, "quick": lib.QUICK_SHAPES, "full": lib.NAMED_SHAPES}
+# the char-LM step: a vocabulary of D characters, one-hot
+CI_LM_SHAPES = {"lm-tiny": lib.Shape("lm-tiny", 12, 16, 4, 8, cells=("lstm", "gru"))}
+LM_SIZES = {"ci": CI_LM_SHAPES, "quick": lib.QUICK_LM_SHAPES, "full": lib.LM_SHAPES}
 DTYPES = ("float32", "float64")
 BENCH_BACKENDS = ("numpy", "numba", "cpp", "torch")
 
@@ -90,12 +97,13 @@ def _threads(config: pytest.Config) -> list[int]:
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
-    """Parametrize ``shape_cell`` (each shape with its cells), ``bench_shape`` (each shape),
-    ``dtype`` and ``threads``."""
+    """Parametrize ``shape_cell`` (each shape with its cells), ``lm_shape_cell`` (the same
+    for the char-LM shapes), ``bench_shape`` (each shape), ``dtype`` and ``threads``."""
     config = metafunc.config
-    if "shape_cell" in metafunc.fixturenames:
-        pairs = [(s, c) for s in SIZES[_size(config)].values() for c in s.cells]
-        metafunc.parametrize("shape_cell", pairs, ids=[f"{s.name}-{c}" for s, c in pairs])
+    for name, sizes in (("shape_cell", SIZES), ("lm_shape_cell", LM_SIZES)):
+        if name in metafunc.fixturenames:
+            pairs = [(s, c) for s in sizes[_size(config)].values() for c in s.cells]
+            metafunc.parametrize(name, pairs, ids=[f"{s.name}-{c}" for s, c in pairs])
     if "bench_shape" in metafunc.fixturenames:  # a shape alone, for cell-free workloads
         shapes = list(SIZES[_size(config)].values())
         metafunc.parametrize("bench_shape", shapes, ids=[s.name for s in shapes])
@@ -145,10 +153,10 @@ def run_workload(benchmark, request: pytest.FixtureRequest):
         error = _check(backend, cell, dtype, what)
         assert error is None, error
         need = lib.estimate_bytes(cell, shape.D, shape.H, shape.B, shape.T, dtype, what)
-        have = _sysinfo.available_memory()
-        if have is not None and need > 0.8 * have:
-            pytest.skip(f"would not fit in memory: about {need} bytes needed, {have} available")
-        case = lib.make_case(cell, shape.D, shape.H, shape.B, shape.T, dtype)
+        why = schedule.too_big(need, _sysinfo.available_memory())
+        if why:
+            pytest.skip(why)
+        case = lib.make_case(cell, shape.D, shape.H, shape.B, shape.T, dtype, what=what)
         benchmark.group = f"{what} {shape.name} {cell} {dtype} {threads}thr"
         with lib.thread_limit(threads):
             runner = lib.make_runner(case, backend, what)

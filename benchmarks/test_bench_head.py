@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 import fastrnn
-from fastrnn import _benchlib as lib
+from fastrnn import bench as lib
 from fastrnn.backends import BACKENDS
 
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from fastrnn import _benchlib as lib
+from fastrnn import bench as lib
 
 
 def test_forward(run_workload, bench_backend, shape_cell, dtype, threads):

@@ -5,15 +5,15 @@ next character at every step, reports the loss against the uniform baseline ln(V
 generates text greedily and by sampling at a few temperatures.
 
     python examples/char_lm.py [--text FILE] [--epochs 20] [--cell lstm]
+
+The task is :func:`fastrnn.tasks.charlm`, which ``fastrnn train charlm`` runs too.
 """
 
 from __future__ import annotations
 
 import argparse
-import math
 
-from fastrnn.datasets import char_corpus
-from fastrnn.models import CharLanguageModel
+from fastrnn import tasks
 
 
 def main() -> None:
@@ -24,28 +24,14 @@ def main() -> None:
     parser.add_argument("--hidden-size", type=int, default=64)
     parser.add_argument("--length", type=int, default=150, help="characters to generate")
     args = parser.parse_args()
-
-    corpus = char_corpus(args.text)
-    model = CharLanguageModel(
-        args.hidden_size,
-        cell=args.cell,
-        seq_len=32,
+    tasks.charlm(
+        text=args.text,
+        length=args.length,
         epochs=args.epochs,
-        lr=0.02,
-        seed=0,
+        cell=args.cell,
+        hidden_size=args.hidden_size,
         progress=None,
     )
-    model.fit(corpus)
-    print(
-        f"{len(corpus.text)} characters, vocabulary of {corpus.vocab_size}: "
-        f"loss {model.cross_entropy(corpus.text):.3f} nats/char "
-        f"(uniform baseline ln {corpus.vocab_size} = {math.log(corpus.vocab_size):.3f})"
-    )
-    prompt = corpus.text[:8]
-    print(f"\n--- greedy ---\n{model.generate(prompt, args.length, greedy=True)}")
-    for temperature in (0.5, 1.0):
-        text = model.generate(prompt, args.length, temperature=temperature, seed=1)
-        print(f"\n--- temperature {temperature} ---\n{text}")
 
 
 if __name__ == "__main__":

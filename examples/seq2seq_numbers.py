@@ -6,14 +6,15 @@ final state to the decoder, which is trained with teacher forcing and decodes gr
 80% of the numbers 0..999 train the model, the other 20% are held out.
 
     python examples/seq2seq_numbers.py [--cell lstm]
+
+The task is :func:`fastrnn.tasks.seq2seq`, which ``fastrnn train seq2seq`` runs too.
 """
 
 from __future__ import annotations
 
 import argparse
 
-from fastrnn.datasets import number_words
-from fastrnn.models import Seq2Seq
+from fastrnn import tasks
 
 
 def main() -> None:
@@ -21,17 +22,7 @@ def main() -> None:
     parser.add_argument("--cell", default="lstm", choices=["rnn", "lstm", "gru"])
     parser.add_argument("--epochs", type=int, default=20)
     args = parser.parse_args()
-
-    train, test = number_words().split(0.2, seed=0)
-    model = Seq2Seq(32, cell=args.cell, epochs=args.epochs, lr=0.02, seed=0, progress=None)
-    model.fit(train.X, train.y, train.lengths, train.y_lengths)
-
-    predicted = model.predict(test.X, test.lengths)
-    for i in range(0, len(test), 25):
-        words = " ".join(test.vocab[j] for j in test.X[i, : test.lengths[i]].argmax(-1))
-        print(f"{words:<30} -> {test.decode_targets(predicted[i])}")
-    score = model.score(test.X, test.y, test.lengths, test.y_lengths)
-    print(f"held-out exact match: {score:.1%} of {len(test)} numbers")
+    tasks.seq2seq(cell=args.cell, epochs=args.epochs, progress=None)
 
 
 if __name__ == "__main__":

@@ -4,7 +4,9 @@ never asserted here."""
 
 from __future__ import annotations
 
+import argparse
 import json
+import os
 import subprocess
 import sys
 import weakref
@@ -13,8 +15,9 @@ import numpy as np
 import pytest
 
 import fastrnn
-from fastrnn import _benchlib as lib
 from fastrnn import _sysinfo
+from fastrnn import bench as lib
+from fastrnn.bench import cases, runners, schedule
 from fastrnn.cli import main
 
 TINY = ["--D", "3", "--H", "5", "--B", "2", "--T", "7", "--repeat", "1", "--gemm-size", "32"]
@@ -91,7 +94,7 @@ def test_every_backend_runs_or_says_why(capsys):
 
 
 def test_missing_torch_is_said_in_its_column(capsys, monkeypatch):
-    monkeypatch.setattr(lib, "torch_unavailable_reason", lambda: "torch not installed (here)")
+    monkeypatch.setattr(runners, "torch_unavailable_reason", lambda: "torch not installed (here)")
     code, out = _bench(capsys, "--backends", "numpy,torch", "--cells", "rnn")
     assert code == 0
     rows = _table_rows(out)
@@ -144,21 +147,19 @@ def test_scaling_mode_and_plot(capsys, tmp_path):
 
 
 def test_long_sequences_warm_up_on_a_short_one(capsys, monkeypatch):
-    from fastrnn import bench
-
-    monkeypatch.setattr(bench, "_LONG", 5)  # T=7 counts as long here
+    monkeypatch.setattr(schedule, "LONG", 5)  # T=7 counts as long here
     made = []  # T of each case made with positional dims (the check's small cases use keywords)
-    real = lib.make_case
+    real = cases.make_case
 
     def make_case(*a, **k):
         if len(a) > 4:
             made.append(a[4])
         return real(*a, **k)
 
-    monkeypatch.setattr(lib, "make_case", make_case)
+    monkeypatch.setattr(cases, "make_case", make_case)
     code, out = _bench(capsys, "--backends", "numpy", "--cells", "rnn")
     assert code == 0
-    assert made == [7, bench._WARMUP_T]  # the timed case, then the warm-up case
+    assert made == [7, schedule.WARMUP_T]  # the timed case, then the warm-up case
     assert _table_rows(out)[0][6] != "error"
 
 
@@ -228,10 +229,9 @@ def test_backends_and_thread_counts_take_turns(capsys, monkeypatch):
     """Each case's runs go in rounds (every backend and thread count once per round), each
     timed run right after an untimed run of the same row, with a pause whenever the backend
     changes; every row gets exactly its repeats, and the table keeps its order."""
-    from fastrnn import bench
-
     order, sleeps, events = [], [], []  # events: every run of a runner, and which were timed
-    real_time_once, real_make_runner, real_run = bench._time_once, lib.make_runner, lib.Runner.run
+    real_time_once, real_make_runner = schedule.time_once, runners.make_runner
+    real_run = runners.Runner.run
 
     alive = weakref.WeakSet()  # the runners not yet freed: one case's rows hold no state
 
@@ -250,10 +250,10 @@ def test_backends_and_thread_counts_take_turns(capsys, monkeypatch):
         events.append(("timed", id(runner)))
         real_time_once(row, runner)
 
-    monkeypatch.setattr(lib, "make_runner", make_runner)
-    monkeypatch.setattr(lib.Runner, "run", run)
-    monkeypatch.setattr(bench, "_time_once", time_once)
-    monkeypatch.setattr(bench.time, "sleep", lambda s: sleeps.append((len(order), s)))
+    monkeypatch.setattr(runners, "make_runner", make_runner)
+    monkeypatch.setattr(runners.Runner, "run", run)
+    monkeypatch.setattr(schedule, "time_once", time_once)
+    monkeypatch.setattr(schedule.time, "sleep", lambda s: sleeps.append((len(order), s)))
     argv = ["--backends", "cpp,numpy", "--threads", "2,1", "--cells", "rnn,gru", "--repeat", "3"]
     code, out = _bench(capsys, *argv)
     if "unavailable" in out:  # the cpp extension is not built here: numpy rows only
@@ -267,9 +267,159 @@ def test_backends_and_thread_counts_take_turns(capsys, monkeypatch):
             assert events[i - 1] == ("run", runner) and events[i + 1] == ("run", runner)
     # before the first run of each case (after the warm-ups) and at every change of backend
     assert [i for i, _ in sleeps] == [0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22]
-    assert all(s == bench._SETTLE for _, s in sleeps)
+    assert all(s == schedule.SETTLE for _, s in sleeps)
     table = _table_rows(out)
     assert [(r[2], r[5], r[4]) for r in table] == [
         (cell, b, t) for cell in ("rnn", "gru") for t in ("2", "1") for b in ("cpp", "numpy")
     ]
     assert all(r[6] != "error" for r in table)
+
+
+# --- the char-LM workload ----------------------------------------------------------------
+
+LM_TINY = ["--what", "charlm", "--D", "6", "--H", "5", "--B", "3", "--T", "4"]
+
+
+def test_charlm_table_against_torch_and_json(capsys, tmp_path):
+    pytest.importorskip("torch")
+    path = tmp_path / "lm.json"
+    code = main(["bench", *LM_TINY, "--repeat", "1", "--gemm-size", "32", "--json", str(path)])
+    out = capsys.readouterr().out
+    assert code == 0
+    assert "one training step of a character LM as CharLanguageModel.fit runs it" in out
+    header = next(line for line in out.splitlines() if line.startswith("shape"))
+    assert "x torch" in header.split("  ")
+    rows = _table_rows(out)
+    # a custom charlm shape keeps LM128's cells
+    assert [r[2] for r in rows] == ["lstm"] * 4 + ["gru"] * 4
+    results = json.loads(path.read_text())["results"]
+    D, H, B, T = 6, 5, 3, 4
+    for r in results:
+        assert r["what"] == "charlm"
+        if r["status"] == "unavailable":
+            continue
+        assert r["status"] == "ok", r
+        G = {"lstm": 4, "gru": 3}[r["cell"]]
+        assert r["flops"] == T * B * 3 * (2 * G * H * (D + H) + 2 * H * D)  # K = D
+        torch_row = next(t for t in results if t["backend"] == "torch" and t["cell"] == r["cell"])
+        assert r["speedup_vs_torch"] == pytest.approx(torch_row["seconds"] / r["seconds"])
+
+
+def test_charlm_without_torch_times_fastrnn_alone(capsys, monkeypatch):
+    monkeypatch.setattr(runners, "torch_unavailable_reason", lambda: "torch not installed (here)")
+    code = main(["bench", *LM_TINY, "--cells", "gru", "--backends", "numpy,torch", "--repeat", "1"])
+    out = capsys.readouterr().out
+    assert code == 0
+    rows = _table_rows(out)
+    assert [r[5] for r in rows] == ["numpy", "torch"]
+    assert float(rows[0][6]) > 0 and rows[1][6] == "unavailable"
+    assert "x torch" not in out
+
+
+def test_charlm_default_shapes_are_the_lm_shapes():
+    from fastrnn.cli import bench as command
+
+    parser = argparse.ArgumentParser()
+    command.add_arguments(parser)
+    shapes = command._shapes(parser.parse_args(["--what", "charlm"]))
+    assert [(s.name, s.D, s.H, s.B, s.T, s.cells) for s in shapes] == [
+        ("LM128", 100, 128, 32, 64, ("lstm", "gru")),
+        ("LM512", 100, 512, 32, 64, ("lstm", "gru")),
+    ]
+    quick = command._shapes(parser.parse_args(["--what", "charlm", "--quick"]))
+    assert [(s.name, s.T) for s in quick] == [("LM128/4", 16), ("LM512/4", 16)]
+    assert command._shapes(parser.parse_args(["--shapes", "LM512"]))[0].H == 512
+    all_threads = parser.parse_args(["--threads", "1,all"]).threads
+    assert all_threads == [1, _sysinfo.usable_cores()]
+
+
+@pytest.mark.parametrize("cell", ["lstm", "gru"])
+def test_charlm_step_is_the_same_training_step_in_fastrnn_and_torch(monkeypatch, cell):
+    """From the same weights, two steps of fastrnn's CharLanguageModel (as fit runs them)
+    and two of the PyTorch model give the same weights in float64: the same loss, the same
+    gradients, the same clipping (forced here by a small max norm) and the same Adam."""
+    pytest.importorskip("torch")
+    monkeypatch.setattr(runners, "LM_CLIP", 0.05)
+    case = lib.make_case(cell, 7, 5, 3, 6, np.float64, what="charlm")
+    ours = runners.make_runner(case, "numpy", "charlm")
+    theirs = runners.make_runner(case, "torch", "charlm")
+    for _ in range(2):
+        history = ours.run()
+        loss = theirs.run()
+        assert history["step_loss"][-1] == pytest.approx(loss.item(), rel=1e-9)
+        assert history["grad_norm"][-1] > 0.05  # the clipping was active
+    got = ours.model.parameters()
+    for name in got:
+        want = theirs._parameter(name).detach().numpy()
+        # Adam divides by sqrt(v) + 1e-8: for a gradient entry near 1e-8 (clipping makes
+        # them small), a rounding difference of 1e-14 in the summed gradient becomes 1e-8
+        # of a weight (lr 0.01 / 1e-8 = 1e6 times larger); a step itself moves weights by
+        # about lr, so a different clipping or Adam would be off by 1e-3
+        np.testing.assert_allclose(got[name], want, rtol=0, atol=1e-7, err_msg=name)
+
+
+def test_charlm_check_catches_a_wrong_gradient(monkeypatch):
+    """The check compares gradients, not weights after Adam (whose first step is about
+    lr * sign(gradient), the same for a gradient twice too large): that error is caught."""
+    from fastrnn.backends import numpy_backend
+
+    real = numpy_backend.backward
+
+    def off(*args, **kwargs):
+        dx, dh0, dc0, dparams, norms = real(*args, **kwargs)
+        if dx.dtype == np.float32:
+            dparams["W_hh"] *= np.float32(2)
+        return dx, dh0, dc0, dparams, norms
+
+    monkeypatch.setattr(numpy_backend, "backward", off)
+    error = runners.check_against_reference("numpy", "gru", "float32", "charlm")
+    assert error is not None and "differs from the reference" in error
+
+
+# --- the machine lines -------------------------------------------------------------------
+
+
+def test_machine_lines_name_each_blas_its_kernel_and_the_cpp_isa():
+    info = _sysinfo.system_info()
+    info["blas"] = [
+        {"owner": "numpy", "internal_api": "openblas", "version": "0.3.31", "num_threads": 2,
+         "architecture": "Zen", "threading_layer": "pthreads"},
+        {"owner": "scipy", "internal_api": "openblas", "version": "0.3.30", "num_threads": 4,
+         "architecture": "Haswell", "threading_layer": "pthreads"},
+    ]  # fmt: skip
+    info["env"] = {"OPENBLAS_L2_SIZE": "1048576"}
+    info["cpp_isa"] = {"in_use": "avx2", "requested": "avx2", "built": ["generic", "avx2"]}
+    lines = _sysinfo.format_system_info(info).splitlines()
+    blas = [line for line in lines if line.startswith("BLAS:")]
+    assert blas == [
+        "BLAS:     numpy's openblas 0.3.31, kernel Zen, 2 threads by default, threading pthreads",
+        "BLAS:     scipy's openblas 0.3.30, kernel Haswell, 4 threads by default, "
+        "threading pthreads",
+    ]
+    assert "OpenBLAS: OPENBLAS_CORETYPE unset, OPENBLAS_L2_SIZE=1048576" in lines
+    assert "cpp ISA:  avx2 (FASTRNN_CPP_ISA=avx2; built: generic, avx2)" in lines
+
+
+def test_blas_info_sees_numpys_and_scipys_openblas():
+    owners = {lib["owner"]: lib for lib in _sysinfo.blas_info()}
+    assert {"numpy", "scipy"} <= set(owners), owners
+    for lib_ in owners.values():
+        assert set(lib_) >= {"internal_api", "version", "architecture", "num_threads"}
+    assert _sysinfo._owner("/x/site-packages/numpy.libs/libscipy_openblas64_-1.so") == "numpy"
+    assert _sysinfo._owner("/x/site-packages/scipy.libs/libscipy_openblas-2.so") == "scipy"
+    assert _sysinfo._owner("/usr/lib/libopenblas.so") == "other"
+
+
+def test_the_cpp_isa_line_follows_fastrnn_cpp_isa():
+    if "cpp" not in fastrnn.available_backends():
+        pytest.skip("the cpp backend is not available")
+    code = "from fastrnn import _sysinfo as s; print(s.format_system_info(s.system_info()))"
+    env = {**os.environ, "FASTRNN_CPP_ISA": "generic"}
+    proc = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=120, env=env
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert "cpp ISA:  generic (FASTRNN_CPP_ISA=generic; built: " in proc.stdout
+    assert f"cpp ISA:  {_sysinfo.cpp_isa()['in_use']} (" in _sysinfo.format_system_info(
+        _sysinfo.system_info()
+    )

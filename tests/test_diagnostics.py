@@ -1,9 +1,7 @@
-"""Gradient-flow diagnostics: norms against lag, the spectrum of W_hh, gradcheck, gradflow."""
+"""Gradient-flow diagnostics: norms against lag, the spectrum of W_hh, gradcheck (the
+``fastrnn gradflow`` command: tests/test_gradflow_cli.py)."""
 
 from __future__ import annotations
-
-import re
-import sys
 
 import numpy as np
 import pytest
@@ -11,7 +9,6 @@ import pytest
 import fastrnn
 from conftest import CELL_CASES, CELL_IDS, make_case
 from fastrnn import diagnostics
-from fastrnn.cli import main as cli_main
 
 
 def _scaled_orthogonal(H: int, a: float, seed: int = 0) -> np.ndarray:
@@ -305,52 +302,3 @@ def test_gradcheck_bad_arguments(kwargs, error, pattern):
     } | kwargs
     with pytest.raises(error, match=pattern):
         diagnostics.gradcheck(**args)
-
-
-# --- fastrnn gradflow -------------------------------------------------------------------------
-
-
-def _table(out: str) -> dict[str, list[float]]:
-    rows = {}
-    for line in out.splitlines():
-        numbers = re.findall(r"-?\d\.\d\de[+-]\d+", line)
-        if len(numbers) == 3:
-            rows[line.split()[0]] = [float(v) for v in numbers]
-    return rows
-
-
-def test_gradflow_prints_the_table_and_writes_the_png(tmp_path, capsys):
-    pytest.importorskip("matplotlib", reason="the optional plot extra")
-    png = tmp_path / "flow.png"
-    argv = ["gradflow", "--steps", "150", "--hidden", "8", "--batch", "2", "-o", str(png)]
-    assert cli_main(argv) == 0
-    out = capsys.readouterr().out
-    assert "lag 1" in out and "lag 100" in out and "lag 1000" not in out  # only lags <= T
-    rows = _table(out)
-    assert set(rows) == {"tanh", "relu", "irnn", "lstm", "gru"}
-    assert rows["tanh"][2] < 1e-6 < rows["gru"][2]  # vanishes / keeps a signal at lag 100
-    assert rows["relu"][2] > 1e3  # explodes
-    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and f"wrote {png}" in out
-
-
-def test_gradflow_without_matplotlib_says_how_to_get_the_plot(tmp_path, capsys, monkeypatch):
-    monkeypatch.setitem(sys.modules, "matplotlib", None)  # import matplotlib -> ImportError
-    png = tmp_path / "flow.png"
-    assert cli_main(["gradflow", "-T", "20", "--hidden", "4", "-o", str(png)]) == 0
-    out = capsys.readouterr().out
-    assert "pip install 'fastrnn[plot]'" in out
-    assert "lag 10" in out and "tanh" in out
-    assert not png.exists()
-
-
-@pytest.mark.parametrize(
-    ("argv", "pattern"),
-    [
-        (["--steps", "0"], "--steps must be a positive int, got 0"),
-        (["--hidden", "-3"], "hidden_size must be a positive int, got -3"),
-        (["--backend", "cuda"], "unknown backend 'cuda'"),
-    ],
-)
-def test_gradflow_reports_bad_options(capsys, argv, pattern):
-    assert cli_main(["gradflow", "--no-plot", *argv]) == 2
-    assert re.search(pattern, capsys.readouterr().err)

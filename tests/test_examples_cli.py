@@ -68,3 +68,40 @@ def test_examples_run(script, args, expect):
     )
     assert proc.returncode == 0, proc.stderr
     assert expect in proc.stdout
+
+
+def test_example_and_command_run_the_same_task_code(capsys):
+    """examples/deep_autocomplete.py and `fastrnn train deep` both call fastrnn.tasks.deep:
+    the same defaults, the same seed, the same lines."""
+    proc = subprocess.run(
+        [sys.executable, str(EXAMPLES / "deep_autocomplete.py"), "--cell", "gru"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert main(["train", "deep", "--cell", "gru", "--progress", "off"]) == 0
+    command = capsys.readouterr().out.splitlines()
+    example = proc.stdout.splitlines()
+    assert example[-1].startswith("after d e e p the model predicts:")
+    assert command[1 : 1 + len(example)] == example  # between the header and "trained in"
+
+
+def test_every_task_is_a_train_command_and_examples_use_the_tasks():
+    from fastrnn import tasks
+    from fastrnn.cli import build_parser
+
+    parser = build_parser("train")
+    for name in tasks.TASKS:
+        assert parser.parse_args(["train", name]).task == name
+    for script in EXAMPLES.glob("*.py"):
+        assert "from fastrnn import tasks" in script.read_text(), script.name
+
+
+def test_a_task_returns_its_model_and_metrics(capsys):
+    from fastrnn import tasks
+
+    result = tasks.xor(verbose=False, epochs=300)
+    assert capsys.readouterr().out == ""
+    assert result.metrics == {"accuracy": 1.0}
+    assert result.model.predict(np.eye(2, dtype=np.float32)[None, None, 0]).tolist() == [1]

@@ -1,4 +1,6 @@
-"""What a benchmark ran on: CPU model and SIMD flags, threads, numpy's BLAS, the extension.
+"""What a benchmark ran on: CPU model and SIMD flags, threads, the BLAS libraries of NumPy
+and SciPy (version, the OpenBLAS kernel they run, threads), the extension and the kernel
+instruction-set level in use.
 
 Used by ``fastrnn bench`` (printed before every table and stored in its JSON) and by the
 pytest-benchmark suite (stored in the machine info of a saved run), so that a number is
@@ -32,15 +34,18 @@ _SIMD = (
     "sve",
 )
 
-# Environment variables that change how the BLAS libraries behave.
+# Environment variables that change how OpenBLAS picks its kernels and blocking: printed
+# set or unset, since a benchmark of NumPy on its real kernels needs both unset.
+OPENBLAS_KERNEL_ENV = ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE")
+# Environment variables that change how the BLAS libraries and the kernels behave.
 _BLAS_ENV = (
-    "OPENBLAS_CORETYPE",
-    "OPENBLAS_L2_SIZE",
+    *OPENBLAS_KERNEL_ENV,
     "OPENBLAS_NUM_THREADS",
     "OMP_NUM_THREADS",
     "MKL_NUM_THREADS",
     "FASTRNN_BACKEND",
     "FASTRNN_NUM_THREADS",
+    "FASTRNN_CPP_ISA",
 )
 
 
@@ -101,25 +106,58 @@ def available_memory() -> int | None:
         return None
 
 
-def blas_info() -> list[dict[str, Any]]:
-    """numpy's BLAS (and any other loaded BLAS) as threadpoolctl sees it.
+def _owner(filepath: str | None) -> str:
+    """The package that ships the library at ``filepath`` (``numpy`` for
+    ``.../site-packages/numpy.libs/libscipy_openblas64_...so``), else ``"other"``."""
+    parts = os.path.normpath(filepath or "").split(os.sep)
+    for part in reversed(parts[:-1]):
+        name = part.split(".")[0].split("-")[0].lower()
+        if name in ("numpy", "scipy", "torch", "scipy_openblas32", "scipy_openblas64"):
+            return name
+    return "other"
 
-    Each entry has ``internal_api`` (openblas, mkl, blis), ``version``, ``num_threads``,
-    ``architecture`` (OpenBLAS's core type, e.g. ``"Haswell"`` or ``"SkylakeX"``),
+
+def blas_info() -> list[dict[str, Any]]:
+    """Every BLAS library loaded once NumPy and SciPy's linear algebra are imported (NumPy's
+    and SciPy's OpenBLAS, torch's if torch was imported), as threadpoolctl sees it.
+
+    Each entry has ``owner`` (the package that ships it: numpy, scipy, torch, other),
+    ``internal_api`` (openblas, mkl, blis), ``version``, ``architecture`` (the kernel
+    OpenBLAS runs, e.g. ``"SkylakeX"``, ``"Haswell"`` or ``"Zen"``), ``num_threads``,
     ``threading_layer`` and ``filepath``.
     """
     import numpy  # noqa: F401  (loads numpy's BLAS so that threadpoolctl can see it)
     from threadpoolctl import threadpool_info
 
+    try:
+        import scipy.linalg  # noqa: F401  (SciPy's BLAS: Numba's np.dot calls it)
+    except ImportError:
+        pass
     keys = ("internal_api", "version", "num_threads", "architecture", "threading_layer")
     out = []
     for lib in threadpool_info():
         if lib.get("user_api") != "blas":
             continue
-        entry = {k: lib.get(k) for k in keys}
+        entry = {"owner": _owner(lib.get("filepath"))} | {k: lib.get(k) for k in keys}
         entry["filepath"] = lib.get("filepath")
         out.append(entry)
     return out
+
+
+def cpp_isa() -> dict[str, Any]:
+    """The cpp kernels' instruction-set level: ``in_use`` (what
+    ``fastrnn._core.kernel_isa()`` reports: the best level this CPU runs, or the one the
+    environment variable ``FASTRNN_CPP_ISA`` asks for), ``requested`` (that variable, or
+    ``None``) and ``built`` (the levels compiled into the wheel); ``in_use`` is ``None``
+    when the extension is not available."""
+    import fastrnn
+
+    build = fastrnn.build_info()
+    return {
+        "in_use": build.get("kernel_isa") if build.get("available") else None,
+        "requested": os.environ.get("FASTRNN_CPP_ISA"),
+        "built": list(build.get("kernel_isas_built") or []),
+    }
 
 
 def torch_version() -> str | None:
@@ -172,6 +210,7 @@ def system_info() -> dict[str, Any]:
         "unavailable_backends": fastrnn.unavailable_backends(),
         "build_info": fastrnn.build_info(),
         "blas": blas_info(),
+        "cpp_isa": cpp_isa(),
         "torch": torch_version(),
         "env": env,
         "warnings": warnings_for(env),
@@ -192,16 +231,26 @@ def format_system_info(info: dict[str, Any]) -> str:
         f"torch {info['torch'] or 'not installed'}"
     )
     for lib in info["blas"] or [{"internal_api": "no BLAS found by threadpoolctl"}]:
-        parts = [str(lib.get("internal_api"))]
-        if lib.get("version"):
-            parts.append(str(lib["version"]))
-        if lib.get("architecture"):
-            parts.append(f"core type {lib['architecture']}")
-        if lib.get("threading_layer"):
-            parts.append(f"threading {lib['threading_layer']}")
+        parts = [f"{lib['owner']}'s {lib.get('internal_api')}" if "owner" in lib else "?"]
+        parts[0] += f" {lib['version']}" if lib.get("version") else ""
+        parts.append(f"kernel {lib.get('architecture') or 'unknown'}")
         if lib.get("num_threads") is not None:
             parts.append(f"{lib['num_threads']} threads by default")
+        if lib.get("threading_layer"):
+            parts.append(f"threading {lib['threading_layer']}")
         lines.append(f"BLAS:     {', '.join(parts)}")
+    openblas_env = (
+        f"{k}={info['env'][k]}" if k in info["env"] else f"{k} unset" for k in OPENBLAS_KERNEL_ENV
+    )
+    lines.append(f"OpenBLAS: {', '.join(openblas_env)}")
+    isa = info.get("cpp_isa") or {}
+    if isa.get("in_use"):
+        asked = isa.get("requested")
+        why = (
+            f"FASTRNN_CPP_ISA={asked}" if asked else "the best this CPU runs; FASTRNN_CPP_ISA unset"
+        )
+        built = ", ".join(isa.get("built") or []) or "?"
+        lines.append(f"cpp ISA:  {isa['in_use']} ({why}; built: {built})")
     build = info["build_info"]
     if build.get("available"):
         shown = ", ".join(f"{k}={v}" for k, v in build.items() if k != "available")

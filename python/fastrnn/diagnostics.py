@@ -11,16 +11,15 @@ module measures that and predicts it:
   block of ``W_hh`` and the bound ``||W_hh||_2 * max|act'|`` (below 1 the gradient of a
   vanilla RNN must vanish; above 1 it can explode);
 - :func:`gradcheck`: a finite-difference check of ``backward`` that users can run on their
-  own params and inputs;
-- the ``fastrnn gradflow`` command (:func:`add_arguments`, :func:`run`): tanh, ReLU with a
-  large recurrent gain, IRNN, LSTM and GRU side by side, as a table and a PNG.
+  own params and inputs.
+
+The ``fastrnn gradflow`` command, which draws these for five cells side by side, is
+:mod:`fastrnn.cli.gradflow`.
 """
 
 from __future__ import annotations
 
-import argparse
 import math
-import sys
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -29,16 +28,15 @@ import numpy as np
 
 from . import _validation as V
 from . import functional as F
+from ._moved import moved_names
 
 __all__ = [
     "GradcheckError",
     "GradcheckReport",
     "RecurrentSpectrum",
-    "add_arguments",
     "gradcheck",
     "gradient_norms_by_lag",
     "recurrent_spectrum",
-    "run",
 ]
 
 GATE_NAMES: dict[str, tuple[str, ...]] = {
@@ -402,9 +400,9 @@ def gradcheck(
     return report
 
 
-# --- the `fastrnn gradflow` command -----------------------------------------------------------
+# --- moved to fastrnn.cli.gradflow -----------------------------------------------------------
 
-
+<<<<<<< ours
 @dataclass(frozen=True)
 class _Row:
     label: str
@@ -542,3 +540,7 @@ def _report(args: argparse.Namespace, curves: dict[str, np.ndarray], bounds: dic
     plt.close(fig)
     print(f"wrote {args.output}")
     return 0
+=======
+# add_arguments and run (the `fastrnn gradflow` command) still work, with a DeprecationWarning
+__getattr__ = moved_names(__name__, dict.fromkeys(("add_arguments", "run"), "fastrnn.cli.gradflow"))
+>>>>>>> theirs

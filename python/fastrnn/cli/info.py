@@ -1,0 +1,39 @@
+"""``fastrnn info``: the version, the backends (available, unavailable and why, the
+active one), the thread setting and how the extension was built."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The options of ``fastrnn info``."""
+    parser.add_argument("--json", action="store_true", help="print JSON")
+
+
+def run(args: argparse.Namespace) -> int:
+    """Print what ``fastrnn info`` reports; 0."""
+    import fastrnn
+
+    info = {
+        "version": fastrnn.__version__,
+        "available_backends": fastrnn.available_backends(),
+        "unavailable_backends": fastrnn.unavailable_backends(),
+        "active_backend": fastrnn.get_backend(),
+        "num_threads": fastrnn.get_num_threads(),
+        "build_info": fastrnn.build_info(),
+    }
+    if args.json:
+        print(json.dumps(info, indent=2))
+        return 0
+    print(f"fastrnn {info['version']}")
+    print(f"active backend:     {info['active_backend']}")
+    print(f"available backends: {', '.join(info['available_backends'])}")
+    for name, why in info["unavailable_backends"].items():
+        print(f"unavailable:        {name} ({why})")
+    print(f"threads:            {info['num_threads']}")
+    print("build_info:")
+    for key, value in info["build_info"].items():
+        print(f"  {key}: {value}")
+    return 0
