@@ -1,12 +1,67 @@
-"""Shared fixtures: the backend parametrization and random test cases."""
+"""Shared fixtures and helpers: the backend parametrization (with the CI switch that makes
+a backend that does not load a failure), random test cases, and finite differences with
+tolerances derived from the step and the dtype."""
 
 from __future__ import annotations
+
+import os
 
 import numpy as np
 import pytest
 
 import fastrnn
 from fastrnn.backends import BACKENDS
+
+# --- backends that must load ------------------------------------------------------------
+
+REQUIRE_VAR = "FASTRNN_REQUIRE_BACKENDS"
+
+
+def required_backends() -> frozenset[str]:
+    """The backends named in ``FASTRNN_REQUIRE_BACKENDS`` (comma-separated; CI sets
+    ``numpy,numba,cpp``): for these, "does not load" fails a test instead of skipping it."""
+    names = {n.strip() for n in os.environ.get(REQUIRE_VAR, "").split(",") if n.strip()}
+    unknown = sorted(names - set(BACKENDS))
+    if unknown:
+        raise pytest.UsageError(
+            f"{REQUIRE_VAR}={os.environ[REQUIRE_VAR]!r} names unknown backends {unknown}; "
+            f"valid names are {', '.join(BACKENDS)}"
+        )
+    return frozenset(names)
+
+
+def need_backend(name: str, *, allow_module_level: bool = False) -> None:
+    """Return if backend ``name`` loads. Otherwise skip (the test, or the module with
+    ``allow_module_level``) with the reason it does not load, or fail with that reason
+    when ``FASTRNN_REQUIRE_BACKENDS`` names it: in CI a broken backend must not pass as a
+    row of skips."""
+    if name in fastrnn.available_backends():
+        return
+    why = fastrnn.unavailable_backends()[name]
+    if name in required_backends():
+        pytest.fail(
+            f"backend {name!r} is required ({REQUIRE_VAR}) but does not load: {why}",
+            pytrace=False,
+        )
+    pytest.skip(f"backend {name!r} unavailable: {why}", allow_module_level=allow_module_level)
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    required_backends()  # a misspelt name is a usage error at once, not a silent no-op
+
+
+def pytest_report_header(config: pytest.Config) -> list[str]:
+    missing = fastrnn.unavailable_backends()
+    lines = [f"fastrnn backends: {', '.join(fastrnn.available_backends())} load"]
+    lines += [f"  {name!r} does not load: {why}" for name, why in missing.items()]
+    if "cpp" not in missing:
+        from fastrnn.backends import cpp_backend
+
+        lines.append(f"cpp kernels: instruction-set level {cpp_backend.ISA}")
+    required = required_backends()
+    lines.append(f"{REQUIRE_VAR}: {', '.join(sorted(required)) or '(none)'}")
+    return lines
+
 
 CELL_CASES = [
     ("rnn", "tanh"),
@@ -25,20 +80,16 @@ def _backend_param(name: str):
 
 @pytest.fixture(params=[_backend_param(n) for n in BACKENDS])
 def backend(request) -> str:
-    """Every backend; an unavailable one is skipped with the reason it does not load."""
-    name = request.param
-    if name not in fastrnn.available_backends():
-        pytest.skip(f"backend {name!r} unavailable: {fastrnn.unavailable_backends()[name]}")
-    return name
+    """Every backend; one that does not load is skipped with the reason (see need_backend)."""
+    need_backend(request.param)
+    return request.param
 
 
 @pytest.fixture(params=[_backend_param(n) for n in BACKENDS if n != "numpy"])
 def fast_backend(request) -> str:
     """Every backend but the reference, for comparisons against it."""
-    name = request.param
-    if name not in fastrnn.available_backends():
-        pytest.skip(f"backend {name!r} unavailable: {fastrnn.unavailable_backends()[name]}")
-    return name
+    need_backend(request.param)
+    return request.param
 
 
 def make_case(
