@@ -5,6 +5,7 @@ tolerances derived from the step and the dtype."""
 from __future__ import annotations
 
 import os
+from collections.abc import Callable, Iterable
 
 import numpy as np
 import pytest
@@ -148,3 +149,67 @@ def run_case(backend: str | None, cell: str, activation: str, case: dict) -> dic
     if cell == "lstm":
         out |= {"c_n": res.c_n, "dc0": g.dc0}
     return out
+
+
+# --- finite differences ------------------------------------------------------------------
+#
+# A central difference D(h) = (f(x+h) - f(x-h)) / (2h) of f computed in floating point
+# differs from f'(x) by at most
+#     h^2 / 6 * max|f'''|         (truncation: the Taylor remainder)
+#   + k * u * S / h               (rounding: each evaluation of f is off by up to k*u*S)
+# with u the machine epsilon of the dtype f is computed in and S the scale of f: the sum
+# of the magnitudes of the terms f adds up (rounding is relative to those, not to |f|,
+# which may cancel). k counts the roundings that reach f; the few-step, few-unit
+# recurrences of the tests stay below ROUNDINGS. A bound from these terms holds on every
+# instruction set (FMA or not, any summation order), unlike a relative tolerance that
+# happened to pass on one machine.
+
+FD_STEP = 1e-6
+"""The default step h: in float64 the two terms balance near h = (3u)^(1/3) ~ 1e-5; at
+1e-6 truncation (~2e-13 S) is still far below rounding (~2e-10 k S)."""
+
+ROUNDINGS = 64
+"""k above: how many roundings of size u*S one evaluation of f may carry."""
+
+
+def fd_tolerance(dtype, scale: float, *, step: float = FD_STEP, d3: float | None = None) -> float:
+    """The absolute error bound of a central difference with step ``step`` of a function
+    evaluated in ``dtype`` whose terms have magnitudes summing to ``scale``; ``d3`` bounds
+    its third derivative (default ``scale``: the O(1) nonlinearities of these cells)."""
+    u = float(np.finfo(dtype).eps)
+    d3 = scale if d3 is None else d3
+    return step**2 / 6 * d3 + ROUNDINGS * u * scale / step
+
+
+def central_differences(
+    f: Callable[[], float],
+    arr: np.ndarray,
+    idxs: Iterable[tuple[int, ...]] | None = None,
+    *,
+    step: float = FD_STEP,
+) -> np.ndarray:
+    """d f / d arr[idx] by central differences at ``idxs`` (default: every entry, giving an
+    array of ``arr``'s shape); ``f`` reads ``arr``, which is perturbed in place and restored."""
+    every = idxs is None
+    points = list(np.ndindex(arr.shape)) if every else list(idxs)
+    out = np.zeros(len(points))
+    for n, idx in enumerate(points):
+        old = arr[idx]
+        arr[idx] = old + step
+        up = f()
+        arr[idx] = old - step
+        down = f()
+        arr[idx] = old
+        out[n] = (up - down) / (2 * step)
+    return out.reshape(arr.shape) if every else out
+
+
+def assert_matches_central_differences(analytic, numeric, tol: float, *, err_msg: str = ""):
+    """``analytic`` equals ``numeric`` within ``tol`` (from :func:`fd_tolerance`), and the
+    check can fail: ``tol`` is far below the size of the gradient it checks."""
+    analytic, numeric = np.asarray(analytic), np.asarray(numeric)
+    size = float(np.max(np.abs(numeric), initial=0.0))
+    assert size == 0.0 or tol < 1e-3 * size, (
+        f"{err_msg}: a tolerance of {tol:.2e} checks nothing on a gradient of size {size:.2e}"
+    )
+    np.testing.assert_allclose(analytic, numeric, rtol=0, atol=tol, err_msg=err_msg)
