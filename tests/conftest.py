@@ -1,12 +1,68 @@
-"""Shared fixtures: the backend parametrization and random test cases."""
+"""Shared fixtures and helpers: the backend parametrization (with the CI switch that makes
+a backend that does not load a failure), random test cases, and finite differences with
+tolerances derived from the step and the dtype."""
 
 from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterable
 
 import numpy as np
 import pytest
 
 import fastrnn
 from fastrnn.backends import BACKENDS
+
+# --- backends that must load ------------------------------------------------------------
+
+REQUIRE_VAR = "FASTRNN_REQUIRE_BACKENDS"
+
+
+def required_backends() -> frozenset[str]:
+    """The backends named in ``FASTRNN_REQUIRE_BACKENDS`` (comma-separated; CI sets
+    ``numpy,numba,cpp``): for these, "does not load" fails a test instead of skipping it."""
+    names = {n.strip() for n in os.environ.get(REQUIRE_VAR, "").split(",") if n.strip()}
+    unknown = sorted(names - set(BACKENDS))
+    if unknown:
+        raise pytest.UsageError(
+            f"{REQUIRE_VAR}={os.environ[REQUIRE_VAR]!r} names unknown backends {unknown}; "
+            f"valid names are {', '.join(BACKENDS)}"
+        )
+    return frozenset(names)
+
+
+def need_backend(name: str, *, allow_module_level: bool = False) -> None:
+    """Return if backend ``name`` loads. Otherwise skip (the test, or the module with
+    ``allow_module_level``) with the reason it does not load, or fail with that reason
+    when ``FASTRNN_REQUIRE_BACKENDS`` names it: in CI a broken backend must not pass as a
+    row of skips."""
+    if name in fastrnn.available_backends():
+        return
+    why = fastrnn.unavailable_backends()[name]
+    if name in required_backends():
+        pytest.fail(
+            f"backend {name!r} is required ({REQUIRE_VAR}) but does not load: {why}",
+            pytrace=False,
+        )
+    pytest.skip(f"backend {name!r} unavailable: {why}", allow_module_level=allow_module_level)
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    required_backends()  # a misspelt name is a usage error at once, not a silent no-op
+
+
+def pytest_report_header(config: pytest.Config) -> list[str]:
+    missing = fastrnn.unavailable_backends()
+    lines = [f"fastrnn backends: {', '.join(fastrnn.available_backends())} load"]
+    lines += [f"  {name!r} does not load: {why}" for name, why in missing.items()]
+    if "cpp" not in missing:
+        from fastrnn.backends import cpp_backend
+
+        lines.append(f"cpp kernels: instruction-set level {cpp_backend.ISA}")
+    required = required_backends()
+    lines.append(f"{REQUIRE_VAR}: {', '.join(sorted(required)) or '(none)'}")
+    return lines
+
 
 CELL_CASES = [
     ("rnn", "tanh"),
@@ -25,20 +81,16 @@ def _backend_param(name: str):
 
 @pytest.fixture(params=[_backend_param(n) for n in BACKENDS])
 def backend(request) -> str:
-    """Every backend; an unavailable one is skipped with the reason it does not load."""
-    name = request.param
-    if name not in fastrnn.available_backends():
-        pytest.skip(f"backend {name!r} unavailable: {fastrnn.unavailable_backends()[name]}")
-    return name
+    """Every backend; one that does not load is skipped with the reason (see need_backend)."""
+    need_backend(request.param)
+    return request.param
 
 
 @pytest.fixture(params=[_backend_param(n) for n in BACKENDS if n != "numpy"])
 def fast_backend(request) -> str:
     """Every backend but the reference, for comparisons against it."""
-    name = request.param
-    if name not in fastrnn.available_backends():
-        pytest.skip(f"backend {name!r} unavailable: {fastrnn.unavailable_backends()[name]}")
-    return name
+    need_backend(request.param)
+    return request.param
 
 
 def make_case(
@@ -97,3 +149,69 @@ def run_case(backend: str | None, cell: str, activation: str, case: dict) -> dic
     if cell == "lstm":
         out |= {"c_n": res.c_n, "dc0": g.dc0}
     return out
+
+
+# --- finite differences ------------------------------------------------------------------
+#
+# A central difference D(h) = (f(x+h) - f(x-h)) / (2h) of f computed in floating point
+# differs from f'(x) by at most
+#     h^2 / 6 * max|f'''|         (truncation: the Taylor remainder)
+#   + k * u * S / h               (rounding: each evaluation of f is off by up to k*u*S)
+# with u the machine epsilon of the dtype f is computed in and S the scale of f: the sum
+# of the magnitudes of the terms f adds up (rounding is relative to those, not to |f|,
+# which may cancel). k counts the roundings that reach f; the few-step, few-unit
+# recurrences of the tests stay below ROUNDINGS. A bound from these terms holds on every
+# instruction set (FMA or not, any summation order), unlike a relative tolerance that
+# happened to pass on one machine.
+
+FD_STEP = 1e-6
+"""The default step h: in float64 the two terms balance near h = (3u)^(1/3) ~ 1e-5; at
+1e-6 truncation (~2e-13 S) is still far below rounding (~2e-10 k S)."""
+
+ROUNDINGS = 64
+"""k above: how many roundings of size u*S one evaluation of f may carry. Measured on the
+reference gradient checks: k = 8 failed one of them, k = 16 none; 64 leaves a margin of 4
+and still checks a gradient to about 1e-8 of the scale of f in float64."""
+
+
+def fd_tolerance(dtype, scale: float, *, step: float = FD_STEP, d3: float | None = None) -> float:
+    """The absolute error bound of a central difference with step ``step`` of a function
+    evaluated in ``dtype`` whose terms have magnitudes summing to ``scale``; ``d3`` bounds
+    its third derivative (default ``scale``: the O(1) nonlinearities of these cells)."""
+    u = float(np.finfo(dtype).eps)
+    d3 = scale if d3 is None else d3
+    return step**2 / 6 * d3 + ROUNDINGS * u * scale / step
+
+
+def central_differences(
+    f: Callable[[], float],
+    arr: np.ndarray,
+    idxs: Iterable[tuple[int, ...]] | None = None,
+    *,
+    step: float = FD_STEP,
+) -> np.ndarray:
+    """d f / d arr[idx] by central differences at ``idxs`` (default: every entry, giving an
+    array of ``arr``'s shape); ``f`` reads ``arr``, which is perturbed in place and restored."""
+    every = idxs is None
+    points = list(np.ndindex(arr.shape)) if every else list(idxs)
+    out = np.zeros(len(points))
+    for n, idx in enumerate(points):
+        old = arr[idx]
+        arr[idx] = old + step
+        up = f()
+        arr[idx] = old - step
+        down = f()
+        arr[idx] = old
+        out[n] = (up - down) / (2 * step)
+    return out.reshape(arr.shape) if every else out
+
+
+def assert_matches_central_differences(analytic, numeric, tol: float, *, err_msg: str = ""):
+    """``analytic`` equals ``numeric`` within ``tol`` (from :func:`fd_tolerance`), and the
+    check can fail: ``tol`` is far below the size of the gradient it checks."""
+    analytic, numeric = np.asarray(analytic), np.asarray(numeric)
+    size = float(np.max(np.abs(numeric), initial=0.0))
+    assert size == 0.0 or tol < 1e-3 * size, (
+        f"{err_msg}: a tolerance of {tol:.2e} checks nothing on a gradient of size {size:.2e}"
+    )
+    np.testing.assert_allclose(analytic, numeric, rtol=0, atol=tol, err_msg=err_msg)

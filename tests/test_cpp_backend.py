@@ -19,13 +19,10 @@ import numpy as np
 import pytest
 
 import fastrnn
-from conftest import make_case, run_case
+from conftest import make_case, need_backend, run_case
 
-if "cpp" not in fastrnn.available_backends():
-    pytest.skip(
-        f"backend 'cpp' unavailable: {fastrnn.unavailable_backends().get('cpp')}",
-        allow_module_level=True,
-    )
+if "cpp" not in fastrnn.available_backends():  # skip, or fail if required: see need_backend
+    need_backend("cpp", allow_module_level=True)
 
 from fastrnn import _core
 from fastrnn.backends import cpp_backend, numpy_backend

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 import fastrnn
+from conftest import assert_matches_central_differences, central_differences, fd_tolerance
 from fastrnn.layers import GRU, LSTM, RNN, Linear, last_step, last_step_backward
 
 LAYERS = {"rnn": RNN, "lstm": LSTM, "gru": GRU}
@@ -158,19 +159,6 @@ def test_state_carries_across_calls(cell):
         np.testing.assert_allclose(a, b, rtol=1e-12)
 
 
-def _numeric(f, arr, idxs, eps=1e-6):
-    out = []
-    for idx in idxs:
-        old = arr[idx]
-        arr[idx] = old + eps
-        up = f()
-        arr[idx] = old - eps
-        down = f()
-        arr[idx] = old
-        out.append((up - down) / (2 * eps))
-    return np.array(out)
-
-
 def _sample(arr, rng, n=5):
     flat = rng.choice(arr.size, size=min(n, arr.size), replace=False)
     return [np.unravel_index(i, arr.shape) for i in flat]
@@ -186,14 +174,14 @@ def test_gradcheck_through_the_whole_stack(cell):
     dh = rng.normal(size=h0.shape)
     dc = rng.normal(size=h0.shape) if cell == "lstm" else None
 
-    def loss():
+    def loss(terms=False):
+        """<dout, out> + <dh, h_n> (+ <dc, c_n>); with ``terms`` the sum of the magnitudes
+        of its terms (its scale) instead."""
         o, s = layer.forward(x, _state(cell, h0, c0), lengths=lengths)
-        total = np.sum(o * dout)
-        if cell == "lstm":
-            return total + np.sum(s[0] * dh) + np.sum(s[1] * dc)
-        return total + np.sum(s * dh)
+        pairs = [(o, dout), (s[0], dh), (s[1], dc)] if cell == "lstm" else [(o, dout), (s, dh)]
+        return sum(float(np.sum(np.abs(a * b) if terms else a * b)) for a, b in pairs)
 
-    loss()
+    tol = fd_tolerance(np.float64, loss(terms=True))
     dx, dstate0 = layer.backward(dout, _state(cell, dh, dc))
     grads = {k: v.copy() for k, v in layer.grads.items()}
     checks = [("x", x, dx)]
@@ -204,9 +192,9 @@ def test_gradcheck_through_the_whole_stack(cell):
     checks += [(k, layer.params[k], grads[k]) for k in layer.params]
     for name, arr, analytic in checks:
         idxs = _sample(arr, rng)
-        num = _numeric(loss, arr, idxs)
+        num = central_differences(loss, arr, idxs)
         got = np.array([analytic[i] for i in idxs])
-        np.testing.assert_allclose(got, num, rtol=1e-5, atol=1e-7, err_msg=name)
+        assert_matches_central_differences(got, num, tol, err_msg=name)
 
 
 def test_padded_steps_get_no_gradient_and_output_zero():
@@ -230,15 +218,17 @@ def test_linear_forward_backward_against_finite_differences():
     def loss():
         return np.sum(head.forward(h) * dout)
 
+    # the terms summed: every product h_i W_ki and bias entry, times dout
+    w, b = head.params["weight"], head.params["bias"]
+    tol = fd_tolerance(np.float64, float(np.sum(np.abs(dout) * (np.abs(h) @ np.abs(w).T + abs(b)))))
     for name, arr, analytic in [
         ("h", h, dh),
         ("weight", head.params["weight"], head.grads["weight"].copy()),
         ("bias", head.params["bias"], head.grads["bias"].copy()),
     ]:
         idxs = _sample(arr, rng, 6)
-        np.testing.assert_allclose(
-            [analytic[i] for i in idxs], _numeric(loss, arr, idxs), rtol=1e-6, err_msg=name
-        )
+        num = central_differences(loss, arr, idxs)
+        assert_matches_central_differences([analytic[i] for i in idxs], num, tol, err_msg=name)
 
 
 @pytest.mark.parametrize("batch_first", [False, True])

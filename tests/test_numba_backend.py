@@ -12,14 +12,13 @@ import numpy as np
 import pytest
 
 import fastrnn
-from conftest import CELL_CASES, CELL_IDS, make_case, run_case
+from conftest import CELL_CASES, CELL_IDS, make_case, need_backend, run_case
 
 
 @pytest.fixture
 def kernels():
-    """The private kernel module; the test is skipped with the reason if numba is unavailable."""
-    if "numba" not in fastrnn.available_backends():
-        pytest.skip(f"backend 'numba' unavailable: {fastrnn.unavailable_backends()['numba']}")
+    """The private kernel module; a skip (or failure, see need_backend) if numba does not load."""
+    need_backend("numba")
     from fastrnn.backends import _numba_kernels
 
     return _numba_kernels

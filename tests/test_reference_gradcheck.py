@@ -6,13 +6,21 @@ import numpy as np
 import pytest
 
 import fastrnn
-from conftest import CELL_CASES, CELL_IDS, make_case
+from conftest import (
+    CELL_CASES,
+    CELL_IDS,
+    assert_matches_central_differences,
+    central_differences,
+    fd_tolerance,
+    make_case,
+)
 
 GRAD_ENTRIES = ["dhs", "final", "both"]
 
 
-def _loss(cell, activation, case, upstream, **override):
-    """L = <dhs, hs> + <dh_n, h_n> + <dc_n, c_n>: its gradients are the upstream ones."""
+def _loss(cell, activation, case, upstream, *, terms=False, **override):
+    """L = <dhs, hs> + <dh_n, h_n> + <dc_n, c_n>: its gradients are the upstream ones.
+    With ``terms``, the sum of the magnitudes of its terms instead (the scale of L)."""
     args = {k: case[k] for k in ("params", "x", "h0", "c0", "lengths")} | override
     res = fastrnn.forward(
         cell,
@@ -25,28 +33,11 @@ def _loss(cell, activation, case, upstream, **override):
         backend="numpy",
     )
     total = 0.0
-    if upstream["dhs"] is not None:
-        total += float(np.sum(upstream["dhs"] * res.hs))
-    if upstream["dh_n"] is not None:
-        total += float(np.sum(upstream["dh_n"] * res.h_n))
-    if upstream["dc_n"] is not None:
-        total += float(np.sum(upstream["dc_n"] * res.c_n))
+    for key, out in (("dhs", res.hs), ("dh_n", res.h_n), ("dc_n", res.c_n)):
+        if upstream[key] is not None:
+            product = upstream[key] * out
+            total += float(np.sum(np.abs(product) if terms else product))
     return total
-
-
-def _numeric_grad(f, arr, eps=1e-6):
-    g = np.zeros_like(arr)
-    it = np.nditer(arr, flags=["multi_index"])
-    for _ in it:
-        idx = it.multi_index
-        old = arr[idx]
-        arr[idx] = old + eps
-        up = f()
-        arr[idx] = old - eps
-        down = f()
-        arr[idx] = old
-        g[idx] = (up - down) / (2 * eps)
-    return g
 
 
 def _upstream(case, entry):
@@ -55,12 +46,6 @@ def _upstream(case, entry):
         "dh_n": case["dh_n"] if entry in ("final", "both") else None,
         "dc_n": case["dc_n"] if entry in ("final", "both") else None,
     }
-
-
-def _assert_close(name, got, want):
-    scale = max(1.0, float(np.max(np.abs(want))))
-    err = float(np.max(np.abs(got - want))) / scale
-    assert err < 1e-6, f"{name}: max error {err:.3e} (analytic vs finite differences)"
 
 
 @pytest.mark.parametrize(("cell", "activation"), CELL_CASES, ids=CELL_IDS)
@@ -89,14 +74,16 @@ def test_gradients_match_finite_differences(cell, activation, entry, with_length
     def f():
         return _loss(cell, activation, case, up)
 
-    _assert_close("dx", g.dx, _numeric_grad(f, case["x"]))
-    _assert_close("dh0", g.dh0, _numeric_grad(f, case["h0"]))
+    tol = fd_tolerance(np.float64, _loss(cell, activation, case, up, terms=True))
+    checks = [("dx", g.dx, case["x"]), ("dh0", g.dh0, case["h0"])]
     if cell == "lstm":
-        _assert_close("dc0", g.dc0, _numeric_grad(f, case["c0"]))
+        checks.append(("dc0", g.dc0, case["c0"]))
     else:
         assert g.dc0 is None
-    for name, value in case["params"].items():
-        _assert_close(name, g.params[name], _numeric_grad(f, value))
+    checks += [(name, g.params[name], value) for name, value in case["params"].items()]
+    for name, analytic, arr in checks:
+        num = central_differences(f, arr)
+        assert_matches_central_differences(analytic, num, tol, err_msg=name)
 
 
 @pytest.mark.parametrize(("cell", "activation"), CELL_CASES, ids=CELL_IDS)
@@ -109,6 +96,10 @@ def test_step_norms_match_finite_differences(cell, activation):
     res = fastrnn.forward(cell, case["params"], case["x"], activation=activation, backend="numpy")
     g = fastrnn.backward(res, case["dhs"], case["dh_n"], case["dc_n"], return_step_norms=True)
     assert g.step_norms.shape == (T, B)
+    every = {"dhs": case["dhs"], "dh_n": case["dh_n"], "dc_n": case["dc_n"]}
+    # each tail loss sums a part of the terms of the whole loss; a norm of H derivatives
+    # is off by at most sqrt(H) times the error of one
+    tol = np.sqrt(H) * fd_tolerance(np.float64, _loss(cell, activation, case, every, terms=True))
     for t in range(T):
         head = fastrnn.forward(
             cell, case["params"], case["x"][: t + 1], activation=activation, backend="numpy"
@@ -136,8 +127,10 @@ def test_step_norms_match_finite_differences(cell, activation):
                 total += float(np.sum(case["dc_n"] * c_n))
             return total
 
-        num = _numeric_grad(tail_loss, h_t)
-        np.testing.assert_allclose(g.step_norms[t], np.linalg.norm(num, axis=1), rtol=1e-6)
+        num = central_differences(tail_loss, h_t)
+        assert_matches_central_differences(
+            g.step_norms[t], np.linalg.norm(num, axis=1), tol, err_msg=f"step {t}"
+        )
 
 
 @pytest.mark.parametrize(("cell", "activation"), CELL_CASES, ids=CELL_IDS)

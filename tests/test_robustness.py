@@ -21,7 +21,7 @@ from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
 import fastrnn
-from conftest import CELL_CASES
+from conftest import CELL_CASES, need_backend
 from fastrnn.functional import GATES, PARAM_NAMES
 
 PROPERTY = settings(
@@ -504,22 +504,16 @@ LEVELS = ["generic", "avx2", "avx512"]
 
 
 def _raw_module(level: str):
-    """fastrnn._kernels_<level>, or a skip that says why it cannot be tested here."""
-    try:
-        core = importlib.import_module("fastrnn._core")
-    except ImportError as exc:
-        pytest.skip(f"fastrnn._core does not import: {exc}")
-    if not hasattr(core, "cpu_supports"):
-        pytest.skip("fastrnn._core has no kernel entry points yet")
-    if not core.cpu_supports(level):
+    """fastrnn._kernels_<level>; a skip when this CPU cannot run that level, or when the cpp
+    backend does not load (a failure instead if it is required, see need_backend)."""
+    need_backend("cpp")
+    from fastrnn import _core
+
+    if not _core.cpu_supports(level):
         pytest.skip(f"this CPU cannot run the {level} kernels")
-    try:
-        module = importlib.import_module(f"fastrnn._kernels_{level}")
-    except ImportError as exc:
-        pytest.skip(f"fastrnn._kernels_{level} is not built: {exc}")
-    if not hasattr(module, "forward") or not hasattr(module, "backward"):
-        pytest.skip(f"fastrnn._kernels_{level} has no forward/backward yet")
-    return module
+    if level not in _core.build_info()["kernel_isas_built"]:
+        pytest.skip(f"this build has no {level} kernels (not an x86-64 GCC/Clang build)")
+    return importlib.import_module(f"fastrnn._kernels_{level}")
 
 
 @pytest.fixture(params=LEVELS)
@@ -687,7 +681,7 @@ _SUBPROCESS = textwrap.dedent(
 
 @pytest.mark.parametrize("level", LEVELS)
 def test_raw_bad_inputs_do_not_crash_the_interpreter(level):
-    _raw_module(level)  # skips with the reason when there are no entry points yet
+    _raw_module(level)  # skips with the reason when this CPU or build has no such level
     proc = subprocess.run(
         [sys.executable, "-c", _SUBPROCESS, level],
         capture_output=True,

@@ -1,6 +1,6 @@
 """The Numba backend: the contract of :mod:`fastrnn.backends.numpy_backend`, jitted.
 
-The split of work follows the performance principles of the design notes. The big
+The split of work follows the performance principles of docs/design.md. The big
 products run once per call, each one BLAS call per chunk of rows: the input projection
 of all T steps before the time loop, and ``dx``, ``dW_ih`` and ``dW_hh`` after it. The
 time loops (:mod:`fastrnn.backends._numba_kernels`) do one packed product per step for

@@ -1,12 +1,12 @@
 // Forward and backpropagation through time for rnn, lstm and gru: header-only, templated
-// on the scalar type, no Python types. The meaning is the kernel contract of DESIGN.md
-// section 2 (PyTorch's parameters and gate order; `lengths` as packed sequences).
+// on the scalar type, no Python types. The meaning is the kernel contract of docs/design.md
+// ("The kernel contract": PyTorch's parameters and gate order; `lengths` as packed sequences).
 //
 // Layout: every (steps, B, n) array is read as the column-major (n, steps*B) matrix it is
 // in memory, so a step of a batch chunk [b0, b1) is a contiguous (n, b1-b0) block and the
 // per-step products are W (G*H x H) times state columns ("feature-major").
 //
-// Structure (DESIGN.md section 3):
+// Structure (docs/design.md, "Performance principles"):
 //   forward:  1. input projection of all steps, one GEMM (rows of steps*B split over
 //                threads);
 //             2. each thread runs its own time loop over a contiguous chunk of sequences:
