@@ -236,7 +236,7 @@ def test_linear_softmax_cross_entropy_checks_dtype():
         ({"targets": np.array([0, -1, 1])}, ValueError, r"targets must be in 0\.\.3"),
         ({"mask": np.ones(3)}, TypeError, "mask must be a boolean array"),
         ({"mask": np.ones(2, dtype=bool)}, ValueError, r"mask has shape \(2,\)"),
-        ({"reduction": "max"}, ValueError, "reduction must be 'mean' or 'sum'"),
+        ({"reduction": "max"}, ValueError, "reduction must be one of 'mean', 'sum', got 'max'"),
         ({"backend": "fortran"}, ValueError, "fortran"),
     ],
 )
