@@ -38,7 +38,7 @@ def warmup(backends: str | Iterable[str] | None = None) -> dict[str, float]:
                 "backends must be a backend name, a list of names or None, "
                 f"got {type(backends).__name__}"
             ) from None
-    resolved = [_config._resolve(_config._check_name(name)) for name in names]
+    resolved = [_config.resolve_backend(name) for name in names]
     seconds: dict[str, float] = {}
     for name in resolved:
         start = time.perf_counter()

@@ -82,26 +82,10 @@ class HeadGradients:
 
 
 # --- validation --------------------------------------------------------------------------
-# The checks live in fastrnn._validation; these names stay for the modules that still
-# import them from here (diagnostics, losses), until they use fastrnn._validation directly.
-_check_choice = V.check_choice
-_check_mask = V.check_mask
-_check_targets = V.check_targets
-_check_params = V.check_params
-_check_lengths = V.check_lengths
-_as_float_array = V.as_float_array
-_check_memory = V.check_memory
-_check_shape = V.check_shape
 
 
 def _check_slope(negative_slope: object) -> float:
     return V.check_non_negative_float("negative_slope", negative_slope)
-
-
-def _check_reduction(reduction: object) -> str:
-    if not isinstance(reduction, str) or reduction not in REDUCTIONS:
-        raise ValueError(f"reduction must be 'mean' or 'sum', got {reduction!r}")
-    return reduction
 
 
 # --- init ------------------------------------------------------------------------------
@@ -486,7 +470,7 @@ def linear_cross_entropy(
             f"h has shape {h.shape}, expected (..., {H}) (last axis hidden_size={H} from weight)"
         )
     lead = h.shape[:-1]
-    reduction = _check_reduction(reduction)
+    reduction = V.check_choice("reduction", reduction, REDUCTIONS)
     y, live = V.check_targets(targets, lead, K, mask, "(h without its last, hidden axis)")
     N = math.prod(lead)
     V.check_memory(
