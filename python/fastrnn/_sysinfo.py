@@ -14,6 +14,8 @@ import platform
 import sys
 from typing import Any
 
+from ._validation import available_memory
+
 # The SIMD extensions that matter for the kernels, in the order they appeared.
 _SIMD = (
     "sse2",
@@ -85,25 +87,6 @@ def usable_cores() -> int:
         return len(os.sched_getaffinity(0))
     except AttributeError:
         return os.cpu_count() or 1
-
-
-def available_memory() -> int | None:
-    """Bytes of memory available to a new allocation without swapping, if known.
-
-    ``MemAvailable`` from /proc/meminfo (what the kernel can hand out, page cache
-    included), else free physical pages from ``os.sysconf``; ``None`` when neither exists.
-    """
-    try:
-        with open("/proc/meminfo", encoding="ascii") as f:
-            for line in f:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
-    except (OSError, ValueError, IndexError):
-        pass
-    try:
-        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
-    except (ValueError, OSError, AttributeError):
-        return None
 
 
 def _owner(filepath: str | None) -> str:

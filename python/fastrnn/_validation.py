@@ -31,12 +31,11 @@ module imports another module's private ``_check_*`` helpers.
 from __future__ import annotations
 
 import math
+import os
 from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
-
-from ._sysinfo import available_memory
 
 __all__ = [
     "CELLS",
@@ -336,9 +335,28 @@ def check_shape(name: str, arr: np.ndarray, expected: tuple[int, ...], meaning: 
         raise ValueError(f"{name} has shape {arr.shape}, expected {expected}{sep}{meaning}")
 
 
+def available_memory() -> int | None:
+    """Bytes of memory available to a new allocation without swapping, if known.
+
+    ``MemAvailable`` from /proc/meminfo (what the kernel can hand out, page cache
+    included), else free physical pages from ``os.sysconf``; ``None`` when neither exists.
+    """
+    try:
+        with open("/proc/meminfo", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    try:
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
 def check_memory(nbytes: int, what: str) -> None:
     """Refuse with a MemoryError, before allocating, ``nbytes`` for ``what`` that would not
-    fit in the memory available now (:func:`fastrnn._sysinfo.available_memory`; unchecked
+    fit in the memory available now (:func:`available_memory`; unchecked
     if unknown). Below 256 MiB nothing is read, so that small calls pay nothing."""
     if nbytes < _MEMORY_CHECK_FLOOR:
         return
