@@ -136,10 +136,11 @@ def cpp_isa() -> dict[str, Any]:
     import fastrnn
 
     build = fastrnn.build_info()
+    built = build.get("kernel_isas_built")  # a list of level names (src/cpp/module.cpp)
     return {
         "in_use": build.get("kernel_isa") if build.get("available") else None,
         "requested": os.environ.get("FASTRNN_CPP_ISA"),
-        "built": list(build.get("kernel_isas_built") or []),
+        "built": list(built) if isinstance(built, list) else [],
     }
 
 

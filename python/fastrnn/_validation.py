@@ -188,7 +188,7 @@ def _to_numpy(name: str, value: object, dtype: np.dtype | None) -> np.ndarray:
     if isinstance(value, np.ndarray):
         return np.asarray(value)  # a memmap or other subclass -> a plain view
     if type(value).__module__.split(".")[0] == "torch" and hasattr(value, "detach"):
-        return np.asarray(value.detach().cpu())  # type: ignore[attr-defined]
+        return np.asarray(value.detach().cpu())
     if isinstance(value, (list, tuple, int, float, np.generic)) and dtype is not None:
         try:
             arr = np.asarray(value)
@@ -272,7 +272,7 @@ def as_numeric_array(
     :func:`check_finite`, in the input itself and, when the conversion narrows the dtype,
     as overflow of the converted values."""
     if type(value).__module__.split(".")[0] == "torch" and hasattr(value, "detach"):
-        value = value.detach().cpu()  # type: ignore[attr-defined]
+        value = value.detach().cpu()
     arr = as_array(name, value)
     if arr.dtype.kind not in "biuf":
         raise TypeError(

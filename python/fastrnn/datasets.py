@@ -271,7 +271,8 @@ def load_text(name: str = "rhymes") -> str:
     names = shipped_texts()
     if name not in names:
         raise ValueError(f"name must be one of {names}, got {name!r}")
-    return resources.files("fastrnn").joinpath("data", f"{name}.txt").read_text("utf-8")
+    # one name per joinpath: Traversable.joinpath takes several only from Python 3.11 on
+    return resources.files("fastrnn").joinpath("data").joinpath(f"{name}.txt").read_text("utf-8")
 
 
 def char_corpus(

@@ -66,36 +66,37 @@ def _resolve(
 
     kinds = {layers.RNN: "rnn", layers.LSTM: "lstm", layers.GRU: "gru"}
 
-    def kind(obj: object) -> str | None:
-        return next((kinds[k] for k in kinds if isinstance(obj, k)), None)
+    def recurrent(obj: object) -> layers.RNN | layers.LSTM | layers.GRU | None:
+        return obj if isinstance(obj, (layers.RNN, layers.LSTM, layers.GRU)) else None
 
-    name = kind(cell)
-    if name is None and hasattr(cell, "__dict__"):  # a model: its first recurrent layer
-        found = [v for v in vars(cell).values() if kind(v)]
-        found += [v for d in vars(cell).values() if isinstance(d, dict) for v in d.values()]
-        found = [v for v in found if kind(v)]
-        if not found and not isinstance(cell, type):
+    found = recurrent(cell)
+    if found is None and hasattr(cell, "__dict__"):  # a model: its first recurrent layer
+        values = list(vars(cell).values())
+        values += [v for d in vars(cell).values() if isinstance(d, dict) for v in d.values()]
+        held = [r for r in map(recurrent, values) if r is not None]
+        if not held and not isinstance(cell, type):
             raise TypeError(
                 f"{type(cell).__name__} has no RNN/LSTM/GRU layer (yet: fit a model first); "
                 "cell must be 'rnn', 'lstm', 'gru', a fastrnn.RNN/LSTM/GRU layer or a model "
                 "that holds one"
             )
-        if found:
-            cell, name = found[0], kind(found[0])
-    if name is None:
+        if held:
+            found = held[0]
+    if found is None:
         raise TypeError(
             "cell must be 'rnn', 'lstm', 'gru', a fastrnn.RNN/LSTM/GRU layer or a model "
             f"that holds one, got {type(cell).__name__}"
         )
+    name = next(kinds[k] for k in kinds if isinstance(found, k))
     if params is not None:
         raise TypeError("params must be None when a layer is given (its own params are used)")
-    if V.check_non_negative_int("layer", layer) >= cell.num_layers:
-        raise ValueError(f"layer must be an int in 0..{cell.num_layers - 1}, got {layer!r}")
+    if V.check_non_negative_int("layer", layer) >= found.num_layers:
+        raise ValueError(f"layer must be an int in 0..{found.num_layers - 1}, got {layer!r}")
     torch_names = {"W_ih": "weight_ih", "W_hh": "weight_hh", "b_ih": "bias_ih", "b_hh": "bias_hh"}
-    raw = {k: cell.params[f"{v}_l{layer}"] for k, v in torch_names.items()}
+    raw = {k: found.params[f"{v}_l{layer}"] for k, v in torch_names.items()}
     p, _, _ = V.check_params(name, raw)
-    act = cell.activation if name == "rnn" else "tanh"
-    return name, p, act, cell.negative_slope
+    act = found.activation if name == "rnn" else "tanh"
+    return name, p, act, found.negative_slope
 
 
 # --- gradient norm against lag -------------------------------------------------------------
@@ -146,6 +147,7 @@ def gradient_norms_by_lag(
     )
     g = F.backward(res, dh_n=u.astype(dtype), return_step_norms=True)
     norms = np.empty((T + 1, batch), dtype=np.float64)
+    assert g.step_norms is not None  # asked for with return_step_norms=True
     norms[:T] = g.step_norms[::-1]
     norms[T] = np.linalg.norm(g.dh0.astype(np.float64), axis=1)
     return norms.mean(axis=1) if reduce == "mean" else norms
@@ -321,7 +323,7 @@ def gradcheck(
         backend=backend,
     )
     arrays = {"x": first.x, "h0": first.h0, **first.params}
-    if cell == "lstm":
+    if first.c0 is not None:  # lstm
         arrays["c0"] = first.c0
     arrays = {k: np.array(v, dtype=np.float64) for k, v in arrays.items()}
     p = {k: arrays[k] for k in F.PARAM_NAMES}
@@ -355,7 +357,9 @@ def gradcheck(
         return total
 
     g = F.backward(run(), up["dhs"], up["dh_n"], up["dc_n"])
-    analytic = {"x": g.dx, "h0": g.dh0, "c0": g.dc0, **g.params}
+    analytic = {"x": g.dx, "h0": g.dh0, **g.params}
+    if g.dc0 is not None:  # lstm
+        analytic["c0"] = g.dc0
     checked, max_ratio, worst, worst_ratio = 0, {}, None, -1.0
     for name, arr in arrays.items():
         flat = arr.reshape(-1)  # a view: perturbing it perturbs arr

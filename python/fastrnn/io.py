@@ -83,7 +83,7 @@ import os
 import tempfile
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any, TypeVar, cast
+from typing import Any, TypeVar, cast, overload
 
 import numpy as np
 
@@ -95,6 +95,7 @@ KIND_ATTRIBUTE = "__fastrnn_kind__"
 _REGISTRY: dict[str, type] = {}
 
 T = TypeVar("T", bound=type)
+_Obj = TypeVar("_Obj")
 
 # The first bytes of the files np.load tells apart: a ZIP archive (an npz; an empty
 # archive starts with its end record) and a single .npy array.
@@ -141,7 +142,7 @@ def kind_of(obj: object) -> str:
     class does not inherit the kind: it would load back as its parent).
     """
     cls = obj if isinstance(obj, type) else type(obj)
-    kind = cls.__dict__.get(KIND_ATTRIBUTE)
+    kind: str | None = cls.__dict__.get(KIND_ATTRIBUTE)
     if kind is None or _REGISTRY.get(kind) is not cls:
         parents = [c for c in cls.__mro__[1:] if c.__dict__.get(KIND_ATTRIBUTE) is not None]
         hint = (
@@ -171,7 +172,7 @@ def _describe(path: Any) -> str:
 
 
 @register("dict")
-class _ArrayDict(dict):
+class _ArrayDict(dict[str, np.ndarray]):
     """A plain dict ``name -> array`` as :func:`save` writes it; :func:`load` returns a
     plain ``dict`` (this class exists only to be registered)."""
 
@@ -214,7 +215,7 @@ def _saveable(obj: Any, path: Any) -> Any:
     )
 
 
-def save(obj: Any, path: str | os.PathLike) -> None:
+def save(obj: Any, path: str | os.PathLike[str]) -> None:
     """Write ``obj`` (a layer, a :class:`~fastrnn.layers.Linear`, an optimizer, a
     registered model, or a plain dict ``name -> array``) to ``path`` in the layout
     described in this module.
@@ -286,7 +287,7 @@ def save(obj: Any, path: str | os.PathLike) -> None:
         raise
 
 
-def _check_magic(path: str | os.PathLike, where: str) -> None:
+def _check_magic(path: str | os.PathLike[str], where: str) -> None:
     """A ValueError unless the file starts like a ZIP archive (what an npz is)."""
     try:
         with open(path, "rb") as fh:
@@ -305,7 +306,7 @@ def _check_magic(path: str | os.PathLike, where: str) -> None:
         )
 
 
-def _read(path: str | os.PathLike) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+def _read(path: str | os.PathLike[str]) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
     """Read and check a file; return (header, arrays)."""
     where = _describe(path)
     if not os.path.exists(path):
@@ -397,7 +398,15 @@ def _lookup(kind: str, module: object, where: str) -> type:
     return cls
 
 
-def load(path: str | os.PathLike, *, expect: type | tuple[type, ...] | None = None, **kwargs):
+@overload
+def load(path: str | os.PathLike[str], *, expect: type[_Obj], **kwargs: Any) -> _Obj: ...
+@overload
+def load(
+    path: str | os.PathLike[str], *, expect: tuple[type, ...] | None = None, **kwargs: Any
+) -> Any: ...
+def load(
+    path: str | os.PathLike[str], *, expect: type | tuple[type, ...] | None = None, **kwargs: Any
+) -> Any:
     """Read an object written by :func:`save`.
 
     ``expect``: a class (or tuple of classes) the object must be an instance of, e.g.

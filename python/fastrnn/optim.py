@@ -28,7 +28,7 @@ from __future__ import annotations
 import bisect
 import math
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 
@@ -36,7 +36,9 @@ from . import _validation as V
 from . import io as _io
 
 
-def _check_grads(grads: object, params: Mapping[str, np.ndarray] | None = None) -> dict:
+def _check_grads(
+    grads: object, params: Mapping[str, np.ndarray] | None = None
+) -> dict[str, np.ndarray]:
     if not isinstance(grads, Mapping):
         raise TypeError(f"grads must be a dict of arrays, got {type(grads).__name__}")
     if params is not None:
@@ -54,6 +56,9 @@ def _check_grads(grads: object, params: Mapping[str, np.ndarray] | None = None) 
                     "(the parameter's shape)"
                 )
     return dict(grads)
+
+
+_Opt = TypeVar("_Opt", bound="Optimizer")
 
 
 class Optimizer:
@@ -162,12 +167,12 @@ class Optimizer:
 
     @classmethod
     def _from_state(
-        cls,
+        cls: type[_Opt],
         config: Mapping[str, Any],
         arrays: Mapping[str, np.ndarray],
         *,
         params: Mapping[str, np.ndarray] | None = None,
-    ):
+    ) -> _Opt:
         if params is None:
             raise TypeError(
                 f"this file holds a {cls.__name__} optimizer state; pass the arrays it "
@@ -466,7 +471,7 @@ class SequentialLR(LRScheduler):
             )
         if marks != sorted(set(marks)):
             raise ValueError(f"milestones must increase, got {marks}")
-        self.schedulers = list(schedulers)
+        self.schedulers: list[LRScheduler] = list(schedulers)
         self.milestones = marks
         super().__init__(optimizer)
 

@@ -23,7 +23,7 @@ import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from os import PathLike
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 
@@ -49,10 +49,21 @@ class Task:
     run: Callable[..., TaskResult]
 
 
-def _model(cls: type, defaults: dict[str, Any], given: dict[str, Any]) -> Any:
+_M = TypeVar("_M")
+_V = TypeVar("_V")
+
+
+def _model(cls: Callable[..., _M], defaults: dict[str, Any], given: dict[str, Any]) -> _M:
     """``cls`` with the task's ``defaults`` overridden by the ``given`` hyper-parameters."""
     kwargs = {**defaults, **given}
     return cls(kwargs.pop("hidden_size"), **kwargs)
+
+
+def _given(value: _V | None, what: str) -> _V:
+    """A field of a data set that the task needs (its data set always sets it)."""
+    if value is None:
+        raise ValueError(f"the data set of this task has no {what}")
+    return value
 
 
 def _say(verbose: bool, text: str) -> None:
@@ -96,17 +107,18 @@ def deep(*, verbose: bool = True, **model: Any) -> TaskResult:
     character at every step: e, e, p, <stop>. The input "e" is followed once by "e" and
     once by "p", so the hidden state must remember what came before."""
     data = ds.deep_autocomplete()  # X: (1, 4, 4) one-hot d e e p; y: (1, 4) ids of e e p <stop>
+    vocab = _given(data.vocab, "vocab")
     tagger = _model(models.SequenceTagger, TASKS["deep"].defaults, model).fit(data.X, data.y)
     proba = tagger.predict_proba(data.X)[0]
     for t, (x, p) in enumerate(zip(data.X[0].argmax(-1), proba, strict=True)):
         best = int(np.argmax(p))  # columns follow model.classes_ (the labels seen in fit)
-        token = data.vocab[tagger.classes_[best]]
+        token = vocab[tagger.classes_[best]]
         _say(
             verbose,
-            f"step {t}: read {data.vocab[x]!r:>5} -> predict {token!r:<8} (p = {p[best]:.3f})",
+            f"step {t}: read {vocab[x]!r:>5} -> predict {token!r:<8} (p = {p[best]:.3f})",
         )
     predicted = tagger.predict(data.X)[0]
-    _say(verbose, f"after d e e p the model predicts: {' '.join(data.vocab[i] for i in predicted)}")
+    _say(verbose, f"after d e e p the model predicts: {' '.join(vocab[i] for i in predicted)}")
     return TaskResult(tagger, {"accuracy": float(np.mean(predicted == data.y[0]))})
 
 
@@ -142,16 +154,15 @@ def generator(*, verbose: bool = True, **model: Any) -> TaskResult:
     initial state; the decoder emits tokens until <stop> (teacher forcing in training, its
     own outputs at prediction). Task: count from the start by the step while below 10."""
     data = ds.counting_sequences()  # X: (30, 13) codes; y: (30, 10) token ids, padded with -1
+    vocab, y_lengths = _given(data.vocab, "vocab"), _given(data.y_lengths, "y_lengths")
     gen = _model(models.SequenceGenerator, TASKS["generator"].defaults, model)
-    gen.fit(data.X, data.y, data.y_lengths)
+    gen.fit(data.X, data.y, y_lengths)
     predicted = gen.predict(data.X)
     for i in range(0, len(data), 7):
-        start, step = (data.vocab[j] for j in np.flatnonzero(data.X[i]))
+        start, step = (vocab[j] for j in np.flatnonzero(data.X[i]))
         _say(verbose, f"{start:<8} {step:<7} -> {' '.join(data.decode_targets(predicted[i]))}")
     exact = float(
-        np.mean(
-            [np.array_equal(p, data.y[i, : data.y_lengths[i]]) for i, p in enumerate(predicted)]
-        )
+        np.mean([np.array_equal(p, data.y[i, : y_lengths[i]]) for i, p in enumerate(predicted)])
     )
     _say(verbose, f"exactly right: {exact:.0%} of {len(data)} sequences")
     return TaskResult(gen, {"exact": exact})
@@ -164,8 +175,9 @@ def seq2seq(*, verbose: bool = True, **model: Any) -> TaskResult:
     s2s = _model(models.Seq2Seq, TASKS["seq2seq"].defaults, model)
     s2s.fit(train.X, train.y, train.lengths, train.y_lengths)
     predicted = s2s.predict(test.X, test.lengths)
+    vocab, lengths = _given(test.vocab, "vocab"), _given(test.lengths, "lengths")
     for i in range(0, len(test), 25):
-        words = " ".join(test.vocab[j] for j in test.X[i, : test.lengths[i]].argmax(-1))
+        words = " ".join(vocab[j] for j in test.X[i, : lengths[i]].argmax(-1))
         _say(verbose, f"{words:<30} -> {test.decode_targets(predicted[i])}")
     score = s2s.score(test.X, test.y, test.lengths, test.y_lengths)
     _say(verbose, f"held-out exact match: {score:.1%} of {len(test)} numbers")
@@ -188,8 +200,9 @@ def adding(
     test = ds.adding_problem(test_samples, T, seed=seed + 1)
     reg = _model(models.SequenceRegressor, TASKS["adding"].defaults, model).fit(train.X, train.y)
     mse = float(np.mean((reg.predict(test.X) - test.y) ** 2))
-    _say(verbose, f"adding problem T={T}: test MSE {mse:.4f} (baseline {test.baseline:.3f})")
-    return TaskResult(reg, {"mse": mse, "baseline": test.baseline})
+    baseline = _given(test.baseline, "baseline")
+    _say(verbose, f"adding problem T={T}: test MSE {mse:.4f} (baseline {baseline:.3f})")
+    return TaskResult(reg, {"mse": mse, "baseline": baseline})
 
 
 def copy(
@@ -209,13 +222,14 @@ def copy(
     proba = tagger.predict_proba(test.X)
     p = np.take_along_axis(proba, test.y[..., None], axis=-1)[..., 0]
     ce = float(-np.mean(np.log(np.maximum(p, 1e-12))))
+    baseline = _given(test.baseline, "baseline")
     copied = float(np.mean(tagger.predict(test.X)[:, -10:] == test.y[:, -10:]))
     _say(
         verbose,
         f"copy memory T={T}: test cross-entropy {ce:.4f} (memoryless baseline "
-        f"{test.baseline:.4f}); copied symbols right: {copied:.0%}",
+        f"{baseline:.4f}); copied symbols right: {copied:.0%}",
     )
-    return TaskResult(tagger, {"cross_entropy": ce, "baseline": test.baseline, "copied": copied})
+    return TaskResult(tagger, {"cross_entropy": ce, "baseline": baseline, "copied": copied})
 
 
 # name -> the task: help, the model's default hyper-parameters, the function

@@ -200,7 +200,15 @@ def _check_finite(loss: float, grads: Mapping[str, np.ndarray], where: str) -> f
     return norm
 
 
-def _progress_bar(total: int, enabled: bool | None, desc: str):
+class _ProgressBar(Protocol):
+    """What :func:`train` uses of a tqdm bar (tqdm ships no type information)."""
+
+    def update(self, n: int = 1) -> object: ...
+    def set_postfix(self, *, refresh: bool = True, **kwargs: object) -> None: ...
+    def close(self) -> None: ...
+
+
+def _progress_bar(total: int, enabled: bool | None, desc: str) -> _ProgressBar | None:
     """A tqdm bar, or None when disabled (progress=False, or not a terminal by default)."""
     delay = 0.0
     if enabled is None:  # automatic: on a terminal, and only for runs longer than a second
@@ -210,7 +218,10 @@ def _progress_bar(total: int, enabled: bool | None, desc: str):
         return None
     from tqdm.auto import tqdm
 
-    return tqdm(total=total, desc=desc, unit="step", leave=True, dynamic_ncols=True, delay=delay)
+    bar: _ProgressBar = tqdm(
+        total=total, desc=desc, unit="step", leave=True, dynamic_ncols=True, delay=delay
+    )
+    return bar
 
 
 # --- callbacks ------------------------------------------------------------------------------
@@ -402,7 +413,7 @@ class ModelCheckpoint(Callback):
 
     def __init__(
         self,
-        path: str | os.PathLike,
+        path: str | os.PathLike[str],
         *,
         monitor: str = "val_loss",
         save_best_only: bool = False,

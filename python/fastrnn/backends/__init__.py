@@ -3,42 +3,42 @@
 Only the functional core (:mod:`fastrnn.functional`) and the config module use this
 registry; layers and models never import a backend.
 
-Every backend is a module that provides two functions with the signature of
-:mod:`fastrnn.backends.numpy_backend` (the reference, which documents the contract):
-
-``forward(cell, params, x, h0, c0, *, activation, negative_slope, lengths, num_threads,
-training=True)``
-    returns ``(hs, h_n, c_n, saved)``; with ``training=False`` (inference) ``saved`` is
-    ``None`` and nothing is kept for backward
-
-``backward(cell, params, x, h0, c0, hs, saved, dhs, dh_n, dc_n, *, activation,
-negative_slope, lengths, num_threads, step_norms)``
-    returns ``(dx, dh0, dc0, dparams, norms)``
-
-The functional core hands the backends validated input only: C-contiguous arrays of one
-dtype (float32 or float64), ``T >= 1`` and ``B >= 1``, ``h0`` always given (zeros if the
-caller gave none), ``c0`` given for lstm and ``None`` otherwise, ``lengths`` either
-``None`` (every sequence has length T) or a C-contiguous int64 array of shape (B,) with
-values in 1..T, and ``dhs``/``dh_n``/``dc_n`` always arrays (zeros where the caller gave
-none; ``dc_n`` is ``None`` unless the cell is lstm).
+Every backend is a module that matches the protocol :class:`Backend` (defined in
+:mod:`fastrnn.backends._contract`, which documents the contract: the functions
+``forward``, ``backward`` and ``linear_cross_entropy``, their arguments, what the
+functional core guarantees about them, and what they return), plus ``UNAVAILABLE_REASON``
+(``None``, or why the backend cannot run here). :mod:`fastrnn.backends.numpy_backend` is
+the reference implementation. A type checker checks each module against the protocol
+(below, under ``TYPE_CHECKING``) and ``tests/test_contract.py`` checks their signatures.
 """
 
 from __future__ import annotations
 
 import importlib
 import threading
-from types import ModuleType
+from typing import TYPE_CHECKING, cast
+
+from ._contract import Backend
+
+if TYPE_CHECKING:  # each backend module matches the protocol (a type checker checks this)
+    from . import cpp_backend, numba_backend, numpy_backend
+
+    _numpy: Backend = numpy_backend
+    _numba: Backend = numba_backend
+    _cpp: Backend = cpp_backend
+
+__all__ = ["BACKENDS", "Backend", "available", "load", "unavailable_reasons"]
 
 # Fastest first: "auto" picks the first available one.
 BACKENDS: tuple[str, ...] = ("cpp", "numba", "numpy")
 
-_MODULES = {
+_MODULES: dict[str, str] = {
     "numpy": "fastrnn.backends.numpy_backend",
     "numba": "fastrnn.backends.numba_backend",
     "cpp": "fastrnn.backends.cpp_backend",
 }
 
-_HOW_TO_FIX = {
+_HOW_TO_FIX: dict[str, str] = {
     "numpy": "reinstall fastrnn",
     "numba": "install numba (`pip install numba`)",
     "cpp": (
@@ -48,11 +48,11 @@ _HOW_TO_FIX = {
 }
 
 _lock = threading.Lock()
-_loaded: dict[str, ModuleType] = {}
+_loaded: dict[str, Backend] = {}
 _unavailable: dict[str, str] = {}
 
 
-def _try_load(name: str) -> ModuleType | None:
+def _try_load(name: str) -> Backend | None:
     with _lock:
         if name in _loaded:
             return _loaded[name]
@@ -67,8 +67,11 @@ def _try_load(name: str) -> ModuleType | None:
         if reason:
             _unavailable[name] = reason
             return None
-        _loaded[name] = module
-        return module
+        # the module matches the protocol: checked statically above, and its signatures
+        # by tests/test_contract.py
+        backend = cast(Backend, module)
+        _loaded[name] = backend
+        return backend
 
 
 def available() -> list[str]:
@@ -83,8 +86,9 @@ def unavailable_reasons() -> dict[str, str]:
     return dict(_unavailable)
 
 
-def load(name: str) -> ModuleType:
-    """The module of backend ``name``; a clear error if it is unknown or unavailable."""
+def load(name: str) -> Backend:
+    """The module of backend ``name`` (a :class:`Backend`); a clear error if it is unknown
+    or unavailable."""
     if name not in _MODULES:
         raise ValueError(
             f"unknown backend {name!r}; valid names are {', '.join(map(repr, BACKENDS))} and 'auto'"

@@ -155,7 +155,7 @@ class Case:
 
     @property
     def T(self) -> int:
-        return self.x.shape[0]
+        return int(self.x.shape[0])
 
     @property
     def sizes(self) -> tuple[int, int, int]:

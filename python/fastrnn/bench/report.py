@@ -46,23 +46,24 @@ def derive(rows: list[Row], gemm: dict[tuple[str, int], float]) -> None:
     (each a ratio of times measured in the same run); the share of the GEMM throughput
     ``gemm[(dtype, threads)]``."""
 
-    def key(r: Row, **kw: Any) -> tuple:
+    def key(r: Row, **kw: Any) -> tuple[str, str, str, int, str]:
         d = asdict(r) | kw
         return (d["shape"], d["cell"], d["dtype"], d["threads"], d["backend"])
 
-    ok = {key(r): r for r in rows if r.status == "ok"}
+    # a measured row: status "ok", its median time and throughput set
+    seconds = {key(r): r.seconds for r in rows if r.status == "ok" and r.seconds is not None}
     for r in rows:
-        if r.status != "ok":
+        if r.status != "ok" or r.seconds is None:
             continue
         for peer, attr in (("numpy", "speedup_vs_numpy"), ("torch", "speedup_vs_torch")):
-            ref = ok.get(key(r, backend=peer))
+            ref = seconds.get(key(r, backend=peer))
             if ref is not None:
-                setattr(r, attr, ref.seconds / r.seconds)
-        single = ok.get(key(r, threads=1))
+                setattr(r, attr, ref / r.seconds)
+        single = seconds.get(key(r, threads=1))
         if single is not None and r.threads != 1:
-            r.speedup_vs_1_thread = single.seconds / r.seconds
+            r.speedup_vs_1_thread = single / r.seconds
         peak = gemm.get((r.dtype, r.threads))
-        if peak:
+        if peak and r.gflops is not None:
             r.gemm_share = r.gflops / peak
 
 
@@ -131,7 +132,7 @@ def format_table(rows: list[Row]) -> str:
 def notes(rows: list[Row], unavailable: dict[str, str]) -> list[str]:
     """Why rows were not measured: each reason once, with the backends it applies to."""
     out = [f"{name}: unavailable: {why}" for name, why in unavailable.items()]
-    grouped: dict[tuple, list[str]] = {}
+    grouped: dict[tuple[str, str, str, int, str, str], list[str]] = {}
     for r in rows:
         if r.status in ("skipped", "error", "wrong"):
             key = (r.shape, r.cell, r.dtype, r.threads, r.status, r.note)

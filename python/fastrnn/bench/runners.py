@@ -444,9 +444,9 @@ def check_against_reference(backend: str, cell: str, dtype: Any, what: str) -> s
     float64; ``None`` if every output agrees within the dtype's tolerance, else a message
     naming the worst output and its relative error."""
     dt = np.dtype(dtype)
-    kw = {"classes": CHECK_CLASSES, "seed": 3, "what": what, **CHECK_SHAPE}
-    case = make_case(cell, dtype=dt, **kw)
-    case64 = make_case(cell, dtype=np.float64, **kw)
+    D, H, B, T = (CHECK_SHAPE[d] for d in "DHBT")
+    case = make_case(cell, D, H, B, T, dt, CHECK_CLASSES, 3, what=what)
+    case64 = make_case(cell, D, H, B, T, np.float64, CHECK_CLASSES, 3, what=what)
     # the same numbers in both dtypes: the float64 reference sees the rounded inputs
     for name in ("V", "c", "x", "dhs"):
         setattr(case64, name, getattr(case, name).astype(np.float64))

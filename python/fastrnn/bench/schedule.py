@@ -38,7 +38,7 @@ def plan(
         for cell, dtype, n, backend in itertools.product(
             cells or shape.cells, dtypes, threads, backends
         ):
-            row = Row(shape.name, **dims, cell=cell, dtype=dtype, threads=n)
+            row = Row(shape.name, shape.D, shape.H, shape.B, shape.T, cell, dtype, n)
             row.backend, row.what = backend, what
             row.flops = cases.flops(cell, **dims, what=what, classes=classes)
             row.estimated_bytes = cases.estimate_bytes(
@@ -58,9 +58,9 @@ def unavailable(backends: set[str]) -> dict[str, str]:
         if name in backends and name not in available:
             reasons[name] = why
     if "torch" in backends:
-        why = runners.torch_unavailable_reason()
-        if why:
-            reasons["torch"] = why
+        torch_why = runners.torch_unavailable_reason()
+        if torch_why:
+            reasons["torch"] = torch_why
     return reasons
 
 
@@ -138,8 +138,8 @@ def run_rows(
                 try:
                     if row.backend in unavailable:
                         row.status, row.note = "unavailable", unavailable[row.backend]
-                    elif too_big(row.estimated_bytes, limit):
-                        row.status, row.note = "skipped", too_big(row.estimated_bytes, limit)
+                    elif (big := too_big(row.estimated_bytes, limit)) is not None:
+                        row.status, row.note = "skipped", big
                     else:
                         if case is None:
                             dims = (row.D, row.H, row.B, row.T)
@@ -166,6 +166,7 @@ def run_rows(
                     previous = row.backend
                     try:
                         with runners.thread_limit(row.threads):
+                            assert case is not None  # made for the first ready row
                             runner = runners.make_runner(case, row.backend, row.what)
                             runner.run()  # untimed: back in this row's steady state
                         time_once(row, runner)

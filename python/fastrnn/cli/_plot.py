@@ -42,7 +42,7 @@ def scaling(path: str, rows: list[Any], title: str, backends: tuple[str, ...]) -
     marker per backend, one line style per remaining configuration (B, H, cell, ...).
     ``rows``: :class:`fastrnn.bench.Row` objects."""
     plt = pyplot()
-    series: dict[tuple, dict[str, list[Any]]] = {}
+    series: dict[tuple[Any, ...], dict[str, list[Any]]] = {}
     for r in rows:
         if r.status == "ok":
             config = (r.cell, r.dtype, r.threads, r.D, r.H, r.B)

@@ -28,7 +28,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from typing import Any
+from collections.abc import Callable
 
 from .. import _sysinfo
 from .. import bench as lib
@@ -55,11 +55,13 @@ def _positive_int(text: str) -> int:
     return value
 
 
-def _csv(item: Any = str, choices: tuple[str, ...] | None = None):
+def _csv(
+    item: Callable[[str], object] = str, choices: tuple[str, ...] | None = None
+) -> Callable[[str], list[object]]:
     """An argparse type: a comma-separated list, each entry parsed by ``item`` and (if
     given) one of ``choices``."""
 
-    def parse(text: str) -> list:
+    def parse(text: str) -> list[object]:
         entries = [s.strip() for s in text.split(",") if s.strip()]
         if not entries:
             raise argparse.ArgumentTypeError("expected a comma-separated list, got nothing")
@@ -221,7 +223,7 @@ def _shapes(args: argparse.Namespace) -> list[lib.Shape]:
 
 def _repeat(args: argparse.Namespace, T: int) -> int:
     if args.repeat:
-        return args.repeat
+        return int(args.repeat)
     if args.scaling:
         return 3 if T <= 10_000 else 1
     return 3 if args.quick else 5

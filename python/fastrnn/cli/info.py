@@ -16,24 +16,27 @@ def run(args: argparse.Namespace) -> int:
     """Print what ``fastrnn info`` reports; 0."""
     import fastrnn
 
+    available = fastrnn.available_backends()
+    unavailable = fastrnn.unavailable_backends()
+    build = fastrnn.build_info()
     info = {
         "version": fastrnn.__version__,
-        "available_backends": fastrnn.available_backends(),
-        "unavailable_backends": fastrnn.unavailable_backends(),
+        "available_backends": available,
+        "unavailable_backends": unavailable,
         "active_backend": fastrnn.get_backend(),
         "num_threads": fastrnn.get_num_threads(),
-        "build_info": fastrnn.build_info(),
+        "build_info": build,
     }
     if args.json:
         print(json.dumps(info, indent=2))
         return 0
     print(f"fastrnn {info['version']}")
     print(f"active backend:     {info['active_backend']}")
-    print(f"available backends: {', '.join(info['available_backends'])}")
-    for name, why in info["unavailable_backends"].items():
+    print(f"available backends: {', '.join(available)}")
+    for name, why in unavailable.items():
         print(f"unavailable:        {name} ({why})")
     print(f"threads:            {info['num_threads']}")
     print("build_info:")
-    for key, value in info["build_info"].items():
+    for key, value in build.items():
         print(f"  {key}: {value}")
     return 0

@@ -1,0 +1,171 @@
+"""The backend contract as code: what every backend module provides.
+
+A backend is a *module* (``numpy_backend``, ``numba_backend``, ``cpp_backend``) that
+matches the :class:`Backend` protocol below; a type checker checks each module against
+it (``fastrnn.backends``, under ``TYPE_CHECKING``), and ``tests/test_contract.py`` checks
+that the three modules' signatures agree with it (names, kinds, defaults). The NumPy
+backend is the reference implementation: where the prose here leaves a detail open, its
+result is the specification.
+
+What the functional core (:mod:`fastrnn.functional`, the one place that validates) hands
+a backend: C-contiguous arrays of one dtype (float32 or float64), ``T >= 1`` and
+``B >= 1``, ``h0`` always given (zeros if the caller gave none), ``c0`` given for lstm and
+``None`` otherwise, ``lengths`` either ``None`` (every sequence has length T) or a
+C-contiguous int64 array of shape (B,) with values in 1..T, and ``dhs``/``dh_n``/``dc_n``
+always arrays (zeros where the caller gave none; ``dc_n`` is ``None`` unless the cell is
+lstm). A backend does not check its input again.
+
+Layouts (PyTorch's names, the course's in brackets): ``W_ih`` [U] (G*H, D), ``W_hh`` [W]
+(G*H, H), ``b_ih`` and ``b_hh`` [b = b_ih + b_hh] (G*H,), with G gates in the order lstm
+i, f, g, o and gru r, z, n (G = 1 for rnn). Arrays are time-major: ``x`` (T, B, D),
+states (B, H), ``hs`` (T, B, H). Padded steps (``t >= lengths[b]``) follow PyTorch's
+packed sequences: ``hs[t, b] = 0``, the state is carried unchanged, and ``dhs[t, b]`` is
+ignored.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any, Protocol, TypeAlias
+
+import numpy as np
+from numpy.typing import NDArray
+
+__all__ = [
+    "Backend",
+    "BackwardOutput",
+    "FloatArray",
+    "ForwardOutput",
+    "HeadOutput",
+    "IndexArray",
+    "Params",
+    "Saved",
+]
+
+FloatArray: TypeAlias = NDArray[np.floating[Any]]
+"""A float32 or float64 array (one dtype per call)."""
+
+IndexArray: TypeAlias = NDArray[np.int64]
+"""``lengths`` (B,) and the head's ``targets`` (N,)."""
+
+Params: TypeAlias = Mapping[str, FloatArray]
+"""The parameters ``{"W_ih", "W_hh", "b_ih", "b_hh"}``, in PyTorch's shapes."""
+
+Saved: TypeAlias = tuple[FloatArray, FloatArray] | None
+"""What :meth:`Backend.forward` keeps for :meth:`Backend.backward`, beyond x, h0, c0 and hs.
+
+Only the backend that made it reads it. ``None`` for rnn (act' is a function of hs) and
+after an inference forward (``training=False``); otherwise ``(gates, extra)``: the gate
+activations (T, B, G*H) and, for lstm, the cell states, for gru ``W_hn h + b_hn``
+(T, B, H), i.e. (G+1)*H values per step and sequence.
+"""
+
+ForwardOutput: TypeAlias = tuple[FloatArray, FloatArray, FloatArray | None, Saved]
+"""``(hs, h_n, c_n, saved)``: see :meth:`Backend.forward`."""
+
+BackwardOutput: TypeAlias = tuple[
+    FloatArray, FloatArray, FloatArray | None, dict[str, FloatArray], FloatArray | None
+]
+"""``(dx, dh0, dc0, dparams, norms)``: see :meth:`Backend.backward`."""
+
+HeadOutput: TypeAlias = tuple[float, FloatArray, FloatArray, FloatArray]
+"""``(loss, dh, dweight, dbias)``: see :meth:`Backend.linear_cross_entropy`."""
+
+
+class Backend(Protocol):
+    """A backend module: the recurrence forward and backward, and the fused output head.
+
+    ``cell`` is one of ``"rnn"``, ``"lstm"``, ``"gru"``; ``activation`` (the vanilla rnn's
+    nonlinearity; lstm and gru ignore it) one of ``"tanh"``, ``"relu"``, ``"leaky_relu"``,
+    ``"identity"``, with ``negative_slope >= 0`` the slope of ``leaky_relu``;
+    ``num_threads >= 1`` the threads the call may use (a backend whose library picks its
+    own threading may ignore it).
+    """
+
+    @property
+    def UNAVAILABLE_REASON(self) -> str | None:
+        """Why the backend cannot run on this machine (a missing dependency or extension),
+        or ``None`` when it can; the registry does not offer a backend with a reason."""
+        ...
+
+    def forward(
+        self,
+        cell: str,
+        params: Params,
+        x: FloatArray,
+        h0: FloatArray,
+        c0: FloatArray | None,
+        *,
+        activation: str,
+        negative_slope: float,
+        lengths: IndexArray | None,
+        num_threads: int,
+        training: bool = True,
+    ) -> ForwardOutput:
+        """Run the recurrence; return ``(hs, h_n, c_n, saved)``.
+
+        ``hs`` (T, B, H): the hidden state at every step (0 at padded steps); ``h_n``
+        (B, H): the state after each sequence's last real step; ``c_n`` (B, H): the lstm
+        cell state likewise, ``None`` for rnn and gru; ``saved``: see :data:`Saved`. With
+        ``training=False`` (inference) ``saved`` is ``None`` and nothing is kept for
+        :meth:`backward`, so that the memory beyond ``hs`` does not grow with T.
+        """
+        ...
+
+    def backward(
+        self,
+        cell: str,
+        params: Params,
+        x: FloatArray,
+        h0: FloatArray,
+        c0: FloatArray | None,
+        hs: FloatArray,
+        saved: Saved,
+        dhs: FloatArray,
+        dh_n: FloatArray,
+        dc_n: FloatArray | None,
+        *,
+        activation: str,
+        negative_slope: float,
+        lengths: IndexArray | None,
+        num_threads: int,
+        step_norms: bool,
+    ) -> BackwardOutput:
+        """Backpropagation through time; return ``(dx, dh0, dc0, dparams, norms)``.
+
+        The arguments up to ``hs`` and ``saved`` are those of (and from) the
+        :meth:`forward` call with ``training=True`` being differentiated; ``dhs`` (T, B, H),
+        ``dh_n`` and ``dc_n`` (B, H) the gradients of the loss with respect to its outputs.
+        ``dx`` (T, B, D), ``dh0`` (B, H), ``dc0`` (B, H) for lstm and ``None`` otherwise,
+        ``dparams`` the gradients of the four parameters (the keys and shapes of
+        ``params``). ``norms`` is ``None`` unless ``step_norms``; then it is a (T, B) array
+        of ``||dL/dh_t||`` (the whole gradient reaching hidden state t of sequence b, from
+        the loss at step t and from every later step), 0 at padded steps.
+        """
+        ...
+
+    def linear_cross_entropy(
+        self,
+        h: FloatArray,
+        weight: FloatArray,
+        bias: FloatArray,
+        targets: IndexArray,
+        row_weights: FloatArray | None,
+        *,
+        scale: float,
+        num_threads: int,
+    ) -> HeadOutput:
+        """A linear softmax head and its cross-entropy, forward and backward; return
+        ``(loss, dh, dweight, dbias)``.
+
+        ``h`` (N, H), ``weight`` (K, H) [V], ``bias`` (K,) [c], ``targets`` (N,) in
+        0..K-1, ``row_weights`` (N,) or ``None`` (all 1), ``scale`` a float. With
+        ``z = h @ weight.T + bias`` and ``w = scale * row_weights``::
+
+            loss  = sum_n w_n (logsumexp(z_n) - z_n[targets_n])
+            dz_n  = w_n (softmax(z_n) - onehot(targets_n))
+            dh = dz @ weight,   dweight = dz^T h,   dbias = sum_n dz_n
+
+        ``loss`` is a Python float (summed in float64); the arrays have the dtype of ``h``.
+        """
+        ...
