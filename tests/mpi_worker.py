@@ -1,0 +1,101 @@
+"""What tests/test_distributed.py runs under ``mpiexec -n N python -m mpi4py``.
+
+``python tests/mpi_worker.py SCENARIO OUTDIR``: every rank trains with ``comm=COMM_WORLD``
+and writes ``OUTDIR/rank<r>.npz`` (its parameters, loss history and what it saw); rank 0
+also trains the same model alone (no communicator) for the reference. Scenarios:
+
+- ``lstm``: float64 LSTM classifier, variable lengths, gradient clipping;
+- ``uneven``: float64 LSTM tagger (loss over steps), truncated BPTT, batches of 7 samples
+  (the last of 2) on 3 ranks: uneven splits and a rank with no sample;
+- ``raise``: rank 1 raises RuntimeError in the 3rd step (the job must end, not hang);
+- ``nan``: rank 1's gradient of one parameter becomes NaN in the 3rd step: every rank
+  must stop with the same FloatingPointError (written to its file).
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import numpy as np
+from mpi4py import MPI
+
+from fastrnn import models
+
+
+def data(n: int, T: int, D: int, seed: int) -> tuple[np.ndarray, ...]:
+    rng = np.random.default_rng(seed)
+    X = rng.normal(size=(n, T, D))
+    lengths = rng.integers(2, T + 1, size=n)
+    y = (X[:, 0, 0] > 0).astype(np.int64)
+    tags = (X[..., 0] > 0).astype(np.int64)
+    return X, y, lengths, tags
+
+
+def classifier() -> models.SequenceClassifier:
+    return models.SequenceClassifier(
+        hidden_size=6, epochs=3, batch_size=8, dtype="float64", seed=3, clip_norm=0.5, lr=0.05
+    )
+
+
+def tagger() -> models.SequenceTagger:
+    return models.SequenceTagger(
+        hidden_size=5, epochs=3, batch_size=7, dtype="float64", seed=4, tbptt=3, lr=0.05
+    )
+
+
+def main(scenario: str, outdir: Path) -> None:
+    comm = MPI.COMM_WORLD
+    rank = comm.Get_rank()
+    X, y, lengths, tags = data(30 if scenario != "uneven" else 23, 9, 3, seed=1)
+    out: dict[str, object] = {}
+    if scenario in ("lstm", "raise", "nan"):
+        model = classifier()
+        fit_args: tuple = (X, y, lengths)
+    else:
+        model = tagger()
+        fit_args = (X, tags, lengths)
+    if scenario == "raise" and rank == 1:
+        calls = {"n": 0}
+        original = model.loss_and_grads
+
+        def failing(batch):  # type: ignore[no-untyped-def]
+            calls["n"] += 1
+            if calls["n"] == 3:
+                raise RuntimeError("rank 1 fails on purpose")
+            return original(batch)
+
+        model.loss_and_grads = failing  # type: ignore[method-assign]
+    if scenario == "nan" and rank == 1:
+        calls = {"n": 0}
+        original = model.loss_and_grads
+
+        def poisoned(batch):  # type: ignore[no-untyped-def]
+            loss, grads = original(batch)
+            calls["n"] += 1
+            if calls["n"] == 3:
+                grads = dict(grads)
+                grads["head.bias"] = np.full_like(grads["head.bias"], np.nan)
+            return loss, grads
+
+        model.loss_and_grads = poisoned  # type: ignore[method-assign]
+    try:
+        model.fit(*fit_args, comm=comm)
+    except FloatingPointError as exc:
+        out["error"] = str(exc)
+    else:
+        out.update({f"param:{k}": v for k, v in model.parameters().items()})
+        out["loss"] = np.array(model.history_["loss"])
+        out["step_loss"] = np.array(model.history_["step_loss"])
+        if rank == 0:  # the reference: the same model trained by this process alone
+            alone = classifier() if scenario == "lstm" else tagger()
+            alone.fit(*fit_args)
+            out.update({f"single:{k}": v for k, v in alone.parameters().items()})
+            out["single_loss"] = np.array(alone.history_["loss"])
+            out["single_step_loss"] = np.array(alone.history_["step_loss"])
+    out["size"] = comm.Get_size()
+    np.savez(outdir / f"rank{rank}.npz", **out)  # type: ignore[arg-type]
+
+
+if __name__ == "__main__":
+    main(sys.argv[1], Path(sys.argv[2]))
