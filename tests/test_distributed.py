@@ -46,16 +46,22 @@ def mpiexec() -> str:
 
 
 def run_job(n: int, scenario: str, outdir: Path, timeout: float = 60.0):
-    """Run the worker on ``n`` ranks; (completed process, seconds). On a timeout the whole
+    """Run the worker on ``n`` ranks; (completed process, seconds)."""
+    return run_mpi(n, ["-m", "mpi4py", str(WORKER), scenario, str(outdir)], timeout)
+
+
+def run_mpi(n: int, args: list[str], timeout: float = 60.0, cwd: Path | None = None):
+    """``mpiexec -n N python ARGS``; (completed process, seconds). On a timeout the whole
     process group (mpiexec and its ranks) is killed and the test fails."""
     env = dict(os.environ)
     package = str(Path(training.__file__).parent.parent)
     env["PYTHONPATH"] = os.pathsep.join(p for p in (package, env.get("PYTHONPATH")) if p)
     env.update(FASTRNN_NUM_THREADS="1", OMP_NUM_THREADS="1")
-    cmd = [mpiexec(), "-n", str(n), sys.executable, "-m", "mpi4py", str(WORKER)]
+    cmd = [mpiexec(), "-n", str(n), sys.executable, *args]
     start = time.perf_counter()
     proc = subprocess.Popen(
-        [*cmd, scenario, str(outdir)],
+        cmd,
+        cwd=cwd,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
@@ -67,7 +73,7 @@ def run_job(n: int, scenario: str, outdir: Path, timeout: float = 60.0):
     except subprocess.TimeoutExpired:
         os.killpg(proc.pid, signal.SIGKILL)
         proc.communicate()
-        pytest.fail(f"mpiexec -n {n} ({scenario}) did not end within {timeout} s (a hang)")
+        pytest.fail(f"mpiexec -n {n} {' '.join(args)} did not end within {timeout} s (a hang)")
     return subprocess.CompletedProcess(cmd, proc.returncode, out, err), time.perf_counter() - start
 
 
@@ -126,6 +132,21 @@ def test_a_nan_on_one_rank_stops_every_rank_with_the_message(tmp_path):
     assert errors[0] == errors[1]
     for part in ("head.bias", "epoch 1", "step 3", "NaN", "2 ranks"):
         assert part in errors[0]
+
+
+def test_cli_distributed_prints_and_saves_on_rank_0(tmp_path):
+    args = ["-m", "fastrnn", "train", "sentiment", "--distributed", "--save", "m.npz"]
+    done, _ = run_mpi(2, [*args, "--progress", "off"], cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.count("task sentiment") == 1 and "MPI processes: 2" in done.stdout
+    assert done.stdout.count("saved to m.npz") == 1 and (tmp_path / "m.npz").exists()
+
+
+def test_cli_distributed_error_ends_the_job_with_status_2(tmp_path):
+    args = ["-m", "fastrnn", "train", "sentiment", "--distributed", "--lr", "-1"]
+    done, seconds = run_mpi(2, args, timeout=30.0, cwd=tmp_path)
+    assert done.returncode == 2
+    assert "lr must be finite and > 0" in done.stdout and seconds < 30
 
 
 # --- one rank, in this process ----------------------------------------------------------------

@@ -21,6 +21,8 @@ What is here:
 - :func:`world`: ``MPI.COMM_WORLD`` (a clear ImportError without mpi4py);
 - :func:`rank`, :func:`size`, :func:`is_root` of a communicator (``None``: one process);
 - :func:`on_root`: run a function on rank 0 only (optionally sharing its result);
+- :func:`data_parallel`: a context in which every model's ``fit`` trains on a
+  communicator, as ``fit(..., comm=comm)`` (for code that calls ``fit`` itself);
 - :func:`broadcast_parameters`: rank 0's parameter arrays to every rank, in place;
 - :func:`check_same`: that every rank called with the same values, else a ValueError on
   every rank;
@@ -30,7 +32,9 @@ What is here:
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+import contextlib
+import contextvars
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any, TypeVar
 
 import numpy as np
@@ -103,6 +107,27 @@ def on_root(
     if not ok:
         raise value
     return value
+
+
+_FIT_COMM: contextvars.ContextVar[Any] = contextvars.ContextVar("fastrnn_fit_comm", default=None)
+
+
+@contextlib.contextmanager
+def data_parallel(comm: Any) -> Iterator[Any]:
+    """Within this context every model's ``fit`` trains data-parallel on ``comm``, as if
+    called with ``comm=comm`` (for code that calls ``fit`` itself, e.g. the example tasks
+    of ``fastrnn train --distributed``); ``fit(..., comm=other)`` still takes ``other``.
+    Yields ``comm``."""
+    token = _FIT_COMM.set(check_comm(comm))
+    try:
+        yield comm
+    finally:
+        _FIT_COMM.reset(token)
+
+
+def fit_comm() -> Any:
+    """The communicator the current ``fit`` trains on (see :func:`data_parallel`), or None."""
+    return _FIT_COMM.get()
 
 
 def broadcast_parameters(params: Mapping[str, np.ndarray], comm: Any, root: int = 0) -> None:
@@ -244,6 +269,8 @@ __all__ = [
     "broadcast_parameters",
     "check_comm",
     "check_same",
+    "data_parallel",
+    "fit_comm",
     "is_root",
     "on_root",
     "rank",

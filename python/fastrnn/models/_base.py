@@ -16,7 +16,6 @@ backward) except inside the training step itself (:meth:`BaseModel.loss_and_grad
 from __future__ import annotations
 
 import contextlib
-import contextvars
 import functools
 import inspect
 from collections.abc import Iterator, Mapping, Sequence
@@ -99,8 +98,6 @@ def unpack_validation(data: object) -> tuple:
 
 # --- data-parallel fit: comm= -----------------------------------------------------------------
 
-_FIT_COMM: contextvars.ContextVar[Any] = contextvars.ContextVar("fastrnn_fit_comm", default=None)
-
 _COMM_DOC = """
 
         ``comm`` (keyword, every model's ``fit``): an mpi4py communicator (e.g.
@@ -117,13 +114,10 @@ def _with_comm(fit: Any) -> Any:
 
     @functools.wraps(fit)
     def wrapper(self: Any, *args: Any, comm: Any = None, **kwargs: Any) -> Any:
-        if comm is None:  # keep the comm of an outer fit (a subclass calling super().fit)
+        if comm is None:  # keep an outer comm (D.data_parallel, a subclass's super().fit)
             return fit(self, *args, **kwargs)
-        token = _FIT_COMM.set(D.check_comm(comm))
-        try:
+        with D.data_parallel(comm):
             return fit(self, *args, **kwargs)
-        finally:
-            _FIT_COMM.reset(token)
 
     sig = inspect.signature(fit)
     params = list(sig.parameters.values())
@@ -411,7 +405,7 @@ class BaseModel:
         *,
         tbptt: int | None = None,
     ) -> None:
-        comm = _FIT_COMM.get()
+        comm = D.fit_comm()
         self._fit_rank = D.rank(comm)
         self.history_ = training.train(
             self,
