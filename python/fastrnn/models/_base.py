@@ -142,7 +142,7 @@ class BaseModel:
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
         if "fit" in vars(cls):
-            cls.fit = _with_comm(vars(cls)["fit"])  # type: ignore[method-assign]
+            cls.fit = _with_comm(vars(cls)["fit"])  # type: ignore[attr-defined]
 
     def __init__(
         self,
