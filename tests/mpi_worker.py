@@ -7,6 +7,9 @@ also trains the same model alone (no communicator) for the reference. Scenarios:
 - ``lstm``: float64 LSTM classifier, variable lengths, gradient clipping;
 - ``uneven``: float64 LSTM tagger (loss over steps), truncated BPTT, batches of 7 samples
   (the last of 2) on 3 ranks: uneven splits and a rank with no sample;
+- ``families``: the other model families, float64, each a few epochs (files
+  ``rank<r>-<Model>.npz``): vector regression, a generator and a seq2seq model (losses
+  over variable-length outputs), a character LM with truncated BPTT;
 - ``raise``: rank 1 raises RuntimeError in the 3rd step (the job must end, not hang);
 - ``nan``: rank 1's gradient of one parameter becomes NaN in the 3rd step: every rank
   must stop with the same FloatingPointError (written to its file).
@@ -44,9 +47,34 @@ def tagger() -> models.SequenceTagger:
     )
 
 
+def families() -> list[tuple[object, tuple]]:
+    """(a factory of the model, the fit arguments) for every other model family."""
+    rng = np.random.default_rng(7)
+    X, _, lengths, _ = data(17, 6, 2, seed=2)
+    ylens = rng.integers(1, 5, size=17)
+    tokens = np.where(np.arange(4)[None, :] < ylens[:, None], rng.integers(0, 3, (17, 4)), -1)
+    common = {"hidden_size": 4, "epochs": 3, "batch_size": 5, "dtype": "float64", "seed": 5}
+    chars = "".join(rng.choice(list("abcde"), size=90))
+    return [
+        (lambda: models.SequenceRegressor(**common), (X, X[:, -1, :] * 2, lengths)),
+        (lambda: models.SequenceGenerator(**common), (X[:, 0, :], tokens, ylens)),
+        (lambda: models.Seq2Seq(**common), (X, tokens, lengths, ylens)),
+        (lambda: models.CharLanguageModel(**common, seq_len=8, tbptt=3), (chars,)),
+    ]
+
+
 def main(scenario: str, outdir: Path) -> None:
     comm = MPI.COMM_WORLD
     rank = comm.Get_rank()
+    if scenario == "families":
+        for make, fit_args in families():
+            together, alone = make(), make()  # type: ignore[operator]
+            together.fit(*fit_args, comm=comm)
+            out = record(together, "param", "")
+            if rank == 0:
+                out.update(record(alone.fit(*fit_args), "single", "single_"))
+            np.savez(outdir / f"rank{rank}-{type(together).__name__}.npz", **out)
+        return
     X, y, lengths, tags = data(30 if scenario != "uneven" else 23, 9, 3, seed=1)
     out: dict[str, object] = {}
     if scenario in ("lstm", "raise", "nan"):
@@ -84,17 +112,20 @@ def main(scenario: str, outdir: Path) -> None:
     except FloatingPointError as exc:
         out["error"] = str(exc)
     else:
-        out.update({f"param:{k}": v for k, v in model.parameters().items()})
-        out["loss"] = np.array(model.history_["loss"])
-        out["step_loss"] = np.array(model.history_["step_loss"])
+        out.update(record(model, "param", ""))
         if rank == 0:  # the reference: the same model trained by this process alone
             alone = classifier() if scenario == "lstm" else tagger()
-            alone.fit(*fit_args)
-            out.update({f"single:{k}": v for k, v in alone.parameters().items()})
-            out["single_loss"] = np.array(alone.history_["loss"])
-            out["single_step_loss"] = np.array(alone.history_["step_loss"])
+            out.update(record(alone.fit(*fit_args), "single", "single_"))
     out["size"] = comm.Get_size()
     np.savez(outdir / f"rank{rank}.npz", **out)  # type: ignore[arg-type]
+
+
+def record(model, params: str, losses: str) -> dict[str, np.ndarray]:  # type: ignore[no-untyped-def]
+    """The parameters (as ``params:name``) and the loss histories of a fitted model."""
+    out = {f"{params}:{k}": v for k, v in model.parameters().items()}
+    out[f"{losses}loss"] = np.array(model.history_["loss"])
+    out[f"{losses}step_loss"] = np.array(model.history_["step_loss"])
+    return out
 
 
 if __name__ == "__main__":

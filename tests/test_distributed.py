@@ -77,8 +77,8 @@ def run_mpi(n: int, args: list[str], timeout: float = 60.0, cwd: Path | None = N
     return subprocess.CompletedProcess(cmd, proc.returncode, out, err), time.perf_counter() - start
 
 
-def rank_files(outdir: Path, n: int) -> list[dict[str, np.ndarray]]:
-    return [dict(np.load(outdir / f"rank{r}.npz")) for r in range(n)]
+def rank_files(outdir: Path, n: int, suffix: str = "") -> list[dict[str, np.ndarray]]:
+    return [dict(np.load(outdir / f"rank{r}{suffix}.npz")) for r in range(n)]
 
 
 def assert_matches_single_process(ranks: list[dict[str, np.ndarray]]) -> None:
@@ -116,6 +116,15 @@ def test_three_ranks_uneven_batches_tbptt_and_a_rank_without_samples(tmp_path):
     done, _ = run_job(3, "uneven", tmp_path)
     assert done.returncode == 0, done.stderr
     assert_matches_single_process(rank_files(tmp_path, 3))
+
+
+def test_every_model_family_trains_on_two_ranks_as_one_process(tmp_path):
+    # losses over samples (vector regression), over variable-length outputs (generator,
+    # seq2seq: each rank weighted by its number of targets), truncated BPTT (the LM)
+    done, _ = run_job(2, "families", tmp_path)
+    assert done.returncode == 0, done.stderr
+    for name in ("SequenceRegressor", "SequenceGenerator", "Seq2Seq", "CharLanguageModel"):
+        assert_matches_single_process(rank_files(tmp_path, 2, f"-{name}"))
 
 
 def test_an_exception_on_one_rank_ends_the_job(tmp_path):
