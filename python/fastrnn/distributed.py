@@ -91,21 +91,25 @@ def on_root(
 ) -> R | None:
     """``fn(*args, **kwargs)`` on rank 0 only; returns its result there and None on the other
     ranks. With ``share=True`` every rank returns rank 0's result (it must be picklable),
-    and an exception of ``fn`` is raised on every rank (so no rank waits forever)."""
+    and an exception of ``fn`` is raised on every rank (so no rank waits forever): itself
+    on rank 0, a RuntimeError with its message on the others."""
     if not share:
         return fn(*args, **kwargs) if is_root(comm) else None
     outcome: tuple[bool, Any] | None = None
+    error: Exception | None = None
     if is_root(comm):
         try:
             outcome = (True, fn(*args, **kwargs))
         except Exception as exc:
-            outcome = (False, exc)
+            error, outcome = exc, (False, f"{type(exc).__name__}: {exc}")
     if comm is not None:
         outcome = comm.bcast(outcome, root=0)
     assert outcome is not None
     ok, value = outcome
+    if error is not None:
+        raise error
     if not ok:
-        raise value
+        raise RuntimeError(f"on rank 0: {value}")
     return value
 
 
