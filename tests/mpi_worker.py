@@ -10,6 +10,9 @@ also trains the same model alone (no communicator) for the reference. Scenarios:
 - ``families``: the other model families, float64, each a few epochs (files
   ``rank<r>-<Model>.npz``): vector regression, a generator and a seq2seq model (losses
   over variable-length outputs), a character LM with truncated BPTT;
+- ``callbacks``: ``train`` with validation data, a ModelCheckpoint (rank 0 only) and a
+  callback that stops training on rank 1 alone (every rank must stop), then ``save`` on
+  every rank (rank 0 writes);
 - ``raise``: rank 1 raises RuntimeError in the 3rd step (the job must end, not hang);
 - ``nan``: rank 1's gradient of one parameter becomes NaN in the 3rd step: every rank
   must stop with the same FloatingPointError (written to its file).
@@ -23,7 +26,7 @@ from pathlib import Path
 import numpy as np
 from mpi4py import MPI
 
-from fastrnn import models
+from fastrnn import models, training
 
 
 def data(n: int, T: int, D: int, seed: int) -> tuple[np.ndarray, ...]:
@@ -63,9 +66,44 @@ def families() -> list[tuple[object, tuple]]:
     ]
 
 
+class StopOnRank1(training.Callback):
+    """Sets ``stop_training`` on rank 1 only, after its 5th batch."""
+
+    def on_batch_end(self, step: int, logs: dict[str, float]) -> None:
+        assert self.context is not None
+        if MPI.COMM_WORLD.Get_rank() == 1 and step == 5:
+            self.context.stop_training = True
+
+
+def callbacks(outdir: Path) -> None:
+    comm = MPI.COMM_WORLD
+    X, y, lengths, _ = data(30, 9, 3, seed=1)
+    model = classifier().fit(X, y, lengths, comm=comm)
+    ckpt = training.ModelCheckpoint(str(outdir / "ckpt-{epoch}.npz"))
+    train_data = (X, model._encode(y), lengths)
+    hist = training.train(
+        model,
+        train_data,
+        epochs=4,
+        batch_size=8,
+        validation_data=tuple(a[:10] for a in train_data),
+        callbacks=[ckpt, StopOnRank1()],
+        comm=comm,
+        seed=0,
+    )
+    model.save(outdir / "model.npz")  # rank 0 writes, the others do nothing
+    out = {k: np.array(hist[k]) for k in ("loss", "val_loss", "step_loss")}
+    out["saved"] = np.array(len(ckpt.saved))
+    out.update({f"param:{k}": v for k, v in model.parameters().items()})
+    np.savez(outdir / f"rank{comm.Get_rank()}.npz", **out)
+
+
 def main(scenario: str, outdir: Path) -> None:
     comm = MPI.COMM_WORLD
     rank = comm.Get_rank()
+    if scenario == "callbacks":
+        callbacks(outdir)
+        return
     if scenario == "families":
         for make, fit_args in families():
             together, alone = make(), make()  # type: ignore[operator]

@@ -127,6 +127,25 @@ def test_every_model_family_trains_on_two_ranks_as_one_process(tmp_path):
         assert_matches_single_process(rank_files(tmp_path, 2, f"-{name}"))
 
 
+def test_callbacks_checkpoints_and_save_on_two_ranks(tmp_path):
+    done, _ = run_job(2, "callbacks", tmp_path)
+    assert done.returncode == 0, done.stderr
+    ranks = rank_files(tmp_path, 2)
+    for k in ranks[0]:  # the same history (with val_loss) and parameters everywhere
+        if k != "saved":
+            assert ranks[0][k].tobytes() == ranks[1][k].tobytes(), k
+    # rank 1 stopped after its 5th batch (4 batches an epoch): both ranks stopped there
+    assert len(ranks[0]["loss"]) == len(ranks[0]["val_loss"]) == 2
+    assert len(ranks[0]["step_loss"]) == 5
+    # only rank 0 ran the checkpoint (2 epochs) and wrote the model
+    assert (int(ranks[0]["saved"]), int(ranks[1]["saved"])) == (2, 0)
+    assert sorted(p.name for p in tmp_path.glob("*.npz") if not p.name.startswith("rank")) == [
+        "ckpt-1.npz",
+        "ckpt-2.npz",
+        "model.npz",
+    ]
+
+
 def test_an_exception_on_one_rank_ends_the_job(tmp_path):
     done, seconds = run_job(2, "raise", tmp_path, timeout=30.0)
     assert done.returncode != 0
