@@ -58,6 +58,7 @@ def measure(args: argparse.Namespace) -> dict[str, float] | None:
     """Train on every rank of COMM_WORLD; rank 0 returns the numbers (others None)."""
     from mpi4py import MPI
 
+    import fastrnn
     from fastrnn.models import CharLanguageModel
 
     world = MPI.COMM_WORLD
@@ -102,6 +103,8 @@ def measure(args: argparse.Namespace) -> dict[str, float] | None:
         return None
     return {
         "ranks": ranks,
+        "threads_per_rank": fastrnn.get_num_threads(),
+        "backend": fastrnn.get_backend(),
         "seconds": seconds,
         "steps": steps,
         "windows_per_s": args.epochs * n_windows / seconds,
@@ -137,6 +140,7 @@ def compare(args: argparse.Namespace) -> None:
 
 def format_result(r: dict[str, float]) -> str:
     return (
+        f"{r['backend']}, {r['threads_per_rank']} thread(s) per rank: "
         f"{r['windows_per_s']:.1f} windows/s, {r['step_ms']:.1f} ms/step = compute "
         f"{r['compute_ms']:.1f} + allreduce {r['allreduce_ms']:.2f} "
         f"(worst rank {r['allreduce_ms_worst_rank']:.2f}; alone, ranks in step: "
