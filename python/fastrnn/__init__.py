@@ -68,12 +68,23 @@ _LAZY: dict[str, str] = {
     "Seq2Seq": "fastrnn.models",
     "gradcheck": "fastrnn.diagnostics",
 }
-_SUBMODULES = {"layers", "losses", "optim", "training", "io", "models", "datasets", "diagnostics"}
+_SUBMODULES = {
+    "layers",
+    "losses",
+    "optim",
+    "training",
+    "io",
+    "models",
+    "datasets",
+    "diagnostics",
+    "distributed",
+}
 
 if TYPE_CHECKING:  # what __getattr__ loads on first use, for type checkers and IDEs
     # ("X as X": an explicit re-export, PEP 484)
     from . import datasets as datasets
     from . import diagnostics as diagnostics
+    from . import distributed as distributed
     from . import io as io
     from . import layers as layers
     from . import losses as losses

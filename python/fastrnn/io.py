@@ -222,6 +222,8 @@ def save(obj: Any, path: str | os.PathLike[str]) -> None:
 
     The file is written exactly at ``path`` (no extension is added) and atomically: a
     crash mid-write leaves the previous file intact.
+    A model fitted data-parallel (``fit(..., comm=comm)``) is written by rank 0 only; on
+    the other ranks, which hold the same parameters, this does nothing.
 
     Raises
     ------
@@ -231,6 +233,8 @@ def save(obj: Any, path: str | os.PathLike[str]) -> None:
     ValueError
         An array name or value that cannot be stored.
     """
+    if getattr(obj, "_fit_rank", 0) != 0:  # fitted data-parallel: rank 0 writes the file
+        return
     obj = _saveable(obj, path)
     if not isinstance(path, (str, os.PathLike)):
         raise TypeError(f"path must be a str or os.PathLike, got {type(path).__name__}")

@@ -52,6 +52,31 @@ Failures
 A loss or gradient that is NaN or infinite stops training with a
 :class:`FloatingPointError` naming the epoch, the step (and, for a gradient, the
 parameter), and suggesting gradient clipping or a lower learning rate.
+
+Data-parallel training (MPI)
+----------------------------
+``train(..., comm=MPI.COMM_WORLD)`` (an mpi4py communicator; see
+:mod:`fastrnn.distributed`) trains on every process ("rank") of the communicator
+together. Every rank calls ``train`` with the same model, data and settings; the
+shuffling follows rank 0's ``seed`` and every rank starts from rank 0's parameters. Each
+global batch (the samples one process would take with this ``batch_size``) is split
+across the ranks with ``np.array_split`` (uneven splits are fine; a rank may get no
+sample). Each rank computes the loss and gradients of its share; one in-place
+``Allreduce`` per optimizer step sums them, each weighted by the number of terms its
+mean loss averages (``model.loss_weight(batch[, start, stop])`` when the model has it,
+else the number of samples), and divides by the total: the single-process mean over the
+whole batch. Clipping, the NaN check and the optimizer step then run on the summed
+gradient on every rank, so every rank ends with the same parameters, equal to the
+single-process run up to the rounding of the summation order. Truncated BPTT cuts the
+global batch's steps (the longest over the ranks). The history and the logs are the same
+on every rank; validation batches are shared out and their loss summed. Only rank 0
+shows the progress bar and runs the callbacks marked ``root_only``
+(:class:`ModelCheckpoint`); the other callbacks run on every rank, and training stops
+when a callback on any rank sets ``stop_training``. A NaN or infinite loss or gradient
+on any rank stops every rank with the same :class:`FloatingPointError`. Any other
+exception on one rank leaves the others waiting in the next ``Allreduce``: run the
+script with ``mpiexec -n N python -m mpi4py script.py``, which aborts the whole job on
+an uncaught exception.
 """
 
 from __future__ import annotations
@@ -61,11 +86,12 @@ import os
 import sys
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol, cast, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
 from . import _validation as V
+from . import distributed as D
 from . import io as _io
 from .optim import (
     Optimizer,
@@ -246,9 +272,14 @@ class TrainingContext:
 
 class Callback:
     """Base class of callbacks (see the module docstring): every hook does nothing, and
-    :meth:`on_train_begin` keeps the :class:`TrainingContext` as ``self.context``."""
+    :meth:`on_train_begin` keeps the :class:`TrainingContext` as ``self.context``.
+
+    ``root_only``: in data-parallel training (``train(..., comm=...)``) run this callback
+    on rank 0 only (for callbacks that write files or print); by default callbacks run on
+    every rank, which see the same logs."""
 
     context: TrainingContext | None = None
+    root_only: bool = False
 
     def on_train_begin(self, context: TrainingContext) -> None:
         self.context = context
@@ -409,7 +440,10 @@ class ModelCheckpoint(Callback):
     improves (``mode`` and ``min_delta`` as for :class:`EarlyStopping`). A model that
     cannot be saved itself (no ``_save_state``) is saved as its ``parameters()`` dict,
     which :func:`fastrnn.load` returns as a dict. ``saved`` lists the paths written.
+    In data-parallel training only rank 0 saves (``root_only``).
     """
+
+    root_only = True
 
     def __init__(
         self,
@@ -472,22 +506,82 @@ def _call(callbacks: list[Any], hook: str, *args: Any) -> None:
             fn(*args)
 
 
-def evaluate(model: Trainable, data: Any, *, batch_size: int = 64) -> float:
+def evaluate(model: Trainable, data: Any, *, batch_size: int = 64, comm: Any = None) -> float:
     """The mean loss of ``model`` over ``data`` in batches (weighted by batch size).
 
     Uses ``model.loss(batch)`` if the model has it (no gradients needed), otherwise the
-    loss of ``model.loss_and_grads(batch)``.
+    loss of ``model.loss_and_grads(batch)``. ``comm`` (an mpi4py communicator): every
+    rank evaluates every ``size``-th batch and every rank returns the same total.
     """
     arrays, single, n = _as_arrays("validation_data", data)
     batch_size = V.check_positive_int("batch_size", batch_size)
+    comm = D.check_comm(comm)
     loss_fn = getattr(model, "loss", None)
     total = 0.0
-    for start in range(0, n, batch_size):
+    starts = range(0, n, batch_size)[D.rank(comm) :: D.size(comm)]
+    for start in starts:
         idx = np.arange(start, min(start + batch_size, n))
         batch = _take(arrays, single, idx)
         value = loss_fn(batch) if callable(loss_fn) else model.loss_and_grads(batch)[0]
         total += float(value) * len(idx)
-    return total / n
+    return D.allreduce_sum(comm, total) / n
+
+
+def _loss_weight(model: Any, batch: Any, n: int, chunk: tuple[int, int] | None) -> float:
+    """How many terms the mean loss of ``batch`` (of ``n`` samples; or of the steps of
+    ``chunk``) averages: ``model.loss_weight`` when the model has it, else ``n``."""
+    fn = getattr(model, "loss_weight", None)
+    if not callable(fn):
+        return float(n)
+    return float(fn(batch) if chunk is None else fn(batch, *chunk))
+
+
+class _Steps:
+    """The loss and gradients of one optimizer step: of the whole batch on one process,
+    or of this rank's share summed over the ranks of ``comm`` (see the module docstring)."""
+
+    def __init__(self, model: Any, comm: Any, params: Mapping[str, np.ndarray]) -> None:
+        self.model, self.comm = model, comm
+        self.buffer = None if comm is None else D.GradientBuffer(params, comm, n_stats=2)
+
+    def batch(self, arrays: tuple[np.ndarray, ...], single: bool, idx: np.ndarray) -> tuple:
+        """(this process's batch or None if it has no sample, its number of samples)."""
+        mine = D.split(idx, self.comm)
+        return (_take(arrays, single, mine) if len(mine) else None), len(mine)
+
+    def num_steps(self, batch: Any) -> int:
+        """T of the global batch: the longest over the ranks."""
+        T = 0 if batch is None else int(self.model.num_steps(batch))
+        return D.allreduce_max(self.comm, T)
+
+    def __call__(
+        self, batch: Any, n: int, chunk: tuple[int, int] | None, state: Any
+    ) -> tuple[float, Mapping[str, np.ndarray], Any]:
+        """(loss, gradients, final state) of ``chunk`` (None: the whole batch)."""
+        loss, grads = 0.0, {}
+        if batch is not None:
+            if chunk is None:
+                loss, grads = self.model.loss_and_grads(batch)
+            else:
+                loss, grads, state = self.model.chunk_loss_and_grads(batch, *chunk, state)
+            loss = float(loss)
+        if self.buffer is None:
+            return loss, grads, state
+        buf = self.buffer
+        if batch is None:  # no sample here: add nothing, but take part in the Allreduce
+            buf.zero()
+        else:
+            weight = _loss_weight(self.model, batch, n, chunk)
+            buf.load(grads, weight)
+            buf.stats[:] = (loss * weight, weight)
+        buf.allreduce()
+        total_loss, total_weight = (float(v) for v in buf.stats)
+        if total_weight > 0:
+            buf.divide(total_weight)
+            total_loss /= total_weight
+        elif math.isfinite(total_loss):  # nothing to average anywhere: as the losses do
+            total_loss = 0.0
+        return total_loss, buf.grads, state
 
 
 def train(
@@ -508,6 +602,7 @@ def train(
     drop_last: bool = False,
     history: History | None = None,
     callbacks: Sequence[Any] | None = None,
+    comm: Any = None,
 ) -> History:
     """Train ``model`` on ``data`` with mini-batches; return the :class:`History`.
 
@@ -525,7 +620,9 @@ def train(
     last, smaller batch. ``history``: continue this History instead of a new one.
     ``callbacks``: a list of callbacks (see the module docstring), e.g.
     ``[EarlyStopping(patience=3), ModelCheckpoint("best.npz", save_best_only=True),
-    CosineAnnealingLR(T_max=epochs)]``.
+    CosineAnnealingLR(T_max=epochs)]``. ``comm``: an mpi4py communicator (e.g.
+    ``MPI.COMM_WORLD``) to train data-parallel on all its processes (see the module
+    docstring); None (default): this process alone.
     """
     if not isinstance(model, Trainable):
         raise TypeError(
@@ -559,11 +656,29 @@ def train(
     callbacks = _check_callbacks(callbacks)
     if validation_data is not None:
         _as_arrays("validation_data", validation_data)
+    comm = D.check_comm(comm)
     rng = np.random.default_rng(seed)
+    if comm is not None:
+        # rank 0's generator and parameters everywhere; the same data and settings checked
+        received = comm.bcast(rng if D.is_root(comm) else None, root=0)
+        rng = rng if D.is_root(comm) else received
+        D.check_same(
+            comm,
+            "train",
+            data=[(a.shape, a.dtype.str) for a in arrays],
+            parameters=[(k, v.shape, v.dtype.str) for k, v in sorted(params.items())],
+            settings=(epochs, batch_size, tbptt, clip_norm, clip_value, shuffle, drop_last),
+            optimizer=(type(opt).__name__, opt.lr),
+        )
+        D.broadcast_parameters(params, comm)
+        if not D.is_root(comm):
+            progress = False
+            callbacks = [cb for cb in callbacks if not getattr(cb, "root_only", False)]
+    compute = _Steps(model, comm, params)
+    ranks = "" if comm is None else f", summed over {D.size(comm)} ranks"
     n_batches = n // batch_size if drop_last else math.ceil(n / batch_size)
     if n_batches == 0:
         raise ValueError(f"drop_last with batch_size={batch_size} > {n} samples leaves no batch")
-    chunked = cast(SupportsTBPTT, model)  # used only with tbptt, checked above
     hist = history if history is not None else History()
     context = TrainingContext(model, opt, hist, epochs)
     _call(callbacks, "on_train_begin", context)
@@ -577,25 +692,20 @@ def train(
             epoch_lr = opt.lr
             for b in range(n_batches):
                 idx = order[b * batch_size : (b + 1) * batch_size]
-                batch = _take(arrays, single, idx)
+                batch, n_here = compute.batch(arrays, single, idx)
                 T = 1
                 if tbptt is None:
                     chunks: list[tuple[int, int] | None] = [None]
                 else:
-                    T = int(chunked.num_steps(batch))
+                    T = compute.num_steps(batch)
                     chunks = [(s, min(s + tbptt, T)) for s in range(0, T, tbptt)]
                 state = None
                 batch_loss = 0.0
                 for chunk in chunks:
                     step += 1
-                    where = f"epoch {epoch}, step {step} (batch {b + 1}/{n_batches})"
-                    if chunk is None:
-                        loss, grads = model.loss_and_grads(batch)
-                        weight = 1.0
-                    else:
-                        loss, grads, state = chunked.chunk_loss_and_grads(batch, *chunk, state)
-                        weight = (chunk[1] - chunk[0]) / T
-                    loss = float(loss)
+                    where = f"epoch {epoch}, step {step} (batch {b + 1}/{n_batches}{ranks})"
+                    loss, grads, state = compute(batch, n_here, chunk, state)
+                    weight = 1.0 if chunk is None else (chunk[1] - chunk[0]) / T
                     norm = _check_finite(loss, grads, where)
                     if clip_norm is not None:
                         clip_grad_norm(grads, clip_norm)
@@ -621,11 +731,15 @@ def train(
                         "lr": opt.lr,
                     }
                     _call(callbacks, "on_batch_end", batches, logs)
+                    if comm is not None:
+                        context.stop_training = D.allreduce_any(comm, context.stop_training)
                     if context.stop_training:
                         break
             logs = {"loss": epoch_loss / seen, "grad_norm": epoch_norm / max(updates, 1)}
             if validation_data is not None:
-                logs["val_loss"] = evaluate(model, validation_data, batch_size=batch_size)
+                logs["val_loss"] = evaluate(
+                    model, validation_data, batch_size=batch_size, comm=comm
+                )
             logs["lr"] = epoch_lr
             for name, value in logs.items():
                 hist.record(name, value)
@@ -634,6 +748,8 @@ def train(
             for name, value in logs.items():  # what callbacks added
                 if len(hist.history.get(name, ())) < len(hist.history["loss"]):
                     hist.record(name, value)
+            if comm is not None:
+                context.stop_training = D.allreduce_any(comm, context.stop_training)
             if context.stop_training:
                 break
         _call(callbacks, "on_train_end", context)

@@ -19,15 +19,23 @@ Examples::
     fastrnn train sentiment
     fastrnn train charlm --text my.txt --epochs 30 --generate 300
     fastrnn train adding -T 50 --cell gru --clip-norm 1 --save adding.npz
+
+``--distributed`` trains data-parallel on every process of ``MPI.COMM_WORLD`` (needs
+``fastrnn[mpi]``): ``mpiexec -n 2 fastrnn train charlm --distributed``. Only rank 0
+prints, shows the progress bar and saves; an error on any rank ends the whole job (MPI
+abort, exit status 2, or 1 for an unexpected error) instead of leaving the others waiting.
 """
 
 from __future__ import annotations
 
 import argparse
 import inspect
+import sys
 import time
+import traceback
 from typing import Any
 
+from .. import distributed as D
 from .. import functional as F
 from .. import models
 from ..tasks import TASKS
@@ -75,6 +83,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="tqdm progress bar: auto shows it on a terminal",
     )
     parser.add_argument("--save", metavar="PATH", help="save the trained model (.npz)")
+    parser.add_argument(
+        "--distributed",
+        action="store_true",
+        help="data-parallel on all MPI processes: mpiexec -n N fastrnn train ... --distributed",
+    )
     parser.add_argument("-T", type=int, help="sequence length (adding, copy)")
     parser.add_argument("--samples", type=int, help="training samples (adding, copy)")
     parser.add_argument("--text", metavar="FILE", help="text file for charlm (UTF-8)")
@@ -102,21 +115,57 @@ def task_arguments(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def run(args: argparse.Namespace) -> int:
-    """Train the task ``args.task``, print what it learned, optionally save the model."""
+    """Train the task ``args.task``, print what it learned, optionally save the model.
+
+    With ``args.distributed`` every process of ``MPI.COMM_WORLD`` trains together; rank 0
+    alone prints and saves, and an error on any rank aborts the whole job."""
+    if not args.distributed:
+        return _run(args, None)
+    try:
+        comm = D.world()
+    except ImportError as exc:
+        print(f"fastrnn train {args.task} --distributed: {exc}")
+        return 2
+    if D.size(comm) == 1:
+        return _run(args, comm)
+    # Another rank waits in the next collective for a rank that stops with an error: end
+    # the whole job instead (the status is the error's: 2 for a reported one, else 1).
+    where = f"rank {D.rank(comm)} of {D.size(comm)}"
+    try:
+        status = _run(args, comm, where)
+    except Exception:
+        print(f"fastrnn train {args.task} ({where}): unexpected error", file=sys.stderr)
+        traceback.print_exc()
+        sys.stderr.flush()
+        comm.Abort(1)
+        raise
+    if status != 0:
+        sys.stdout.flush()
+        comm.Abort(status)
+    return status
+
+
+def _run(args: argparse.Namespace, comm: object, where: str = "") -> int:
+    """Train (on ``comm`` when given), print on rank 0, save there; the exit status."""
     import fastrnn
 
     task = TASKS[args.task]
+    root = D.is_root(comm)
+    say = print if root else (lambda *a, **k: None)
     try:
         kwargs = task_arguments(args)
-        with fastrnn.use_backend(args.backend or fastrnn.get_backend()):
-            print(f"task {args.task}: {task.help} (backend {fastrnn.get_backend()})")
+        if not root:
+            kwargs.update(progress=False, verbose=False)
+        with fastrnn.use_backend(args.backend or fastrnn.get_backend()), D.data_parallel(comm):
+            ranks = "" if comm is None else f", MPI processes: {D.size(comm)}"
+            say(f"task {args.task}: {task.help} (backend {fastrnn.get_backend()}{ranks})")
             start = time.perf_counter()
             model = task.run(**kwargs).model
-            print(f"trained in {time.perf_counter() - start:.1f} s: {model!r}")
+            say(f"trained in {time.perf_counter() - start:.1f} s: {model!r}")
     except (ValueError, TypeError, FloatingPointError, OSError) as exc:
-        print(f"fastrnn train {args.task}: {exc}")
+        print(f"fastrnn train {args.task}{f' ({where})' if where else ''}: {exc}", flush=True)
         return 2
-    if args.save:
+    if args.save and root:
         model.save(args.save)
         print(f"saved to {args.save}")
     return 0

@@ -16,6 +16,7 @@ backward) except inside the training step itself (:meth:`BaseModel.loss_and_grad
 from __future__ import annotations
 
 import contextlib
+import functools
 import inspect
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
@@ -23,6 +24,7 @@ from typing import Any
 import numpy as np
 
 from .. import _validation as V
+from .. import distributed as D
 from .. import functional as F
 from .. import io as _io
 from .. import layers, training
@@ -94,6 +96,39 @@ def unpack_validation(data: object) -> tuple:
     return tuple(data) if len(data) == 3 else (*data, None)
 
 
+# --- data-parallel fit: comm= -----------------------------------------------------------------
+
+_COMM_DOC = """
+
+        ``comm`` (keyword, every model's ``fit``): an mpi4py communicator (e.g.
+        ``MPI.COMM_WORLD``) to train data-parallel on all its processes, each called with
+        the same data and hyper-parameters (see :mod:`fastrnn.distributed`); the fitted
+        parameters are the same on every rank, and ``save`` writes on rank 0 only."""
+
+
+def _with_comm(fit: Any) -> Any:
+    """``fit`` with the keyword ``comm`` added, which :meth:`BaseModel._train` passes on to
+    :func:`fastrnn.training.train`: one place gives every model family ``fit(..., comm=)``."""
+    if getattr(fit, "_with_comm", False):
+        return fit
+
+    @functools.wraps(fit)
+    def wrapper(self: Any, *args: Any, comm: Any = None, **kwargs: Any) -> Any:
+        if comm is None:  # keep an outer comm (D.data_parallel, a subclass's super().fit)
+            return fit(self, *args, **kwargs)
+        with D.data_parallel(comm):
+            return fit(self, *args, **kwargs)
+
+    sig = inspect.signature(fit)
+    params = list(sig.parameters.values())
+    at = next((i for i, p in enumerate(params) if p.kind is p.VAR_KEYWORD), len(params))
+    params.insert(at, inspect.Parameter("comm", inspect.Parameter.KEYWORD_ONLY, default=None))
+    wrapper.__signature__ = sig.replace(parameters=params)  # type: ignore[attr-defined]
+    wrapper.__doc__ = (fit.__doc__ or "").rstrip() + _COMM_DOC
+    wrapper._with_comm = True  # type: ignore[attr-defined]
+    return wrapper
+
+
 # --- the shared base --------------------------------------------------------------------------
 
 
@@ -102,6 +137,12 @@ class BaseModel:
 
     _causal = False  # decoders and language models must read left to right
     _estimator_type: str | None = None  # scikit-learn < 1.6 reads this attribute
+    _fit_rank = 0  # the rank of the last fit's communicator (save writes on rank 0 only)
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if "fit" in vars(cls):
+            cls.fit = _with_comm(vars(cls)["fit"])  # type: ignore[attr-defined]
 
     def __init__(
         self,
@@ -338,6 +379,15 @@ class BaseModel:
             loss = self._loss_backward(batch)
         return loss, self._grads()
 
+    def loss_weight(
+        self, batch: Sequence[np.ndarray], start: int = 0, stop: int | None = None
+    ) -> float:
+        """How many terms the mean loss of ``batch`` (or of its steps ``start:stop``)
+        averages: here the number of samples; the models whose loss averages over steps
+        count those. Data-parallel training weights each rank's loss and gradients by it."""
+        del start, stop
+        return float(len(batch[0]))
+
     def loss(self, batch: Sequence[np.ndarray]) -> float:
         """The loss on ``batch`` without gradients (what :func:`fastrnn.training.evaluate`
         uses for validation data); an inference forward."""
@@ -355,6 +405,8 @@ class BaseModel:
         *,
         tbptt: int | None = None,
     ) -> None:
+        comm = D.fit_comm()
+        self._fit_rank = D.rank(comm)
         self.history_ = training.train(
             self,
             data,
@@ -369,6 +421,7 @@ class BaseModel:
             validation_data=validation_data,
             progress=self.progress,
             tbptt=tbptt,
+            comm=comm,
         )
 
     # --- input checks ---------------------------------------------------------------------
@@ -412,5 +465,9 @@ class BaseModel:
         return model
 
     def save(self, path: Any) -> None:
-        """Save the fitted model to a ``.npz`` file (load it with :func:`fastrnn.load`)."""
+        """Save the fitted model to a ``.npz`` file (load it with :func:`fastrnn.load`).
+
+        After ``fit(..., comm=comm)`` only rank 0 writes; on the other ranks (which hold
+        the same parameters) ``save`` and :func:`fastrnn.save` do nothing, so one script
+        runs unchanged on every rank."""
         _io.save(self, path)

@@ -100,6 +100,13 @@ class _Decoder(BaseModel):
         _, dstate0 = dec.backward(dh)
         return loss, dstate0
 
+    def loss_weight(
+        self, batch: Sequence[np.ndarray], start: int = 0, stop: int | None = None
+    ) -> float:
+        """The number of targets the loss averages: every output token and <stop>."""
+        del start, stop
+        return float(np.sum(batch[-1] + 1))
+
     def _greedy(self, state: layers.State, B: int, max_length: int | None) -> list[np.ndarray]:
         K = self._meta["n_classes"]
         limit = self.max_length or 2 * self._meta["max_len"] if max_length is None else max_length

@@ -62,6 +62,13 @@ class _PerStep(BaseModel):
         """The number of steps of ``batch`` (its longest sequence)."""
         return int(batch[2].max())
 
+    def loss_weight(
+        self, batch: Sequence[np.ndarray], start: int = 0, stop: int | None = None
+    ) -> float:
+        """The number of targets the loss of steps ``start:stop`` averages (real steps)."""
+        stop = self.num_steps(batch) if stop is None else stop
+        return float(np.clip(batch[2] - start, 0, stop - start).sum())
+
     def chunk_loss_and_grads(
         self, batch: Sequence[np.ndarray], start: int, stop: int, state: Any
     ) -> tuple[float, dict[str, np.ndarray], Any]:
