@@ -14,7 +14,7 @@ import platform
 import sys
 from typing import Any
 
-from ._validation import available_memory
+from ._validation import available_memory as available_memory  # reported here too
 
 # The SIMD extensions that matter for the kernels, in the order they appeared.
 _SIMD = (

@@ -110,7 +110,8 @@ def on_root(
         raise error
     if not ok:
         raise RuntimeError(f"on rank 0: {value}")
-    return value
+    result: R = value  # rank 0's result of fn, broadcast
+    return result
 
 
 _FIT_COMM: contextvars.ContextVar[Any] = contextvars.ContextVar("fastrnn_fit_comm", default=None)

@@ -544,7 +544,9 @@ class _Steps:
         self.model, self.comm = model, comm
         self.buffer = None if comm is None else D.GradientBuffer(params, comm, n_stats=2)
 
-    def batch(self, arrays: tuple[np.ndarray, ...], single: bool, idx: np.ndarray) -> tuple:
+    def batch(
+        self, arrays: tuple[np.ndarray, ...], single: bool, idx: np.ndarray
+    ) -> tuple[Any, int]:
         """(this process's batch or None if it has no sample, its number of samples)."""
         mine = D.split(idx, self.comm)
         return (_take(arrays, single, mine) if len(mine) else None), len(mine)
