@@ -30,9 +30,7 @@ def forward(
     """Forward pass; returns (hs, h_n, c_n, gates, extra); c_n may be None, and gates, extra
     are None for rnn and with training=False (nothing saved for backward)."""
 
-def set_blas(
-    sgemm: int, dgemm: int, get_num_threads: int, set_num_threads: int, name: str
-) -> None:
+def set_blas(sgemm: int, dgemm: int, get_num_threads: int, set_num_threads: int, name: str) -> None:
     """Hand over the Fortran-ABI sgemm/dgemm and OpenBLAS's thread getter/setter (raw
     addresses, 0 for none) that the large products use; with any one missing, none does."""
 
