@@ -9,10 +9,11 @@
 // OpenBLAS's own threading set to 1 for as long as any kernel call that uses BLAS runs
 // (BlasSingleThreaded: the first such call saves OpenBLAS's thread count and sets 1, the
 // last one to finish restores it). So the cores in use are exactly the kernels'
-// num_threads, never num_threads times BLAS's threads. Measured on this project's 2-core
-// AVX-512 machine: two workers each calling a single-threaded sgemm on half the columns ran
-// as fast as one call with OpenBLAS's 2 threads, and needed no change to the workers'
-// structure (no barrier between the time loops and the products). SciPy's OpenBLAS is a
+// num_threads, never num_threads times BLAS's threads. Chosen over calling the big products
+// from the calling thread with BLAS threads = num_threads because it needs no change to the
+// workers' structure (no barrier between the time loops and the block products, which run
+// inside each worker's backward loop); the alternative was not measured (the shared
+// 2-core machine gave no stable 2-thread timings). SciPy's OpenBLAS is a
 // separate library from NumPy's, so NumPy's thread setting is never touched; a SciPy BLAS
 // call from another Python thread during a kernel runs single-threaded.
 //
