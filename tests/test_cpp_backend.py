@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import importlib
 import os
+import pickle
 import subprocess
 import sys
 import threading
@@ -149,31 +150,28 @@ def _isa_levels():
 ISA_SHAPES = [(9, 5, 7, 33), (300, 5, 16, 32)]
 
 
-@pytest.mark.parametrize("shape", ISA_SHAPES, ids=["ragged", "packets-long"])
-@pytest.mark.parametrize("dtype", [np.float32, np.float64], ids=["f32", "f64"])
-@pytest.mark.parametrize("level", _isa_levels())
-@pytest.mark.parametrize("cell", ["rnn", "lstm", "gru"])
-def test_every_instruction_set_level_matches_the_reference(level, cell, dtype, shape):
-    kernels = importlib.import_module(f"fastrnn._kernels_{level}")
-    T, B, D, H = shape
-    case = make_case(cell, T=T, B=B, D=D, H=H, lengths=True, h0=True, seed=1, dtype=dtype)
-    rtol = 1e-4 if dtype == np.float32 else 1e-10
-
-    def close(got, want):  # relative to the largest entry: sums over steps may cancel
-        assert float(np.abs(got - want).max()) <= rtol * float(np.abs(want).max())
-
+def raw_forward_backward(kernels, cell, case, threads):
+    """Every output and gradient of a kernel module's raw forward and backward on a
+    make_case case (with lengths), by name; lstm's cell states too."""
     p, x, h0, c0 = case["params"], case["x"], case["h0"], case["c0"]
     if c0 is None and cell == "lstm":
         c0 = np.zeros_like(h0)
     lengths = case["lengths"].astype(np.int64)
-    hs, h_n, _, gates, extra = kernels.forward(
-        cell, "tanh", 0.01, p["W_ih"], p["W_hh"], p["b_ih"], p["b_hh"], x, h0, c0, lengths, 2
+    hs, h_n, c_n, gates, extra = kernels.forward(
+        cell,
+        "tanh",
+        0.01,
+        p["W_ih"],
+        p["W_hh"],
+        p["b_ih"],
+        p["b_hh"],
+        x,
+        h0,
+        c0,
+        lengths,
+        threads,
     )
-    ref = fastrnn.forward(cell, p, x, h0, c0, lengths=lengths, backend="numpy")
-    close(hs, ref.hs)
-    close(h_n, ref.h_n)
-    dc_n = case["dc_n"]
-    dx, dh0, _, dW_ih, dW_hh, db_ih, db_hh, _ = kernels.backward(
+    dx, dh0, dc0, dW_ih, dW_hh, db_ih, db_hh, _ = kernels.backward(
         cell,
         "tanh",
         0.01,
@@ -187,21 +185,51 @@ def test_every_instruction_set_level_matches_the_reference(level, cell, dtype, s
         extra,
         case["dhs"],
         case["dh_n"],
-        dc_n,
+        case["dc_n"],
         lengths,
-        2,
+        threads,
         False,
     )
-    gref = fastrnn.backward(ref, case["dhs"], case["dh_n"], dc_n)
-    for got, want in [
-        (dx, gref.dx),
-        (dh0, gref.dh0),
-        (dW_ih, gref.params["W_ih"]),
-        (dW_hh, gref.params["W_hh"]),
-        (db_ih, gref.params["b_ih"]),
-        (db_hh, gref.params["b_hh"]),
-    ]:
-        close(got, want)
+    out = {"hs": hs, "h_n": h_n, "dx": dx, "dh0": dh0, "W_ih": dW_ih, "W_hh": dW_hh}
+    out.update({"b_ih": db_ih, "b_hh": db_hh})
+    if cell == "lstm":
+        out.update({"c_n": c_n, "dc0": dc0})
+    return out
+
+
+def reference_forward_backward(cell, case):
+    """The NumPy reference's results for raw_forward_backward, by the same names."""
+    c0 = case["c0"]
+    if c0 is None and cell == "lstm":
+        c0 = np.zeros_like(case["h0"])
+    p, x, h0, lengths = case["params"], case["x"], case["h0"], case["lengths"]
+    ref = fastrnn.forward(cell, p, x, h0, c0, lengths=lengths, backend="numpy")
+    g = fastrnn.backward(ref, case["dhs"], case["dh_n"], case["dc_n"])
+    out = {"hs": ref.hs, "h_n": ref.h_n, "dx": g.dx, "dh0": g.dh0, **g.params}
+    if cell == "lstm":
+        out.update({"c_n": ref.c_n, "dc0": g.dc0})
+    return out
+
+
+def assert_close_to(got, want, dtype, rtol=None):
+    """Every array of `want` matched by `got`, relative to its largest entry (sums over
+    steps may cancel)."""
+    rtol = rtol or (1e-4 if dtype == np.float32 else 1e-10)
+    for name, w in want.items():
+        err = float(np.abs(got[name] - w).max())
+        assert err <= rtol * float(np.abs(w).max()), f"{name}: max error {err}"
+
+
+@pytest.mark.parametrize("shape", ISA_SHAPES, ids=["ragged", "packets-long"])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64], ids=["f32", "f64"])
+@pytest.mark.parametrize("level", _isa_levels())
+@pytest.mark.parametrize("cell", ["rnn", "lstm", "gru"])
+def test_every_instruction_set_level_matches_the_reference(level, cell, dtype, shape):
+    kernels = importlib.import_module(f"fastrnn._kernels_{level}")
+    T, B, D, H = shape
+    case = make_case(cell, T=T, B=B, D=D, H=H, lengths=True, h0=True, seed=1, dtype=dtype)
+    got = raw_forward_backward(kernels, cell, case, 2)
+    assert_close_to(got, reference_forward_backward(cell, case), dtype)
 
 
 @pytest.mark.parametrize("rows", [37, 70_000], ids=["few-rows", "streamed-dh"])
@@ -289,6 +317,10 @@ BAD_INPUTS = [
     ("x", lambda a: np.asfortranarray(a["x"]), ValueError, "C-contiguous"),
     ("W_hh", lambda a: a["W_hh"][:-1], ValueError, "W_hh has shape"),
     ("W_hh", lambda a: a["W_hh"].astype(np.float32), TypeError, "W_hh has dtype"),
+    # a non-native byte order is refused by name (the functional core converts it first)
+    ("x", lambda a: a["x"].astype(">f8"), TypeError, "x has dtype .*non-native byte order"),
+    ("W_hh", lambda a: a["W_hh"].astype(">f8"), TypeError, "W_hh has dtype .*non-native"),
+    ("h0", lambda a: a["h0"].astype(">f8"), TypeError, "h0 has dtype .*non-native"),
     ("W_ih", lambda a: a["W_ih"].T, ValueError, "W_ih has shape"),
     ("W_ih", lambda a: a["W_ih"][:, ::-1], ValueError, "C-contiguous"),
     ("b_ih", lambda a: a["b_ih"][:-1], ValueError, "b_ih has shape"),
@@ -298,6 +330,7 @@ BAD_INPUTS = [
     ("lengths", lambda a: np.array([1, 2, 9]), ValueError, "lengths must be in 1..T"),
     ("lengths", lambda a: np.array([0, 2, 3]), ValueError, "lengths must be in 1..T"),
     ("lengths", lambda a: np.array([1, 2, 3], np.int32), TypeError, "int64"),
+    ("lengths", lambda a: np.array([1, 2, 3], ">i8"), TypeError, "lengths has dtype .*non-native"),
     ("lengths", lambda a: np.array([1, 2]), ValueError, "lengths has shape"),
     ("num_threads", lambda a: 0, ValueError, "num_threads"),
     ("cell", lambda a: "elman", ValueError, "cell must be one of"),
@@ -442,3 +475,45 @@ def test_workers_leave_the_callers_cpu_affinity_alone(threads):
                 _same(a, b)
     finally:
         os.sched_setaffinity(0, allowed)
+
+
+# --- arrays compared by dtype value (issue 18) ------------------------------------------
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64], ids=["f32", "f64"])
+@pytest.mark.parametrize("cell", ["rnn", "lstm", "gru"])
+def test_pickled_arrays_give_the_results_of_ordinary_ones(cell, dtype):
+    """A pickled array's dtype is equal to, not the same object as, np.dtype(dtype)."""
+    case = make_case(cell, T=7, B=3, D=4, H=6, lengths=True, h0=True, seed=2, dtype=dtype)
+    pickled = pickle.loads(pickle.dumps(case))
+    assert pickled["x"].dtype is not case["x"].dtype  # what the bindings used to compare
+    want = run_case("cpp", cell, "tanh", case)
+    got = run_case("cpp", cell, "tanh", pickled)
+    assert want.keys() == got.keys()
+    for name in want:
+        np.testing.assert_array_equal(got[name], want[name], err_msg=name)
+
+
+# --- inference forward -----------------------------------------------------------------
+
+
+# H = 16: whole SIMD packets of gate rows at every level (the panel projection), so that
+# the per-step projection of inference gives the same bits as training's projection of
+# all steps; lengths and 2 threads: padded steps and two chunks
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64], ids=["f32", "f64"])
+@pytest.mark.parametrize("cell", ["rnn", "lstm", "gru"])
+def test_inference_forward_equals_training_and_saves_nothing(cell, dtype, threads):
+    case = make_case(cell, T=23, B=5, D=7, H=16, lengths=True, h0=True, seed=4, dtype=dtype)
+    args = (cell, case["params"], case["x"], case["h0"], case["c0"])
+    kw = {"activation": "tanh", "negative_slope": 0.01}
+    kw["lengths"] = case["lengths"].astype(np.int64)
+    trained = cpp_backend.forward(*args, **kw, num_threads=threads)
+    inferred = cpp_backend.forward(*args, **kw, num_threads=threads, training=False)
+    assert inferred[3] is None
+    assert (trained[3] is None) == (cell == "rnn")
+    for got, want in zip(inferred[:3], trained[:3], strict=True):
+        if want is None:
+            assert got is None
+        else:
+            np.testing.assert_array_equal(got, want)

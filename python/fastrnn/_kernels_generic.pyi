@@ -25,8 +25,20 @@ def forward(
     lengths: np.ndarray | None = None,
     num_threads: int = 1,
     flush_denormals: bool = True,
+    training: bool = True,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None, np.ndarray | None, np.ndarray | None]:
-    """Forward pass; returns (hs, h_n, c_n, gates, extra); c_n, gates, extra may be None."""
+    """Forward pass; returns (hs, h_n, c_n, gates, extra); c_n may be None, and gates, extra
+    are None for rnn and with training=False (nothing saved for backward)."""
+
+def set_blas(sgemm: int, dgemm: int, get_num_threads: int, set_num_threads: int, name: str) -> None:
+    """Hand over the Fortran-ABI sgemm/dgemm and OpenBLAS's thread getter/setter (raw
+    addresses, 0 for none) that the large products use; with any one missing, none does."""
+
+def blas() -> str:
+    """What the large products use: the name given to set_blas, or 'none: <why>'."""
+
+def blas_calls() -> int:
+    """How many products this module has run through BLAS so far."""
 
 def backward(
     cell: str,

@@ -68,15 +68,33 @@ py::array as_array(const py::object& obj, const char* name) {
   return py::reinterpret_borrow<py::array>(obj);
 }
 
+// dtypes compare by value: an array that went through pickle carries an equal dtype that
+// is another object. An equal dtype is also in native byte order.
+template <class T>
+bool has_dtype(const py::array& a) {
+  return a.dtype().equal(py::dtype::of<T>());
+}
+
+// What is wrong with a's dtype, for a message: its name, and the byte order if that is
+// what differs.
+std::string dtype_str(const py::array& a) {
+  const std::string order = py::str(a.dtype().attr("byteorder"));
+  std::string s = py::str(a.dtype());
+  if (order == "<" || order == ">")  // numpy writes '=' for native, '|' for not applicable
+    s += " (non-native byte order '" + order + "'; convert with " +
+         "a.astype(a.dtype.newbyteorder('=')))";
+  return s;
+}
+
 // Checks one buffer: a C-contiguous array of scalar T with exactly the expected shape.
 template <class T>
 const T* input(const py::object& obj, const char* name, const std::vector<Index>& shape,
                const char* dtype_from = "x") {
   py::array a = as_array(obj, name);
-  if (!a.dtype().is(py::dtype::of<T>()))
-    throw py::type_error(std::string(name) + " has dtype " + std::string(py::str(a.dtype())) +
-                         ", expected " + std::string(py::str(py::dtype::of<T>())) +
-                         " (the dtype of " + dtype_from + ")");
+  if (!has_dtype<T>(a))
+    throw py::type_error(std::string(name) + " has dtype " + dtype_str(a) + ", expected " +
+                         std::string(py::str(py::dtype::of<T>())) + " (the dtype of " +
+                         dtype_from + ")");
   std::vector<Index> got(a.shape(), a.shape() + a.ndim());
   if (got != shape)
     throw py::value_error(std::string(name) + " has shape " + shape_str(got) + ", expected " +
@@ -114,9 +132,8 @@ void set_threads(Problem& p, int num_threads, bool flush_denormals) {
 const std::int64_t* int64_input(const py::object& obj, const char* name, Index n,
                                 std::int64_t lo, std::int64_t hi, const std::string& range) {
   py::array a = as_array(obj, name);
-  if (!a.dtype().is(py::dtype::of<std::int64_t>()))
-    throw py::type_error(std::string(name) + " has dtype " + std::string(py::str(a.dtype())) +
-                         ", expected int64");
+  if (!has_dtype<std::int64_t>(a))
+    throw py::type_error(std::string(name) + " has dtype " + dtype_str(a) + ", expected int64");
   std::vector<Index> got(a.shape(), a.shape() + a.ndim());
   if (got != std::vector<Index>{n})
     throw py::value_error(std::string(name) + " has shape " + shape_str(got) + ", expected (" +
@@ -197,13 +214,13 @@ py::tuple forward_impl(const std::string& cell, const std::string& activation, d
                        const py::object& W_ih, const py::object& W_hh, const py::object& b_ih,
                        const py::object& b_hh, const py::object& x, const py::object& h0,
                        const py::object& c0, const py::object& lengths, int num_threads,
-                       bool flush_denormals) {
+                       bool flush_denormals, bool training) {
   auto p = problem<T>(cell, activation, slope, W_ih, W_hh, x, h0, c0, lengths, num_threads,
                       flush_denormals);
   const Index GH = fastrnn::gates_of(p.cell) * p.H;
   p.b_ih = input<T>(b_ih, "b_ih", {GH});
   p.b_hh = input<T>(b_hh, "b_hh", {GH});
-  const bool saves = p.cell != fastrnn::Cell::rnn;
+  const bool saves = training && p.cell != fastrnn::Cell::rnn;
   auto hs = empty<T>({p.steps, p.B, p.H});
   auto h_n = empty<T>({p.B, p.H});
   py::object c_n = py::none(), gates = py::none(), extra = py::none();
@@ -324,9 +341,9 @@ py::tuple linear_cross_entropy_impl(const py::object& h, const py::object& weigh
 // The scalar type of a call is the dtype of its first array (x, or h for the head).
 char scalar_kind(const py::object& x, const char* name = "x") {
   py::array a = as_array(x, name);
-  if (a.dtype().is(py::dtype::of<float>())) return 'f';
-  if (a.dtype().is(py::dtype::of<double>())) return 'd';
-  throw py::type_error(std::string(name) + " has dtype " + std::string(py::str(a.dtype())) +
+  if (has_dtype<float>(a)) return 'f';
+  if (has_dtype<double>(a)) return 'd';
+  throw py::type_error(std::string(name) + " has dtype " + dtype_str(a) +
                        ", expected float32 or float64");
 }
 
@@ -342,18 +359,42 @@ PYBIND11_MODULE(FASTRNN_KERNELS_NAME, m) {
       [](const std::string& cell, const std::string& activation, double negative_slope,
          const py::object& W_ih, const py::object& W_hh, const py::object& b_ih,
          const py::object& b_hh, const py::object& x, const py::object& h0, const py::object& c0,
-         const py::object& lengths, int num_threads, bool flush_denormals) {
+         const py::object& lengths, int num_threads, bool flush_denormals, bool training) {
         if (scalar_kind(x) == 'f')
           return forward_impl<float>(cell, activation, negative_slope, W_ih, W_hh, b_ih, b_hh, x,
-                                     h0, c0, lengths, num_threads, flush_denormals);
+                                     h0, c0, lengths, num_threads, flush_denormals, training);
         return forward_impl<double>(cell, activation, negative_slope, W_ih, W_hh, b_ih, b_hh, x,
-                                    h0, c0, lengths, num_threads, flush_denormals);
+                                    h0, c0, lengths, num_threads, flush_denormals, training);
       },
       py::arg("cell"), py::arg("activation"), py::arg("negative_slope"), py::arg("W_ih"),
       py::arg("W_hh"), py::arg("b_ih"), py::arg("b_hh"), py::arg("x"), py::arg("h0"),
       py::arg("c0") = py::none(), py::arg("lengths") = py::none(), py::arg("num_threads") = 1,
-      py::arg("flush_denormals") = true,
-      "Forward pass; returns (hs, h_n, c_n, gates, extra); c_n, gates, extra may be None.");
+      py::arg("flush_denormals") = true, py::arg("training") = true,
+      "Forward pass; returns (hs, h_n, c_n, gates, extra); c_n may be None, and gates, extra "
+      "are None for rnn and with training=False (nothing saved for backward).");
+  m.def(
+      "set_blas",
+      [](std::uintptr_t sgemm, std::uintptr_t dgemm, std::uintptr_t get_threads,
+         std::uintptr_t set_threads, const std::string& name) {
+        fastrnn::BlasFunctions f;
+        f.sgemm = reinterpret_cast<fastrnn::sgemm_fn>(sgemm);
+        f.dgemm = reinterpret_cast<fastrnn::dgemm_fn>(dgemm);
+        f.get_threads = reinterpret_cast<fastrnn::get_threads_fn>(get_threads);
+        f.set_threads = reinterpret_cast<fastrnn::set_threads_fn>(set_threads);
+        f.name = name;
+        fastrnn::set_blas(f);
+      },
+      py::arg("sgemm"), py::arg("dgemm"), py::arg("get_num_threads"),
+      py::arg("set_num_threads"), py::arg("name"),
+      "Hand over the Fortran-ABI sgemm/dgemm and the OpenBLAS thread getter/setter (raw "
+      "addresses; 0 for none) that the large products use; `name` describes them. With any "
+      "one missing, no product uses BLAS.");
+  m.def(
+      "blas", [] { return fastrnn::current_blas().name; },
+      "What the large products use: the name given to set_blas, or 'none: <why>'.");
+  m.def(
+      "blas_calls", [] { return fastrnn::blas_calls().load(); },
+      "How many products this module has run through BLAS so far.");
   m.def(
       "backward",
       [](const std::string& cell, const std::string& activation, double negative_slope,

@@ -83,10 +83,16 @@ py::dict build_info() {
 #else
   info["openmp"] = false;
 #endif
-  // Measured: OpenBLAS (NumPy's) was no faster than these kernels for any product of the
-  // benchmark shapes (per-step products: 60-90 vs 78-113 GFLOP/s; after-loop products are
-  // memory-bound), so no BLAS is linked.
-  info["blas"] = "none: fastrnn panel kernels and Eigen 3.4's GEMM";
+  // The large products go to the BLAS that the Python adapter hands over to the kernel
+  // module when it loads it (fastrnn.backends.cpp_backend): what that module reports.
+  try {
+    py::module_ backend = py::module_::import("fastrnn.backends.cpp_backend");
+    py::object kernels = backend.attr("_kernels");
+    info["blas"] = kernels.is_none() ? py::object(backend.attr("UNAVAILABLE_REASON"))
+                                     : kernels.attr("blas")();
+  } catch (py::error_already_set& e) {
+    info["blas"] = std::string("unavailable: ") + e.what();
+  }
   return info;
 }
 

@@ -9,19 +9,98 @@ with subnormals flushed to zero (FTZ/DAZ) and restore the caller's mode on retur
 every state subnormal, lstm ran 1.36x faster that way on this machine's CPU (rnn: no
 change), and Intel CPUs are known to slow down far more on subnormals.
 
+Large products (the input projection, the weight gradients and ``dx`` over blocks of
+steps, the head's) go through the OpenBLAS that SciPy ships: :func:`blas_functions` finds
+SciPy's Fortran-ABI ``sgemm``/``dgemm`` (the capsules of ``scipy.linalg.cython_blas``) and
+the thread getter/setter of that OpenBLAS, and they are handed to the kernel module once, at
+import. The kernels' workers call BLAS with its own threading set to 1 (see
+``src/cpp/fastrnn/blas.hpp``). Without them the kernels use their own products;
+``_kernels.blas()`` and ``fastrnn.build_info()["blas"]`` say which.
+
 ``saved`` is ``None`` for rnn (act' is a function of hs) and ``(gates, extra)`` otherwise:
 the gate activations (T, B, G*H) and, for lstm, the cell states, for gru
-``W_hn h + b_hn`` (T, B, H), i.e. (G+1)*H values per step and sequence.
+``W_hn h + b_hn`` (T, B, H), i.e. (G+1)*H values per step and sequence. With
+``training=False`` nothing is saved (``saved`` is ``None``) and nothing is allocated for it.
 """
 
 from __future__ import annotations
 
+import ctypes
 import importlib
+import os
 from types import ModuleType
 
 UNAVAILABLE_REASON: str | None = None
 ISA: str | None = None
 _kernels: ModuleType | None = None
+
+
+def _capsule_address(capsule) -> int:
+    get_name = ctypes.pythonapi.PyCapsule_GetName
+    get_name.restype = ctypes.c_char_p
+    get_name.argtypes = [ctypes.py_object]
+    get_pointer = ctypes.pythonapi.PyCapsule_GetPointer
+    get_pointer.restype = ctypes.c_void_p
+    get_pointer.argtypes = [ctypes.py_object, ctypes.c_char_p]
+    return int(get_pointer(capsule, get_name(capsule)) or 0)
+
+
+def _scipy_openblas(threadpool_info: list[dict]) -> dict | None:
+    """The OpenBLAS entry of threadpoolctl's list that SciPy's BLAS calls: the one inside
+    SciPy's installation (``scipy.libs`` of a wheel), else the only OpenBLAS loaded."""
+    import scipy
+
+    root = os.path.dirname(os.path.abspath(scipy.__file__))  # .../scipy (and scipy.libs)
+    blas = [i for i in threadpool_info if i.get("user_api") == "blas"]
+    openblas = [i for i in blas if i.get("internal_api") == "openblas"]
+    inside = [i for i in openblas if os.path.abspath(i["filepath"]).startswith(root)]
+    if len(inside) == 1:
+        return inside[0]
+    return openblas[0] if len(blas) == 1 == len(openblas) else None
+
+
+def blas_functions() -> tuple[int, int, int, int, str]:
+    """``(sgemm, dgemm, get_num_threads, set_num_threads, name)``: addresses of SciPy's BLAS
+    functions and of its OpenBLAS thread setters, or zeros and ``"none: <why>"``."""
+    try:
+        return _blas_functions()
+    except (ImportError, OSError, KeyError, AttributeError, ValueError) as exc:
+        return (0, 0, 0, 0, f"none: {type(exc).__name__}: {exc}")
+
+
+def _blas_functions() -> tuple[int, int, int, int, str]:
+    from scipy.linalg import cython_blas
+    from threadpoolctl import threadpool_info
+
+    none = (0, 0, 0, 0)
+    capsules = cython_blas.__pyx_capi__
+    sgemm, dgemm = (_capsule_address(capsules[name]) for name in ("sgemm", "dgemm"))
+    info = threadpool_info()
+    lib = _scipy_openblas(info)
+    if lib is None:
+        found = sorted({str(i.get("internal_api")) for i in info if i.get("user_api") == "blas"})
+        return (*none, f"none: SciPy's BLAS is not one OpenBLAS (found: {found or 'none'})")
+    dll = ctypes.CDLL(lib["filepath"])
+    setters = []
+    for verb in ("get", "set"):
+        names = [
+            f"{prefix}openblas_{verb}_num_threads{suffix}"
+            for prefix in ("scipy_", "")
+            for suffix in ("", "64_")
+        ]
+        address = next(
+            (ctypes.cast(getattr(dll, n), ctypes.c_void_p).value for n in names if hasattr(dll, n)),
+            None,
+        )
+        if not address:
+            return (*none, f"none: no openblas_{verb}_num_threads in {lib['filepath']}")
+        setters.append(address)
+    name = (
+        f"openblas {lib.get('version')} ({lib.get('architecture')} kernels) via SciPy, "
+        f"{os.path.basename(lib['filepath'])}"
+    )
+    return sgemm, dgemm, setters[0], setters[1], name
+
 
 try:
     from fastrnn import _core
@@ -30,6 +109,8 @@ try:
     _kernels = importlib.import_module(f"fastrnn._kernels_{ISA}")
 except (ImportError, ValueError) as exc:  # extension not built, or a bad FASTRNN_CPP_ISA
     UNAVAILABLE_REASON = f"{type(exc).__name__}: {exc}"
+else:
+    _kernels.set_blas(*blas_functions())
 
 
 def forward(
@@ -50,8 +131,9 @@ def forward(
         c0,
         lengths,
         num_threads,
+        training=training,
     )
-    return hs, h_n, c_n, (None if gates is None or not training else (gates, extra))
+    return hs, h_n, c_n, (None if gates is None else (gates, extra))
 
 
 def backward(

@@ -24,11 +24,13 @@
 #include <Eigen/Core>
 #include <algorithm>
 #include <cstdint>
+#include <climits>
 #include <memory>
 #include <utility>
 #include <vector>
 
 
+#include "blas.hpp"
 #include "memory.hpp"
 #include "parallel.hpp"
 #include "small_gemm.hpp"
@@ -63,7 +65,9 @@ struct ForwardOutput {
   T* hs = nullptr;     // (steps, B, H)
   T* h_n = nullptr;    // (B, H)
   T* c_n = nullptr;    // (B, H), lstm
-  T* gates = nullptr;  // (steps, B, G*H), lstm and gru: gate activations
+  // Saved for backward (lstm and gru), both or neither: null for inference, where each
+  // worker projects a step's inputs right before the step into scratch of its own.
+  T* gates = nullptr;  // (steps, B, G*H): gate activations
   T* extra = nullptr;  // (steps, B, H): lstm cell states, gru W_hn h + b_hn
 };
 
@@ -110,15 +114,19 @@ using ConstMatMap = Eigen::Map<const Mat<T>>;
 struct ChunkMask {
   const std::int64_t* lengths;  // already offset to b0, or null
   Index nb;
+  Index steps;
   Index all_active_until;  // every sequence of the chunk is active for t < this
 
-  ChunkMask(const std::int64_t* lens, Index b0, Index count, Index steps)
-      : lengths(lens ? lens + b0 : nullptr), nb(count), all_active_until(steps) {
+  ChunkMask(const std::int64_t* lens, Index b0, Index count, Index steps_)
+      : lengths(lens ? lens + b0 : nullptr), nb(count), steps(steps_), all_active_until(steps_) {
     if (lengths)
       for (Index j = 0; j < nb; ++j) all_active_until = std::min<Index>(all_active_until, lengths[j]);
   }
   bool all_active(Index t) const { return t < all_active_until; }
   bool active(Index t, Index j) const { return !lengths || t < lengths[j]; }
+  bool last_step(Index t, Index j) const {
+    return lengths ? t + 1 == lengths[j] : t + 1 == steps;
+  }
   template <class M>
   void zero_inactive(Index t, M&& m) const {
     if (all_active(t)) return;
@@ -176,11 +184,132 @@ void activation_grad(Activation act, T slope, ArrMap<T>& dA, const DH& dh,
   }
 }
 
+// The input projection U x + b of n columns of x (D x n) into dst (GH x n, column-major):
+// BLAS for large products (blas.hpp), else, with whole packets of rows, the panel kernel,
+// which streams x once with W_ih packed in cache and the bias folded in (1.5x Eigen's GEMM
+// here, which packs all of x first), else Eigen.
+template <class T>
+class InputProjection {
+ public:
+  InputProjection(const Problem<T>& p, const BlasFunctions& blas)
+      : GH_(gates_of(p.cell) * p.H), D_(p.D), W_ih_(p.W_ih), blas_(blas),
+        bias_(Eigen::Map<const Vec>(p.b_ih, GH_)), panels_(GH_ % SimdTraits<T>::size == 0) {
+    if (p.cell != Cell::gru) bias_ += Eigen::Map<const Vec>(p.b_hh, GH_);
+    if (panels_) packed_.from_row_major(p.W_ih, GH_, D_);
+  }
+  bool uses_blas(Index n) const { return use_blas(blas_, GH_, n, D_); }
+  void operator()(const T* x, Index n, T* dst) const {
+    if (!uses_blas(n) && panels_) return small_gemm(packed_, x, D_, dst, GH_, n, bias_.data());
+    MatMap<T> A(dst, GH_, n);
+    A.colwise() = bias_;  // then += the product: no separate zeroing pass
+    if (uses_blas(n)) return gemm(blas_, 'T', 'N', GH_, n, D_, T(1), W_ih_, D_, x, D_, T(1), dst, GH_);
+    A.noalias() += ConstMatMap<T>(W_ih_, D_, GH_).transpose() * ConstMatMap<T>(x, D_, n);
+  }
+
+ private:
+  using Vec = Eigen::Matrix<T, Eigen::Dynamic, 1>;
+  Index GH_, D_;
+  const T* W_ih_;
+  const BlasFunctions& blas_;
+  Vec bias_;
+  bool panels_;
+  PackedMatrix<T> packed_;
+};
+
+// The per-step product of the recurrence, W_hh times the chunk's states (forward: C (GH x
+// nb) = W_hh h) or its transpose times the gate gradients (backward: C (H x nb) = W_hh^T dA),
+// C with leading dimension ld. The in-house kernel with W_hh packed once per call, or BLAS
+// from kStepBlasMinFlops multiply-adds per step (per worker): see blas.hpp.
+template <class T>
+class RecurrentProduct {
+ public:
+  Index ld = 0;
+
+  RecurrentProduct(const Problem<T>& p, const BlasFunctions& blas, bool transposed, Index nb)
+      : blas_(blas), W_hh_(p.W_hh), GH_(gates_of(p.cell) * p.H), H_(p.H),
+        transposed_(transposed),
+        by_blas_(blas.usable() && GH_ * H_ * nb >= kStepBlasMinFlops && GH_ * H_ <= INT_MAX) {
+    ld = padded_rows<T>(transposed ? H_ : GH_);
+    if (by_blas_) return;
+    if (transposed)
+      packed_.from_row_major_transposed(p.W_hh, H_, GH_);
+    else
+      packed_.from_row_major(p.W_hh, GH_, H_);
+  }
+  bool uses_blas() const { return by_blas_; }
+  void operator()(const T* B, T* C, Index nb) const {
+    if (!by_blas_) return small_gemm(packed_, B, transposed_ ? GH_ : H_, C, ld, nb);
+    if (transposed_)
+      gemm(blas_, 'N', 'N', H_, nb, GH_, T(1), W_hh_, H_, B, GH_, T(0), C, ld);
+    else
+      gemm(blas_, 'T', 'N', GH_, nb, H_, T(1), W_hh_, H_, B, H_, T(0), C, ld);
+  }
+
+ private:
+  const BlasFunctions& blas_;
+  const T* W_hh_;
+  Index GH_, H_;
+  bool transposed_, by_blas_;
+  PackedMatrix<T> packed_;
+};
+
+// Where a forward time loop over the chunk [b0, b0 + nb) finds step t's pre-activations
+// U x_t + b (then turned into gate activations in place) and puts its extra values (lstm c_t,
+// gru W_hn h + b_hn): in training, the saved arrays, projected before the loop; in
+// inference, scratch of this chunk, the step's inputs projected into it on the spot (and,
+// for lstm, two cell-state buffers used in turn). Scratch is placed at the same offset from
+// a 64-byte boundary as the saved array's element would be (the bindings align outputs to
+// 64 bytes): Eigen computes the unaligned head of a destination without SIMD, whose
+// exp/tanh differ in the last bit, so this keeps inference bit-for-bit equal to training.
+template <class T>
+class StepSlots {
+ public:
+  StepSlots(const Problem<T>& p, const ForwardOutput<T>& out, const InputProjection<T>& proj,
+            Index b0, Index nb)
+      : p_(p), out_(out), proj_(proj), b0_(b0), nb_(nb), GH_(gates_of(p.cell) * p.H) {
+    if (!saving()) {
+      gates_.resize(static_cast<std::size_t>(GH_ * nb + 2 * kAlign));
+      extra_.resize(static_cast<std::size_t>(2 * (p.H * nb + kAlign) + kAlign));
+    }
+  }
+  bool saving() const { return out_.gates != nullptr; }
+  T* gates(Index t) {
+    const Index off = (t * p_.B + b0_) * GH_;
+    if (saving()) return out_.gates + off;
+    T* g = aligned(gates_.data()) + off % kAlign;
+    proj_(p_.x + (t * p_.B + b0_) * p_.D, nb_, g);
+    return g;
+  }
+  T* extra(Index t) {
+    const Index off = (t * p_.B + b0_) * p_.H;
+    if (saving()) return out_.extra + off;
+    return aligned(extra_.data()) + t % 2 * (p_.H * nb_ + kAlign) + off % kAlign;
+  }
+  // the saved values of the next step (written long ago by the projection), or its inputs
+  void prefetch_next(Index t) const {
+    if (t + 1 >= p_.steps) return;
+    if (saving()) return prefetch(out_.gates + ((t + 1) * p_.B + b0_) * GH_, GH_ * nb_);
+    prefetch(p_.x + ((t + 1) * p_.B + b0_) * p_.D, p_.D * nb_);
+  }
+
+ private:
+  static constexpr Index kAlign = Index(64 / sizeof(T));  // elements per 64 bytes
+  static T* aligned(T* p) {
+    const auto mis = reinterpret_cast<std::uintptr_t>(p) % 64;
+    return mis ? p + (64 - mis) / sizeof(T) : p;
+  }
+  const Problem<T>& p_;
+  const ForwardOutput<T>& out_;
+  const InputProjection<T>& proj_;
+  Index b0_, nb_, GH_;
+  std::vector<T> gates_, extra_;
+};
+
 // --- forward time loops over the chunk [b0, b0 + nb) ------------------------------------
 
 template <class T>
 void rnn_forward_chunk(const Problem<T>& p, const ForwardOutput<T>& out,
-                       const PackedMatrix<T>& W, Index b0, Index nb) {
+                       const RecurrentProduct<T>& W, StepSlots<T>&, Index b0, Index nb) {
   const Index H = p.H, B = p.B;
   const ChunkMask mask(p.lengths, b0, nb, p.steps);
   std::vector<T> rec_buf(static_cast<std::size_t>(W.ld * nb));
@@ -189,7 +318,7 @@ void rnn_forward_chunk(const Problem<T>& p, const ForwardOutput<T>& out,
   for (Index t = 0; t < p.steps; ++t) {
     T* h_ptr = out.hs + (t * B + b0) * H;
     if (t + 1 < p.steps) prefetch(h_ptr + B * H, H * nb);
-    small_gemm(W, h_prev, H, rec_buf.data(), W.ld, nb);  // W h_{t-1}
+    W(h_prev, rec_buf.data(), nb);  // W h_{t-1}
     ArrMap<T> h(h_ptr, H, nb);                             // holds U x_t + b
     activate(p.activation, p.slope, h, rec);               // h_t = act(U x_t + W h_{t-1} + b)
     mask.zero_inactive(t, h);
@@ -199,7 +328,7 @@ void rnn_forward_chunk(const Problem<T>& p, const ForwardOutput<T>& out,
 
 template <class T>
 void lstm_forward_chunk(const Problem<T>& p, const ForwardOutput<T>& out,
-                        const PackedMatrix<T>& W, Index b0, Index nb) {
+                        const RecurrentProduct<T>& W, StepSlots<T>& slots, Index b0, Index nb) {
   const Index H = p.H, B = p.B, GH = 4 * H;
   const ChunkMask mask(p.lengths, b0, nb, p.steps);
   std::vector<T> rec_buf(static_cast<std::size_t>(W.ld * nb));
@@ -208,18 +337,20 @@ void lstm_forward_chunk(const Problem<T>& p, const ForwardOutput<T>& out,
   const T* c_prev = p.c0 + b0 * H;
   for (Index t = 0; t < p.steps; ++t) {
     const Index off = (t * B + b0);
-    if (t + 1 < p.steps) prefetch(out.gates + (off + B) * GH, GH * nb);
-    small_gemm(W, h_prev, H, rec_buf.data(), W.ld, nb);
-    ArrMap<T> g(out.gates + off * GH, GH, nb);  // holds U x_t + b, becomes i, f, g, o
+    slots.prefetch_next(t);
+    W(h_prev, rec_buf.data(), nb);
+    ArrMap<T> g(slots.gates(t), GH, nb);  // holds U x_t + b, becomes i, f, g, o
     g.topRows(2 * H) = (g.topRows(2 * H) + rec.topRows(2 * H)).logistic();
     g.middleRows(2 * H, H) = (g.middleRows(2 * H, H) + rec.middleRows(2 * H, H)).tanh();
     g.bottomRows(H) = (g.bottomRows(H) + rec.bottomRows(H)).logistic();
-    ArrMap<T> c(out.extra + off * H, H, nb);
+    ArrMap<T> c(slots.extra(t), H, nb);
     ArrMap<T> h(out.hs + off * H, H, nb);
     const ConstArrMap<T> cp(c_prev, H, nb);
     c = g.middleRows(H, H) * cp + g.topRows(H) * g.middleRows(2 * H, H);  // f c + i g
     h = g.bottomRows(H) * c.tanh();                                       // o tanh(c)
     mask.zero_inactive(t, h);
+    for (Index j = 0; j < nb; ++j)  // the final cell states, after each one's last real step
+      if (mask.last_step(t, j)) std::copy_n(c.data() + j * H, H, out.c_n + (b0 + j) * H);
     h_prev = h.data();
     c_prev = c.data();
   }
@@ -227,7 +358,7 @@ void lstm_forward_chunk(const Problem<T>& p, const ForwardOutput<T>& out,
 
 template <class T>
 void gru_forward_chunk(const Problem<T>& p, const ForwardOutput<T>& out,
-                       const PackedMatrix<T>& W, Index b0, Index nb) {
+                       const RecurrentProduct<T>& W, StepSlots<T>& slots, Index b0, Index nb) {
   const Index H = p.H, B = p.B, GH = 3 * H;
   const ChunkMask mask(p.lengths, b0, nb, p.steps);
   std::vector<T> rec_buf(static_cast<std::size_t>(W.ld * nb));
@@ -236,12 +367,12 @@ void gru_forward_chunk(const Problem<T>& p, const ForwardOutput<T>& out,
   const T* h_prev = p.h0 + b0 * H;
   for (Index t = 0; t < p.steps; ++t) {
     const Index off = (t * B + b0);
-    if (t + 1 < p.steps) prefetch(out.gates + (off + B) * GH, GH * nb);
-    small_gemm(W, h_prev, H, rec_buf.data(), W.ld, nb);
-    ArrMap<T> g(out.gates + off * GH, GH, nb);  // holds W_i. x_t + b_i., becomes r, z, n
+    slots.prefetch_next(t);
+    W(h_prev, rec_buf.data(), nb);
+    ArrMap<T> g(slots.gates(t), GH, nb);  // holds W_i. x_t + b_i., becomes r, z, n
     g.topRows(2 * H) = ((g.topRows(2 * H) + rec.topRows(2 * H)).colwise() + b_hh.head(2 * H))
                            .logistic();
-    ArrMap<T> hn(out.extra + off * H, H, nb);  // W_hn h + b_hn
+    ArrMap<T> hn(slots.extra(t), H, nb);  // W_hn h + b_hn
     hn = rec.bottomRows(H).colwise() + b_hh.tail(H);
     g.bottomRows(H) = (g.bottomRows(H) + g.topRows(H) * hn).tanh();
     ArrMap<T> h(out.hs + off * H, H, nb);
@@ -265,9 +396,10 @@ class GradBlocks {
   Mat<T> db;            // (GH x 2): db_ih, db_hh
 
   GradBlocks(const Problem<T>& p, const BackwardInput<T>& in, const BackwardOutput<T>& g,
-             const PackedMatrix<T>& W_ih_T, Index b0, Index nb)
-      : p_(p), in_(in), g_(g), W_ih_T_(W_ih_T), b0_(b0), nb_(nb),
-        GH_(gates_of(p.cell) * p.H), steps_(block_steps(GH_, nb, p.steps)),
+             const PackedMatrix<T>& W_ih_T, const BlasFunctions& blas, Index b0, Index nb)
+      : p_(p), in_(in), g_(g), W_ih_T_(W_ih_T), blas_(blas), b0_(b0), nb_(nb),
+        GH_(gates_of(p.cell) * p.H), wide_(blas_blocks(p, blas, nb)),
+        steps_(block_steps(p, wide_, nb)),
         dA_(GH_ * nb * steps_), dA_rec_(p.cell == Cell::gru ? GH_ * nb * steps_ : 0),
         x_(gathered() ? p.D * nb * steps_ : 0), h_prev_(p.H * nb * steps_),
         dx_(W_ih_T.ld * nb * steps_),
@@ -275,6 +407,14 @@ class GradBlocks {
     dW_ih.setZero(p.D, GH_);
     dW_hh.setZero(p.H, GH_);
     db.setZero(GH_, 2);
+  }
+
+  // Whether a chunk of nb sequences puts its block products through BLAS: then its blocks
+  // are kBlasColumns wide (BLAS packs both operands every call, which pays off on wide
+  // blocks only), else 64 to 256 columns that stay in L2 (the in-house kernels).
+  static bool blas_blocks(const Problem<T>& p, const BlasFunctions& blas, Index nb) {
+    return use_blas(blas, std::max(p.D, p.H), gates_of(p.cell) * p.H,
+                    std::min(kBlasColumns, p.steps * nb));
   }
 
   T* dA_in(Index t) { return dA_.data() + column(t) * GH_; }
@@ -287,29 +427,65 @@ class GradBlocks {
   }
 
  private:
-  // steps per block: at least 64 columns for the products, at most ~256 KB of dA (L2),
-  // and no more than there are
-  static Index block_steps(Index GH, Index nb, Index steps) {
-    const Index cap = (Index(1) << 18) / (GH * nb * Index(sizeof(T)));
-    const Index want =
-        std::max<Index>((64 + nb - 1) / nb, std::min<Index>((256 + nb - 1) / nb, cap));
-    return std::max<Index>(1, std::min(want, steps));
+  static constexpr Index kBlasColumns = 512;
+
+  // Steps per block: in-house, at least 64 columns for the products, at most ~256 KB of dA
+  // (L2); with BLAS, kBlasColumns columns, at most ~8 MB of dA; no more than there are.
+  static Index block_steps(const Problem<T>& p, bool wide, Index nb) {
+    const Index GH = gates_of(p.cell) * p.H;
+    const Index cap = (Index(1) << (wide ? 23 : 18)) / (GH * nb * Index(sizeof(T)));
+    const Index lo = wide ? kBlasColumns : 64, hi = wide ? kBlasColumns : 256;
+    const Index want = std::max<Index>((lo + nb - 1) / nb, std::min<Index>((hi + nb - 1) / nb, cap));
+    return std::max<Index>(1, std::min(want, p.steps));
   }
   bool gathered() const { return nb_ != p_.B; }  // else a block of x is contiguous
+  // BLAS only in wide blocks: the caller holds BLAS to one thread for those (blas.hpp)
+  bool by_blas(Index m, Index n, Index k) const { return wide_ && use_blas(blas_, m, n, k); }
 
-  // C (m x GH) += A (m x n) dA (GH x n)^T: the panel kernel where the m rows come in whole
-  // packets (no packing of the operands), else Eigen
+  // C (m x GH) += A (m x n) dA (GH x n)^T: BLAS for large products, the panel kernel where
+  // the m rows come in whole packets (no packing of the operands), else Eigen
   void add_outer(Mat<T>& C, const T* A, const T* dA, Index n) const {
     const Index m = C.rows();
+    if (by_blas(m, GH_, n))
+      return gemm(blas_, 'N', 'T', m, GH_, n, T(1), A, m, dA, GH_, T(1), C.data(), m);
     if (m % SimdTraits<T>::size == 0)
       return panel_gemm<T, true, true>({A, m, dA, GH_, C.data(), m, n, nullptr}, m, GH_);
     C.noalias() += ConstMatMap<T>(A, m, n) * ConstMatMap<T>(dA, GH_, n).transpose();
   }
   Index column(Index t) const { return t % steps_ * nb_; }
 
+  // dx of the steps [t0, t0 + count) = W_ih^T dA (D x GH times GH x n): BLAS writes it in
+  // place when the chunk is the whole batch (its columns are contiguous in dx), else into
+  // scratch; the in-house kernel writes rows padded to whole packets into scratch. Each
+  // step's (D x nb) block is then copied out.
+  void input_gradient(Index t0, Index count, const T* dA) {
+    const Index D = p_.D, B = p_.B, nb = nb_, n = count * nb;
+    const bool blas = by_blas(D, n, GH_);
+    if (blas && !gathered())
+      return gemm(blas_, 'N', 'N', D, n, GH_, T(1), p_.W_ih, D, dA, GH_, T(0),
+                  g_.dx + (t0 * B + b0_) * D, D);
+    const Index ld = blas ? D : W_ih_T_.ld;
+    if (blas)
+      gemm(blas_, 'N', 'N', D, n, GH_, T(1), p_.W_ih, D, dA, GH_, T(0), dx_.data(), D);
+    else
+      small_gemm(W_ih_T_, dA, GH_, dx_.data(), ld, n);
+    for (Index s = 0; s < count; ++s) {
+      T* dst = g_.dx + ((t0 + s) * B + b0_) * D;
+      const T* src = dx_.data() + s * nb * ld;
+      if (D != ld) {
+        MatMap<T>(dst, D, nb) = ConstMatMap<T>(src, ld, nb).topRows(D);
+      } else if (stream_) {
+        stream_copy(src, D * nb, dst);
+      } else {
+        std::copy_n(src, D * nb, dst);
+      }
+    }
+    if (t0 == 0 && stream_) stream_fence();  // the last block
+  }
+
   // The block of steps [t0, t0 + count): its dA are columns [0, count * nb).
   void flush(Index t0, Index count) {
-    const Index D = p_.D, H = p_.H, B = p_.B, nb = nb_, n = count * nb, Dp = W_ih_T_.ld;
+    const Index D = p_.D, H = p_.H, B = p_.B, nb = nb_, n = count * nb;
     // the inputs of these steps, and the states before them, as contiguous columns (in place
     // when the chunk is the whole batch)
     const T* x = p_.x + (t0 * B + b0_) * D;
@@ -334,27 +510,17 @@ class GradBlocks {
     add_outer(dW_hh, h_prev, dAr, n);  // dW_hh += H_prev dA_rec^T
     db.col(0) += ConstMatMap<T>(dA, GH_, n).rowwise().sum();
     if (!dA_rec_.empty()) db.col(1) += ConstMatMap<T>(dAr, GH_, n).rowwise().sum();
-    // dx = W_ih^T dA, rows padded to whole packets, then each step's (D x nb) out
-    small_gemm(W_ih_T_, dA, GH_, dx_.data(), Dp, n);
-    for (Index s = 0; s < count; ++s) {
-      T* dst = g_.dx + ((t0 + s) * B + b0_) * D;
-      const T* src = dx_.data() + s * nb * Dp;
-      if (D != Dp) {
-        MatMap<T>(dst, D, nb) = ConstMatMap<T>(src, Dp, nb).topRows(D);
-      } else if (stream_) {
-        stream_copy(src, D * nb, dst);
-      } else {
-        std::copy_n(src, D * nb, dst);
-      }
-    }
-    if (t0 == 0 && stream_) stream_fence();  // the last block
+    input_gradient(t0, count, dA);
   }
 
   const Problem<T>& p_;
   const BackwardInput<T>& in_;
   const BackwardOutput<T>& g_;
   const PackedMatrix<T>& W_ih_T_;
-  Index b0_, nb_, GH_, steps_;
+  const BlasFunctions& blas_;
+  Index b0_, nb_, GH_;
+  bool wide_;
+  Index steps_;
   std::vector<T> dA_, dA_rec_, x_, h_prev_, dx_;
   bool stream_;
 };
@@ -384,7 +550,7 @@ void store_norms(const BackwardOutput<T>& g, Index t, Index B, Index b0, const M
 
 template <class T>
 void rnn_backward_chunk(const Problem<T>& p, const BackwardInput<T>& in,
-                        const BackwardOutput<T>& g, const PackedMatrix<T>& WT, GradBlocks<T>& grads,
+                        const BackwardOutput<T>& g, const RecurrentProduct<T>& WT, GradBlocks<T>& grads,
                         Index b0, Index nb) {
   const Index H = p.H, B = p.B;
   const ChunkMask mask(p.lengths, b0, nb, p.steps);
@@ -407,7 +573,7 @@ void rnn_backward_chunk(const Problem<T>& p, const BackwardInput<T>& in,
     } else {  // the same in one pass
       activation_grad(p.activation, p.slope, dA, s.dh_map() + dhs_t, h);
     }
-    small_gemm(WT, dA.data(), H, s.rec, WT.ld, nb);  // dL/dh_{t-1} = W^T dA_t
+    WT(dA.data(), s.rec, nb);  // dL/dh_{t-1} = W^T dA_t
     mask.carry_inactive(t, s.rec_map(), s.dh_map());
     s.swap();
     grads.step_done(t);
@@ -417,7 +583,7 @@ void rnn_backward_chunk(const Problem<T>& p, const BackwardInput<T>& in,
 
 template <class T>
 void lstm_backward_chunk(const Problem<T>& p, const BackwardInput<T>& in,
-                         const BackwardOutput<T>& g, const PackedMatrix<T>& WT,
+                         const BackwardOutput<T>& g, const RecurrentProduct<T>& WT,
                          GradBlocks<T>& grads, Index b0, Index nb) {
   const Index H = p.H, B = p.B, GH = 4 * H;
   const ChunkMask mask(p.lengths, b0, nb, p.steps);
@@ -451,7 +617,7 @@ void lstm_backward_chunk(const Problem<T>& p, const BackwardInput<T>& in,
     dA.topRows(H) = dct * gg * i * (T(1) - i);              // di
     dA.middleRows(H, H) = dct * c_prev * f * (T(1) - f);    // df
     dA.middleRows(2 * H, H) = dct * i * (T(1) - gg * gg);  // dg, through tanh
-    small_gemm(WT, dA.data(), GH, s.rec, WT.ld, nb);       // dL/dh_{t-1} = W_hh^T dA_t
+    WT(dA.data(), s.rec, nb);       // dL/dh_{t-1} = W_hh^T dA_t
     if (mask.all_active(t)) {
       dc = dct * f;  // dL/dc_{t-1}
     } else {
@@ -468,7 +634,7 @@ void lstm_backward_chunk(const Problem<T>& p, const BackwardInput<T>& in,
 
 template <class T>
 void gru_backward_chunk(const Problem<T>& p, const BackwardInput<T>& in,
-                        const BackwardOutput<T>& g, const PackedMatrix<T>& WT, GradBlocks<T>& grads,
+                        const BackwardOutput<T>& g, const RecurrentProduct<T>& WT, GradBlocks<T>& grads,
                         Index b0, Index nb) {
   const Index H = p.H, B = p.B, GH = 3 * H;
   const ChunkMask mask(p.lengths, b0, nb, p.steps);
@@ -496,7 +662,7 @@ void gru_backward_chunk(const Problem<T>& p, const BackwardInput<T>& in,
     dA_in.topRows(H) = dA_in.bottomRows(H) * hn * r * (T(1) - r);         // dr
     dA_rec.topRows(2 * H) = dA_in.topRows(2 * H);                         // r, z: both sides
     dA_rec.bottomRows(H) = dA_in.bottomRows(H) * r;                       // n: gated by r
-    small_gemm(WT, dA_rec.data(), GH, s.rec, WT.ld, nb);
+    WT(dA_rec.data(), s.rec, nb);
     s.rec_map() += dht * z;  // dL/dh_{t-1} = W_hh^T dA_rec + dh z
     mask.carry_inactive(t, s.rec_map(), s.dh_map());
     s.swap();
@@ -517,37 +683,33 @@ int workers_for(const Problem<T>& p, Index items) {
 template <class T>
 void forward(const Problem<T>& p, const ForwardOutput<T>& out) {
   using namespace detail;
-  const Index H = p.H, B = p.B, D = p.D, GH = gates_of(p.cell) * H, TB = p.steps * B;
+  const Index H = p.H, B = p.B, GH = gates_of(p.cell) * H, TB = p.steps * B;
+  const BlasFunctions blas = current_blas();
+  const InputProjection<T> project(p, blas);
+  // rnn always projects into hs; lstm and gru into the saved gates, in training only
   T* pre = p.cell == Cell::rnn ? out.hs : out.gates;  // (GH, TB): U x_t + b for every step
-  Eigen::Matrix<T, Eigen::Dynamic, 1> bias = Eigen::Map<const Eigen::Matrix<T, Eigen::Dynamic, 1>>(p.b_ih, GH);
-  if (p.cell != Cell::gru) bias += Eigen::Map<const Eigen::Matrix<T, Eigen::Dynamic, 1>>(p.b_hh, GH);
-  const int proj_workers = workers_for(p, TB);
-  // With whole packets of rows, the panel kernel streams x once with W_ih in cache and the
-  // bias folded in (1.5x Eigen's GEMM here, which packs all of x first); else Eigen.
-  const bool panels = GH % SimdTraits<T>::size == 0;
-  PackedMatrix<T> W_in;
-  if (panels) W_in.from_row_major(p.W_ih, GH, D);
-  run_workers(proj_workers, p.flush_denormals, [&](int w) {
-    const auto [c0, c1] = split_range(TB, proj_workers, w);
-    if (panels) return small_gemm(W_in, p.x + c0 * D, D, pre + c0 * GH, GH, c1 - c0, bias.data());
-    MatMap<T> A(pre + c0 * GH, GH, c1 - c0);
-    A.colwise() = bias;  // then += the product: no separate zeroing pass
-    A.noalias() += ConstMatMap<T>(p.W_ih, D, GH).transpose() * ConstMatMap<T>(p.x + c0 * D, D, c1 - c0);
-  });
-  PackedMatrix<T> W;
-  W.from_row_major(p.W_hh, GH, H);
-  const int workers = workers_for(p, B);
+  const int proj_workers = workers_for(p, TB), workers = workers_for(p, B);
+  // the widest product: the projection of a worker's rows, or (inference) of a step's chunk
+  const Index widest = pre ? (TB + proj_workers - 1) / proj_workers : (B + workers - 1) / workers;
+  const RecurrentProduct<T> W(p, blas, false, (B + workers - 1) / workers);
+  const BlasSingleThreaded blas_threads(blas, project.uses_blas(widest) || W.uses_blas());
+  if (pre) {
+    run_workers(proj_workers, p.flush_denormals, [&](int w) {
+      const auto [c0, c1] = split_range(TB, proj_workers, w);
+      project(p.x + c0 * p.D, c1 - c0, pre + c0 * GH);
+    });
+  }
   run_workers(workers, p.flush_denormals, [&](int w) {
     const auto [b0, b1] = split_range(B, workers, w);
-    if (p.cell == Cell::rnn) rnn_forward_chunk(p, out, W, b0, b1 - b0);
-    if (p.cell == Cell::lstm) lstm_forward_chunk(p, out, W, b0, b1 - b0);
-    if (p.cell == Cell::gru) gru_forward_chunk(p, out, W, b0, b1 - b0);
+    StepSlots<T> slots(p, out, project, b0, b1 - b0);
+    if (p.cell == Cell::rnn) rnn_forward_chunk(p, out, W, slots, b0, b1 - b0);
+    if (p.cell == Cell::lstm) lstm_forward_chunk(p, out, W, slots, b0, b1 - b0);
+    if (p.cell == Cell::gru) gru_forward_chunk(p, out, W, slots, b0, b1 - b0);
   });
-  // final states: after each sequence's last real step
+  // final states: after each sequence's last real step (lstm's cell states: in the loop)
   for (Index b = 0; b < B; ++b) {
     const Index last = p.lengths ? static_cast<Index>(p.lengths[b]) - 1 : p.steps - 1;
     std::copy_n(out.hs + (last * B + b) * H, H, out.h_n + b * H);
-    if (p.cell == Cell::lstm) std::copy_n(out.extra + (last * B + b) * H, H, out.c_n + b * H);
   }
 }
 
@@ -555,14 +717,18 @@ template <class T>
 void backward(const Problem<T>& p, const BackwardInput<T>& in, const BackwardOutput<T>& g) {
   using namespace detail;
   const Index H = p.H, B = p.B, D = p.D, GH = gates_of(p.cell) * H;
-  PackedMatrix<T> WT, W_ih_T;  // W_hh^T (H x GH), W_ih^T (D x GH)
-  WT.from_row_major_transposed(p.W_hh, H, GH);
-  W_ih_T.from_row_major_transposed(p.W_ih, D, GH);
   const int workers = workers_for(p, B);
+  const Index widest = (B + workers - 1) / workers;
+  const BlasFunctions blas = current_blas();
+  const RecurrentProduct<T> WT(p, blas, true, widest);  // W_hh^T (H x GH)
+  PackedMatrix<T> W_ih_T;                               // W_ih^T (D x GH)
+  W_ih_T.from_row_major_transposed(p.W_ih, D, GH);
+  const BlasSingleThreaded blas_threads(
+      blas, GradBlocks<T>::blas_blocks(p, blas, widest) || WT.uses_blas());
   std::vector<std::unique_ptr<GradBlocks<T>>> parts(workers);
   run_workers(workers, p.flush_denormals, [&](int w) {
     const auto [b0, b1] = split_range(B, workers, w);
-    parts[w] = std::make_unique<GradBlocks<T>>(p, in, g, W_ih_T, b0, b1 - b0);
+    parts[w] = std::make_unique<GradBlocks<T>>(p, in, g, W_ih_T, blas, b0, b1 - b0);
     if (p.cell == Cell::rnn) rnn_backward_chunk(p, in, g, WT, *parts[w], b0, b1 - b0);
     if (p.cell == Cell::lstm) lstm_backward_chunk(p, in, g, WT, *parts[w], b0, b1 - b0);
     if (p.cell == Cell::gru) gru_backward_chunk(p, in, g, WT, *parts[w], b0, b1 - b0);

@@ -1,0 +1,158 @@
+// Large products through an optimized BLAS handed over at run time: header-only, no Python
+// types, no link-time dependency. The Python adapter (backends/cpp_backend.py) finds the
+// Fortran-ABI sgemm/dgemm that SciPy exports (scipy.linalg.cython_blas) and the thread
+// setters of the OpenBLAS behind them, and calls set_blas() once at import; with no
+// functions set (or any one missing) every product stays on the in-house kernels.
+//
+// Threading model: the kernels' own workers (parallel.hpp) call BLAS, each for its share
+// (the forward's rows of the input projection, the backward's blocks of steps), with
+// OpenBLAS's own threading set to 1 for as long as any kernel call that uses BLAS runs
+// (BlasSingleThreaded: the first such call saves OpenBLAS's thread count and sets 1, the
+// last one to finish restores it). So the cores in use are exactly the kernels'
+// num_threads, never num_threads times BLAS's threads. Chosen over calling the big products
+// from the calling thread with BLAS threads = num_threads because it needs no change to the
+// workers' structure (no barrier between the time loops and the block products, which run
+// inside each worker's backward loop); the alternative was not measured (the shared
+// 2-core machine gave no stable 2-thread timings). SciPy's OpenBLAS is a
+// separate library from NumPy's, so NumPy's thread setting is never touched; a SciPy BLAS
+// call from another Python thread during a kernel runs single-threaded.
+//
+// Which products go to BLAS (use_blas): those with at least kBlasMinFlops multiply-adds and
+// every dimension at least kBlasMinDim; the per-step recurrent product (which the in-house
+// kernel runs with W_hh packed once per call) from kStepBlasMinFlops per step and worker.
+// Smaller ones stay on the in-house panel kernels (small_gemm.hpp) or Eigen; see the
+// measurements beside the constants.
+#pragma once
+
+#include <atomic>
+#include <climits>
+#include <cstddef>
+#include <mutex>
+#include <string>
+
+namespace fastrnn {
+
+using Index = std::ptrdiff_t;
+
+using sgemm_fn = void (*)(const char*, const char*, const int*, const int*, const int*,
+                          const float*, const float*, const int*, const float*, const int*,
+                          const float*, float*, const int*);
+using dgemm_fn = void (*)(const char*, const char*, const int*, const int*, const int*,
+                          const double*, const double*, const int*, const double*, const int*,
+                          const double*, double*, const int*);
+using get_threads_fn = int (*)();
+using set_threads_fn = void (*)(int);
+
+struct BlasFunctions {
+  sgemm_fn sgemm = nullptr;
+  dgemm_fn dgemm = nullptr;
+  get_threads_fn get_threads = nullptr;
+  set_threads_fn set_threads = nullptr;
+  std::string name = "none: no BLAS handed over";
+  bool usable() const { return sgemm && dgemm && get_threads && set_threads; }
+};
+
+namespace detail {
+inline std::mutex& blas_mutex() {
+  static std::mutex m;
+  return m;
+}
+inline BlasFunctions& blas_slot() {
+  static BlasFunctions f;
+  return f;
+}
+}  // namespace detail
+
+// Hands over (or, with null pointers, withdraws) the BLAS functions; `name` describes them
+// for build_info. Kernel calls already running keep the functions they started with.
+inline void set_blas(const BlasFunctions& f) {
+  std::lock_guard<std::mutex> lock(detail::blas_mutex());
+  detail::blas_slot() = f;
+  if (!f.usable() && f.name.rfind("none", 0) != 0) detail::blas_slot().name = "none: " + f.name;
+}
+
+// A copy of the current functions: a kernel call takes one at its start.
+inline BlasFunctions current_blas() {
+  std::lock_guard<std::mutex> lock(detail::blas_mutex());
+  return detail::blas_slot();
+}
+
+// Multiply-adds from which a product goes to BLAS, and the smallest dimension it may have.
+// Measured (float32, 1 thread, AVX-512 kernels, process CPU time): OpenBLAS's sgemm packs
+// both operands on every call; at S2 (D=32, H=64, blocks of 512 columns: 2^23
+// multiply-adds) the backward ran 1.3x slower with BLAS than with the in-house panel
+// kernels, at S3 (D=128, H=256; lstm blocks 2^27) 1.17x faster, at S3 rnn (2^25) the same.
+constexpr Index kBlasMinFlops = Index(1) << 25;
+constexpr Index kBlasMinDim = 64;
+// The per-step recurrent product, for which the in-house kernel keeps W_hh packed for the
+// whole call: BLAS from 2^24 multiply-adds per step and worker. Measured: S4 (rnn, H=1024,
+// 64 columns: 2^26; W_hh 4 MB, past the 2 MB L2) forward 95 against 58 GF/s, backward 90
+// against 85; S3 (lstm H=256, 32 columns: 2^23; W_hh 1 MB) forward 66 against 86 GF/s.
+constexpr Index kStepBlasMinFlops = Index(1) << 24;
+
+inline bool use_blas(const BlasFunctions& f, Index m, Index n, Index k) {
+  if (!f.usable()) return false;
+  if (m < kBlasMinDim || n < kBlasMinDim || k < kBlasMinDim) return false;
+  if (m > INT_MAX || n > INT_MAX || k > INT_MAX) return false;
+  return m * n * k >= kBlasMinFlops;
+}
+
+// How many products have gone to BLAS in this module so far (for tests of the rules).
+inline std::atomic<long long>& blas_calls() {
+  static std::atomic<long long> n{0};
+  return n;
+}
+
+// C = alpha op(A) op(B) + beta C, column-major (Fortran) conventions: op(X) = X for 'N',
+// X^T for 'T'; A is m x k after op, B k x n, C m x n.
+inline void gemm(const BlasFunctions& f, char ta, char tb, Index m, Index n, Index k, float alpha,
+                 const float* A, Index lda, const float* B, Index ldb, float beta, float* C,
+                 Index ldc) {
+  const int M = int(m), N = int(n), K = int(k), LA = int(lda), LB = int(ldb), LC = int(ldc);
+  blas_calls().fetch_add(1, std::memory_order_relaxed);
+  f.sgemm(&ta, &tb, &M, &N, &K, &alpha, A, &LA, B, &LB, &beta, C, &LC);
+}
+inline void gemm(const BlasFunctions& f, char ta, char tb, Index m, Index n, Index k,
+                 double alpha, const double* A, Index lda, const double* B, Index ldb,
+                 double beta, double* C, Index ldc) {
+  const int M = int(m), N = int(n), K = int(k), LA = int(lda), LB = int(ldb), LC = int(ldc);
+  blas_calls().fetch_add(1, std::memory_order_relaxed);
+  f.dgemm(&ta, &tb, &M, &N, &K, &alpha, A, &LA, B, &LB, &beta, C, &LC);
+}
+
+// While alive (in the calling thread, around a whole kernel call), OpenBLAS runs one thread
+// per call, in the thread that calls it. Reference-counted across concurrent kernel calls.
+class BlasSingleThreaded {
+ public:
+  BlasSingleThreaded(const BlasFunctions& f, bool needed) : f_(needed && f.usable() ? &f : nullptr) {
+    if (!f_) return;
+    std::lock_guard<std::mutex> lock(mutex());
+    if (state().active++ == 0) {
+      state().saved = f_->get_threads();
+      if (state().saved != 1) f_->set_threads(1);
+    }
+  }
+  ~BlasSingleThreaded() {
+    if (!f_) return;
+    std::lock_guard<std::mutex> lock(mutex());
+    if (--state().active == 0 && state().saved != 1) f_->set_threads(state().saved);
+  }
+  BlasSingleThreaded(const BlasSingleThreaded&) = delete;
+  BlasSingleThreaded& operator=(const BlasSingleThreaded&) = delete;
+
+ private:
+  struct State {
+    int active = 0, saved = 1;
+  };
+  static std::mutex& mutex() {
+    static std::mutex m;
+    return m;
+  }
+  static State& state() {
+    static State s;
+    return s;
+  }
+  const BlasFunctions* f_;
+};
+
+}  // namespace fastrnn

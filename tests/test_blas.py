@@ -1,0 +1,113 @@
+"""The C++ kernels' hand-off to SciPy's OpenBLAS (src/cpp/fastrnn/blas.hpp).
+
+Shapes that send products to BLAS by the rules of blas.hpp and shapes that keep them on
+the in-house kernels, float32 and float64, sizes that are no whole number of SIMD packets,
+lengths (ragged sequences), 1 and 2 threads (2 threads gather each worker's batch chunk),
+at every instruction-set level this CPU runs: against the NumPy reference, and the same
+without any BLAS handed over (the fallback).
+"""
+
+from __future__ import annotations
+
+import importlib
+
+import numpy as np
+import pytest
+
+import fastrnn
+from conftest import make_case
+
+if "cpp" not in fastrnn.available_backends():
+    pytest.skip(
+        f"backend 'cpp' unavailable: {fastrnn.unavailable_backends().get('cpp')}",
+        allow_module_level=True,
+    )
+
+from test_cpp_backend import assert_close_to, raw_forward_backward, reference_forward_backward
+
+from fastrnn import _core
+from fastrnn.backends import cpp_backend
+
+BLAS = cpp_backend.blas_functions()
+NO_BLAS = (0, 0, 0, 0, "none: withdrawn by the test")
+# sums over up to 512 terms (H) per product in float32
+RTOL = {np.float32: 2e-4, np.float64: 1e-10}
+LEVELS = [
+    level
+    for level in ("generic", "avx2", "avx512")
+    if level in _core.build_info()["kernel_isas_built"] and _core.cpu_supports(level)
+]
+
+# (cell, T, B, D, H, products that go to BLAS with 1 thread): by blas.hpp's rules
+SHAPES = {
+    # lstm: input projection (GH=512, D=129, 2112 columns), the backward's wide blocks
+    # (dW_hh, dW_ih, dx); the per-step product stays in-house (512 x 128 x 33)
+    "lstm-blocks": ("lstm", 64, 33, 129, 128, True),
+    # rnn: the per-step products too (512 x 512 x 65 columns per worker at 2 threads)
+    "rnn-steps": ("rnn", 8, 130, 70, 512, True),
+    # gru, odd sizes, every product in-house
+    "gru-small": ("gru", 9, 5, 7, 33, False),
+}
+
+
+@pytest.fixture
+def kernels_at(request):
+    """The kernel module of a level, with BLAS handed over; handed over again afterwards
+    (a test may withdraw it)."""
+    modules = []
+
+    def load(level):
+        module = importlib.import_module(f"fastrnn._kernels_{level}")
+        module.set_blas(*BLAS)
+        modules.append(module)
+        return module
+
+    yield load
+    for module in modules:
+        module.set_blas(*BLAS)
+
+
+@pytest.mark.skipif(BLAS[0] == 0, reason=f"no BLAS to hand over: {BLAS[4]}")
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64], ids=["f32", "f64"])
+@pytest.mark.parametrize("shape", list(SHAPES))
+@pytest.mark.parametrize("level", LEVELS)
+def test_blas_and_in_house_products_match_the_reference(kernels_at, level, shape, dtype, threads):
+    cell, T, B, D, H, takes_blas = SHAPES[shape]
+    kernels = kernels_at(level)
+    case = make_case(cell, T=T, B=B, D=D, H=H, lengths=True, h0=True, seed=5, dtype=dtype)
+    want = reference_forward_backward(cell, case)
+    before = kernels.blas_calls()
+    got = raw_forward_backward(kernels, cell, case, threads)
+    assert (kernels.blas_calls() > before) == takes_blas
+    assert_close_to(got, want, dtype, RTOL[dtype])
+    kernels.set_blas(*NO_BLAS)  # the fallback: every product in-house
+    before = kernels.blas_calls()
+    assert_close_to(raw_forward_backward(kernels, cell, case, threads), want, dtype, RTOL[dtype])
+    assert kernels.blas_calls() == before
+    assert kernels.blas().startswith("none")
+
+
+@pytest.mark.skipif(BLAS[0] == 0, reason=f"no BLAS to hand over: {BLAS[4]}")
+def test_openblas_thread_count_is_restored_after_a_kernel():
+    from threadpoolctl import threadpool_info
+
+    def scipy_threads():
+        lib = cpp_backend._scipy_openblas(threadpool_info())
+        return lib["num_threads"]
+
+    before = scipy_threads()
+    case = make_case("rnn", T=8, B=130, D=70, H=512, lengths=True, h0=True, dtype=np.float32)
+    calls = cpp_backend._kernels.blas_calls()
+    raw_forward_backward(cpp_backend._kernels, "rnn", case, 2)
+    assert cpp_backend._kernels.blas_calls() > calls
+    assert scipy_threads() == before
+
+
+def test_build_info_names_the_blas():
+    info = fastrnn.build_info()
+    assert info["blas"] == cpp_backend._kernels.blas()
+    if BLAS[0]:
+        assert "openblas" in str(info["blas"])
+    else:
+        assert str(info["blas"]).startswith("none")
