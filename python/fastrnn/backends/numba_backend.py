@@ -258,11 +258,10 @@ def backward(
         _run("lstm_backward", dt, B, chunks, args, dW)
         db_ih = db_hh = db.sum(axis=0)
     else:
-        db_hn = np.zeros((B, H))
-        args = (*common, *saved, dhs, lens, dh, dx, db, db_hn, norms)
+        db_rec = np.zeros((B, GH))  # the recurrent side's: r * dL/da_n in the n part
+        args = (*common, *saved, dhs, lens, dh, dx, db, db_rec, norms)
         _run("gru_backward", dt, B, chunks, args, dW)
-        db_ih = db.sum(axis=0)
-        db_hh = np.concatenate([db_ih[: 2 * H], db_hn.sum(axis=0)])
+        db_ih, db_hh = db.sum(axis=0), db_rec.sum(axis=0)
     dparams = {
         "W_ih": dW[0].sum(axis=0).astype(dt),
         "W_hh": dW[1].sum(axis=0).astype(dt),
