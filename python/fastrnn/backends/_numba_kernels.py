@@ -1,18 +1,18 @@
-"""Private Numba kernels of the ``numba`` backend: the time loops and the big products.
+"""Private Numba kernels of the ``numba`` backend: the time loops and their products.
 
 The public adapter (:mod:`fastrnn.backends.numba_backend`) validates nothing (the
 functional core did), allocates, and calls these kernels. Every time-loop kernel works
 on a contiguous range ``b0:b1`` of the sequences of a batch, with its own time loop (and
-the product kernels and the fused head on a range of rows): the serial call is
-``kernel(0, B, ...)`` and the ``*_parallel`` wrappers split the range into chunks over
-``prange``. Only the real steps of each sequence are computed (they are a prefix, so
-``hs[t-1, b]`` is the previous state); padded steps get zero outputs and zero gradients,
-and the state and its gradient pass through them unchanged.
+the fused head on a range of rows): the serial call is ``kernel(b0, b1, ...)`` and the
+``*_parallel`` wrappers split the range into chunks over ``prange``. Only the real steps
+of each sequence are computed (they are a prefix, so ``hs[t-1, b]`` is the previous
+state); padded steps get zero outputs and zero gradients, and the state and its gradient
+pass through them unchanged.
 
-Nothing is allocated inside a time loop: the per-step product of a chunk goes to one
-scratch matrix sized before the loop, the gate math runs right after it, reading the
-hoisted input projection and writing the activations over it, and the backward pass
-keeps its running ``dh``/``dc`` in the ``dh0``/``dc0`` output rows.
+Nothing is allocated inside a time loop: a chunk's scratch (a block of projected inputs,
+the per-step product, a block of gate gradients) is sized before the loop; the gate math
+runs right after the per-step product, and the backward pass keeps its running ``dh``/``dc``
+in the ``dh0``/``dc0`` output rows.
 
 Importing this module compiles nothing; a kernel is compiled (or loaded from the on-disk
 cache) for one of the explicit C-contiguous signatures of :data:`SIGNATURES` by

@@ -1,27 +1,29 @@
 """The Numba backend: the contract of :mod:`fastrnn.backends.numpy_backend`, jitted.
 
-The split of work follows the performance principles of the design notes. The big
-products run once per call, each one BLAS call per chunk of rows: the input projection
-of all T steps before the time loop, and ``dx``, ``dW_ih`` and ``dW_hh`` after it. The
-time loops (:mod:`fastrnn.backends._numba_kernels`) do one packed product per step for
-all gates, with the gate math fused right after it (the biases added there, and their
-gradients summed there), no allocation inside the loop; every kernel is ``nogil``, so
-other Python threads keep running.
+The batch is split into contiguous chunks of sequences, each with its own time loop
+(:mod:`fastrnn.backends._numba_kernels`); a chunk works through its steps by blocks of
+about 256 rows (steps times sequences). The forward projects a block's inputs, W_ih x_t,
+in one BLAS call right before its steps; the backward, once its loop has passed a block,
+adds the block's share of dW_ih, dW_hh and the bias gradients and writes its dx while the
+block's gate gradients are in cache. Per step: one packed product for all gates (one BLAS
+``?gemm`` call), then the gate math fused after it (the biases added there), no allocation
+inside the loop. Nothing of size T is made beyond the outputs and, for training, the saved
+activations; every kernel is ``nogil``, so other Python threads keep running.
 
-The per-step product is a BLAS call from inside the jitted loop (``np.dot`` with ``out``),
-which Numba routes to the BLAS that SciPy ships; that is why SciPy is a dependency. It beat
-hand-written loops at every measured shape (H=64, float32, one thread: 0.20 against 0.46
-us for a 64x64 matrix-vector product, 4.7 against 11 us for B=16 and 4 gates). All BLAS
-calls of this backend go there and are kept single-threaded: the backend's threads are
-its chunks (of sequences, or of rows of the big products) and nothing else, so NumPy's
-BLAS threads never compete with them.
+All BLAS calls go to the BLAS that SciPy ships, through the entry point Numba's ``np.dot``
+uses; that is why SciPy is a dependency. They are kept single-threaded: the backend's
+threads are its chunks and nothing else, so NumPy's BLAS threads never compete with them.
 
-Threads: with ``num_threads > 1`` and ``B > 1`` the batch is split into contiguous chunks
-of sequences, each with its own time loop, over ``prange``; otherwise the serial kernel
-runs and pays nothing for threading. Numba's thread count is set for the call and the
-caller's value restored after it. One parallel region runs at a time; a call that finds
-one running (from another Python thread) runs serially instead of waiting, and so does a
-process forked after its parent ran numba's OpenMP threads (which would kill it).
+Threads: the chunks are ``min(num_threads, B)``, a function of the call's arguments only.
+With more than one chunk they run over ``prange``; Numba's thread count is set for the call
+and the caller's value restored after it. One parallel region runs at a time; a call that
+finds one running (from another Python thread) runs the same chunks one after the other
+instead of waiting, and so does a process forked after its parent ran numba's OpenMP
+threads (which would kill it). Each chunk's weight-gradient sums are added in chunk order
+after the kernel, so a result has the same bits whichever path ran it.
+
+``forward(..., training=False)`` saves nothing for backward (``saved`` is ``None``; the
+gate activations are written to one step of scratch) and gives the same outputs.
 
 Importing this module compiles nothing (it fails with numba's ``ImportError`` when numba
 is missing, which the registry reports): each kernel is compiled for its explicit
@@ -47,7 +49,7 @@ from . import numpy_backend as _ref
 UNAVAILABLE_REASON = (
     None
     if importlib.util.find_spec("scipy") is not None
-    else "SciPy is missing: Numba's np.dot, the per-step product, calls the BLAS SciPy ships "
+    else "SciPy is missing: the numba kernels' products call the BLAS SciPy ships "
     "(`pip install scipy`)"
 )
 
