@@ -3,8 +3,8 @@
 The public adapter (:mod:`fastrnn.backends.numba_backend`) validates nothing (the
 functional core did), allocates, and calls these kernels. Every time-loop kernel works
 on a contiguous range ``b0:b1`` of the sequences of a batch, with its own time loop (and
-the fused head on a range of rows): the serial call is ``kernel(b0, b1, ...)`` and the
-``*_parallel`` wrappers split the range into chunks over ``prange``. Only the real steps
+the fused head on a range of rows): ``kernel(b0, b1, ...)``; the adapter runs the chunks
+of a batch on its threads, each chunk with this same compiled code. Only the real steps
 of each sequence are computed (they are a prefix, so ``hs[t-1, b]`` is the previous
 state); padded steps get zero outputs and zero gradients, and the state and its gradient
 pass through them unchanged.
@@ -26,7 +26,7 @@ import threading
 
 import numpy as np
 from llvmlite import ir
-from numba import njit, prange, types
+from numba import njit, types
 from numba.extending import intrinsic, overload
 from numba.np.linalg import _BLAS, ensure_blas
 
@@ -694,158 +694,6 @@ def gru_backward(
             _block_done(t, min(S, steps - t), b0, b1, ins, grads, outs)
 
 
-# --- batch-parallel wrappers: contiguous chunks of sequences, one time loop each ---------
-#
-# Chunk c of ``chunks`` is sequences c * B // chunks to (c + 1) * B // chunks; the last
-# arguments of a backward wrapper hold one weight-gradient sum per chunk.
-
-
-@njit(parallel=True, **_JIT)
-def rnn_forward_parallel(x, W_ih_T, W_hh_T, bias, h0, lengths, act, slope, hs, h_n, chunks):
-    B = hs.shape[1]
-    for c in prange(chunks):
-        b0, b1 = c * B // chunks, (c + 1) * B // chunks
-        rnn_forward(b0, b1, x, W_ih_T, W_hh_T, bias, h0, lengths, act, slope, hs, h_n)
-
-
-@njit(parallel=True, **_JIT)
-def rnn_backward_parallel(
-    x, hs, h0, W_ih, W_hh, dhs, lengths, act, slope, dh, dx, db, norms, dW_ih, dW_hh, chunks
-):
-    B = hs.shape[1]
-    for c in prange(chunks):
-        b0, b1 = c * B // chunks, (c + 1) * B // chunks
-        rnn_backward(
-            b0,
-            b1,
-            x,
-            hs,
-            h0,
-            W_ih,
-            W_hh,
-            dhs,
-            lengths,
-            act,
-            slope,
-            dh,
-            dx,
-            db,
-            norms,
-            dW_ih[c],
-            dW_hh[c],
-        )
-
-
-@njit(parallel=True, **_JIT)
-def lstm_forward_parallel(
-    x, W_ih_T, W_hh_T, bias, h0, c0, lengths, hs, h_n, c_n, gates, cs, chunks
-):
-    B = hs.shape[1]
-    for c in prange(chunks):
-        b0, b1 = c * B // chunks, (c + 1) * B // chunks
-        lstm_forward(b0, b1, x, W_ih_T, W_hh_T, bias, h0, c0, lengths, hs, h_n, c_n, gates, cs)
-
-
-@njit(parallel=True, **_JIT)
-def lstm_backward_parallel(
-    x,
-    hs,
-    h0,
-    W_ih,
-    W_hh,
-    gates,
-    cs,
-    c0,
-    dhs,
-    lengths,
-    dh,
-    dc,
-    dx,
-    db,
-    norms,
-    dW_ih,
-    dW_hh,
-    chunks,
-):
-    B = hs.shape[1]
-    for c in prange(chunks):
-        b0, b1 = c * B // chunks, (c + 1) * B // chunks
-        lstm_backward(
-            b0,
-            b1,
-            x,
-            hs,
-            h0,
-            W_ih,
-            W_hh,
-            gates,
-            cs,
-            c0,
-            dhs,
-            lengths,
-            dh,
-            dc,
-            dx,
-            db,
-            norms,
-            dW_ih[c],
-            dW_hh[c],
-        )
-
-
-@njit(parallel=True, **_JIT)
-def gru_forward_parallel(x, W_ih_T, W_hh_T, bias, b_hn, h0, lengths, hs, h_n, gates, hn, chunks):
-    B = hs.shape[1]
-    for c in prange(chunks):
-        b0, b1 = c * B // chunks, (c + 1) * B // chunks
-        gru_forward(b0, b1, x, W_ih_T, W_hh_T, bias, b_hn, h0, lengths, hs, h_n, gates, hn)
-
-
-@njit(parallel=True, **_JIT)
-def gru_backward_parallel(
-    x,
-    hs,
-    h0,
-    W_ih,
-    W_hh,
-    gates,
-    hn,
-    dhs,
-    lengths,
-    dh,
-    dx,
-    db,
-    db_rec,
-    norms,
-    dW_ih,
-    dW_hh,
-    chunks,
-):
-    B = hs.shape[1]
-    for c in prange(chunks):
-        b0, b1 = c * B // chunks, (c + 1) * B // chunks
-        gru_backward(
-            b0,
-            b1,
-            x,
-            hs,
-            h0,
-            W_ih,
-            W_hh,
-            gates,
-            hn,
-            dhs,
-            lengths,
-            dh,
-            dx,
-            db,
-            db_rec,
-            norms,
-            dW_ih[c],
-            dW_hh[c],
-        )
-
-
 # --- the fused softmax head: linear layer, softmax cross-entropy and its gradients ------
 #
 # Rows r0:r1 of h, by blocks of _HEAD_BLOCK rows: a block's logits (128 KiB at K=32 in
@@ -856,9 +704,8 @@ def gru_backward_parallel(
 # a horizontal reduction per row: about 15% slower overall at K=32). Three products per
 # block, each one BLAS call: z = weight @ h_blk^T, dweight += dz @ h_blk, dh_blk = dz^T
 # @ weight; they take about 90% of the time. A fourth BLAS call sums the columns of dz
-# (dbias): a reduction vectorized by LLVM adds in an order that can differ between the
-# serial kernel and its copy inlined in the parallel one, and the result must not depend
-# on which ran. The block size matters little: N=160000, H=64, K=32, float32, one BLAS
+# (dbias): its order of addition does not depend on how LLVM vectorizes the kernel. The
+# block size matters little: N=160000, H=64, K=32, float32, one BLAS
 # thread, 27.4 ms with blocks of 256 rows, 26.8 with 512 or 1024, 27.1 with 2048 (2
 # threads: 14.1, 13.8, 13.8, 13.8). Each block's loss and products are added to float64
 # sums of the kernel's rows; the caller adds up all ranges' sums.
@@ -928,20 +775,6 @@ def linear_cross_entropy(
     loss[0] = total
 
 
-@njit(parallel=True, **_JIT)
-def linear_cross_entropy_parallel(
-    h, weight, bias, targets, row_weights, scale, dh, dweight, dbias, loss, chunks
-):
-    """Contiguous chunks of rows over ``prange``; chunk ``c`` writes its sums to
-    ``dweight[c]``, ``dbias[c]`` and ``loss[c]``, which the caller adds up."""
-    N = h.shape[0]
-    for c in prange(chunks):
-        r0, r1 = c * N // chunks, (c + 1) * N // chunks
-        linear_cross_entropy(
-            r0, r1, h, weight, bias, targets, row_weights, scale, dh, dweight[c], dbias[c], loss[c]
-        )
-
-
 # --- explicit signatures, compiled on first use ------------------------------------------
 
 
@@ -951,8 +784,7 @@ def _signatures(dtype: type) -> dict[str, tuple]:
     v, m, a3 = f[::1], f[:, ::1], f[:, :, ::1]
     i, lens = types.int64, types.int64[::1]
     d = types.float64[:, ::1]  # bias-gradient sums: float64 for both dtypes
-    d3 = types.float64[:, :, ::1]  # weight-gradient sums, one per chunk of sequences
-    serial = {  # the arguments after b0, b1; the parallel wrapper's, less ``chunks``
+    serial = {  # the arguments after b0, b1
         "rnn_forward": (a3, m, m, v, m, lens, i, f, a3, m),
         "rnn_backward": (a3, a3, m, m, m, a3, lens, i, f, m, a3, d, m),
         "lstm_forward": (a3, m, m, v, m, m, lens, a3, m, m, a3, a3),
@@ -961,16 +793,12 @@ def _signatures(dtype: type) -> dict[str, tuple]:
         "gru_backward": (a3, a3, m, m, m, a3, a3, a3, lens, m, a3, d, d, m),
     }
     sigs = {name: (i, i, *args) for name, args in serial.items()}
-    sigs.update({f"{name}_parallel": (*args, i) for name, args in serial.items()})
     for name in ("rnn_backward", "lstm_backward", "gru_backward"):  # + dW_ih, dW_hh
         sigs[name] = (*sigs[name], d, d)
-        sigs[f"{name}_parallel"] = (*sigs[f"{name}_parallel"][:-1], d3, d3, i)
     # the head: h, weight, bias, targets, row_weights, scale, dh, then the float64 sums of
-    # dweight, dbias and the loss: of the kernel's rows, or one per chunk of rows
-    head = (m, m, v, lens, v, f, m)
+    # dweight, dbias and the loss of the kernel's rows
     sums = types.float64[::1]
-    sigs["linear_cross_entropy"] = (i, i, *head, d, sums, sums)
-    sigs["linear_cross_entropy_parallel"] = (*head, d3, d, d, i)
+    sigs["linear_cross_entropy"] = (i, i, m, m, v, lens, v, f, m, d, sums, sums)
     return sigs
 
 

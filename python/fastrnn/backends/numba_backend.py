@@ -15,12 +15,13 @@ uses; that is why SciPy is a dependency. They are kept single-threaded: the back
 threads are its chunks and nothing else, so NumPy's BLAS threads never compete with them.
 
 Threads: the chunks are ``min(num_threads, B)``, a function of the call's arguments only.
-With more than one chunk they run over ``prange``; Numba's thread count is set for the call
-and the caller's value restored after it. One parallel region runs at a time; a call that
-finds one running (from another Python thread) runs the same chunks one after the other
-instead of waiting, and so does a process forked after its parent ran numba's OpenMP
-threads (which would kill it). Each chunk's weight-gradient sums are added in chunk order
-after the kernel, so a result has the same bits whichever path ran it.
+The calling thread runs the first and a pool of Python threads the others (the kernels
+release the GIL), each chunk the same compiled serial kernel: a result has the same bits
+whichever thread ran a chunk and however many calls compete for the threads. Each chunk's
+weight-gradient sums are added in chunk order after the kernels. (Numba's ``prange``
+wrappers did this before; LLVM compiled the kernel inlined there differently from the
+serial one, so a call that fell back to the serial kernel under contention got other bits,
+and a process forked after its parent ran GNU OpenMP threads could not use them at all.)
 
 ``forward(..., training=False)`` saves nothing for backward (``saved`` is ``None``; the
 gate activations are written to one step of scratch) and gives the same outputs.
@@ -32,14 +33,16 @@ signature on first use, or ahead of time by :func:`warmup`, and cached on disk.
 
 from __future__ import annotations
 
+import concurrent.futures
 import contextlib
 import importlib.util
 import os
 import threading
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 
-import numba
+import numba  # noqa: F401  (fails with numba's ImportError when numba is missing)
 import numpy as np
 import threadpoolctl
 
@@ -53,20 +56,22 @@ UNAVAILABLE_REASON = (
     "(`pip install scipy`)"
 )
 
-_parallel_lock = threading.Lock()
-_threads_usable = True  # False in a child forked after GNU OpenMP started in the parent
+_pool: ThreadPoolExecutor | None = None  # the threads that run chunks 1, 2, ... of a call
+_pool_lock = threading.Lock()
+
+
+def _workers() -> ThreadPoolExecutor:
+    global _pool
+    with _pool_lock:
+        if _pool is None:
+            _pool = ThreadPoolExecutor(os.cpu_count() or 1, thread_name_prefix="fastrnn-numba")
+        return _pool
 
 
 def _after_fork_in_child() -> None:
-    """GNU OpenMP (numba's "omp" threading layer) is not fork-safe: a child that launches a
-    parallel region after its parent did is killed by numba. Such children run serially."""
-    global _threads_usable
-    try:
-        layer = numba.threading_layer()  # ValueError: the parent never launched threads
-    except ValueError:
-        return
-    if layer not in ("tbb", "workqueue"):
-        _threads_usable = False
+    """A forked child has none of its parent's pool threads: it makes its own."""
+    global _pool, _pool_lock
+    _pool, _pool_lock = None, threading.Lock()
 
 
 if hasattr(os, "register_at_fork"):
@@ -134,28 +139,24 @@ def _chunks(num_threads: int, n: int) -> int:
 
 def _run(name: str, dtype: np.dtype, n: int, chunks: int, args: tuple, per_chunk=()) -> None:
     """Kernel ``name`` over ``n`` units (sequences, rows) split into ``chunks`` contiguous
-    chunks: ``{name}_parallel`` runs them on up to as many threads; the serial kernel runs
-    the same chunks one after the other when there is one chunk, when threads are unusable
-    or when another parallel region is running (from another Python thread; it does not
-    wait). ``per_chunk``: arrays with one slot per chunk (``a[c]`` for chunk ``c``), for
-    the sums a chunk makes; the caller adds them up in chunk order. Both paths do the same
-    arithmetic on the same chunks, so a result has the same bits whichever ran."""
+    chunks: the calling thread runs chunk 0 and the pool's threads the others (the kernels
+    release the GIL). ``per_chunk``: arrays with one slot per chunk (``a[c]`` for chunk
+    ``c``), for the sums a chunk makes; the caller adds them up in chunk order. Every chunk
+    runs the same compiled kernel whichever thread runs it and whenever, so a result has the
+    same bits with or without other calls competing for the threads."""
+    kernel = _k.compiled(name, dtype.type)
+
+    def chunk(c: int) -> None:
+        kernel(c * n // chunks, (c + 1) * n // chunks, *args, *(a[c] for a in per_chunk))
+
     with _single_threaded_blas():
-        if chunks > 1 and _threads_usable and _parallel_lock.acquire(blocking=False):
-            try:
-                kernel = _k.compiled(f"{name}_parallel", dtype.type)
-                previous = numba.get_num_threads()
-                numba.set_num_threads(min(chunks, numba.config.NUMBA_NUM_THREADS))
-                try:
-                    kernel(*args, *per_chunk, chunks)
-                finally:
-                    numba.set_num_threads(previous)
-            finally:
-                _parallel_lock.release()
-            return
-        kernel = _k.compiled(name, dtype.type)
-        for c in range(chunks):
-            kernel(c * n // chunks, (c + 1) * n // chunks, *args, *(a[c] for a in per_chunk))
+        others = [_workers().submit(chunk, c) for c in range(1, chunks)]
+        try:
+            chunk(0)
+        finally:
+            concurrent.futures.wait(others)
+        for f in others:
+            f.result()  # raises a chunk's exception
 
 
 # --- forward -------------------------------------------------------------------------
