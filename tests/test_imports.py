@@ -13,18 +13,10 @@ from __future__ import annotations
 import ast
 from pathlib import Path
 
-import pytest
-
 import fastrnn
 
 ROOT = Path(fastrnn.__file__).parent
 PACKAGE = "fastrnn"
-
-
-PENDING = pytest.mark.xfail(
-    strict=True,
-    reason="fixed by the house-core/house-io branches; integrator removes the xfail after merging",
-)
 
 
 def _modules() -> dict[str, Path | None]:
@@ -174,7 +166,6 @@ def test_the_walk_sees_the_package():
     assert _cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c"]]
 
 
-
 def test_no_import_cycle_inside_the_package():
     graph = {m: _imports(m)[0] for m in MODULES}
     cycles = _cycles(graph)
@@ -182,7 +173,6 @@ def test_no_import_cycle_inside_the_package():
         " <-> ".join(c) + "\n    " + "; ".join(f"{m} -> {sorted(graph[m] & set(c))}" for m in c)
         for c in cycles
     )
-
 
 
 def test_no_module_imports_another_modules_private_names():

@@ -1,18 +1,18 @@
-"""Private Numba kernels of the ``numba`` backend: the time loops and the big products.
+"""Private Numba kernels of the ``numba`` backend: the time loops and their products.
 
 The public adapter (:mod:`fastrnn.backends.numba_backend`) validates nothing (the
 functional core did), allocates, and calls these kernels. Every time-loop kernel works
 on a contiguous range ``b0:b1`` of the sequences of a batch, with its own time loop (and
-the product kernels and the fused head on a range of rows): the serial call is
-``kernel(0, B, ...)`` and the ``*_parallel`` wrappers split the range into chunks over
-``prange``. Only the real steps of each sequence are computed (they are a prefix, so
-``hs[t-1, b]`` is the previous state); padded steps get zero outputs and zero gradients,
-and the state and its gradient pass through them unchanged.
+the fused head on a range of rows): ``kernel(b0, b1, ...)``; the adapter runs the chunks
+of a batch on its threads, each chunk with this same compiled code. Only the real steps
+of each sequence are computed (they are a prefix, so ``hs[t-1, b]`` is the previous
+state); padded steps get zero outputs and zero gradients, and the state and its gradient
+pass through them unchanged.
 
-Nothing is allocated inside a time loop: the per-step product of a chunk goes to one
-scratch matrix sized before the loop, the gate math runs right after it, reading the
-hoisted input projection and writing the activations over it, and the backward pass
-keeps its running ``dh``/``dc`` in the ``dh0``/``dc0`` output rows.
+Nothing is allocated inside a time loop: a chunk's scratch (a block of projected inputs,
+the per-step product, a block of gate gradients) is sized before the loop; the gate math
+runs right after the per-step product, and the backward pass keeps its running ``dh``/``dc``
+in the ``dh0``/``dc0`` output rows.
 
 Importing this module compiles nothing; a kernel is compiled (or loaded from the on-disk
 cache) for one of the explicit C-contiguous signatures of :data:`SIGNATURES` by
@@ -26,8 +26,9 @@ import threading
 
 import numpy as np
 from llvmlite import ir
-from numba import njit, prange, types
+from numba import njit, types
 from numba.extending import intrinsic, overload
+from numba.np.linalg import _BLAS, ensure_blas
 
 # Contraction to FMA and reassociation (to vectorize the dot products); NaN and inf keep
 # their IEEE meaning so that a diverging network shows up as it does in the reference.
@@ -172,6 +173,24 @@ def _ol_exp(v):
 # The loops index the 3-d arrays directly (``hs[t, b, j]``) instead of taking row views:
 # a view costs reference-count updates, which at H=64 and B=1 was measurable against the
 # few hundred nanoseconds a step takes.
+#
+# Blocks of steps: a chunk's time loop works through its steps a block at a time, a block
+# being BLOCK_ROWS rows (steps times sequences of the chunk). The forward projects a block's
+# inputs, W_ih x_t, in one BLAS call right before its steps; the backward, once its loop has
+# passed a block, adds the block's share of dW_ih and dW_hh and writes its dx, three BLAS
+# calls, while the block's gate gradients are still in cache. Nothing of size T is made
+# beyond the outputs and the saved activations, and every step's input and gradient is
+# read or written once by its own thread. (The previous design projected all steps before
+# the loop and ran the weight gradients over all steps after it: 1.5 to 2.7x slower in the
+# backward at S2.)
+
+BLOCK_ROWS = 256
+
+
+@njit(**_JIT)
+def _block_steps(nb):
+    """Steps per block for a chunk of ``nb`` sequences."""
+    return max(1, BLOCK_ROWS // nb)
 
 
 @njit(**_JIT)
@@ -183,24 +202,54 @@ def _steps(lengths, b0, b1):
     return n
 
 
+def _gemm(a, b, out):
+    """out = a @ b for C-contiguous 2-d arrays (the Python twin of the jitted overload)."""
+    np.dot(a, b, out)
+
+
+@overload(_gemm, jit_options={"fastmath": FASTMATH, "error_model": "numpy"})
+def _ol_gemm(a, b, out):
+    """The per-step product as one BLAS ``?gemm`` call through the entry point Numba's own
+    ``np.dot`` uses (the BLAS SciPy ships), without ``np.dot``'s dispatch: for one row
+    ``np.dot`` calls ``?gemv``, which took 0.27 against 0.12 us for 64x64 and 0.89 against
+    0.60 us for 64x256 (float32, OpenBLAS 0.3.30 on AVX-512); the same for more rows."""
+    if not all(isinstance(v, types.Array) and v.ndim == 2 for v in (a, b, out)):
+        return None
+    ensure_blas()
+    xxgemm = _BLAS.numba_xxgemm(a.dtype)
+    kind = ord("s" if _is_f32(a.dtype) else "d")
+    alpha, beta = np.ones(1, dtype=str(a.dtype)), np.zeros(1, dtype=str(a.dtype))
+
+    def impl(a, b, out):
+        # row-major out (m, n) = a (m, k) @ b (k, n) is column-major out^T = b^T a^T
+        m, k = a.shape
+        n = b.shape[1]
+        c = out.ctypes
+        xxgemm(kind, _N, _N, n, m, k, alpha.ctypes, b.ctypes, n, a.ctypes, k, beta.ctypes, c, n)
+
+    return impl
+
+
+_N = ord("N")
+
+
 @njit(**_JIT)
-def _activate(hs, t, b, rec, r, bias, act, slope):
-    """hs[t, b] <- act(hs[t, b] + rec[r] + bias) for the vanilla RNN (:data:`ACTIVATIONS`)."""
-    zero = hs.dtype.type(0)
-    H = hs.shape[2]
-    if act == 0:
-        for j in range(H):
-            hs[t, b, j] = tanh(hs[t, b, j] + rec[r, j] + bias[j])
-    elif act == 1:
-        for j in range(H):
-            hs[t, b, j] = max(hs[t, b, j] + rec[r, j] + bias[j], zero)
-    elif act == 2:
-        for j in range(H):
-            a = hs[t, b, j] + rec[r, j] + bias[j]
-            hs[t, b, j] = a if a > zero else a * slope
-    else:
-        for j in range(H):
-            hs[t, b, j] += rec[r, j] + bias[j]
+def _gather(src, t0, count, b0, b1, out):
+    """out[s * nb + r] = src[t0 + s, b0 + r] for s < count, r < nb = b1 - b0: a block of
+    steps of the chunk as contiguous, step-major rows."""
+    nb = b1 - b0
+    for s in range(count):
+        for r in range(nb):
+            for j in range(src.shape[2]):
+                out[s * nb + r, j] = src[t0 + s, b0 + r, j]
+
+
+@njit(**_JIT)
+def _project(x, t0, count, b0, b1, W_ih_T, xb, proj):
+    """proj[s * nb + r] = W_ih x[t0 + s, b0 + r] for the block of steps t0:t0+count."""
+    _gather(x, t0, count, b0, b1, xb)
+    n = count * (b1 - b0)
+    np.dot(xb[:n], W_ih_T, proj[:n])
 
 
 @njit(**_JIT)
@@ -213,50 +262,192 @@ def _zero_steps(a, t0, t1, b0, b1):
                 a[t, b, j] = zero
 
 
-# The per-step product of a chunk of sequences is one BLAS call (``np.dot`` with ``out``):
+@njit(**_JIT)
+def _copy_row(src, q, dst, t, b):
+    """dst[t, b] = src[q, :dst.shape[2]]."""
+    for j in range(dst.shape[2]):
+        dst[t, b, j] = src[q, j]
+
+
+@njit(**_JIT)
+def _forward_buffers(x, b0, b1, GH):
+    """A chunk's scratch: a block of inputs and of their projection, and the per-step
+    product."""
+    nb = b1 - b0
+    rows = _block_steps(nb) * nb
+    xb = np.empty((rows, x.shape[2]), dtype=x.dtype)
+    return xb, np.empty((rows, GH), dtype=x.dtype), np.empty((nb, GH), dtype=x.dtype)
+
+
+@njit(**_JIT)
+def _step_scratch(hs, width):
+    """Where an inference forward writes what a training one saves: one step's worth."""
+    return np.empty((1, hs.shape[1], width), dtype=hs.dtype)
+
+
+@njit(**_JIT)
+def _finish_forward(hs, lengths, b0, b1, steps, h_n):
+    """Zero the steps after the chunk's longest sequence; h_n from each last real step."""
+    _zero_steps(hs, steps, hs.shape[0], b0, b1)
+    for b in range(b0, b1):
+        for j in range(hs.shape[2]):
+            h_n[b, j] = hs[lengths[b] - 1, b, j]
+
+
+# The backward's blocks. ``grads`` holds a chunk's scratch; the time loop writes the gate
+# gradients of step t to rows (t % S) * nb + r of ``dA_in`` (and, for gru, ``dA_rec``, the
+# recurrent side's), and _block_done adds the block's products when t is its first step.
+
+
+@njit(**_JIT)
+def _backward_buffers(x, hs, b0, b1, GH, two_sided):
+    """A chunk's scratch for the backward: dA_in, dA_rec (the same array unless
+    ``two_sided``), the block's inputs, previous states and dx, the products' results and
+    the per-step dL/dh_{t-1}."""
+    nb = b1 - b0
+    rows = _block_steps(nb) * nb
+    dt = x.dtype
+    D, H = x.shape[2], hs.shape[2]
+    dA_in = np.empty((rows, GH), dtype=dt)
+    dA_rec = np.empty((rows, GH), dtype=dt) if two_sided else dA_in
+    xb, hb, dxb = np.empty((rows, D), dt), np.empty((rows, H), dt), np.empty((rows, D), dt)
+    return dA_in, dA_rec, xb, hb, dxb, np.empty((GH, D), dt), np.empty((GH, H), dt)
+
+
+@njit(**_JIT)
+def _add(acc, a):
+    """acc += a (2-d, float64 accumulator)."""
+    for i in range(a.shape[0]):
+        for j in range(a.shape[1]):
+            acc[i, j] += a[i, j]
+
+
+@njit(**_JIT)
+def _add_rows(dA, count, b0, b1, db):
+    """db[b0 + r] += dA[s * nb + r] for the block's rows (float64 sums per sequence)."""
+    nb = b1 - b0
+    for s in range(count):
+        for r in range(nb):
+            for j in range(dA.shape[1]):
+                db[b0 + r, j] += dA[s * nb + r, j]
+
+
+@njit(**_JIT)
+def _block_done(t0, count, b0, b1, ins, grads, outs):
+    """The block of steps t0:t0+count is done: dW_ih += dA_in^T X, dW_hh += dA_rec^T
+    H_prev, dx = dA_in W_ih, one BLAS call each on the block's rows; ``db`` and ``db_rec``
+    (unless empty) get the sums of dA_in's and dA_rec's rows. (Summed here, not in the gate
+    loop: a float64 sum there kept LLVM from vectorizing the lstm's backward gate loop.)"""
+    x, hs, h0, W_ih = ins
+    dA_in, dA_rec, xb, hb, dxb, p_ih, p_hh = grads
+    dx, dW_ih, dW_hh, db, db_rec = outs
+    nb = b1 - b0
+    n = count * nb
+    _add_rows(dA_in, count, b0, b1, db)
+    if db_rec.shape[0] > 0:
+        _add_rows(dA_rec, count, b0, b1, db_rec)
+    _gather(x, t0, count, b0, b1, xb)
+    if t0 > 0:
+        _gather(hs, t0 - 1, count, b0, b1, hb)
+    else:
+        for r in range(nb):
+            for j in range(hs.shape[2]):
+                hb[r, j] = h0[b0 + r, j]
+        _gather(hs, 0, count - 1, b0, b1, hb[nb:])
+    np.dot(dA_in[:n].T, xb[:n], p_ih)
+    _add(dW_ih, p_ih)
+    np.dot(dA_rec[:n].T, hb[:n], p_hh)
+    _add(dW_hh, p_hh)
+    np.dot(dA_in[:n], W_ih, dxb[:n])
+    for s in range(count):
+        for r in range(nb):
+            _copy_row(dxb, s * nb + r, dx, t0 + s, b0 + r)
+
+
+@njit(**_JIT)
+def _start_backward(dx, dW_ih, dW_hh, steps, b0, b1):
+    """Zero the chunk's weight-gradient sums and the dx of steps no sequence reaches."""
+    dW_ih[:] = 0.0
+    dW_hh[:] = 0.0
+    _zero_steps(dx, steps, dx.shape[0], b0, b1)
+
+
+# The per-step product of a chunk of sequences is one BLAS call (``_gemm``):
 # ``h_{t-1} @ W_hh^T`` forward, ``dA_t @ W_hh`` backward. Rows of sequences that have
 # ended are zero (their outputs and gradients are zeroed as they end), so they ride along
 # harmlessly; each sequence reads and writes only its own rows around the product.
-# Forward kernels add the biases in the gate loop (the input projection is a bare GEMM);
-# backward kernels sum the bias gradients per sequence in float64 (``db``, (B, G*H)) and
-# write ||dL/dh_t|| to ``norms`` of shape (B, T), so that threads working on neighbouring
-# sequences do not write to one cache line at every step.
+# Forward kernels add the biases in the gate loop (the input projection is a bare GEMM)
+# and write the saved activations only when given arrays for them (``gates`` with T rows;
+# inference passes empty ones and nothing is saved). Backward kernels write ||dL/dh_t|| to
+# ``norms`` of shape (B, T), so that threads working on neighbouring sequences do not write
+# to one cache line at every step, the bias gradients per sequence to ``db`` (float64, (B,
+# G*H), block by block) and the weight gradients of their chunk to ``dW_ih`` and ``dW_hh``,
+# float64 sums the caller adds up over the chunks.
 
 # --- rnn -------------------------------------------------------------------------------
 
 
 @njit(**_JIT)
-def rnn_forward(b0, b1, hs, W_hh_T, bias, h0, lengths, act, slope, h_n):
-    """Sequences b0:b1. ``hs`` holds W_ih x_t on entry and h_t on return; ``bias`` is
-    b_ih + b_hh."""
-    T, _, H = hs.shape
-    steps = _steps(lengths, b0, b1)
-    rec = np.empty((b1 - b0, H), dtype=hs.dtype)
-    for t in range(steps):
-        np.dot(hs[t - 1, b0:b1] if t > 0 else h0[b0:b1], W_hh_T, rec)  # W h_{t-1}, chunk
-        for b in range(b0, b1):
-            if t < lengths[b]:
-                _activate(hs, t, b, rec, b - b0, bias, act, slope)
-            else:
-                _zero_steps(hs, t, t + 1, b, b + 1)
-    _zero_steps(hs, steps, T, b0, b1)
-    for b in range(b0, b1):
+def _activate(hs, t, b, proj, p, rec, r, bias, act, slope):
+    """hs[t, b] <- act(proj[p] + rec[r] + bias) for the vanilla RNN (:data:`ACTIVATIONS`)."""
+    zero = hs.dtype.type(0)
+    H = hs.shape[2]
+    if act == 0:
         for j in range(H):
-            h_n[b, j] = hs[lengths[b] - 1, b, j]
+            hs[t, b, j] = tanh(proj[p, j] + rec[r, j] + bias[j])
+    elif act == 1:
+        for j in range(H):
+            hs[t, b, j] = max(proj[p, j] + rec[r, j] + bias[j], zero)
+    elif act == 2:
+        for j in range(H):
+            a = proj[p, j] + rec[r, j] + bias[j]
+            hs[t, b, j] = a if a > zero else a * slope
+    else:
+        for j in range(H):
+            hs[t, b, j] = proj[p, j] + rec[r, j] + bias[j]
 
 
 @njit(**_JIT)
-def rnn_backward(b0, b1, hs, W_hh, dhs, lengths, act, slope, dh, dA, db, norms):
-    """Sequences b0:b1. ``dh`` holds dh_n on entry and dh0 on return; ``dA`` gets dL/da_t."""
-    T, _, H = hs.shape
-    zero, one = hs.dtype.type(0), hs.dtype.type(1)
+def rnn_forward(b0, b1, x, W_ih_T, W_hh_T, bias, h0, lengths, act, slope, hs, h_n):
+    """Sequences b0:b1; ``bias`` is b_ih + b_hh."""
+    H = hs.shape[2]
+    nb, S = b1 - b0, _block_steps(b1 - b0)
     steps = _steps(lengths, b0, b1)
-    tmp = np.empty((b1 - b0, H), dtype=hs.dtype)
-    _zero_steps(dA, steps, T, b0, b1)
-    for t in range(steps - 1, -1, -1):
+    xb, proj, rec = _forward_buffers(x, b0, b1, H)
+    for t in range(steps):
+        s = t % S
+        if s == 0:
+            _project(x, t, min(S, steps - t), b0, b1, W_ih_T, xb, proj)
+        _gemm(hs[t - 1, b0:b1] if t > 0 else h0[b0:b1], W_hh_T, rec)  # W h_{t-1}, chunk
         for b in range(b0, b1):
+            if t < lengths[b]:
+                _activate(hs, t, b, proj, s * nb + b - b0, rec, b - b0, bias, act, slope)
+            else:
+                _zero_steps(hs, t, t + 1, b, b + 1)
+    _finish_forward(hs, lengths, b0, b1, steps, h_n)
+
+
+@njit(**_JIT)
+def rnn_backward(
+    b0, b1, x, hs, h0, W_ih, W_hh, dhs, lengths, act, slope, dh, dx, db, norms, dW_ih, dW_hh
+):
+    """Sequences b0:b1. ``dh`` holds dh_n on entry and dh0 on return."""
+    H = hs.shape[2]
+    zero, one = hs.dtype.type(0), hs.dtype.type(1)
+    nb, S = b1 - b0, _block_steps(b1 - b0)
+    steps = _steps(lengths, b0, b1)
+    grads = _backward_buffers(x, hs, b0, b1, H, False)
+    db_rec = np.empty((0, 0))  # the recurrent side's bias sums are db's
+    dA = grads[0]
+    tmp = np.empty((nb, H), dtype=hs.dtype)
+    _start_backward(dx, dW_ih, dW_hh, steps, b0, b1)
+    ins, outs = (x, hs, h0, W_ih), (dx, dW_ih, dW_hh, db, db_rec)
+    for t in range(steps - 1, -1, -1):
+        q0 = t % S * nb
+        for b in range(b0, b1):
+            q = q0 + b - b0
             if t >= lengths[b]:
-                _zero_steps(dA, t, t + 1, b, b + 1)
+                dA[q] = zero
                 continue
             ss = zero
             for j in range(H):
@@ -267,64 +458,102 @@ def rnn_backward(b0, b1, hs, W_hh, dhs, lengths, act, slope, dh, dA, db, norms):
                     v *= one - h * h
                 elif act != 3 and h <= zero:
                     v = zero if act == 1 else v * slope
-                dA[t, b, j] = v
-                db[b, j] += v
+                dA[q, j] = v
             norms[b, t] = math.sqrt(ss)
-        np.dot(dA[t, b0:b1], W_hh, tmp)  # dL/dh_{t-1} = W^T dL/da_t
+        _gemm(dA[q0 : q0 + nb], W_hh, tmp)  # dL/dh_{t-1} = W^T dL/da_t
         for b in range(b0, b1):
             if t < lengths[b]:  # padded steps pass dh through unchanged
                 for j in range(H):
                     dh[b, j] = tmp[b - b0, j]
+        if q0 == 0:
+            _block_done(t, min(S, steps - t), b0, b1, ins, grads, outs)
 
 
 # --- lstm ------------------------------------------------------------------------------
 
 
 @njit(**_JIT)
-def lstm_forward(b0, b1, gates, W_hh_T, bias, h0, c0, lengths, hs, cs, h_n, c_n):
-    """``gates`` holds W_ih x_t on entry and the activations i, f, g, o on return
-    (``bias`` is b_ih + b_hh); ``cs`` gets the cell states."""
-    T, _, H = hs.shape
+def lstm_forward(b0, b1, x, W_ih_T, W_hh_T, bias, h0, c0, lengths, hs, h_n, c_n, gates, cs):
+    """``bias`` is b_ih + b_hh; ``gates`` gets the activations i, f, g, o and ``cs`` the
+    cell states, if they have T rows (else nothing is saved)."""
+    H = hs.shape[2]
+    nb, S = b1 - b0, _block_steps(b1 - b0)
     steps = _steps(lengths, b0, b1)
-    rec = np.empty((b1 - b0, 4 * H), dtype=hs.dtype)
+    xb, proj, rec = _forward_buffers(x, b0, b1, 4 * H)
+    training = gates.shape[0] > 0
+    if not training:  # one step of scratch instead, rewritten at every step
+        gates, cs = _step_scratch(hs, 4 * H), _step_scratch(hs, H)
+    c = c0[b0:b1].copy()  # the running cell state
     for t in range(steps):
-        np.dot(hs[t - 1, b0:b1] if t > 0 else h0[b0:b1], W_hh_T, rec)  # all 4 gates
+        s = t % S
+        if s == 0:
+            _project(x, t, min(S, steps - t), b0, b1, W_ih_T, xb, proj)
+        _gemm(hs[t - 1, b0:b1] if t > 0 else h0[b0:b1], W_hh_T, rec)  # all 4 gates
+        u = t if training else 0
         for b in range(b0, b1):
             if t >= lengths[b]:
                 _zero_steps(hs, t, t + 1, b, b + 1)
                 continue
             r = b - b0
+            p = s * nb + r
             for j in range(H):
-                i = sigmoid(gates[t, b, j] + rec[r, j] + bias[j])
-                f = sigmoid(gates[t, b, H + j] + rec[r, H + j] + bias[H + j])
-                g = tanh(gates[t, b, 2 * H + j] + rec[r, 2 * H + j] + bias[2 * H + j])
-                o = sigmoid(gates[t, b, 3 * H + j] + rec[r, 3 * H + j] + bias[3 * H + j])
-                gates[t, b, j] = i
-                gates[t, b, H + j] = f
-                gates[t, b, 2 * H + j] = g
-                gates[t, b, 3 * H + j] = o
-                c = f * (cs[t - 1, b, j] if t > 0 else c0[b, j]) + i * g
-                cs[t, b, j] = c
-                hs[t, b, j] = o * tanh(c)
-    _zero_steps(hs, steps, T, b0, b1)
-    for b in range(b0, b1):
-        for j in range(H):
-            h_n[b, j] = hs[lengths[b] - 1, b, j]
-            c_n[b, j] = cs[lengths[b] - 1, b, j]
+                i = sigmoid(proj[p, j] + rec[r, j] + bias[j])
+                f = sigmoid(proj[p, H + j] + rec[r, H + j] + bias[H + j])
+                g = tanh(proj[p, 2 * H + j] + rec[r, 2 * H + j] + bias[2 * H + j])
+                o = sigmoid(proj[p, 3 * H + j] + rec[r, 3 * H + j] + bias[3 * H + j])
+                gates[u, b, j] = i
+                gates[u, b, H + j] = f
+                gates[u, b, 2 * H + j] = g
+                gates[u, b, 3 * H + j] = o
+                cj = f * c[r, j] + i * g
+                c[r, j] = cj
+                cs[u, b, j] = cj
+                hs[t, b, j] = o * tanh(cj)
+            if t == lengths[b] - 1:
+                for j in range(H):
+                    c_n[b, j] = c[r, j]
+    _finish_forward(hs, lengths, b0, b1, steps, h_n)
 
 
 @njit(**_JIT)
-def lstm_backward(b0, b1, gates, cs, c0, W_hh, dhs, lengths, dh, dc, dA, db, norms):
+def lstm_backward(
+    b0,
+    b1,
+    x,
+    hs,
+    h0,
+    W_ih,
+    W_hh,
+    gates,
+    cs,
+    c0,
+    dhs,
+    lengths,
+    dh,
+    dc,
+    dx,
+    db,
+    norms,
+    dW_ih,
+    dW_hh,
+):
     """``dh``/``dc`` hold dh_n/dc_n on entry and dh0/dc0 on return."""
-    T, _, H = cs.shape
+    H = hs.shape[2]
     zero, one = cs.dtype.type(0), cs.dtype.type(1)
+    nb, S = b1 - b0, _block_steps(b1 - b0)
     steps = _steps(lengths, b0, b1)
-    tmp = np.empty((b1 - b0, H), dtype=cs.dtype)
-    _zero_steps(dA, steps, T, b0, b1)
+    grads = _backward_buffers(x, hs, b0, b1, 4 * H, False)
+    db_rec = np.empty((0, 0))  # the recurrent side's bias sums are db's
+    dA = grads[0]
+    tmp = np.empty((nb, H), dtype=cs.dtype)
+    _start_backward(dx, dW_ih, dW_hh, steps, b0, b1)
+    ins, outs = (x, hs, h0, W_ih), (dx, dW_ih, dW_hh, db, db_rec)
     for t in range(steps - 1, -1, -1):
+        q0 = t % S * nb
         for b in range(b0, b1):
+            q = q0 + b - b0
             if t >= lengths[b]:
-                _zero_steps(dA, t, t + 1, b, b + 1)
+                dA[q] = zero
                 continue
             ss = zero
             for j in range(H):
@@ -341,75 +570,101 @@ def lstm_backward(b0, b1, gates, cs, c0, W_hh, dhs, lengths, dh, dc, dA, db, nor
                 daf = dct * c_prev * f * (one - f)
                 dag = dct * i * (one - g * g)
                 dao = dht * tc * o * (one - o)
-                dA[t, b, j] = dai
-                dA[t, b, H + j] = daf
-                dA[t, b, 2 * H + j] = dag
-                dA[t, b, 3 * H + j] = dao
-                db[b, j] += dai
-                db[b, H + j] += daf
-                db[b, 2 * H + j] += dag
-                db[b, 3 * H + j] += dao
+                dA[q, j] = dai
+                dA[q, H + j] = daf
+                dA[q, 2 * H + j] = dag
+                dA[q, 3 * H + j] = dao
                 dc[b, j] = dct * f  # dL/dc_{t-1}
             norms[b, t] = math.sqrt(ss)
-        np.dot(dA[t, b0:b1], W_hh, tmp)  # dL/dh_{t-1} = W_hh^T dA_t
+        _gemm(dA[q0 : q0 + nb], W_hh, tmp)  # dL/dh_{t-1} = W_hh^T dA_t
         for b in range(b0, b1):
             if t < lengths[b]:
                 for j in range(H):
                     dh[b, j] = tmp[b - b0, j]
+        if q0 == 0:
+            _block_done(t, min(S, steps - t), b0, b1, ins, grads, outs)
 
 
 # --- gru -------------------------------------------------------------------------------
 
 
 @njit(**_JIT)
-def gru_forward(b0, b1, gates, W_hh_T, bias, b_hn, h0, lengths, hs, hn, h_n):
-    """``gates`` holds W_i. x_t on entry and r, z, n on return (``bias`` is b_ih with
-    b_hr, b_hz added); ``hn`` gets W_hn h_{t-1} + b_hn."""
-    T, _, H = hs.shape
+def gru_forward(b0, b1, x, W_ih_T, W_hh_T, bias, b_hn, h0, lengths, hs, h_n, gates, hn):
+    """``bias`` is b_ih with b_hr, b_hz added; ``gates`` gets r, z, n and ``hn``
+    W_hn h_{t-1} + b_hn, if they have T rows (else nothing is saved)."""
+    H = hs.shape[2]
+    nb, S = b1 - b0, _block_steps(b1 - b0)
     steps = _steps(lengths, b0, b1)
-    rec = np.empty((b1 - b0, 3 * H), dtype=hs.dtype)
+    xb, proj, rec = _forward_buffers(x, b0, b1, 3 * H)
+    training = gates.shape[0] > 0
+    if not training:  # one step of scratch instead, rewritten at every step
+        gates, hn = _step_scratch(hs, 3 * H), _step_scratch(hs, H)
     for t in range(steps):
-        np.dot(hs[t - 1, b0:b1] if t > 0 else h0[b0:b1], W_hh_T, rec)  # W_h{r,z,n} h_{t-1}
+        s = t % S
+        if s == 0:
+            _project(x, t, min(S, steps - t), b0, b1, W_ih_T, xb, proj)
+        _gemm(hs[t - 1, b0:b1] if t > 0 else h0[b0:b1], W_hh_T, rec)  # W_h{r,z,n} h_{t-1}
+        u = t if training else 0
         for b in range(b0, b1):
             if t >= lengths[b]:
                 _zero_steps(hs, t, t + 1, b, b + 1)
                 continue
             q = b - b0
+            p = s * nb + q
             for j in range(H):
-                r = sigmoid(gates[t, b, j] + rec[q, j] + bias[j])
-                z = sigmoid(gates[t, b, H + j] + rec[q, H + j] + bias[H + j])
+                r = sigmoid(proj[p, j] + rec[q, j] + bias[j])
+                z = sigmoid(proj[p, H + j] + rec[q, H + j] + bias[H + j])
                 hnj = rec[q, 2 * H + j] + b_hn[j]
-                n = tanh(gates[t, b, 2 * H + j] + bias[2 * H + j] + r * hnj)
-                gates[t, b, j] = r
-                gates[t, b, H + j] = z
-                gates[t, b, 2 * H + j] = n
-                hn[t, b, j] = hnj
+                n = tanh(proj[p, 2 * H + j] + bias[2 * H + j] + r * hnj)
+                gates[u, b, j] = r
+                gates[u, b, H + j] = z
+                gates[u, b, 2 * H + j] = n
+                hn[u, b, j] = hnj
                 h_prev = hs[t - 1, b, j] if t > 0 else h0[b, j]
                 hs[t, b, j] = n + z * (h_prev - n)  # (1 - z) n + z h_{t-1}
-    _zero_steps(hs, steps, T, b0, b1)
-    for b in range(b0, b1):
-        for j in range(H):
-            h_n[b, j] = hs[lengths[b] - 1, b, j]
+    _finish_forward(hs, lengths, b0, b1, steps, h_n)
 
 
 @njit(**_JIT)
 def gru_backward(
-    b0, b1, gates, hn, hs, h0, W_hh, dhs, lengths, dh, dA_in, dA_rec, db, db_hn, norms
+    b0,
+    b1,
+    x,
+    hs,
+    h0,
+    W_ih,
+    W_hh,
+    gates,
+    hn,
+    dhs,
+    lengths,
+    dh,
+    dx,
+    db,
+    db_rec,
+    norms,
+    dW_ih,
+    dW_hh,
 ):
-    """``dh`` holds dh_n on entry and dh0 on return; ``dA_in``/``dA_rec`` get the
-    gradients of the input-side and recurrent-side pre-activations, ``db`` the sums of
-    ``dA_in`` and ``db_hn`` those of the n part of ``dA_rec`` (its r, z parts are dA_in's)."""
-    T, _, H = hs.shape
+    """``dh`` holds dh_n on entry and dh0 on return; ``db`` and ``db_rec`` get the sums of
+    the input-side and recurrent-side pre-activation gradients (they differ in the n part:
+    r * dL/da_n on the recurrent side)."""
+    H = hs.shape[2]
     zero, one = hs.dtype.type(0), hs.dtype.type(1)
+    nb, S = b1 - b0, _block_steps(b1 - b0)
     steps = _steps(lengths, b0, b1)
-    tmp = np.empty((b1 - b0, H), dtype=hs.dtype)
-    _zero_steps(dA_in, steps, T, b0, b1)
-    _zero_steps(dA_rec, steps, T, b0, b1)
+    grads = _backward_buffers(x, hs, b0, b1, 3 * H, True)
+    dA_in, dA_rec = grads[0], grads[1]
+    tmp = np.empty((nb, H), dtype=hs.dtype)
+    _start_backward(dx, dW_ih, dW_hh, steps, b0, b1)
+    ins, outs = (x, hs, h0, W_ih), (dx, dW_ih, dW_hh, db, db_rec)
     for t in range(steps - 1, -1, -1):
+        q0 = t % S * nb
         for b in range(b0, b1):
+            q = q0 + b - b0
             if t >= lengths[b]:
-                _zero_steps(dA_in, t, t + 1, b, b + 1)
-                _zero_steps(dA_rec, t, t + 1, b, b + 1)
+                dA_in[q] = zero
+                dA_rec[q] = zero
                 continue
             ss = zero
             for j in range(H):
@@ -422,119 +677,21 @@ def gru_backward(
                 dan = dht * (one - z) * (one - n * n)
                 daz = dht * (h_prev - n) * z * (one - z)
                 dar = dan * hn[t, b, j] * r * (one - r)
-                dA_in[t, b, j] = dar
-                dA_in[t, b, H + j] = daz
-                dA_in[t, b, 2 * H + j] = dan
-                dA_rec[t, b, j] = dar
-                dA_rec[t, b, H + j] = daz
-                dA_rec[t, b, 2 * H + j] = dan * r
-                db[b, j] += dar
-                db[b, H + j] += daz
-                db[b, 2 * H + j] += dan
-                db_hn[b, j] += dan * r
+                dA_in[q, j] = dar
+                dA_in[q, H + j] = daz
+                dA_in[q, 2 * H + j] = dan
+                dA_rec[q, j] = dar
+                dA_rec[q, H + j] = daz
+                dA_rec[q, 2 * H + j] = dan * r
                 dh[b, j] = dht * z  # the direct path h_{t-1} -> h_t
             norms[b, t] = math.sqrt(ss)
-        np.dot(dA_rec[t, b0:b1], W_hh, tmp)  # + W_hh^T dA_rec
+        _gemm(dA_rec[q0 : q0 + nb], W_hh, tmp)  # + W_hh^T dA_rec
         for b in range(b0, b1):
             if t < lengths[b]:
                 for j in range(H):
                     dh[b, j] += tmp[b - b0, j]
-
-
-# --- batch-parallel wrappers: contiguous chunks of sequences, one time loop each ---------
-
-
-@njit(parallel=True, **_JIT)
-def rnn_forward_parallel(hs, W_hh_T, bias, h0, lengths, act, slope, h_n, chunks):
-    B = hs.shape[1]
-    for c in prange(chunks):
-        b0, b1 = c * B // chunks, (c + 1) * B // chunks
-        rnn_forward(b0, b1, hs, W_hh_T, bias, h0, lengths, act, slope, h_n)
-
-
-@njit(parallel=True, **_JIT)
-def rnn_backward_parallel(hs, W_hh, dhs, lengths, act, slope, dh, dA, db, norms, chunks):
-    B = hs.shape[1]
-    for c in prange(chunks):
-        b0, b1 = c * B // chunks, (c + 1) * B // chunks
-        rnn_backward(b0, b1, hs, W_hh, dhs, lengths, act, slope, dh, dA, db, norms)
-
-
-@njit(parallel=True, **_JIT)
-def lstm_forward_parallel(gates, W_hh_T, bias, h0, c0, lengths, hs, cs, h_n, c_n, chunks):
-    B = hs.shape[1]
-    for c in prange(chunks):
-        b0, b1 = c * B // chunks, (c + 1) * B // chunks
-        lstm_forward(b0, b1, gates, W_hh_T, bias, h0, c0, lengths, hs, cs, h_n, c_n)
-
-
-@njit(parallel=True, **_JIT)
-def lstm_backward_parallel(gates, cs, c0, W_hh, dhs, lengths, dh, dc, dA, db, norms, chunks):
-    B = cs.shape[1]
-    for c in prange(chunks):
-        b0, b1 = c * B // chunks, (c + 1) * B // chunks
-        lstm_backward(b0, b1, gates, cs, c0, W_hh, dhs, lengths, dh, dc, dA, db, norms)
-
-
-@njit(parallel=True, **_JIT)
-def gru_forward_parallel(gates, W_hh_T, bias, b_hn, h0, lengths, hs, hn, h_n, chunks):
-    B = hs.shape[1]
-    for c in prange(chunks):
-        b0, b1 = c * B // chunks, (c + 1) * B // chunks
-        gru_forward(b0, b1, gates, W_hh_T, bias, b_hn, h0, lengths, hs, hn, h_n)
-
-
-@njit(parallel=True, **_JIT)
-def gru_backward_parallel(
-    gates, hn, hs, h0, W_hh, dhs, lengths, dh, dA_in, dA_rec, db, db_hn, norms, chunks
-):
-    B = hs.shape[1]
-    for c in prange(chunks):
-        b0, b1 = c * B // chunks, (c + 1) * B // chunks
-        gru_backward(
-            b0, b1, gates, hn, hs, h0, W_hh, dhs, lengths, dh, dA_in, dA_rec, db, db_hn, norms
-        )
-
-
-# --- the big products: blocks of rows, one BLAS call each -------------------------------
-#
-# The input projection before the time loop, and dx, dW_ih, dW_hh after it. They run
-# here rather than through NumPy so that the backend's threads are its own chunks only:
-# NumPy's multithreaded BLAS leaves its workers spinning after each call, and on a busy
-# machine they slowed the time loops that followed by up to 2.7x (S2, 2 threads).
-
-
-@njit(**_JIT)
-def matmul(r0, r1, a, b, out):
-    """out[r0:r1] = a[r0:r1] @ b."""
-    np.dot(a[r0:r1], b, out[r0:r1])
-
-
-@njit(**_JIT)
-def matmul_tn(r0, r1, a, b, out):
-    """out = a[r0:r1]^T @ b[r0:r1]: the sum over rows r0:r1 of outer products."""
-    np.dot(a[r0:r1].T, b[r0:r1], out)
-
-
-@njit(parallel=True, **_JIT)
-def matmul_parallel(a, b, out, chunks):
-    M = a.shape[0]
-    for c in prange(chunks):
-        matmul(c * M // chunks, (c + 1) * M // chunks, a, b, out)
-
-
-@njit(parallel=True, **_JIT)
-def matmul_tn_parallel(a, b, out, chunks):
-    M = a.shape[0]
-    partial = np.empty((chunks, out.shape[0], out.shape[1]), dtype=out.dtype)
-    for c in prange(chunks):
-        matmul_tn(c * M // chunks, (c + 1) * M // chunks, a, b, partial[c])
-    for i in range(out.shape[0]):
-        for j in range(out.shape[1]):
-            s = partial[0, i, j]
-            for c in range(1, chunks):
-                s += partial[c, i, j]
-            out[i, j] = s
+        if q0 == 0:
+            _block_done(t, min(S, steps - t), b0, b1, ins, grads, outs)
 
 
 # --- the fused softmax head: linear layer, softmax cross-entropy and its gradients ------
@@ -547,9 +704,8 @@ def matmul_tn_parallel(a, b, out, chunks):
 # a horizontal reduction per row: about 15% slower overall at K=32). Three products per
 # block, each one BLAS call: z = weight @ h_blk^T, dweight += dz @ h_blk, dh_blk = dz^T
 # @ weight; they take about 90% of the time. A fourth BLAS call sums the columns of dz
-# (dbias): a reduction vectorized by LLVM adds in an order that can differ between the
-# serial kernel and its copy inlined in the parallel one, and the result must not depend
-# on which ran. The block size matters little: N=160000, H=64, K=32, float32, one BLAS
+# (dbias): its order of addition does not depend on how LLVM vectorizes the kernel. The
+# block size matters little: N=160000, H=64, K=32, float32, one BLAS
 # thread, 27.4 ms with blocks of 256 rows, 26.8 with 512 or 1024, 27.1 with 2048 (2
 # threads: 14.1, 13.8, 13.8, 13.8). Each block's loss and products are added to float64
 # sums of the kernel's rows; the caller adds up all ranges' sums.
@@ -619,31 +775,6 @@ def linear_cross_entropy(
     loss[0] = total
 
 
-@njit(parallel=True, **_JIT)
-def linear_cross_entropy_parallel(
-    h, weight, bias, targets, row_weights, scale, dh, dweight, dbias, loss, chunks
-):
-    """Contiguous chunks of rows over ``prange``; chunk ``c`` writes its sums to
-    ``dweight[c]``, ``dbias[c]`` and ``loss[c]``, which the caller adds up."""
-    N = h.shape[0]
-    for c in prange(chunks):
-        r0, r1 = c * N // chunks, (c + 1) * N // chunks
-        linear_cross_entropy(
-            r0,
-            r1,
-            h,
-            weight,
-            bias,
-            targets,
-            row_weights,
-            scale,
-            dh,
-            dweight[c],
-            dbias[c],
-            loss[c : c + 1],
-        )
-
-
 # --- explicit signatures, compiled on first use ------------------------------------------
 
 
@@ -653,24 +784,21 @@ def _signatures(dtype: type) -> dict[str, tuple]:
     v, m, a3 = f[::1], f[:, ::1], f[:, :, ::1]
     i, lens = types.int64, types.int64[::1]
     d = types.float64[:, ::1]  # bias-gradient sums: float64 for both dtypes
-    serial = {
-        "rnn_forward": (a3, m, v, m, lens, i, f, m),
-        "rnn_backward": (a3, m, a3, lens, i, f, m, a3, d, m),
-        "lstm_forward": (a3, m, v, m, m, lens, a3, a3, m, m),
-        "lstm_backward": (a3, a3, m, m, a3, lens, m, m, a3, d, m),
-        "gru_forward": (a3, m, v, v, m, lens, a3, a3, m),
-        "gru_backward": (a3, a3, a3, m, m, a3, lens, m, a3, a3, d, d, m),
-        "matmul": (m, m, m),
-        "matmul_tn": (m, m, m),
+    serial = {  # the arguments after b0, b1
+        "rnn_forward": (a3, m, m, v, m, lens, i, f, a3, m),
+        "rnn_backward": (a3, a3, m, m, m, a3, lens, i, f, m, a3, d, m),
+        "lstm_forward": (a3, m, m, v, m, m, lens, a3, m, m, a3, a3),
+        "lstm_backward": (a3, a3, m, m, m, a3, a3, m, a3, lens, m, m, a3, d, m),
+        "gru_forward": (a3, m, m, v, v, m, lens, a3, m, a3, a3),
+        "gru_backward": (a3, a3, m, m, m, a3, a3, a3, lens, m, a3, d, d, m),
     }
     sigs = {name: (i, i, *args) for name, args in serial.items()}
-    sigs.update({f"{name}_parallel": (*args, i) for name, args in serial.items()})
+    for name in ("rnn_backward", "lstm_backward", "gru_backward"):  # + dW_ih, dW_hh
+        sigs[name] = (*sigs[name], d, d)
     # the head: h, weight, bias, targets, row_weights, scale, dh, then the float64 sums of
-    # dweight, dbias and the loss: of the kernel's rows, or one per chunk of rows
-    head = (m, m, v, lens, v, f, m)
+    # dweight, dbias and the loss of the kernel's rows
     sums = types.float64[::1]
-    sigs["linear_cross_entropy"] = (i, i, *head, d, sums, sums)
-    sigs["linear_cross_entropy_parallel"] = (*head, types.float64[:, :, ::1], d, sums, i)
+    sigs["linear_cross_entropy"] = (i, i, m, m, v, lens, v, f, m, d, sums, sums)
     return sigs
 
 

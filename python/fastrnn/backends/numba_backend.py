@@ -1,27 +1,30 @@
 """The Numba backend: the contract of :mod:`fastrnn.backends.numpy_backend`, jitted.
 
-The split of work follows the performance principles of docs/design.md. The big
-products run once per call, each one BLAS call per chunk of rows: the input projection
-of all T steps before the time loop, and ``dx``, ``dW_ih`` and ``dW_hh`` after it. The
-time loops (:mod:`fastrnn.backends._numba_kernels`) do one packed product per step for
-all gates, with the gate math fused right after it (the biases added there, and their
-gradients summed there), no allocation inside the loop; every kernel is ``nogil``, so
-other Python threads keep running.
+The batch is split into contiguous chunks of sequences, each with its own time loop
+(:mod:`fastrnn.backends._numba_kernels`); a chunk works through its steps by blocks of
+about 256 rows (steps times sequences). The forward projects a block's inputs, W_ih x_t,
+in one BLAS call right before its steps; the backward, once its loop has passed a block,
+adds the block's share of dW_ih, dW_hh and the bias gradients and writes its dx while the
+block's gate gradients are in cache. Per step: one packed product for all gates (one BLAS
+``?gemm`` call), then the gate math fused after it (the biases added there), no allocation
+inside the loop. Nothing of size T is made beyond the outputs and, for training, the saved
+activations; every kernel is ``nogil``, so other Python threads keep running.
 
-The per-step product is a BLAS call from inside the jitted loop (``np.dot`` with ``out``),
-which Numba routes to the BLAS that SciPy ships; that is why SciPy is a dependency. It beat
-hand-written loops at every measured shape (H=64, float32, one thread: 0.20 against 0.46
-us for a 64x64 matrix-vector product, 4.7 against 11 us for B=16 and 4 gates). All BLAS
-calls of this backend go there and are kept single-threaded: the backend's threads are
-its chunks (of sequences, or of rows of the big products) and nothing else, so NumPy's
-BLAS threads never compete with them.
+All BLAS calls go to the BLAS that SciPy ships, through the entry point Numba's ``np.dot``
+uses; that is why SciPy is a dependency. They are kept single-threaded: the backend's
+threads are its chunks and nothing else, so NumPy's BLAS threads never compete with them.
 
-Threads: with ``num_threads > 1`` and ``B > 1`` the batch is split into contiguous chunks
-of sequences, each with its own time loop, over ``prange``; otherwise the serial kernel
-runs and pays nothing for threading. Numba's thread count is set for the call and the
-caller's value restored after it. One parallel region runs at a time; a call that finds
-one running (from another Python thread) runs serially instead of waiting, and so does a
-process forked after its parent ran numba's OpenMP threads (which would kill it).
+Threads: the chunks are ``min(num_threads, B)``, a function of the call's arguments only.
+The calling thread runs the first and a pool of Python threads the others (the kernels
+release the GIL), each chunk the same compiled serial kernel: a result has the same bits
+whichever thread ran a chunk and however many calls compete for the threads. Each chunk's
+weight-gradient sums are added in chunk order after the kernels. (Numba's ``prange``
+wrappers did this before; LLVM compiled the kernel inlined there differently from the
+serial one, so a call that fell back to the serial kernel under contention got other bits,
+and a process forked after its parent ran GNU OpenMP threads could not use them at all.)
+
+``forward(..., training=False)`` saves nothing for backward (``saved`` is ``None``; the
+gate activations are written to one step of scratch) and gives the same outputs.
 
 Importing this module compiles nothing (it fails with numba's ``ImportError`` when numba
 is missing, which the registry reports): each kernel is compiled for its explicit
@@ -30,14 +33,16 @@ signature on first use, or ahead of time by :func:`warmup`, and cached on disk.
 
 from __future__ import annotations
 
+import concurrent.futures
 import contextlib
 import importlib.util
 import os
 import threading
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 
-import numba
+import numba  # noqa: F401  (fails with numba's ImportError when numba is missing)
 import numpy as np
 import threadpoolctl
 
@@ -47,24 +52,26 @@ from . import numpy_backend as _ref
 UNAVAILABLE_REASON = (
     None
     if importlib.util.find_spec("scipy") is not None
-    else "SciPy is missing: Numba's np.dot, the per-step product, calls the BLAS SciPy ships "
+    else "SciPy is missing: the numba kernels' products call the BLAS SciPy ships "
     "(`pip install scipy`)"
 )
 
-_parallel_lock = threading.Lock()
-_threads_usable = True  # False in a child forked after GNU OpenMP started in the parent
+_pool: ThreadPoolExecutor | None = None  # the threads that run chunks 1, 2, ... of a call
+_pool_lock = threading.Lock()
+
+
+def _workers() -> ThreadPoolExecutor:
+    global _pool
+    with _pool_lock:
+        if _pool is None:
+            _pool = ThreadPoolExecutor(os.cpu_count() or 1, thread_name_prefix="fastrnn-numba")
+        return _pool
 
 
 def _after_fork_in_child() -> None:
-    """GNU OpenMP (numba's "omp" threading layer) is not fork-safe: a child that launches a
-    parallel region after its parent did is killed by numba. Such children run serially."""
-    global _threads_usable
-    try:
-        layer = numba.threading_layer()  # ValueError: the parent never launched threads
-    except ValueError:
-        return
-    if layer not in ("tbb", "workqueue"):
-        _threads_usable = False
+    """A forked child has none of its parent's pool threads: it makes its own."""
+    global _pool, _pool_lock
+    _pool, _pool_lock = None, threading.Lock()
 
 
 if hasattr(os, "register_at_fork"):
@@ -124,98 +131,81 @@ def _lengths(lengths: np.ndarray | None, T: int, B: int) -> np.ndarray:
     return np.full(B, T, dtype=np.int64) if lengths is None else _writable(lengths)
 
 
-def _run_parallel(name: str, dtype: np.dtype, chunks: int, *args) -> bool:
-    """Kernel ``{name}_parallel`` over ``chunks`` chunks, on up to as many threads; ``False``
-    (and nothing run) if there is one chunk, threads are unusable, or another parallel
-    region is running."""
-    if chunks <= 1 or not _threads_usable or not _parallel_lock.acquire(blocking=False):
-        return False
-    try:
-        kernel = _k.compiled(f"{name}_parallel", dtype.type)
-        previous = numba.get_num_threads()
-        numba.set_num_threads(min(chunks, numba.config.NUMBA_NUM_THREADS))
-        try:
-            kernel(*args, chunks)
-        finally:
-            numba.set_num_threads(previous)
-    finally:
-        _parallel_lock.release()
-    return True
+def _chunks(num_threads: int, n: int) -> int:
+    """How many contiguous chunks ``n`` units (sequences) are split into: a function of the
+    call's arguments only, so that a result never depends on which path ran them."""
+    return max(1, min(int(num_threads), n))
 
 
-def _run(name: str, dtype: np.dtype, n: int, num_threads: int, *args) -> None:
-    """Kernel ``name`` over ``n`` independent units (sequences, or rows of a product):
-    serially, or split into contiguous chunks over up to ``num_threads`` threads."""
-    chunks = min(int(num_threads), n, numba.config.NUMBA_NUM_THREADS) if _threads_usable else 1
+def _run(name: str, dtype: np.dtype, n: int, chunks: int, args: tuple, per_chunk=()) -> None:
+    """Kernel ``name`` over ``n`` units (sequences, rows) split into ``chunks`` contiguous
+    chunks: the calling thread runs chunk 0 and the pool's threads the others (the kernels
+    release the GIL). ``per_chunk``: arrays with one slot per chunk (``a[c]`` for chunk
+    ``c``), for the sums a chunk makes; the caller adds them up in chunk order. Every chunk
+    runs the same compiled kernel whichever thread runs it and whenever, so a result has the
+    same bits with or without other calls competing for the threads."""
+    kernel = _k.compiled(name, dtype.type)
+
+    def chunk(c: int) -> None:
+        kernel(c * n // chunks, (c + 1) * n // chunks, *args, *(a[c] for a in per_chunk))
+
     with _single_threaded_blas():
-        if not _run_parallel(name, dtype, chunks, *args):
-            _k.compiled(name, dtype.type)(0, n, *args)
-
-
-def _matmul(a: np.ndarray, b: np.ndarray, num_threads: int) -> np.ndarray:
-    """a @ b for C-contiguous 2-d arrays, by blocks of rows of ``a``."""
-    out = np.empty((a.shape[0], b.shape[1]), dtype=a.dtype)
-    _run("matmul", a.dtype, a.shape[0], num_threads, _writable(a), _writable(b), out)
-    return out
-
-
-def _matmul_tn(a: np.ndarray, b: np.ndarray, num_threads: int) -> np.ndarray:
-    """a^T @ b for C-contiguous 2-d arrays with the same number of rows (a sum over rows)."""
-    out = np.empty((a.shape[1], b.shape[1]), dtype=a.dtype)
-    _run("matmul_tn", a.dtype, a.shape[0], num_threads, _writable(a), _writable(b), out)
-    return out
+        others = [_workers().submit(chunk, c) for c in range(1, chunks)]
+        try:
+            chunk(0)
+        finally:
+            concurrent.futures.wait(others)
+        for f in others:
+            f.result()  # raises a chunk's exception
 
 
 # --- forward -------------------------------------------------------------------------
-
-
-def _projection(x: np.ndarray, W_ih: np.ndarray, num_threads: int) -> np.ndarray:
-    """W_ih x_t for all T steps in one product, (T, B, D) -> (T, B, G*H); the kernels add
-    the biases in their gate loop, which saves a pass over the whole array."""
-    T, B, D = x.shape
-    return _matmul(x.reshape(T * B, D), _ref._contiguous_T(W_ih), num_threads).reshape(T, B, -1)
 
 
 @_single_threaded_blas()  # once per call: the kernels' own entries are then just a count
 def forward(
     cell, params, x, h0, c0, *, activation, negative_slope, lengths, num_threads, training=True
 ):
-    """Run the recurrence; return ``(hs, h_n, c_n, saved)`` as the reference does
-    (``saved`` is None when not ``training``).
+    """Run the recurrence; return ``(hs, h_n, c_n, saved)`` as the reference does.
 
     ``saved``: nothing for rnn; the gate activations i, f, g, o and the cell states for
     lstm ((4+1)*H values per step and sequence); r, z, n and ``W_hn h + b_hn`` for gru
-    ((3+1)*H values).
+    ((3+1)*H values). With ``training=False`` nothing is saved (``saved`` is ``None``; no
+    array of size T is made beyond ``hs``) and the outputs are the same bits.
     """
     T, B, _ = x.shape
     H = h0.shape[1]
     dt = x.dtype
+    chunks = _chunks(num_threads, B)
+    # the products of the kernels: x_t @ W_ih^T by blocks of steps, h_{t-1} @ W_hh^T per step
+    common = (_writable(x), _ref.contiguous_T(params["W_ih"]), _ref.contiguous_T(params["W_hh"]))
     lens = _lengths(lengths, T, B)
-    W_hh_T = _ref._contiguous_T(params["W_hh"])  # the per-step product is h_{t-1} @ W_hh^T
     h0 = _writable(h0)
+    hs = np.empty((T, B, H), dtype=dt)
     h_n = np.empty((B, H), dtype=dt)
-    proj = _projection(x, params["W_ih"], num_threads)
-    if cell == "rnn":  # proj becomes hs: a_t = U x_t + b + W h_{t-1}, then h_t = act(a_t)
+
+    def saved(width: int) -> np.ndarray:  # an array for backward, or an empty stand-in
+        return np.empty((T, B, width) if training else (0, 0, 0), dtype=dt)
+
+    if cell == "rnn":
         bias = params["b_ih"] + params["b_hh"]
         act, slope = _k.ACTIVATIONS[activation], dt.type(negative_slope)
-        _run("rnn_forward", dt, B, num_threads, proj, W_hh_T, bias, h0, lens, act, slope, h_n)
-        return proj, h_n, None, None
-    hs = np.empty((T, B, H), dtype=dt)
-    if cell == "lstm":  # proj becomes the gate activations
+        _run("rnn_forward", dt, B, chunks, (*common, bias, h0, lens, act, slope, hs, h_n))
+        return hs, h_n, None, None
+    if cell == "lstm":
         bias = params["b_ih"] + params["b_hh"]
-        cs = np.empty((T, B, H), dtype=dt)
         c_n = np.empty((B, H), dtype=dt)
-        args = (proj, W_hh_T, bias, h0, _writable(c0), lens, hs, cs, h_n, c_n)
-        _run("lstm_forward", dt, B, num_threads, *args)
-        return hs, h_n, c_n, (proj, cs) if training else None
+        gates, cs = saved(4 * H), saved(H)
+        args = (*common, bias, h0, _writable(c0), lens, hs, h_n, c_n, gates, cs)
+        _run("lstm_forward", dt, B, chunks, args)
+        return hs, h_n, c_n, ((gates, cs) if training else None)
     # gru: b_hr and b_hz join b_ih; b_hn stays inside r * (W_hn h + b_hn)
     bias = params["b_ih"].copy()
     bias[: 2 * H] += params["b_hh"][: 2 * H]
     b_hn = _writable(np.ascontiguousarray(params["b_hh"][2 * H :]))
-    hn = np.empty((T, B, H), dtype=dt)
-    args = (proj, W_hh_T, bias, b_hn, h0, lens, hs, hn, h_n)
-    _run("gru_forward", dt, B, num_threads, *args)
-    return hs, h_n, None, (proj, hn) if training else None
+    gates, hn = saved(3 * H), saved(H)
+    _run("gru_forward", dt, B, chunks, (*common, bias, b_hn, h0, lens, hs, h_n, gates, hn))
+    return hs, h_n, None, ((gates, hn) if training else None)
 
 
 # --- backward (BPTT) -----------------------------------------------------------------
@@ -246,52 +236,41 @@ def backward(
     ``||dL/dh_t||``, 0 at padded steps.
     """
     T, B, D = x.shape
-    GH = params["W_hh"].shape[0]
+    GH, H = params["W_hh"].shape
     dt = x.dtype
+    chunks = _chunks(num_threads, B)
     lens = _lengths(lengths, T, B)
-    W_hh = _writable(params["W_hh"])  # the per-step product is dA_t @ W_hh
-    dhs, hs = _writable(dhs), _writable(hs)
+    # the kernels' products: dA_t @ W_hh per step; dA^T X, dA^T H_prev and dA @ W_ih by blocks
+    common = tuple(_writable(a) for a in (x, hs, h0, params["W_ih"], params["W_hh"]))
     saved = saved and tuple(_writable(a) for a in saved)
     dh = dh_n.copy()  # the running dL/dh, dh0 on return
+    dx = np.empty((T, B, D), dtype=dt)
     norms = np.zeros((B, T), dtype=dt)  # ||dL/dh_t||, sequence-major for the kernels
     db = np.zeros((B, GH))  # per-sequence bias-gradient sums, in float64
+    dW = (np.empty((chunks, GH, D)), np.empty((chunks, GH, H)))  # per-chunk float64 sums
+    dhs = _writable(dhs)
     dc = None
     if cell == "rnn":
-        dA_in = dA_rec = np.empty_like(hs)
         act = _k.ACTIVATIONS[activation]
-        args = (hs, W_hh, dhs, lens, act, dt.type(negative_slope), dh, dA_in, db, norms)
-        _run("rnn_backward", dt, B, num_threads, *args)
+        args = (*common, dhs, lens, act, dt.type(negative_slope), dh, dx, db, norms)
+        _run("rnn_backward", dt, B, chunks, args, dW)
         db_ih = db_hh = db.sum(axis=0)
     elif cell == "lstm":
-        gates, cs = saved
-        dA_in = dA_rec = np.empty_like(gates)
         dc = dc_n.copy()
-        args = (gates, cs, _writable(c0), W_hh, dhs, lens, dh, dc, dA_in, db, norms)
-        _run("lstm_backward", dt, B, num_threads, *args)
+        args = (*common, *saved, _writable(c0), dhs, lens, dh, dc, dx, db, norms)
+        _run("lstm_backward", dt, B, chunks, args, dW)
         db_ih = db_hh = db.sum(axis=0)
     else:
-        gates, hn = saved
-        dA_in = np.empty_like(gates)
-        dA_rec = np.empty_like(gates)
-        db_hn = np.zeros((B, GH // 3))
-        args = (gates, hn, hs, _writable(h0), W_hh, dhs, lens, dh, dA_in, dA_rec, db, db_hn)
-        _run("gru_backward", dt, B, num_threads, *args, norms)
-        db_ih = db.sum(axis=0)
-        db_hh = np.concatenate([db_ih[: 2 * GH // 3], db_hn.sum(axis=0)])
-    # the weight gradients and dx: one product each over all steps
-    flat = dA_in.reshape(T * B, GH)
-    rec = dA_rec.reshape(T * B, GH)
-    H = hs.shape[2]
-    dW_hh = _matmul_tn(rec[:B], h0, num_threads)  # sum_t dA_t^T h_{t-1}
-    if T > 1:
-        dW_hh += _matmul_tn(rec[B:], hs.reshape(T * B, H)[:-B], num_threads)
+        db_rec = np.zeros((B, GH))  # the recurrent side's: r * dL/da_n in the n part
+        args = (*common, *saved, dhs, lens, dh, dx, db, db_rec, norms)
+        _run("gru_backward", dt, B, chunks, args, dW)
+        db_ih, db_hh = db.sum(axis=0), db_rec.sum(axis=0)
     dparams = {
-        "W_ih": _matmul_tn(flat, x.reshape(T * B, D), num_threads),
-        "W_hh": dW_hh,
+        "W_ih": dW[0].sum(axis=0).astype(dt),
+        "W_hh": dW[1].sum(axis=0).astype(dt),
         "b_ih": db_ih.astype(dt),
         "b_hh": db_hh.astype(dt),
     }
-    dx = _matmul(flat, params["W_ih"], num_threads).reshape(T, B, D)
     return dx, dh, dc, dparams, np.ascontiguousarray(norms.T) if step_norms else None
 
 
@@ -320,15 +299,10 @@ def linear_cross_entropy(h, weight, bias, targets, row_weights, *, scale, num_th
     dh = np.empty((N, H), dtype=dt)
     dweight = np.empty((chunks, K, H))  # float64 sums, one per chunk
     dbias = np.empty((chunks, K))
-    loss = np.empty(chunks)
+    loss = np.empty((chunks, 1))
     args = (_writable(h), _writable(weight), _writable(bias), _writable(targets), rw)
     args = (*args, dt.type(scale), dh)
-    with _single_threaded_blas():
-        if not _run_parallel("linear_cross_entropy", dt, chunks, *args, dweight, dbias, loss):
-            kernel = _k.compiled("linear_cross_entropy", dt.type)
-            for c in range(chunks):  # the same chunks, serially
-                r0, r1 = c * N // chunks, (c + 1) * N // chunks
-                kernel(r0, r1, *args, dweight[c], dbias[c], loss[c : c + 1])
+    _run("linear_cross_entropy", dt, N, chunks, args, (dweight, dbias, loss))
     return float(loss.sum()), dh, dweight.sum(axis=0).astype(dt), dbias.sum(axis=0).astype(dt)
 
 
