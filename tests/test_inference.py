@@ -8,15 +8,17 @@ import numpy as np
 import pytest
 
 import fastrnn
-from fastrnn import backends
 from fastrnn.layers import GRU, LSTM, RNN, Linear
 
-# Only the numpy backend has the ``training`` keyword on this branch; the integrator widens
-# this to every backend (backends.BACKENDS) once the numba and cpp branches are merged.
-INFERENCE_BACKENDS = [b for b in backends.BACKENDS if b == "numpy"]
+
+def assert_same_to_rounding(actual: np.ndarray, desired: np.ndarray) -> None:
+    """The inference forward computes the same values as the training forward, but the cpp
+    kernels project each step into scratch of their own instead of all steps at once: where
+    the gate rows are not whole SIMD packets, a product may round its last bit otherwise."""
+    eps = np.finfo(desired.dtype).eps
+    np.testing.assert_allclose(actual, desired, rtol=0, atol=16 * eps)
 
 
-@pytest.mark.parametrize("backend", INFERENCE_BACKENDS)
 @pytest.mark.parametrize("cell", ["rnn", "lstm", "gru"])
 @pytest.mark.parametrize("with_lengths", [False, True])
 def test_inference_forward_equals_training_forward(backend, cell, with_lengths):
@@ -30,10 +32,10 @@ def test_inference_forward_equals_training_forward(backend, cell, with_lengths):
     kw = {"lengths": lengths, "backend": backend}
     train = fastrnn.forward(cell, p, x, h0, c0, **kw)
     infer = fastrnn.forward(cell, p, x, h0, c0, training=False, **kw)
-    np.testing.assert_array_equal(infer.hs, train.hs)
-    np.testing.assert_array_equal(infer.h_n, train.h_n)
+    assert_same_to_rounding(infer.hs, train.hs)
+    assert_same_to_rounding(infer.h_n, train.h_n)
     if cell == "lstm":
-        np.testing.assert_array_equal(infer.c_n, train.c_n)
+        assert_same_to_rounding(infer.c_n, train.c_n)
     assert infer.saved is None and not infer.training
     assert train.training
     with pytest.raises(ValueError, match=r"forward\(\.\.\., training=False\).*saves nothing"):
@@ -101,9 +103,9 @@ def test_layer_eval_mode(cls):
     out_train, state_train = layer(x)
     assert layer.eval() is layer and not layer.training
     out_eval, state_eval = layer(x)
-    np.testing.assert_array_equal(out_eval, out_train)
+    assert_same_to_rounding(out_eval, out_train)
     for a, b in zip(np.atleast_1d(state_eval), np.atleast_1d(state_train), strict=True):
-        np.testing.assert_array_equal(a, b)
+        assert_same_to_rounding(a, b)
     with pytest.raises(ValueError, match=r"evaluation mode.*call \.train\(\)"):
         layer.backward(np.ones_like(out_eval))
     assert layer.train() is layer and layer.training
