@@ -25,11 +25,12 @@ import numpy as np
 from .. import _validation as V
 from .. import functional as F
 from .. import io as _io
-from .. import layers, training
-from ..datasets import PAD
+from .. import layers, optim, training
+from ..datasets import PAD, one_hot
 
 _LAYERS = {"rnn": "RNN", "lstm": "LSTM", "gru": "GRU"}
-OPTIMIZERS = ("sgd", "momentum", "adam")
+OPTIMIZERS: tuple[str, ...] = tuple(optim.OPTIMIZERS)
+"""The optimizer names a model accepts: those of :data:`fastrnn.optim.OPTIMIZERS`."""
 
 
 class NotFittedError(ValueError, AttributeError):
@@ -48,6 +49,11 @@ def _keep(value: Any, canonical: Any) -> Any:
 
 def _optional_positive_float(name: str, value: object) -> float | None:
     return None if value is None else V.check_positive_float(name, value)
+
+
+def optional_positive_int(name: str, value: object) -> int | None:
+    """None, or ``value`` as an int >= 1 (e.g. ``embedding_dim``)."""
+    return None if value is None else V.check_positive_int(name, value)
 
 
 def full_lengths(lengths: object, n: int, T: int) -> np.ndarray:
@@ -148,8 +154,9 @@ class BaseModel:
             Scales the recurrent weights at initialisation (> 0).
         epochs, batch_size : int
             Training passes over the data, and samples per optimizer step.
-        optimizer : {"sgd", "momentum", "adam"}
-            The optimizer, with learning rate ``lr`` (> 0).
+        optimizer : {"sgd", "momentum", "adam", "adamw"}
+            The optimizer (:data:`fastrnn.optim.OPTIMIZERS`), with learning rate ``lr``;
+            "adamw" with its default decoupled weight decay.
         lr : float
             The learning rate.
         clip_norm, clip_value : float or None
@@ -296,6 +303,31 @@ class BaseModel:
     def _linear(self, n_in: int, n_out: int, rng: np.random.Generator) -> layers.Linear:
         return layers.Linear(n_in, n_out, seed=rng, dtype=self._dtype)
 
+    def _embedding(
+        self, num_embeddings: int, embedding_dim: int | None, rng: np.random.Generator
+    ) -> None:
+        """Add the part ``"embed"`` (an :class:`~fastrnn.layers.Embedding`) unless
+        ``embedding_dim`` is None (one-hot input)."""
+        if embedding_dim is not None:
+            self._parts["embed"] = layers.Embedding(
+                num_embeddings, embedding_dim, seed=rng, dtype=self._dtype
+            )
+
+    def _token_features(self, ids: np.ndarray, depth: int) -> np.ndarray:
+        """The recurrent input for token ``ids`` (any shape) in 0..depth-1: their vectors
+        through the part ``"embed"`` if the model has one, else one-hot rows."""
+        embed = self._parts.get("embed")
+        if embed is None:
+            return one_hot(ids, depth, dtype=self._dtype)
+        vectors: np.ndarray = embed.forward(ids)
+        return vectors
+
+    def _embed_backward(self, dx: np.ndarray) -> None:
+        """Backpropagate dL/d(recurrent input) into the part ``"embed"``, if any."""
+        embed = self._parts.get("embed")
+        if embed is not None:
+            embed.backward(dx)
+
     def _build(self, meta: Mapping[str, Any], rng: np.random.Generator) -> None:
         """Create the parts from the fitted meta-data (sizes, classes)."""
         raise NotImplementedError
@@ -354,6 +386,7 @@ class BaseModel:
         validation_data: tuple[np.ndarray, ...] | None = None,
         *,
         tbptt: int | None = None,
+        callbacks: Sequence[Any] | None = None,
     ) -> None:
         self.history_ = training.train(
             self,
@@ -369,6 +402,7 @@ class BaseModel:
             validation_data=validation_data,
             progress=self.progress,
             tbptt=tbptt,
+            callbacks=callbacks,
         )
 
     # --- input checks ---------------------------------------------------------------------

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -10,35 +10,63 @@ import numpy as np
 from .. import _validation as V
 from .. import io as _io
 from .. import layers, losses
-from ..datasets import one_hot
-from ._base import BaseModel, encode_labels, full_lengths, state_h
+from ._base import BaseModel, encode_labels, full_lengths, optional_positive_int, state_h
 
 
 class _Decoder(BaseModel):
     """A token decoder started from a state: teacher forcing in training, greedy decoding.
 
     Token ids 0..K-1 are the classes; id K is <start> as an input and <stop> as a target.
-    Subclasses give the initial state and its backward.
+    The decoder reads the previous token one-hot, or with ``embedding_dim=k`` as a learned
+    k-dimensional vector (an :class:`~fastrnn.layers.Embedding` of the K+1 input tokens,
+    the part ``"embed"``). Subclasses give the initial state and its backward.
     """
 
     _causal = True
 
-    def __init__(self, hidden_size: int = 32, *, max_length: int | None = None, **kwargs: Any):
-        """``max_length`` (int or None): the most tokens ``predict`` decodes (None: twice
-        the longest training target); the other hyper-parameters are those of every
-        model (see the base class's constructor)."""
+    def __init__(
+        self,
+        hidden_size: int = 32,
+        *,
+        max_length: int | None = None,
+        embedding_dim: int | None = None,
+        **kwargs: Any,
+    ) -> None:
+        """The hyper-parameters of a decoder.
+
+        Parameters
+        ----------
+        max_length : int or None
+            The most tokens ``predict`` decodes (None: twice the longest training target).
+        embedding_dim : int or None
+            None: the decoder reads the previous token one-hot; an int: through an
+            :class:`~fastrnn.layers.Embedding` of this size.
+        **kwargs
+            The hyper-parameters of every model (see
+            :class:`fastrnn.models._base.BaseModel`).
+
+        Raises
+        ------
+        TypeError
+            A hyper-parameter of the wrong type.
+        ValueError
+            A hyper-parameter of the wrong value (e.g. ``bidirectional=True``).
+        """
         super().__init__(hidden_size, **kwargs)
         self.max_length = (
             None if max_length is None else V.check_positive_int("max_length", max_length)
         )
+        self.embedding_dim = optional_positive_int("embedding_dim", embedding_dim)
 
     def _adjust_tags(self, tags: Any) -> None:
         tags.target_tags.two_d_labels = True
 
-    def _build_decoder(self, meta: dict[str, Any], rng: np.random.Generator) -> None:
+    def _build_decoder(self, meta: Mapping[str, Any], rng: np.random.Generator) -> None:
         K = meta["n_classes"]
-        self._parts["decoder"] = self._rnn(K + 1, rng)
+        size = K + 1 if self.embedding_dim is None else self.embedding_dim
+        self._parts["decoder"] = self._rnn(size, rng)
         self._parts["head"] = self._linear(self.hidden_size, K + 1, rng)
+        self._embedding(K + 1, self.embedding_dim, rng)
 
     def _setup(self, meta: dict[str, Any]) -> np.random.Generator:
         rng = super()._setup(meta)
@@ -74,8 +102,8 @@ class _Decoder(BaseModel):
         return encode_labels(self.classes_, y, mask, "tokens")
 
     def _tokens(self, ids: np.ndarray) -> np.ndarray:
-        """One-hot decoder input for token ids (K is <start>)."""
-        return one_hot(ids, self._meta["n_classes"] + 1, dtype=self._dtype)
+        """The decoder input for token ids (K is <start>): one-hot or embedded."""
+        return self._token_features(ids, self._meta["n_classes"] + 1)
 
     def _teacher_forcing(
         self, state0: layers.State, y: np.ndarray, lens: np.ndarray, backward: bool = True
@@ -97,7 +125,8 @@ class _Decoder(BaseModel):
         if not backward:
             return losses.softmax_cross_entropy(head.forward(out), target, mask=mask)[0], None
         loss, dh = head.softmax_cross_entropy(out, target, mask=mask)  # fused head + loss
-        _, dstate0 = dec.backward(dh)
+        dx, dstate0 = dec.backward(dh)
+        self._embed_backward(dx)
         return loss, dstate0
 
     def _greedy(self, state: layers.State, B: int, max_length: int | None) -> list[np.ndarray]:
@@ -136,23 +165,52 @@ class SequenceGenerator(_Decoder):
         tags.input_tags.two_d_array = True
         tags.input_tags.three_d_array = False
 
-    def _build(self, meta: dict[str, Any], rng: np.random.Generator) -> None:
+    def _build(self, meta: Mapping[str, Any], rng: np.random.Generator) -> None:
         self._parts["init"] = self._linear(
             meta["input_size"], self.num_layers * self.hidden_size, rng
         )
         self._build_decoder(meta, rng)
 
     def fit(
-        self, X: np.ndarray, y: np.ndarray, y_lengths: np.ndarray | None = None
+        self,
+        X: np.ndarray,
+        y: np.ndarray,
+        y_lengths: np.ndarray | None = None,
+        *,
+        callbacks: Sequence[Any] | None = None,
     ) -> SequenceGenerator:
         """Learn to emit ``y`` (n, T_out) tokens from the vectors ``X`` (n, D).
 
-        NaN or inf in ``X`` is a ValueError naming the first bad position, raised before
-        any training."""
+        Parameters
+        ----------
+        X : array of shape (n_samples, n_features)
+            One vector per sample.
+        y : array of int of shape (n_samples, T_out)
+            Non-negative tokens, padded with -1 (or real lengths in ``y_lengths``).
+        y_lengths : array of int of shape (n_samples,), optional
+            Each target's real length >= 1.
+        callbacks : list of fastrnn.training.Callback, optional
+            Passed to :func:`fastrnn.training.train`.
+
+        Returns
+        -------
+        SequenceGenerator
+            The model itself, fitted: ``classes_``, ``history_``.
+
+        Raises
+        ------
+        TypeError
+            ``X`` not an array of numbers, ``y`` not an integer array.
+        ValueError
+            A wrong shape, PAD inside a target, an empty target, NaN or inf in ``X``
+            (naming the first bad position, before any training).
+        FloatingPointError
+            The loss became NaN or inf during training (exploding gradients).
+        """
         X = self._check_X(X, ndim=2)
         y, lens = self._check_targets(y, y_lengths, X.shape[0])
         rng = self._setup({"input_size": X.shape[1], **self._classes_meta(y, lens)})
-        self._train((X, self._encode(y, lens), lens), rng)
+        self._train((X, self._encode(y, lens), lens), rng, callbacks=callbacks)
         return self
 
     def _initial_state(self, X: np.ndarray) -> tuple[layers.State, np.ndarray]:
@@ -174,9 +232,27 @@ class SequenceGenerator(_Decoder):
         return loss
 
     def predict(self, X: np.ndarray, *, max_length: int | None = None) -> list[np.ndarray]:
-        """Greedy decoding: the token sequence (without <stop>) for each vector of ``X``;
-        at most ``max_length`` tokens (default: the constructor's, or twice the longest
-        training target)."""
+        """Greedy decoding: the token sequence (without <stop>) for each vector of ``X``.
+
+        Parameters
+        ----------
+        X : array of shape (n_samples, n_features)
+        max_length : int, optional
+            The most tokens per sequence (default: the constructor's, or twice the
+            longest training target).
+
+        Returns
+        -------
+        list of numpy.ndarray
+            One array of tokens (from ``classes_``) per sample, of varying lengths.
+
+        Raises
+        ------
+        NotFittedError
+            Before ``fit``.
+        ValueError
+            A wrong shape, NaN or inf in ``X``, ``max_length < 1``.
+        """
         self._check_fitted()
         X = self._check_X(X, ndim=2)
         return self._greedy(self._initial_state(X)[0], X.shape[0], max_length)
@@ -193,7 +269,7 @@ class Seq2Seq(_Decoder):
     ``predict`` returns a list of token arrays.
     """
 
-    def _build(self, meta: dict[str, Any], rng: np.random.Generator) -> None:
+    def _build(self, meta: Mapping[str, Any], rng: np.random.Generator) -> None:
         self._parts["encoder"] = self._rnn(meta["input_size"], rng)
         self._build_decoder(meta, rng)
 
@@ -203,16 +279,44 @@ class Seq2Seq(_Decoder):
         y: np.ndarray,
         lengths: np.ndarray | None = None,
         y_lengths: np.ndarray | None = None,
+        *,
+        callbacks: Sequence[Any] | None = None,
     ) -> Seq2Seq:
         """Learn to translate ``X`` (n, T_in, D) with ``lengths`` into tokens ``y``.
 
-        NaN or inf in ``X`` is a ValueError naming the first bad position, raised before
-        any training."""
+        Parameters
+        ----------
+        X : array of shape (n_samples, T_in, n_features)
+            The input sequences, samples first.
+        y : array of int of shape (n_samples, T_out)
+            Non-negative output tokens, padded with -1 (or real lengths in ``y_lengths``).
+        lengths : array of int of shape (n_samples,), optional
+            Each input's real length 1..T_in.
+        y_lengths : array of int of shape (n_samples,), optional
+            Each target's real length >= 1.
+        callbacks : list of fastrnn.training.Callback, optional
+            Passed to :func:`fastrnn.training.train`.
+
+        Returns
+        -------
+        Seq2Seq
+            The model itself, fitted: ``classes_``, ``history_``.
+
+        Raises
+        ------
+        TypeError
+            ``X`` not an array of numbers, ``y`` not an integer array.
+        ValueError
+            A wrong shape, PAD inside a target, an empty target, NaN or inf in ``X``
+            (naming the first bad position, before any training).
+        FloatingPointError
+            The loss became NaN or inf during training (exploding gradients).
+        """
         X = self._check_X(X)
         lens = full_lengths(lengths, X.shape[0], X.shape[1])
         y, ylens = self._check_targets(y, y_lengths, X.shape[0])
         rng = self._setup({"input_size": X.shape[2], **self._classes_meta(y, ylens)})
-        self._train((X, lens, self._encode(y, ylens), ylens), rng)
+        self._train((X, lens, self._encode(y, ylens), ylens), rng, callbacks=callbacks)
         return self
 
     def _encode_inputs(self, X: np.ndarray, lens: np.ndarray) -> layers.State:
@@ -229,7 +333,28 @@ class Seq2Seq(_Decoder):
     def predict(
         self, X: np.ndarray, lengths: np.ndarray | None = None, *, max_length: int | None = None
     ) -> list[np.ndarray]:
-        """Greedy decoding: the output tokens (without <stop>) for each input sequence."""
+        """Greedy decoding: the output tokens (without <stop>) for each input sequence.
+
+        Parameters
+        ----------
+        X : array of shape (n_samples, T_in, n_features)
+        lengths : array of int of shape (n_samples,), optional
+        max_length : int, optional
+            The most tokens per sequence (default: the constructor's, or twice the
+            longest training target).
+
+        Returns
+        -------
+        list of numpy.ndarray
+            One array of tokens (from ``classes_``) per sample, of varying lengths.
+
+        Raises
+        ------
+        NotFittedError
+            Before ``fit``.
+        ValueError
+            A wrong shape, NaN or inf in ``X``, ``max_length < 1``.
+        """
         self._check_fitted()
         X = self._check_X(X)
         lens = full_lengths(lengths, X.shape[0], X.shape[1])
@@ -242,7 +367,28 @@ class Seq2Seq(_Decoder):
         lengths: np.ndarray | None = None,
         y_lengths: np.ndarray | None = None,
     ) -> float:
-        """Exact-match accuracy: the share of sequences decoded exactly right."""
+        """Exact-match accuracy.
+
+        Parameters
+        ----------
+        X : array of shape (n_samples, T_in, n_features)
+        y : array of int of shape (n_samples, T_out)
+        lengths, y_lengths : array of int of shape (n_samples,), optional
+
+        Returns
+        -------
+        float
+            The share of sequences decoded exactly as ``y`` (up to its length).
+
+        Raises
+        ------
+        NotFittedError
+            Before ``fit``.
+        TypeError
+            ``y`` not an integer array.
+        ValueError
+            A wrong shape, NaN or inf in ``X``.
+        """
         X = self._check_X(X)
         y, ylens = self._check_targets(y, y_lengths, X.shape[0])
         pred = self.predict(X, lengths)

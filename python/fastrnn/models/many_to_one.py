@@ -3,7 +3,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
@@ -60,7 +60,9 @@ class _ManyToOne(BaseModel):
         X = self._check_X(X)
         return self._outputs(X, full_lengths(lengths, X.shape[0], X.shape[1]))
 
-    def _validation(self, validation_data: object, encode: Any) -> tuple | None:
+    def _validation(
+        self, validation_data: object, encode: Callable[[np.ndarray], np.ndarray]
+    ) -> tuple[np.ndarray, ...] | None:
         if validation_data is None:
             return None
         Xv, yv, lv = self._check_Xy(*unpack_validation(validation_data), "validation_data ")
@@ -84,13 +86,38 @@ class SequenceClassifier(_ManyToOne):
         y: np.ndarray,
         lengths: np.ndarray | None = None,
         *,
-        validation_data: tuple | None = None,
+        validation_data: tuple[Any, ...] | None = None,
+        callbacks: Sequence[Any] | None = None,
     ) -> SequenceClassifier:
         """Learn from ``X`` (n, T, D), labels ``y`` (n,) and optional ``lengths`` (n,).
 
-        ``validation_data``: ``(X_val, y_val)`` or ``(X_val, y_val, lengths_val)``, whose
-        loss is recorded in ``history_``. NaN or inf in ``X`` or ``y`` is a ValueError
-        naming the first bad position, raised before any training.
+        Parameters
+        ----------
+        X : array of shape (n_samples, T, n_features)
+            The input sequences, samples first.
+        y : array of shape (n_samples,)
+            A label per sequence (any sortable values; at least 2 classes).
+        lengths : array of int of shape (n_samples,), optional
+            Each sequence's real length 1..T (None: all T).
+        validation_data : (X_val, y_val) or (X_val, y_val, lengths_val), optional
+            Evaluated after every epoch; its loss is ``history_["val_loss"]``.
+        callbacks : list of fastrnn.training.Callback, optional
+            Passed to :func:`fastrnn.training.train` (e.g. ``EarlyStopping``).
+
+        Returns
+        -------
+        SequenceClassifier
+            The model itself, fitted: ``classes_``, ``history_``.
+
+        Raises
+        ------
+        TypeError
+            ``X`` or ``y`` not an array of numbers, ``validation_data`` not a tuple.
+        ValueError
+            A wrong shape, fewer than 2 classes, NaN or inf in ``X`` or ``y`` (naming the
+            first bad position, before any training).
+        FloatingPointError
+            The loss became NaN or inf during training (exploding gradients).
         """
         X, y, lens = self._check_Xy(X, y, lengths)
         if y.ndim != 1:
@@ -103,7 +130,7 @@ class SequenceClassifier(_ManyToOne):
             {"input_size": X.shape[2], "n_outputs": n_out, "classes": classes.tolist()}
         )
         val = self._validation(validation_data, self._encode)
-        self._train((X, self._encode(y), lens), rng, val)
+        self._train((X, self._encode(y), lens), rng, val, callbacks=callbacks)
         return self
 
     def _setup(self, meta: dict[str, Any]) -> np.random.Generator:
@@ -127,19 +154,74 @@ class SequenceClassifier(_ManyToOne):
         return loss
 
     def predict_proba(self, X: np.ndarray, lengths: np.ndarray | None = None) -> np.ndarray:
-        """Class probabilities (n, n_classes), columns in the order of ``classes_``."""
+        """Class probabilities of each sequence.
+
+        Parameters
+        ----------
+        X : array of shape (n_samples, T, n_features)
+        lengths : array of int of shape (n_samples,), optional
+
+        Returns
+        -------
+        numpy.ndarray of shape (n_samples, n_classes)
+            Rows sum to 1; columns in the order of ``classes_``.
+
+        Raises
+        ------
+        NotFittedError
+            Before ``fit``.
+        ValueError
+            A wrong shape (other n_features than in ``fit``), NaN or inf in ``X``.
+        """
         z = self._predict_outputs(X, lengths)
         if z.shape[1] == 1:  # the two-class model's one logit is z1 - z0
             z = np.concatenate([np.zeros_like(z), z], axis=1)
         return softmax(z).astype(z.dtype)
 
     def predict(self, X: np.ndarray, lengths: np.ndarray | None = None) -> np.ndarray:
-        """The most probable label of each sequence (n,)."""
+        """The most probable label of each sequence.
+
+        Parameters
+        ----------
+        X : array of shape (n_samples, T, n_features)
+        lengths : array of int of shape (n_samples,), optional
+
+        Returns
+        -------
+        numpy.ndarray of shape (n_samples,)
+            Labels from ``classes_``.
+
+        Raises
+        ------
+        NotFittedError
+            Before ``fit``.
+        ValueError
+            A wrong shape, NaN or inf in ``X``.
+        """
         self._check_fitted()
         return self.classes_[self.predict_proba(X, lengths).argmax(axis=1)]
 
     def score(self, X: np.ndarray, y: np.ndarray, lengths: np.ndarray | None = None) -> float:
-        """Accuracy on ``(X, y)``."""
+        """The accuracy on ``(X, y)``.
+
+        Parameters
+        ----------
+        X : array of shape (n_samples, T, n_features)
+        y : array of shape (n_samples,)
+        lengths : array of int of shape (n_samples,), optional
+
+        Returns
+        -------
+        float
+            The share of sequences whose predicted label equals ``y``.
+
+        Raises
+        ------
+        NotFittedError
+            Before ``fit``.
+        ValueError
+            A wrong shape, NaN or inf in ``X``.
+        """
         return float(np.mean(self.predict(X, lengths) == np.asarray(y)))
 
 
@@ -159,19 +241,46 @@ class SequenceRegressor(_ManyToOne):
         y: np.ndarray,
         lengths: np.ndarray | None = None,
         *,
-        validation_data: tuple | None = None,
+        validation_data: tuple[Any, ...] | None = None,
+        callbacks: Sequence[Any] | None = None,
     ) -> SequenceRegressor:
         """Learn from ``X`` (n, T, D), targets ``y`` (n,) or (n, k), optional ``lengths``.
 
-        NaN or inf in ``X`` or ``y`` is a ValueError naming the first bad position, raised
-        before any training."""
+        Parameters
+        ----------
+        X : array of shape (n_samples, T, n_features)
+            The input sequences, samples first.
+        y : array of shape (n_samples,) or (n_samples, k)
+            A real number or vector per sequence.
+        lengths : array of int of shape (n_samples,), optional
+            Each sequence's real length 1..T (None: all T).
+        validation_data : (X_val, y_val) or (X_val, y_val, lengths_val), optional
+            Evaluated after every epoch; its loss is ``history_["val_loss"]``.
+        callbacks : list of fastrnn.training.Callback, optional
+            Passed to :func:`fastrnn.training.train` (e.g. ``EarlyStopping``).
+
+        Returns
+        -------
+        SequenceRegressor
+            The model itself, fitted: ``history_``.
+
+        Raises
+        ------
+        TypeError
+            ``X`` or ``y`` not an array of numbers, ``validation_data`` not a tuple.
+        ValueError
+            A wrong shape, NaN or inf in ``X`` or ``y`` (naming the first bad position,
+            before any training).
+        FloatingPointError
+            The loss became NaN or inf during training (exploding gradients).
+        """
         X, y, lens = self._check_Xy(X, y, lengths)
         y2 = self._targets(y)
         rng = self._setup(
             {"input_size": X.shape[2], "n_outputs": y2.shape[1], "vector": y.ndim == 2}
         )
         val = self._validation(validation_data, self._targets)
-        self._train((X, y2, lens), rng, val)
+        self._train((X, y2, lens), rng, val, callbacks=callbacks)
         return self
 
     def _targets(self, y: np.ndarray) -> np.ndarray:
@@ -189,12 +298,49 @@ class SequenceRegressor(_ManyToOne):
         return loss
 
     def predict(self, X: np.ndarray, lengths: np.ndarray | None = None) -> np.ndarray:
-        """Predictions (n,) or (n, k), the shape of the ``y`` given to ``fit``."""
+        """The predicted number or vector of each sequence.
+
+        Parameters
+        ----------
+        X : array of shape (n_samples, T, n_features)
+        lengths : array of int of shape (n_samples,), optional
+
+        Returns
+        -------
+        numpy.ndarray of shape (n_samples,) or (n_samples, k)
+            The shape of the ``y`` given to ``fit``.
+
+        Raises
+        ------
+        NotFittedError
+            Before ``fit``.
+        ValueError
+            A wrong shape, NaN or inf in ``X``.
+        """
         out = self._predict_outputs(X, lengths)
         return out if self._meta["vector"] else out[:, 0]
 
     def score(self, X: np.ndarray, y: np.ndarray, lengths: np.ndarray | None = None) -> float:
-        """The coefficient of determination R^2 on ``(X, y)``."""
+        """The coefficient of determination R^2 on ``(X, y)``.
+
+        Parameters
+        ----------
+        X : array of shape (n_samples, T, n_features)
+        y : array of shape (n_samples,) or (n_samples, k)
+        lengths : array of int of shape (n_samples,), optional
+
+        Returns
+        -------
+        float
+            1 - SS_res / SS_tot over all outputs (0.0 when ``y`` is constant).
+
+        Raises
+        ------
+        NotFittedError
+            Before ``fit``.
+        ValueError
+            A wrong shape, NaN or inf in ``X``.
+        """
         y = np.asarray(y, dtype=np.float64)
         p = self.predict(X, lengths).astype(np.float64).reshape(y.shape)
         ss_res = np.sum((y - p) ** 2)
