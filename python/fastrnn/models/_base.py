@@ -17,8 +17,10 @@ from __future__ import annotations
 
 import contextlib
 import inspect
-from collections.abc import Iterator, Mapping, Sequence
-from typing import Any
+import re
+import textwrap
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from typing import Any, TypeVar
 
 import numpy as np
 
@@ -29,6 +31,51 @@ from .. import layers, optim, training
 from ..datasets import PAD, one_hot
 
 _LAYERS = {"rnn": "RNN", "lstm": "LSTM", "gru": "GRU"}
+
+# The numpydoc entries the models' methods share: a line ``{name}`` alone in a docstring
+# decorated with @shared_docs becomes the entry, at that line's indentation.
+DOC_FRAGMENTS: dict[str, str] = {
+    "X": "X : array of shape (n_samples, T, n_features)\n    The input sequences, samples first.",
+    "lengths": (
+        "lengths : array of int of shape (n_samples,), optional\n"
+        "    Each sequence's real length 1..T (None: all T)."
+    ),
+    "validation_data": (
+        "validation_data : (X_val, y_val) or (X_val, y_val, lengths_val), optional\n"
+        '    Evaluated after every epoch; its loss is ``history_["val_loss"]``.'
+    ),
+    "callbacks": (
+        "callbacks : list of fastrnn.training.Callback, optional\n"
+        "    Passed to :func:`fastrnn.training.train` (e.g. ``EarlyStopping``)."
+    ),
+    "y_lengths": (
+        "y_lengths : array of int of shape (n_samples,), optional\n"
+        "    Each target's real length >= 1 (None: up to the first -1)."
+    ),
+    "diverged": (
+        "FloatingPointError\n    The loss became NaN or inf during training (exploding gradients)."
+    ),
+    "inference_raises": (
+        "NotFittedError\n    Before ``fit``.\n"
+        "ValueError\n    A wrong shape (other n_features than in ``fit``), NaN or inf in ``X``."
+    ),
+}
+
+_F = TypeVar("_F", bound=Callable[..., Any])
+
+
+def shared_docs(fn: _F) -> _F:
+    """Fill the lines ``{name}`` of ``fn``'s docstring from :data:`DOC_FRAGMENTS`."""
+    if fn.__doc__:
+        fn.__doc__ = re.sub(
+            r"^( *)\{(\w+)\}$",
+            lambda m: textwrap.indent(DOC_FRAGMENTS[m[2]], m[1]),
+            fn.__doc__,
+            flags=re.MULTILINE,
+        )
+    return fn
+
+
 OPTIMIZERS: tuple[str, ...] = tuple(optim.OPTIMIZERS)
 """The optimizer names a model accepts: those of :data:`fastrnn.optim.OPTIMIZERS`."""
 

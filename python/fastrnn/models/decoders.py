@@ -10,7 +10,14 @@ import numpy as np
 from .. import _validation as V
 from .. import io as _io
 from .. import layers, losses
-from ._base import BaseModel, encode_labels, full_lengths, optional_positive_int, state_h
+from ._base import (
+    BaseModel,
+    encode_labels,
+    full_lengths,
+    optional_positive_int,
+    shared_docs,
+    state_h,
+)
 
 
 class _Decoder(BaseModel):
@@ -171,6 +178,7 @@ class SequenceGenerator(_Decoder):
         )
         self._build_decoder(meta, rng)
 
+    @shared_docs
     def fit(
         self,
         X: np.ndarray,
@@ -187,10 +195,8 @@ class SequenceGenerator(_Decoder):
             One vector per sample.
         y : array of int of shape (n_samples, T_out)
             Non-negative tokens, padded with -1 (or real lengths in ``y_lengths``).
-        y_lengths : array of int of shape (n_samples,), optional
-            Each target's real length >= 1.
-        callbacks : list of fastrnn.training.Callback, optional
-            Passed to :func:`fastrnn.training.train`.
+        {y_lengths}
+        {callbacks}
 
         Returns
         -------
@@ -204,8 +210,7 @@ class SequenceGenerator(_Decoder):
         ValueError
             A wrong shape, PAD inside a target, an empty target, NaN or inf in ``X``
             (naming the first bad position, before any training).
-        FloatingPointError
-            The loss became NaN or inf during training (exploding gradients).
+        {diverged}
         """
         X = self._check_X(X, ndim=2)
         y, lens = self._check_targets(y, y_lengths, X.shape[0])
@@ -273,6 +278,7 @@ class Seq2Seq(_Decoder):
         self._parts["encoder"] = self._rnn(meta["input_size"], rng)
         self._build_decoder(meta, rng)
 
+    @shared_docs
     def fit(
         self,
         X: np.ndarray,
@@ -290,12 +296,9 @@ class Seq2Seq(_Decoder):
             The input sequences, samples first.
         y : array of int of shape (n_samples, T_out)
             Non-negative output tokens, padded with -1 (or real lengths in ``y_lengths``).
-        lengths : array of int of shape (n_samples,), optional
-            Each input's real length 1..T_in.
-        y_lengths : array of int of shape (n_samples,), optional
-            Each target's real length >= 1.
-        callbacks : list of fastrnn.training.Callback, optional
-            Passed to :func:`fastrnn.training.train`.
+        {lengths}
+        {y_lengths}
+        {callbacks}
 
         Returns
         -------
@@ -309,8 +312,7 @@ class Seq2Seq(_Decoder):
         ValueError
             A wrong shape, PAD inside a target, an empty target, NaN or inf in ``X``
             (naming the first bad position, before any training).
-        FloatingPointError
-            The loss became NaN or inf during training (exploding gradients).
+        {diverged}
         """
         X = self._check_X(X)
         lens = full_lengths(lengths, X.shape[0], X.shape[1])
@@ -330,6 +332,7 @@ class Seq2Seq(_Decoder):
             self._parts["encoder"].backward(None, dstate)
         return loss
 
+    @shared_docs
     def predict(
         self, X: np.ndarray, lengths: np.ndarray | None = None, *, max_length: int | None = None
     ) -> list[np.ndarray]:
@@ -338,7 +341,7 @@ class Seq2Seq(_Decoder):
         Parameters
         ----------
         X : array of shape (n_samples, T_in, n_features)
-        lengths : array of int of shape (n_samples,), optional
+        {lengths}
         max_length : int, optional
             The most tokens per sequence (default: the constructor's, or twice the
             longest training target).

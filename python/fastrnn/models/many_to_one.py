@@ -11,7 +11,15 @@ import numpy as np
 from .. import _validation as V
 from .. import io as _io
 from .. import losses
-from ._base import BaseModel, encode_labels, full_lengths, softmax, state_h, unpack_validation
+from ._base import (
+    BaseModel,
+    encode_labels,
+    full_lengths,
+    shared_docs,
+    softmax,
+    state_h,
+    unpack_validation,
+)
 
 
 class _ManyToOne(BaseModel):
@@ -80,6 +88,7 @@ class SequenceClassifier(_ManyToOne):
 
     _estimator_type = "classifier"
 
+    @shared_docs
     def fit(
         self,
         X: np.ndarray,
@@ -93,16 +102,12 @@ class SequenceClassifier(_ManyToOne):
 
         Parameters
         ----------
-        X : array of shape (n_samples, T, n_features)
-            The input sequences, samples first.
+        {X}
         y : array of shape (n_samples,)
             A label per sequence (any sortable values; at least 2 classes).
-        lengths : array of int of shape (n_samples,), optional
-            Each sequence's real length 1..T (None: all T).
-        validation_data : (X_val, y_val) or (X_val, y_val, lengths_val), optional
-            Evaluated after every epoch; its loss is ``history_["val_loss"]``.
-        callbacks : list of fastrnn.training.Callback, optional
-            Passed to :func:`fastrnn.training.train` (e.g. ``EarlyStopping``).
+        {lengths}
+        {validation_data}
+        {callbacks}
 
         Returns
         -------
@@ -116,8 +121,7 @@ class SequenceClassifier(_ManyToOne):
         ValueError
             A wrong shape, fewer than 2 classes, NaN or inf in ``X`` or ``y`` (naming the
             first bad position, before any training).
-        FloatingPointError
-            The loss became NaN or inf during training (exploding gradients).
+        {diverged}
         """
         X, y, lens = self._check_Xy(X, y, lengths)
         if y.ndim != 1:
@@ -153,13 +157,14 @@ class SequenceClassifier(_ManyToOne):
             self._outputs_backward(dz)
         return loss
 
+    @shared_docs
     def predict_proba(self, X: np.ndarray, lengths: np.ndarray | None = None) -> np.ndarray:
         """Class probabilities of each sequence.
 
         Parameters
         ----------
-        X : array of shape (n_samples, T, n_features)
-        lengths : array of int of shape (n_samples,), optional
+        {X}
+        {lengths}
 
         Returns
         -------
@@ -168,23 +173,21 @@ class SequenceClassifier(_ManyToOne):
 
         Raises
         ------
-        NotFittedError
-            Before ``fit``.
-        ValueError
-            A wrong shape (other n_features than in ``fit``), NaN or inf in ``X``.
+        {inference_raises}
         """
         z = self._predict_outputs(X, lengths)
         if z.shape[1] == 1:  # the two-class model's one logit is z1 - z0
             z = np.concatenate([np.zeros_like(z), z], axis=1)
         return softmax(z).astype(z.dtype)
 
+    @shared_docs
     def predict(self, X: np.ndarray, lengths: np.ndarray | None = None) -> np.ndarray:
         """The most probable label of each sequence.
 
         Parameters
         ----------
-        X : array of shape (n_samples, T, n_features)
-        lengths : array of int of shape (n_samples,), optional
+        {X}
+        {lengths}
 
         Returns
         -------
@@ -193,22 +196,20 @@ class SequenceClassifier(_ManyToOne):
 
         Raises
         ------
-        NotFittedError
-            Before ``fit``.
-        ValueError
-            A wrong shape, NaN or inf in ``X``.
+        {inference_raises}
         """
         self._check_fitted()
         return self.classes_[self.predict_proba(X, lengths).argmax(axis=1)]
 
+    @shared_docs
     def score(self, X: np.ndarray, y: np.ndarray, lengths: np.ndarray | None = None) -> float:
         """The accuracy on ``(X, y)``.
 
         Parameters
         ----------
-        X : array of shape (n_samples, T, n_features)
+        {X}
         y : array of shape (n_samples,)
-        lengths : array of int of shape (n_samples,), optional
+        {lengths}
 
         Returns
         -------
@@ -217,10 +218,7 @@ class SequenceClassifier(_ManyToOne):
 
         Raises
         ------
-        NotFittedError
-            Before ``fit``.
-        ValueError
-            A wrong shape, NaN or inf in ``X``.
+        {inference_raises}
         """
         return float(np.mean(self.predict(X, lengths) == np.asarray(y)))
 
@@ -235,6 +233,7 @@ class SequenceRegressor(_ManyToOne):
     def _adjust_tags(self, tags: Any) -> None:
         tags.target_tags.multi_output = True
 
+    @shared_docs
     def fit(
         self,
         X: np.ndarray,
@@ -248,16 +247,12 @@ class SequenceRegressor(_ManyToOne):
 
         Parameters
         ----------
-        X : array of shape (n_samples, T, n_features)
-            The input sequences, samples first.
+        {X}
         y : array of shape (n_samples,) or (n_samples, k)
             A real number or vector per sequence.
-        lengths : array of int of shape (n_samples,), optional
-            Each sequence's real length 1..T (None: all T).
-        validation_data : (X_val, y_val) or (X_val, y_val, lengths_val), optional
-            Evaluated after every epoch; its loss is ``history_["val_loss"]``.
-        callbacks : list of fastrnn.training.Callback, optional
-            Passed to :func:`fastrnn.training.train` (e.g. ``EarlyStopping``).
+        {lengths}
+        {validation_data}
+        {callbacks}
 
         Returns
         -------
@@ -271,8 +266,7 @@ class SequenceRegressor(_ManyToOne):
         ValueError
             A wrong shape, NaN or inf in ``X`` or ``y`` (naming the first bad position,
             before any training).
-        FloatingPointError
-            The loss became NaN or inf during training (exploding gradients).
+        {diverged}
         """
         X, y, lens = self._check_Xy(X, y, lengths)
         y2 = self._targets(y)
@@ -297,13 +291,14 @@ class SequenceRegressor(_ManyToOne):
             self._outputs_backward(dout)
         return loss
 
+    @shared_docs
     def predict(self, X: np.ndarray, lengths: np.ndarray | None = None) -> np.ndarray:
         """The predicted number or vector of each sequence.
 
         Parameters
         ----------
-        X : array of shape (n_samples, T, n_features)
-        lengths : array of int of shape (n_samples,), optional
+        {X}
+        {lengths}
 
         Returns
         -------
@@ -312,22 +307,20 @@ class SequenceRegressor(_ManyToOne):
 
         Raises
         ------
-        NotFittedError
-            Before ``fit``.
-        ValueError
-            A wrong shape, NaN or inf in ``X``.
+        {inference_raises}
         """
         out = self._predict_outputs(X, lengths)
         return out if self._meta["vector"] else out[:, 0]
 
+    @shared_docs
     def score(self, X: np.ndarray, y: np.ndarray, lengths: np.ndarray | None = None) -> float:
         """The coefficient of determination R^2 on ``(X, y)``.
 
         Parameters
         ----------
-        X : array of shape (n_samples, T, n_features)
+        {X}
         y : array of shape (n_samples,) or (n_samples, k)
-        lengths : array of int of shape (n_samples,), optional
+        {lengths}
 
         Returns
         -------
@@ -336,10 +329,7 @@ class SequenceRegressor(_ManyToOne):
 
         Raises
         ------
-        NotFittedError
-            Before ``fit``.
-        ValueError
-            A wrong shape, NaN or inf in ``X``.
+        {inference_raises}
         """
         y = np.asarray(y, dtype=np.float64)
         p = self.predict(X, lengths).astype(np.float64).reshape(y.shape)

@@ -17,6 +17,7 @@ from ._base import (
     encode_labels,
     full_lengths,
     optional_positive_int,
+    shared_docs,
     softmax,
     unpack_validation,
 )
@@ -109,6 +110,7 @@ class SequenceTagger(_PerStep):
     def _adjust_tags(self, tags: Any) -> None:
         tags.target_tags.two_d_labels = True
 
+    @shared_docs
     def fit(
         self,
         X: np.ndarray,
@@ -122,16 +124,12 @@ class SequenceTagger(_PerStep):
 
         Parameters
         ----------
-        X : array of shape (n_samples, T, n_features)
-            The input sequences, samples first.
+        {X}
         y : array of int of shape (n_samples, T)
             A non-negative label per step (anything at padded steps, e.g. ``PAD``).
-        lengths : array of int of shape (n_samples,), optional
-            Each sequence's real length 1..T (None: all T).
-        validation_data : (X_val, y_val) or (X_val, y_val, lengths_val), optional
-            Evaluated after every epoch; its loss is ``history_["val_loss"]``.
-        callbacks : list of fastrnn.training.Callback, optional
-            Passed to :func:`fastrnn.training.train` (e.g. ``EarlyStopping``).
+        {lengths}
+        {validation_data}
+        {callbacks}
 
         Returns
         -------
@@ -146,8 +144,7 @@ class SequenceTagger(_PerStep):
             A wrong shape, negative labels inside the sequences, NaN or inf in ``X``
             (naming the first bad position, before any training), validation labels not
             seen in ``y``.
-        FloatingPointError
-            The loss became NaN or inf during training (exploding gradients).
+        {diverged}
         """
         X = self._check_X(X)
         y, lens = self._check_y(X, y, lengths)
@@ -184,13 +181,14 @@ class SequenceTagger(_PerStep):
         mask = losses.mask_from_lengths(lens, y.shape[1], batch_first=True)
         return encode_labels(self.classes_, y, mask)
 
+    @shared_docs
     def predict_proba(self, X: np.ndarray, lengths: np.ndarray | None = None) -> np.ndarray:
         """Per-step class probabilities.
 
         Parameters
         ----------
-        X : array of shape (n_samples, T, n_features)
-        lengths : array of int of shape (n_samples,), optional
+        {X}
+        {lengths}
 
         Returns
         -------
@@ -200,10 +198,7 @@ class SequenceTagger(_PerStep):
 
         Raises
         ------
-        NotFittedError
-            Before ``fit``.
-        ValueError
-            A wrong shape, NaN or inf in ``X``.
+        {inference_raises}
         """
         self._check_fitted()
         X = self._check_X(X)
@@ -212,13 +207,14 @@ class SequenceTagger(_PerStep):
         p[~losses.mask_from_lengths(lens, X.shape[1], batch_first=True)] = 0
         return p
 
+    @shared_docs
     def predict(self, X: np.ndarray, lengths: np.ndarray | None = None) -> np.ndarray:
         """The most probable label at every step.
 
         Parameters
         ----------
-        X : array of shape (n_samples, T, n_features)
-        lengths : array of int of shape (n_samples,), optional
+        {X}
+        {lengths}
 
         Returns
         -------
@@ -227,24 +223,22 @@ class SequenceTagger(_PerStep):
 
         Raises
         ------
-        NotFittedError
-            Before ``fit``.
-        ValueError
-            A wrong shape, NaN or inf in ``X``.
+        {inference_raises}
         """
         p = self.predict_proba(X, lengths)
         out = self.classes_[p.argmax(axis=-1)]
         out[p.sum(axis=-1) == 0] = PAD
         return out
 
+    @shared_docs
     def score(self, X: np.ndarray, y: np.ndarray, lengths: np.ndarray | None = None) -> float:
         """Per-step accuracy over the real (unpadded) steps.
 
         Parameters
         ----------
-        X : array of shape (n_samples, T, n_features)
+        {X}
         y : array of int of shape (n_samples, T)
-        lengths : array of int of shape (n_samples,), optional
+        {lengths}
 
         Returns
         -------
@@ -253,10 +247,7 @@ class SequenceTagger(_PerStep):
 
         Raises
         ------
-        NotFittedError
-            Before ``fit``.
-        ValueError
-            A wrong shape, NaN or inf in ``X``.
+        {inference_raises}
         """
         X = self._check_X(X)
         y, lens = self._check_y(X, y, lengths)
@@ -378,6 +369,7 @@ class CharLanguageModel(_PerStep):
         super()._build(meta, rng)
         self._embedding(meta["n_classes"], self.embedding_dim, rng)
 
+    @shared_docs
     def fit(
         self,
         text: str | CharCorpus,
@@ -398,8 +390,7 @@ class CharLanguageModel(_PerStep):
         validation_data : str, optional
             A text whose windows are evaluated after every epoch
             (``history_["val_loss"]``); characters not in ``text`` follow ``unknown``.
-        callbacks : list of fastrnn.training.Callback, optional
-            Passed to :func:`fastrnn.training.train` (e.g. ``EarlyStopping``).
+        {callbacks}
 
         Returns
         -------
@@ -413,8 +404,7 @@ class CharLanguageModel(_PerStep):
         ValueError
             A text shorter than ``seq_len + 1`` characters; with ``unknown="error"``, a
             validation text holding characters not in ``text``.
-        FloatingPointError
-            The loss became NaN or inf during training (exploding gradients).
+        {diverged}
         """
         corpus = text if isinstance(text, CharCorpus) else char_corpus(text=text)
         vocab = list(corpus.vocab) + ([UNK] if self.unknown == "unk" else [])
