@@ -241,7 +241,8 @@ class _Recurrent(_Module):
         return f"the {type(self).__name__} parameters"
 
     def _pack_state(self, h: np.ndarray, c: np.ndarray | None) -> State:
-        return (h, c) if self._cell == "lstm" else h
+        """``(h, c)`` for LSTM (the only cell with a ``c``), else ``h``."""
+        return h if c is None else (h, c)
 
     # --- forward and backward ------------------------------------------------------------
 
@@ -361,6 +362,7 @@ class _Recurrent(_Module):
                     dc0[k] = g.dc0
                 for short, value in g.params.items():
                     self.grads[self._name(short, layer, direction)] = value
+            assert dx_total is not None  # every layer has at least one direction
             d_inp = dx_total
         dx = d_inp.transpose(1, 0, 2) if self.batch_first else d_inp
         return dx, self._pack_state(dh0, dc0)
@@ -402,7 +404,7 @@ class _Recurrent(_Module):
         return type(self).__name__, self._config(), dict(self.params)
 
     @classmethod
-    def _from_state(cls, config: Mapping[str, Any], arrays: Mapping[str, np.ndarray]):
+    def _from_state(cls, config: Mapping[str, Any], arrays: Mapping[str, np.ndarray]) -> _Recurrent:
         config = dict(config)
         size_args = [config.pop(k) for k in ("input_size", "hidden_size", "num_layers")]
         layer = cls(*size_args, **config)
@@ -578,7 +580,7 @@ class Linear(_Module):
         self._h = h if self.training else None
         self._ran_in_eval = not self.training
         # one 2-D GEMM over all leading dims (a 3-D matmul is T small GEMMs in NumPy)
-        out = h.reshape(-1, self.in_features) @ self.params["weight"].T
+        out: np.ndarray = h.reshape(-1, self.in_features) @ self.params["weight"].T
         out += self.params["bias"]
         return out.reshape(*h.shape[:-1], self.out_features)
 
@@ -601,7 +603,8 @@ class Linear(_Module):
         h2 = h.reshape(-1, self.in_features)
         self.grads["weight"] = (d2.T @ h2).astype(self.dtype, copy=False)
         self.grads["bias"] = d2.sum(axis=0).astype(self.dtype, copy=False)
-        return (d2 @ self.params["weight"]).reshape(h.shape).astype(self.dtype, copy=False)
+        dh: np.ndarray = d2 @ self.params["weight"]
+        return dh.reshape(h.shape).astype(self.dtype, copy=False)
 
     def softmax_cross_entropy(
         self,
@@ -651,7 +654,7 @@ class Linear(_Module):
         return "Linear", config, dict(self.params)
 
     @classmethod
-    def _from_state(cls, config: Mapping[str, Any], arrays: Mapping[str, np.ndarray]):
+    def _from_state(cls, config: Mapping[str, Any], arrays: Mapping[str, np.ndarray]) -> Linear:
         config = dict(config)
         head = cls(config.pop("in_features"), config.pop("out_features"), **config)
         head.load_state_dict(arrays)
@@ -856,7 +859,8 @@ def last_step(
     T, B = (out.shape[1], out.shape[0]) if batch_first else out.shape[:2]
     idx = _last_index(lengths, T, B)
     cols = np.arange(B)
-    return out[cols, idx] if batch_first else out[idx, cols]
+    last: np.ndarray = out[cols, idx] if batch_first else out[idx, cols]
+    return last
 
 
 def last_step_backward(

@@ -118,7 +118,8 @@ def softmax(z: np.ndarray, temperature: float = 1.0) -> np.ndarray:
     z = z.astype(np.float64) / temperature
     z = z - z.max(axis=-1, keepdims=True)
     e = np.exp(z)
-    return e / e.sum(axis=-1, keepdims=True)
+    p: np.ndarray = e / e.sum(axis=-1, keepdims=True)
+    return p
 
 
 def encode_labels(
@@ -138,7 +139,7 @@ def encode_labels(
     return idx if mask is None else np.where(mask, idx, PAD)
 
 
-def unpack_validation(data: object) -> tuple:
+def unpack_validation(data: object) -> tuple[Any, ...]:
     if not isinstance(data, (tuple, list)) or len(data) not in (2, 3):
         size = f" of length {len(data)}" if isinstance(data, (tuple, list)) else ""
         raise TypeError(
@@ -286,7 +287,7 @@ class BaseModel:
         for klass in cls.__mro__:
             if "__init__" not in vars(klass):
                 continue
-            params = inspect.signature(klass.__init__).parameters.values()
+            params = inspect.signature(vars(klass)["__init__"]).parameters.values()
             more = False
             for p in params:
                 if p.kind is p.VAR_KEYWORD:
@@ -323,7 +324,8 @@ class BaseModel:
 
     @property
     def _dtype(self) -> np.dtype:
-        return np.dtype(self.dtype)
+        dtype: np.dtype = np.dtype(self.dtype)
+        return dtype
 
     def _check_fitted(self) -> None:
         if not self._parts:
@@ -333,8 +335,10 @@ class BaseModel:
 
     # --- parts ----------------------------------------------------------------------------
 
-    def _rnn(self, input_size: int, rng: np.random.Generator, *, bidirectional: bool = False):
-        cls = getattr(layers, _LAYERS[self.cell])
+    def _rnn(
+        self, input_size: int, rng: np.random.Generator, *, bidirectional: bool = False
+    ) -> layers.RNN | layers.LSTM | layers.GRU:
+        cls: type[layers.RNN | layers.LSTM | layers.GRU] = getattr(layers, _LAYERS[self.cell])
         kwargs: dict[str, Any] = {
             "bidirectional": bidirectional,
             "batch_first": True,
@@ -482,7 +486,7 @@ class BaseModel:
         return type(self).__name__, config, dict(self.parameters())
 
     @classmethod
-    def _from_state(cls, config: Mapping[str, Any], arrays: Mapping[str, np.ndarray]):
+    def _from_state(cls, config: Mapping[str, Any], arrays: Mapping[str, np.ndarray]) -> BaseModel:
         model = cls(**config["params"])
         model._setup(dict(config["meta"]))
         for name, part in model._parts.items():

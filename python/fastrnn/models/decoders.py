@@ -88,15 +88,16 @@ class _Decoder(BaseModel):
             )
         if y_lengths is None:
             real = y >= 0
-            y_lengths = real.sum(axis=1)
+            counts = real.sum(axis=1)
             if not np.array_equal(
-                real, losses.mask_from_lengths(y_lengths, y.shape[1], batch_first=True)
+                real, losses.mask_from_lengths(counts, y.shape[1], batch_first=True)
             ):
                 raise ValueError("y has PAD (-1) entries inside sequences; pass y_lengths")
-        lens = full_lengths(y_lengths, n, y.shape[1]) if np.min(y_lengths) >= 1 else None
-        if lens is None:
+            y_lengths = counts
+        given = V.as_int_array("y_lengths", y_lengths)
+        if given.size and given.min() < 1:
             raise ValueError("y_lengths must be >= 1: every target needs at least one token")
-        return y, lens
+        return y, full_lengths(given, n, y.shape[1])
 
     def _classes_meta(self, y: np.ndarray, lens: np.ndarray) -> dict[str, Any]:
         classes = np.unique(y[losses.mask_from_lengths(lens, y.shape[1], batch_first=True)])
@@ -322,6 +323,7 @@ class Seq2Seq(_Decoder):
         return self
 
     def _encode_inputs(self, X: np.ndarray, lens: np.ndarray) -> layers.State:
+        state: layers.State
         _, state = self._parts["encoder"].forward(X[:, : int(lens.max())], lengths=lens)
         return state
 

@@ -3,7 +3,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -25,7 +25,7 @@ from ._base import (
 class _ManyToOne(BaseModel):
     """An RNN stack read to each sequence's last real step, then a linear head."""
 
-    def _build(self, meta: dict[str, Any], rng: np.random.Generator) -> None:
+    def _build(self, meta: Mapping[str, Any], rng: np.random.Generator) -> None:
         self._parts["rnn"] = self._rnn(meta["input_size"], rng, bidirectional=self.bidirectional)
         dirs = 2 if self.bidirectional else 1
         self._parts["head"] = self._linear(dirs * self.hidden_size, meta["n_outputs"], rng)
@@ -37,7 +37,8 @@ class _ManyToOne(BaseModel):
         h = state_h(state)
         dirs = 2 if self.bidirectional else 1
         feat = np.concatenate(list(h[-dirs:]), axis=-1)
-        return self._parts["head"].forward(feat)
+        out: np.ndarray = self._parts["head"].forward(feat)
+        return out
 
     def _outputs_backward(self, dout: np.ndarray) -> None:
         """Backward of :meth:`_outputs` (the gradient reaches only the top layer's state)."""
@@ -73,7 +74,8 @@ class _ManyToOne(BaseModel):
     ) -> tuple[np.ndarray, ...] | None:
         if validation_data is None:
             return None
-        Xv, yv, lv = self._check_Xy(*unpack_validation(validation_data), "validation_data ")
+        Xv, yv, lv = unpack_validation(validation_data)
+        Xv, yv, lv = self._check_Xy(Xv, yv, lv, "validation_data ")
         return Xv, encode(yv), lv
 
 
@@ -199,7 +201,8 @@ class SequenceClassifier(_ManyToOne):
         {inference_raises}
         """
         self._check_fitted()
-        return self.classes_[self.predict_proba(X, lengths).argmax(axis=1)]
+        labels: np.ndarray = self.classes_[self.predict_proba(X, lengths).argmax(axis=1)]
+        return labels
 
     @shared_docs
     def score(self, X: np.ndarray, y: np.ndarray, lengths: np.ndarray | None = None) -> float:

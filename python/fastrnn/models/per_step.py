@@ -226,7 +226,7 @@ class SequenceTagger(_PerStep):
         {inference_raises}
         """
         p = self.predict_proba(X, lengths)
-        out = self.classes_[p.argmax(axis=-1)]
+        out: np.ndarray = self.classes_[p.argmax(axis=-1)]
         out[p.sum(axis=-1) == 0] = PAD
         return out
 
