@@ -103,6 +103,19 @@ def test_seq2seq_and_generator_with_embedding():
     assert len(gen.predict(X[:3, 0])) == 3
 
 
+def test_new_hyper_parameters_survive_sklearn_clone():
+    from sklearn.base import clone
+
+    for model in [
+        CharLanguageModel(embedding_dim=4, unknown="unk"),
+        Seq2Seq(embedding_dim=3),
+        SequenceGenerator(embedding_dim=2),
+    ]:
+        params = clone(model).get_params()
+        assert params == model.get_params()
+        assert params["embedding_dim"] == model.embedding_dim
+
+
 def test_embedding_dim_is_checked():
     with pytest.raises(ValueError, match="embedding_dim"):
         CharLanguageModel(embedding_dim=0)

@@ -101,9 +101,24 @@ class SequenceTagger(_PerStep):
     """
 
     def __init__(self, hidden_size: int = 32, *, tbptt: int | None = None, **kwargs: Any):
-        """``tbptt`` (int or None): truncated BPTT in chunks of this many steps (needs
-        ``bidirectional=False``); the other hyper-parameters are those of every model
-        (see ``help(fastrnn.models)`` or the base class's constructor)."""
+        """The hyper-parameters of the tagger.
+
+        Parameters
+        ----------
+        tbptt : int or None
+            Truncated BPTT in chunks of this many steps (needs ``bidirectional=False``;
+            None: full BPTT).
+        **kwargs
+            The hyper-parameters of every model (see
+            :class:`fastrnn.models._base.BaseModel`).
+
+        Raises
+        ------
+        TypeError
+            A hyper-parameter of the wrong type.
+        ValueError
+            A hyper-parameter of the wrong value (e.g. ``tbptt`` with ``bidirectional``).
+        """
         super().__init__(hidden_size, **kwargs)
         self.tbptt = self._check_tbptt(tbptt)
 
