@@ -66,13 +66,13 @@ def test_char_lm_without_embedding_keeps_one_hot_input():
     assert lm.parameters()["rnn.weight_ih_l0"].shape == (4 * 6, len(lm.vocab_))
 
 
-def _check_embedding_gradient(model, batch):
+def _check_embedding_gradient(model, batch, name="embed.weight"):
     loss, grads = model.loss_and_grads(batch)
-    weight = model.parameters()["embed.weight"]
-    analytic = grads["embed.weight"].copy()
+    weight = model.parameters()[name]
+    analytic = grads[name].copy()
     numeric = central_differences(lambda: model.loss(batch), weight)
     tol = fd_tolerance(np.float64, 10 * max(loss, 1.0))
-    assert_matches_central_differences(analytic, numeric, tol, err_msg="embed.weight")
+    assert_matches_central_differences(analytic, numeric, tol, err_msg=name)
     assert np.count_nonzero(analytic) > analytic.shape[1]  # several rows are checked
 
 
@@ -240,3 +240,41 @@ def test_help_lists_parameters_returns_and_raises(cls):
         params = [p for p in inspect.signature(getattr(cls, name)).parameters if p != "self"]
         for p in params:
             assert p in doc, f"{cls.__name__}.{name}: parameter {p} is not described"
+
+
+@pytest.mark.parametrize("embedding_dim", [None, 3])
+def test_seq2seq_reads_source_token_ids(embedding_dim, tmp_path):
+    rng = np.random.default_rng(0)
+    n, T = 24, 5
+    X = rng.integers(0, 6, size=(n, T))
+    lens = rng.integers(2, T + 1, size=n)
+    X[np.arange(T)[None, :] >= lens[:, None]] = -1  # padding: anything goes there
+    y = X[:, :2].copy()  # copy the first two source tokens
+    model = Seq2Seq(8, embedding_dim=embedding_dim, epochs=2, seed=0, dtype="float64").fit(
+        X, y, lens
+    )
+    assert model._meta["source_vocab"] == 6
+    if embedding_dim is None:
+        assert model.parameters()["encoder.weight_ih_l0"].shape[1] == 6  # one-hot
+    else:
+        assert model.parameters()["src_embed.weight"].shape == (6, 3)
+        ids, lens2 = model._check_source(X[:4], lens[:4])
+        ylens = np.full(4, 2)
+        _check_embedding_gradient(model, (ids, lens2, y[:4], ylens), "src_embed.weight")
+    path = tmp_path / "s2s.npz"
+    model.save(path)
+    back = fastrnn.load(path)
+    for a, b in zip(back.predict(X, lens), model.predict(X, lens), strict=True):
+        np.testing.assert_array_equal(a, b)
+    assert 0.0 <= model.score(X, y, lens) <= 1.0
+    bad = X.copy()
+    bad[3, 1] = 6
+    with pytest.raises(ValueError, match=r"X\[3, 1\] = 6 is out of range.*0\.\.5"):
+        model.predict(bad, lens)
+    with pytest.raises(ValueError, match="fitted on token ids"):
+        model.predict(rng.normal(size=(2, T, 3)))
+    features = Seq2Seq(4, epochs=1).fit(rng.normal(size=(n, T, 3)), y)
+    with pytest.raises(ValueError, match="fitted on features"):
+        features.predict(X, lens)
+    with pytest.raises(ValueError, match=r"X\[0, 0\] = -2 is out of range"):
+        Seq2Seq(4, epochs=1).fit(np.full((3, 2), -2), y[:3])

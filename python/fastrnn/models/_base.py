@@ -36,6 +36,10 @@ _LAYERS = {"rnn": "RNN", "lstm": "LSTM", "gru": "GRU"}
 # decorated with @shared_docs becomes the entry, at that line's indentation.
 DOC_FRAGMENTS: dict[str, str] = {
     "X": "X : array of shape (n_samples, T, n_features)\n    The input sequences, samples first.",
+    "X_source": (
+        "X : array of shape (n_samples, T_in, n_features), or of int (n_samples, T_in)\n"
+        "    The input sequences, samples first: features, or source token ids."
+    ),
     "lengths": (
         "lengths : array of int of shape (n_samples,), optional\n"
         "    Each sequence's real length 1..T (None: all T)."
@@ -355,27 +359,31 @@ class BaseModel:
         return layers.Linear(n_in, n_out, seed=rng, dtype=self._dtype)
 
     def _embedding(
-        self, num_embeddings: int, embedding_dim: int | None, rng: np.random.Generator
+        self,
+        num_embeddings: int,
+        embedding_dim: int | None,
+        rng: np.random.Generator,
+        part: str = "embed",
     ) -> None:
-        """Add the part ``"embed"`` (an :class:`~fastrnn.layers.Embedding`) unless
+        """Add the part ``part`` (an :class:`~fastrnn.layers.Embedding`) unless
         ``embedding_dim`` is None (one-hot input)."""
         if embedding_dim is not None:
-            self._parts["embed"] = layers.Embedding(
+            self._parts[part] = layers.Embedding(
                 num_embeddings, embedding_dim, seed=rng, dtype=self._dtype
             )
 
-    def _token_features(self, ids: np.ndarray, depth: int) -> np.ndarray:
+    def _token_features(self, ids: np.ndarray, depth: int, part: str = "embed") -> np.ndarray:
         """The recurrent input for token ``ids`` (any shape) in 0..depth-1: their vectors
-        through the part ``"embed"`` if the model has one, else one-hot rows."""
-        embed = self._parts.get("embed")
+        through the part ``part`` if the model has one, else one-hot rows."""
+        embed = self._parts.get(part)
         if embed is None:
             return one_hot(ids, depth, dtype=self._dtype)
         vectors: np.ndarray = embed.forward(ids)
         return vectors
 
-    def _embed_backward(self, dx: np.ndarray) -> None:
-        """Backpropagate dL/d(recurrent input) into the part ``"embed"``, if any."""
-        embed = self._parts.get("embed")
+    def _embed_backward(self, dx: np.ndarray, part: str = "embed") -> None:
+        """Backpropagate dL/d(recurrent input) into the part ``part``, if any."""
+        embed = self._parts.get(part)
         if embed is not None:
             embed.backward(dx)
 

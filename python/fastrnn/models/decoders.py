@@ -273,11 +273,52 @@ class Seq2Seq(_Decoder):
     greedily until it emits <stop>. ``fit(X, y, lengths, y_lengths)``: ``X`` (n, T_in, D),
     ``y`` (n, T_out) integer tokens padded with -1 (or real lengths in ``y_lengths``).
     ``predict`` returns a list of token arrays.
+
+    Source tokens: an integer ``X`` of shape (n, T_in) is read as token ids 0..V-1 (V: one
+    more than the largest id in ``fit``; anything at padded steps), fed to the encoder
+    one-hot, or through a second :class:`~fastrnn.layers.Embedding` (the part
+    ``"src_embed"``) of size ``embedding_dim``. A model fitted on tokens predicts from
+    tokens; an id >= V is a ValueError naming its position.
     """
 
     def _build(self, meta: Mapping[str, Any], rng: np.random.Generator) -> None:
-        self._parts["encoder"] = self._rnn(meta["input_size"], rng)
+        V_src = meta.get("source_vocab")
+        size = meta["input_size"]
+        if V_src is not None and self.embedding_dim is not None:
+            size = self.embedding_dim
+        self._parts["encoder"] = self._rnn(size, rng)
         self._build_decoder(meta, rng)
+        if V_src is not None:
+            self._embedding(V_src, self.embedding_dim, rng, part="src_embed")
+
+    def _check_source(
+        self, X: object, lengths: object, *, fitting: bool = False
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """``X`` as features (n, T_in, D), or as token ids (n, T_in) (an integer array of
+        2 dimensions) in range wherever ``lengths`` says the step is real (0 elsewhere);
+        and the lengths. Unless ``fitting``, the kind of input must be the fitted one."""
+        arr = V.as_array("X", X)
+        fitted = bool(self._parts) and not fitting
+        vocab = self._meta.get("source_vocab") if fitted else None
+        if arr.dtype.kind not in "iu" or arr.ndim != 2:
+            if vocab is not None:
+                raise ValueError(
+                    f"X has dtype {arr.dtype} and shape {arr.shape}: the model was fitted on "
+                    "token ids, expected an integer array (n_samples, T_in)"
+                )
+            X = self._check_X(arr)
+            return X, full_lengths(lengths, X.shape[0], X.shape[1])
+        if fitted and vocab is None:
+            raise ValueError(
+                f"X is an integer array of shape {arr.shape} (token ids): the model was fitted "
+                f"on features, expected (n_samples, T_in, {self._meta['input_size']})"
+            )
+        ids = V.as_int_array("X", arr)
+        lens = full_lengths(lengths, ids.shape[0], ids.shape[1])
+        ids = np.where(losses.mask_from_lengths(lens, ids.shape[1], batch_first=True), ids, 0)
+        size = vocab if vocab is not None else max(int(ids.max()) + 1, 1)
+        V.check_index_range("X", ids, size, "source token id")
+        return ids, lens
 
     @shared_docs
     def fit(
@@ -293,8 +334,7 @@ class Seq2Seq(_Decoder):
 
         Parameters
         ----------
-        X : array of shape (n_samples, T_in, n_features)
-            The input sequences, samples first.
+        {X_source}
         y : array of int of shape (n_samples, T_out)
             Non-negative output tokens, padded with -1 (or real lengths in ``y_lengths``).
         {lengths}
@@ -312,26 +352,32 @@ class Seq2Seq(_Decoder):
             ``X`` not an array of numbers, ``y`` not an integer array.
         ValueError
             A wrong shape, PAD inside a target, an empty target, NaN or inf in ``X``
-            (naming the first bad position, before any training).
+            (naming the first bad position, before any training), a negative source id.
         {diverged}
         """
-        X = self._check_X(X)
-        lens = full_lengths(lengths, X.shape[0], X.shape[1])
+        X, lens = self._check_source(X, lengths, fitting=True)
         y, ylens = self._check_targets(y, y_lengths, X.shape[0])
-        rng = self._setup({"input_size": X.shape[2], **self._classes_meta(y, ylens)})
+        source: dict[str, Any] = {"input_size": X.shape[-1]}
+        if X.ndim == 2:  # token ids: the vocabulary is 0..max
+            source = {"source_vocab": int(X.max()) + 1, "input_size": int(X.max()) + 1}
+        rng = self._setup({**source, **self._classes_meta(y, ylens)})
         self._train((X, lens, self._encode(y, ylens), ylens), rng, callbacks=callbacks)
         return self
 
     def _encode_inputs(self, X: np.ndarray, lens: np.ndarray) -> layers.State:
+        X = X[:, : int(lens.max())]
+        if X.ndim == 2:  # source token ids
+            X = self._token_features(X, self._meta["source_vocab"], part="src_embed")
         state: layers.State
-        _, state = self._parts["encoder"].forward(X[:, : int(lens.max())], lengths=lens)
+        _, state = self._parts["encoder"].forward(X, lengths=lens)
         return state
 
     def _loss_backward(self, batch: Sequence[np.ndarray], backward: bool = True) -> float:
         X, lens, y, ylens = batch
         loss, dstate = self._teacher_forcing(self._encode_inputs(X, lens), y, ylens, backward)
         if dstate is not None:
-            self._parts["encoder"].backward(None, dstate)
+            dx, _ = self._parts["encoder"].backward(None, dstate)
+            self._embed_backward(dx, part="src_embed")
         return loss
 
     @shared_docs
@@ -342,7 +388,7 @@ class Seq2Seq(_Decoder):
 
         Parameters
         ----------
-        X : array of shape (n_samples, T_in, n_features)
+        {X_source}
         {lengths}
         max_length : int, optional
             The most tokens per sequence (default: the constructor's, or twice the
@@ -358,11 +404,11 @@ class Seq2Seq(_Decoder):
         NotFittedError
             Before ``fit``.
         ValueError
-            A wrong shape, NaN or inf in ``X``, ``max_length < 1``.
+            A wrong shape, NaN or inf in ``X``, ``max_length < 1``, a source token id
+            out of the fitted range (naming its position).
         """
         self._check_fitted()
-        X = self._check_X(X)
-        lens = full_lengths(lengths, X.shape[0], X.shape[1])
+        X, lens = self._check_source(X, lengths)
         return self._greedy(self._encode_inputs(X, lens), X.shape[0], max_length)
 
     def score(
@@ -376,7 +422,7 @@ class Seq2Seq(_Decoder):
 
         Parameters
         ----------
-        X : array of shape (n_samples, T_in, n_features)
+        {X_source}
         y : array of int of shape (n_samples, T_out)
         lengths, y_lengths : array of int of shape (n_samples,), optional
 
@@ -394,7 +440,8 @@ class Seq2Seq(_Decoder):
         ValueError
             A wrong shape, NaN or inf in ``X``.
         """
-        X = self._check_X(X)
+        self._check_fitted()
+        X, lens = self._check_source(X, lengths)
         y, ylens = self._check_targets(y, y_lengths, X.shape[0])
-        pred = self.predict(X, lengths)
+        pred = self.predict(X, lens)
         return float(np.mean([np.array_equal(p, y[i, : ylens[i]]) for i, p in enumerate(pred)]))
