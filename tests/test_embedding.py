@@ -126,3 +126,24 @@ def test_matches_torch_forward_and_backward():
     emb.backward(g)
     np.testing.assert_array_equal(out, out_t.detach().numpy())
     np.testing.assert_allclose(emb.grads["weight"], net.weight.grad.numpy(), rtol=1e-12, atol=0)
+
+
+def test_empty_ids_give_a_zero_gradient():
+    emb = Embedding(4, 2, seed=0)
+    out = emb(np.zeros((0, 3), dtype=np.int64))
+    assert out.shape == (0, 3, 2)
+    emb.backward(np.zeros((0, 3, 2), np.float32))
+    assert not emb.grads["weight"].any()
+
+
+def test_gradient_equals_np_add_at_on_a_large_random_batch():
+    rng = np.random.default_rng(0)
+    emb = Embedding(50, 8, padding_idx=7, seed=0, dtype=np.float64)
+    ids = rng.integers(0, 50, size=(16, 40))
+    dout = rng.normal(size=(16, 40, 8))
+    emb(ids)
+    emb.backward(dout)
+    want = np.zeros((50, 8))
+    np.add.at(want, ids.ravel(), dout.reshape(-1, 8))
+    want[7] = 0
+    np.testing.assert_allclose(emb.grads["weight"], want, rtol=1e-13, atol=1e-13)

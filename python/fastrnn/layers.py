@@ -793,7 +793,14 @@ class Embedding(_Module):
             )
         grad = np.zeros_like(self.params["weight"])
         rows = dout.reshape(-1, self.embedding_dim).astype(self.dtype, copy=False)
-        np.add.at(grad, ids.ravel(), rows)  # sparse: only the rows of ids that occurred
+        flat = ids.ravel()
+        if flat.size:
+            # sparse: the rows of dout sorted by id, each run of one id summed into its row
+            # (about twice as fast as np.add.at(grad, flat, rows), the same sums)
+            order = np.argsort(flat, kind="stable")
+            sorted_ids = flat[order]
+            starts = np.flatnonzero(np.r_[True, sorted_ids[1:] != sorted_ids[:-1]])
+            grad[sorted_ids[starts]] = np.add.reduceat(rows[order], starts, axis=0)
         if self.padding_idx is not None:
             grad[self.padding_idx] = 0
         self.grads["weight"] = grad
