@@ -60,6 +60,14 @@ def test_char_lm_with_embedding_trains_saves_and_loads_bit_for_bit(tmp_path):
             np.testing.assert_array_equal(back.parameters()[k], v)
 
 
+def test_char_lm_with_embedding_and_tbptt_learns():
+    lm = CharLanguageModel(
+        12, seq_len=16, tbptt=4, embedding_dim=6, epochs=8, seed=0, dtype="float64"
+    ).fit(TEXT)
+    assert lm.history_["loss"][-1] < 0.8 * lm.history_["loss"][0]
+    assert lm.cross_entropy(TEXT[:40]) < np.log(len(lm.vocab_))  # beats the uniform guess
+
+
 def test_char_lm_without_embedding_keeps_one_hot_input():
     lm = CharLanguageModel(6, seq_len=8, epochs=1, seed=0).fit(TEXT)
     assert not any(k.startswith("embed.") for k in lm.parameters())
