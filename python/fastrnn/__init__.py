@@ -52,9 +52,19 @@ _LAZY: dict[str, str] = {
     "LSTM": "fastrnn.layers",
     "GRU": "fastrnn.layers",
     "Linear": "fastrnn.layers",
+    "Embedding": "fastrnn.layers",
     "SGD": "fastrnn.optim",
     "Momentum": "fastrnn.optim",
     "Adam": "fastrnn.optim",
+    "AdamW": "fastrnn.optim",
+    "StepLR": "fastrnn.optim",
+    "CosineAnnealingLR": "fastrnn.optim",
+    "LinearLR": "fastrnn.optim",
+    "SequentialLR": "fastrnn.optim",
+    "EarlyStopping": "fastrnn.training",
+    "ModelCheckpoint": "fastrnn.training",
+    "LambdaCallback": "fastrnn.training",
+    "Callback": "fastrnn.training",
     "clip_grad_norm": "fastrnn.optim",
     "clip_grad_value": "fastrnn.optim",
     "load": "fastrnn.io",
@@ -98,6 +108,7 @@ if TYPE_CHECKING:  # what __getattr__ loads on first use, for type checkers and 
     from .layers import GRU as GRU
     from .layers import LSTM as LSTM
     from .layers import RNN as RNN
+    from .layers import Embedding as Embedding
     from .layers import Linear as Linear
     from .models import CharLanguageModel as CharLanguageModel
     from .models import Seq2Seq as Seq2Seq
@@ -107,9 +118,18 @@ if TYPE_CHECKING:  # what __getattr__ loads on first use, for type checkers and 
     from .models import SequenceTagger as SequenceTagger
     from .optim import SGD as SGD
     from .optim import Adam as Adam
+    from .optim import AdamW as AdamW
+    from .optim import CosineAnnealingLR as CosineAnnealingLR
+    from .optim import LinearLR as LinearLR
     from .optim import Momentum as Momentum
+    from .optim import SequentialLR as SequentialLR
+    from .optim import StepLR as StepLR
     from .optim import clip_grad_norm as clip_grad_norm
     from .optim import clip_grad_value as clip_grad_value
+    from .training import Callback as Callback
+    from .training import EarlyStopping as EarlyStopping
+    from .training import LambdaCallback as LambdaCallback
+    from .training import ModelCheckpoint as ModelCheckpoint
 
 
 def __getattr__(name: str) -> object:

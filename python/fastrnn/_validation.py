@@ -309,6 +309,20 @@ def as_int_array(
     return arr.astype(np.int64, copy=False)
 
 
+def check_index_range(name: str, ids: np.ndarray, size: int, what: str = "index") -> None:
+    """ValueError unless every entry of the integer array ``ids`` is in 0..size-1, naming
+    the first bad position (in C order) and its value."""
+    bad = (ids < 0) | (ids >= size)
+    if not bad.any():
+        return
+    pos = tuple(int(i) for i in np.unravel_index(int(np.argmax(bad)), ids.shape))
+    where = f"{name}[{', '.join(map(str, pos))}]" if pos else name
+    raise ValueError(
+        f"{where} = {int(ids[pos])} is out of range: every {what} must be in 0..{size - 1} "
+        f"({int(bad.sum())} of {ids.size} entries are outside)"
+    )
+
+
 def check_finite(name: str, arr: np.ndarray) -> None:
     """ValueError if ``arr`` holds NaN or inf, naming the first bad position (as
     scikit-learn's ``check_array``), before anything is computed from it."""

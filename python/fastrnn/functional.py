@@ -20,6 +20,7 @@ import numpy as np
 from . import _config
 from . import _validation as V
 from . import backends as _registry
+from .backends._contract import Saved
 
 CELLS: tuple[str, ...] = V.CELLS
 ACTIVATIONS: tuple[str, ...] = ("tanh", "relu", "leaky_relu", "identity")
@@ -53,7 +54,7 @@ class ForwardResult:
     h0: np.ndarray = field(repr=False)
     c0: np.ndarray | None = field(repr=False)
     lengths: np.ndarray | None = field(repr=False)
-    saved: Any = field(repr=False)
+    saved: Saved = field(repr=False)
     training: bool = field(default=True, repr=False)
 
 

@@ -1,4 +1,5 @@
-"""Recurrent layers (:class:`RNN`, :class:`LSTM`, :class:`GRU`) and the output head :class:`Linear`.
+"""Recurrent layers (:class:`RNN`, :class:`LSTM`, :class:`GRU`), the output head :class:`Linear`
+and the input layer for token ids :class:`Embedding`.
 
 The layers stack the functional core (:func:`fastrnn.forward` / :func:`fastrnn.backward`)
 over ``num_layers`` layers and one or two directions; they never touch a backend, so they
@@ -240,7 +241,8 @@ class _Recurrent(_Module):
         return f"the {type(self).__name__} parameters"
 
     def _pack_state(self, h: np.ndarray, c: np.ndarray | None) -> State:
-        return (h, c) if self._cell == "lstm" else h
+        """``(h, c)`` for LSTM (the only cell with a ``c``), else ``h``."""
+        return h if c is None else (h, c)
 
     # --- forward and backward ------------------------------------------------------------
 
@@ -360,6 +362,7 @@ class _Recurrent(_Module):
                     dc0[k] = g.dc0
                 for short, value in g.params.items():
                     self.grads[self._name(short, layer, direction)] = value
+            assert dx_total is not None  # every layer has at least one direction
             d_inp = dx_total
         dx = d_inp.transpose(1, 0, 2) if self.batch_first else d_inp
         return dx, self._pack_state(dh0, dc0)
@@ -401,7 +404,7 @@ class _Recurrent(_Module):
         return type(self).__name__, self._config(), dict(self.params)
 
     @classmethod
-    def _from_state(cls, config: Mapping[str, Any], arrays: Mapping[str, np.ndarray]):
+    def _from_state(cls, config: Mapping[str, Any], arrays: Mapping[str, np.ndarray]) -> _Recurrent:
         config = dict(config)
         size_args = [config.pop(k) for k in ("input_size", "hidden_size", "num_layers")]
         layer = cls(*size_args, **config)
@@ -577,7 +580,7 @@ class Linear(_Module):
         self._h = h if self.training else None
         self._ran_in_eval = not self.training
         # one 2-D GEMM over all leading dims (a 3-D matmul is T small GEMMs in NumPy)
-        out = h.reshape(-1, self.in_features) @ self.params["weight"].T
+        out: np.ndarray = h.reshape(-1, self.in_features) @ self.params["weight"].T
         out += self.params["bias"]
         return out.reshape(*h.shape[:-1], self.out_features)
 
@@ -600,7 +603,8 @@ class Linear(_Module):
         h2 = h.reshape(-1, self.in_features)
         self.grads["weight"] = (d2.T @ h2).astype(self.dtype, copy=False)
         self.grads["bias"] = d2.sum(axis=0).astype(self.dtype, copy=False)
-        return (d2 @ self.params["weight"]).reshape(h.shape).astype(self.dtype, copy=False)
+        dh: np.ndarray = d2 @ self.params["weight"]
+        return dh.reshape(h.shape).astype(self.dtype, copy=False)
 
     def softmax_cross_entropy(
         self,
@@ -650,7 +654,7 @@ class Linear(_Module):
         return "Linear", config, dict(self.params)
 
     @classmethod
-    def _from_state(cls, config: Mapping[str, Any], arrays: Mapping[str, np.ndarray]):
+    def _from_state(cls, config: Mapping[str, Any], arrays: Mapping[str, np.ndarray]) -> Linear:
         config = dict(config)
         head = cls(config.pop("in_features"), config.pop("out_features"), **config)
         head.load_state_dict(arrays)
@@ -658,6 +662,182 @@ class Linear(_Module):
 
     def save(self, path: Any) -> None:
         """Save the head to a ``.npz`` file; see :mod:`fastrnn.io`."""
+        _io.save(self, path)
+
+
+@_io.register("Embedding")
+class Embedding(_Module):
+    """A lookup table from token ids to vectors: the input layer for token sequences.
+
+    PyTorch's ``torch.nn.Embedding`` with its names: ``params = {"weight":
+    (num_embeddings, embedding_dim)}``, initialised from N(0, 1) as PyTorch does, so a
+    PyTorch ``state_dict`` (``{"weight": ...}``) loads unchanged and gives the same
+    vectors. ``grads["weight"]`` is written (not accumulated) by :meth:`backward`.
+
+    Parameters
+    ----------
+    num_embeddings : int
+        The size of the vocabulary (ids 0..num_embeddings-1).
+    embedding_dim : int
+        The size of each vector.
+    padding_idx : int or None
+        An id whose vector gets no gradient (it stays what it is: zero at
+        initialisation), as in PyTorch; negative values count from the end
+        (``-1`` is ``num_embeddings - 1``) and are stored normalised. None: no such id.
+    seed : int, numpy.random.Generator or None
+        Makes the initialisation reproducible.
+    dtype : {"float32", "float64"}
+        The dtype of the vectors.
+
+    Raises
+    ------
+    TypeError
+        A size that is not an int, a dtype other than float32/float64.
+    ValueError
+        A size < 1, ``padding_idx`` outside -num_embeddings..num_embeddings-1.
+    """
+
+    _backward_state = ("_ids",)
+
+    def __init__(
+        self,
+        num_embeddings: int,
+        embedding_dim: int,
+        padding_idx: int | None = None,
+        *,
+        seed: int | np.random.Generator | None = None,
+        dtype: Any = np.float32,
+    ) -> None:
+        self.num_embeddings = V.check_positive_int("num_embeddings", num_embeddings)
+        self.embedding_dim = V.check_positive_int("embedding_dim", embedding_dim)
+        self.dtype = V.check_float_dtype("dtype", dtype)
+        if padding_idx is not None:
+            n = self.num_embeddings
+            padding_idx = V.check_int("padding_idx", padding_idx)
+            if not -n <= padding_idx < n:
+                raise ValueError(
+                    f"padding_idx must be in {-n}..{n - 1} (num_embeddings={n}) or None, "
+                    f"got {padding_idx}"
+                )
+            padding_idx %= n
+        self.padding_idx: int | None = padding_idx
+        rng = np.random.default_rng(seed)
+        weight = rng.standard_normal((self.num_embeddings, self.embedding_dim))
+        if padding_idx is not None:
+            weight[padding_idx] = 0
+        self.params: dict[str, np.ndarray] = {"weight": weight.astype(self.dtype)}
+        self.grads: dict[str, np.ndarray] = {"weight": np.zeros_like(self.params["weight"])}
+        self._ids: np.ndarray | None = None
+        self._ran_in_eval = False
+        self.training = True
+
+    def __repr__(self) -> str:
+        pad = "" if self.padding_idx is None else f", padding_idx={self.padding_idx}"
+        return (
+            f"Embedding({self.num_embeddings}, {self.embedding_dim}{pad}, dtype={self.dtype.name})"
+        )
+
+    def forward(self, ids: np.ndarray) -> np.ndarray:
+        """The vectors of the token ids: ``ids`` of any shape -> ``ids.shape + (embedding_dim,)``.
+
+        Parameters
+        ----------
+        ids : array of int
+            Token ids in 0..num_embeddings-1, any shape.
+
+        Returns
+        -------
+        numpy.ndarray
+            ``weight[ids]``, a new array of the layer's dtype.
+
+        Raises
+        ------
+        TypeError
+            ``ids`` is not an integer array (floats, even integral ones, are refused).
+        ValueError
+            An id out of range, naming its position and value.
+
+        In evaluation mode (:meth:`eval`) the ids are not kept for :meth:`backward`.
+        """
+        ids = V.as_int_array("ids", ids, expected="an integer array of token ids")
+        V.check_index_range("ids", ids, self.num_embeddings, "token id")
+        self._ids = ids if self.training else None
+        self._ran_in_eval = not self.training
+        return self.params["weight"].take(ids, axis=0)
+
+    __call__ = forward
+
+    def backward(self, dout: np.ndarray) -> None:
+        """Given dL/d(out) (``ids.shape + (embedding_dim,)``), write dL/d(weight) into
+        :attr:`grads`: the rows of ``dout`` summed into the rows of their ids (ids that
+        occur several times add up), zero for ids that did not occur and for
+        ``padding_idx``. Returns None: token ids have no gradient.
+
+        Raises
+        ------
+        RuntimeError
+            No forward before.
+        ValueError
+            ``dout`` of the wrong shape, or the last forward ran in evaluation mode.
+        """
+        if self._ids is None:
+            if self._ran_in_eval:
+                self._refuse_backward_in_eval()
+            raise RuntimeError("Embedding.backward() called before forward()")
+        ids = self._ids
+        dout = V.as_array("dout", dout)
+        expected = (*ids.shape, self.embedding_dim)
+        if dout.shape != expected:
+            raise ValueError(
+                f"dout has shape {dout.shape}, expected {expected} (the shape of the output)"
+            )
+        grad = np.zeros_like(self.params["weight"])
+        rows = dout.reshape(-1, self.embedding_dim).astype(self.dtype, copy=False)
+        flat = ids.ravel()
+        if flat.size:
+            # sparse: the rows of dout sorted by id, each run of one id summed into its row
+            # (about twice as fast as np.add.at(grad, flat, rows), the same sums)
+            order = np.argsort(flat, kind="stable")
+            sorted_ids = flat[order]
+            starts = np.flatnonzero(np.r_[True, sorted_ids[1:] != sorted_ids[:-1]])
+            grad[sorted_ids[starts]] = np.add.reduceat(rows[order], starts, axis=0)
+        if self.padding_idx is not None:
+            grad[self.padding_idx] = 0
+        self.grads["weight"] = grad
+
+    def parameters(self) -> dict[str, np.ndarray]:
+        """The parameter arrays (the same objects as :attr:`params`, updated in place)."""
+        return self.params
+
+    def state_dict(self) -> dict[str, np.ndarray]:
+        """A copy of the parameters (``weight``), PyTorch's key."""
+        return {k: v.copy() for k, v in self.params.items()}
+
+    def load_state_dict(self, state_dict: Mapping[str, np.ndarray]) -> None:
+        """Copy ``state_dict`` (``{"weight": (num_embeddings, embedding_dim)}``) into the
+        parameters, in place; float arrays of another precision are converted."""
+        arrays = _load_arrays(repr(self), self.params, state_dict)
+        for key, value in arrays.items():
+            np.copyto(self.params[key], value)
+
+    def _save_state(self) -> tuple[str, dict[str, Any], dict[str, np.ndarray]]:
+        config = {
+            "num_embeddings": self.num_embeddings,
+            "embedding_dim": self.embedding_dim,
+            "padding_idx": self.padding_idx,
+            "dtype": self.dtype.name,
+        }
+        return "Embedding", config, dict(self.params)
+
+    @classmethod
+    def _from_state(cls, config: Mapping[str, Any], arrays: Mapping[str, np.ndarray]) -> Embedding:
+        config = dict(config)
+        layer = cls(config.pop("num_embeddings"), config.pop("embedding_dim"), **config)
+        layer.load_state_dict(arrays)
+        return layer
+
+    def save(self, path: Any) -> None:
+        """Save the layer to a ``.npz`` file; see :mod:`fastrnn.io`."""
         _io.save(self, path)
 
 
@@ -686,7 +866,8 @@ def last_step(
     T, B = (out.shape[1], out.shape[0]) if batch_first else out.shape[:2]
     idx = _last_index(lengths, T, B)
     cols = np.arange(B)
-    return out[cols, idx] if batch_first else out[idx, cols]
+    last: np.ndarray = out[cols, idx] if batch_first else out[idx, cols]
+    return last
 
 
 def last_step_backward(
@@ -710,4 +891,4 @@ def last_step_backward(
     return dout
 
 
-__all__ = ["GRU", "LSTM", "RNN", "Linear", "State", "last_step", "last_step_backward"]
+__all__ = ["GRU", "LSTM", "RNN", "Embedding", "Linear", "State", "last_step", "last_step_backward"]

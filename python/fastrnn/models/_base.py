@@ -18,8 +18,10 @@ from __future__ import annotations
 import contextlib
 import functools
 import inspect
-from collections.abc import Iterator, Mapping, Sequence
-from typing import Any
+import re
+import textwrap
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from typing import Any, TypeVar
 
 import numpy as np
 
@@ -27,11 +29,61 @@ from .. import _validation as V
 from .. import distributed as D
 from .. import functional as F
 from .. import io as _io
-from .. import layers, training
-from ..datasets import PAD
+from .. import layers, optim, training
+from ..datasets import PAD, one_hot
 
 _LAYERS = {"rnn": "RNN", "lstm": "LSTM", "gru": "GRU"}
-OPTIMIZERS = ("sgd", "momentum", "adam")
+
+# The numpydoc entries the models' methods share: a line ``{name}`` alone in a docstring
+# decorated with @shared_docs becomes the entry, at that line's indentation.
+DOC_FRAGMENTS: dict[str, str] = {
+    "X": "X : array of shape (n_samples, T, n_features)\n    The input sequences, samples first.",
+    "X_source": (
+        "X : array of shape (n_samples, T_in, n_features), or of int (n_samples, T_in)\n"
+        "    The input sequences, samples first: features, or source token ids."
+    ),
+    "lengths": (
+        "lengths : array of int of shape (n_samples,), optional\n"
+        "    Each sequence's real length 1..T (None: all T)."
+    ),
+    "validation_data": (
+        "validation_data : (X_val, y_val) or (X_val, y_val, lengths_val), optional\n"
+        '    Evaluated after every epoch; its loss is ``history_["val_loss"]``.'
+    ),
+    "callbacks": (
+        "callbacks : list of fastrnn.training.Callback, optional\n"
+        "    Passed to :func:`fastrnn.training.train` (e.g. ``EarlyStopping``)."
+    ),
+    "y_lengths": (
+        "y_lengths : array of int of shape (n_samples,), optional\n"
+        "    Each target's real length >= 1 (None: up to the first -1)."
+    ),
+    "diverged": (
+        "FloatingPointError\n    The loss became NaN or inf during training (exploding gradients)."
+    ),
+    "inference_raises": (
+        "NotFittedError\n    Before ``fit``.\n"
+        "ValueError\n    A wrong shape (other n_features than in ``fit``), NaN or inf in ``X``."
+    ),
+}
+
+_F = TypeVar("_F", bound=Callable[..., Any])
+
+
+def shared_docs(fn: _F) -> _F:
+    """Fill the lines ``{name}`` of ``fn``'s docstring from :data:`DOC_FRAGMENTS`."""
+    if fn.__doc__:
+        fn.__doc__ = re.sub(
+            r"^( *)\{(\w+)\}$",
+            lambda m: textwrap.indent(DOC_FRAGMENTS[m[2]], m[1]),
+            fn.__doc__,
+            flags=re.MULTILINE,
+        )
+    return fn
+
+
+OPTIMIZERS: tuple[str, ...] = tuple(optim.OPTIMIZERS)
+"""The optimizer names a model accepts: those of :data:`fastrnn.optim.OPTIMIZERS`."""
 
 
 class NotFittedError(ValueError, AttributeError):
@@ -52,6 +104,11 @@ def _optional_positive_float(name: str, value: object) -> float | None:
     return None if value is None else V.check_positive_float(name, value)
 
 
+def optional_positive_int(name: str, value: object) -> int | None:
+    """None, or ``value`` as an int >= 1 (e.g. ``embedding_dim``)."""
+    return None if value is None else V.check_positive_int(name, value)
+
+
 def full_lengths(lengths: object, n: int, T: int) -> np.ndarray:
     """``lengths`` validated as the functional core does, as int64 (n,); T if None."""
     lens = V.check_lengths(lengths, T, n)
@@ -67,7 +124,8 @@ def softmax(z: np.ndarray, temperature: float = 1.0) -> np.ndarray:
     z = z.astype(np.float64) / temperature
     z = z - z.max(axis=-1, keepdims=True)
     e = np.exp(z)
-    return e / e.sum(axis=-1, keepdims=True)
+    p: np.ndarray = e / e.sum(axis=-1, keepdims=True)
+    return p
 
 
 def encode_labels(
@@ -87,7 +145,7 @@ def encode_labels(
     return idx if mask is None else np.where(mask, idx, PAD)
 
 
-def unpack_validation(data: object) -> tuple:
+def unpack_validation(data: object) -> tuple[Any, ...]:
     if not isinstance(data, (tuple, list)) or len(data) not in (2, 3):
         size = f" of length {len(data)}" if isinstance(data, (tuple, list)) else ""
         raise TypeError(
@@ -189,8 +247,9 @@ class BaseModel:
             Scales the recurrent weights at initialisation (> 0).
         epochs, batch_size : int
             Training passes over the data, and samples per optimizer step.
-        optimizer : {"sgd", "momentum", "adam"}
-            The optimizer, with learning rate ``lr`` (> 0).
+        optimizer : {"sgd", "momentum", "adam", "adamw"}
+            The optimizer (:data:`fastrnn.optim.OPTIMIZERS`), with learning rate ``lr``;
+            "adamw" with its default decoupled weight decay.
         lr : float
             The learning rate.
         clip_norm, clip_value : float or None
@@ -273,7 +332,7 @@ class BaseModel:
         for klass in cls.__mro__:
             if "__init__" not in vars(klass):
                 continue
-            params = inspect.signature(klass.__init__).parameters.values()
+            params = inspect.signature(vars(klass)["__init__"]).parameters.values()
             more = False
             for p in params:
                 if p.kind is p.VAR_KEYWORD:
@@ -310,7 +369,8 @@ class BaseModel:
 
     @property
     def _dtype(self) -> np.dtype:
-        return np.dtype(self.dtype)
+        dtype: np.dtype = np.dtype(self.dtype)
+        return dtype
 
     def _check_fitted(self) -> None:
         if not self._parts:
@@ -320,8 +380,10 @@ class BaseModel:
 
     # --- parts ----------------------------------------------------------------------------
 
-    def _rnn(self, input_size: int, rng: np.random.Generator, *, bidirectional: bool = False):
-        cls = getattr(layers, _LAYERS[self.cell])
+    def _rnn(
+        self, input_size: int, rng: np.random.Generator, *, bidirectional: bool = False
+    ) -> layers.RNN | layers.LSTM | layers.GRU:
+        cls: type[layers.RNN | layers.LSTM | layers.GRU] = getattr(layers, _LAYERS[self.cell])
         kwargs: dict[str, Any] = {
             "bidirectional": bidirectional,
             "batch_first": True,
@@ -336,6 +398,35 @@ class BaseModel:
 
     def _linear(self, n_in: int, n_out: int, rng: np.random.Generator) -> layers.Linear:
         return layers.Linear(n_in, n_out, seed=rng, dtype=self._dtype)
+
+    def _embedding(
+        self,
+        num_embeddings: int,
+        embedding_dim: int | None,
+        rng: np.random.Generator,
+        part: str = "embed",
+    ) -> None:
+        """Add the part ``part`` (an :class:`~fastrnn.layers.Embedding`) unless
+        ``embedding_dim`` is None (one-hot input)."""
+        if embedding_dim is not None:
+            self._parts[part] = layers.Embedding(
+                num_embeddings, embedding_dim, seed=rng, dtype=self._dtype
+            )
+
+    def _token_features(self, ids: np.ndarray, depth: int, part: str = "embed") -> np.ndarray:
+        """The recurrent input for token ``ids`` (any shape) in 0..depth-1: their vectors
+        through the part ``part`` if the model has one, else one-hot rows."""
+        embed = self._parts.get(part)
+        if embed is None:
+            return one_hot(ids, depth, dtype=self._dtype)
+        vectors: np.ndarray = embed.forward(ids)
+        return vectors
+
+    def _embed_backward(self, dx: np.ndarray, part: str = "embed") -> None:
+        """Backpropagate dL/d(recurrent input) into the part ``part``, if any."""
+        embed = self._parts.get(part)
+        if embed is not None:
+            embed.backward(dx)
 
     def _build(self, meta: Mapping[str, Any], rng: np.random.Generator) -> None:
         """Create the parts from the fitted meta-data (sizes, classes)."""
@@ -404,6 +495,7 @@ class BaseModel:
         validation_data: tuple[np.ndarray, ...] | None = None,
         *,
         tbptt: int | None = None,
+        callbacks: Sequence[Any] | None = None,
     ) -> None:
         comm = D.fit_comm()
         self._fit_rank = D.rank(comm)
@@ -422,6 +514,7 @@ class BaseModel:
             progress=self.progress,
             tbptt=tbptt,
             comm=comm,
+            callbacks=callbacks,
         )
 
     # --- input checks ---------------------------------------------------------------------
@@ -454,7 +547,7 @@ class BaseModel:
         return type(self).__name__, config, dict(self.parameters())
 
     @classmethod
-    def _from_state(cls, config: Mapping[str, Any], arrays: Mapping[str, np.ndarray]):
+    def _from_state(cls, config: Mapping[str, Any], arrays: Mapping[str, np.ndarray]) -> BaseModel:
         model = cls(**config["params"])
         model._setup(dict(config["meta"]))
         for name, part in model._parts.items():

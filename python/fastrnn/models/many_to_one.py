@@ -3,7 +3,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -11,13 +11,21 @@ import numpy as np
 from .. import _validation as V
 from .. import io as _io
 from .. import losses
-from ._base import BaseModel, encode_labels, full_lengths, softmax, state_h, unpack_validation
+from ._base import (
+    BaseModel,
+    encode_labels,
+    full_lengths,
+    shared_docs,
+    softmax,
+    state_h,
+    unpack_validation,
+)
 
 
 class _ManyToOne(BaseModel):
     """An RNN stack read to each sequence's last real step, then a linear head."""
 
-    def _build(self, meta: dict[str, Any], rng: np.random.Generator) -> None:
+    def _build(self, meta: Mapping[str, Any], rng: np.random.Generator) -> None:
         self._parts["rnn"] = self._rnn(meta["input_size"], rng, bidirectional=self.bidirectional)
         dirs = 2 if self.bidirectional else 1
         self._parts["head"] = self._linear(dirs * self.hidden_size, meta["n_outputs"], rng)
@@ -29,7 +37,8 @@ class _ManyToOne(BaseModel):
         h = state_h(state)
         dirs = 2 if self.bidirectional else 1
         feat = np.concatenate(list(h[-dirs:]), axis=-1)
-        return self._parts["head"].forward(feat)
+        out: np.ndarray = self._parts["head"].forward(feat)
+        return out
 
     def _outputs_backward(self, dout: np.ndarray) -> None:
         """Backward of :meth:`_outputs` (the gradient reaches only the top layer's state)."""
@@ -60,10 +69,13 @@ class _ManyToOne(BaseModel):
         X = self._check_X(X)
         return self._outputs(X, full_lengths(lengths, X.shape[0], X.shape[1]))
 
-    def _validation(self, validation_data: object, encode: Any) -> tuple | None:
+    def _validation(
+        self, validation_data: object, encode: Callable[[np.ndarray], np.ndarray]
+    ) -> tuple[np.ndarray, ...] | None:
         if validation_data is None:
             return None
-        Xv, yv, lv = self._check_Xy(*unpack_validation(validation_data), "validation_data ")
+        Xv, yv, lv = unpack_validation(validation_data)
+        Xv, yv, lv = self._check_Xy(Xv, yv, lv, "validation_data ")
         return Xv, encode(yv), lv
 
 
@@ -78,19 +90,40 @@ class SequenceClassifier(_ManyToOne):
 
     _estimator_type = "classifier"
 
+    @shared_docs
     def fit(
         self,
         X: np.ndarray,
         y: np.ndarray,
         lengths: np.ndarray | None = None,
         *,
-        validation_data: tuple | None = None,
+        validation_data: tuple[Any, ...] | None = None,
+        callbacks: Sequence[Any] | None = None,
     ) -> SequenceClassifier:
         """Learn from ``X`` (n, T, D), labels ``y`` (n,) and optional ``lengths`` (n,).
 
-        ``validation_data``: ``(X_val, y_val)`` or ``(X_val, y_val, lengths_val)``, whose
-        loss is recorded in ``history_``. NaN or inf in ``X`` or ``y`` is a ValueError
-        naming the first bad position, raised before any training.
+        Parameters
+        ----------
+        {X}
+        y : array of shape (n_samples,)
+            A label per sequence (any sortable values; at least 2 classes).
+        {lengths}
+        {validation_data}
+        {callbacks}
+
+        Returns
+        -------
+        SequenceClassifier
+            The model itself, fitted: ``classes_``, ``history_``.
+
+        Raises
+        ------
+        TypeError
+            ``X`` or ``y`` not an array of numbers, ``validation_data`` not a tuple.
+        ValueError
+            A wrong shape, fewer than 2 classes, NaN or inf in ``X`` or ``y`` (naming the
+            first bad position, before any training).
+        {diverged}
         """
         X, y, lens = self._check_Xy(X, y, lengths)
         if y.ndim != 1:
@@ -103,7 +136,7 @@ class SequenceClassifier(_ManyToOne):
             {"input_size": X.shape[2], "n_outputs": n_out, "classes": classes.tolist()}
         )
         val = self._validation(validation_data, self._encode)
-        self._train((X, self._encode(y), lens), rng, val)
+        self._train((X, self._encode(y), lens), rng, val, callbacks=callbacks)
         return self
 
     def _setup(self, meta: dict[str, Any]) -> np.random.Generator:
@@ -126,20 +159,70 @@ class SequenceClassifier(_ManyToOne):
             self._outputs_backward(dz)
         return loss
 
+    @shared_docs
     def predict_proba(self, X: np.ndarray, lengths: np.ndarray | None = None) -> np.ndarray:
-        """Class probabilities (n, n_classes), columns in the order of ``classes_``."""
+        """Class probabilities of each sequence.
+
+        Parameters
+        ----------
+        {X}
+        {lengths}
+
+        Returns
+        -------
+        numpy.ndarray of shape (n_samples, n_classes)
+            Rows sum to 1; columns in the order of ``classes_``.
+
+        Raises
+        ------
+        {inference_raises}
+        """
         z = self._predict_outputs(X, lengths)
         if z.shape[1] == 1:  # the two-class model's one logit is z1 - z0
             z = np.concatenate([np.zeros_like(z), z], axis=1)
         return softmax(z).astype(z.dtype)
 
+    @shared_docs
     def predict(self, X: np.ndarray, lengths: np.ndarray | None = None) -> np.ndarray:
-        """The most probable label of each sequence (n,)."""
-        self._check_fitted()
-        return self.classes_[self.predict_proba(X, lengths).argmax(axis=1)]
+        """The most probable label of each sequence.
 
+        Parameters
+        ----------
+        {X}
+        {lengths}
+
+        Returns
+        -------
+        numpy.ndarray of shape (n_samples,)
+            Labels from ``classes_``.
+
+        Raises
+        ------
+        {inference_raises}
+        """
+        self._check_fitted()
+        labels: np.ndarray = self.classes_[self.predict_proba(X, lengths).argmax(axis=1)]
+        return labels
+
+    @shared_docs
     def score(self, X: np.ndarray, y: np.ndarray, lengths: np.ndarray | None = None) -> float:
-        """Accuracy on ``(X, y)``."""
+        """The accuracy on ``(X, y)``.
+
+        Parameters
+        ----------
+        {X}
+        y : array of shape (n_samples,)
+        {lengths}
+
+        Returns
+        -------
+        float
+            The share of sequences whose predicted label equals ``y``.
+
+        Raises
+        ------
+        {inference_raises}
+        """
         return float(np.mean(self.predict(X, lengths) == np.asarray(y)))
 
 
@@ -153,25 +236,48 @@ class SequenceRegressor(_ManyToOne):
     def _adjust_tags(self, tags: Any) -> None:
         tags.target_tags.multi_output = True
 
+    @shared_docs
     def fit(
         self,
         X: np.ndarray,
         y: np.ndarray,
         lengths: np.ndarray | None = None,
         *,
-        validation_data: tuple | None = None,
+        validation_data: tuple[Any, ...] | None = None,
+        callbacks: Sequence[Any] | None = None,
     ) -> SequenceRegressor:
         """Learn from ``X`` (n, T, D), targets ``y`` (n,) or (n, k), optional ``lengths``.
 
-        NaN or inf in ``X`` or ``y`` is a ValueError naming the first bad position, raised
-        before any training."""
+        Parameters
+        ----------
+        {X}
+        y : array of shape (n_samples,) or (n_samples, k)
+            A real number or vector per sequence.
+        {lengths}
+        {validation_data}
+        {callbacks}
+
+        Returns
+        -------
+        SequenceRegressor
+            The model itself, fitted: ``history_``.
+
+        Raises
+        ------
+        TypeError
+            ``X`` or ``y`` not an array of numbers, ``validation_data`` not a tuple.
+        ValueError
+            A wrong shape, NaN or inf in ``X`` or ``y`` (naming the first bad position,
+            before any training).
+        {diverged}
+        """
         X, y, lens = self._check_Xy(X, y, lengths)
         y2 = self._targets(y)
         rng = self._setup(
             {"input_size": X.shape[2], "n_outputs": y2.shape[1], "vector": y.ndim == 2}
         )
         val = self._validation(validation_data, self._targets)
-        self._train((X, y2, lens), rng, val)
+        self._train((X, y2, lens), rng, val, callbacks=callbacks)
         return self
 
     def _targets(self, y: np.ndarray) -> np.ndarray:
@@ -188,13 +294,46 @@ class SequenceRegressor(_ManyToOne):
             self._outputs_backward(dout)
         return loss
 
+    @shared_docs
     def predict(self, X: np.ndarray, lengths: np.ndarray | None = None) -> np.ndarray:
-        """Predictions (n,) or (n, k), the shape of the ``y`` given to ``fit``."""
+        """The predicted number or vector of each sequence.
+
+        Parameters
+        ----------
+        {X}
+        {lengths}
+
+        Returns
+        -------
+        numpy.ndarray of shape (n_samples,) or (n_samples, k)
+            The shape of the ``y`` given to ``fit``.
+
+        Raises
+        ------
+        {inference_raises}
+        """
         out = self._predict_outputs(X, lengths)
         return out if self._meta["vector"] else out[:, 0]
 
+    @shared_docs
     def score(self, X: np.ndarray, y: np.ndarray, lengths: np.ndarray | None = None) -> float:
-        """The coefficient of determination R^2 on ``(X, y)``."""
+        """The coefficient of determination R^2 on ``(X, y)``.
+
+        Parameters
+        ----------
+        {X}
+        y : array of shape (n_samples,) or (n_samples, k)
+        {lengths}
+
+        Returns
+        -------
+        float
+            1 - SS_res / SS_tot over all outputs (0.0 when ``y`` is constant).
+
+        Raises
+        ------
+        {inference_raises}
+        """
         y = np.asarray(y, dtype=np.float64)
         p = self.predict(X, lengths).astype(np.float64).reshape(y.shape)
         ss_res = np.sum((y - p) ** 2)

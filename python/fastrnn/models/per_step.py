@@ -3,7 +3,7 @@ and the character language model (:class:`CharLanguageModel`)."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -12,7 +12,15 @@ from .. import _validation as V
 from .. import io as _io
 from .. import losses
 from ..datasets import PAD, CharCorpus, char_corpus, one_hot
-from ._base import BaseModel, encode_labels, full_lengths, softmax, unpack_validation
+from ._base import (
+    BaseModel,
+    encode_labels,
+    full_lengths,
+    optional_positive_int,
+    shared_docs,
+    softmax,
+    unpack_validation,
+)
 
 
 class _PerStep(BaseModel):
@@ -32,7 +40,7 @@ class _PerStep(BaseModel):
             raise ValueError("tbptt needs a unidirectional model (bidirectional=False)")
         return V.check_positive_int("tbptt", tbptt)
 
-    def _build(self, meta: dict[str, Any], rng: np.random.Generator) -> None:
+    def _build(self, meta: Mapping[str, Any], rng: np.random.Generator) -> None:
         self._parts["rnn"] = self._rnn(meta["input_size"], rng, bidirectional=self.bidirectional)
         dirs = 2 if self.bidirectional else 1
         self._parts["head"] = self._linear(dirs * self.hidden_size, meta["n_classes"], rng)
@@ -45,14 +53,15 @@ class _PerStep(BaseModel):
         chunk_lens = np.clip(lens - start, 0, stop - start)
         # sequences that already ended run one padded step; their loss is masked out
         out, final = self._parts["rnn"].forward(
-            X[:, start:stop], state, lengths=np.maximum(chunk_lens, 1)
+            self._inputs(X[:, start:stop]), state, lengths=np.maximum(chunk_lens, 1)
         )
         head, target = self._parts["head"], y[:, start:stop]
         mask = losses.mask_from_lengths(chunk_lens, stop - start, batch_first=True)
         if not backward:
             return losses.softmax_cross_entropy(head.forward(out), target, mask=mask)[0], final
         loss, dh = head.softmax_cross_entropy(out, target, mask=mask)  # fused head + loss
-        self._parts["rnn"].backward(dh)
+        dx, _ = self._parts["rnn"].backward(dh)
+        self._embed_backward(dx)
         return loss, final
 
     def _loss_backward(self, batch: Sequence[np.ndarray], backward: bool = True) -> float:
@@ -77,9 +86,15 @@ class _PerStep(BaseModel):
             loss, final = self._chunk(batch, start, stop, state, True)
         return loss, self._grads(), final
 
+    def _inputs(self, X: np.ndarray) -> np.ndarray:
+        """The recurrent input of a batch's ``X``: ``X`` itself (features, or one-hot),
+        or the vectors of the token ids ``X`` (n, T) through the part ``"embed"``."""
+        return X if X.ndim == 3 else self._token_features(X, self._meta["n_classes"])
+
     def _step_logits(self, X: np.ndarray, lengths: np.ndarray) -> np.ndarray:
-        out, _ = self._parts["rnn"].forward(X, lengths=lengths)
-        return self._parts["head"].forward(out)
+        out, _ = self._parts["rnn"].forward(self._inputs(X), lengths=lengths)
+        logits: np.ndarray = self._parts["head"].forward(out)
+        return logits
 
 
 @_io.register("SequenceTagger")
@@ -93,27 +108,66 @@ class SequenceTagger(_PerStep):
     """
 
     def __init__(self, hidden_size: int = 32, *, tbptt: int | None = None, **kwargs: Any):
-        """``tbptt`` (int or None): truncated BPTT in chunks of this many steps (needs
-        ``bidirectional=False``); the other hyper-parameters are those of every model
-        (see ``help(fastrnn.models)`` or the base class's constructor)."""
+        """The hyper-parameters of the tagger.
+
+        Parameters
+        ----------
+        tbptt : int or None
+            Truncated BPTT in chunks of this many steps (needs ``bidirectional=False``;
+            None: full BPTT).
+        **kwargs
+            The hyper-parameters of every model (see
+            :class:`fastrnn.models._base.BaseModel`).
+
+        Raises
+        ------
+        TypeError
+            A hyper-parameter of the wrong type.
+        ValueError
+            A hyper-parameter of the wrong value (e.g. ``tbptt`` with ``bidirectional``).
+        """
         super().__init__(hidden_size, **kwargs)
         self.tbptt = self._check_tbptt(tbptt)
 
     def _adjust_tags(self, tags: Any) -> None:
         tags.target_tags.two_d_labels = True
 
+    @shared_docs
     def fit(
         self,
         X: np.ndarray,
         y: np.ndarray,
         lengths: np.ndarray | None = None,
         *,
-        validation_data: tuple | None = None,
+        validation_data: tuple[Any, ...] | None = None,
+        callbacks: Sequence[Any] | None = None,
     ) -> SequenceTagger:
         """Learn from ``X`` (n, T, D), labels ``y`` (n, T) and optional ``lengths`` (n,).
 
-        NaN or inf in ``X`` is a ValueError naming the first bad position, raised before
-        any training."""
+        Parameters
+        ----------
+        {X}
+        y : array of int of shape (n_samples, T)
+            A non-negative label per step (anything at padded steps, e.g. ``PAD``).
+        {lengths}
+        {validation_data}
+        {callbacks}
+
+        Returns
+        -------
+        SequenceTagger
+            The model itself, fitted: ``classes_``, ``history_``.
+
+        Raises
+        ------
+        TypeError
+            ``X`` not an array of numbers, ``y`` not an integer array.
+        ValueError
+            A wrong shape, negative labels inside the sequences, NaN or inf in ``X``
+            (naming the first bad position, before any training), validation labels not
+            seen in ``y``.
+        {diverged}
+        """
         X = self._check_X(X)
         y, lens = self._check_y(X, y, lengths)
         classes = np.unique(y[losses.mask_from_lengths(lens, X.shape[1], batch_first=True)])
@@ -128,7 +182,9 @@ class SequenceTagger(_PerStep):
             Xv = self._check_X(Xv, "validation_data X")
             yv, lv = self._check_y(Xv, yv, lv)
             val = (Xv, self._encode(yv, lv), lv)
-        self._train((X, self._encode(y, lens), lens), rng, val, tbptt=self.tbptt)
+        self._train(
+            (X, self._encode(y, lens), lens), rng, val, tbptt=self.tbptt, callbacks=callbacks
+        )
         return self
 
     def _setup(self, meta: dict[str, Any]) -> np.random.Generator:
@@ -147,8 +203,25 @@ class SequenceTagger(_PerStep):
         mask = losses.mask_from_lengths(lens, y.shape[1], batch_first=True)
         return encode_labels(self.classes_, y, mask)
 
+    @shared_docs
     def predict_proba(self, X: np.ndarray, lengths: np.ndarray | None = None) -> np.ndarray:
-        """Per-step class probabilities (n, T, n_classes); zero rows at padded steps."""
+        """Per-step class probabilities.
+
+        Parameters
+        ----------
+        {X}
+        {lengths}
+
+        Returns
+        -------
+        numpy.ndarray of shape (n_samples, T, n_classes)
+            Rows sum to 1 at real steps, zero rows at padded steps; columns in the order
+            of ``classes_``.
+
+        Raises
+        ------
+        {inference_raises}
+        """
         self._check_fitted()
         X = self._check_X(X)
         lens = full_lengths(lengths, X.shape[0], X.shape[1])
@@ -156,19 +229,59 @@ class SequenceTagger(_PerStep):
         p[~losses.mask_from_lengths(lens, X.shape[1], batch_first=True)] = 0
         return p
 
+    @shared_docs
     def predict(self, X: np.ndarray, lengths: np.ndarray | None = None) -> np.ndarray:
-        """The most probable label at every step (n, T); ``PAD`` at padded steps."""
+        """The most probable label at every step.
+
+        Parameters
+        ----------
+        {X}
+        {lengths}
+
+        Returns
+        -------
+        numpy.ndarray of int of shape (n_samples, T)
+            Labels from ``classes_``; ``PAD`` (-1) at padded steps.
+
+        Raises
+        ------
+        {inference_raises}
+        """
         p = self.predict_proba(X, lengths)
-        out = self.classes_[p.argmax(axis=-1)]
+        out: np.ndarray = self.classes_[p.argmax(axis=-1)]
         out[p.sum(axis=-1) == 0] = PAD
         return out
 
+    @shared_docs
     def score(self, X: np.ndarray, y: np.ndarray, lengths: np.ndarray | None = None) -> float:
-        """Per-step accuracy over the real (unpadded) steps."""
+        """Per-step accuracy over the real (unpadded) steps.
+
+        Parameters
+        ----------
+        {X}
+        y : array of int of shape (n_samples, T)
+        {lengths}
+
+        Returns
+        -------
+        float
+            The share of real steps whose predicted label equals ``y``.
+
+        Raises
+        ------
+        {inference_raises}
+        """
         X = self._check_X(X)
         y, lens = self._check_y(X, y, lengths)
         mask = losses.mask_from_lengths(lens, X.shape[1], batch_first=True)
         return float(np.mean(self.predict(X, lens)[mask] == y[mask]))
+
+
+UNK = "<unk>"
+"""The vocabulary entry of :class:`CharLanguageModel` for characters not seen in ``fit``
+(``unknown="unk"``)."""
+
+UNKNOWN_POLICIES: tuple[str, ...] = ("error", "unk")
 
 
 @_io.register("CharLanguageModel")
@@ -179,7 +292,20 @@ class CharLanguageModel(_PerStep):
     into windows of ``seq_len`` characters (the state starts at zero in every window);
     ``tbptt=k`` additionally cuts the gradient every k steps inside a window while carrying
     the state across. ``generate(prompt, n)`` continues a prompt by sampling with a
-    ``temperature`` or greedily. ``vocab_`` holds the characters.
+    ``temperature`` or greedily; ``cross_entropy(text)`` and ``score(text)`` measure how
+    well it predicts a text. ``vocab_`` holds the characters (and :data:`UNK` last with
+    ``unknown="unk"``).
+
+    Input: one-hot characters by default; ``embedding_dim=k`` feeds the recurrent stack
+    learned k-dimensional vectors instead (an :class:`~fastrnn.layers.Embedding`, the
+    part ``"embed"``, parameters ``"embed.weight"``), which scales to large vocabularies.
+
+    Characters not seen in ``fit``: ``unknown="error"`` (default) refuses a text that holds
+    any, with a ValueError listing them; ``unknown="unk"`` adds the entry :data:`UNK`
+    (``"<unk>"``) to the vocabulary and reads every unseen character as it. The training
+    text never holds :data:`UNK`, so the model learns to give it a low probability:
+    ``cross_entropy`` charges an unseen character as ``-log p(<unk>)`` and ``generate``
+    never emits it.
     """
 
     _causal = True
@@ -190,6 +316,8 @@ class CharLanguageModel(_PerStep):
         *,
         seq_len: int = 32,
         tbptt: int | None = None,
+        embedding_dim: int | None = None,
+        unknown: str = "error",
         cell: str = "lstm",
         num_layers: int = 1,
         activation: str = "tanh",
@@ -206,10 +334,31 @@ class CharLanguageModel(_PerStep):
         dtype: Any = "float32",
         progress: bool | None = None,
     ) -> None:
-        """``seq_len`` (int): the length of the training windows; ``tbptt`` (int or
-        None): truncated BPTT in chunks of this many steps inside a window; the other
-        hyper-parameters are those of every model (with other defaults; see the base
-        class's constructor)."""
+        """The hyper-parameters of the language model.
+
+        Parameters
+        ----------
+        seq_len : int
+            The length of the training windows.
+        tbptt : int or None
+            Truncated BPTT in chunks of this many steps inside a window (None: full).
+        embedding_dim : int or None
+            None: one-hot input; an int: an :class:`~fastrnn.layers.Embedding` of this
+            size feeds the recurrent stack.
+        unknown : {"error", "unk"}
+            Characters not seen in ``fit``: a ValueError listing them, or read as the
+            vocabulary entry ``"<unk>"``.
+        hidden_size, cell, num_layers, activation, ..., progress
+            Those of every model, with other defaults (see
+            :class:`fastrnn.models._base.BaseModel`).
+
+        Raises
+        ------
+        TypeError
+            A hyper-parameter of the wrong type.
+        ValueError
+            A hyper-parameter of the wrong value (e.g. ``unknown="skip"``).
+        """
         super().__init__(
             hidden_size,
             cell=cell,
@@ -230,42 +379,174 @@ class CharLanguageModel(_PerStep):
         )
         self.seq_len = V.check_positive_int("seq_len", seq_len)
         self.tbptt = self._check_tbptt(tbptt)
+        self.embedding_dim = optional_positive_int("embedding_dim", embedding_dim)
+        self.unknown = V.check_choice("unknown", unknown, UNKNOWN_POLICIES)
 
     def _adjust_tags(self, tags: Any) -> None:
         tags.input_tags.three_d_array = False
         tags.input_tags.string = True
         tags.target_tags.required = False
 
-    def fit(self, text: str | CharCorpus, y: None = None) -> CharLanguageModel:
-        """Learn the text ``text`` (a str or a CharCorpus); windows of ``seq_len``
-        characters start every ``seq_len // 2`` characters."""
+    def _build(self, meta: Mapping[str, Any], rng: np.random.Generator) -> None:
+        super()._build(meta, rng)
+        self._embedding(meta["n_classes"], self.embedding_dim, rng)
+
+    @shared_docs
+    def fit(
+        self,
+        text: str | CharCorpus,
+        y: None = None,
+        *,
+        validation_data: str | None = None,
+        callbacks: Sequence[Any] | None = None,
+    ) -> CharLanguageModel:
+        """Learn the text ``text``: windows of ``seq_len`` characters starting every
+        ``seq_len // 2`` characters.
+
+        Parameters
+        ----------
+        text : str or fastrnn.datasets.CharCorpus
+            The training text; its characters are the vocabulary.
+        y : None
+            Ignored (scikit-learn's signature).
+        validation_data : str, optional
+            A text whose windows are evaluated after every epoch
+            (``history_["val_loss"]``); characters not in ``text`` follow ``unknown``.
+        {callbacks}
+
+        Returns
+        -------
+        CharLanguageModel
+            The model itself, fitted: ``vocab_``, ``history_``.
+
+        Raises
+        ------
+        TypeError
+            ``text`` or ``validation_data`` not a str.
+        ValueError
+            A text shorter than ``seq_len + 1`` characters; with ``unknown="error"``, a
+            validation text holding characters not in ``text``.
+        {diverged}
+        """
         corpus = text if isinstance(text, CharCorpus) else char_corpus(text=text)
-        data = corpus.windows(self.seq_len, step=max(1, self.seq_len // 2), dtype=self._dtype)
-        K = corpus.vocab_size
-        rng = self._setup({"input_size": K, "n_classes": K, "vocab": list(corpus.vocab)})
-        lens = np.full(len(data.X), self.seq_len, dtype=np.int64)
-        self._train((data.X, data.y, lens), rng, tbptt=self.tbptt)
+        vocab = list(corpus.vocab) + ([UNK] if self.unknown == "unk" else [])
+        K = len(vocab)
+        input_size = K if self.embedding_dim is None else self.embedding_dim
+        rng = self._setup({"input_size": input_size, "n_classes": K, "vocab": vocab})
+        data = self._windows(corpus.ids, "text")
+        val = (
+            None
+            if validation_data is None
+            else self._windows(
+                self._encode_text(validation_data, "validation_data"), "validation_data"
+            )
+        )
+        self._train(data, rng, val, tbptt=self.tbptt, callbacks=callbacks)
         return self
+
+    def _windows(self, ids: np.ndarray, name: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """The training batch arrays of the character ids of a text: inputs (one-hot
+        (n, seq_len, K), or the ids (n, seq_len) with an embedding), next-character
+        targets (n, seq_len) and lengths (n,)."""
+        T = self.seq_len
+        if len(ids) < T + 1:
+            raise ValueError(
+                f"{name} has {len(ids)} characters; seq_len={T} needs at least {T + 1}"
+            )
+        starts = np.arange(0, len(ids) - T, max(1, T // 2))
+        idx = starts[:, None] + np.arange(T)[None, :]
+        inputs = ids[idx]
+        if self.embedding_dim is None:
+            inputs = one_hot(inputs, len(self.vocab_), dtype=self._dtype)
+        return inputs, ids[idx + 1], np.full(len(starts), T, dtype=np.int64)
 
     def _setup(self, meta: dict[str, Any]) -> np.random.Generator:
         rng = super()._setup(meta)
         self.vocab_ = tuple(meta["vocab"])
-        self._corpus = CharCorpus(text="", vocab=self.vocab_)
+        self._index = {c: i for i, c in enumerate(self.vocab_)}
         return rng
 
-    def _one_hot(self, ids: np.ndarray) -> np.ndarray:
-        return one_hot(ids, len(self.vocab_), dtype=self._dtype)
+    def _encode_text(self, text: object, name: str) -> np.ndarray:
+        """The vocabulary ids of the characters of ``text`` (int64), unseen characters
+        following ``unknown``."""
+        if not isinstance(text, str):
+            raise TypeError(f"{name} must be a str, got {V.describe(text)}")
+        unseen = sorted({c for c in text if c not in self._index})
+        if unseen and self.unknown == "error":
+            raise ValueError(
+                f"{name} holds {len(unseen)} character(s) not in the vocabulary seen in fit: "
+                f"{unseen[:20]!r}"
+                f"{' ...' * (len(unseen) > 20)} (unknown='error'; CharLanguageModel("
+                "unknown='unk') reads them as '<unk>')"
+            )
+        unk = self._index.get(UNK, -1)
+        return np.fromiter((self._index.get(c, unk) for c in text), dtype=np.int64, count=len(text))
+
+    def _features(self, ids: np.ndarray) -> np.ndarray:
+        return self._token_features(ids, len(self.vocab_))
+
+    def _next_logits(self, logits: np.ndarray) -> np.ndarray:
+        """``logits`` with :data:`UNK` made impossible (never generated)."""
+        unk = self._index.get(UNK)
+        if unk is None:
+            return logits
+        logits = logits.copy()
+        logits[..., unk] = -np.inf
+        return logits
 
     def cross_entropy(self, text: str) -> float:
-        """The mean cross-entropy per character (nats) of predicting ``text[1:]`` from
-        ``text[:-1]`` in one pass; compare with the uniform baseline ln(len(vocab_))."""
+        """The mean cross-entropy per character of predicting ``text[1:]`` from
+        ``text[:-1]`` in one pass.
+
+        Parameters
+        ----------
+        text : str
+            At least 2 characters.
+
+        Returns
+        -------
+        float
+            Nats per character; compare with the uniform baseline ``ln(len(vocab_))``.
+
+        Raises
+        ------
+        NotFittedError
+            Before ``fit``.
+        TypeError
+            ``text`` not a str.
+        ValueError
+            Fewer than 2 characters; with ``unknown="error"``, characters not seen in
+            ``fit`` (listed).
+        """
         self._check_fitted()
-        ids = self._corpus.encode(text)
+        ids = self._encode_text(text, "text")
         if len(ids) < 2:
             raise ValueError(f"text must have at least 2 characters, got {len(ids)}")
-        logits = self._step_logits(self._one_hot(ids[None, :-1]), np.array([len(ids) - 1]))
+        logits = self._step_logits(self._features(ids[None, :-1]), np.array([len(ids) - 1]))
         loss, _ = losses.softmax_cross_entropy(logits, ids[None, 1:])
         return loss
+
+    def score(self, text: str, y: None = None) -> float:
+        """Minus :meth:`cross_entropy` (higher is better, as scikit-learn's ``score``).
+
+        Parameters
+        ----------
+        text : str
+            At least 2 characters.
+        y : None
+            Ignored (scikit-learn's signature).
+
+        Returns
+        -------
+        float
+            ``-cross_entropy(text)``, in nats per character.
+
+        Raises
+        ------
+        NotFittedError, TypeError, ValueError
+            As :meth:`cross_entropy`.
+        """
+        return -self.cross_entropy(text)
 
     def generate(
         self,
@@ -278,9 +559,34 @@ class CharLanguageModel(_PerStep):
     ) -> str:
         """``prompt`` followed by ``n`` generated characters.
 
-        Each next character is drawn from softmax(logits / ``temperature``) (lower is more
-        conservative), or taken as the most probable one with ``greedy=True``. ``seed``
-        makes the sampling reproducible.
+        Parameters
+        ----------
+        prompt : str
+            A non-empty text to continue (unseen characters follow ``unknown``).
+        n : int
+            How many characters to generate (>= 0).
+        temperature : float
+            Each next character is drawn from softmax(logits / ``temperature``); lower is
+            more conservative (> 0).
+        greedy : bool
+            Take the most probable character instead of sampling.
+        seed : int or None
+            Makes the sampling reproducible.
+
+        Returns
+        -------
+        str
+            ``prompt + `` the ``n`` generated characters (never ``"<unk>"``).
+
+        Raises
+        ------
+        NotFittedError
+            Before ``fit``.
+        TypeError
+            ``prompt`` not a str, ``n`` not an int.
+        ValueError
+            An empty prompt, ``n < 0``, ``temperature <= 0``; with ``unknown="error"``,
+            prompt characters not seen in ``fit`` (listed).
         """
         self._check_fitted()
         if not isinstance(prompt, str):
@@ -291,8 +597,8 @@ class CharLanguageModel(_PerStep):
         temperature = V.check_positive_float("temperature", temperature)
         rng = np.random.default_rng(seed)
         rnn, head = self._parts["rnn"], self._parts["head"]
-        out, state = rnn.forward(self._one_hot(self._corpus.encode(prompt)[None, :]))
-        logits = head.forward(out[:, -1])[0]
+        out, state = rnn.forward(self._features(self._encode_text(prompt, "prompt")[None, :]))
+        logits = self._next_logits(head.forward(out[:, -1])[0])
         generated = []
         for _ in range(n):
             if greedy:
@@ -300,6 +606,6 @@ class CharLanguageModel(_PerStep):
             else:
                 nxt = int(rng.choice(len(logits), p=softmax(logits, temperature)))
             generated.append(nxt)
-            out, state = rnn.forward(self._one_hot(np.array([[nxt]])), state)
-            logits = head.forward(out[:, -1])[0]
-        return prompt + self._corpus.decode(np.array(generated, dtype=np.int64))
+            out, state = rnn.forward(self._features(np.array([[nxt]])), state)
+            logits = self._next_logits(head.forward(out[:, -1])[0])
+        return prompt + "".join(self.vocab_[i] for i in generated)
