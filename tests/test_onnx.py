@@ -181,6 +181,24 @@ def test_regressor_predict(vector):
     np.testing.assert_allclose(pred, expected, rtol=0, atol=1e-5)
 
 
+@pytest.mark.parametrize("bidirectional", [False, True], ids=["uni", "bi"])
+def test_tagger_predict_proba(bidirectional):
+    X, lengths = _data(seed=2)
+    y = (X[..., 0] > 0).astype(np.int64) + 2 * (X[..., 1] > 1)
+    tagger = fastrnn.SequenceTagger(
+        5, cell="lstm", num_layers=2, bidirectional=bidirectional, epochs=2, seed=0
+    ).fit(X, y, lengths)
+    model = fonnx.export(tagger, lengths=True)
+    meta = {p.key: p.value for p in model.metadata_props}
+    assert json.loads(meta["classes"]) == tagger.classes_.tolist()
+    (proba,) = _run(model, {"X": X, "lengths": lengths})
+    expected = tagger.predict_proba(X, lengths)
+    assert proba.shape == expected.shape
+    np.testing.assert_allclose(proba, expected, rtol=0, atol=1e-5)
+    (proba,) = _run(fonnx.export(tagger), {"X": X})
+    np.testing.assert_allclose(proba, tagger.predict_proba(X), rtol=0, atol=1e-5)
+
+
 def test_errors():
     with pytest.raises(TypeError, match="got Linear"):
         fonnx.export(layers.Linear(3, 2))

@@ -22,6 +22,8 @@ What is exported:
   :meth:`predict_proba` of the model; the labels are in the metadata ``classes`` (JSON).
 - A fitted :class:`fastrnn.SequenceRegressor`: output ``predictions``, (n,) or (n, k) as
   :meth:`predict` returns.
+- A fitted :class:`fastrnn.SequenceTagger`: output ``probabilities`` (n, T, n_classes),
+  its :meth:`predict_proba` (zero rows at padded steps); labels in the metadata ``classes``.
 
 The gate orders differ: fastrnn (and PyTorch) store LSTM gates as i, f, g, o and GRU gates
 as r, z, n; ONNX wants i, o, f, c and z, r, h, and PyTorch's GRU is ONNX's GRU with
@@ -132,26 +134,31 @@ def _check_layer(layer: Any) -> None:
     if not isinstance(layer, (layers.RNN, layers.LSTM, layers.GRU)):
         raise TypeError(
             "export() takes a fastrnn.layers.RNN, LSTM or GRU, or a fitted "
-            f"SequenceClassifier or SequenceRegressor; got {type(layer).__name__}"
+            f"SequenceClassifier, SequenceRegressor or SequenceTagger; got {type(layer).__name__}"
         )
 
 
 def _direction_weights(layer: Any, index: int, direction: int) -> tuple[np.ndarray, ...]:
     """W (G*H, D), R (G*H, H), B (2*G*H,) of one layer and direction in ONNX's gate order."""
     H = layer.hidden_size
-    blocks = _GATE_ORDER[layer._cell]
-    p = layer._layer_params(index, direction)
+    blocks = _GATE_ORDER[_cell(layer)]
+    suffix = f"_l{index}{'_reverse' if direction else ''}"  # PyTorch's names (layers.py)
 
-    def reorder(a: np.ndarray) -> np.ndarray:
+    def reordered(stem: str) -> np.ndarray:
+        a = layer.params[stem + suffix]
         return np.concatenate([a[g * H : (g + 1) * H] for g in blocks], axis=0)
 
-    W, R = reorder(p["W_ih"]), reorder(p["W_hh"])
-    B = np.concatenate([reorder(p["b_ih"]), reorder(p["b_hh"])])
-    return W, R, B
+    B = np.concatenate([reordered("bias_ih"), reordered("bias_hh")])
+    return reordered("weight_ih"), reordered("weight_hh"), B
+
+
+def _cell(layer: Any) -> str:
+    """``"rnn"``, ``"lstm"`` or ``"gru"`` for a checked layer."""
+    return str(type(layer).__name__).lower()
 
 
 def _activation_attrs(layer: Any) -> dict[str, Any]:
-    if layer._cell != "rnn":
+    if _cell(layer) != "rnn":
         return {}
     op, alpha, beta = _RNN_ACTIVATIONS[layer.activation]
     dirs = layer.num_directions
@@ -175,7 +182,7 @@ def _stack(
 ) -> tuple[str, str, str | None]:
     """The ONNX nodes of a layer stack on time-major ``x`` (T, B, D): return the names of
     its output (T, B, dirs*H), h_n (L*dirs, B, H) and c_n (LSTM) or None."""
-    cell, H, dirs = layer._cell, layer.hidden_size, layer.num_directions
+    cell, H, dirs = _cell(layer), layer.hidden_size, layer.num_directions
     op = _OPS[cell]
     attrs: dict[str, Any] = {
         "hidden_size": H,
@@ -240,7 +247,7 @@ def _export_layer(
     state_shape = [layer.num_layers * layer.num_directions, "batch", layer.hidden_size]
     if initial_state:
         h0 = g.float_input("h0", state_shape)
-        if layer._cell == "lstm":
+        if _cell(layer) == "lstm":
             c0 = g.float_input("c0", state_shape)
     out, h_n, c_n = _stack(g, layer, x, seq_lens, h0, c0)
     if layer.batch_first:
@@ -252,40 +259,67 @@ def _export_layer(
     return g.model(f"fastrnn_{type(layer).__name__}", {"fastrnn_object": repr(layer)})
 
 
-def _export_many_to_one(onnx: Any, model: Any, lengths: bool, dtype: np.dtype | None) -> Any:
-    """A many-to-one model: the top layer's final state (both directions), the linear head,
-    then the output of ``predict_proba`` (classifier) or ``predict`` (regressor)."""
-    from .models import SequenceClassifier
+def _export_model(onnx: Any, model: Any, lengths: bool, dtype: np.dtype | None) -> Any:
+    """A fitted model: input ``X`` (n, T, D) through its recurrent stack and linear head to
+    the output of ``predict_proba`` (classifiers, tagger) or ``predict`` (regressor)."""
+    from .models import SequenceClassifier, SequenceTagger
 
     model._check_fitted()
-    rnn, head = model._parts["rnn"], model._parts["head"]
+    rnn, head = model._parts["rnn"], model._parts["head"]  # every exported model's parts
     g = _Graph(onnx, rnn.dtype if dtype is None else dtype)
     X = g.float_input("X", ["batch", "time", rnn.input_size])
     x = g.one("Transpose", [X], perm=[1, 0, 2])
     seq_lens = _lengths_input(g, lengths, "batch")
-    _, h_n, _ = _stack(g, rnn, x, seq_lens, None, None)
-    # the top layer's rows of h_n (dirs, B, H) -> (B, dirs*H), forward then reverse
+    out, h_n, _ = _stack(g, rnn, x, seq_lens, None, None)
+    weight = g.const("head_weight", head.params["weight"].T)
+    bias = g.const("head_bias", head.params["bias"])
+    n_out = head.out_features
+    metadata = {"fastrnn_object": repr(model)}
+    if hasattr(model, "classes_"):
+        metadata["classes"] = json.dumps(model.classes_.tolist())
+    if isinstance(model, SequenceTagger):
+        # every step: (T, B, dirs*H) -> (B, T, dirs*H) -> softmax of the head, zero at
+        # padded steps as predict_proba gives them
+        z = g.one(
+            "Add", [g.one("MatMul", [g.one("Transpose", [out], perm=[1, 0, 2]), weight]), bias]
+        )
+        probs = g.one("Softmax", [z], axis=-1)
+        if lengths:
+            probs = g.one("Mul", [probs, _step_mask(g, X, "lengths")])
+        g.output("probabilities", probs, ["batch", "time", n_out])
+        return g.model(f"fastrnn_{type(model).__name__}", metadata)
+    # many-to-one: the top layer's rows of h_n (dirs, B, H) -> (B, dirs*H), forward then
+    # reverse (the reverse direction's final state has read each whole sequence)
     dirs, L = rnn.num_directions, rnn.num_layers
     top = _slice0(g, h_n, slice((L - 1) * dirs, L * dirs))
     feat = g.one("Transpose", [top], perm=[1, 0, 2])
     feat = g.one("Reshape", [feat, g.const("shape", np.array([0, -1], dtype=np.int64))])
-    weight, bias = head.params["weight"], head.params["bias"]
-    z = g.one("Gemm", [feat, g.const("head_weight", weight), g.const("head_bias", bias)], transB=1)
-    n_out = weight.shape[0]
-    metadata = {"fastrnn_object": repr(model)}
+    z = g.one("Add", [g.one("MatMul", [feat, weight]), bias])
     if isinstance(model, SequenceClassifier):
         if n_out == 1:  # the two-class model's one logit is z1 - z0
             zero = g.one("Mul", [z, g.const("zero", np.zeros((), dtype=g.dtype))])
             z = g.one("Concat", [zero, z], axis=1)
         probs = g.one("Softmax", [z], axis=1)
         g.output("probabilities", probs, ["batch", len(model.classes_)])
-        metadata["classes"] = json.dumps(model.classes_.tolist())
-    elif model._meta["vector"]:
+    elif model._meta["vector"]:  # a regressor fitted on y (n, k)
         g.output("predictions", z, ["batch", n_out])
     else:
         flat = g.one("Reshape", [z, g.const("shape", np.array([-1], dtype=np.int64))])
         g.output("predictions", flat, ["batch"])
     return g.model(f"fastrnn_{type(model).__name__}", metadata)
+
+
+def _step_mask(g: _Graph, X: str, lengths: str) -> str:
+    """(B, T, 1) of the graph's dtype: 1 at real steps (t < lengths[b]), 0 at padding
+    (``X`` (B, T, D), ``lengths`` (B,) int64)."""
+    T = g.one("Gather", [g.one("Shape", [X]), g.const("axis", np.array(1, dtype=np.int64))])
+    zero, one = (g.const(stem, np.array(v, dtype=np.int64)) for stem, v in (("0", 0), ("1", 1)))
+    steps = g.one(
+        "Unsqueeze", [g.one("Range", [zero, T, one]), g.const("ax", np.array([0], dtype=np.int64))]
+    )
+    lens = g.one("Unsqueeze", [lengths, g.const("ax", np.array([1], dtype=np.int64))])
+    real = g.one("Cast", [g.one("Less", [steps, lens])], to=_ONNX_TYPES[g.dtype])
+    return g.one("Unsqueeze", [real, g.const("ax", np.array([2], dtype=np.int64))])
 
 
 def export(
@@ -300,7 +334,7 @@ def export(
 
     Parameters
     ----------
-    obj : fastrnn.layers.RNN, LSTM or GRU, or a fitted SequenceClassifier or SequenceRegressor
+    obj : layers.RNN, LSTM or GRU, or a fitted SequenceClassifier, Regressor or Tagger
         What to export (see the module's documentation for inputs and outputs).
     path : str or os.PathLike, optional
         Where to write the ``.onnx`` file (None: only return the model).
@@ -330,7 +364,7 @@ def export(
         A model before ``fit``.
     """
     from . import _validation as V
-    from .models import SequenceClassifier, SequenceRegressor
+    from .models import SequenceClassifier, SequenceRegressor, SequenceTagger
 
     lengths = V.check_bool("lengths", lengths)
     initial_state = V.check_bool("initial_state", initial_state)
@@ -340,13 +374,13 @@ def export(
         raise TypeError(f"path must be a str or os.PathLike or None, got {type(path).__name__}")
     onnx = _require_onnx()
     model: onnx_.ModelProto
-    if isinstance(obj, (SequenceClassifier, SequenceRegressor)):
+    if isinstance(obj, (SequenceClassifier, SequenceRegressor, SequenceTagger)):
         if initial_state:
             raise TypeError(
                 f"initial_state=True applies to layers only; a {type(obj).__name__} starts "
                 "from a zero state"
             )
-        model = _export_many_to_one(onnx, obj, lengths, dtype)
+        model = _export_model(onnx, obj, lengths, dtype)
     else:
         model = _export_layer(onnx, obj, lengths, initial_state, dtype)
     if path is not None:
