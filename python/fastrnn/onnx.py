@@ -1,4 +1,4 @@
-"""Export to ONNX: recurrent layers and fitted many-to-one models, for inference outside Python.
+"""Export to ONNX: recurrent layers and fitted models, for inference outside Python.
 
 :func:`export` writes an ONNX model (opset 17) built from ONNX's own ``RNN``, ``LSTM`` and
 ``GRU`` operators, one per layer of a stack (both directions in one operator), checked
@@ -13,8 +13,9 @@ What is exported:
   ``Affine`` with ``alpha=1, beta=0``), :class:`~fastrnn.layers.LSTM` and
   :class:`~fastrnn.layers.GRU`, any ``num_layers``, uni- or bidirectional, time-major or
   ``batch_first``. Inputs: ``x`` (the layer's layout), then, with ``lengths=True``,
-  ``lengths`` (B,) int64 (ONNX's ``sequence_lens``; the reverse direction reads each
-  sequence backwards within its own length, as the layer does), then, with
+  ``lengths`` (B,) int64 in 1..T (ONNX's ``sequence_lens``, which runtimes do not check;
+  the reverse direction reads each sequence backwards within its own length, as the
+  layer does; outputs at padded steps are 0), then, with
   ``initial_state=True``, ``h0`` (and ``c0`` for LSTM) of shape (num_layers*dirs, B, H).
   Outputs: ``output`` and ``h_n`` (and ``c_n`` for LSTM), as :meth:`forward` returns them.
 - A fitted :class:`fastrnn.SequenceClassifier`: input ``X`` (n, T, D) (and ``lengths``
