@@ -88,6 +88,7 @@ _SUBMODULES = {
     "datasets",
     "diagnostics",
     "distributed",
+    "onnx",
 }
 
 if TYPE_CHECKING:  # what __getattr__ loads on first use, for type checkers and IDEs
@@ -99,6 +100,7 @@ if TYPE_CHECKING:  # what __getattr__ loads on first use, for type checkers and 
     from . import layers as layers
     from . import losses as losses
     from . import models as models
+    from . import onnx as onnx
     from . import optim as optim
     from . import training as training
     from ._warmup import warmup as warmup
