@@ -1,4 +1,6 @@
-"""Benchmarks of the kernels alone: one layer's forward, and forward + full BPTT with a
+"""Benchmarks of the kernels alone: one layer's forward (saving what backward needs, as in
+training), the same forward for inference (``training=False``: nothing saved; its group
+sits beside the training forward's for the ratio), and forward + full BPTT with a
 gradient entering at every step; plus numpy's GEMM, the throughput they are measured
 against. Sizes and options: see ``benchmarks/conftest.py``."""
 
@@ -17,6 +19,15 @@ def test_forward(run_workload, bench_backend, shape_cell, dtype, threads):
     assert out["hs"].shape == (shape.T, shape.B, shape.H)
     assert out["hs"].dtype == np.dtype(dtype)
     assert np.isfinite(out["h_n"]).all()
+
+
+def test_inference(run_workload, bench_backend, shape_cell, dtype, threads):
+    shape, cell = shape_cell
+    runner, raw = run_workload(bench_backend, shape, cell, dtype, threads, "inference")
+    out = runner.outputs(raw)
+    assert out["hs"].shape == (shape.T, shape.B, shape.H)
+    assert np.isfinite(out["h_n"]).all()
+    assert runner.held_bytes(raw) == 0  # nothing kept for backward
 
 
 def test_forward_backward(run_workload, bench_backend, shape_cell, dtype, threads):

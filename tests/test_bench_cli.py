@@ -206,6 +206,74 @@ def test_held_bytes_counts_each_buffer_once():
     assert lib.held_bytes(twice) == expected
 
 
+# --- the inference forward ----------------------------------------------------------------
+
+
+def test_inference_is_timed_beside_the_training_forward(capsys, tmp_path):
+    """--what inference times each backend's training forward too, in the same rounds;
+    x fwd is the forward's median over the inference's; nothing is held for backward."""
+    backends = [b for b in ("numpy", "cpp") if b in fastrnn.available_backends()]
+    if lib.torch_unavailable_reason() is None:
+        backends.append("torch")
+    path = tmp_path / "inference.json"
+    argv = ["--what", "inference", "--cells", "lstm", "--repeat", "2", "--json", str(path)]
+    code, out = _bench(capsys, *argv, "--backends", ",".join(backends))
+    assert code == 0
+    assert "training=False" in out
+    header = next(line for line in out.splitlines() if line.startswith("shape")).split("  ")
+    assert {"what", "x fwd", "bwd mem"} <= {h.strip() for h in header}
+    rows = _table_rows(out)
+    pairs = [(b, w) for b in backends for w in ("forward", "inference")]
+    assert [(r[5], r[6]) for r in rows] == pairs
+    results = json.loads(path.read_text())["results"]
+    T, B, D, H = 7, 2, 3, 5
+    by = {(r["backend"], r["what"]): r for r in results}
+    for backend in backends:
+        train, infer = by[(backend, "forward")], by[(backend, "inference")]
+        assert train["status"] == infer["status"] == "ok"
+        assert len(infer["times"]) == len(train["times"]) == 2
+        assert infer["speedup_vs_forward"] == pytest.approx(train["seconds"] / infer["seconds"])
+        assert train["speedup_vs_forward"] is None
+        assert infer["flops"] == train["flops"] == T * B * 2 * 4 * H * (D + H)
+        assert infer["held_bytes"] == 0, backend
+        assert train["held_bytes"] > 0, backend
+    # numpy's lstm forward holds hs, the 4 gates and the cell state
+    assert by[("numpy", "forward")]["held_bytes"] == T * B * H * 4 * (1 + 4 + 1)
+    # x numpy compares the same workload: numpy's inference over itself is 1
+    assert by[("numpy", "inference")]["speedup_vs_numpy"] == 1.0
+
+
+def test_wrong_inference_forward_is_caught(capsys, monkeypatch):
+    """The inference forward is checked against the reference's training forward: a
+    backend whose training=False path is off is reported, its training forward is not."""
+    from fastrnn.backends import numpy_backend
+
+    real = numpy_backend.forward
+
+    def off_in_inference(*args, **kwargs):
+        hs, h_n, c_n, saved = real(*args, **kwargs)
+        if not kwargs["training"] and hs.dtype == np.float32:
+            hs = hs * np.float32(1.01)
+        return hs, h_n, c_n, saved
+
+    monkeypatch.setattr(numpy_backend, "forward", off_in_inference)
+    code, out = _bench(capsys, "--backends", "numpy", "--cells", "rnn", "--what", "inference")
+    assert code == 1
+    rows = _table_rows(out)
+    assert [r[6] for r in rows] == ["forward", "inference"]
+    assert rows[0][7] != "wrong" and rows[1][7] == "wrong"
+    assert "numpy (inference): wrong: numpy rnn float32 inference: hs differs" in out
+
+
+def test_held_bytes_of_an_inference_forward_is_what_it_saved():
+    case = lib.make_case("lstm", 3, 4, 2, 5, np.float64)
+    res = fastrnn.forward("lstm", case.params, case.x, backend="numpy", training=False)
+    assert res.saved is None and lib.held_bytes(res) == 0
+    # had the backend saved something anyway, it would show
+    leaked = type(res)(**{**vars(res), "saved": (res.hs.copy(),)})
+    assert lib.held_bytes(leaked) == res.hs.nbytes
+
+
 def test_openblas_coretype_is_warned_about():
     assert any(
         "OPENBLAS_CORETYPE=Haswell" in w

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import ast
 import importlib
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -37,6 +38,27 @@ def test_info_lists_the_backends(capsys):
     out = capsys.readouterr().out
     assert out.startswith(f"fastrnn {fastrnn.__version__}\n")
     assert f"active backend:     {fastrnn.get_backend()}" in out
+
+
+def test_info_says_what_auto_resolves_to_and_why(capsys, monkeypatch):
+    from fastrnn import _config
+    from fastrnn import backends as registry
+
+    assert main(["info"]) == 0
+    out = capsys.readouterr().out
+    with fastrnn.use_backend("auto") as auto:  # what set_backend("auto") would run on
+        pass
+    line = next(s for s in out.splitlines() if s.startswith("auto resolves to:"))
+    assert line.split()[3] == f"{auto}:"
+    assert " > ".join(registry.BACKENDS) in line
+    # a faster backend that does not load here is named, with its reason
+    monkeypatch.setattr(registry, "available", lambda: ["numba", "numpy"])
+    monkeypatch.setattr(registry, "unavailable_reasons", lambda: {"cpp": "no compiler here"})
+    monkeypatch.setattr(_config, "_global_backend", "auto")
+    assert main(["info", "--json"]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert info["auto_backend"] == "numba"
+    assert "passed over: cpp (unavailable: no compiler here)" in info["auto_rule"]
 
 
 def test_console_script_target_is_main():

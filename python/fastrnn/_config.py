@@ -37,6 +37,22 @@ def _resolve(name: str) -> str:
     return name
 
 
+def explain_auto() -> tuple[str, str]:
+    """What ``"auto"`` resolves to on this machine, and why: the rule and the backends it
+    passed over because they do not load here (for ``fastrnn info``)."""
+    chosen = _resolve("auto")
+    order = " > ".join(_registry.BACKENDS)
+    why = (
+        f"the first available backend in the fixed order {order} (fastest first, as "
+        "measured with `fastrnn bench` when the order was set; not measured on this machine)"
+    )
+    reasons = _registry.unavailable_reasons()
+    passed = _registry.BACKENDS[: _registry.BACKENDS.index(chosen)]
+    if passed:
+        why += "; passed over: " + "; ".join(f"{n} (unavailable: {reasons[n]})" for n in passed)
+    return chosen, why
+
+
 def _initial_backend() -> str:
     value = os.environ.get("FASTRNN_BACKEND", "auto").strip() or "auto"
     if value not in _VALID:

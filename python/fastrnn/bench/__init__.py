@@ -20,6 +20,7 @@ from .cases import (
     NAMED_SHAPES,
     QUICK_LM_SHAPES,
     QUICK_SHAPES,
+    TIMED_WITH,
     VOCAB,
     WHATS,
     Case,
@@ -28,6 +29,7 @@ from .cases import (
     flops,
     head_classes,
     make_case,
+    timed_whats,
 )
 from .report import BACKENDS, Row, format_table
 from .runners import (
@@ -59,6 +61,7 @@ __all__ = [
     "PEERS",
     "QUICK_LM_SHAPES",
     "QUICK_SHAPES",
+    "TIMED_WITH",
     "VOCAB",
     "WHATS",
     "Case",
@@ -78,6 +81,7 @@ __all__ = [
     "make_runner",
     "relative_error",
     "thread_limit",
+    "timed_whats",
     "torch_unavailable_reason",
 ]
 

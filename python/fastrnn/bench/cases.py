@@ -2,10 +2,14 @@
 
 A *case* is one layer's input (cell, D, H, B, T, dtype) plus a linear softmax head with
 ``K`` classes and a target at every step. The runners (:mod:`fastrnn.bench.runners`) turn
-a case into a zero-argument workload for one backend and one of four workloads
+a case into a zero-argument workload for one backend and one of five workloads
 (:data:`WHATS`):
 
 - ``forward``: the layer's forward pass (what backward needs is saved, as in training);
+- ``inference``: the layer's forward pass with ``training=False`` (nothing saved for
+  backward; torch: under ``torch.inference_mode()``), timed together with ``forward``
+  (:data:`TIMED_WITH`) so that its speed-up over the training forward is measured in the
+  same run;
 - ``fwdbwd``: forward and full BPTT of the layer, a random gradient entering at every step;
 - ``train``: one training step of the layer and head: layer forward, linear head, softmax
   cross-entropy averaged over all T*B steps, and the backward pass of all three;
@@ -18,7 +22,7 @@ FLOP count (multiply-adds count 2; element-wise work is not counted), per step a
 sequence, with ``G`` gates (rnn 1, gru 3, lstm 4)::
 
     layer forward   F = 2*G*H*(D + H)
-    forward         T*B*F
+    forward         T*B*F                      (inference too)
     fwdbwd          T*B*3*F                    (backward = 2 GEMMs per forward GEMM)
     train, charlm   T*B*3*(F + 2*H*K)          (the head: 2*H*K forward; charlm: K = D)
 """
@@ -34,13 +38,16 @@ import numpy as np
 import fastrnn
 from fastrnn.functional import CELLS, GATES
 
-WHATS: tuple[str, ...] = ("forward", "fwdbwd", "train", "charlm")
+WHATS: tuple[str, ...] = ("forward", "inference", "fwdbwd", "train", "charlm")
+# The workloads timed alongside a what, in the same rounds, for a ratio against them: the
+# inference forward's speed-up over the training forward of the same backend and case.
+TIMED_WITH: dict[str, tuple[str, ...]] = {"inference": ("forward",)}
 CLASSES = 32  # the head's output size K by default (charlm: K = D, the vocabulary)
 VOCAB = 100  # the character LM's vocabulary (about what English text with digits needs)
 
 FLOP_FORMULA = (
     "FLOPs per step and sequence, multiply-add = 2, G gates (rnn 1, gru 3, lstm 4), "
-    "K head classes: layer forward F = 2*G*H*(D+H); forward = T*B*F; "
+    "K head classes: layer forward F = 2*G*H*(D+H); forward, inference = T*B*F; "
     "forward+backward = T*B*3*F; train step = T*B*3*(F + 2*H*K) (charlm: K = D)"
 )
 
@@ -50,6 +57,11 @@ def check_what(what: str) -> str:
     if what not in WHATS:
         raise ValueError(f"what must be one of {WHATS}, got {what!r}")
     return what
+
+
+def timed_whats(what: str) -> tuple[str, ...]:
+    """The workloads a run of ``what`` times: those of :data:`TIMED_WITH`, then ``what``."""
+    return (*TIMED_WITH.get(check_what(what), ()), what)
 
 
 def head_classes(what: str, D: int, classes: int = CLASSES) -> int:
@@ -103,7 +115,7 @@ QUICK_LM_SHAPES: dict[str, Shape] = {
 def flops(cell: str, D: int, H: int, B: int, T: int, what: str, classes: int = CLASSES) -> float:
     """The FLOP count of :data:`FLOP_FORMULA`."""
     layer = 2.0 * GATES[cell] * H * (D + H)
-    if what == "forward":
+    if what in ("forward", "inference"):
         return T * B * layer
     if what == "fwdbwd":
         return T * B * 3 * layer

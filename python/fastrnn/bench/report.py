@@ -34,6 +34,8 @@ class Row:
     speedup_vs_numpy: float | None = None
     speedup_vs_torch: float | None = None  # torch's time / this row's: above 1 is faster
     speedup_vs_1_thread: float | None = None
+    # inference rows: the training forward's time / this row's (same backend, case, threads)
+    speedup_vs_forward: float | None = None
     flops: float = 0.0
     gflops: float | None = None
     gemm_share: float | None = None
@@ -42,13 +44,13 @@ class Row:
 
 
 def derive(rows: list[Row], gemm: dict[tuple[str, int], float]) -> None:
-    """Speed-ups against numpy, against torch and against the same backend's 1-thread run
-    (each a ratio of times measured in the same run); the share of the GEMM throughput
-    ``gemm[(dtype, threads)]``."""
+    """Speed-ups against numpy, against torch, against the same backend's 1-thread run
+    and (inference rows) against the same backend's training forward, each a ratio of times
+    measured in the same run; the share of the GEMM throughput ``gemm[(dtype, threads)]``."""
 
-    def key(r: Row, **kw: Any) -> tuple[str, str, str, int, str]:
+    def key(r: Row, **kw: Any) -> tuple[str, str, str, int, str, str]:
         d = asdict(r) | kw
-        return (d["shape"], d["cell"], d["dtype"], d["threads"], d["backend"])
+        return (d["shape"], d["cell"], d["dtype"], d["threads"], d["backend"], d["what"])
 
     # a measured row: status "ok", its median time and throughput set
     seconds = {key(r): r.seconds for r in rows if r.status == "ok" and r.seconds is not None}
@@ -62,6 +64,9 @@ def derive(rows: list[Row], gemm: dict[tuple[str, int], float]) -> None:
         single = seconds.get(key(r, threads=1))
         if single is not None and r.threads != 1:
             r.speedup_vs_1_thread = single / r.seconds
+        training = seconds.get(key(r, what="forward"))
+        if training is not None and r.what == "inference":
+            r.speedup_vs_forward = training / r.seconds
         peak = gemm.get((r.dtype, r.threads))
         if peak and r.gflops is not None:
             r.gemm_share = r.gflops / peak
@@ -93,21 +98,29 @@ def _sig(value: float | None, digits: int = 4) -> str:
 
 
 def format_table(rows: list[Row]) -> str:
-    """The result table as aligned text. ``x torch`` appears when a torch row was measured,
-    ``x 1thr`` when more than one thread count was."""
+    """The result table as aligned text. ``what`` appears when the rows time more than one
+    workload, ``x torch`` when a torch row was measured, ``x 1thr`` when more than one
+    thread count was, ``x fwd`` when inference rows were."""
+    multi_what = len({r.what for r in rows}) > 1
     multi_thread = any(r.threads != 1 for r in rows)
     vs_torch = any(r.backend == "torch" and r.status == "ok" for r in rows)
-    head = ["shape", "dims", "cell", "dtype", "thr", "backend", "seconds", "us/step", "x numpy"]
-    head += ["x torch"] * vs_torch + ["x 1thr"] * multi_thread + ["GFLOP/s", "%GEMM", "bwd mem"]
+    vs_forward = any(r.what == "inference" for r in rows)
+    text_columns = 6 + multi_what  # left-aligned; the numbers after them right-aligned
+    head = ["shape", "dims", "cell", "dtype", "thr", "backend"] + ["what"] * multi_what
+    head += ["seconds", "us/step", "x numpy"] + ["x torch"] * vs_torch
+    head += ["x 1thr"] * multi_thread + ["x fwd"] * vs_forward + ["GFLOP/s", "%GEMM", "bwd mem"]
     table = [head]
     for r in rows:
         line = [r.shape, f"{r.D},{r.H},{r.B},{r.T}", r.cell, r.dtype, str(r.threads), r.backend]
+        line += [r.what] * multi_what
         if r.status == "ok":
             line += [_sig(r.seconds), _sig(r.us_per_step), _fmt(r.speedup_vs_numpy, ".2f")]
             if vs_torch:
                 line.append(_fmt(r.speedup_vs_torch, ".2f"))
             if multi_thread:
                 line.append(_fmt(r.speedup_vs_1_thread, ".2f"))
+            if vs_forward:
+                line.append(_fmt(r.speedup_vs_forward, ".2f"))
             share = None if r.gemm_share is None else 100 * r.gemm_share
             line += [_sig(r.gflops, 3), _fmt(share, ".1f"), fmt_bytes(r.held_bytes)]
         else:
@@ -119,7 +132,7 @@ def format_table(rows: list[Row]) -> str:
         cells = []
         for j, text in enumerate(line):
             last = j == len(line) - 1
-            if j < 6:
+            if j < text_columns:
                 cells.append(text if last else text.ljust(widths[j]))
             else:
                 cells.append(text if len(line) < len(head) else text.rjust(widths[j]))
@@ -130,13 +143,16 @@ def format_table(rows: list[Row]) -> str:
 
 
 def notes(rows: list[Row], unavailable: dict[str, str]) -> list[str]:
-    """Why rows were not measured: each reason once, with the backends it applies to."""
+    """Why rows were not measured: each reason once, with the backends it applies to (and
+    their workload, when the rows time more than one)."""
+    multi_what = len({r.what for r in rows}) > 1
     out = [f"{name}: unavailable: {why}" for name, why in unavailable.items()]
     grouped: dict[tuple[str, str, str, int, str, str], list[str]] = {}
     for r in rows:
         if r.status in ("skipped", "error", "wrong"):
             key = (r.shape, r.cell, r.dtype, r.threads, r.status, r.note)
-            grouped.setdefault(key, []).append(r.backend)
+            name = f"{r.backend} ({r.what})" if multi_what else r.backend
+            grouped.setdefault(key, []).append(name)
     for (shape, cell, dtype, threads, status, note), backends in grouped.items():
         where = f"{shape} {cell} {dtype} {threads} thread(s) {', '.join(backends)}"
         out.append(f"{where}: {status}: {note}")

@@ -40,7 +40,9 @@ LM_CLIP = 5.0  # and its default clip_norm
 
 
 def held_bytes(res: ForwardResult) -> int:
-    """Bytes held for the backward pass: ``res.hs`` and the backend's ``res.saved``.
+    """Bytes held for the backward pass: ``res.hs`` and the backend's ``res.saved``; after
+    an inference forward (``training=False``, whose ``backward`` is refused) ``res.saved``
+    only, which should be nothing (``hs`` is then the output, not kept for backward).
 
     Arrays are counted by the buffer they live in (a view counts its whole base, once);
     an object in ``saved`` that is not an array but has ``nbytes`` counts that.
@@ -66,7 +68,8 @@ def held_bytes(res: ForwardResult) -> int:
         elif hasattr(obj, "__dict__"):
             visit(vars(obj))
 
-    visit(res.hs)
+    if res.training:
+        visit(res.hs)
     visit(res.saved)
     return sum(seen.values())
 
@@ -75,7 +78,7 @@ class Runner:
     """A zero-argument workload :meth:`run` for one backend, and what to read off it."""
 
     name: str
-    what: str  # one of WHATS: run() calls the subclass's _forward, _fwdbwd, _train or _charlm
+    what: str  # one of WHATS: run() calls the subclass's _forward, _inference, ... _charlm
 
     def run(self) -> Any:
         """One run of the workload. (A method, not a bound method stored on the instance:
@@ -173,6 +176,10 @@ class FastrnnRunner(Runner):
         c = self.case
         return fastrnn.forward(c.cell, c.params, c.x, backend=self.name)
 
+    def _inference(self) -> ForwardResult:
+        c = self.case
+        return fastrnn.forward(c.cell, c.params, c.x, backend=self.name, training=False)
+
     def _fwdbwd(self) -> tuple[ForwardResult, Any]:
         c = self.case
         res = fastrnn.forward(c.cell, c.params, c.x, backend=self.name)
@@ -212,7 +219,7 @@ class FastrnnRunner(Runner):
     def outputs(self, raw: Any) -> dict[str, np.ndarray]:
         if self.what == "charlm":
             return {"loss": np.asarray(raw["step_loss"][-1])}
-        if self.what == "forward":
+        if self.what in ("forward", "inference"):
             return {"hs": raw.hs, "h_n": raw.h_n}
         if self.what == "fwdbwd":
             res, g = raw
@@ -223,8 +230,8 @@ class FastrnnRunner(Runner):
         return {"hs": out, "loss": np.asarray(loss), "dx": dx, **grads, **head}
 
     def held_bytes(self, raw: Any) -> int:
-        if self.what in ("forward", "fwdbwd"):
-            return held_bytes(raw if self.what == "forward" else raw[0])
+        if self.what in ("forward", "inference", "fwdbwd"):
+            return held_bytes(raw[0] if self.what == "fwdbwd" else raw)
         if self._held is None:  # the layer's forward holds what this fastrnn.forward holds
             self._held = held_bytes(self._forward())
         return self._held
@@ -233,7 +240,8 @@ class FastrnnRunner(Runner):
 class TorchRunner(Runner):
     """The PyTorch peer: torch.nn.RNN/LSTM/GRU + torch.nn.Linear + cross_entropy on the
     CPU, with the case's weights, autograd on (also for ``forward``, so that it saves
-    what backward needs as fastrnn does) and the input's gradient computed too; for
+    what backward needs as fastrnn does; ``inference``: the same forward under
+    ``torch.inference_mode()``) and the input's gradient computed too; for
     ``charlm`` the model as a PyTorch user writes it (batch first, one-hot input without a
     gradient, ``nn.CrossEntropyLoss``, ``torch.optim.Adam``, ``clip_grad_norm_``)."""
 
@@ -280,6 +288,10 @@ class TorchRunner(Runner):
     def _forward(self) -> Any:
         return self.rnn(self.x)
 
+    def _inference(self) -> Any:
+        with self._torch.inference_mode():
+            return self.rnn(self.x)
+
     def _fwdbwd(self) -> Any:
         self._zero()
         out, h = self.rnn(self.x)
@@ -321,7 +333,7 @@ class TorchRunner(Runner):
         out, h = raw[0], raw[1]
         h = h[0] if isinstance(h, tuple) else h  # lstm: (h_n, c_n)
         res = {"hs": out.detach().numpy(), "h_n": h[0].detach().numpy()}
-        if self.what != "forward":
+        if self.what not in ("forward", "inference"):
             res["dx"] = self.x.grad.numpy()
             for ours, theirs in _TORCH_NAMES.items():
                 res[f"d{ours}"] = getattr(self.rnn, f"{theirs}_l0").grad.numpy()
@@ -333,7 +345,8 @@ class TorchRunner(Runner):
 
     def held_bytes(self, raw: Any) -> int | None:
         """The output plus the tensors autograd saved in the layer's forward (not counting
-        the input and the weights), measured once with saved-tensor hooks."""
+        the input and the weights), measured once with saved-tensor hooks; ``inference``:
+        what autograd saved under ``inference_mode`` (the output is not kept for backward)."""
         if self._held is None:
             self._held = self._measure_held()
         return self._held
@@ -355,7 +368,9 @@ class TorchRunner(Runner):
             return t
 
         with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-            out, _ = self.rnn(self.x)
+            out, _ = self._inference() if self.what == "inference" else self.rnn(self.x)
+        if self.what == "inference":
+            return sum(seen.values())
         storage = out.untyped_storage()
         seen.setdefault(storage.data_ptr(), storage.nbytes())
         return sum(seen.values())
@@ -441,8 +456,9 @@ def relative_error(got: np.ndarray, want: np.ndarray) -> float:
 
 def check_against_reference(backend: str, cell: str, dtype: Any, what: str) -> str | None:
     """Run ``what`` on a small case with ``backend`` and with the NumPy reference in
-    float64; ``None`` if every output agrees within the dtype's tolerance, else a message
-    naming the worst output and its relative error."""
+    float64 (``inference``: against the reference's training forward); ``None`` if every
+    output agrees within the dtype's tolerance, else a message naming the worst output and
+    its relative error."""
     dt = np.dtype(dtype)
     D, H, B, T = (CHECK_SHAPE[d] for d in "DHBT")
     case = make_case(cell, D, H, B, T, dt, CHECK_CLASSES, 3, what=what)
@@ -451,7 +467,8 @@ def check_against_reference(backend: str, cell: str, dtype: Any, what: str) -> s
     for name in ("V", "c", "x", "dhs"):
         setattr(case64, name, getattr(case, name).astype(np.float64))
     case64.params = {k: v.astype(np.float64) for k, v in case.params.items()}
-    want = FastrnnRunner(case64, "numpy", what).check_outputs()
+    reference = "forward" if what == "inference" else what
+    want = FastrnnRunner(case64, "numpy", reference).check_outputs()
     got = make_runner(case, backend, what).check_outputs()
     errors = {k: relative_error(got[k], want[k]) for k in want}
     worst = max(errors, key=errors.__getitem__)

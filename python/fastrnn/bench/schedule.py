@@ -30,19 +30,20 @@ def plan(
     what: str,
     classes: int = cases.CLASSES,
 ) -> list[Row]:
-    """Every row to run, in table order: shape, cell, dtype, threads, backend. ``cells``
-    None means each shape's own cells."""
+    """Every row to run, in table order: shape, cell, dtype, threads, backend, workload
+    (``what`` and the workloads timed with it, :func:`fastrnn.bench.cases.timed_whats`).
+    ``cells`` None means each shape's own cells."""
     rows = []
     for shape in shapes:
         dims = {"D": shape.D, "H": shape.H, "B": shape.B, "T": shape.T}
-        for cell, dtype, n, backend in itertools.product(
-            cells or shape.cells, dtypes, threads, backends
+        for cell, dtype, n, backend, workload in itertools.product(
+            cells or shape.cells, dtypes, threads, backends, cases.timed_whats(what)
         ):
             row = Row(shape.name, shape.D, shape.H, shape.B, shape.T, cell, dtype, n)
-            row.backend, row.what = backend, what
-            row.flops = cases.flops(cell, **dims, what=what, classes=classes)
+            row.backend, row.what = backend, workload
+            row.flops = cases.flops(cell, **dims, what=workload, classes=classes)
             row.estimated_bytes = cases.estimate_bytes(
-                cell, **dims, dtype=dtype, what=what, classes=classes, backend=backend
+                cell, **dims, dtype=dtype, what=workload, classes=classes, backend=backend
             )
             rows.append(row)
     return rows
@@ -108,13 +109,13 @@ def run_rows(
     """Time every row (``repeats(row)`` timed runs each); fill in status, times, median.
 
     The rows of one case (shape, cell, dtype) run in rounds, each round timing every
-    backend and thread count once: a slow spell of the machine (a busy neighbour on a
-    shared vCPU, lasting seconds) then falls on all of them alike, and the ratios (x numpy,
-    x torch, x 1thr) compare runs made seconds apart rather than minutes. Each timed run
-    follows an untimed run of the same row, so every backend is timed in its steady state
-    as in a training loop (NumPy's runs right after another backend's ran up to 1.6x
-    slower, two in five, here). Before a run whose backend differs from the previous
-    run's, the process sleeps ``settle`` seconds so that the spinning worker threads of
+    backend, thread count and workload once: a slow spell of the machine (a busy neighbour
+    on a shared vCPU, lasting seconds) then falls on all of them alike, and the ratios
+    (x numpy, x torch, x 1thr, x fwd) compare runs made seconds apart rather than minutes.
+    Each timed run follows an untimed run of the same row, so every backend is timed in
+    its steady state as in a training loop (NumPy's runs right after another backend's ran
+    up to 1.6x slower, two in five, here). Before a run whose backend differs from the
+    previous run's, the process sleeps ``settle`` seconds so that the spinning worker threads of
     OpenBLAS or OpenMP go to sleep instead of taking CPU time from the next backend's. A
     runner lives for one untimed and one timed run only: the layers keep what the last
     forward saved, and one case's rows must not hold that all at once."""
@@ -154,8 +155,12 @@ def run_rows(
                 except Exception as exc:  # one failing backend must not lose the other rows
                     row.status, row.note = "error", f"{type(exc).__name__}: {exc}"
                 bar.update(counts[id(row)])
-            # a backend's runs next to each other (1 thread, then 2, ...), backends in order
-            ready.sort(key=lambda r: (BACKENDS.index(r.backend), r.threads))
+            # a backend's runs next to each other (1 thread, then 2, ...; at each thread
+            # count its workloads, e.g. the training forward, then the inference forward),
+            # backends in order
+            ready.sort(
+                key=lambda r: (BACKENDS.index(r.backend), r.threads, cases.WHATS.index(r.what))
+            )
             previous = ""  # the warm-ups ran last: settle before the first run too
             for _ in range(max((counts[id(r)] for r in ready), default=0)):
                 for row in ready:

@@ -9,7 +9,11 @@ layer holds for the backward pass. With ``--what charlm`` it times the real work
 instead: one training step of a character language model (:class:`fastrnn.CharLanguageModel`
 as ``fit`` runs it: one-hot input, V = 100, head, Adam, clipping) against the same model in
 PyTorch, on LM128 and LM512 (H = 128 and 512, T = 64, B = 32), LSTM and GRU; the column
-``x torch`` is torch's time over the row's (above 1: faster than PyTorch).
+``x torch`` is torch's time over the row's (above 1: faster than PyTorch). With ``--what
+inference`` it times the layer's forward with ``training=False`` (nothing saved for
+backward; torch under ``inference_mode``) and, in the same rounds, the training forward
+(``--what forward``) of every backend: the column ``x fwd`` is the training forward's time
+over the inference forward's, same backend, case and threads.
 
 The library behind it (cases, runners, schedule, report) is :mod:`fastrnn.bench`.
 
@@ -19,6 +23,7 @@ Examples::
     fastrnn bench                              # S1..S4
     fastrnn bench --threads 1,all --json out.json
     fastrnn bench --what charlm --threads 1,all  # the char-LM step against PyTorch
+    fastrnn bench --what inference --shapes S2   # inference forward vs training forward
     fastrnn bench --D 64 --H 128 --B 8 --T 500 --cells lstm,gru --dtype both
     fastrnn bench --scaling --plot scaling.png  # T = 1e2 .. 1e6, H=64, B=1 and 16
 """
@@ -92,17 +97,20 @@ named shapes (input D, hidden H, batch B, length T):
 
 FLOP count (a multiply-add is 2; G gates: rnn 1, gru 3, lstm 4; K head classes):
   F = 2*G*H*(D+H)      the layer's forward, per step and sequence
-  forward:  T*B*F      fwdbwd:  T*B*3*F      train, charlm:  T*B*3*(F + 2*H*K)
+  forward, inference:  T*B*F      fwdbwd:  T*B*3*F      train, charlm:  T*B*3*(F + 2*H*K)
   (backward costs two GEMMs per forward GEMM; element-wise work is not counted;
   charlm: K = D, the vocabulary; Adam and clipping are element-wise)
 
 x numpy, x torch: numpy's (torch's) median time over this row's, same case and threads
+x fwd:   (--what inference) the same backend's training forward's median time over this
+         inference row's, same case and threads, timed in the same rounds
 
 %GEMM:   achieved GFLOP/s over numpy's (n x n) @ (n x n) GFLOP/s with the same dtype
          and thread count (--gemm-size n; best of 5 runs, measured before and after
          the benchmark in the same process; the better one counts)
 bwd mem: bytes the layer holds for backward: hs and the saved activations (torch:
-         its output and the tensors autograd saved in the layer's forward)"""
+         its output and the tensors autograd saved in the layer's forward); inference:
+         what is saved beyond the output, which should be 0 B"""
     parser.formatter_class = argparse.RawDescriptionHelpFormatter
     g = parser.add_argument_group("what to run")
     g.add_argument(
@@ -165,7 +173,9 @@ bwd mem: bytes the layer holds for backward: hs and the saved activations (torch
         default="train",
         help="train: layer + softmax head + loss, forward and backward (default); "
         "fwdbwd: the layer's forward and BPTT with a gradient at every step; "
-        "forward: the layer's forward only; charlm: one training step of a character "
+        "forward: the layer's forward only; inference: the layer's forward with "
+        "training=False (nothing saved for backward; torch: inference_mode), timed with "
+        "the training forward for the ratio x fwd; charlm: one training step of a character "
         "language model (one-hot input of D characters, softmax head, Adam, clipping) "
         "as CharLanguageModel.fit runs it, against the same model in PyTorch "
         "(default shapes LM128,LM512)",
@@ -237,6 +247,9 @@ _WHAT = {
     "forward and backward)",
     "fwdbwd": "the layer's forward and BPTT, a gradient entering at every step",
     "forward": "the layer's forward pass (saving what backward needs)",
+    "inference": "the layer's forward pass with training=False (saving nothing for backward; "
+    "torch: under inference_mode), and in the same rounds the training forward "
+    "(--what forward) for x fwd",
     "charlm": "one training step of a character LM as CharLanguageModel.fit runs it "
     "(one-hot input, V = K = D, softmax head, cross-entropy, backward, clip_norm 5, Adam "
     "lr 0.01) against the same model in PyTorch (nn.LSTM/GRU + nn.Linear + "
@@ -284,8 +297,8 @@ def run(args: argparse.Namespace) -> int:
     print(gemm_line("before the runs"))
     what = _WHAT[args.what].format(classes=args.classes)
     print(f"timing:   {what}; median of the timed runs after one warm-up (compile excluded)")
-    print("          rounds: every backend and thread count once per round, each timed run after")
-    print("          an untimed one of its own")
+    print("          rounds: every backend, thread count and workload once per round, each timed")
+    print("          run after an untimed one of its own")
     print()
 
     schedule.run_rows(
@@ -319,7 +332,9 @@ def run(args: argparse.Namespace) -> int:
         print(f"wrote {args.json}")
     if args.plot:
         title = f"fastrnn bench ({args.what}) on {info['cpu']}"
-        _plot.scaling(args.plot, rows, title, lib.BACKENDS)
+        # one workload per plot: the one asked for (not the training forward beside it)
+        plotted = [r for r in rows if r.what == args.what]
+        _plot.scaling(args.plot, plotted, title, lib.BACKENDS)
         print(f"wrote {args.plot}")
     failed = [r for r in rows if r.status in ("error", "wrong")]
     return 1 if failed else 0

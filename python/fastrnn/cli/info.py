@@ -1,5 +1,6 @@
 """``fastrnn info``: the version, the backends (available, unavailable and why, the
-active one), the thread setting and how the extension was built."""
+active one, what ``"auto"`` resolves to and why), the thread setting and how the extension
+was built."""
 
 from __future__ import annotations
 
@@ -15,15 +16,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     """Print what ``fastrnn info`` reports; 0."""
     import fastrnn
+    from fastrnn import _config
 
     available = fastrnn.available_backends()
     unavailable = fastrnn.unavailable_backends()
     build = fastrnn.build_info()
+    auto, auto_why = _config.explain_auto()
     info = {
         "version": fastrnn.__version__,
         "available_backends": available,
         "unavailable_backends": unavailable,
         "active_backend": fastrnn.get_backend(),
+        "auto_backend": auto,
+        "auto_rule": auto_why,
         "num_threads": fastrnn.get_num_threads(),
         "build_info": build,
     }
@@ -32,6 +37,7 @@ def run(args: argparse.Namespace) -> int:
         return 0
     print(f"fastrnn {info['version']}")
     print(f"active backend:     {info['active_backend']}")
+    print(f"auto resolves to:   {auto}: {auto_why}")
     print(f"available backends: {', '.join(available)}")
     for name, why in unavailable.items():
         print(f"unavailable:        {name} ({why})")
