@@ -23,12 +23,35 @@ from __future__ import annotations
 
 import math
 import threading
+from collections.abc import Callable, Sequence
+from typing import Any, TypeAlias
 
 import numpy as np
 from llvmlite import ir
 from numba import njit, types
 from numba.extending import intrinsic, overload
 from numba.np.linalg import _BLAS, ensure_blas
+
+from ._contract import FloatArray, IndexArray
+
+# mypy skips numba's stubs (see pyproject.toml), so numba's names, and the kernels the
+# decorators make of the functions below, are Any to it; the annotations of the ``def``s
+# document the arrays each kernel takes and let mypy check the bodies. Numba ignores them:
+# a kernel's types are those of its signature in :data:`SIGNATURES`. Except for the
+# ``@overload`` functions and their implementations: numba requires the two to have the same
+# signature, annotations included (``inspect.signature``), and the one sees numba types
+# where the other sees values; they carry their types in type comments, which leave the
+# runtime signatures bare.
+NumbaType: TypeAlias = Any
+"""A numba type (``numba.types.Type``): what an ``@overload`` or ``@intrinsic`` sees."""
+Chunk: TypeAlias = tuple[FloatArray, FloatArray, FloatArray, FloatArray]
+"""``(x, hs, h0, W_ih)``: the inputs of :func:`_block_done`."""
+Grads: TypeAlias = tuple[
+    FloatArray, FloatArray, FloatArray, FloatArray, FloatArray, FloatArray, FloatArray
+]
+"""``(dA_in, dA_rec, xb, hb, dxb, p_ih, p_hh)``: a backward chunk's scratch."""
+GradSums: TypeAlias = tuple[FloatArray, FloatArray, FloatArray, FloatArray, FloatArray]
+"""``(dx, dW_ih, dW_hh, db, db_rec)``: what :func:`_block_done` writes and adds to."""
 
 # Contraction to FMA and reassociation (to vectorize the dot products); NaN and inf keep
 # their IEEE meaning so that a diverging network shows up as it does in the reference.
@@ -57,17 +80,17 @@ _B4, _B6 = _F(1.18534705686654e-04), _F(1.19825839466702e-06)
 _HALF32 = _F(0.5)
 
 
-def tanh(v):
+def tanh(v: float) -> float:
     """tanh of a scalar (the Python twin of the jitted overload below)."""
     return math.tanh(v)
 
 
-def sigmoid(v):
+def sigmoid(v: float) -> float:
     """sigmoid(v) = (1 + tanh(v / 2)) / 2: no overflow for any v."""
     return 0.5 * math.tanh(0.5 * v) + 0.5
 
 
-def _tanh_f32(v):
+def _tanh_f32(v):  # type: (np.float32) -> np.float32
     # the clamp keeps NaN (comparisons with NaN are false), so NaN stays NaN as in np.tanh
     x = _T_CLAMP if v > _T_CLAMP else v
     x = -_T_CLAMP if x < -_T_CLAMP else x
@@ -85,12 +108,12 @@ def _tanh_f32(v):
     return v if abs(v) < _T_TINY else p / q
 
 
-def _is_f32(v) -> bool:
+def _is_f32(v: NumbaType) -> bool:
     return isinstance(v, types.Float) and v.bitwidth == 32
 
 
 @overload(tanh, jit_options={"fastmath": FASTMATH, "error_model": "numpy"})
-def _ol_tanh(v):
+def _ol_tanh(v):  # type: (NumbaType) -> Callable[..., Any] | None
     if _is_f32(v):
         return _tanh_f32
     if isinstance(v, types.Float):
@@ -99,7 +122,7 @@ def _ol_tanh(v):
 
 
 @overload(sigmoid, jit_options={"fastmath": FASTMATH, "error_model": "numpy"})
-def _ol_sigmoid(v):
+def _ol_sigmoid(v):  # type: (NumbaType) -> Callable[..., Any] | None
     if _is_f32(v):
         return lambda v: _HALF32 * tanh(_HALF32 * v) + _HALF32
     if isinstance(v, types.Float):
@@ -123,24 +146,24 @@ _ZERO32, _ONE32, _INF32 = _F(0), _F(1), _F(np.inf)
 _EXP_JIT = {"fastmath": {"contract"}, "error_model": "numpy"}
 
 
-def exp(v):
+def exp(v: float) -> float:
     """exp of a scalar (the Python twin of the jitted overload below)."""
     return math.exp(v)
 
 
 @intrinsic
-def _f32_from_bits(typingctx, bits):
+def _f32_from_bits(typingctx: Any, bits: NumbaType) -> tuple[NumbaType, Callable[..., Any]] | None:
     """The float32 whose IEEE bits are the int32 ``bits``."""
     if not (isinstance(bits, types.Integer) and bits.bitwidth == 32):
         return None
 
-    def codegen(context, builder, sig, args):
+    def codegen(context: Any, builder: Any, sig: Any, args: Sequence[Any]) -> Any:
         return builder.bitcast(args[0], ir.FloatType())
 
     return types.float32(bits), codegen
 
 
-def _exp_f32(v):
+def _exp_f32(v):  # type: (np.float32) -> np.float32
     x = _E_HI if v > _E_HI else v  # the clamps keep NaN, as in _tanh_f32
     x = _E_LO if x < _E_LO else x
     n = np.floor(x * _LOG2E + _HALF32)  # x = n ln2 + r, |r| <= ln2 / 2
@@ -154,13 +177,13 @@ def _exp_f32(v):
     p = p * r + _E4
     p = p * r + _E5
     p = p * (r * r) + r + _ONE32  # exp(r)
-    y = p * _f32_from_bits(np.int32((np.int64(n) + 127) << 23))  # * 2^n
+    y: np.float32 = p * _f32_from_bits(np.int32((np.int64(n) + 127) << 23))  # * 2^n
     y = _ZERO32 if v < _E_LO else y
     return _INF32 if v > _E_HI else y
 
 
 @overload(exp, jit_options=_EXP_JIT)
-def _ol_exp(v):
+def _ol_exp(v):  # type: (NumbaType) -> Callable[..., Any] | None
     if _is_f32(v):
         return _exp_f32
     if isinstance(v, types.Float):
@@ -188,13 +211,13 @@ BLOCK_ROWS = 256
 
 
 @njit(**_JIT)
-def _block_steps(nb):
+def _block_steps(nb: int) -> int:
     """Steps per block for a chunk of ``nb`` sequences."""
     return max(1, BLOCK_ROWS // nb)
 
 
 @njit(**_JIT)
-def _steps(lengths, b0, b1):
+def _steps(lengths: IndexArray, b0: int, b1: int) -> int:
     """The number of steps any sequence of b0:b1 is still running: max(lengths[b0:b1])."""
     n = 0
     for b in range(b0, b1):
@@ -202,13 +225,13 @@ def _steps(lengths, b0, b1):
     return n
 
 
-def _gemm(a, b, out):
+def _gemm(a: FloatArray, b: FloatArray, out: FloatArray) -> None:
     """out = a @ b for C-contiguous 2-d arrays (the Python twin of the jitted overload)."""
     np.dot(a, b, out)
 
 
 @overload(_gemm, jit_options={"fastmath": FASTMATH, "error_model": "numpy"})
-def _ol_gemm(a, b, out):
+def _ol_gemm(a, b, out):  # type: (NumbaType, NumbaType, NumbaType) -> Callable[..., None] | None
     """The per-step product as one BLAS ``?gemm`` call through the entry point Numba's own
     ``np.dot`` uses (the BLAS SciPy ships), without ``np.dot``'s dispatch: for one row
     ``np.dot`` calls ``?gemv``, which took 0.27 against 0.12 us for 64x64 and 0.89 against
@@ -220,7 +243,7 @@ def _ol_gemm(a, b, out):
     kind = ord("s" if _is_f32(a.dtype) else "d")
     alpha, beta = np.ones(1, dtype=str(a.dtype)), np.zeros(1, dtype=str(a.dtype))
 
-    def impl(a, b, out):
+    def impl(a, b, out):  # type: (FloatArray, FloatArray, FloatArray) -> None
         # row-major out (m, n) = a (m, k) @ b (k, n) is column-major out^T = b^T a^T
         m, k = a.shape
         n = b.shape[1]
@@ -234,7 +257,7 @@ _N = ord("N")
 
 
 @njit(**_JIT)
-def _gather(src, t0, count, b0, b1, out):
+def _gather(src: FloatArray, t0: int, count: int, b0: int, b1: int, out: FloatArray) -> None:
     """out[s * nb + r] = src[t0 + s, b0 + r] for s < count, r < nb = b1 - b0: a block of
     steps of the chunk as contiguous, step-major rows."""
     nb = b1 - b0
@@ -245,7 +268,16 @@ def _gather(src, t0, count, b0, b1, out):
 
 
 @njit(**_JIT)
-def _project(x, t0, count, b0, b1, W_ih_T, xb, proj):
+def _project(
+    x: FloatArray,
+    t0: int,
+    count: int,
+    b0: int,
+    b1: int,
+    W_ih_T: FloatArray,
+    xb: FloatArray,
+    proj: FloatArray,
+) -> None:
     """proj[s * nb + r] = W_ih x[t0 + s, b0 + r] for the block of steps t0:t0+count."""
     _gather(x, t0, count, b0, b1, xb)
     n = count * (b1 - b0)
@@ -253,7 +285,7 @@ def _project(x, t0, count, b0, b1, W_ih_T, xb, proj):
 
 
 @njit(**_JIT)
-def _zero_steps(a, t0, t1, b0, b1):
+def _zero_steps(a: FloatArray, t0: int, t1: int, b0: int, b1: int) -> None:
     """a[t0:t1, b0:b1] = 0."""
     zero = a.dtype.type(0)
     for t in range(t0, t1):
@@ -263,14 +295,16 @@ def _zero_steps(a, t0, t1, b0, b1):
 
 
 @njit(**_JIT)
-def _copy_row(src, q, dst, t, b):
+def _copy_row(src: FloatArray, q: int, dst: FloatArray, t: int, b: int) -> None:
     """dst[t, b] = src[q, :dst.shape[2]]."""
     for j in range(dst.shape[2]):
         dst[t, b, j] = src[q, j]
 
 
 @njit(**_JIT)
-def _forward_buffers(x, b0, b1, GH):
+def _forward_buffers(
+    x: FloatArray, b0: int, b1: int, GH: int
+) -> tuple[FloatArray, FloatArray, FloatArray]:
     """A chunk's scratch: a block of inputs and of their projection, and the per-step
     product."""
     nb = b1 - b0
@@ -280,13 +314,15 @@ def _forward_buffers(x, b0, b1, GH):
 
 
 @njit(**_JIT)
-def _step_scratch(hs, width):
+def _step_scratch(hs: FloatArray, width: int) -> FloatArray:
     """Where an inference forward writes what a training one saves: one step's worth."""
     return np.empty((1, hs.shape[1], width), dtype=hs.dtype)
 
 
 @njit(**_JIT)
-def _finish_forward(hs, lengths, b0, b1, steps, h_n):
+def _finish_forward(
+    hs: FloatArray, lengths: IndexArray, b0: int, b1: int, steps: int, h_n: FloatArray
+) -> None:
     """Zero the steps after the chunk's longest sequence; h_n from each last real step."""
     _zero_steps(hs, steps, hs.shape[0], b0, b1)
     for b in range(b0, b1):
@@ -300,7 +336,9 @@ def _finish_forward(hs, lengths, b0, b1, steps, h_n):
 
 
 @njit(**_JIT)
-def _backward_buffers(x, hs, b0, b1, GH, two_sided):
+def _backward_buffers(
+    x: FloatArray, hs: FloatArray, b0: int, b1: int, GH: int, two_sided: bool
+) -> Grads:
     """A chunk's scratch for the backward: dA_in, dA_rec (the same array unless
     ``two_sided``), the block's inputs, previous states and dx, the products' results and
     the per-step dL/dh_{t-1}."""
@@ -315,7 +353,7 @@ def _backward_buffers(x, hs, b0, b1, GH, two_sided):
 
 
 @njit(**_JIT)
-def _add(acc, a):
+def _add(acc: FloatArray, a: FloatArray) -> None:
     """acc += a (2-d, float64 accumulator)."""
     for i in range(a.shape[0]):
         for j in range(a.shape[1]):
@@ -323,7 +361,7 @@ def _add(acc, a):
 
 
 @njit(**_JIT)
-def _add_rows(dA, count, b0, b1, db):
+def _add_rows(dA: FloatArray, count: int, b0: int, b1: int, db: FloatArray) -> None:
     """db[b0 + r] += dA[s * nb + r] for the block's rows (float64 sums per sequence)."""
     nb = b1 - b0
     for s in range(count):
@@ -333,7 +371,9 @@ def _add_rows(dA, count, b0, b1, db):
 
 
 @njit(**_JIT)
-def _block_done(t0, count, b0, b1, ins, grads, outs):
+def _block_done(
+    t0: int, count: int, b0: int, b1: int, ins: Chunk, grads: Grads, outs: GradSums
+) -> None:
     """The block of steps t0:t0+count is done: dW_ih += dA_in^T X, dW_hh += dA_rec^T
     H_prev, dx = dA_in W_ih, one BLAS call each on the block's rows; ``db`` and ``db_rec``
     (unless empty) get the sums of dA_in's and dA_rec's rows. (Summed here, not in the gate
@@ -365,7 +405,9 @@ def _block_done(t0, count, b0, b1, ins, grads, outs):
 
 
 @njit(**_JIT)
-def _start_backward(dx, dW_ih, dW_hh, steps, b0, b1):
+def _start_backward(
+    dx: FloatArray, dW_ih: FloatArray, dW_hh: FloatArray, steps: int, b0: int, b1: int
+) -> None:
     """Zero the chunk's weight-gradient sums and the dx of steps no sequence reaches."""
     dW_ih[:] = 0.0
     dW_hh[:] = 0.0
@@ -388,7 +430,18 @@ def _start_backward(dx, dW_ih, dW_hh, steps, b0, b1):
 
 
 @njit(**_JIT)
-def _activate(hs, t, b, proj, p, rec, r, bias, act, slope):
+def _activate(
+    hs: FloatArray,
+    t: int,
+    b: int,
+    proj: FloatArray,
+    p: int,
+    rec: FloatArray,
+    r: int,
+    bias: FloatArray,
+    act: int,
+    slope: float,
+) -> None:
     """hs[t, b] <- act(proj[p] + rec[r] + bias) for the vanilla RNN (:data:`ACTIVATIONS`)."""
     zero = hs.dtype.type(0)
     H = hs.shape[2]
@@ -408,7 +461,20 @@ def _activate(hs, t, b, proj, p, rec, r, bias, act, slope):
 
 
 @njit(**_JIT)
-def rnn_forward(b0, b1, x, W_ih_T, W_hh_T, bias, h0, lengths, act, slope, hs, h_n):
+def rnn_forward(
+    b0: int,
+    b1: int,
+    x: FloatArray,
+    W_ih_T: FloatArray,
+    W_hh_T: FloatArray,
+    bias: FloatArray,
+    h0: FloatArray,
+    lengths: IndexArray,
+    act: int,
+    slope: float,
+    hs: FloatArray,
+    h_n: FloatArray,
+) -> None:
     """Sequences b0:b1; ``bias`` is b_ih + b_hh."""
     H = hs.shape[2]
     nb, S = b1 - b0, _block_steps(b1 - b0)
@@ -429,8 +495,24 @@ def rnn_forward(b0, b1, x, W_ih_T, W_hh_T, bias, h0, lengths, act, slope, hs, h_
 
 @njit(**_JIT)
 def rnn_backward(
-    b0, b1, x, hs, h0, W_ih, W_hh, dhs, lengths, act, slope, dh, dx, db, norms, dW_ih, dW_hh
-):
+    b0: int,
+    b1: int,
+    x: FloatArray,
+    hs: FloatArray,
+    h0: FloatArray,
+    W_ih: FloatArray,
+    W_hh: FloatArray,
+    dhs: FloatArray,
+    lengths: IndexArray,
+    act: int,
+    slope: float,
+    dh: FloatArray,
+    dx: FloatArray,
+    db: FloatArray,
+    norms: FloatArray,
+    dW_ih: FloatArray,
+    dW_hh: FloatArray,
+) -> None:
     """Sequences b0:b1. ``dh`` holds dh_n on entry and dh0 on return."""
     H = hs.shape[2]
     zero, one = hs.dtype.type(0), hs.dtype.type(1)
@@ -473,7 +555,22 @@ def rnn_backward(
 
 
 @njit(**_JIT)
-def lstm_forward(b0, b1, x, W_ih_T, W_hh_T, bias, h0, c0, lengths, hs, h_n, c_n, gates, cs):
+def lstm_forward(
+    b0: int,
+    b1: int,
+    x: FloatArray,
+    W_ih_T: FloatArray,
+    W_hh_T: FloatArray,
+    bias: FloatArray,
+    h0: FloatArray,
+    c0: FloatArray,
+    lengths: IndexArray,
+    hs: FloatArray,
+    h_n: FloatArray,
+    c_n: FloatArray,
+    gates: FloatArray,
+    cs: FloatArray,
+) -> None:
     """``bias`` is b_ih + b_hh; ``gates`` gets the activations i, f, g, o and ``cs`` the
     cell states, if they have T rows (else nothing is saved)."""
     H = hs.shape[2]
@@ -517,26 +614,26 @@ def lstm_forward(b0, b1, x, W_ih_T, W_hh_T, bias, h0, c0, lengths, hs, h_n, c_n,
 
 @njit(**_JIT)
 def lstm_backward(
-    b0,
-    b1,
-    x,
-    hs,
-    h0,
-    W_ih,
-    W_hh,
-    gates,
-    cs,
-    c0,
-    dhs,
-    lengths,
-    dh,
-    dc,
-    dx,
-    db,
-    norms,
-    dW_ih,
-    dW_hh,
-):
+    b0: int,
+    b1: int,
+    x: FloatArray,
+    hs: FloatArray,
+    h0: FloatArray,
+    W_ih: FloatArray,
+    W_hh: FloatArray,
+    gates: FloatArray,
+    cs: FloatArray,
+    c0: FloatArray,
+    dhs: FloatArray,
+    lengths: IndexArray,
+    dh: FloatArray,
+    dc: FloatArray,
+    dx: FloatArray,
+    db: FloatArray,
+    norms: FloatArray,
+    dW_ih: FloatArray,
+    dW_hh: FloatArray,
+) -> None:
     """``dh``/``dc`` hold dh_n/dc_n on entry and dh0/dc0 on return."""
     H = hs.shape[2]
     zero, one = cs.dtype.type(0), cs.dtype.type(1)
@@ -589,7 +686,21 @@ def lstm_backward(
 
 
 @njit(**_JIT)
-def gru_forward(b0, b1, x, W_ih_T, W_hh_T, bias, b_hn, h0, lengths, hs, h_n, gates, hn):
+def gru_forward(
+    b0: int,
+    b1: int,
+    x: FloatArray,
+    W_ih_T: FloatArray,
+    W_hh_T: FloatArray,
+    bias: FloatArray,
+    b_hn: FloatArray,
+    h0: FloatArray,
+    lengths: IndexArray,
+    hs: FloatArray,
+    h_n: FloatArray,
+    gates: FloatArray,
+    hn: FloatArray,
+) -> None:
     """``bias`` is b_ih with b_hr, b_hz added; ``gates`` gets r, z, n and ``hn``
     W_hn h_{t-1} + b_hn, if they have T rows (else nothing is saved)."""
     H = hs.shape[2]
@@ -627,25 +738,25 @@ def gru_forward(b0, b1, x, W_ih_T, W_hh_T, bias, b_hn, h0, lengths, hs, h_n, gat
 
 @njit(**_JIT)
 def gru_backward(
-    b0,
-    b1,
-    x,
-    hs,
-    h0,
-    W_ih,
-    W_hh,
-    gates,
-    hn,
-    dhs,
-    lengths,
-    dh,
-    dx,
-    db,
-    db_rec,
-    norms,
-    dW_ih,
-    dW_hh,
-):
+    b0: int,
+    b1: int,
+    x: FloatArray,
+    hs: FloatArray,
+    h0: FloatArray,
+    W_ih: FloatArray,
+    W_hh: FloatArray,
+    gates: FloatArray,
+    hn: FloatArray,
+    dhs: FloatArray,
+    lengths: IndexArray,
+    dh: FloatArray,
+    dx: FloatArray,
+    db: FloatArray,
+    db_rec: FloatArray,
+    norms: FloatArray,
+    dW_ih: FloatArray,
+    dW_hh: FloatArray,
+) -> None:
     """``dh`` holds dh_n on entry and dh0 on return; ``db`` and ``db_rec`` get the sums of
     the input-side and recurrent-side pre-activation gradients (they differ in the n part:
     r * dL/da_n on the recurrent side)."""
@@ -715,8 +826,19 @@ _HEAD_BLOCK = 1024
 
 @njit(**_JIT)
 def linear_cross_entropy(
-    r0, r1, h, weight, bias, targets, row_weights, scale, dh, dweight, dbias, loss
-):
+    r0: int,
+    r1: int,
+    h: FloatArray,
+    weight: FloatArray,
+    bias: FloatArray,
+    targets: IndexArray,
+    row_weights: FloatArray,
+    scale: float,
+    dh: FloatArray,
+    dweight: FloatArray,
+    dbias: FloatArray,
+    loss: FloatArray,
+) -> None:
     """Rows r0:r1: ``dh[r0:r1]`` gets their dL/dh; ``dweight`` (K, H), ``dbias`` (K,) and
     ``loss[0]`` get their sums over these rows (float64). ``row_weights`` is empty for all
     ones; a row's weight is ``scale * row_weights[n]``."""
@@ -778,7 +900,7 @@ def linear_cross_entropy(
 # --- explicit signatures, compiled on first use ------------------------------------------
 
 
-def _signatures(dtype: type) -> dict[str, tuple]:
+def _signatures(dtype: type) -> dict[str, tuple[NumbaType, ...]]:
     """Each kernel's argument types for one float dtype: C-contiguous arrays only."""
     f = types.float32 if dtype is np.float32 else types.float64
     v, m, a3 = f[::1], f[:, ::1], f[:, :, ::1]
@@ -802,7 +924,7 @@ def _signatures(dtype: type) -> dict[str, tuple]:
     return sigs
 
 
-SIGNATURES: dict[tuple[str, type], tuple] = {
+SIGNATURES: dict[tuple[str, type], tuple[NumbaType, ...]] = {
     (name, dtype): sig
     for dtype in (np.float32, np.float64)
     for name, sig in _signatures(dtype).items()
@@ -812,7 +934,7 @@ _compile_lock = threading.Lock()
 _ready: set[tuple[str, type]] = set()
 
 
-def compiled(name: str, dtype: type):
+def compiled(name: str, dtype: type) -> Any:
     """Kernel ``name`` with its signature for ``dtype`` compiled or loaded from the cache."""
     key = (name, dtype)
     kernel = globals()[name]

@@ -1,4 +1,5 @@
-"""The C++ backend: the Eigen kernels of ``src/cpp/fastrnn/`` behind the backend contract.
+"""The C++ backend: the Eigen kernels of ``src/cpp/fastrnn/`` behind the backend contract,
+:class:`fastrnn.backends._contract.Backend`.
 
 The kernels are compiled once per instruction-set level (``fastrnn._kernels_generic``,
 ``_kernels_avx2``, ``_kernels_avx512``); :func:`fastrnn._core.kernel_isa` names the best
@@ -29,13 +30,24 @@ import ctypes
 import importlib
 import os
 from types import ModuleType
+from typing import Any
+
+from ._contract import (
+    BackwardOutput,
+    FloatArray,
+    ForwardOutput,
+    HeadOutput,
+    IndexArray,
+    Params,
+    Saved,
+)
 
 UNAVAILABLE_REASON: str | None = None
 ISA: str | None = None
 _kernels: ModuleType | None = None
 
 
-def _capsule_address(capsule) -> int:
+def _capsule_address(capsule: object) -> int:
     get_name = ctypes.pythonapi.PyCapsule_GetName
     get_name.restype = ctypes.c_char_p
     get_name.argtypes = [ctypes.py_object]
@@ -45,7 +57,7 @@ def _capsule_address(capsule) -> int:
     return int(get_pointer(capsule, get_name(capsule)) or 0)
 
 
-def _scipy_openblas(threadpool_info: list[dict]) -> dict | None:
+def _scipy_openblas(threadpool_info: list[dict[str, Any]]) -> dict[str, Any] | None:
     """The OpenBLAS entry of threadpoolctl's list that SciPy's BLAS calls: the one inside
     SciPy's installation (``scipy.libs`` of a wheel), else the only OpenBLAS loaded."""
     import scipy
@@ -113,12 +125,30 @@ else:
     _kernels.set_blas(*blas_functions())
 
 
+def _loaded() -> ModuleType:
+    """The kernel module, or the reason it could not be imported as a RuntimeError (the
+    registry does not offer this backend then, so a call here is a direct one)."""
+    if _kernels is None:
+        raise RuntimeError(f"the C++ backend is unavailable: {UNAVAILABLE_REASON}")
+    return _kernels
+
+
 def forward(
-    cell, params, x, h0, c0, *, activation, negative_slope, lengths, num_threads, training=True
-):
+    cell: str,
+    params: Params,
+    x: FloatArray,
+    h0: FloatArray,
+    c0: FloatArray | None,
+    *,
+    activation: str,
+    negative_slope: float,
+    lengths: IndexArray | None,
+    num_threads: int,
+    training: bool = True,
+) -> ForwardOutput:
     """Run the recurrence; return ``(hs, h_n, c_n, saved)`` (see the module docstring;
     ``saved`` is None when not ``training``)."""
-    hs, h_n, c_n, gates, extra = _kernels.forward(
+    hs, h_n, c_n, gates, extra = _loaded().forward(
         cell,
         activation,
         negative_slope,
@@ -137,26 +167,26 @@ def forward(
 
 
 def backward(
-    cell,
-    params,
-    x,
-    h0,
-    c0,
-    hs,
-    saved,
-    dhs,
-    dh_n,
-    dc_n,
+    cell: str,
+    params: Params,
+    x: FloatArray,
+    h0: FloatArray,
+    c0: FloatArray | None,
+    hs: FloatArray,
+    saved: Saved,
+    dhs: FloatArray,
+    dh_n: FloatArray,
+    dc_n: FloatArray | None,
     *,
-    activation,
-    negative_slope,
-    lengths,
-    num_threads,
-    step_norms,
-):
+    activation: str,
+    negative_slope: float,
+    lengths: IndexArray | None,
+    num_threads: int,
+    step_norms: bool,
+) -> BackwardOutput:
     """Backpropagation through time; return ``(dx, dh0, dc0, dparams, norms)``."""
     gates, extra = (None, None) if saved is None else saved
-    dx, dh0, dc0, dW_ih, dW_hh, db_ih, db_hh, norms = _kernels.backward(
+    dx, dh0, dc0, dW_ih, dW_hh, db_ih, db_hh, norms = _loaded().backward(
         cell,
         activation,
         negative_slope,
@@ -179,6 +209,18 @@ def backward(
     return dx, dh0, dc0, dparams, norms
 
 
-def linear_cross_entropy(h, weight, bias, targets, row_weights, *, scale, num_threads):
+def linear_cross_entropy(
+    h: FloatArray,
+    weight: FloatArray,
+    bias: FloatArray,
+    targets: IndexArray,
+    row_weights: FloatArray | None,
+    *,
+    scale: float,
+    num_threads: int,
+) -> HeadOutput:
     """The fused head (``src/cpp/fastrnn/head.hpp``); return ``(loss, dh, dweight, dbias)``."""
-    return _kernels.linear_cross_entropy(h, weight, bias, targets, row_weights, scale, num_threads)
+    loss, dh, dweight, dbias = _loaded().linear_cross_entropy(
+        h, weight, bias, targets, row_weights, scale, num_threads
+    )
+    return loss, dh, dweight, dbias

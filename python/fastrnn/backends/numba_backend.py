@@ -1,4 +1,5 @@
-"""The Numba backend: the contract of :mod:`fastrnn.backends.numpy_backend`, jitted.
+"""The Numba backend: the contract of :class:`fastrnn.backends._contract.Backend`, jitted
+(its reference is :mod:`fastrnn.backends.numpy_backend`).
 
 The batch is split into contiguous chunks of sequences, each with its own time loop
 (:mod:`fastrnn.backends._numba_kernels`); a chunk works through its steps by blocks of
@@ -39,17 +40,31 @@ import importlib.util
 import os
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from typing import Any, TypeVar
 
 import numba  # noqa: F401  (fails with numba's ImportError when numba is missing)
 import numpy as np
 import threadpoolctl
+from numpy.typing import NDArray
 
 from . import _numba_kernels as _k
 from . import numpy_backend as _ref
+from ._contract import (
+    BackwardOutput,
+    FloatArray,
+    ForwardOutput,
+    HeadOutput,
+    IndexArray,
+    Params,
+    Saved,
+)
+from .numpy_backend import given
 
-UNAVAILABLE_REASON = (
+_A = TypeVar("_A", bound=NDArray[Any])
+
+UNAVAILABLE_REASON: str | None = (
     None
     if importlib.util.find_spec("scipy") is not None
     else "SciPy is missing: the numba kernels' products call the BLAS SciPy ships "
@@ -79,7 +94,7 @@ if hasattr(os, "register_at_fork"):
 
 _blas_lock = threading.Lock()
 _blas_users = 0
-_blas_limiter = None
+_blas_limiter: Any = None  # threadpoolctl's limiter (threadpoolctl has no types)
 _blas_controller: threadpoolctl.ThreadpoolController | None = None
 
 
@@ -122,12 +137,12 @@ def _single_threaded_blas() -> Iterator[None]:
                 _blas_limiter = None
 
 
-def _writable(a: np.ndarray) -> np.ndarray:
+def _writable(a: _A) -> _A:
     """``a``, or a copy if it is read-only (the kernels' signatures take mutable arrays)."""
     return a if a.flags.writeable else a.copy()
 
 
-def _lengths(lengths: np.ndarray | None, T: int, B: int) -> np.ndarray:
+def _lengths(lengths: IndexArray | None, T: int, B: int) -> IndexArray:
     return np.full(B, T, dtype=np.int64) if lengths is None else _writable(lengths)
 
 
@@ -137,7 +152,14 @@ def _chunks(num_threads: int, n: int) -> int:
     return max(1, min(int(num_threads), n))
 
 
-def _run(name: str, dtype: np.dtype, n: int, chunks: int, args: tuple, per_chunk=()) -> None:
+def _run(
+    name: str,
+    dtype: np.dtype[Any],
+    n: int,
+    chunks: int,
+    args: tuple[Any, ...],
+    per_chunk: Sequence[NDArray[np.float64]] = (),
+) -> None:
     """Kernel ``name`` over ``n`` units (sequences, rows) split into ``chunks`` contiguous
     chunks: the calling thread runs chunk 0 and the pool's threads the others (the kernels
     release the GIL). ``per_chunk``: arrays with one slot per chunk (``a[c]`` for chunk
@@ -164,8 +186,18 @@ def _run(name: str, dtype: np.dtype, n: int, chunks: int, args: tuple, per_chunk
 
 @_single_threaded_blas()  # once per call: the kernels' own entries are then just a count
 def forward(
-    cell, params, x, h0, c0, *, activation, negative_slope, lengths, num_threads, training=True
-):
+    cell: str,
+    params: Params,
+    x: FloatArray,
+    h0: FloatArray,
+    c0: FloatArray | None,
+    *,
+    activation: str,
+    negative_slope: float,
+    lengths: IndexArray | None,
+    num_threads: int,
+    training: bool = True,
+) -> ForwardOutput:
     """Run the recurrence; return ``(hs, h_n, c_n, saved)`` as the reference does.
 
     ``saved``: nothing for rnn; the gate activations i, f, g, o and the cell states for
@@ -184,7 +216,7 @@ def forward(
     hs = np.empty((T, B, H), dtype=dt)
     h_n = np.empty((B, H), dtype=dt)
 
-    def saved(width: int) -> np.ndarray:  # an array for backward, or an empty stand-in
+    def saved(width: int) -> FloatArray:  # an array for backward, or an empty stand-in
         return np.empty((T, B, width) if training else (0, 0, 0), dtype=dt)
 
     if cell == "rnn":
@@ -196,7 +228,7 @@ def forward(
         bias = params["b_ih"] + params["b_hh"]
         c_n = np.empty((B, H), dtype=dt)
         gates, cs = saved(4 * H), saved(H)
-        args = (*common, bias, h0, _writable(c0), lens, hs, h_n, c_n, gates, cs)
+        args = (*common, bias, h0, _writable(given(c0, "c0")), lens, hs, h_n, c_n, gates, cs)
         _run("lstm_forward", dt, B, chunks, args)
         return hs, h_n, c_n, ((gates, cs) if training else None)
     # gru: b_hr and b_hz join b_ih; b_hn stays inside r * (W_hn h + b_hn)
@@ -213,23 +245,23 @@ def forward(
 
 @_single_threaded_blas()
 def backward(
-    cell,
-    params,
-    x,
-    h0,
-    c0,
-    hs,
-    saved,
-    dhs,
-    dh_n,
-    dc_n,
+    cell: str,
+    params: Params,
+    x: FloatArray,
+    h0: FloatArray,
+    c0: FloatArray | None,
+    hs: FloatArray,
+    saved: Saved,
+    dhs: FloatArray,
+    dh_n: FloatArray,
+    dc_n: FloatArray | None,
     *,
-    activation,
-    negative_slope,
-    lengths,
-    num_threads,
-    step_norms,
-):
+    activation: str,
+    negative_slope: float,
+    lengths: IndexArray | None,
+    num_threads: int,
+    step_norms: bool,
+) -> BackwardOutput:
     """Backpropagation through time; return ``(dx, dh0, dc0, dparams, norms)``.
 
     ``norms`` is ``None`` unless ``step_norms``; then it is the (T, B) array of
@@ -242,7 +274,6 @@ def backward(
     lens = _lengths(lengths, T, B)
     # the kernels' products: dA_t @ W_hh per step; dA^T X, dA^T H_prev and dA @ W_ih by blocks
     common = tuple(_writable(a) for a in (x, hs, h0, params["W_ih"], params["W_hh"]))
-    saved = saved and tuple(_writable(a) for a in saved)
     dh = dh_n.copy()  # the running dL/dh, dh0 on return
     dx = np.empty((T, B, D), dtype=dt)
     norms = np.zeros((B, T), dtype=dt)  # ||dL/dh_t||, sequence-major for the kernels
@@ -256,13 +287,15 @@ def backward(
         _run("rnn_backward", dt, B, chunks, args, dW)
         db_ih = db_hh = db.sum(axis=0)
     elif cell == "lstm":
-        dc = dc_n.copy()
-        args = (*common, *saved, _writable(c0), dhs, lens, dh, dc, dx, db, norms)
+        dc = given(dc_n, "dc_n").copy()
+        gates, cs = (_writable(a) for a in given(saved, "saved"))
+        args = (*common, gates, cs, _writable(given(c0, "c0")), dhs, lens, dh, dc, dx, db, norms)
         _run("lstm_backward", dt, B, chunks, args, dW)
         db_ih = db_hh = db.sum(axis=0)
     else:
         db_rec = np.zeros((B, GH))  # the recurrent side's: r * dL/da_n in the n part
-        args = (*common, *saved, dhs, lens, dh, dx, db, db_rec, norms)
+        gates, hn = (_writable(a) for a in given(saved, "saved"))
+        args = (*common, gates, hn, dhs, lens, dh, dx, db, db_rec, norms)
         _run("gru_backward", dt, B, chunks, args, dW)
         db_ih, db_hh = db.sum(axis=0), db_rec.sum(axis=0)
     dparams = {
@@ -281,7 +314,16 @@ def backward(
 _HEAD_ROWS_PER_THREAD = 1024
 
 
-def linear_cross_entropy(h, weight, bias, targets, row_weights, *, scale, num_threads):
+def linear_cross_entropy(
+    h: FloatArray,
+    weight: FloatArray,
+    bias: FloatArray,
+    targets: IndexArray,
+    row_weights: FloatArray | None,
+    *,
+    scale: float,
+    num_threads: int,
+) -> HeadOutput:
     """The contract of :func:`fastrnn.backends.numpy_backend.linear_cross_entropy`, block
     by block of rows (the logits never exist for all rows at once).
 
@@ -300,7 +342,13 @@ def linear_cross_entropy(h, weight, bias, targets, row_weights, *, scale, num_th
     dweight = np.empty((chunks, K, H))  # float64 sums, one per chunk
     dbias = np.empty((chunks, K))
     loss = np.empty((chunks, 1))
-    args = (_writable(h), _writable(weight), _writable(bias), _writable(targets), rw)
+    args: tuple[Any, ...] = (
+        _writable(h),
+        _writable(weight),
+        _writable(bias),
+        _writable(targets),
+        rw,
+    )
     args = (*args, dt.type(scale), dh)
     _run("linear_cross_entropy", dt, N, chunks, args, (dweight, dbias, loss))
     return float(loss.sum()), dh, dweight.sum(axis=0).astype(dt), dbias.sum(axis=0).astype(dt)

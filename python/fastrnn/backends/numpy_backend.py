@@ -1,5 +1,9 @@
 """The NumPy reference backend: the readable spec of the kernel contract, and the baseline.
 
+The contract is :class:`fastrnn.backends._contract.Backend` (the types of its arguments and
+results are there too); where its prose leaves a detail open, this module's result is the
+specification.
+
 Everything here is written the way a careful NumPy programmer would write it, because
 every benchmark compares against it: the input projection of all T steps is one GEMM
 before the time loop, each step is one GEMM for all gates with the element-wise gate
@@ -18,19 +22,45 @@ state at every real step, which is what the backward pass relies on.
 
 from __future__ import annotations
 
-import numpy as np
+from typing import TypeVar
 
-UNAVAILABLE_REASON = None
+import numpy as np
+from numpy.typing import NDArray
+
+from ._contract import (
+    BackwardOutput,
+    FloatArray,
+    ForwardOutput,
+    HeadOutput,
+    IndexArray,
+    Params,
+    Saved,
+)
+
+_V = TypeVar("_V")
+
+UNAVAILABLE_REASON: str | None = None
 
 # The input projection of an inference forward is computed for this many bytes of steps
 # at a time (at least one step).
 INFERENCE_BLOCK_BYTES = 2**18
 
 
+def given(value: _V | None, name: str) -> _V:
+    """``value``, which the contract gives (``c0``/``dc_n`` for lstm, ``saved`` from a
+    training forward): a clear error instead of a failure deep in a kernel if it is None."""
+    if value is None:
+        raise TypeError(
+            f"{name}: got None, expected the array(s) the backend contract gives here "
+            "(see fastrnn.backends._contract)"
+        )
+    return value
+
+
 # --- element-wise helpers (in place, no temporaries) ---------------------------------
 
 
-def _sigmoid_(v: np.ndarray) -> np.ndarray:
+def _sigmoid_(v: FloatArray) -> FloatArray:
     """v <- sigmoid(v) in place, as 0.5 * (1 + tanh(v / 2)): no overflow for any v."""
     v *= 0.5
     np.tanh(v, out=v)
@@ -39,7 +69,7 @@ def _sigmoid_(v: np.ndarray) -> np.ndarray:
     return v
 
 
-def _activate_(v: np.ndarray, activation: str, slope: float, buf: np.ndarray) -> None:
+def _activate_(v: FloatArray, activation: str, slope: float, buf: FloatArray) -> None:
     """v <- act(v) in place for the vanilla RNN's activation (``buf``: scratch like v)."""
     if activation == "tanh":
         np.tanh(v, out=v)
@@ -51,7 +81,7 @@ def _activate_(v: np.ndarray, activation: str, slope: float, buf: np.ndarray) ->
     # identity: nothing to do
 
 
-def _activation_grad(hs: np.ndarray, activation: str, slope: float) -> np.ndarray | None:
+def _activation_grad(hs: FloatArray, activation: str, slope: float) -> FloatArray | None:
     """act'(a_t) for all steps at once, written in terms of the output h_t = act(a_t).
 
     Computed once before the backward loop; ``None`` means the derivative is 1.
@@ -65,14 +95,14 @@ def _activation_grad(hs: np.ndarray, activation: str, slope: float) -> np.ndarra
     return None
 
 
-def _active_masks(lengths: np.ndarray | None, T: int) -> np.ndarray | None:
+def _active_masks(lengths: IndexArray | None, T: int) -> NDArray[np.bool_] | None:
     """active[t, b] is True where step t is a real step of sequence b."""
     if lengths is None:
         return None
     return np.arange(T)[:, None] < lengths[None, :]
 
 
-def contiguous_T(W: np.ndarray) -> np.ndarray:
+def contiguous_T(W: FloatArray) -> FloatArray:
     """W^T as its own C-contiguous array, made once before the time loop.
 
     Measured with OpenBLAS (float32, one thread): ``h @ W.T`` through a transposed view
@@ -83,19 +113,19 @@ def contiguous_T(W: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(W.T)
 
 
-def _input_projection(x: np.ndarray, W_ih: np.ndarray, bias: np.ndarray) -> np.ndarray:
+def _input_projection(x: FloatArray, W_ih: FloatArray, bias: FloatArray) -> FloatArray:
     """U x_t + b for all T steps in one GEMM: (T, B, D) -> (T, B, G*H)."""
     T, B, D = x.shape
-    a = x.reshape(T * B, D) @ W_ih.T
+    a: FloatArray = x.reshape(T * B, D) @ W_ih.T
     a += bias
     return a.reshape(T, B, -1)
 
 
-def _prev_state_product(dA: np.ndarray, hs: np.ndarray, h0: np.ndarray) -> np.ndarray:
+def _prev_state_product(dA: FloatArray, hs: FloatArray, h0: FloatArray) -> FloatArray:
     """sum_t dA_t^T h_{t-1}, with h_{-1} = h0, as two GEMMs over all steps (no copy)."""
     T, B, GH = dA.shape
     H = hs.shape[2]
-    out = dA[0].T @ h0
+    out: FloatArray = dA[0].T @ h0
     if T > 1:
         out += dA[1:].reshape((T - 1) * B, GH).T @ hs[:-1].reshape((T - 1) * B, H)
     return out
@@ -105,18 +135,18 @@ def _prev_state_product(dA: np.ndarray, hs: np.ndarray, h0: np.ndarray) -> np.nd
 
 
 def forward(
-    cell,
-    params,
-    x,
-    h0,
-    c0,
+    cell: str,
+    params: Params,
+    x: FloatArray,
+    h0: FloatArray,
+    c0: FloatArray | None,
     *,
-    activation,
-    negative_slope,
-    lengths,
-    num_threads,
+    activation: str,
+    negative_slope: float,
+    lengths: IndexArray | None,
+    num_threads: int,
     training: bool = True,
-):
+) -> ForwardOutput:
     """Run the recurrence; return ``(hs, h_n, c_n, saved)``.
 
     ``saved`` holds only what :func:`backward` needs beyond x, h0, c0 and hs:
@@ -147,15 +177,32 @@ def forward(
     return hs, h, c, None
 
 
-def _forward(cell, params, x, h0, c0, activation, negative_slope, lengths, training):
+def _forward(
+    cell: str,
+    params: Params,
+    x: FloatArray,
+    h0: FloatArray,
+    c0: FloatArray | None,
+    activation: str,
+    negative_slope: float,
+    lengths: IndexArray | None,
+    training: bool,
+) -> ForwardOutput:
     if cell == "rnn":
         return _rnn_forward(params, x, h0, activation, negative_slope, lengths)
     if cell == "lstm":
-        return _lstm_forward(params, x, h0, c0, lengths, training)
+        return _lstm_forward(params, x, h0, given(c0, "c0"), lengths, training)
     return _gru_forward(params, x, h0, lengths, training)
 
 
-def _rnn_forward(params, x, h0, activation, slope, lengths):
+def _rnn_forward(
+    params: Params,
+    x: FloatArray,
+    h0: FloatArray,
+    activation: str,
+    slope: float,
+    lengths: IndexArray | None,
+) -> ForwardOutput:
     T = x.shape[0]
     W_hh_T = contiguous_T(params["W_hh"])
     # a_t = U x_t + b for every step, written straight into hs and completed in the loop
@@ -176,7 +223,14 @@ def _rnn_forward(params, x, h0, activation, slope, lengths):
     return hs, h.copy(), None, None
 
 
-def _lstm_forward(params, x, h0, c0, lengths, training):
+def _lstm_forward(
+    params: Params,
+    x: FloatArray,
+    h0: FloatArray,
+    c0: FloatArray,
+    lengths: IndexArray | None,
+    training: bool,
+) -> ForwardOutput:
     T, B, _ = x.shape
     H = h0.shape[1]
     W_hh_T = contiguous_T(params["W_hh"])
@@ -213,7 +267,9 @@ def _lstm_forward(params, x, h0, c0, lengths, training):
     return hs, h.copy(), c.copy(), (gates, cs) if training else None
 
 
-def _gru_forward(params, x, h0, lengths, training):
+def _gru_forward(
+    params: Params, x: FloatArray, h0: FloatArray, lengths: IndexArray | None, training: bool
+) -> ForwardOutput:
     T, B, _ = x.shape
     H = h0.shape[1]
     W_hh_T = contiguous_T(params["W_hh"])
@@ -235,7 +291,7 @@ def _gru_forward(params, x, h0, lengths, training):
         _sigmoid_(rz)  # r, z
         r, z, n = g_t[:, :H], g_t[:, H : 2 * H], g_t[:, 2 * H :]
         hn_t = rec[:, 2 * H :]
-        if training:
+        if hn is not None:  # training
             hn[t] = hn_t
         np.multiply(r, hn_t, out=hs[t])  # n = tanh(W_in x + b_in + r * (W_hn h + b_hn))
         n += hs[t]
@@ -248,30 +304,30 @@ def _gru_forward(params, x, h0, lengths, training):
         else:
             np.copyto(h, hs[t], where=active[t][:, None])
             hs[t][~active[t]] = 0
-    return hs, h.copy(), None, (gates, hn) if training else None
+    return hs, h.copy(), None, (gates, hn) if hn is not None else None
 
 
 # --- backward (BPTT) -----------------------------------------------------------------
 
 
 def backward(
-    cell,
-    params,
-    x,
-    h0,
-    c0,
-    hs,
-    saved,
-    dhs,
-    dh_n,
-    dc_n,
+    cell: str,
+    params: Params,
+    x: FloatArray,
+    h0: FloatArray,
+    c0: FloatArray | None,
+    hs: FloatArray,
+    saved: Saved,
+    dhs: FloatArray,
+    dh_n: FloatArray,
+    dc_n: FloatArray | None,
     *,
-    activation,
-    negative_slope,
-    lengths,
-    num_threads,
-    step_norms,
-):
+    activation: str,
+    negative_slope: float,
+    lengths: IndexArray | None,
+    num_threads: int,
+    step_norms: bool,
+) -> BackwardOutput:
     """Backpropagation through time; return ``(dx, dh0, dc0, dparams, norms)``.
 
     ``norms`` is ``None`` unless ``step_norms``; then it is a (T, B) array of
@@ -288,12 +344,24 @@ def backward(
         )
         return dx, dh0, None, dparams, norms
     if cell == "lstm":
-        return _lstm_backward(params, x, h0, c0, hs, saved, dhs, dh_n, dc_n, active, norms)
-    dx, dh0, dparams = _gru_backward(params, x, h0, hs, saved, dhs, dh_n, active, norms)
+        c0, dc_n = given(c0, "c0"), given(dc_n, "dc_n")
+        return _lstm_backward(
+            params, x, h0, c0, hs, given(saved, "saved"), dhs, dh_n, dc_n, active, norms
+        )
+    dx, dh0, dparams = _gru_backward(
+        params, x, h0, hs, given(saved, "saved"), dhs, dh_n, active, norms
+    )
     return dx, dh0, None, dparams, norms
 
 
-def _weight_grads(dA_in, dA_rec, x, hs, h0, W_ih):
+def _weight_grads(
+    dA_in: FloatArray,
+    dA_rec: FloatArray,
+    x: FloatArray,
+    hs: FloatArray,
+    h0: FloatArray,
+    W_ih: FloatArray,
+) -> tuple[FloatArray, dict[str, FloatArray]]:
     """dW_ih = dA^T X, dW_hh = dA^T H_prev, the bias sums and dx: one GEMM each."""
     T, B, D = x.shape
     GH = dA_in.shape[2]
@@ -311,7 +379,18 @@ def _weight_grads(dA_in, dA_rec, x, hs, h0, W_ih):
     )
 
 
-def _rnn_backward(params, x, h0, hs, dhs, dh_n, activation, slope, active, norms):
+def _rnn_backward(
+    params: Params,
+    x: FloatArray,
+    h0: FloatArray,
+    hs: FloatArray,
+    dhs: FloatArray,
+    dh_n: FloatArray,
+    activation: str,
+    slope: float,
+    active: NDArray[np.bool_] | None,
+    norms: FloatArray | None,
+) -> tuple[FloatArray, FloatArray, dict[str, FloatArray]]:
     T = x.shape[0]
     W_hh = params["W_hh"]
     dact = _activation_grad(hs, activation, slope)  # act'(a_t) for all t at once
@@ -336,7 +415,19 @@ def _rnn_backward(params, x, h0, hs, dhs, dh_n, activation, slope, active, norms
     return dx, dh, dparams
 
 
-def _lstm_backward(params, x, h0, c0, hs, saved, dhs, dh_n, dc_n, active, norms):
+def _lstm_backward(
+    params: Params,
+    x: FloatArray,
+    h0: FloatArray,
+    c0: FloatArray,
+    hs: FloatArray,
+    saved: tuple[FloatArray, FloatArray],
+    dhs: FloatArray,
+    dh_n: FloatArray,
+    dc_n: FloatArray,
+    active: NDArray[np.bool_] | None,
+    norms: FloatArray | None,
+) -> BackwardOutput:
     T = x.shape[0]
     H = h0.shape[1]
     W_hh = params["W_hh"]
@@ -394,7 +485,17 @@ def _lstm_backward(params, x, h0, c0, hs, saved, dhs, dh_n, dc_n, active, norms)
     return dx, dh, dc, dparams, norms
 
 
-def _gru_backward(params, x, h0, hs, saved, dhs, dh_n, active, norms):
+def _gru_backward(
+    params: Params,
+    x: FloatArray,
+    h0: FloatArray,
+    hs: FloatArray,
+    saved: tuple[FloatArray, FloatArray],
+    dhs: FloatArray,
+    dh_n: FloatArray,
+    active: NDArray[np.bool_] | None,
+    norms: FloatArray | None,
+) -> tuple[FloatArray, FloatArray, dict[str, FloatArray]]:
     T = x.shape[0]
     H = h0.shape[1]
     W_hh = params["W_hh"]
@@ -444,7 +545,16 @@ def _gru_backward(params, x, h0, hs, saved, dhs, dh_n, active, norms):
 # --- the output head: linear layer + softmax cross-entropy ------------------------------
 
 
-def linear_cross_entropy(h, weight, bias, targets, row_weights, *, scale, num_threads):
+def linear_cross_entropy(
+    h: FloatArray,
+    weight: FloatArray,
+    bias: FloatArray,
+    targets: IndexArray,
+    row_weights: FloatArray | None,
+    *,
+    scale: float,
+    num_threads: int,
+) -> HeadOutput:
     """A linear softmax head and its cross-entropy, forward and backward; return
     ``(loss, dh, dweight, dbias)``.
 
