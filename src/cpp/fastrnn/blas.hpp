@@ -85,10 +85,28 @@ inline BlasFunctions current_blas() {
 constexpr Index kBlasMinFlops = Index(1) << 25;
 constexpr Index kBlasMinDim = 64;
 // The per-step recurrent product, for which the in-house kernel keeps W_hh packed for the
-// whole call: BLAS from 2^24 multiply-adds per step and worker. Measured: S4 (rnn, H=1024,
-// 64 columns: 2^26; W_hh 4 MB, past the 2 MB L2) forward 95 against 58 GF/s, backward 90
-// against 85; S3 (lstm H=256, 32 columns: 2^23; W_hh 1 MB) forward 66 against 86 GF/s.
+// whole call: BLAS from kStepBlasMinFlops multiply-adds per step and worker, a threshold that
+// depends on the instruction-set level the module is compiled for (FASTRNN_ISA), because the
+// in-house kernel is as wide as that level while SciPy's OpenBLAS runs the widest kernels the
+// CPU has whatever the level. The same rule for the backward's dh_prev = W_hh^T dA_t.
+// Measured the product alone (float32, 1 thread, process CPU time, Xeon with AVX-512 and a
+// 2 MB L2; GH x H times nb columns, in-house against OpenBLAS sgemm, GF/s):
+//   shape (GH, H, nb)     avx512       avx2 (3 x 4 tile)
+//   256, 256, 16          129 / 58      86 / 56
+//   128, 128, 32          114 / 73      80 / 71  (2 x 4 tile)
+//   256, 256, 32 (S3 rnn) 125 / 74      72 / 72
+//   1024, 256, 32 (gru)   109 / 78      62 / 70
+//   512, 512, 32          116 / 78      67 / 79
+//   512, 512, 64          105 / 105     81 / 108
+//   1024, 1024, 64 (S4)    49 / 98      22 / 100 (W_hh 4 MB, past the L2)
+// So: avx512 from 2^24 (in the whole calls also S4 rnn forward 95 against 58 GF/s, S3 lstm
+// 2^23 forward 86 in-house against 66), narrower levels from 2^21 (S3 rnn: 256 x 256 x 32).
+// S1 and S2 (at most 2^18 per step) stay in-house at every level.
+#if defined(__AVX512F__)
 constexpr Index kStepBlasMinFlops = Index(1) << 24;
+#else
+constexpr Index kStepBlasMinFlops = Index(1) << 21;
+#endif
 
 inline bool use_blas(const BlasFunctions& f, Index m, Index n, Index k) {
   if (!f.usable()) return false;
