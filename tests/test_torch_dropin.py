@@ -220,6 +220,12 @@ def test_dropout(mode):
         torch.manual_seed(7)
         got = mod(x)
         _close(got[0], want[0], 1e-10, f"training output, p={p}")
+        packed = pack_padded_sequence(x, torch.tensor([4, 6, 1]), enforce_sorted=False)
+        torch.manual_seed(8)
+        want = ref(packed)
+        torch.manual_seed(8)
+        got_packed = mod(packed)
+        _close(got_packed[0].data, want[0].data, 1e-10, f"packed training output, p={p}")
         if p == 0.0:
             _close(got[0], plain(x)[0], 1e-10, "p=0 against no dropout")
         if p == 1.0:  # the second layer sees zeros: its output is that of zero input
@@ -309,19 +315,23 @@ def test_convert_leaves_subclasses_and_other_modules_alone():
         ft.convert("model")
 
 
+@pytest.mark.parametrize("reverse", [False, True], ids=["forward", "reverse"])
+@pytest.mark.parametrize("packed", [False, True], ids=["padded", "packed"])
 @pytest.mark.parametrize("cell", ["rnn", "lstm", "gru"])
-@pytest.mark.parametrize("packed", [False, True])
-def test_opcheck(cell, packed):
+def test_opcheck(cell, packed, reverse):
+    """torch.library.opcheck of fastrnn::layer_forward (and through its autograd formula,
+    fastrnn::layer_backward): schema, fake tensors, autograd registration, AOT dispatch."""
     G = {"rnn": 1, "lstm": 4, "gru": 3}[cell]
     gen = torch.Generator().manual_seed(2)
 
     def rand(*shape):
         return torch.randn(*shape, generator=gen, dtype=torch.float64, requires_grad=True)
 
+    batch_sizes = torch.tensor([3, 3, 2, 1]) if packed else None
+    x = rand(9, D) if packed else rand(4, 3, D)
     c0 = rand(3, H) if cell == "lstm" else None
-    lengths = torch.tensor([4, 2, 3]) if packed else None
-    args = (rand(4, 3, D), rand(3, H), c0, rand(G * H, D), rand(G * H, H), rand(G * H))
-    args = (*args, rand(G * H), lengths, cell, "tanh", fastrnn.get_backend(), True)
+    args = (x, rand(3, H), c0, rand(G * H, D), rand(G * H, H), rand(G * H), rand(G * H))
+    args = (*args, batch_sizes, cell, "tanh", reverse, True)
     torch.library.opcheck(torch.ops.fastrnn.layer_forward.default, args)
 
 

@@ -35,10 +35,17 @@ The mechanism is PyTorch's for foreign kernels: two custom operators,
 ``fastrnn::layer_forward`` (one direction of one layer: ``hs, h_n, c_n`` and the
 activations the backend saves for backward, as tensors) and ``fastrnn::layer_backward``
 (the gradients), with fake (meta) implementations and the autograd formula registered
-through ``torch.library``. Layers, directions, the reversal of each sequence within its
-length, dropout and the packing of ``PackedSequence`` are torch operations around them.
-Tensors and arrays share memory where they are contiguous. ``torch.compile`` traces the
-operators as opaque nodes (no graph break in the padded path).
+through ``torch.library``. The operators take padded (time-major) input or the
+data of a ``PackedSequence`` as it is, and run either direction (each sequence reversed
+within its length, in NumPy inside the operator); layers, dropout and the states are
+torch operations around them. Tensors and arrays share memory where they are contiguous.
+
+``torch.compile``: Dynamo does not trace into RNN modules (``torch.nn``'s or these) unless
+``torch._dynamo.config.allow_rnn = True``: by default a model compiles with a graph break
+around the drop-in, which runs eagerly at full speed. With ``allow_rnn = True`` a padded
+input traces into one graph (``fullgraph=True`` works) with the two operators as opaque
+nodes; a ``PackedSequence`` graph-breaks where its batch size is read from
+``batch_sizes``. The operators run on the backend configured when they run (also compiled).
 """
 
 from __future__ import annotations
@@ -48,21 +55,26 @@ from typing import Any
 
 import numpy as np
 
+import fastrnn
+from fastrnn.backends import BACKENDS
+from fastrnn.functional import GATES, ForwardResult
+
 try:
     import torch
+    from torch import Tensor
+    from torch.nn.utils.rnn import PackedSequence
 except ImportError as exc:  # torch is optional for fastrnn
     raise ImportError(
-        "fastrnn.torch needs PyTorch, which is not installed: `pip install torch` (for a "
-        "CPU-only build without the CUDA download: `pip install torch --index-url "
+        "fastrnn.torch needs PyTorch, which is not installed: `pip install torch` (a CPU-only "
+        "build without the CUDA download: `pip install torch --index-url "
         "https://download.pytorch.org/whl/cpu`)"
     ) from exc
 
-from torch import Tensor
-from torch.nn.utils.rnn import PackedSequence
-
-import fastrnn
-from fastrnn import _config
-from fastrnn.functional import GATES, ForwardResult
+if not hasattr(torch.library, "custom_op"):
+    raise ImportError(
+        f"fastrnn.torch needs PyTorch >= 2.4 (torch.library.custom_op), found "
+        f"{torch.__version__}: `pip install 'torch>=2.4'`"
+    )
 
 __all__ = ["GRU", "LSTM", "RNN", "convert"]
 
@@ -83,7 +95,7 @@ def _contiguous(t: Tensor | None) -> np.ndarray | None:
     return None if t is None else np.ascontiguousarray(t.detach().numpy())
 
 
-def _tensor(a: np.ndarray | None, *others: np.ndarray | None) -> Tensor:
+def _tensor(a: np.ndarray, *others: np.ndarray | None) -> Tensor:
     """An array as a tensor without a copy, unless it shares memory with one of ``others``
     (an operator's outputs may alias neither its inputs nor each other)."""
     if any(o is not None and np.shares_memory(a, o) for o in others):
@@ -95,15 +107,63 @@ def _empty_like(x: Tensor) -> Tensor:
     return x.new_empty((0,))
 
 
-# --- the operators --------------------------------------------------------------------------
+class _Grid:
+    """Where the rows of a layer's input sit in the time-major (T, B) grid that the kernels
+    run on: a padded (T, B, F) input is the grid itself; a packed (N, F) input (PyTorch's
+    ``PackedSequence.data`` with its ``batch_sizes``) fills row-major the cells t < length
+    of each sequence, zeros elsewhere. ``reverse``: the grid holds every sequence reversed
+    within its length (the backward direction of a bidirectional layer)."""
+
+    def __init__(self, batch_sizes: np.ndarray | None, T: int, B: int, reverse: bool) -> None:
+        self.T, self.B = T, B
+        self.rows = self.lengths = self.swap = None
+        if batch_sizes is not None:
+            filled = np.arange(B)[None, :] < batch_sizes[:, None]  # (T, B)
+            self.rows = np.flatnonzero(filled)  # the grid cell of each packed row, in order
+            self.lengths = filled.sum(axis=0).astype(np.int64)
+        self.flip = reverse and self.lengths is None  # every sequence has length T
+        if reverse and self.lengths is not None:  # step t swaps with length-1-t (an involution)
+            t, lens = np.arange(T)[:, None], self.lengths[None, :]
+            self.swap = (np.where(t < lens, lens - 1 - t, t) * B + np.arange(B)).ravel()
+
+    def to_grid(self, a: np.ndarray) -> np.ndarray:
+        """(N, F) packed or (T, B, F) padded -> the (T, B, F) grid, C-contiguous."""
+        F = a.shape[-1]
+        if self.rows is not None:
+            grid = np.zeros((self.T * self.B, F), dtype=a.dtype)
+            grid[self.rows] = a
+            a = grid
+        return np.ascontiguousarray(self._reorder(a.reshape(self.T, self.B, F)))
+
+    def from_grid(self, grid: np.ndarray) -> np.ndarray:
+        """The inverse of :meth:`to_grid`."""
+        grid = self._reorder(grid)
+        if self.rows is None:
+            return grid
+        return grid.reshape(self.T * self.B, grid.shape[2])[self.rows]
+
+    def _reorder(self, grid: np.ndarray) -> np.ndarray:
+        if self.flip:
+            return grid[::-1]
+        if self.swap is not None:
+            return grid.reshape(self.T * self.B, -1)[self.swap].reshape(grid.shape)
+        return grid
+
+
+def _grid(x: Tensor, h0: Tensor, batch_sizes: Tensor | None, reverse: bool) -> _Grid:
+    T = x.shape[0] if batch_sizes is None else batch_sizes.shape[0]
+    return _Grid(_array(batch_sizes), T, h0.shape[0], reverse)
 
 
 def _params(W_ih, W_hh, b_ih, b_hh) -> dict[str, np.ndarray]:
-    p = {"W_ih": _array(W_ih), "W_hh": _array(W_hh)}
+    p = {"W_ih": _contiguous(W_ih), "W_hh": _contiguous(W_hh)}
     zeros = np.zeros(p["W_hh"].shape[0], dtype=p["W_hh"].dtype)
-    p["b_ih"] = zeros if b_ih is None else _array(b_ih)
-    p["b_hh"] = zeros if b_hh is None else _array(b_hh)
+    p["b_ih"] = zeros if b_ih is None else _contiguous(b_ih)
+    p["b_hh"] = zeros if b_hh is None else _contiguous(b_hh)
     return p
+
+
+# --- the operators --------------------------------------------------------------------------
 
 
 @torch.library.custom_op("fastrnn::layer_forward", mutates_args=())
@@ -115,47 +175,52 @@ def layer_forward(
     W_hh: Tensor,
     b_ih: Tensor | None,
     b_hh: Tensor | None,
-    lengths: Tensor | None,
+    batch_sizes: Tensor | None,
     cell: str,
     activation: str,
-    backend: str,
+    reverse: bool,
     training: bool,
-) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
-    """One direction of one layer, time-major: ``(hs, h_n, c_n, saved_gates, saved_extra)``.
+) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
+    """One direction of one layer on the configured backend: ``(out, h_n, c_n, gates,
+    extra, backend)``.
 
-    ``c_n`` is empty unless the cell is lstm; ``saved_gates`` (T, B, G*H) and
-    ``saved_extra`` (T, B, H) are what the backend keeps for backward (empty for rnn, and
-    when not ``training``)."""
+    ``x`` is time-major (T, B, D), or PyTorch's packed data (N, D) with its
+    ``batch_sizes``; ``out`` has the layout of ``x`` with H features. ``reverse`` runs each
+    sequence backwards from its last step. ``c_n`` is empty unless the cell is lstm;
+    ``gates`` (T, B, G*H) and ``extra`` (T, B, H) are what the backend keeps for backward
+    (empty for rnn, and when not ``training``), ``backend`` the index of the backend in
+    ``fastrnn.backends.BACKENDS`` (a 0-d int64 tensor), so that backward runs on it too."""
+    grid = _grid(x, h0, batch_sizes, reverse)
     res = fastrnn.forward(
         cell,
         _params(W_ih, W_hh, b_ih, b_hh),
-        _array(x),
+        grid.to_grid(_array(x)),
         _array(h0),
         _array(c0),
         activation=activation,
-        lengths=_array(lengths),
-        backend=backend,
+        lengths=grid.lengths,
         training=training,
     )
     ins = (res.x, res.h0, res.c0)
-    hs = _tensor(res.hs, *ins)
+    out = _tensor(grid.from_grid(res.hs), *ins)
     h_n = _tensor(res.h_n, res.hs, *ins)
-    c_n = _empty_like(hs) if res.c_n is None else _tensor(res.c_n, res.hs, *ins)
-    if res.saved is None:
-        return hs, h_n, c_n, _empty_like(hs), _empty_like(hs)
-    gates, extra = res.saved
-    return hs, h_n, c_n, _tensor(gates, *ins), _tensor(extra, *ins)
+    c_n = _empty_like(out) if res.c_n is None else _tensor(res.c_n, res.hs, *ins)
+    gates, extra = (_empty_like(out), _empty_like(out))
+    if res.saved is not None:
+        gates, extra = (_tensor(a, *ins) for a in res.saved)
+    return out, h_n, c_n, gates, extra, torch.tensor(BACKENDS.index(res.backend))
 
 
 @layer_forward.register_fake
-def _(x, h0, c0, W_ih, W_hh, b_ih, b_hh, lengths, cell, activation, backend, training):
-    T, B, _ = x.shape
-    H = W_hh.shape[1]
-    hs = x.new_empty((T, B, H))
-    c_n = x.new_empty((B, H)) if cell == "lstm" else _empty_like(x)
+def _(x, h0, c0, W_ih, W_hh, b_ih, b_hh, batch_sizes, cell, activation, reverse, training):
+    T = x.shape[0] if batch_sizes is None else batch_sizes.shape[0]
+    B, H = h0.shape
+    c_n = h0.new_empty((B, H)) if cell == "lstm" else _empty_like(x)
+    gates, extra = _empty_like(x), _empty_like(x)
     if training and cell != "rnn":  # the backends' common contract, see fastrnn.backends
-        return hs, x.new_empty((B, H)), c_n, x.new_empty((T, B, GATES[cell] * H)), hs.clone()
-    return hs, x.new_empty((B, H)), c_n, _empty_like(x), _empty_like(x)
+        gates, extra = x.new_empty((T, B, GATES[cell] * H)), x.new_empty((T, B, H))
+    backend = x.new_empty((), dtype=torch.int64)
+    return x.new_empty((*x.shape[:-1], H)), h0.new_empty((B, H)), c_n, gates, extra, backend
 
 
 @torch.library.custom_op("fastrnn::layer_backward", mutates_args=())
@@ -167,81 +232,65 @@ def layer_backward(
     W_hh: Tensor,
     b_ih: Tensor | None,
     b_hh: Tensor | None,
-    lengths: Tensor | None,
-    hs: Tensor,
-    saved_gates: Tensor,
-    saved_extra: Tensor,
-    dhs: Tensor | None,
+    batch_sizes: Tensor | None,
+    out: Tensor,
+    gates: Tensor,
+    extra: Tensor,
+    backend: Tensor,
+    d_out: Tensor | None,
     dh_n: Tensor | None,
     dc_n: Tensor | None,
     cell: str,
     activation: str,
-    backend: str,
+    reverse: bool,
 ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
-    """The gradients of :func:`layer_forward`: ``(dx, dh0, dc0, dW_ih, dW_hh, db_ih,
-    db_hh)`` (``dc0`` empty unless the cell is lstm); missing output gradients are zero."""
-    res = _rebuild(
-        cell, activation, backend, x, h0, c0, W_ih, W_hh, b_ih, b_hh, lengths, hs, saved_gates,
-        saved_extra,
-    )  # fmt: skip
-    g = fastrnn.backward(res, dhs=_array(dhs), dh_n=_array(dh_n), dc_n=_array(dc_n))
-    grads = (g.dx, g.dh0, g.params["W_ih"], g.params["W_hh"], g.params["b_ih"], g.params["b_hh"])
+    """The gradients of :func:`layer_forward` from those of its outputs (zero where None):
+    ``(dx, dh0, dc0, dW_ih, dW_hh, db_ih, db_hh)``, ``dc0`` empty unless the cell is lstm."""
+    grid = _grid(x, h0, batch_sizes, reverse)
+    h0_a, c0_a = _contiguous(h0), _contiguous(c0)
+    res = ForwardResult(  # the result layer_forward had, rebuilt as fastrnn.forward made it
+        hs=grid.to_grid(_array(out)),
+        h_n=h0_a,  # (backward reads neither h_n nor c_n)
+        c_n=c0_a,
+        cell=cell,
+        activation=activation,
+        negative_slope=0.01,  # (leaky_relu is not a PyTorch nonlinearity)
+        backend=BACKENDS[int(backend)],
+        params=_params(W_ih, W_hh, b_ih, b_hh),
+        x=grid.to_grid(_array(x)),
+        h0=h0_a,
+        c0=c0_a,
+        lengths=grid.lengths,
+        saved=None if gates.numel() == 0 else (_contiguous(gates), _contiguous(extra)),
+    )
+    d_grid = None if d_out is None else grid.to_grid(_array(d_out))
+    g = fastrnn.backward(res, dhs=d_grid, dh_n=_array(dh_n), dc_n=_array(dc_n))
     ins = (res.x, res.hs, res.h0, *res.params.values())
-    dx, dh0, dW_ih, dW_hh, db_ih, db_hh = (_tensor(a, *ins) for a in grads)
+    grads = (g.dh0, g.params["W_ih"], g.params["W_hh"], g.params["b_ih"], g.params["b_hh"])
+    dh0, dW_ih, dW_hh, db_ih, db_hh = (_tensor(a, *ins) for a in grads)
+    dx = _tensor(grid.from_grid(g.dx), *ins)
     dc0 = _empty_like(dx) if g.dc0 is None else _tensor(g.dc0, *ins)
     return dx, dh0, dc0, dW_ih, dW_hh, db_ih, db_hh
 
 
-def _rebuild(
-    cell, activation, backend, x, h0, c0, W_ih, W_hh, b_ih, b_hh, lengths, hs, gates, extra
-) -> ForwardResult:
-    """The :class:`fastrnn.ForwardResult` that :func:`layer_forward` made, rebuilt from the
-    tensors it took and returned, as :func:`fastrnn.forward` normalises them (C-contiguous
-    arrays of one dtype, int64 lengths); ``h_n``/``c_n``, which backward does not read, are
-    left as the initial states."""
-    h0_a, c0_a = _contiguous(h0), _contiguous(c0)
-    return ForwardResult(
-        hs=_contiguous(hs),
-        h_n=h0_a,
-        c_n=c0_a,
-        cell=cell,
-        activation=activation,
-        negative_slope=0.01,  # leaky_relu is not a PyTorch nonlinearity
-        backend=backend,
-        params={k: np.ascontiguousarray(v) for k, v in _params(W_ih, W_hh, b_ih, b_hh).items()},
-        x=_contiguous(x),
-        h0=h0_a,
-        c0=c0_a,
-        lengths=None if lengths is None else _contiguous(lengths.to(torch.int64)),
-        saved=None if gates.numel() == 0 else (_contiguous(gates), _contiguous(extra)),
-        training=True,
-    )
-
-
 @layer_backward.register_fake
-def _(x, h0, c0, W_ih, W_hh, b_ih, b_hh, lengths, hs, gates, extra, dhs, dh_n, dc_n, *args):
+def _(x, h0, c0, W_ih, W_hh, b_ih, b_hh, *rest):
     dc0 = torch.empty_like(h0) if c0 is not None else _empty_like(x)
     GH = W_hh.shape[0]
-    return (
-        torch.empty_like(x),
-        torch.empty_like(h0),
-        dc0,
-        torch.empty_like(W_ih),
-        torch.empty_like(W_hh),
-        x.new_empty((GH,)),
-        x.new_empty((GH,)),
-    )
+    dW = (torch.empty_like(W_ih), torch.empty_like(W_hh), x.new_empty(GH), x.new_empty(GH))
+    return (torch.empty_like(x), torch.empty_like(h0), dc0, *dW)
 
 
 def _setup_context(ctx, inputs, output) -> None:
-    x, h0, c0, W_ih, W_hh, b_ih, b_hh, lengths, cell, activation, backend, training = inputs
-    hs, _, c_n, gates, extra = output
-    ctx.mark_non_differentiable(gates, extra)
+    x, h0, c0, W_ih, W_hh, b_ih, b_hh, batch_sizes, cell, activation, reverse, training = inputs
+    out, _, c_n, gates, extra, backend = output
+    ctx.mark_non_differentiable(gates, extra, backend)
     if cell != "lstm":
         ctx.mark_non_differentiable(c_n)
     ctx.set_materialize_grads(False)  # gradients of unused outputs arrive as None
-    ctx.save_for_backward(x, h0, c0, W_ih, W_hh, b_ih, b_hh, lengths, hs, gates, extra)
-    ctx.args = (cell, activation, backend, training)
+    saved = (x, h0, c0, W_ih, W_hh, b_ih, b_hh, batch_sizes, out, gates, extra, backend)
+    ctx.save_for_backward(*saved)
+    ctx.args = (cell, activation, reverse, training)
 
 
 class _NoSecondDerivative(torch.autograd.Function):
@@ -261,24 +310,22 @@ class _NoSecondDerivative(torch.autograd.Function):
         )
 
 
-def _backward(ctx, dhs, dh_n, dc_n, _gates, _extra):
-    cell, activation, backend, training = ctx.args
+def _backward(ctx, d_out, dh_n, dc_n, *_):
+    cell, activation, reverse, training = ctx.args
     if not training:
         raise RuntimeError(
             "fastrnn::layer_forward ran with training=False, which saves nothing for "
             "backward; the drop-in modules pass training=True whenever a gradient is needed"
         )
     saved = ctx.saved_tensors
-    c0, b_ih = saved[2], saved[5]
+    dc_n = dc_n if cell == "lstm" else None
     with torch.no_grad():
-        grads = layer_backward(
-            *saved, dhs, dh_n, dc_n if cell == "lstm" else None, cell, activation, backend
-        )
-    depends = [t for t in (*saved, dhs, dh_n, dc_n) if t is not None]
+        grads = layer_backward(*saved, d_out, dh_n, dc_n, cell, activation, reverse)
+    depends = [t for t in (*saved, d_out, dh_n, dc_n) if t is not None]
     if _needs_grad(*depends):  # create_graph=True
         grads = _NoSecondDerivative.apply(len(grads), *grads, *depends)
     dx, dh0, dc0, dW_ih, dW_hh, db_ih, db_hh = grads
-    no_bias = b_ih is None
+    c0, no_bias = saved[2], saved[5] is None
     return (
         dx,
         dh0,
@@ -287,17 +334,20 @@ def _backward(ctx, dhs, dh_n, dc_n, _gates, _extra):
         dW_hh,
         None if no_bias else db_ih,
         None if no_bias else db_hh,
-        *(None,) * 5,  # lengths, cell, activation, backend, training
+        *(None,) * 5,  # batch_sizes, cell, activation, reverse, training
     )
 
 
 layer_forward.register_autograd(_backward, setup_context=_setup_context)
 
 
+def _needs_grad(*tensors: Tensor | None) -> bool:
+    return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
+
+
 # --- the modules ----------------------------------------------------------------------------
 
 _warned: set[str] = set()
-_backend_at_import = _config.resolve_backend(None)  # loads the backends outside torch.compile
 
 
 def _warn_once(reason: str) -> None:
@@ -308,46 +358,6 @@ def _warn_once(reason: str) -> None:
             RuntimeWarning,
             stacklevel=4,
         )
-
-
-def _needs_grad(*tensors: Tensor | None) -> bool:
-    return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
-
-
-@torch.compiler.assume_constant_result
-def _backend() -> str:
-    """The backend of the next call: a constant for ``torch.compile`` (a compiled model
-    keeps the backend configured when it was compiled)."""
-    return _config.resolve_backend(None)
-
-
-def _reverse_index(lengths: Tensor | None, T: int, B: int, device: Any) -> Tensor | None:
-    """For each step and sequence, the step it swaps with when every sequence is reversed
-    within its length (padded steps stay); None when every length is T (a plain flip)."""
-    if lengths is None:
-        return None
-    t = torch.arange(T, device=device).unsqueeze(1)
-    lens = lengths.to(device).unsqueeze(0)
-    return torch.where(t < lens, lens - 1 - t, t)
-
-
-def _reverse(x: Tensor, index: Tensor | None) -> Tensor:
-    if index is None:
-        return x.flip(0)
-    return x.gather(0, index.unsqueeze(2).expand(-1, -1, x.shape[2]))
-
-
-# The packed data <-> padded (T, B, .) in the packing's order (sorted by length), with the ops
-# torch.nn.utils.rnn uses. Their shapes depend on batch_sizes' values, which torch.compile
-# does not trace: it runs them eagerly (a graph break for PackedSequence input).
-@torch.compiler.disable
-def _pad(data: Tensor, batch_sizes: Tensor) -> tuple[Tensor, Tensor]:
-    return torch._pad_packed_sequence(data, batch_sizes, False, 0.0, batch_sizes.shape[0])
-
-
-@torch.compiler.disable
-def _pack(padded: Tensor, lengths: Tensor) -> Tensor:
-    return torch._pack_padded_sequence(padded, lengths, False)[0]
 
 
 class _DropIn:
@@ -379,12 +389,12 @@ class _DropIn:
         name = type(self).__name__
         num_dir = 2 if self.bidirectional else 1
         packed = isinstance(input, PackedSequence)
-        lengths = sorted_indices = unsorted_indices = None
+        sorted_indices = unsorted_indices = None
         is_batched = True
         if packed:
-            data, batch_sizes, sorted_indices, unsorted_indices = input
-            checked: Tensor = data
-            T, B = batch_sizes.shape[0], int(batch_sizes[0])
+            x, batch_sizes, sorted_indices, unsorted_indices = input
+            checked: Tensor = x
+            B = int(batch_sizes[0])
         else:
             if input.dim() not in (2, 3):
                 got = f"{input.dim()}D" if lstm else f"{input.dim()}D tensor"
@@ -408,18 +418,14 @@ class _DropIn:
             batch_sizes = None
             checked = input
             x = input.transpose(0, 1) if self.batch_first else input
-            T, B = x.shape[0], x.shape[1]
+            B = x.shape[1]
         if hx is None:
             zeros = checked.new_zeros((self.num_layers * num_dir, B, self.hidden_size))
             hx = (zeros, zeros) if lstm else zeros
         self.check_forward_args(checked, hx, batch_sizes)
         hx = self.permute_hidden(hx, sorted_indices)
-        if packed:  # padded, time-major, in the order of the packing (sorted by length)
-            x, lengths = _pad(data, batch_sizes)
         h0, c0 = hx if lstm else (hx, None)
-        backend = _backend()
-        rev = _reverse_index(lengths, T, B, x.device) if num_dir == 2 else None
-        layer_in = x.contiguous()
+        layer_in = x.contiguous()  # (T, B, D) time-major, or the packed (N, D)
         h_n: list[Tensor] = []
         c_n: list[Tensor] = []
         for k in range(self.num_layers):
@@ -430,25 +436,23 @@ class _DropIn:
                 W_ih, W_hh = getattr(self, "weight_ih" + sfx), getattr(self, "weight_hh" + sfx)
                 b_ih = getattr(self, "bias_ih" + sfx) if self.bias else None
                 b_hh = getattr(self, "bias_hh" + sfx) if self.bias else None
-                xin = layer_in if d == 0 else _reverse(layer_in, rev).contiguous()
                 c0_i = None if c0 is None else c0[i]
-                training = _needs_grad(xin, h0, c0, W_ih, W_hh, b_ih, b_hh)
-                hs, hn, cn, _, _ = layer_forward(
-                    xin, h0[i], c0_i, W_ih, W_hh, b_ih, b_hh, lengths, cell, activation, backend,
-                    training,
+                training = _needs_grad(layer_in, h0, c0, W_ih, W_hh, b_ih, b_hh)
+                out, hn, cn, *_ = layer_forward(
+                    layer_in, h0[i], c0_i, W_ih, W_hh, b_ih, b_hh, batch_sizes, cell,
+                    activation, d == 1, training,
                 )  # fmt: skip
-                outs.append(hs if d == 0 else _reverse(hs, rev))
+                outs.append(out)
                 h_n.append(hn)
                 c_n.append(cn)
-            layer_in = outs[0] if num_dir == 1 else torch.cat(outs, 2)
+            layer_in = outs[0] if num_dir == 1 else torch.cat(outs, -1)
             if self.dropout and self.training and k < self.num_layers - 1:
                 layer_in = torch.nn.functional.dropout(layer_in, self.dropout, True)
         hidden: Any = torch.stack(h_n)
         if lstm:
             hidden = (hidden, torch.stack(c_n))
         if packed:
-            out_data = _pack(layer_in, lengths)
-            out = PackedSequence(out_data, batch_sizes, sorted_indices, unsorted_indices)
+            out = PackedSequence(layer_in, batch_sizes, sorted_indices, unsorted_indices)
             return out, self.permute_hidden(hidden, unsorted_indices)
         out = layer_in.transpose(0, 1) if self.batch_first else layer_in
         if not is_batched:
