@@ -289,15 +289,22 @@ def as_numeric_array(
     return out
 
 
-def as_int_array(name: str, value: object, shape: tuple[int, ...] | None = None) -> np.ndarray:
+def as_int_array(
+    name: str,
+    value: object,
+    shape: tuple[int, ...] | None = None,
+    *,
+    expected: str = "an integer array",
+) -> np.ndarray:
     """``value`` as an int64 array (of ``shape`` if given): TypeError unless its dtype is an
-    integer dtype (floats, even integral ones, and bools are refused)."""
+    integer dtype (floats, even integral ones, and bools are refused); ``expected`` words
+    what was expected in the message."""
     try:
         arr = np.asarray(value)
     except (ValueError, TypeError) as exc:
-        raise TypeError(f"{name} must be an integer array: {exc}") from None
+        raise TypeError(f"{name} must be {expected}: {exc}") from None
     if arr.dtype.kind not in "iu":
-        raise TypeError(f"{name} must be an integer array, got dtype {arr.dtype}")
+        raise TypeError(f"{name} must be {expected}, got dtype {arr.dtype}")
     if shape is not None:
         check_shape(name, arr, shape)
     return arr.astype(np.int64, copy=False)
@@ -390,12 +397,7 @@ def check_lengths(lengths: object, T: int, B: int) -> np.ndarray | None:
     length T, else a C-contiguous int64 array."""
     if lengths is None:
         return None
-    try:
-        arr = np.asarray(lengths)
-    except (ValueError, TypeError) as exc:  # ragged lists and the like
-        raise TypeError(f"lengths must be an integer array of shape ({B},): {exc}") from None
-    if arr.dtype.kind not in "iu":
-        raise TypeError(f"lengths must be an integer array of shape ({B},), got dtype {arr.dtype}")
+    arr = as_int_array("lengths", lengths, expected=f"an integer array of shape ({B},)")
     check_shape("lengths", arr, (B,), "(one length per sequence in the batch)")
     if B and (arr.min() < 1 or arr.max() > T):
         bad = arr[(arr < 1) | (arr > T)]
@@ -427,12 +429,7 @@ def check_targets(
     of ``lead``, see :func:`check_mask`) is set. Returns the targets with masked entries
     replaced by 0 (any value is allowed there) and the mask broadcast to ``lead`` (or
     None)."""
-    try:
-        y = np.asarray(targets)
-    except (ValueError, TypeError) as exc:
-        raise TypeError(f"targets must be an integer array of shape {lead}: {exc}") from None
-    if y.dtype.kind not in "iu":
-        raise TypeError(f"targets must be integer class indices, got dtype {y.dtype}")
+    y = as_int_array("targets", targets, expected=f"integer class indices of shape {lead}")
     check_shape("targets", y, lead, meaning)
     m = check_mask(mask, lead, "targets") if lead else None
     live = None

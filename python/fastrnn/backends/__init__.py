@@ -6,8 +6,10 @@ registry; layers and models never import a backend.
 Every backend is a module that provides two functions with the signature of
 :mod:`fastrnn.backends.numpy_backend` (the reference, which documents the contract):
 
-``forward(cell, params, x, h0, c0, *, activation, negative_slope, lengths, num_threads)``
-    returns ``(hs, h_n, c_n, saved)``
+``forward(cell, params, x, h0, c0, *, activation, negative_slope, lengths, num_threads,
+training=True)``
+    returns ``(hs, h_n, c_n, saved)``; with ``training=False`` (inference) ``saved`` is
+    ``None`` and nothing is kept for backward
 
 ``backward(cell, params, x, h0, c0, hs, saved, dhs, dh_n, dc_n, *, activation,
 negative_slope, lengths, num_threads, step_norms)``

@@ -211,7 +211,7 @@ def forward(
     # gru: b_hr and b_hz join b_ih; b_hn stays inside r * (W_hn h + b_hn)
     bias = params["b_ih"].copy()
     bias[: 2 * H] += params["b_hh"][: 2 * H]
-    b_hn = np.ascontiguousarray(params["b_hh"][2 * H :])
+    b_hn = _writable(np.ascontiguousarray(params["b_hh"][2 * H :]))
     hn = np.empty((T, B, H), dtype=dt)
     args = (proj, W_hh_T, bias, b_hn, h0, lens, hs, hn, h_n)
     _run("gru_forward", dt, B, num_threads, *args)

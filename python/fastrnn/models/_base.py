@@ -124,6 +124,57 @@ class BaseModel:
         dtype: Any = "float32",
         progress: bool | None = None,
     ) -> None:
+        """The hyper-parameters every model shares (stored unchanged: ``get_params``).
+
+        Parameters
+        ----------
+        hidden_size : int
+            The size H of the recurrent state.
+        cell : {"rnn", "lstm", "gru"}
+            The recurrent cell.
+        num_layers : int
+            Stacked recurrent layers.
+        bidirectional : bool
+            Read the sequences in both directions (encoders only; not for models that
+            generate left to right).
+        activation : {"tanh", "relu", "leaky_relu", "identity"}
+            The rnn activation (gated cells: "tanh" only).
+        negative_slope : float
+            The slope of "leaky_relu" below zero (>= 0).
+        init : {"uniform", "xavier", "orthogonal", "identity"}
+            The initialisation (see :func:`fastrnn.init_params`; "identity" with relu is
+            the IRNN).
+        gain : float
+            Scales the recurrent weights at initialisation (> 0).
+        epochs, batch_size : int
+            Training passes over the data, and samples per optimizer step.
+        optimizer : {"sgd", "momentum", "adam"}
+            The optimizer, with learning rate ``lr`` (> 0).
+        lr : float
+            The learning rate.
+        clip_norm, clip_value : float or None
+            Gradient clipping by global norm, or by value (> 0; None: off).
+        seed : int or None
+            The same seed gives the same model and predictions.
+        dtype : {"float32", "float64"}
+            The dtype of the parameters and of the computation.
+        progress : bool or None
+            A tqdm progress bar (None: shown on a terminal for long runs).
+
+        Raises
+        ------
+        TypeError
+            A hyper-parameter of the wrong type (e.g. a float ``hidden_size``).
+        ValueError
+            A hyper-parameter of the wrong value (e.g. ``hidden_size=0``, an unknown
+            cell, ``bidirectional=True`` for a model that generates left to right).
+
+        Notes
+        -----
+        ``fit`` raises ValueError for NaN or inf in ``X`` or ``y`` (naming the first bad
+        position, before any training), ``predict`` and the other inference methods
+        likewise for ``X``, and :class:`NotFittedError` before ``fit``.
+        """
         # Checked here, so that a wrong value fails where it is written; stored unchanged
         # when already canonical (see _keep), as scikit-learn's clone requires.
         self.hidden_size = V.check_positive_int("hidden_size", hidden_size)

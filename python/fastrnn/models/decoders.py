@@ -24,6 +24,9 @@ class _Decoder(BaseModel):
     _causal = True
 
     def __init__(self, hidden_size: int = 32, *, max_length: int | None = None, **kwargs: Any):
+        """``max_length`` (int or None): the most tokens ``predict`` decodes (None: twice
+        the longest training target); the other hyper-parameters are those of every
+        model (see the base class's constructor)."""
         super().__init__(hidden_size, **kwargs)
         self.max_length = (
             None if max_length is None else V.check_positive_int("max_length", max_length)

@@ -86,6 +86,9 @@ class SequenceTagger(_PerStep):
     """
 
     def __init__(self, hidden_size: int = 32, *, tbptt: int | None = None, **kwargs: Any):
+        """``tbptt`` (int or None): truncated BPTT in chunks of this many steps (needs
+        ``bidirectional=False``); the other hyper-parameters are those of every model
+        (see ``help(fastrnn.models)`` or the base class's constructor)."""
         super().__init__(hidden_size, **kwargs)
         self.tbptt = self._check_tbptt(tbptt)
 
@@ -196,6 +199,10 @@ class CharLanguageModel(_PerStep):
         dtype: Any = "float32",
         progress: bool | None = None,
     ) -> None:
+        """``seq_len`` (int): the length of the training windows; ``tbptt`` (int or
+        None): truncated BPTT in chunks of this many steps inside a window; the other
+        hyper-parameters are those of every model (with other defaults; see the base
+        class's constructor)."""
         super().__init__(
             hidden_size,
             cell=cell,
