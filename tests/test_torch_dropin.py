@@ -350,6 +350,19 @@ def test_proj_size_falls_back_with_one_warning():
     assert torch.equal(got[0], ref(x)[0])
 
 
+@pytest.mark.parametrize(
+    ("to", "match"), [(torch.bfloat16, "float32 and float64 only"), ("meta", "CPU only")]
+)
+def test_other_dtypes_and_devices_fall_back(to, match):
+    mod = ft.GRU(D, H).to(to)
+    x = torch.randn(5, 2, D).to(to)
+    ft._warned.clear()
+    with pytest.warns(RuntimeWarning, match=match) as record:
+        out = mod(x)[0]
+    assert record[0].filename == __file__  # points at the caller
+    assert out.dtype == x.dtype and out.device == x.device and out.shape == (5, 2, H)
+
+
 def test_double_backward_is_a_clear_error():
     _, mod = _pair("gru")
     x = torch.randn(4, 2, D, dtype=torch.float64, requires_grad=True)

@@ -13,7 +13,7 @@ every ``nn.RNN``/``nn.LSTM``/``nn.GRU`` inside an existing model in place::
 What works as in ``nn.RNNBase.forward``: ``num_layers``, ``bidirectional``,
 ``batch_first``, ``bias=False``, ``nonlinearity`` ("tanh", "relu"), ``dropout`` between
 layers (training mode only, inverted, with PyTorch's RNG: the same masks as PyTorch for
-padded input), unbatched 2-D input, ``hx`` / ``(h_0, c_0)`` given or ``None``,
+padded and packed input), unbatched 2-D input, ``hx`` / ``(h_0, c_0)`` given or ``None``,
 ``PackedSequence`` input and output (sorted or not), float32 and float64.
 
 What fastrnn does not run, and what happens then:
@@ -32,13 +32,14 @@ jvp), forward-mode AD, TorchScript
 =================================  =======================================================
 
 The mechanism is PyTorch's for foreign kernels: two custom operators,
-``fastrnn::layer_forward`` (one direction of one layer: ``hs, h_n, c_n`` and the
-activations the backend saves for backward, as tensors) and ``fastrnn::layer_backward``
-(the gradients), with fake (meta) implementations and the autograd formula registered
-through ``torch.library``. The operators take padded (time-major) input or the
-data of a ``PackedSequence`` as it is, and run either direction (each sequence reversed
-within its length, in NumPy inside the operator); layers, dropout and the states are
-torch operations around them. Tensors and arrays share memory where they are contiguous.
+``fastrnn::layer_forward`` (one direction of one layer: its output, ``h_n``, ``c_n``, the
+activations the backend saves for backward and which backend ran, all as tensors) and
+``fastrnn::layer_backward`` (the gradients), with fake (meta) implementations and the
+autograd formula registered through ``torch.library``. The operators take padded
+(time-major) input or the data of a ``PackedSequence`` as it is, and run either direction
+(each sequence reversed within its length, in NumPy inside the operator); layers, dropout
+and the states are torch operations around them. Tensors and arrays share memory where
+they are contiguous.
 
 ``torch.compile``: Dynamo does not trace into RNN modules (``torch.nn``'s or these) unless
 ``torch._dynamo.config.allow_rnn = True``: by default a model compiles with a graph break
@@ -356,7 +357,7 @@ def _warn_once(reason: str) -> None:
         warnings.warn(
             f"fastrnn.torch: {reason}; running PyTorch's own implementation instead",
             RuntimeWarning,
-            stacklevel=4,
+            stacklevel=5,  # the caller of the module
         )
 
 
@@ -370,8 +371,9 @@ class _DropIn:
         weights = [w for w in self._flat_weights if w is not None]
         states = [] if hx is None else list(hx) if isinstance(hx, tuple) else [hx]
         tensors = [data, *weights, *states]
-        if any(t.device.type != "cpu" for t in tensors):
-            return "fastrnn runs on the CPU only, and a tensor is on another device"
+        elsewhere = sorted({t.device.type for t in tensors} - {"cpu"})
+        if elsewhere:
+            return f"fastrnn runs on the CPU only, and a tensor is on {elsewhere[0]}"
         if weights[0].dtype not in _DTYPES:
             return f"fastrnn runs float32 and float64 only, and the weights are {weights[0].dtype}"
         if torch._C._is_any_autocast_enabled():
