@@ -99,7 +99,7 @@ def _contiguous(t: Tensor | None) -> np.ndarray | None:
 def _tensor(a: np.ndarray, *others: np.ndarray | None) -> Tensor:
     """An array as a tensor without a copy, unless it shares memory with one of ``others``
     (an operator's outputs may alias neither its inputs nor each other)."""
-    if any(o is not None and np.shares_memory(a, o) for o in others):
+    if any(o is not None and np.may_share_memory(a, o) for o in others):
         a = a.copy()
     return torch.from_numpy(np.ascontiguousarray(a))
 
