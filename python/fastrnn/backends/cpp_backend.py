@@ -11,7 +11,8 @@ every state subnormal, lstm ran 1.36x faster that way on this machine's CPU (rnn
 change), and Intel CPUs are known to slow down far more on subnormals.
 
 Large products (the input projection, the weight gradients and ``dx`` over blocks of
-steps, and the per-step product from a size measured in ``blas.hpp``) go through the OpenBLAS that SciPy ships: :func:`blas_functions` finds
+steps, and the per-step product from a size measured in ``blas.hpp``) go through the
+OpenBLAS that SciPy ships: :func:`blas_functions` finds
 SciPy's Fortran-ABI ``sgemm``/``dgemm`` (the capsules of ``scipy.linalg.cython_blas``) and
 the thread getter/setter of that OpenBLAS, and they are handed to the kernel module once, at
 import. The kernels' workers call BLAS with its own threading set to 1 (see
