@@ -14,7 +14,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from fastrnn import _benchlib as lib
+from fastrnn import bench as lib
 
 torch = pytest.importorskip("torch")
 

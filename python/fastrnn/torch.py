@@ -52,7 +52,8 @@ nodes; a ``PackedSequence`` graph-breaks where its batch size is read from
 from __future__ import annotations
 
 import warnings
-from typing import Any
+from collections.abc import Callable
+from typing import Any, NoReturn, cast
 
 import numpy as np
 
@@ -87,13 +88,18 @@ _CELLS["GRU"] = ("gru", "tanh")
 # --- tensors <-> arrays --------------------------------------------------------------------
 
 
-def _array(t: Tensor | None) -> np.ndarray | None:
+def _array(t: Tensor) -> np.ndarray:
     """The tensor's memory as an array (no copy; fastrnn copies what is not contiguous)."""
-    return None if t is None else t.detach().numpy()
+    return cast(np.ndarray, t.detach().numpy())
 
 
-def _contiguous(t: Tensor | None) -> np.ndarray | None:
-    return None if t is None else np.ascontiguousarray(t.detach().numpy())
+def _optional_array(t: Tensor | None) -> np.ndarray | None:
+    """:func:`_array` of an optional tensor (``None`` stays ``None``)."""
+    return None if t is None else _array(t)
+
+
+def _contiguous(t: Tensor) -> np.ndarray:
+    return np.ascontiguousarray(_array(t))
 
 
 def _tensor(a: np.ndarray, *others: np.ndarray | None) -> Tensor:
@@ -153,10 +159,12 @@ class _Grid:
 
 def _grid(x: Tensor, h0: Tensor, batch_sizes: Tensor | None, reverse: bool) -> _Grid:
     T = x.shape[0] if batch_sizes is None else batch_sizes.shape[0]
-    return _Grid(_array(batch_sizes), T, h0.shape[0], reverse)
+    return _Grid(_optional_array(batch_sizes), T, h0.shape[0], reverse)
 
 
-def _params(W_ih, W_hh, b_ih, b_hh) -> dict[str, np.ndarray]:
+def _params(
+    W_ih: Tensor, W_hh: Tensor, b_ih: Tensor | None, b_hh: Tensor | None
+) -> dict[str, np.ndarray]:
     p = {"W_ih": _contiguous(W_ih), "W_hh": _contiguous(W_hh)}
     zeros = np.zeros(p["W_hh"].shape[0], dtype=p["W_hh"].dtype)
     p["b_ih"] = zeros if b_ih is None else _contiguous(b_ih)
@@ -197,7 +205,7 @@ def layer_forward(
         _params(W_ih, W_hh, b_ih, b_hh),
         grid.to_grid(_array(x)),
         _array(h0),
-        _array(c0),
+        _optional_array(c0),
         activation=activation,
         lengths=grid.lengths,
         training=training,
@@ -213,7 +221,20 @@ def layer_forward(
 
 
 @layer_forward.register_fake
-def _(x, h0, c0, W_ih, W_hh, b_ih, b_hh, batch_sizes, cell, activation, reverse, training):
+def _(
+    x: Tensor,
+    h0: Tensor,
+    c0: Tensor | None,
+    W_ih: Tensor,
+    W_hh: Tensor,
+    b_ih: Tensor | None,
+    b_hh: Tensor | None,
+    batch_sizes: Tensor | None,
+    cell: str,
+    activation: str,
+    reverse: bool,
+    training: bool,
+) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
     T = x.shape[0] if batch_sizes is None else batch_sizes.shape[0]
     B, H = h0.shape
     c_n = h0.new_empty((B, H)) if cell == "lstm" else _empty_like(x)
@@ -248,7 +269,8 @@ def layer_backward(
     """The gradients of :func:`layer_forward` from those of its outputs (zero where None):
     ``(dx, dh0, dc0, dW_ih, dW_hh, db_ih, db_hh)``, ``dc0`` empty unless the cell is lstm."""
     grid = _grid(x, h0, batch_sizes, reverse)
-    h0_a, c0_a = _contiguous(h0), _contiguous(c0)
+    h0_a = _contiguous(h0)
+    c0_a = None if c0 is None else _contiguous(c0)
     res = ForwardResult(  # the result layer_forward had, rebuilt as fastrnn.forward made it
         hs=grid.to_grid(_array(out)),
         h_n=h0_a,  # (backward reads neither h_n nor c_n)
@@ -265,7 +287,7 @@ def layer_backward(
         saved=None if gates.numel() == 0 else (_contiguous(gates), _contiguous(extra)),
     )
     d_grid = None if d_out is None else grid.to_grid(_array(d_out))
-    g = fastrnn.backward(res, dhs=d_grid, dh_n=_array(dh_n), dc_n=_array(dc_n))
+    g = fastrnn.backward(res, dhs=d_grid, dh_n=_optional_array(dh_n), dc_n=_optional_array(dc_n))
     ins = (res.x, res.hs, res.h0, *res.params.values())
     grads = (g.dh0, g.params["W_ih"], g.params["W_hh"], g.params["b_ih"], g.params["b_hh"])
     dh0, dW_ih, dW_hh, db_ih, db_hh = (_tensor(a, *ins) for a in grads)
@@ -275,14 +297,25 @@ def layer_backward(
 
 
 @layer_backward.register_fake
-def _(x, h0, c0, W_ih, W_hh, b_ih, b_hh, *rest):
+def _(
+    x: Tensor,
+    h0: Tensor,
+    c0: Tensor | None,
+    W_ih: Tensor,
+    W_hh: Tensor,
+    b_ih: Tensor | None,
+    b_hh: Tensor | None,
+    *rest: object,
+) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
     dc0 = torch.empty_like(h0) if c0 is not None else _empty_like(x)
     GH = W_hh.shape[0]
     dW = (torch.empty_like(W_ih), torch.empty_like(W_hh), x.new_empty(GH), x.new_empty(GH))
     return (torch.empty_like(x), torch.empty_like(h0), dc0, *dW)
 
 
-def _setup_context(ctx, inputs, output) -> None:
+def _setup_context(
+    ctx: torch.autograd.function.FunctionCtx, inputs: tuple[Any, ...], output: tuple[Tensor, ...]
+) -> None:
     x, h0, c0, W_ih, W_hh, b_ih, b_hh, batch_sizes, cell, activation, reverse, training = inputs
     out, _, c_n, gates, extra, backend = output
     ctx.mark_non_differentiable(gates, extra, backend)
@@ -300,18 +333,26 @@ class _NoSecondDerivative(torch.autograd.Function):
     pass returns, so that asking for a second derivative is a clear error."""
 
     @staticmethod
-    def forward(ctx, n, *tensors):
+    def forward(
+        ctx: torch.autograd.function.FunctionCtx, n: int, *tensors: Tensor
+    ) -> tuple[Tensor, ...]:
         return tuple(g.view_as(g) for g in tensors[:n])
 
     @staticmethod
-    def backward(ctx, *_):
+    def backward(ctx: torch.autograd.function.FunctionCtx, *_: Tensor | None) -> NoReturn:
         raise RuntimeError(
             "fastrnn.torch computes first derivatives only: a second derivative (double "
             "backward) through its RNN/LSTM/GRU is not supported; use torch.nn's module there"
         )
 
 
-def _backward(ctx, d_out, dh_n, dc_n, *_):
+def _backward(
+    ctx: torch.autograd.function.FunctionCtx,
+    d_out: Tensor | None,
+    dh_n: Tensor | None,
+    dc_n: Tensor | None,
+    *_: Tensor | None,
+) -> tuple[Tensor | None, ...]:
     cell, activation, reverse, training = ctx.args
     if not training:
         raise RuntimeError(
@@ -364,6 +405,22 @@ def _warn_once(reason: str) -> None:
 class _DropIn:
     """The forward shared by the three drop-in modules (a mixin before ``nn.RNNBase``)."""
 
+    # What the mixin uses of ``nn.RNNBase`` (and ``nn.Module``), declared for the type
+    # checker only (annotations without values: the attributes stay PyTorch's).
+    mode: str
+    num_layers: int
+    hidden_size: int
+    proj_size: int
+    bias: bool
+    batch_first: bool
+    dropout: float
+    bidirectional: bool
+    training: bool
+    _flat_weights: list[Tensor | None]
+    _update_flat_weights: Callable[[], None]
+    check_forward_args: Callable[[Tensor, Any, Tensor | None], None]
+    permute_hidden: Callable[[Any, Tensor | None], Any]
+
     def _fallback_reason(self, input: Any, hx: Any) -> str | None:
         if self.proj_size > 0:
             return "an LSTM with proj_size > 0 is not supported by fastrnn"
@@ -380,11 +437,15 @@ class _DropIn:
             return "fastrnn does not run under autocast"
         return None
 
-    def forward(self, input, hx=None):
+    def forward(
+        self, input: Tensor | PackedSequence, hx: Tensor | tuple[Tensor, Tensor] | None = None
+    ) -> tuple[Tensor | PackedSequence, Tensor | tuple[Tensor, Tensor]]:
         reason = self._fallback_reason(input, hx)
         if reason is not None:
             _warn_once(reason)
-            return super().forward(input, hx)
+            # the PyTorch class after the mixin (nn.RNN, nn.LSTM or nn.GRU): Any to mypy
+            pytorch = cast(Any, super())
+            return cast(tuple[Any, Any], pytorch.forward(input, hx))
         self._update_flat_weights()
         cell, activation = _CELLS[self.mode]
         lstm = cell == "lstm"
@@ -407,16 +468,19 @@ class _DropIn:
                 input = input.unsqueeze(batch_dim)
             if hx is not None:
                 want = 3 if is_batched else 2
-                got = tuple(h.dim() for h in hx) if lstm else (hx.dim(),)
-                if any(d != want for d in got):
+                # the cell decides: (h_0, c_0) for lstm, h_0 alone otherwise
+                states = cast(tuple[Tensor, ...], hx) if lstm else (cast(Tensor, hx),)
+                dims = tuple(h.dim() for h in states)
+                if any(d != want for d in dims):
                     what = "hx and cx" if lstm else "hx"
                     kind = "batched 3-D" if is_batched else "unbatched 2-D"
                     raise RuntimeError(
                         f"For {kind} input, {what} should also be {want}-D but got "
-                        f"{', '.join(f'{d}-D' for d in got)} tensor(s)"
+                        f"{', '.join(f'{d}-D' for d in dims)} tensor(s)"
                     )
                 if not is_batched:
-                    hx = tuple(h.unsqueeze(1) for h in hx) if lstm else hx.unsqueeze(1)
+                    unsqueezed = tuple(h.unsqueeze(1) for h in states)
+                    hx = unsqueezed if lstm else unsqueezed[0]
             batch_sizes = None
             checked = input
             x = input.transpose(0, 1) if self.batch_first else input
