@@ -167,10 +167,12 @@ def make_case(
     return case
 
 
-def run_case(backend: str | None, cell: str, activation: str, case: dict) -> dict:
-    """Forward and backward (gradient from every step and the final state) on a
-    :func:`make_case` case; every output and gradient, by name."""
-    res = fastrnn.forward(
+def forward_case(
+    backend: str | None, cell: str, activation: str, case: dict, **forward_kw: object
+) -> fastrnn.ForwardResult:
+    """The forward of a :func:`make_case` case (``forward_kw``: more keywords of
+    :func:`fastrnn.forward`, e.g. dropout masks)."""
+    return fastrnn.forward(
         cell,
         case["params"],
         case["x"],
@@ -179,7 +181,37 @@ def run_case(backend: str | None, cell: str, activation: str, case: dict) -> dic
         activation=activation,
         lengths=case["lengths"],
         backend=backend,
+        **forward_kw,  # type: ignore[arg-type]
     )
+
+
+def case_loss(
+    backend: str | None,
+    cell: str,
+    activation: str,
+    case: dict,
+    *,
+    terms: bool = False,
+    **forward_kw: object,
+) -> float:
+    """L = <dhs, hs> + <dh_n, h_n> + <dc_n, c_n> of a :func:`make_case` case, whose
+    gradients are the case's upstream ones; with ``terms``, the sum of the magnitudes of
+    its terms instead (the scale of L, for :func:`fd_tolerance`)."""
+    res = forward_case(backend, cell, activation, case, **forward_kw)
+    total = 0.0
+    for key, out in (("dhs", res.hs), ("dh_n", res.h_n), ("dc_n", res.c_n)):
+        if case[key] is not None:
+            product = case[key] * out
+            total += float(np.sum(np.abs(product) if terms else product))
+    return total
+
+
+def run_case(
+    backend: str | None, cell: str, activation: str, case: dict, **forward_kw: object
+) -> dict:
+    """Forward and backward (gradient from every step and the final state) on a
+    :func:`make_case` case; every output and gradient, by name."""
+    res = forward_case(backend, cell, activation, case, **forward_kw)
     g = fastrnn.backward(res, case["dhs"], case["dh_n"], case["dc_n"], return_step_norms=True)
     out = {"hs": res.hs, "h_n": res.h_n, "dx": g.dx, "dh0": g.dh0, "norms": g.step_norms}
     out |= {f"d{k}": v for k, v in g.params.items()}

@@ -282,12 +282,14 @@ def test_kernels_release_the_gil(kernels):
     lengths = np.full(B, T, dtype=np.int64)
     forward = kernels.compiled("rnn_forward", np.float64)
     args = (W_ih_T, W_hh_T, bias, h0)
-    forward(0, B, x[:2].copy(), *args, np.full(B, 2, dtype=np.int64), 0, 0.0, hs[:2].copy(), h_n)
+    no_mask = np.empty((0, 0))  # rec_mask: no recurrent dropout
+    two = np.full(B, 2, dtype=np.int64)
+    forward(0, B, x[:2].copy(), *args, two, 0, 0.0, hs[:2].copy(), h_n, no_mask)
     started = threading.Event()
 
     def run():
         started.set()
-        forward(0, B, x, *args, lengths, 0, 0.0, hs, h_n)
+        forward(0, B, x, *args, lengths, 0, 0.0, hs, h_n, no_mask)
 
     worker = threading.Thread(target=run)
     worker.start()

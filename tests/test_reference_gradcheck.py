@@ -10,6 +10,7 @@ from conftest import (
     CELL_CASES,
     CELL_IDS,
     assert_matches_central_differences,
+    case_loss,
     central_differences,
     fd_tolerance,
     make_case,
@@ -18,26 +19,10 @@ from conftest import (
 GRAD_ENTRIES = ["dhs", "final", "both"]
 
 
-def _loss(cell, activation, case, upstream, *, terms=False, **override):
+def _loss(cell, activation, case, upstream, *, terms=False):
     """L = <dhs, hs> + <dh_n, h_n> + <dc_n, c_n>: its gradients are the upstream ones.
     With ``terms``, the sum of the magnitudes of its terms instead (the scale of L)."""
-    args = {k: case[k] for k in ("params", "x", "h0", "c0", "lengths")} | override
-    res = fastrnn.forward(
-        cell,
-        args["params"],
-        args["x"],
-        args["h0"],
-        args["c0"],
-        activation=activation,
-        lengths=args["lengths"],
-        backend="numpy",
-    )
-    total = 0.0
-    for key, out in (("dhs", res.hs), ("dh_n", res.h_n), ("dc_n", res.c_n)):
-        if upstream[key] is not None:
-            product = upstream[key] * out
-            total += float(np.sum(np.abs(product) if terms else product))
-    return total
+    return case_loss("numpy", cell, activation, case | upstream, terms=terms)
 
 
 def _upstream(case, entry):

@@ -49,6 +49,8 @@ __all__ = [
     "available_memory",
     "check_bool",
     "check_choice",
+    "check_dropout",
+    "check_dropout_mask",
     "check_finite",
     "check_float",
     "check_float_dtype",
@@ -159,6 +161,31 @@ def check_non_negative_float(name: str, value: object) -> float:
 def check_fraction(name: str, value: object) -> float:
     """A float in [0, 1) (a momentum, a beta, a dropout probability)."""
     return check_float(name, value, minimum=0.0, maximum=1.0, max_inclusive=False)
+
+
+def check_dropout(name: str, value: object) -> float:
+    """A dropout probability: a float in [0, 1], as PyTorch's ``dropout`` (1 drops
+    everything: the mask is all zeros). Not a number: TypeError; else ValueError."""
+    try:
+        return check_float(name, value, minimum=0.0, maximum=1.0)
+    except ValueError:
+        raise ValueError(
+            f"{name} must be a probability in [0, 1] (the fraction of units dropped), got {value!r}"
+        ) from None
+
+
+def check_dropout_mask(
+    name: str, mask: object, dtype: np.dtype, shape: tuple[int, ...], meaning: str
+) -> np.ndarray | None:
+    """A dropout mask of the functional core: ``None``, or a finite float array of
+    ``dtype`` (the parameters') and exactly ``shape`` (``meaning`` explains it), made
+    native and C-contiguous. Any finite values are accepted (the layers pass 0 and
+    1/(1-p), inverted dropout); the mask is a multiplier, not a probability."""
+    if mask is None:
+        return None
+    arr = as_float_array(name, mask, dtype, finite=True)
+    check_shape(name, arr, shape, meaning)
+    return arr
 
 
 def check_choice(name: str, value: object, choices: tuple[str, ...]) -> str:

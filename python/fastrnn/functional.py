@@ -39,7 +39,8 @@ class ForwardResult:
     ``h_n`` (B, H): the state after each sequence's last real step;
     ``c_n`` (B, H): the lstm cell state likewise (``None`` for rnn and gru).
     The remaining fields are what :func:`backward` needs; treat them as private
-    (``saved`` is ``None`` after ``forward(..., training=False)``).
+    (``saved`` is ``None`` after ``forward(..., training=False)``; ``x`` is the input the
+    backend saw, ``x * input_mask`` with input dropout).
     """
 
     hs: np.ndarray
@@ -56,6 +57,8 @@ class ForwardResult:
     lengths: np.ndarray | None = field(repr=False)
     saved: Saved = field(repr=False)
     training: bool = field(default=True, repr=False)
+    input_mask: np.ndarray | None = field(default=None, repr=False)
+    recurrent_mask: np.ndarray | None = field(default=None, repr=False)
 
 
 @dataclass(frozen=True, eq=False)
@@ -173,6 +176,8 @@ def forward(
     lengths: np.ndarray | None = None,
     backend: str | None = None,
     training: bool = True,
+    input_mask: np.ndarray | None = None,
+    recurrent_mask: np.ndarray | None = None,
 ) -> ForwardResult:
     """Run one recurrent layer over a time-major batch ``x`` of shape (T, B, D).
 
@@ -201,6 +206,18 @@ def forward(
         ``False`` for inference: the backend saves nothing for :func:`backward` (no
         per-step activations beyond ``hs`` are held) and ``backward`` of the result is
         refused.
+    input_mask : array (B, D), optional
+        Variational input dropout: the layer reads ``x_t * input_mask`` at every step (one
+        mask per sequence, the same at every step); :func:`backward` multiplies ``dx`` by
+        it. Applied here, in the functional core, for every backend alike.
+    recurrent_mask : array (B, H), optional
+        Variational recurrent dropout (Gal and Ghahramani 2016, Keras'
+        ``recurrent_dropout``): the state enters the recurrent product as
+        ``W_hh (recurrent_mask * h_{t-1})`` at every step, inside the backend's kernels.
+        For gru the mask applies to all three gates' product (``W_hn h`` inside
+        ``r * (...)`` too) while ``z * h_{t-1}`` reads the unmasked state. Masks are
+        plain multipliers (the layers pass 0 or 1/(1-p), inverted dropout); ``None``
+        (default) is no dropout, bit for bit the same as before masks existed.
 
     Returns
     -------
@@ -217,7 +234,8 @@ def forward(
     ValueError
         A wrong value: an unknown cell, activation or backend, shapes that do not fit
         each other (the message gives the expected shape and where it comes from),
-        lengths outside 1..T, a negative or non-finite negative_slope.
+        lengths outside 1..T, a negative or non-finite negative_slope, a mask of the wrong
+        shape or with NaN/inf.
     RuntimeError
         The backend asked for is not available here (the message says why).
     MemoryError
@@ -266,6 +284,12 @@ def forward(
     elif c0 is not None:
         raise ValueError(f"c0 is the lstm cell state; cell {cell!r} takes no c0")
     lens = V.check_lengths(lengths, T, B)
+    in_mask = V.check_dropout_mask("input_mask", input_mask, dtype, (B, D), "(batch, input_size)")
+    rec_mask = V.check_dropout_mask(
+        "recurrent_mask", recurrent_mask, dtype, (B, H), "(batch, hidden_size)"
+    )
+    if in_mask is not None:  # the same mask at every step: exact, and one mechanism for all
+        x = x * in_mask
     name = _config.resolve_backend(backend)
     if T == 0 or B == 0:  # nothing to run: a defined, empty result
         hs = np.zeros((T, B, H), dtype=dtype)
@@ -283,6 +307,7 @@ def forward(
             lengths=lens,
             num_threads=_config.get_num_threads(),
             training=training,
+            recurrent_mask=rec_mask,
         )
     return ForwardResult(
         hs=hs,
@@ -299,6 +324,8 @@ def forward(
         lengths=lens,
         saved=saved,
         training=training,
+        input_mask=in_mask,
+        recurrent_mask=rec_mask,
     )
 
 
@@ -400,7 +427,10 @@ def backward(
         lengths=res.lengths,
         num_threads=_config.get_num_threads(),
         step_norms=bool(return_step_norms),
+        recurrent_mask=res.recurrent_mask,
     )
+    if res.input_mask is not None:
+        dx = dx * res.input_mask  # d(x * m)/dx = m
     return Gradients(dx=dx, dh0=dh0, dc0=dc0, params=dparams, step_norms=norms)
 
 

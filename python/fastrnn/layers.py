@@ -21,11 +21,33 @@ the pair ``(h, c)`` for LSTM, indexed ``layer*dirs + direction`` as in PyTorch.
 outputs are 0 and the final state is the state after the last real step. The reverse
 direction reads each sequence backwards *within its own length* (PyTorch's packed-sequence
 meaning), so padding never leaks into a real step.
+
+Dropout, in training mode only (:meth:`~_Module.train`; evaluation mode is bit for bit the
+same as no dropout), inverted (kept units are scaled by 1/(1-p), so nothing changes at
+evaluation), each a probability in [0, 1]:
+
+- ``dropout``: PyTorch's ``dropout=`` of ``nn.LSTM``: on the output of every layer but the
+  last, a fresh mask for every step, sequence and unit (the input of the next layer);
+- ``recurrent_dropout``: Keras' ``recurrent_dropout``, variational (Gal and Ghahramani
+  2016): one mask per sequence and layer/direction on the state where it enters the
+  recurrent product, ``W_hh (m * h_{t-1})``, the same at every step (inside the backend's
+  kernels; for GRU the product of all three gates, while ``z * h_{t-1}`` reads the
+  unmasked state);
+- ``input_dropout``: Keras' ``dropout``, variational: one mask per sequence and
+  layer/direction on the input of every layer, ``x_t * m``, the same at every step.
+
+The three compose (a stacked layer's input can get both ``dropout`` and
+``input_dropout``). Masks come from ``numpy.random.Generator`` draws of the layer's
+``seed`` (the generator that initialised the parameters, continued; with a Generator as
+``seed``, that Generator): the same seed gives the same parameters and the same masks.
+A new mask is drawn at every forward (with truncated BPTT: for every chunk, as Keras does
+for every call).
 """
 
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Mapping
 from typing import Any
 
@@ -142,6 +164,9 @@ class _Recurrent(_Module):
         dtype: Any = np.float32,
         activation: str = "tanh",
         negative_slope: float = 0.01,
+        dropout: float = 0.0,
+        recurrent_dropout: float = 0.0,
+        input_dropout: float = 0.0,
     ) -> None:
         self.input_size = V.check_positive_int("input_size", input_size)
         self.hidden_size = V.check_positive_int("hidden_size", hidden_size)
@@ -155,6 +180,17 @@ class _Recurrent(_Module):
         self.gain = gain
         self.activation = activation
         self.negative_slope = V.check_non_negative_float("negative_slope", negative_slope)
+        self.dropout = V.check_dropout("dropout", dropout)
+        self.recurrent_dropout = V.check_dropout("recurrent_dropout", recurrent_dropout)
+        self.input_dropout = V.check_dropout("input_dropout", input_dropout)
+        if self.dropout > 0 and self.num_layers == 1:
+            warnings.warn(  # PyTorch's warning, for the same reason
+                "dropout acts between stacked layers (on the output of every layer but the "
+                f"last), so dropout={self.dropout:g} with num_layers=1 drops nothing; use "
+                "input_dropout or recurrent_dropout for a single layer",
+                UserWarning,
+                stacklevel=3,
+            )
         self.training = True
         rng = np.random.default_rng(seed)
         self.params: dict[str, np.ndarray] = {}
@@ -174,6 +210,7 @@ class _Recurrent(_Module):
                     self.params[self._name(short, layer, direction)] = value
         self.grads: dict[str, np.ndarray] = {k: np.zeros_like(v) for k, v in self.params.items()}
         self._cache: dict[str, Any] | None = None
+        self._rng = rng  # continues after the initialisation: the dropout masks
 
     # --- names ---------------------------------------------------------------------------
 
@@ -193,6 +230,9 @@ class _Recurrent(_Module):
         extra = ""
         if self._cell == "rnn" and self.activation != "tanh":
             extra = f", activation={self.activation!r}"
+        for name in ("dropout", "recurrent_dropout", "input_dropout"):
+            if getattr(self, name):
+                extra += f", {name}={getattr(self, name):g}"
         return (
             f"{type(self).__name__}({self.input_size}, {self.hidden_size}, "
             f"num_layers={self.num_layers}, bidirectional={self.bidirectional}, "
@@ -273,6 +313,7 @@ class _Recurrent(_Module):
         cols = np.arange(B)
         dirs = self.num_directions
         results = []
+        between: list[np.ndarray | None] = []  # the dropout mask after each layer but the last
         h_n, c_n = [], []
         inp = x
         for layer in range(self.num_layers):
@@ -290,6 +331,10 @@ class _Recurrent(_Module):
                     negative_slope=self.negative_slope,
                     lengths=lens,
                     training=self.training,
+                    input_mask=self._dropout_mask((B, xi.shape[2]), self.input_dropout),
+                    recurrent_mask=self._dropout_mask(
+                        (B, self.hidden_size), self.recurrent_dropout
+                    ),
                 )
                 results.append(res)
                 outs.append(res.hs if direction == 0 else res.hs[rev, cols])
@@ -297,10 +342,21 @@ class _Recurrent(_Module):
                 if res.c_n is not None:
                     c_n.append(res.c_n)
             inp = outs[0] if dirs == 1 else np.concatenate(outs, axis=2)
+            if layer < self.num_layers - 1:
+                between.append(self._dropout_mask(inp.shape, self.dropout))
+                if between[-1] is not None:
+                    inp = inp * between[-1]
         out = inp
         h = np.stack(h_n)
         c = np.stack(c_n) if c_n else None
-        self._cache = {"results": results, "rev": rev, "T": T, "B": B, "dtype": out.dtype}
+        self._cache = {
+            "results": results,
+            "between": between,
+            "rev": rev,
+            "T": T,
+            "B": B,
+            "dtype": out.dtype,
+        }
         if not self.training:
             self._cache = {"training": False}
         if self.batch_first:
@@ -364,8 +420,23 @@ class _Recurrent(_Module):
                     self.grads[self._name(short, layer, direction)] = value
             assert dx_total is not None  # every layer has at least one direction
             d_inp = dx_total
+            if layer > 0 and cache["between"][layer - 1] is not None:
+                d_inp = d_inp * cache["between"][layer - 1]
         dx = d_inp.transpose(1, 0, 2) if self.batch_first else d_inp
         return dx, self._pack_state(dh0, dc0)
+
+    def _dropout_mask(self, shape: tuple[int, ...], p: float) -> np.ndarray | None:
+        """An inverted-dropout mask of ``shape`` in the layer's dtype: each entry 0 with
+        probability ``p``, else 1/(1-p) (all 0 for p = 1), drawn from the layer's
+        generator; ``None`` (no mask, nothing drawn) for p = 0 or in evaluation mode."""
+        if p == 0 or not self.training:
+            return None
+        if p == 1:
+            return np.zeros(shape, dtype=self.dtype)
+        keep = self._rng.random(shape) >= p
+        scale = self.dtype.type(1) / self.dtype.type(1 - p)
+        mask: np.ndarray = np.where(keep, scale, self.dtype.type(0))
+        return mask
 
     # --- parameters and persistence ------------------------------------------------------
 
@@ -394,6 +465,9 @@ class _Recurrent(_Module):
             "bidirectional": self.bidirectional,
             "batch_first": self.batch_first,
             "dtype": self.dtype.name,
+            "dropout": self.dropout,
+            "recurrent_dropout": self.recurrent_dropout,
+            "input_dropout": self.input_dropout,
         }
         if self._cell == "rnn":
             config["activation"] = self.activation
@@ -422,7 +496,9 @@ class RNN(_Recurrent):
 
     ``activation``: ``"tanh"`` (default), ``"relu"``, ``"leaky_relu"`` (with
     ``negative_slope``) or ``"identity"``. ``init``: see :func:`fastrnn.init_params`;
-    ``gain`` scales the recurrent weights; ``seed`` makes the initialisation reproducible.
+    ``gain`` scales the recurrent weights; ``seed`` makes the initialisation (and the
+    dropout masks) reproducible. ``dropout``, ``recurrent_dropout``, ``input_dropout``:
+    see the module docstring.
     """
 
     _cell = "rnn"
@@ -441,6 +517,9 @@ class RNN(_Recurrent):
         gain: float = 1.0,
         seed: int | np.random.Generator | None = None,
         dtype: Any = np.float32,
+        dropout: float = 0.0,
+        recurrent_dropout: float = 0.0,
+        input_dropout: float = 0.0,
     ) -> None:
         super().__init__(
             input_size,
@@ -454,6 +533,9 @@ class RNN(_Recurrent):
             gain=gain,
             seed=seed,
             dtype=dtype,
+            dropout=dropout,
+            recurrent_dropout=recurrent_dropout,
+            input_dropout=input_dropout,
         )
 
 
@@ -462,7 +544,8 @@ class LSTM(_Recurrent):
     """An LSTM stack (PyTorch's gate order i, f, g, o); the state is the pair ``(h, c)``.
 
     ``init``: see :func:`fastrnn.init_params`; ``gain`` scales the recurrent weights;
-    ``seed`` makes the initialisation reproducible.
+    ``seed`` makes the initialisation (and the dropout masks) reproducible. ``dropout``,
+    ``recurrent_dropout``, ``input_dropout``: see the module docstring.
     """
 
     _cell = "lstm"
@@ -479,6 +562,9 @@ class LSTM(_Recurrent):
         gain: float = 1.0,
         seed: int | np.random.Generator | None = None,
         dtype: Any = np.float32,
+        dropout: float = 0.0,
+        recurrent_dropout: float = 0.0,
+        input_dropout: float = 0.0,
     ) -> None:
         super().__init__(
             input_size,
@@ -490,6 +576,9 @@ class LSTM(_Recurrent):
             gain=gain,
             seed=seed,
             dtype=dtype,
+            dropout=dropout,
+            recurrent_dropout=recurrent_dropout,
+            input_dropout=input_dropout,
         )
 
 
@@ -498,7 +587,8 @@ class GRU(_Recurrent):
     """A GRU stack (PyTorch's gate order r, z, n and its ``n`` formula).
 
     ``init``: see :func:`fastrnn.init_params`; ``gain`` scales the recurrent weights;
-    ``seed`` makes the initialisation reproducible.
+    ``seed`` makes the initialisation (and the dropout masks) reproducible. ``dropout``,
+    ``recurrent_dropout``, ``input_dropout``: see the module docstring.
     """
 
     _cell = "gru"
@@ -515,6 +605,9 @@ class GRU(_Recurrent):
         gain: float = 1.0,
         seed: int | np.random.Generator | None = None,
         dtype: Any = np.float32,
+        dropout: float = 0.0,
+        recurrent_dropout: float = 0.0,
+        input_dropout: float = 0.0,
     ) -> None:
         super().__init__(
             input_size,
@@ -526,6 +619,9 @@ class GRU(_Recurrent):
             gain=gain,
             seed=seed,
             dtype=dtype,
+            dropout=dropout,
+            recurrent_dropout=recurrent_dropout,
+            input_dropout=input_dropout,
         )
 
 

@@ -153,6 +153,13 @@ const std::int64_t* lengths_input(const py::object& obj, Index steps, Index B) {
   return int64_input(obj, "lengths", B, 1, steps, "1..T = 1.." + std::to_string(steps));
 }
 
+// The recurrent dropout mask (B, H), or None for none.
+template <class T>
+const T* recurrent_mask_input(const py::object& obj, Index B, Index H) {
+  if (obj.is_none()) return nullptr;
+  return input<T>(obj, "recurrent_mask", {B, H});
+}
+
 // The sizes of a problem, read from x (T, B, D) and W_hh (G*H, H).
 template <class T>
 fastrnn::Problem<T> problem(const std::string& cell_name, const std::string& activation,
@@ -214,9 +221,10 @@ py::tuple forward_impl(const std::string& cell, const std::string& activation, d
                        const py::object& W_ih, const py::object& W_hh, const py::object& b_ih,
                        const py::object& b_hh, const py::object& x, const py::object& h0,
                        const py::object& c0, const py::object& lengths, int num_threads,
-                       bool flush_denormals, bool training) {
+                       bool flush_denormals, bool training, const py::object& recurrent_mask) {
   auto p = problem<T>(cell, activation, slope, W_ih, W_hh, x, h0, c0, lengths, num_threads,
                       flush_denormals);
+  p.rec_mask = recurrent_mask_input<T>(recurrent_mask, p.B, p.H);
   const Index GH = fastrnn::gates_of(p.cell) * p.H;
   p.b_ih = input<T>(b_ih, "b_ih", {GH});
   p.b_hh = input<T>(b_hh, "b_hh", {GH});
@@ -254,9 +262,10 @@ py::tuple backward_impl(const std::string& cell, const std::string& activation, 
                         const py::object& gates, const py::object& extra, const py::object& dhs,
                         const py::object& dh_n, const py::object& dc_n,
                         const py::object& lengths, int num_threads, bool step_norms,
-                        bool flush_denormals) {
+                        bool flush_denormals, const py::object& recurrent_mask) {
   auto p = problem<T>(cell, activation, slope, W_ih, W_hh, x, h0, c0, lengths, num_threads,
                       flush_denormals);
+  p.rec_mask = recurrent_mask_input<T>(recurrent_mask, p.B, p.H);
   const Index GH = fastrnn::gates_of(p.cell) * p.H;
   const bool saves = p.cell != fastrnn::Cell::rnn, lstm = p.cell == fastrnn::Cell::lstm;
   fastrnn::BackwardInput<T> in;
@@ -359,19 +368,24 @@ PYBIND11_MODULE(FASTRNN_KERNELS_NAME, m) {
       [](const std::string& cell, const std::string& activation, double negative_slope,
          const py::object& W_ih, const py::object& W_hh, const py::object& b_ih,
          const py::object& b_hh, const py::object& x, const py::object& h0, const py::object& c0,
-         const py::object& lengths, int num_threads, bool flush_denormals, bool training) {
+         const py::object& lengths, int num_threads, bool flush_denormals, bool training,
+         const py::object& recurrent_mask) {
         if (scalar_kind(x) == 'f')
           return forward_impl<float>(cell, activation, negative_slope, W_ih, W_hh, b_ih, b_hh, x,
-                                     h0, c0, lengths, num_threads, flush_denormals, training);
+                                     h0, c0, lengths, num_threads, flush_denormals, training,
+                                     recurrent_mask);
         return forward_impl<double>(cell, activation, negative_slope, W_ih, W_hh, b_ih, b_hh, x,
-                                    h0, c0, lengths, num_threads, flush_denormals, training);
+                                    h0, c0, lengths, num_threads, flush_denormals, training,
+                                    recurrent_mask);
       },
       py::arg("cell"), py::arg("activation"), py::arg("negative_slope"), py::arg("W_ih"),
       py::arg("W_hh"), py::arg("b_ih"), py::arg("b_hh"), py::arg("x"), py::arg("h0"),
       py::arg("c0") = py::none(), py::arg("lengths") = py::none(), py::arg("num_threads") = 1,
       py::arg("flush_denormals") = true, py::arg("training") = true,
+      py::arg("recurrent_mask") = py::none(),
       "Forward pass; returns (hs, h_n, c_n, gates, extra); c_n may be None, and gates, extra "
-      "are None for rnn and with training=False (nothing saved for backward).");
+      "are None for rnn and with training=False (nothing saved for backward). recurrent_mask "
+      "(B, H): recurrent dropout, W_hh (m * h_{t-1}) at every step.");
   m.def(
       "set_blas",
       [](std::uintptr_t sgemm, std::uintptr_t dgemm, std::uintptr_t get_threads,
@@ -402,22 +416,22 @@ PYBIND11_MODULE(FASTRNN_KERNELS_NAME, m) {
          const py::object& c0, const py::object& hs, const py::object& gates,
          const py::object& extra, const py::object& dhs, const py::object& dh_n,
          const py::object& dc_n, const py::object& lengths, int num_threads, bool step_norms,
-         bool flush_denormals) {
+         bool flush_denormals, const py::object& recurrent_mask) {
         if (scalar_kind(x) == 'f')
           return backward_impl<float>(cell, activation, negative_slope, W_ih, W_hh, x, h0, c0, hs,
                                       gates, extra, dhs, dh_n, dc_n, lengths, num_threads,
-                                      step_norms, flush_denormals);
+                                      step_norms, flush_denormals, recurrent_mask);
         return backward_impl<double>(cell, activation, negative_slope, W_ih, W_hh, x, h0, c0, hs,
                                      gates, extra, dhs, dh_n, dc_n, lengths, num_threads,
-                                     step_norms, flush_denormals);
+                                     step_norms, flush_denormals, recurrent_mask);
       },
       py::arg("cell"), py::arg("activation"), py::arg("negative_slope"), py::arg("W_ih"),
       py::arg("W_hh"), py::arg("x"), py::arg("h0"), py::arg("c0"), py::arg("hs"),
       py::arg("gates"), py::arg("extra"), py::arg("dhs"), py::arg("dh_n"), py::arg("dc_n"),
       py::arg("lengths") = py::none(), py::arg("num_threads") = 1, py::arg("step_norms") = false,
-      py::arg("flush_denormals") = true,
+      py::arg("flush_denormals") = true, py::arg("recurrent_mask") = py::none(),
       "BPTT; returns (dx, dh0, dc0, dW_ih, dW_hh, db_ih, db_hh, step_norms); dc0 and "
-      "step_norms may be None.");
+      "step_norms may be None. recurrent_mask: the forward's.");
   m.def(
       "linear_cross_entropy",
       [](const py::object& h, const py::object& weight, const py::object& bias,

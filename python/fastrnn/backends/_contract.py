@@ -11,9 +11,10 @@ What the functional core (:mod:`fastrnn.functional`, the one place that validate
 a backend: C-contiguous arrays of one dtype (float32 or float64), ``T >= 1`` and
 ``B >= 1``, ``h0`` always given (zeros if the caller gave none), ``c0`` given for lstm and
 ``None`` otherwise, ``lengths`` either ``None`` (every sequence has length T) or a
-C-contiguous int64 array of shape (B,) with values in 1..T, and ``dhs``/``dh_n``/``dc_n``
-always arrays (zeros where the caller gave none; ``dc_n`` is ``None`` unless the cell is
-lstm). A backend does not check its input again.
+C-contiguous int64 array of shape (B,) with values in 1..T, ``recurrent_mask`` either
+``None`` or a C-contiguous (B, H) array of the dtype (finite values), and
+``dhs``/``dh_n``/``dc_n`` always arrays (zeros where the caller gave none; ``dc_n`` is
+``None`` unless the cell is lstm). A backend does not check its input again.
 
 Layouts (PyTorch's names, the course's in brackets): ``W_ih`` [U] (G*H, D), ``W_hh`` [W]
 (G*H, H), ``b_ih`` and ``b_hh`` [b = b_ih + b_hh] (G*H,), with G gates in the order lstm
@@ -21,6 +22,15 @@ i, f, g, o and gru r, z, n (G = 1 for rnn). Arrays are time-major: ``x`` (T, B, 
 states (B, H), ``hs`` (T, B, H). Padded steps (``t >= lengths[b]``) follow PyTorch's
 packed sequences: ``hs[t, b] = 0``, the state is carried unchanged, and ``dhs[t, b]`` is
 ignored.
+
+Variational recurrent dropout (Gal and Ghahramani 2016): with a ``recurrent_mask`` m (B, H),
+one per sequence and the same at every step, the state enters the recurrent product as
+``W_hh (m * h_{t-1})`` (all G gates at once; gru's ``W_hn h`` inside ``r * (...)`` too),
+and nothing else reads the masked state (gru's ``z * h_{t-1}``, the carried state, ``hs``).
+Backward is its transpose: ``dh_{t-1} = m * (W_hh^T dA_t) + (the direct paths)`` and
+``dW_hh = sum_t dA_t^T (m * h_{t-1})``. ``None`` means no mask and must give the same bits
+as before the mask existed (an all-ones mask gives the same values). The masks of the input
+(``input_dropout``) never reach a backend: the functional core multiplies ``x`` and ``dx``.
 """
 
 from __future__ import annotations
@@ -101,6 +111,7 @@ class Backend(Protocol):
         lengths: IndexArray | None,
         num_threads: int,
         training: bool = True,
+        recurrent_mask: FloatArray | None = None,
     ) -> ForwardOutput:
         """Run the recurrence; return ``(hs, h_n, c_n, saved)``.
 
@@ -109,6 +120,7 @@ class Backend(Protocol):
         cell state likewise, ``None`` for rnn and gru; ``saved``: see :data:`Saved`. With
         ``training=False`` (inference) ``saved`` is ``None`` and nothing is kept for
         :meth:`backward`, so that the memory beyond ``hs`` does not grow with T.
+        ``recurrent_mask``: see the module docstring (applied in inference too).
         """
         ...
 
@@ -130,6 +142,7 @@ class Backend(Protocol):
         lengths: IndexArray | None,
         num_threads: int,
         step_norms: bool,
+        recurrent_mask: FloatArray | None = None,
     ) -> BackwardOutput:
         """Backpropagation through time; return ``(dx, dh0, dc0, dparams, norms)``.
 
@@ -141,6 +154,7 @@ class Backend(Protocol):
         ``params``). ``norms`` is ``None`` unless ``step_norms``; then it is a (T, B) array
         of ``||dL/dh_t||`` (the whole gradient reaching hidden state t of sequence b, from
         the loss at step t and from every later step), 0 at padded steps.
+        ``recurrent_mask``: the one the :meth:`forward` call ran with.
         """
         ...
 

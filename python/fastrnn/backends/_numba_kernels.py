@@ -44,8 +44,8 @@ from ._contract import FloatArray, IndexArray
 # runtime signatures bare.
 NumbaType: TypeAlias = Any
 """A numba type (``numba.types.Type``): what an ``@overload`` or ``@intrinsic`` sees."""
-Chunk: TypeAlias = tuple[FloatArray, FloatArray, FloatArray, FloatArray]
-"""``(x, hs, h0, W_ih)``: the inputs of :func:`_block_done`."""
+Chunk: TypeAlias = tuple[FloatArray, FloatArray, FloatArray, FloatArray, FloatArray]
+"""``(x, hs, h0, W_ih, rec_mask)``: the inputs of :func:`_block_done`."""
 Grads: TypeAlias = tuple[
     FloatArray, FloatArray, FloatArray, FloatArray, FloatArray, FloatArray, FloatArray
 ]
@@ -284,6 +284,21 @@ def _project(
     np.dot(xb[:n], W_ih_T, proj[:n])
 
 
+# Variational recurrent dropout: ``rec_mask`` (B, H), one mask per sequence, the same at
+# every step, multiplies the state where it enters the recurrent product, W_hh (m * h_{t-1});
+# backward, dh_{t-1} gets m * (W_hh^T dA_t) and dW_hh the products with m * h_{t-1}. An
+# empty (0, 0) mask means none (and costs nothing).
+
+
+@njit(**_JIT)
+def _times_mask(h: FloatArray, mask: FloatArray, b0: int, out: FloatArray) -> FloatArray:
+    """out[r] = mask[b0 + r] * h[r] for the chunk's rows; returns ``out``."""
+    for r in range(h.shape[0]):
+        for j in range(h.shape[1]):
+            out[r, j] = mask[b0 + r, j] * h[r, j]
+    return out
+
+
 @njit(**_JIT)
 def _zero_steps(a: FloatArray, t0: int, t1: int, b0: int, b1: int) -> None:
     """a[t0:t1, b0:b1] = 0."""
@@ -378,7 +393,7 @@ def _block_done(
     H_prev, dx = dA_in W_ih, one BLAS call each on the block's rows; ``db`` and ``db_rec``
     (unless empty) get the sums of dA_in's and dA_rec's rows. (Summed here, not in the gate
     loop: a float64 sum there kept LLVM from vectorizing the lstm's backward gate loop.)"""
-    x, hs, h0, W_ih = ins
+    x, hs, h0, W_ih, rec_mask = ins
     dA_in, dA_rec, xb, hb, dxb, p_ih, p_hh = grads
     dx, dW_ih, dW_hh, db, db_rec = outs
     nb = b1 - b0
@@ -394,6 +409,10 @@ def _block_done(
             for j in range(hs.shape[2]):
                 hb[r, j] = h0[b0 + r, j]
         _gather(hs, 0, count - 1, b0, b1, hb[nb:])
+    if rec_mask.shape[0] > 0:  # what entered W_hh: m * h_{t-1}
+        for q in range(n):
+            for j in range(hb.shape[1]):
+                hb[q, j] *= rec_mask[b0 + q % nb, j]
     np.dot(dA_in[:n].T, xb[:n], p_ih)
     _add(dW_ih, p_ih)
     np.dot(dA_rec[:n].T, hb[:n], p_hh)
@@ -474,17 +493,22 @@ def rnn_forward(
     slope: float,
     hs: FloatArray,
     h_n: FloatArray,
+    rec_mask: FloatArray,
 ) -> None:
     """Sequences b0:b1; ``bias`` is b_ih + b_hh."""
     H = hs.shape[2]
     nb, S = b1 - b0, _block_steps(b1 - b0)
     steps = _steps(lengths, b0, b1)
     xb, proj, rec = _forward_buffers(x, b0, b1, H)
+    hm = np.empty((nb, H), dtype=hs.dtype)  # m * h_{t-1} with recurrent dropout
     for t in range(steps):
         s = t % S
         if s == 0:
             _project(x, t, min(S, steps - t), b0, b1, W_ih_T, xb, proj)
-        _gemm(hs[t - 1, b0:b1] if t > 0 else h0[b0:b1], W_hh_T, rec)  # W h_{t-1}, chunk
+        h_prev = hs[t - 1, b0:b1] if t > 0 else h0[b0:b1]
+        if rec_mask.shape[0] > 0:
+            h_prev = _times_mask(h_prev, rec_mask, b0, hm)
+        _gemm(h_prev, W_hh_T, rec)  # W h_{t-1}, chunk
         for b in range(b0, b1):
             if t < lengths[b]:
                 _activate(hs, t, b, proj, s * nb + b - b0, rec, b - b0, bias, act, slope)
@@ -510,6 +534,7 @@ def rnn_backward(
     dx: FloatArray,
     db: FloatArray,
     norms: FloatArray,
+    rec_mask: FloatArray,
     dW_ih: FloatArray,
     dW_hh: FloatArray,
 ) -> None:
@@ -523,7 +548,7 @@ def rnn_backward(
     dA = grads[0]
     tmp = np.empty((nb, H), dtype=hs.dtype)
     _start_backward(dx, dW_ih, dW_hh, steps, b0, b1)
-    ins, outs = (x, hs, h0, W_ih), (dx, dW_ih, dW_hh, db, db_rec)
+    ins, outs = (x, hs, h0, W_ih, rec_mask), (dx, dW_ih, dW_hh, db, db_rec)
     for t in range(steps - 1, -1, -1):
         q0 = t % S * nb
         for b in range(b0, b1):
@@ -543,6 +568,8 @@ def rnn_backward(
                 dA[q, j] = v
             norms[b, t] = math.sqrt(ss)
         _gemm(dA[q0 : q0 + nb], W_hh, tmp)  # dL/dh_{t-1} = W^T dL/da_t
+        if rec_mask.shape[0] > 0:
+            _times_mask(tmp, rec_mask, b0, tmp)
         for b in range(b0, b1):
             if t < lengths[b]:  # padded steps pass dh through unchanged
                 for j in range(H):
@@ -570,6 +597,7 @@ def lstm_forward(
     c_n: FloatArray,
     gates: FloatArray,
     cs: FloatArray,
+    rec_mask: FloatArray,
 ) -> None:
     """``bias`` is b_ih + b_hh; ``gates`` gets the activations i, f, g, o and ``cs`` the
     cell states, if they have T rows (else nothing is saved)."""
@@ -581,11 +609,15 @@ def lstm_forward(
     if not training:  # one step of scratch instead, rewritten at every step
         gates, cs = _step_scratch(hs, 4 * H), _step_scratch(hs, H)
     c = c0[b0:b1].copy()  # the running cell state
+    hm = np.empty((nb, H), dtype=hs.dtype)  # m * h_{t-1} with recurrent dropout
     for t in range(steps):
         s = t % S
         if s == 0:
             _project(x, t, min(S, steps - t), b0, b1, W_ih_T, xb, proj)
-        _gemm(hs[t - 1, b0:b1] if t > 0 else h0[b0:b1], W_hh_T, rec)  # all 4 gates
+        h_prev = hs[t - 1, b0:b1] if t > 0 else h0[b0:b1]
+        if rec_mask.shape[0] > 0:
+            h_prev = _times_mask(h_prev, rec_mask, b0, hm)
+        _gemm(h_prev, W_hh_T, rec)  # all 4 gates
         u = t if training else 0
         for b in range(b0, b1):
             if t >= lengths[b]:
@@ -631,6 +663,7 @@ def lstm_backward(
     dx: FloatArray,
     db: FloatArray,
     norms: FloatArray,
+    rec_mask: FloatArray,
     dW_ih: FloatArray,
     dW_hh: FloatArray,
 ) -> None:
@@ -644,7 +677,7 @@ def lstm_backward(
     dA = grads[0]
     tmp = np.empty((nb, H), dtype=cs.dtype)
     _start_backward(dx, dW_ih, dW_hh, steps, b0, b1)
-    ins, outs = (x, hs, h0, W_ih), (dx, dW_ih, dW_hh, db, db_rec)
+    ins, outs = (x, hs, h0, W_ih, rec_mask), (dx, dW_ih, dW_hh, db, db_rec)
     for t in range(steps - 1, -1, -1):
         q0 = t % S * nb
         for b in range(b0, b1):
@@ -674,6 +707,8 @@ def lstm_backward(
                 dc[b, j] = dct * f  # dL/dc_{t-1}
             norms[b, t] = math.sqrt(ss)
         _gemm(dA[q0 : q0 + nb], W_hh, tmp)  # dL/dh_{t-1} = W_hh^T dA_t
+        if rec_mask.shape[0] > 0:
+            _times_mask(tmp, rec_mask, b0, tmp)
         for b in range(b0, b1):
             if t < lengths[b]:
                 for j in range(H):
@@ -700,6 +735,7 @@ def gru_forward(
     h_n: FloatArray,
     gates: FloatArray,
     hn: FloatArray,
+    rec_mask: FloatArray,
 ) -> None:
     """``bias`` is b_ih with b_hr, b_hz added; ``gates`` gets r, z, n and ``hn``
     W_hn h_{t-1} + b_hn, if they have T rows (else nothing is saved)."""
@@ -710,11 +746,15 @@ def gru_forward(
     training = gates.shape[0] > 0
     if not training:  # one step of scratch instead, rewritten at every step
         gates, hn = _step_scratch(hs, 3 * H), _step_scratch(hs, H)
+    hm = np.empty((nb, H), dtype=hs.dtype)  # m * h_{t-1}; the interpolation reads h_{t-1}
     for t in range(steps):
         s = t % S
         if s == 0:
             _project(x, t, min(S, steps - t), b0, b1, W_ih_T, xb, proj)
-        _gemm(hs[t - 1, b0:b1] if t > 0 else h0[b0:b1], W_hh_T, rec)  # W_h{r,z,n} h_{t-1}
+        h_prev_b = hs[t - 1, b0:b1] if t > 0 else h0[b0:b1]
+        if rec_mask.shape[0] > 0:
+            h_prev_b = _times_mask(h_prev_b, rec_mask, b0, hm)
+        _gemm(h_prev_b, W_hh_T, rec)  # W_h{r,z,n} h_{t-1}
         u = t if training else 0
         for b in range(b0, b1):
             if t >= lengths[b]:
@@ -754,6 +794,7 @@ def gru_backward(
     db: FloatArray,
     db_rec: FloatArray,
     norms: FloatArray,
+    rec_mask: FloatArray,
     dW_ih: FloatArray,
     dW_hh: FloatArray,
 ) -> None:
@@ -768,7 +809,7 @@ def gru_backward(
     dA_in, dA_rec = grads[0], grads[1]
     tmp = np.empty((nb, H), dtype=hs.dtype)
     _start_backward(dx, dW_ih, dW_hh, steps, b0, b1)
-    ins, outs = (x, hs, h0, W_ih), (dx, dW_ih, dW_hh, db, db_rec)
+    ins, outs = (x, hs, h0, W_ih, rec_mask), (dx, dW_ih, dW_hh, db, db_rec)
     for t in range(steps - 1, -1, -1):
         q0 = t % S * nb
         for b in range(b0, b1):
@@ -797,6 +838,8 @@ def gru_backward(
                 dh[b, j] = dht * z  # the direct path h_{t-1} -> h_t
             norms[b, t] = math.sqrt(ss)
         _gemm(dA_rec[q0 : q0 + nb], W_hh, tmp)  # + W_hh^T dA_rec
+        if rec_mask.shape[0] > 0:  # m * W_hh^T dA_rec; the direct path dh z has no mask
+            _times_mask(tmp, rec_mask, b0, tmp)
         for b in range(b0, b1):
             if t < lengths[b]:
                 for j in range(H):
@@ -914,7 +957,8 @@ def _signatures(dtype: type) -> dict[str, tuple[NumbaType, ...]]:
         "gru_forward": (a3, m, m, v, v, m, lens, a3, m, a3, a3),
         "gru_backward": (a3, a3, m, m, m, a3, a3, a3, lens, m, a3, d, d, m),
     }
-    sigs = {name: (i, i, *args) for name, args in serial.items()}
+    # + rec_mask (B, H), (0, 0) for none
+    sigs = {name: (i, i, *args, m) for name, args in serial.items()}
     for name in ("rnn_backward", "lstm_backward", "gru_backward"):  # + dW_ih, dW_hh
         sigs[name] = (*sigs[name], d, d)
     # the head: h, weight, bias, targets, row_weights, scale, dh, then the float64 sums of

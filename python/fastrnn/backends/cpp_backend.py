@@ -147,6 +147,7 @@ def forward(
     lengths: IndexArray | None,
     num_threads: int,
     training: bool = True,
+    recurrent_mask: FloatArray | None = None,
 ) -> ForwardOutput:
     """Run the recurrence; return ``(hs, h_n, c_n, saved)`` (see the module docstring;
     ``saved`` is None when not ``training``)."""
@@ -164,6 +165,7 @@ def forward(
         lengths,
         num_threads,
         training=training,
+        recurrent_mask=recurrent_mask,
     )
     return hs, h_n, c_n, (None if gates is None else (gates, extra))
 
@@ -185,6 +187,7 @@ def backward(
     lengths: IndexArray | None,
     num_threads: int,
     step_norms: bool,
+    recurrent_mask: FloatArray | None = None,
 ) -> BackwardOutput:
     """Backpropagation through time; return ``(dx, dh0, dc0, dparams, norms)``."""
     gates, extra = (None, None) if saved is None else saved
@@ -206,6 +209,7 @@ def backward(
         lengths,
         num_threads,
         step_norms,
+        recurrent_mask=recurrent_mask,
     )
     dparams = {"W_ih": dW_ih, "W_hh": dW_hh, "b_ih": db_ih, "b_hh": db_hh}
     return dx, dh0, dc0, dparams, norms

@@ -146,6 +146,11 @@ def _lengths(lengths: IndexArray | None, T: int, B: int) -> IndexArray:
     return np.full(B, T, dtype=np.int64) if lengths is None else _writable(lengths)
 
 
+def _mask(mask: FloatArray | None, dtype: np.dtype[Any]) -> FloatArray:
+    """The kernels' ``rec_mask``: the (B, H) mask, or an empty (0, 0) array for none."""
+    return np.empty((0, 0), dtype=dtype) if mask is None else _writable(mask)
+
+
 def _chunks(num_threads: int, n: int) -> int:
     """How many contiguous chunks ``n`` units (sequences) are split into: a function of the
     call's arguments only, so that a result never depends on which path ran them."""
@@ -197,8 +202,10 @@ def forward(
     lengths: IndexArray | None,
     num_threads: int,
     training: bool = True,
+    recurrent_mask: FloatArray | None = None,
 ) -> ForwardOutput:
-    """Run the recurrence; return ``(hs, h_n, c_n, saved)`` as the reference does.
+    """Run the recurrence; return ``(hs, h_n, c_n, saved)`` as the reference does
+    (``recurrent_mask``: variational recurrent dropout, as there).
 
     ``saved``: nothing for rnn; the gate activations i, f, g, o and the cell states for
     lstm ((4+1)*H values per step and sequence); r, z, n and ``W_hn h + b_hn`` for gru
@@ -215,6 +222,7 @@ def forward(
     h0 = _writable(h0)
     hs = np.empty((T, B, H), dtype=dt)
     h_n = np.empty((B, H), dtype=dt)
+    mask = _mask(recurrent_mask, dt)
 
     def saved(width: int) -> FloatArray:  # an array for backward, or an empty stand-in
         return np.empty((T, B, width) if training else (0, 0, 0), dtype=dt)
@@ -222,13 +230,14 @@ def forward(
     if cell == "rnn":
         bias = params["b_ih"] + params["b_hh"]
         act, slope = _k.ACTIVATIONS[activation], dt.type(negative_slope)
-        _run("rnn_forward", dt, B, chunks, (*common, bias, h0, lens, act, slope, hs, h_n))
+        _run("rnn_forward", dt, B, chunks, (*common, bias, h0, lens, act, slope, hs, h_n, mask))
         return hs, h_n, None, None
     if cell == "lstm":
         bias = params["b_ih"] + params["b_hh"]
         c_n = np.empty((B, H), dtype=dt)
         gates, cs = saved(4 * H), saved(H)
-        args = (*common, bias, h0, _writable(given(c0, "c0")), lens, hs, h_n, c_n, gates, cs)
+        c0 = _writable(given(c0, "c0"))
+        args = (*common, bias, h0, c0, lens, hs, h_n, c_n, gates, cs, mask)
         _run("lstm_forward", dt, B, chunks, args)
         return hs, h_n, c_n, ((gates, cs) if training else None)
     # gru: b_hr and b_hz join b_ih; b_hn stays inside r * (W_hn h + b_hn)
@@ -236,7 +245,7 @@ def forward(
     bias[: 2 * H] += params["b_hh"][: 2 * H]
     b_hn = _writable(np.ascontiguousarray(params["b_hh"][2 * H :]))
     gates, hn = saved(3 * H), saved(H)
-    _run("gru_forward", dt, B, chunks, (*common, bias, b_hn, h0, lens, hs, h_n, gates, hn))
+    _run("gru_forward", dt, B, chunks, (*common, bias, b_hn, h0, lens, hs, h_n, gates, hn, mask))
     return hs, h_n, None, ((gates, hn) if training else None)
 
 
@@ -261,6 +270,7 @@ def backward(
     lengths: IndexArray | None,
     num_threads: int,
     step_norms: bool,
+    recurrent_mask: FloatArray | None = None,
 ) -> BackwardOutput:
     """Backpropagation through time; return ``(dx, dh0, dc0, dparams, norms)``.
 
@@ -280,22 +290,24 @@ def backward(
     db = np.zeros((B, GH))  # per-sequence bias-gradient sums, in float64
     dW = (np.empty((chunks, GH, D)), np.empty((chunks, GH, H)))  # per-chunk float64 sums
     dhs = _writable(dhs)
+    mask = _mask(recurrent_mask, dt)
     dc = None
     if cell == "rnn":
         act = _k.ACTIVATIONS[activation]
-        args = (*common, dhs, lens, act, dt.type(negative_slope), dh, dx, db, norms)
+        args = (*common, dhs, lens, act, dt.type(negative_slope), dh, dx, db, norms, mask)
         _run("rnn_backward", dt, B, chunks, args, dW)
         db_ih = db_hh = db.sum(axis=0)
     elif cell == "lstm":
         dc = given(dc_n, "dc_n").copy()
         gates, cs = (_writable(a) for a in given(saved, "saved"))
-        args = (*common, gates, cs, _writable(given(c0, "c0")), dhs, lens, dh, dc, dx, db, norms)
+        c0 = _writable(given(c0, "c0"))
+        args = (*common, gates, cs, c0, dhs, lens, dh, dc, dx, db, norms, mask)
         _run("lstm_backward", dt, B, chunks, args, dW)
         db_ih = db_hh = db.sum(axis=0)
     else:
         db_rec = np.zeros((B, GH))  # the recurrent side's: r * dL/da_n in the n part
         gates, hn = (_writable(a) for a in given(saved, "saved"))
-        args = (*common, gates, hn, dhs, lens, dh, dx, db, db_rec, norms)
+        args = (*common, gates, hn, dhs, lens, dh, dx, db, db_rec, norms, mask)
         _run("gru_backward", dt, B, chunks, args, dW)
         db_ih, db_hh = db.sum(axis=0), db_rec.sum(axis=0)
     dparams = {

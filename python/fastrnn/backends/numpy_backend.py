@@ -121,14 +121,26 @@ def _input_projection(x: FloatArray, W_ih: FloatArray, bias: FloatArray) -> Floa
     return a.reshape(T, B, -1)
 
 
-def _prev_state_product(dA: FloatArray, hs: FloatArray, h0: FloatArray) -> FloatArray:
-    """sum_t dA_t^T h_{t-1}, with h_{-1} = h0, as two GEMMs over all steps (no copy)."""
+def _prev_state_product(
+    dA: FloatArray, hs: FloatArray, h0: FloatArray, mask: FloatArray | None
+) -> FloatArray:
+    """sum_t dA_t^T (m * h_{t-1}), with h_{-1} = h0 and m the recurrent dropout mask (1 if
+    None), as two GEMMs over all steps (no copy without a mask)."""
     T, B, GH = dA.shape
     H = hs.shape[2]
-    out: FloatArray = dA[0].T @ h0
+    out: FloatArray = dA[0].T @ _masked(h0, mask)
     if T > 1:
-        out += dA[1:].reshape((T - 1) * B, GH).T @ hs[:-1].reshape((T - 1) * B, H)
+        prev = _masked(hs[:-1], mask)
+        out += dA[1:].reshape((T - 1) * B, GH).T @ prev.reshape((T - 1) * B, H)
     return out
+
+
+def _masked(h: FloatArray, mask: FloatArray | None, out: FloatArray | None = None) -> FloatArray:
+    """What enters the recurrent product W_hh h: ``h``, or ``mask * h`` with variational
+    recurrent dropout (``mask`` (B, H), the same at every step; into ``out`` if given)."""
+    if mask is None:
+        return h
+    return np.multiply(h, mask, out=out)
 
 
 # --- forward -------------------------------------------------------------------------
@@ -146,8 +158,13 @@ def forward(
     lengths: IndexArray | None,
     num_threads: int,
     training: bool = True,
+    recurrent_mask: FloatArray | None = None,
 ) -> ForwardOutput:
     """Run the recurrence; return ``(hs, h_n, c_n, saved)``.
+
+    ``recurrent_mask`` (B, H): variational recurrent dropout, the state enters the recurrent
+    product as ``W_hh (m * h_{t-1})`` at every step (gru: all three gates; its interpolation
+    ``z * h_{t-1}`` and everything else read the unmasked state).
 
     ``saved`` holds only what :func:`backward` needs beyond x, h0, c0 and hs:
     nothing for rnn (act' is a function of h), the gate activations and cell states for
@@ -164,15 +181,18 @@ def forward(
     # in cache, carrying the state from block to block: the peak memory is hs and a block.
     per_step = B * G * h0.shape[1] * x.dtype.itemsize
     block = T if training else max(1, INFERENCE_BLOCK_BYTES // per_step)
+    mask = recurrent_mask
     if block >= T:
-        return _forward(cell, params, x, h0, c0, activation, negative_slope, lengths, training)
+        return _forward(
+            cell, params, x, h0, c0, activation, negative_slope, lengths, training, mask
+        )
     hs = np.empty((T, B, h0.shape[1]), dtype=x.dtype)
     h, c = h0, c0
     for start in range(0, T, block):
         stop = min(start + block, T)
         lens = None if lengths is None else np.clip(lengths - start, 0, stop - start)
         hs[start:stop], h, c, _ = _forward(
-            cell, params, x[start:stop], h, c, activation, negative_slope, lens, False
+            cell, params, x[start:stop], h, c, activation, negative_slope, lens, False, mask
         )
     return hs, h, c, None
 
@@ -187,12 +207,13 @@ def _forward(
     negative_slope: float,
     lengths: IndexArray | None,
     training: bool,
+    mask: FloatArray | None,
 ) -> ForwardOutput:
     if cell == "rnn":
-        return _rnn_forward(params, x, h0, activation, negative_slope, lengths)
+        return _rnn_forward(params, x, h0, activation, negative_slope, lengths, mask)
     if cell == "lstm":
-        return _lstm_forward(params, x, h0, given(c0, "c0"), lengths, training)
-    return _gru_forward(params, x, h0, lengths, training)
+        return _lstm_forward(params, x, h0, given(c0, "c0"), lengths, training, mask)
+    return _gru_forward(params, x, h0, lengths, training, mask)
 
 
 def _rnn_forward(
@@ -202,6 +223,7 @@ def _rnn_forward(
     activation: str,
     slope: float,
     lengths: IndexArray | None,
+    mask: FloatArray | None,
 ) -> ForwardOutput:
     T = x.shape[0]
     W_hh_T = contiguous_T(params["W_hh"])
@@ -210,9 +232,10 @@ def _rnn_forward(
     active = _active_masks(lengths, T)
     h = h0.copy() if active is not None else h0  # the running state h_{t-1}
     rec = np.empty_like(h0)  # W h_{t-1}
+    hm = np.empty_like(h0)  # m * h_{t-1} with recurrent dropout
     for t in range(T):
         out = hs[t]
-        np.matmul(h, W_hh_T, out=rec)  # W h_{t-1}
+        np.matmul(_masked(h, mask, hm), W_hh_T, out=rec)  # W h_{t-1}
         out += rec  # a_t = U x_t + W h_{t-1} + b
         _activate_(out, activation, slope, rec)  # h_t = act(a_t)
         if active is None:
@@ -230,6 +253,7 @@ def _lstm_forward(
     c0: FloatArray,
     lengths: IndexArray | None,
     training: bool,
+    mask: FloatArray | None,
 ) -> ForwardOutput:
     T, B, _ = x.shape
     H = h0.shape[1]
@@ -243,10 +267,11 @@ def _lstm_forward(
     h, c = (h0.copy(), c0.copy()) if active is not None else (h0, c0)
     rec = np.empty((B, 4 * H), dtype=x.dtype)
     ig = np.empty((B, H), dtype=x.dtype)
+    hm = np.empty_like(h0)  # m * h_{t-1} with recurrent dropout
     for t in range(T):
         g_t = gates[t]
         c_t = cs[t if training else 0]
-        np.matmul(h, W_hh_T, out=rec)
+        np.matmul(_masked(h, mask, hm), W_hh_T, out=rec)
         g_t += rec  # all gates' pre-activations: one packed product per step
         _sigmoid_(g_t[:, : 2 * H])  # i, f
         np.tanh(g_t[:, 2 * H : 3 * H], out=g_t[:, 2 * H : 3 * H])  # g
@@ -268,7 +293,12 @@ def _lstm_forward(
 
 
 def _gru_forward(
-    params: Params, x: FloatArray, h0: FloatArray, lengths: IndexArray | None, training: bool
+    params: Params,
+    x: FloatArray,
+    h0: FloatArray,
+    lengths: IndexArray | None,
+    training: bool,
+    mask: FloatArray | None,
 ) -> ForwardOutput:
     T, B, _ = x.shape
     H = h0.shape[1]
@@ -282,9 +312,10 @@ def _gru_forward(
     active = _active_masks(lengths, T)
     h = h0.copy() if active is not None else h0
     rec = np.empty((B, 3 * H), dtype=x.dtype)
+    hm = np.empty_like(h0)  # m * h_{t-1} with recurrent dropout; the interpolation reads h
     for t in range(T):
         g_t = gates[t]
-        np.matmul(h, W_hh_T, out=rec)  # W_h{r,z,n} h_{t-1}: one packed product
+        np.matmul(_masked(h, mask, hm), W_hh_T, out=rec)  # W_h{r,z,n} h_{t-1}: one product
         rec += b_hh
         rz = g_t[:, : 2 * H]
         rz += rec[:, : 2 * H]
@@ -327,8 +358,12 @@ def backward(
     lengths: IndexArray | None,
     num_threads: int,
     step_norms: bool,
+    recurrent_mask: FloatArray | None = None,
 ) -> BackwardOutput:
     """Backpropagation through time; return ``(dx, dh0, dc0, dparams, norms)``.
+
+    ``recurrent_mask``: the forward's; the gradient through the recurrent product is then
+    ``dh_{t-1} = m * (W_hh^T dA_t)`` and ``dW_hh = sum_t dA_t^T (m * h_{t-1})``.
 
     ``norms`` is ``None`` unless ``step_norms``; then it is a (T, B) array of
     ``||dL/dh_t||`` (the whole gradient reaching hidden state t of sequence b, from the
@@ -338,18 +373,19 @@ def backward(
     T, B, _ = x.shape
     active = _active_masks(lengths, T)
     norms = np.zeros((T, B), dtype=x.dtype) if step_norms else None
+    mask = recurrent_mask
     if cell == "rnn":
         dx, dh0, dparams = _rnn_backward(
-            params, x, h0, hs, dhs, dh_n, activation, negative_slope, active, norms
+            params, x, h0, hs, dhs, dh_n, activation, negative_slope, active, norms, mask
         )
         return dx, dh0, None, dparams, norms
     if cell == "lstm":
         c0, dc_n = given(c0, "c0"), given(dc_n, "dc_n")
         return _lstm_backward(
-            params, x, h0, c0, hs, given(saved, "saved"), dhs, dh_n, dc_n, active, norms
+            params, x, h0, c0, hs, given(saved, "saved"), dhs, dh_n, dc_n, active, norms, mask
         )
     dx, dh0, dparams = _gru_backward(
-        params, x, h0, hs, given(saved, "saved"), dhs, dh_n, active, norms
+        params, x, h0, hs, given(saved, "saved"), dhs, dh_n, active, norms, mask
     )
     return dx, dh0, None, dparams, norms
 
@@ -361,8 +397,9 @@ def _weight_grads(
     hs: FloatArray,
     h0: FloatArray,
     W_ih: FloatArray,
+    mask: FloatArray | None,
 ) -> tuple[FloatArray, dict[str, FloatArray]]:
-    """dW_ih = dA^T X, dW_hh = dA^T H_prev, the bias sums and dx: one GEMM each."""
+    """dW_ih = dA^T X, dW_hh = dA^T (m * H_prev), the bias sums and dx: one GEMM each."""
     T, B, D = x.shape
     GH = dA_in.shape[2]
     flat = dA_in.reshape(T * B, GH)
@@ -371,7 +408,7 @@ def _weight_grads(
         (flat @ W_ih).reshape(T, B, D),
         {
             "W_ih": flat.T @ x.reshape(T * B, D),
-            "W_hh": _prev_state_product(dA_rec, hs, h0),
+            "W_hh": _prev_state_product(dA_rec, hs, h0, mask),
             "b_ih": db_ih,
             # rnn and lstm: both biases enter the same pre-activation, so share the sum
             "b_hh": db_ih.copy() if dA_rec is dA_in else dA_rec.reshape(T * B, GH).sum(axis=0),
@@ -390,6 +427,7 @@ def _rnn_backward(
     slope: float,
     active: NDArray[np.bool_] | None,
     norms: FloatArray | None,
+    mask: FloatArray | None,
 ) -> tuple[FloatArray, FloatArray, dict[str, FloatArray]]:
     T = x.shape[0]
     W_hh = params["W_hh"]
@@ -407,11 +445,13 @@ def _rnn_backward(
         if dact is not None:
             da *= dact[t]  # dL/da_t = dL/dh_t * act'(a_t)
         np.matmul(da, W_hh, out=new)  # dL/dh_{t-1} = W^T dL/da_t
+        if mask is not None:
+            new *= mask  # (m * W^T dL/da_t with recurrent dropout)
         if active is None:
             dh, new = new, dh
         else:  # padded steps pass the gradient of the carried state through
             np.copyto(dh, new, where=active[t][:, None])
-    dx, dparams = _weight_grads(dA, dA, x, hs, h0, params["W_ih"])
+    dx, dparams = _weight_grads(dA, dA, x, hs, h0, params["W_ih"], mask)
     return dx, dh, dparams
 
 
@@ -427,6 +467,7 @@ def _lstm_backward(
     dc_n: FloatArray,
     active: NDArray[np.bool_] | None,
     norms: FloatArray | None,
+    mask: FloatArray | None,
 ) -> BackwardOutput:
     T = x.shape[0]
     H = h0.shape[1]
@@ -473,6 +514,8 @@ def _lstm_backward(
         np.multiply(dc_t, i, out=dag)
         dag *= tmp
         np.matmul(dA[t], W_hh, out=new_dh)  # dL/dh_{t-1} = W_hh^T dA_t
+        if mask is not None:
+            new_dh *= mask
         dc_t *= f  # dL/dc_{t-1} = dc_t * f
         if active is None:
             dh, new_dh = new_dh, dh
@@ -481,7 +524,7 @@ def _lstm_backward(
             m = active[t][:, None]
             np.copyto(dh, new_dh, where=m)
             np.copyto(dc, dc_t, where=m)
-    dx, dparams = _weight_grads(dA, dA, x, hs, h0, params["W_ih"])
+    dx, dparams = _weight_grads(dA, dA, x, hs, h0, params["W_ih"], mask)
     return dx, dh, dc, dparams, norms
 
 
@@ -495,6 +538,7 @@ def _gru_backward(
     dh_n: FloatArray,
     active: NDArray[np.bool_] | None,
     norms: FloatArray | None,
+    mask: FloatArray | None,
 ) -> tuple[FloatArray, FloatArray, dict[str, FloatArray]]:
     T = x.shape[0]
     H = h0.shape[1]
@@ -532,13 +576,15 @@ def _gru_backward(
         dA_rec[t][:, : 2 * H] = dA_in[t][:, : 2 * H]  # r, z: same on both sides
         np.multiply(dan, r, out=dA_rec[t][:, 2 * H :])  # the n side is gated by r
         np.matmul(dA_rec[t], W_hh, out=new_dh)  # dL/dh_{t-1} = W_hh^T dA_rec + dh z
+        if mask is not None:
+            new_dh *= mask  # m * W_hh^T dA_rec: the direct path dh z has no mask
         np.multiply(dh_t, z, out=tmp)
         new_dh += tmp
         if active is None:
             dh, new_dh = new_dh, dh
         else:
             np.copyto(dh, new_dh, where=active[t][:, None])
-    dx, dparams = _weight_grads(dA_in, dA_rec, x, hs, h0, params["W_ih"])
+    dx, dparams = _weight_grads(dA_in, dA_rec, x, hs, h0, params["W_ih"], mask)
     return dx, dh, dparams
 
 

@@ -213,6 +213,9 @@ class BaseModel:
         negative_slope: float = 0.01,
         init: str = "uniform",
         gain: float = 1.0,
+        dropout: float = 0.0,
+        recurrent_dropout: float = 0.0,
+        input_dropout: float = 0.0,
         epochs: int = 100,
         batch_size: int = 32,
         optimizer: str = "adam",
@@ -245,6 +248,12 @@ class BaseModel:
             the IRNN).
         gain : float
             Scales the recurrent weights at initialisation (> 0).
+        dropout, recurrent_dropout, input_dropout : float
+            Dropout probabilities in [0, 1], in training only (see :mod:`fastrnn.layers`):
+            PyTorch's ``dropout`` between stacked layers (needs ``num_layers > 1``), and
+            Keras' variational ``recurrent_dropout`` (one mask per sequence on the state
+            entering the recurrent product) and ``dropout`` (here ``input_dropout``: one
+            mask per sequence on each layer's input). Drawn from the model's ``seed``.
         epochs, batch_size : int
             Training passes over the data, and samples per optimizer step.
         optimizer : {"sgd", "momentum", "adam", "adamw"}
@@ -292,6 +301,9 @@ class BaseModel:
         self.negative_slope = V.check_non_negative_float("negative_slope", negative_slope)
         self.init = V.check_choice("init", init, F.INITS)
         self.gain = V.check_positive_float("gain", gain)
+        self.dropout = V.check_dropout("dropout", dropout)
+        self.recurrent_dropout = V.check_dropout("recurrent_dropout", recurrent_dropout)
+        self.input_dropout = V.check_dropout("input_dropout", input_dropout)
         self.epochs = V.check_positive_int("epochs", epochs)
         self.batch_size = V.check_positive_int("batch_size", batch_size)
         self.optimizer = V.check_choice("optimizer", optimizer, OPTIMIZERS)
@@ -391,6 +403,9 @@ class BaseModel:
             "gain": self.gain,
             "seed": rng,
             "dtype": self._dtype,
+            "dropout": self.dropout,
+            "recurrent_dropout": self.recurrent_dropout,
+            "input_dropout": self.input_dropout,
         }
         if self.cell == "rnn":
             kwargs.update(activation=self.activation, negative_slope=self.negative_slope)

@@ -56,6 +56,7 @@ struct Problem {
   const T* h0 = nullptr;             // (B, H)
   const T* c0 = nullptr;             // (B, H), lstm only
   const std::int64_t* lengths = nullptr;  // (B,) in 1..steps, or null: all have length steps
+  const T* rec_mask = nullptr;  // (B, H) or null: recurrent dropout, W_hh (m * h_{t-1})
   int num_threads = 1;
   bool flush_denormals = true;
 };
@@ -140,6 +141,36 @@ struct ChunkMask {
     for (Index j = 0; j < nb; ++j)
       if (!active(t, j)) fresh.col(j) = carried.col(j);
   }
+};
+
+// Variational recurrent dropout (Gal and Ghahramani 2016) on the chunk [b0, b0 + nb): the
+// mask m of each sequence, the same at every step, multiplies the state where it enters the
+// recurrent product, W_hh (m * h_{t-1}); everything else reads the unmasked state. Backward
+// applies its transpose, dh_{t-1} = m * (W_hh^T dA_t) (+ the direct paths). No mask: the
+// state goes in as it is and nothing is copied.
+template <class T>
+class StateMask {
+ public:
+  StateMask(const Problem<T>& p, Index b0, Index nb)
+      : m_(p.rec_mask ? p.rec_mask + b0 * p.H : nullptr), H_(p.H), nb_(nb) {
+    if (m_) buf_.resize(static_cast<std::size_t>(H_ * nb_));
+  }
+  // forward: what enters W_hh, m * h
+  const T* operator()(const T* h) {
+    if (!m_) return h;
+    ArrMap<T>(buf_.data(), H_, nb_) = ConstArrMap<T>(m_, H_, nb_) * ConstArrMap<T>(h, H_, nb_);
+    return buf_.data();
+  }
+  // backward: W_hh^T dA_t (H x nb, in place) times m
+  template <class M>
+  void backward(M&& product) const {
+    if (m_) product *= ConstArrMap<T>(m_, H_, nb_);
+  }
+
+ private:
+  const T* m_;
+  Index H_, nb_;
+  std::vector<T> buf_;
 };
 
 template <class T>
@@ -315,10 +346,11 @@ void rnn_forward_chunk(const Problem<T>& p, const ForwardOutput<T>& out,
   std::vector<T> rec_buf(static_cast<std::size_t>(W.ld * nb));
   const StridedArrMap<T> rec(rec_buf.data(), H, nb, Eigen::OuterStride<>(W.ld));
   const T* h_prev = p.h0 + b0 * H;
+  StateMask<T> drop(p, b0, nb);
   for (Index t = 0; t < p.steps; ++t) {
     T* h_ptr = out.hs + (t * B + b0) * H;
     if (t + 1 < p.steps) prefetch(h_ptr + B * H, H * nb);
-    W(h_prev, rec_buf.data(), nb);  // W h_{t-1}
+    W(drop(h_prev), rec_buf.data(), nb);  // W h_{t-1}
     ArrMap<T> h(h_ptr, H, nb);                             // holds U x_t + b
     activate(p.activation, p.slope, h, rec);               // h_t = act(U x_t + W h_{t-1} + b)
     mask.zero_inactive(t, h);
@@ -335,10 +367,11 @@ void lstm_forward_chunk(const Problem<T>& p, const ForwardOutput<T>& out,
   const StridedArrMap<T> rec(rec_buf.data(), GH, nb, Eigen::OuterStride<>(W.ld));
   const T* h_prev = p.h0 + b0 * H;
   const T* c_prev = p.c0 + b0 * H;
+  StateMask<T> drop(p, b0, nb);
   for (Index t = 0; t < p.steps; ++t) {
     const Index off = (t * B + b0);
     slots.prefetch_next(t);
-    W(h_prev, rec_buf.data(), nb);
+    W(drop(h_prev), rec_buf.data(), nb);
     ArrMap<T> g(slots.gates(t), GH, nb);  // holds U x_t + b, becomes i, f, g, o
     g.topRows(2 * H) = (g.topRows(2 * H) + rec.topRows(2 * H)).logistic();
     g.middleRows(2 * H, H) = (g.middleRows(2 * H, H) + rec.middleRows(2 * H, H)).tanh();
@@ -365,10 +398,11 @@ void gru_forward_chunk(const Problem<T>& p, const ForwardOutput<T>& out,
   const StridedArrMap<T> rec(rec_buf.data(), GH, nb, Eigen::OuterStride<>(W.ld));
   const Eigen::Map<const Eigen::Array<T, Eigen::Dynamic, 1>> b_hh(p.b_hh, GH);
   const T* h_prev = p.h0 + b0 * H;
+  StateMask<T> drop(p, b0, nb);
   for (Index t = 0; t < p.steps; ++t) {
     const Index off = (t * B + b0);
     slots.prefetch_next(t);
-    W(h_prev, rec_buf.data(), nb);
+    W(drop(h_prev), rec_buf.data(), nb);  // the interpolation below reads h_{t-1} unmasked
     ArrMap<T> g(slots.gates(t), GH, nb);  // holds W_i. x_t + b_i., becomes r, z, n
     g.topRows(2 * H) = ((g.topRows(2 * H) + rec.topRows(2 * H)).colwise() + b_hh.head(2 * H))
                            .logistic();
@@ -495,13 +529,16 @@ class GradBlocks {
       x = x_.data();
     }
     const T* h_prev = h_prev_.data();
-    if (!gathered() && t0 > 0) {
+    if (!gathered() && t0 > 0 && !p_.rec_mask) {
       h_prev = in_.hs + ((t0 - 1) * B + b0_) * H;
-    } else {
+    } else {  // with recurrent dropout: m * h_{t-1}, what entered W_hh
       for (Index s = 0; s < count; ++s) {
         const Index t = t0 + s;
         const T* src = t > 0 ? in_.hs + ((t - 1) * B + b0_) * H : p_.h0 + b0_ * H;
         std::copy_n(src, H * nb, h_prev_.data() + s * nb * H);
+        if (p_.rec_mask)
+          ArrMap<T>(h_prev_.data() + s * nb * H, H, nb) *=
+              ConstArrMap<T>(p_.rec_mask + b0_ * H, H, nb);
       }
     }
     const T* dA = dA_.data();
@@ -555,6 +592,7 @@ void rnn_backward_chunk(const Problem<T>& p, const BackwardInput<T>& in,
   const Index H = p.H, B = p.B;
   const ChunkMask mask(p.lengths, b0, nb, p.steps);
   ChunkScratch<T> s(WT.ld, H, nb);
+  const StateMask<T> drop(p, b0, nb);
   s.dh_map() = ConstArrMap<T>(in.dh_n + b0 * H, H, nb);
   ArrMap<T> dht(s.dht.data(), H, nb);
   for (Index t = p.steps - 1; t >= 0; --t) {
@@ -574,6 +612,7 @@ void rnn_backward_chunk(const Problem<T>& p, const BackwardInput<T>& in,
       activation_grad(p.activation, p.slope, dA, s.dh_map() + dhs_t, h);
     }
     WT(dA.data(), s.rec, nb);  // dL/dh_{t-1} = W^T dA_t
+    drop.backward(s.rec_map());
     mask.carry_inactive(t, s.rec_map(), s.dh_map());
     s.swap();
     grads.step_done(t);
@@ -588,6 +627,7 @@ void lstm_backward_chunk(const Problem<T>& p, const BackwardInput<T>& in,
   const Index H = p.H, B = p.B, GH = 4 * H;
   const ChunkMask mask(p.lengths, b0, nb, p.steps);
   ChunkScratch<T> s(WT.ld, H, nb);
+  const StateMask<T> drop(p, b0, nb);
   s.dh_map() = ConstArrMap<T>(in.dh_n + b0 * H, H, nb);
   std::vector<T> dc_buf(in.dc_n + b0 * H, in.dc_n + (b0 + nb) * H);
   s.extra1.resize(H * nb);
@@ -618,6 +658,7 @@ void lstm_backward_chunk(const Problem<T>& p, const BackwardInput<T>& in,
     dA.middleRows(H, H) = dct * c_prev * f * (T(1) - f);    // df
     dA.middleRows(2 * H, H) = dct * i * (T(1) - gg * gg);  // dg, through tanh
     WT(dA.data(), s.rec, nb);       // dL/dh_{t-1} = W_hh^T dA_t
+    drop.backward(s.rec_map());
     if (mask.all_active(t)) {
       dc = dct * f;  // dL/dc_{t-1}
     } else {
@@ -639,6 +680,7 @@ void gru_backward_chunk(const Problem<T>& p, const BackwardInput<T>& in,
   const Index H = p.H, B = p.B, GH = 3 * H;
   const ChunkMask mask(p.lengths, b0, nb, p.steps);
   ChunkScratch<T> s(WT.ld, H, nb);
+  const StateMask<T> drop(p, b0, nb);
   s.dh_map() = ConstArrMap<T>(in.dh_n + b0 * H, H, nb);
   ArrMap<T> dht(s.dht.data(), H, nb);
   for (Index t = p.steps - 1; t >= 0; --t) {
@@ -663,6 +705,7 @@ void gru_backward_chunk(const Problem<T>& p, const BackwardInput<T>& in,
     dA_rec.topRows(2 * H) = dA_in.topRows(2 * H);                         // r, z: both sides
     dA_rec.bottomRows(H) = dA_in.bottomRows(H) * r;                       // n: gated by r
     WT(dA_rec.data(), s.rec, nb);
+    drop.backward(s.rec_map());
     s.rec_map() += dht * z;  // dL/dh_{t-1} = W_hh^T dA_rec + dh z
     mask.carry_inactive(t, s.rec_map(), s.dh_map());
     s.swap();
