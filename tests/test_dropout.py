@@ -12,6 +12,7 @@ masks, give ``torch.nn.LSTM(dropout=p)``'s outputs and gradients.
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import warnings
 from collections.abc import Iterator
@@ -31,6 +32,7 @@ from conftest import (
     run_case,
 )
 from fastrnn import layers
+from fastrnn.cli import train
 from fastrnn.functional import GATES
 
 LAYERS = {"rnn": layers.RNN, "lstm": layers.LSTM, "gru": layers.GRU}
@@ -467,3 +469,13 @@ def test_a_zero_mask_cuts_every_gate_from_the_state(backend, cell):
     no_w = dict(case["params"], W_hh=np.zeros((GATES[cell] * 4, 4)))
     b = fastrnn.forward(cell, no_w, *args, backend=backend)
     np.testing.assert_allclose(a.hs, b.hs, rtol=0, atol=1e-15)
+
+
+def test_train_command_takes_the_probabilities():
+    parser = argparse.ArgumentParser()
+    train.add_arguments(parser)
+    args = parser.parse_args(
+        ["xor", "--dropout", "0.3", "--recurrent-dropout", "0.4", "--input-dropout", "0.25"]
+    )
+    kwargs = train.task_arguments(args)
+    assert {k: kwargs[k] for k in P} == P

@@ -26,9 +26,11 @@ def forward(
     num_threads: int = 1,
     flush_denormals: bool = True,
     training: bool = True,
+    recurrent_mask: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None, np.ndarray | None, np.ndarray | None]:
     """Forward pass; returns (hs, h_n, c_n, gates, extra); c_n may be None, and gates, extra
-    are None for rnn and with training=False (nothing saved for backward)."""
+    are None for rnn and with training=False (nothing saved for backward). recurrent_mask
+    (B, H): recurrent dropout, W_hh (m * h_{t-1}) at every step."""
 
 def set_blas(sgemm: int, dgemm: int, get_num_threads: int, set_num_threads: int, name: str) -> None:
     """Hand over the Fortran-ABI sgemm/dgemm and OpenBLAS's thread getter/setter (raw
@@ -59,6 +61,7 @@ def backward(
     num_threads: int = 1,
     step_norms: bool = False,
     flush_denormals: bool = True,
+    recurrent_mask: np.ndarray | None = None,
 ) -> tuple[
     np.ndarray,
     np.ndarray,
@@ -69,7 +72,8 @@ def backward(
     np.ndarray,
     np.ndarray | None,
 ]:
-    """BPTT; returns (dx, dh0, dc0, dW_ih, dW_hh, db_ih, db_hh, step_norms)."""
+    """BPTT; returns (dx, dh0, dc0, dW_ih, dW_hh, db_ih, db_hh, step_norms).
+    recurrent_mask: the forward's."""
 
 def linear_cross_entropy(
     h: np.ndarray,

@@ -52,6 +52,9 @@ _MODEL_OPTIONS = (
     "lr",
     "optimizer",
     "clip_norm",
+    "dropout",
+    "recurrent_dropout",
+    "input_dropout",
     "seed",
 )
 
@@ -74,6 +77,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--lr", type=float, help="learning rate")
     parser.add_argument("--optimizer", choices=models.OPTIMIZERS, help="default adam")
     parser.add_argument("--clip-norm", type=float, help="clip gradients to this global norm")
+    parser.add_argument("--dropout", type=float, help="dropout between stacked layers (0..1)")
+    parser.add_argument(
+        "--recurrent-dropout", type=float, help="variational dropout on the recurrent state"
+    )
+    parser.add_argument(
+        "--input-dropout", type=float, help="variational dropout on each layer's input"
+    )
     parser.add_argument("--seed", type=int, help="random seed (default 0)")
     parser.add_argument("--backend", help="numpy, numba, cpp or auto (default: configured)")
     parser.add_argument(

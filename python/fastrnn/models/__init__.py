@@ -18,13 +18,15 @@ Shared hyper-parameters: ``hidden_size``; ``cell`` (``"rnn"``, ``"lstm"``, ``"gr
 ``num_layers``; ``bidirectional`` (encoders that see the whole sequence only);
 ``activation`` and ``negative_slope`` (rnn only: tanh, relu, leaky_relu, identity);
 ``init`` and ``gain`` (see :func:`fastrnn.init_params`; ``init="identity"`` with relu is
-the IRNN); training: ``epochs``, ``batch_size``, ``optimizer`` (:data:`OPTIMIZERS`:
-``"sgd"``, ``"momentum"``, ``"adam"``, ``"adamw"``), ``lr``, ``clip_norm``,
-``clip_value``; ``seed`` (the same seed gives the same model and predictions); ``dtype``;
-``progress`` (a tqdm bar; ``None`` shows it on a terminal for long runs). Every ``fit``
-takes ``callbacks=[...]`` (:mod:`fastrnn.training`: ``EarlyStopping``,
-``ModelCheckpoint``, ...), and the models that take validation data record
-``history_["val_loss"]`` for them to watch.
+the IRNN); ``dropout`` (between stacked layers, PyTorch's), ``recurrent_dropout`` and
+``input_dropout`` (variational, Keras' ``recurrent_dropout`` and ``dropout``; see
+:mod:`fastrnn.layers`), in training only; training: ``epochs``, ``batch_size``,
+``optimizer`` (:data:`OPTIMIZERS`: ``"sgd"``, ``"momentum"``, ``"adam"``, ``"adamw"``),
+``lr``, ``clip_norm``, ``clip_value``; ``seed`` (the same seed gives the same model and
+predictions); ``dtype``; ``progress`` (a tqdm bar; ``None`` shows it on a terminal for
+long runs). Every ``fit`` takes ``callbacks=[...]`` (:mod:`fastrnn.training`:
+``EarlyStopping``, ``ModelCheckpoint``, ...), and the models that take validation data
+record ``history_["val_loss"]`` for them to watch.
 
 Token input: ``embedding_dim=None`` (default) feeds tokens one-hot; an int feeds learned
 vectors of that size through a :class:`fastrnn.layers.Embedding` (the part ``"embed"``)
