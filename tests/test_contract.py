@@ -58,6 +58,8 @@ def test_the_protocol_has_the_functions_of_the_contract():
     these three must stay."""
     assert {"forward", "backward", "linear_cross_entropy"} <= set(FUNCTIONS)
     assert "training" in inspect.signature(Backend.forward).parameters
+    for function in (Backend.forward, Backend.backward):  # recurrent dropout (issue 18)
+        assert "recurrent_mask" in inspect.signature(function).parameters
 
 
 def test_a_wrong_signature_is_reported():
