@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import warnings
 from collections.abc import Iterator
 
 import numpy as np
@@ -325,7 +324,6 @@ def test_dropout_one_zeroes_the_next_layers_input(backend, cell):
     x = rng.normal(size=(5, 3, 4))
     with fastrnn.use_backend(backend):
         with pytest.warns(UserWarning, match="num_layers=1"):
-            warnings.simplefilter("always")
             layers.LSTM(4, 5, dropout=0.5)  # PyTorch's warning: nothing to drop between
         stack = LAYERS[cell](4, 5, 2, seed=0, dtype=np.float64, dropout=1.0)
         second = LAYERS[cell](5, 5, seed=0, dtype=np.float64)
