@@ -1,10 +1,14 @@
 """The pytest-benchmark suite of fastrnn: every backend (and PyTorch) x cell x dtype x shape.
 
-Four workloads (see :mod:`fastrnn.bench`): the layer's ``forward``; ``fwdbwd``, its
+Five workloads (see :mod:`fastrnn.bench`): the layer's ``forward``; ``fwdbwd``, its
 forward and full BPTT with a gradient entering at every step; ``train``, one training
-step end to end (layer + linear softmax head + cross-entropy, forward and backward); and
+step end to end (layer + linear softmax head + cross-entropy, forward and backward);
 ``charlm``, one training step of a character language model as
-``CharLanguageModel.fit`` runs it (Adam, clipping) against the same model in PyTorch. Each
+``CharLanguageModel.fit`` runs it (Adam, clipping) against the same model in PyTorch; and
+``packed``, the ``train`` step on a ``PackedSequence`` (torch.nn against the drop-in
+``fastrnn.torch`` only, ``test_bench_torch_dropin.py``). The rows ``torch`` (PyTorch's
+modules) and ``fastrnn.torch`` (the same PyTorch model with fastrnn's drop-in modules)
+run every workload but the layer-only ones of fastrnn's own API. Each
 benchmark first checks its backend against the NumPy reference on a small case (a fast
 wrong answer fails), warms up once (JIT compile and first touch are not timed), then times
 the workload with ``benchmark.pedantic``.
@@ -48,7 +52,7 @@ SIZES = {"ci": CI_SHAPES, "quick": lib.QUICK_SHAPES, "full": lib.NAMED_SHAPES}
 CI_LM_SHAPES = {"lm-tiny": lib.Shape("lm-tiny", 12, 16, 4, 8, cells=("lstm", "gru"))}
 LM_SIZES = {"ci": CI_LM_SHAPES, "quick": lib.QUICK_LM_SHAPES, "full": lib.LM_SHAPES}
 DTYPES = ("float32", "float64")
-BENCH_BACKENDS = ("numpy", "numba", "cpp", "torch")
+BENCH_BACKENDS = lib.BACKENDS  # the fastrnn backends, torch and the drop-in fastrnn.torch
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -122,12 +126,13 @@ def bench_size(request: pytest.FixtureRequest) -> str:
 
 @pytest.fixture(params=BENCH_BACKENDS)
 def bench_backend(request: pytest.FixtureRequest) -> str:
-    """Every fastrnn backend and the torch peer; unavailable ones are skipped with why."""
+    """Every fastrnn backend, the torch peer and the drop-in ``fastrnn.torch`` (torch's
+    model with fastrnn's modules); unavailable ones are skipped with why."""
     name = request.param
-    if name == "torch":
-        why = lib.torch_unavailable_reason()
+    if name in lib.PEERS:
+        why = lib.torch_unavailable_reason(name)
         if why:
-            pytest.skip(f"peer 'torch' unavailable: {why}")
+            pytest.skip(f"peer {name!r} unavailable: {why}")
     elif name not in fastrnn.available_backends():
         pytest.skip(f"backend {name!r} unavailable: {fastrnn.unavailable_backends()[name]}")
     return name

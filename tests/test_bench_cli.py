@@ -23,6 +23,26 @@ from fastrnn.cli import main
 TINY = ["--D", "3", "--H", "5", "--B", "2", "--T", "7", "--repeat", "1", "--gemm-size", "32"]
 
 
+def _no_torch(peer: str = "torch") -> str:
+    """runners.torch_unavailable_reason as on a machine without torch."""
+    return "torch not installed (here)"
+
+
+def _double_dW_hh_in_float32(monkeypatch) -> None:
+    """Make the NumPy backend's float32 backward return twice the true dW_hh."""
+    from fastrnn.backends import numpy_backend
+
+    real = numpy_backend.backward
+
+    def off(*args, **kwargs):
+        dx, dh0, dc0, dparams, norms = real(*args, **kwargs)
+        if dx.dtype == np.float32:
+            dparams["W_hh"] *= np.float32(2)
+        return dx, dh0, dc0, dparams, norms
+
+    monkeypatch.setattr(numpy_backend, "backward", off)
+
+
 def _bench(capsys, *argv: str) -> tuple[int, str]:
     code = main(["bench", *TINY, *argv])
     return code, capsys.readouterr().out
@@ -79,11 +99,10 @@ def test_every_backend_runs_or_says_why(capsys):
     code, out = _bench(capsys, "--cells", "gru", "--dtype", "float64", "--threads", "1,2")
     assert code == 0
     rows = _table_rows(out)
-    backends = ["numpy", "numba", "cpp", "torch"]
+    backends = ["numpy", "numba", "cpp", "torch", "fastrnn.torch"]
     assert [(r[4], r[5]) for r in rows] == [(t, b) for t in ("1", "2") for b in backends]
     available = set(fastrnn.available_backends())
-    if lib.torch_unavailable_reason() is None:
-        available.add("torch")
+    available |= {p for p in lib.PEERS if lib.torch_unavailable_reason(p) is None}
     for r in rows:
         if r[5] in available:
             assert r[6] != "unavailable" and float(r[6]) > 0, r
@@ -94,7 +113,7 @@ def test_every_backend_runs_or_says_why(capsys):
 
 
 def test_missing_torch_is_said_in_its_column(capsys, monkeypatch):
-    monkeypatch.setattr(runners, "torch_unavailable_reason", lambda: "torch not installed (here)")
+    monkeypatch.setattr(runners, "torch_unavailable_reason", _no_torch)
     code, out = _bench(capsys, "--backends", "numpy,torch", "--cells", "rnn")
     assert code == 0
     rows = _table_rows(out)
@@ -358,8 +377,8 @@ def test_charlm_table_against_torch_and_json(capsys, tmp_path):
     header = next(line for line in out.splitlines() if line.startswith("shape"))
     assert "x torch" in header.split("  ")
     rows = _table_rows(out)
-    # a custom charlm shape keeps LM128's cells
-    assert [r[2] for r in rows] == ["lstm"] * 4 + ["gru"] * 4
+    # a custom charlm shape keeps LM128's cells; every backend, torch and the drop-in
+    assert [r[2] for r in rows] == ["lstm"] * 5 + ["gru"] * 5
     results = json.loads(path.read_text())["results"]
     D, H, B, T = 6, 5, 3, 4
     for r in results:
@@ -374,7 +393,7 @@ def test_charlm_table_against_torch_and_json(capsys, tmp_path):
 
 
 def test_charlm_without_torch_times_fastrnn_alone(capsys, monkeypatch):
-    monkeypatch.setattr(runners, "torch_unavailable_reason", lambda: "torch not installed (here)")
+    monkeypatch.setattr(runners, "torch_unavailable_reason", _no_torch)
     code = main(["bench", *LM_TINY, "--cells", "gru", "--backends", "numpy,torch", "--repeat", "1"])
     out = capsys.readouterr().out
     assert code == 0
@@ -429,19 +448,91 @@ def test_charlm_step_is_the_same_training_step_in_fastrnn_and_torch(monkeypatch,
 def test_charlm_check_catches_a_wrong_gradient(monkeypatch):
     """The check compares gradients, not weights after Adam (whose first step is about
     lr * sign(gradient), the same for a gradient twice too large): that error is caught."""
-    from fastrnn.backends import numpy_backend
-
-    real = numpy_backend.backward
-
-    def off(*args, **kwargs):
-        dx, dh0, dc0, dparams, norms = real(*args, **kwargs)
-        if dx.dtype == np.float32:
-            dparams["W_hh"] *= np.float32(2)
-        return dx, dh0, dc0, dparams, norms
-
-    monkeypatch.setattr(numpy_backend, "backward", off)
+    _double_dW_hh_in_float32(monkeypatch)
     error = runners.check_against_reference("numpy", "gru", "float32", "charlm")
     assert error is not None and "differs from the reference" in error
+
+
+# --- the PyTorch drop-in and the packed workload -----------------------------------------
+
+
+def test_packed_lengths_spread_over_1_to_T_unsorted():
+    lengths = lib.packed_lengths(6, 50)
+    assert sorted(lengths) == [1, 11, 21, 30, 40, 50]
+    assert list(lengths) != sorted(lengths, reverse=True)  # enforce_sorted=False is needed
+    assert list(lib.packed_lengths(1, 9)) == [9]
+    assert lib.make_case("gru", 3, 4, 6, 50, np.float32, what="packed").lengths.tolist() == (
+        lengths.tolist()
+    )
+    assert lib.make_case("gru", 3, 4, 6, 50, np.float32).lengths is None
+
+
+def test_packed_rows_are_torch_and_the_dropin(capsys, tmp_path):
+    """--what packed runs torch.nn and fastrnn.torch only (the other backends are dropped
+    from the plan), on the sum of the lengths for the FLOPs; x torch is the ratio of the
+    two medians."""
+    pytest.importorskip("torch")
+    path = tmp_path / "packed.json"
+    argv = ["--what", "packed", "--cells", "lstm,gru", "--json", str(path)]
+    code, out = _bench(capsys, *argv, "--backends", "numpy,cpp,torch,fastrnn.torch")
+    assert code == 0, out
+    assert "PackedSequence" in out
+    assert "drop-in:  fastrnn.torch" in out and f"fastrnn's {fastrnn.get_backend()}" in out
+    rows = _table_rows(out)
+    assert [(r[2], r[5]) for r in rows] == [
+        (c, b) for c in ("lstm", "gru") for b in ("torch", "fastrnn.torch")
+    ]
+    results = json.loads(path.read_text())["results"]
+    T, B, D, H = 7, 2, 3, 5
+    steps = int(lib.packed_lengths(B, T).sum())
+    for r in results:
+        assert r["status"] == "ok", r
+        G = {"lstm": 4, "gru": 3}[r["cell"]]
+        assert r["flops"] == steps * 3 * (2 * G * H * (D + H) + 2 * H * lib.CLASSES)
+        theirs = next(t for t in results if t["backend"] == "torch" and t["cell"] == r["cell"])
+        assert r["speedup_vs_torch"] == pytest.approx(theirs["seconds"] / r["seconds"])
+        assert r["speedup_vs_numpy"] is None
+
+
+def test_the_dropin_row_times_the_torch_model_with_fastrnns_modules():
+    torch = pytest.importorskip("torch")
+    import fastrnn.torch as ft
+
+    case = lib.make_case("gru", 3, 5, 4, 6, np.float64, what="packed")
+    ours, theirs = (runners.make_runner(case, b, "packed") for b in ("fastrnn.torch", "torch"))
+    assert isinstance(ours.rnn, ft.GRU) and type(theirs.rnn) is torch.nn.GRU
+    got, want = ours.check_outputs(), theirs.check_outputs()
+    assert got.keys() == want.keys() and {"hs", "loss", "dx", "dW_hh", "dV"} <= got.keys()
+    for k in want:
+        np.testing.assert_allclose(got[k], want[k], rtol=1e-10, atol=1e-12, err_msg=k)
+    # the padded input's gradient is zero past each sequence's end
+    dx = got["dx"]
+    for b, n in enumerate(case.lengths):
+        assert not dx[n:, b].any() and dx[n - 1, b].any()
+    with pytest.raises(ValueError, match="packed workload runs on"):
+        runners.make_runner(case, "numpy", "packed")
+
+
+def test_packed_check_catches_a_wrong_dropin_gradient(monkeypatch):
+    """The drop-in's packed step is checked against torch.nn in float64: a backend whose
+    float32 weight gradient is off fails the check."""
+    pytest.importorskip("torch")
+    from fastrnn import _config
+
+    monkeypatch.setattr(_config, "_global_backend", "numpy")
+    assert runners.check_against_reference("fastrnn.torch", "lstm", "float32", "packed") is None
+    _double_dW_hh_in_float32(monkeypatch)
+    error = runners.check_against_reference("fastrnn.torch", "lstm", "float32", "packed")
+    assert error is not None and "dW_hh differs from the reference" in error
+
+
+def test_packed_default_shape_is_s2():
+    from fastrnn.cli import bench as command
+
+    parser = argparse.ArgumentParser()
+    command.add_arguments(parser)
+    shapes = command._shapes(parser.parse_args(["--what", "packed"]))
+    assert [s.name for s in shapes] == ["S2"]
 
 
 # --- the machine lines -------------------------------------------------------------------
@@ -491,3 +582,17 @@ def test_the_cpp_isa_line_follows_fastrnn_cpp_isa():
     assert f"cpp ISA:  {_sysinfo.cpp_isa()['in_use']} (" in _sysinfo.format_system_info(
         _sysinfo.system_info()
     )
+
+
+def test_the_numba_line_says_which_cpu_numba_compiles_for():
+    pytest.importorskip("numba")
+    code = "from fastrnn import _sysinfo as s; print(s.format_system_info(s.system_info()))"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("NUMBA_CPU")}
+    host = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+    line = next(s for s in host.stdout.splitlines() if s.startswith("numba:"))
+    assert "the host CPU's own features (the host)" in line
+    env.update(NUMBA_CPU_NAME="haswell", NUMBA_CPU_FEATURES="")
+    forced = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+    line = next(s for s in forced.stdout.splitlines() if s.startswith("numba:"))
+    assert "compiles for haswell, that CPU's default features" in line
+    assert "NUMBA_CPU_NAME=haswell NUMBA_CPU_FEATURES=" in forced.stdout  # the env line

@@ -164,3 +164,66 @@ def test_build_info_reports_the_extension():
     for key in ("compiler", "flags", "eigen_version", "eigen_simd", "openmp"):
         assert key in info
     assert info["eigen_version"].startswith("3.4")
+
+
+# --- what "auto" picks: the measured order per cpp kernel level ---------------------------
+
+
+def test_auto_follows_the_measured_order_of_the_cpp_level(monkeypatch):
+    from fastrnn import backends as registry
+
+    monkeypatch.setattr(
+        _config,
+        "AUTO_ORDER",
+        {"avx2": ("numba", "cpp", "numpy"), "avx512": ("cpp", "numba", "numpy")},
+    )
+    monkeypatch.setattr(registry, "available", lambda: ["cpp", "numba", "numpy"])
+    monkeypatch.setattr(_config, "_global_backend", "auto")
+    for level, want in (("avx2", "numba"), ("avx512", "cpp")):
+        monkeypatch.setattr(_config, "_cpp_level", lambda level=level: level)
+        assert fastrnn.get_backend() == want
+        with fastrnn.use_backend("auto") as resolved:
+            assert resolved == want
+        chosen, why = _config.explain_auto()
+        assert chosen == want and f"level {level}" in why and "measured" in why
+    # the first of the order that loads: numba does not, so cpp at avx2
+    monkeypatch.setattr(_config, "_cpp_level", lambda: "avx2")
+    monkeypatch.setattr(registry, "available", lambda: ["cpp", "numpy"])
+    monkeypatch.setattr(registry, "unavailable_reasons", lambda: {"numba": "not installed"})
+    chosen, why = _config.explain_auto()
+    assert chosen == "cpp" and "passed over: numba (unavailable: not installed)" in why
+
+
+def test_auto_without_cpp_kernels_or_a_measured_level_uses_the_registry_order(monkeypatch):
+    from fastrnn import backends as registry
+
+    monkeypatch.setattr(registry, "available", lambda: ["numba", "numpy"])
+    monkeypatch.setattr(registry, "unavailable_reasons", lambda: {"cpp": "no compiler"})
+    for level in (None, "sve512"):
+        monkeypatch.setattr(_config, "_cpp_level", lambda level=level: level)
+        assert _config.auto_order(level) == BACKENDS
+        chosen, why = _config.explain_auto()
+        assert chosen == "numba"
+        assert "fixed order " + " > ".join(BACKENDS) in why and "no measured order" in why
+        assert "passed over: cpp (unavailable: no compiler)" in why
+
+
+def test_every_measured_order_names_each_backend_once():
+    for level, order in _config.AUTO_ORDER.items():
+        assert sorted(order) == sorted(BACKENDS), level
+        assert order[-1] == "numpy", level  # the reference, always available, comes last
+
+
+def test_cpp_level_follows_fastrnn_cpp_isa():
+    if "cpp" not in fastrnn.available_backends():
+        pytest.skip("the cpp backend is not available")
+    from fastrnn import _core
+
+    code = "from fastrnn import _config; print(_config._cpp_level())"
+    levels = [lv for lv in ("generic", "avx2", "avx512") if _core.cpu_supports(lv)]
+    for level in levels:
+        out = _run_python(code, FASTRNN_CPP_ISA=level)
+        assert out.returncode == 0, out.stderr
+        assert out.stdout.strip() == level
+    out = _run_python(code, FASTRNN_CPP_ISA="avx9000")  # a bad value: no cpp kernels
+    assert out.stdout.strip() == "None"

@@ -29,25 +29,70 @@ def _check_name(name: object) -> str:
     return name
 
 
+# What "auto" picks: per instruction-set level of the cpp kernels (fastrnn._core.kernel_isa(),
+# capped by FASTRNN_CPP_ISA), the backends fastest first, as measured with `fastrnn bench`
+# (numba compiled for the same level, NUMBA_CPU_NAME/NUMBA_CPU_FEATURES; the table and the
+# commands are in docs/design.md, section 8). A level missing here, or no cpp kernels at
+# all, uses the registry's order (fastrnn.backends.BACKENDS).
+AUTO_ORDER: dict[str, tuple[str, ...]] = {
+    "avx512": ("cpp", "numba", "numpy"),
+    "avx2": ("cpp", "numba", "numpy"),
+}
+AUTO_MEASURED = "docs/design.md, section 8"
+
+
+def _cpp_level() -> str | None:
+    """The cpp kernels' instruction-set level, or ``None`` if the extension does not load
+    (also for a bad ``FASTRNN_CPP_ISA``, which makes the cpp backend unavailable)."""
+    try:
+        from . import _core
+    except ImportError:
+        return None
+    try:
+        return str(_core.kernel_isa())
+    except ValueError:
+        return None
+
+
+def auto_order(level: str | None) -> tuple[str, ...]:
+    """The backends in the order ``"auto"`` tries them at the cpp kernel level ``level``
+    (:data:`AUTO_ORDER`; the registry's order for ``None`` or a level not measured)."""
+    return AUTO_ORDER.get(level, _registry.BACKENDS) if level else _registry.BACKENDS
+
+
+def _auto(available: list[str], level: str | None) -> str:
+    """The first backend of :func:`auto_order` that is in ``available``."""
+    return next(b for b in auto_order(level) if b in available)
+
+
 def _resolve(name: str) -> str:
     """Turn a setting into a concrete backend name, checking that it is available."""
     if name == "auto":
-        return _registry.available()[0]
+        return _auto(_registry.available(), _cpp_level())
     _registry.load(name)  # raises with the reason if unavailable
     return name
 
 
 def explain_auto() -> tuple[str, str]:
-    """What ``"auto"`` resolves to on this machine, and why: the rule and the backends it
-    passed over because they do not load here (for ``fastrnn info``)."""
-    chosen = _resolve("auto")
-    order = " > ".join(_registry.BACKENDS)
-    why = (
-        f"the first available backend in the fixed order {order} (fastest first, as "
-        "measured with `fastrnn bench` when the order was set; not measured on this machine)"
-    )
+    """What ``"auto"`` resolves to on this machine, and why: the rule (the measured order
+    at this cpp kernel level) and the backends it passed over because they do not load
+    here (for ``fastrnn info``)."""
+    level = _cpp_level()
+    order = auto_order(level)
+    chosen = _auto(_registry.available(), level)
+    if level in AUTO_ORDER:
+        why = (
+            f"the first available backend in the order {' > '.join(order)}, fastest first "
+            f"as measured at the cpp kernels' level {level} ({AUTO_MEASURED})"
+        )
+    else:
+        at = f"level {level}" if level else "no cpp kernels"
+        why = (
+            f"the first available backend in the fixed order {' > '.join(order)} ({at}: "
+            "no measured order)"
+        )
     reasons = _registry.unavailable_reasons()
-    passed = _registry.BACKENDS[: _registry.BACKENDS.index(chosen)]
+    passed = order[: order.index(chosen)]
     if passed:
         why += "; passed over: " + "; ".join(f"{n} (unavailable: {reasons[n]})" for n in passed)
     return chosen, why

@@ -48,6 +48,7 @@ _BLAS_ENV = (
     "FASTRNN_BACKEND",
     "FASTRNN_NUM_THREADS",
     "FASTRNN_CPP_ISA",
+    *("NUMBA_CPU_NAME", "NUMBA_CPU_FEATURES"),
 )
 
 
@@ -144,6 +145,29 @@ def cpp_isa() -> dict[str, Any]:
     }
 
 
+def numba_target() -> dict[str, Any] | None:
+    """The CPU numba compiles for: ``cpu`` (the LLVM CPU name), ``features`` (``"host"``
+    when numba uses the host CPU's own features, else the LLVM feature string; empty means
+    the named CPU's defaults), ``forced`` (whether ``NUMBA_CPU_NAME`` or
+    ``NUMBA_CPU_FEATURES`` set them) and ``version``; ``None`` without numba.
+
+    To compile numba's kernels for the same level as ``FASTRNN_CPP_ISA``, set both, e.g.
+    ``NUMBA_CPU_NAME=haswell NUMBA_CPU_FEATURES=`` for avx2 (``NUMBA_CPU_NAME`` alone keeps
+    the host's features, AVX-512 included)."""
+    try:
+        import numba
+        from llvmlite import binding as llvm
+    except ImportError:
+        return None
+    name, features = numba.config.CPU_NAME, numba.config.CPU_FEATURES
+    return {
+        "version": numba.__version__,
+        "cpu": name or llvm.get_host_cpu_name(),
+        "features": "host" if features is None else features,
+        "forced": name is not None or features is not None,
+    }
+
+
 def torch_version() -> str | None:
     """The installed torch version, without importing torch (slow); ``None`` if absent."""
     from importlib import metadata
@@ -195,6 +219,7 @@ def system_info() -> dict[str, Any]:
         "build_info": fastrnn.build_info(),
         "blas": blas_info(),
         "cpp_isa": cpp_isa(),
+        "numba_target": numba_target(),
         "torch": torch_version(),
         "env": env,
         "warnings": warnings_for(env),
@@ -235,6 +260,17 @@ def format_system_info(info: dict[str, Any]) -> str:
         )
         built = ", ".join(isa.get("built") or []) or "?"
         lines.append(f"cpp ISA:  {isa['in_use']} ({why}; built: {built})")
+    target = info.get("numba_target")
+    if target:
+        features = target["features"]
+        if features == "host":
+            shown = "the host CPU's own features"
+        else:
+            shown = f"features {features!r}" if features else "that CPU's default features"
+        how = "set by NUMBA_CPU_NAME/NUMBA_CPU_FEATURES" if target["forced"] else "the host"
+        lines.append(
+            f"numba:    {target['version']}, compiles for {target['cpu']}, {shown} ({how})"
+        )
     build = info["build_info"]
     if build.get("available"):
         shown = ", ".join(f"{k}={v}" for k, v in build.items() if k != "available")

@@ -1,9 +1,11 @@
 """The benchmark library behind ``fastrnn bench`` and the pytest-benchmark suite.
 
 - :mod:`~fastrnn.bench.cases`: the shapes (S1..S4, their ``--quick`` versions, the char-LM
-  shapes LM128/LM512), the random cases, the FLOP count and the memory estimate;
-- :mod:`~fastrnn.bench.runners`: each case as a workload for one backend or PyTorch, the
-  check against the NumPy reference, the thread limit, the GEMM reference;
+  shapes LM128/LM512), the random cases (and the packed workload's lengths), the FLOP
+  count and the memory estimate;
+- :mod:`~fastrnn.bench.runners`: each case as a workload for one backend, PyTorch or the
+  PyTorch drop-in ``fastrnn.torch``, the check against the NumPy reference, the thread
+  limit, the GEMM reference;
 - :mod:`~fastrnn.bench.schedule`: which rows to run and the order they run in;
 - :mod:`~fastrnn.bench.report`: the result rows, their ratios, the table and the JSON.
 
@@ -18,6 +20,7 @@ from .cases import (
     FLOP_FORMULA,
     LM_SHAPES,
     NAMED_SHAPES,
+    PACKED_BACKENDS,
     QUICK_LM_SHAPES,
     QUICK_SHAPES,
     TIMED_WITH,
@@ -29,6 +32,7 @@ from .cases import (
     flops,
     head_classes,
     make_case,
+    packed_lengths,
     timed_whats,
 )
 from .report import BACKENDS, Row, format_table
@@ -58,6 +62,7 @@ __all__ = [
     "FLOP_FORMULA",
     "LM_SHAPES",
     "NAMED_SHAPES",
+    "PACKED_BACKENDS",
     "PEERS",
     "QUICK_LM_SHAPES",
     "QUICK_SHAPES",
@@ -79,6 +84,7 @@ __all__ = [
     "held_bytes",
     "make_case",
     "make_runner",
+    "packed_lengths",
     "relative_error",
     "thread_limit",
     "timed_whats",

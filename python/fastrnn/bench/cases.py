@@ -16,7 +16,10 @@ a case into a zero-argument workload for one backend and one of five workloads
 - ``charlm``: one training step of a whole model as users train it: a character language
   model (one-hot input over a vocabulary of V = D characters, the head predicting the next
   character, so K = V), Adam and gradient clipping, as :class:`fastrnn.CharLanguageModel`'s
-  ``fit`` runs it; the named shapes :data:`LM_SHAPES`.
+  ``fit`` runs it; the named shapes :data:`LM_SHAPES`;
+- ``packed``: the ``train`` step with a ``PackedSequence`` input (lengths spread over 1..T,
+  unsorted: :func:`packed_lengths`), the head on the packed output; run by the PyTorch
+  rows only (``torch.nn`` against the drop-in ``fastrnn.torch``, :data:`PACKED_BACKENDS`).
 
 FLOP count (multiply-adds count 2; element-wise work is not counted), per step and
 sequence, with ``G`` gates (rnn 1, gru 3, lstm 4)::
@@ -25,6 +28,7 @@ sequence, with ``G`` gates (rnn 1, gru 3, lstm 4)::
     forward         T*B*F                      (inference too)
     fwdbwd          T*B*3*F                    (backward = 2 GEMMs per forward GEMM)
     train, charlm   T*B*3*(F + 2*H*K)          (the head: 2*H*K forward; charlm: K = D)
+    packed          N*3*(F + 2*H*K)            (N = sum of the lengths, about T*B/2)
 """
 
 from __future__ import annotations
@@ -38,7 +42,9 @@ import numpy as np
 import fastrnn
 from fastrnn.functional import CELLS, GATES
 
-WHATS: tuple[str, ...] = ("forward", "inference", "fwdbwd", "train", "charlm")
+WHATS: tuple[str, ...] = ("forward", "inference", "fwdbwd", "train", "charlm", "packed")
+# The rows that run the packed workload: PyTorch's modules and fastrnn's drop-in for them.
+PACKED_BACKENDS: tuple[str, ...] = ("torch", "fastrnn.torch")
 # The workloads timed alongside a what, in the same rounds, for a ratio against them: the
 # inference forward's speed-up over the training forward of the same backend and case.
 TIMED_WITH: dict[str, tuple[str, ...]] = {"inference": ("forward",)}
@@ -48,7 +54,8 @@ VOCAB = 100  # the character LM's vocabulary (about what English text with digit
 FLOP_FORMULA = (
     "FLOPs per step and sequence, multiply-add = 2, G gates (rnn 1, gru 3, lstm 4), "
     "K head classes: layer forward F = 2*G*H*(D+H); forward, inference = T*B*F; "
-    "forward+backward = T*B*3*F; train step = T*B*3*(F + 2*H*K) (charlm: K = D)"
+    "forward+backward = T*B*3*F; train step = T*B*3*(F + 2*H*K) (charlm: K = D; packed: "
+    "N*3*(F + 2*H*K), N the sum of the lengths)"
 )
 
 
@@ -62,6 +69,14 @@ def check_what(what: str) -> str:
 def timed_whats(what: str) -> tuple[str, ...]:
     """The workloads a run of ``what`` times: those of :data:`TIMED_WITH`, then ``what``."""
     return (*TIMED_WITH.get(check_what(what), ()), what)
+
+
+def packed_lengths(B: int, T: int) -> np.ndarray:
+    """The sequence lengths of the ``packed`` workload: ``B`` lengths spread evenly over
+    T..1 (both ends included; ``B = 1``: T), in a fixed shuffled order (so the packing
+    needs ``enforce_sorted=False``)."""
+    spread = np.linspace(T, 1, B).round().astype(np.int64)
+    return np.random.default_rng(2).permutation(spread)
 
 
 def head_classes(what: str, D: int, classes: int = CLASSES) -> int:
@@ -119,7 +134,8 @@ def flops(cell: str, D: int, H: int, B: int, T: int, what: str, classes: int = C
         return T * B * layer
     if what == "fwdbwd":
         return T * B * 3 * layer
-    return T * B * 3 * (layer + 2.0 * H * head_classes(what, D, classes))
+    steps = int(packed_lengths(B, T).sum()) if what == "packed" else T * B
+    return steps * 3 * (layer + 2.0 * H * head_classes(what, D, classes))
 
 
 def estimate_bytes(
@@ -144,7 +160,7 @@ def estimate_bytes(
     """
     G = GATES[cell]
     values = 2 * D + 2 * H + (0 if G == 1 else (G + 1) * H) + 2 * G * H
-    if check_what(what) in ("train", "charlm"):
+    if check_what(what) in ("train", "charlm", "packed"):
         values += 2 * head_classes(what, D, classes)
     total = 1.25 * values * T * B * np.dtype(dtype).itemsize
     if backend == "torch":
@@ -164,6 +180,7 @@ class Case:
     x: np.ndarray  # (T, B, D)
     targets: np.ndarray  # (T, B) class indices
     dhs: np.ndarray  # (T, B, H), for "fwdbwd"
+    lengths: np.ndarray | None = None  # (B,), for "packed": packed_lengths(B, T)
 
     @property
     def T(self) -> int:
@@ -190,7 +207,8 @@ def make_case(
     """A reproducible random :class:`Case`: normal inputs and uniform targets; for
     ``what="charlm"`` a text case instead: random character ids over a vocabulary of ``D``
     characters, ``x`` their one-hot encoding and ``targets`` the next character (so the
-    head has ``K = D`` classes and ``classes`` is not used)."""
+    head has ``K = D`` classes and ``classes`` is not used); for ``what="packed"`` the
+    case's ``lengths`` are :func:`packed_lengths`."""
     dt = np.dtype(dtype)
     rng = np.random.default_rng(seed)
     params = fastrnn.init_params(cell, D, H, seed=seed, dtype=dt)
@@ -206,4 +224,5 @@ def make_case(
         x = rng.standard_normal((T, B, D), dtype=np.float32).astype(dt, copy=False)
         targets = rng.integers(0, K, (T, B))
     dhs = rng.standard_normal((T, B, H), dtype=np.float32).astype(dt, copy=False)
-    return Case(cell, dt, params, V, c, x, targets, dhs)
+    lengths = packed_lengths(B, T) if what == "packed" else None
+    return Case(cell, dt, params, V, c, x, targets, dhs, lengths)

@@ -9,7 +9,8 @@ from typing import Any
 
 from .cases import FLOP_FORMULA
 
-BACKENDS: tuple[str, ...] = ("numpy", "numba", "cpp", "torch")  # table order: reference first
+# table order: the reference first; "fastrnn.torch" is the PyTorch drop-in (fastrnn.torch)
+BACKENDS: tuple[str, ...] = ("numpy", "numba", "cpp", "torch", "fastrnn.torch")
 
 
 @dataclass

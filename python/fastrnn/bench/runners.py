@@ -9,6 +9,11 @@ The ``train`` step is written as a user writes it: ``fastrnn.RNN/LSTM/GRU`` and 
 being timed), and ``torch.nn.RNN/LSTM/GRU`` + ``torch.nn.Linear`` +
 ``torch.nn.functional.cross_entropy`` for torch.
 
+The drop-in row ``fastrnn.torch`` is the torch peer with ``torch.nn.RNN/LSTM/GRU``
+replaced by ``fastrnn.torch.RNN/LSTM/GRU`` (same model, same weights, autograd through
+fastrnn's kernels on the configured backend): every workload the torch peer runs, and the
+``packed`` step (a ``PackedSequence`` input), which only these two rows run.
+
 The ``charlm`` step is one step of :class:`fastrnn.CharLanguageModel` exactly as its
 ``fit`` runs it (:func:`fastrnn.training.train` on one batch: the model's
 ``loss_and_grads``, the finite check, clipping by global norm, Adam), against the same
@@ -30,9 +35,9 @@ import numpy as np
 import fastrnn
 from fastrnn.functional import ForwardResult
 
-from .cases import Case, check_what, make_case
+from .cases import PACKED_BACKENDS, Case, check_what, make_case
 
-PEERS: tuple[str, ...] = ("torch",)
+PEERS: tuple[str, ...] = ("torch", "fastrnn.torch")
 # fastrnn's short parameter names -> PyTorch's (and fastrnn.layers') names
 _TORCH_NAMES = {"W_ih": "weight_ih", "W_hh": "weight_hh", "b_ih": "bias_ih", "b_hh": "bias_hh"}
 LM_LR = 0.01  # CharLanguageModel's default learning rate
@@ -243,18 +248,31 @@ class TorchRunner(Runner):
     what backward needs as fastrnn does; ``inference``: the same forward under
     ``torch.inference_mode()``) and the input's gradient computed too; for
     ``charlm`` the model as a PyTorch user writes it (batch first, one-hot input without a
-    gradient, ``nn.CrossEntropyLoss``, ``torch.optim.Adam``, ``clip_grad_norm_``)."""
+    gradient, ``nn.CrossEntropyLoss``, ``torch.optim.Adam``, ``clip_grad_norm_``); for
+    ``packed`` the ``train`` step on ``pack_padded_sequence(x, lengths,
+    enforce_sorted=False)``, the head on the packed output's data.
 
-    def __init__(self, case: Case, what: str) -> None:
+    ``name="fastrnn.torch"``: the same model with fastrnn's drop-in modules
+    (:mod:`fastrnn.torch`) in place of ``torch.nn``'s."""
+
+    def __init__(self, case: Case, what: str, name: str = "torch") -> None:
         import torch
         import torch.nn.functional as F
 
-        self.name, self.case, self.what = "torch", case, check_what(what)
+        if name not in PACKED_BACKENDS:
+            raise ValueError(f"name must be one of {PACKED_BACKENDS}, got {name!r}")
+        self.name, self.case, self.what = name, case, check_what(what)
         self._torch, self._F = torch, F
         tdt = {np.dtype(np.float32): torch.float32, np.dtype(np.float64): torch.float64}
         dt = tdt[case.dtype]
         D, H, K = case.sizes
-        module = {"rnn": torch.nn.RNN, "lstm": torch.nn.LSTM, "gru": torch.nn.GRU}[case.cell]
+        if name == "torch":
+            modules = {"rnn": torch.nn.RNN, "lstm": torch.nn.LSTM, "gru": torch.nn.GRU}
+        else:
+            import fastrnn.torch as ft
+
+            modules = {"rnn": ft.RNN, "lstm": ft.LSTM, "gru": ft.GRU}
+        module = modules[case.cell]
         lm = what == "charlm"
         self.rnn = module(D, H, batch_first=lm).to(dt)
         self.head = torch.nn.Linear(H, K).to(dt)
@@ -263,6 +281,7 @@ class TorchRunner(Runner):
                 self._parameter(name).copy_(torch.from_numpy(value))
         self._params = [*self.rnn.parameters(), *self.head.parameters()]
         self._held: int | None = None
+        self.lengths = None  # packed: the case's lengths as a tensor
         if lm:
             self.x = torch.from_numpy(np.ascontiguousarray(case.x.transpose(1, 0, 2)))
             self.targets = torch.from_numpy(np.ascontiguousarray(case.targets.T))
@@ -274,6 +293,14 @@ class TorchRunner(Runner):
         self.x = torch.from_numpy(case.x.copy()).requires_grad_(True)
         self.targets = torch.from_numpy(case.targets.reshape(-1))
         self.dhs = torch.from_numpy(case.dhs)
+        if what == "packed":
+            from torch.nn.utils.rnn import pack_padded_sequence
+
+            assert case.lengths is not None, "a packed case has lengths (make_case)"
+            self.lengths = torch.from_numpy(case.lengths)
+            self._pack = pack_padded_sequence
+            targets = torch.from_numpy(case.targets)
+            self.targets = pack_padded_sequence(targets, self.lengths, enforce_sorted=False).data
 
     def _parameter(self, name: str) -> Any:
         """The parameter a :func:`_model_weights` name stands for."""
@@ -285,12 +312,19 @@ class TorchRunner(Runner):
             p.grad = None
         self.x.grad = None
 
+    def _input(self) -> Any:
+        """The layer's input: ``x``, or for ``packed`` ``x`` packed with the case's lengths
+        (packing is part of the timed step, as in a training loop)."""
+        if self.lengths is None:
+            return self.x
+        return self._pack(self.x, self.lengths, enforce_sorted=False)
+
     def _forward(self) -> Any:
-        return self.rnn(self.x)
+        return self.rnn(self._input())
 
     def _inference(self) -> Any:
         with self._torch.inference_mode():
-            return self.rnn(self.x)
+            return self.rnn(self._input())
 
     def _fwdbwd(self) -> Any:
         self._zero()
@@ -300,11 +334,15 @@ class TorchRunner(Runner):
 
     def _train(self) -> Any:
         self._zero()
-        out, h = self.rnn(self.x)
+        out, h = self.rnn(self._input())
+        if self.lengths is not None:  # the packed output's rows, in the targets' order
+            out = out.data
         logits = self.head(out)
         loss = self._F.cross_entropy(logits.reshape(-1, logits.shape[-1]), self.targets)
         loss.backward()
         return out, h, loss
+
+    _packed = _train
 
     def _lm_loss(self) -> Any:
         x, targets = self.x[self.order], self.targets[self.order]
@@ -331,13 +369,14 @@ class TorchRunner(Runner):
         if self.what == "charlm":
             return {"loss": raw.detach().numpy()}
         out, h = raw[0], raw[1]
+        out = getattr(out, "data", out)  # a PackedSequence: its rows
         h = h[0] if isinstance(h, tuple) else h  # lstm: (h_n, c_n)
         res = {"hs": out.detach().numpy(), "h_n": h[0].detach().numpy()}
         if self.what not in ("forward", "inference"):
             res["dx"] = self.x.grad.numpy()
             for ours, theirs in _TORCH_NAMES.items():
                 res[f"d{ours}"] = getattr(self.rnn, f"{theirs}_l0").grad.numpy()
-        if self.what == "train":
+        if self.what in ("train", "packed"):
             res["loss"] = raw[2].detach().numpy()
             res["dV"] = self.head.weight.grad.numpy()
             res["dc"] = self.head.bias.grad.numpy()
@@ -368,27 +407,34 @@ class TorchRunner(Runner):
             return t
 
         with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-            out, _ = self._inference() if self.what == "inference" else self.rnn(self.x)
+            out, _ = self._inference() if self.what == "inference" else self._forward()
         if self.what == "inference":
             return sum(seen.values())
-        storage = out.untyped_storage()
+        storage = getattr(out, "data", out).untyped_storage()
         seen.setdefault(storage.data_ptr(), storage.nbytes())
         return sum(seen.values())
 
 
-def torch_unavailable_reason() -> str | None:
-    """Why the torch peer cannot run (``None`` if it can). Imports torch (slow) once."""
+def torch_unavailable_reason(peer: str = "torch") -> str | None:
+    """Why the peer ``peer`` (``"torch"`` or the drop-in ``"fastrnn.torch"``) cannot run
+    (``None`` if it can). Imports torch (slow) once."""
     try:
-        import torch  # noqa: F401
+        if peer == "torch":
+            import torch  # noqa: F401
+        else:
+            import fastrnn.torch  # noqa: F401
     except ImportError as exc:
         return f"torch not installed ({exc}); pip install 'fastrnn[torch]'"
     return None
 
 
 def make_runner(case: Case, backend: str, what: str) -> Runner:
-    """The runner of ``what`` on ``backend`` (a fastrnn backend or ``"torch"``)."""
-    if backend == "torch":
-        return TorchRunner(case, what)
+    """The runner of ``what`` on ``backend`` (a fastrnn backend, ``"torch"`` or the drop-in
+    ``"fastrnn.torch"``)."""
+    if backend in PACKED_BACKENDS:
+        return TorchRunner(case, what, backend)
+    if what == "packed":
+        raise ValueError(f"the packed workload runs on {PACKED_BACKENDS} only, not {backend!r}")
     return FastrnnRunner(case, backend, what)
 
 
@@ -456,7 +502,8 @@ def relative_error(got: np.ndarray, want: np.ndarray) -> float:
 
 def check_against_reference(backend: str, cell: str, dtype: Any, what: str) -> str | None:
     """Run ``what`` on a small case with ``backend`` and with the NumPy reference in
-    float64 (``inference``: against the reference's training forward); ``None`` if every
+    float64 (``inference``: against the reference's training forward; ``packed``: against
+    ``torch.nn`` in float64); ``None`` if every
     output agrees within the dtype's tolerance, else a message naming the worst output and
     its relative error."""
     dt = np.dtype(dtype)
@@ -467,8 +514,12 @@ def check_against_reference(backend: str, cell: str, dtype: Any, what: str) -> s
     for name in ("V", "c", "x", "dhs"):
         setattr(case64, name, getattr(case, name).astype(np.float64))
     case64.params = {k: v.astype(np.float64) for k, v in case.params.items()}
-    reference = "forward" if what == "inference" else what
-    want = FastrnnRunner(case64, "numpy", reference).check_outputs()
+    case64.lengths = case.lengths
+    if what == "packed":  # the reference of the packed step: torch.nn's, in float64
+        want = TorchRunner(case64, what).check_outputs()
+    else:
+        reference = "forward" if what == "inference" else what
+        want = FastrnnRunner(case64, "numpy", reference).check_outputs()
     got = make_runner(case, backend, what).check_outputs()
     errors = {k: relative_error(got[k], want[k]) for k in want}
     worst = max(errors, key=errors.__getitem__)

@@ -32,8 +32,11 @@ def plan(
 ) -> list[Row]:
     """Every row to run, in table order: shape, cell, dtype, threads, backend, workload
     (``what`` and the workloads timed with it, :func:`fastrnn.bench.cases.timed_whats`).
-    ``cells`` None means each shape's own cells."""
+    ``cells`` None means each shape's own cells. The ``packed`` workload has rows for
+    :data:`~fastrnn.bench.cases.PACKED_BACKENDS` only."""
     rows = []
+    if what == "packed":
+        backends = [b for b in backends if b in cases.PACKED_BACKENDS]
     for shape in shapes:
         dims = {"D": shape.D, "H": shape.H, "B": shape.B, "T": shape.T}
         for cell, dtype, n, backend, workload in itertools.product(
@@ -58,10 +61,11 @@ def unavailable(backends: set[str]) -> dict[str, str]:
     for name, why in fastrnn.unavailable_backends().items():
         if name in backends and name not in available:
             reasons[name] = why
-    if "torch" in backends:
-        torch_why = runners.torch_unavailable_reason()
-        if torch_why:
-            reasons["torch"] = torch_why
+    for peer in runners.PEERS:
+        if peer in backends:
+            torch_why = runners.torch_unavailable_reason(peer)
+            if torch_why:
+                reasons[peer] = torch_why
     return reasons
 
 

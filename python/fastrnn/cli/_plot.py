@@ -48,7 +48,7 @@ def scaling(path: str, rows: list[Any], title: str, backends: tuple[str, ...]) -
             config = (r.cell, r.dtype, r.threads, r.D, r.H, r.B)
             series.setdefault(config, {}).setdefault(r.backend, []).append(r)
     styles = ("-", "--", ":", "-.")
-    markers = dict(zip(backends, "os^D", strict=False))
+    markers = dict(zip(backends, "os^Dv", strict=False))
     colors = {name: f"C{i}" for i, name in enumerate(backends)}
     fig, (ax_t, ax_m) = plt.subplots(1, 2, figsize=(12, 5.2))
     for i, (config, by_backend) in enumerate(sorted(series.items())):

@@ -13,7 +13,11 @@ PyTorch, on LM128 and LM512 (H = 128 and 512, T = 64, B = 32), LSTM and GRU; the
 inference`` it times the layer's forward with ``training=False`` (nothing saved for
 backward; torch under ``inference_mode``) and, in the same rounds, the training forward
 (``--what forward``) of every backend: the column ``x fwd`` is the training forward's time
-over the inference forward's, same backend, case and threads.
+over the inference forward's, same backend, case and threads. The row ``fastrnn.torch``
+is the PyTorch drop-in: the torch row's model with ``fastrnn.torch.RNN/LSTM/GRU`` in place
+of ``torch.nn``'s (its ``x torch`` is the speed-up a PyTorch user gets from
+``fastrnn.torch.convert``); ``--what packed`` times the training step with a
+``PackedSequence`` input (lengths spread over 1..T) for these two rows.
 
 The library behind it (cases, runners, schedule, report) is :mod:`fastrnn.bench`.
 
@@ -24,6 +28,8 @@ Examples::
     fastrnn bench --threads 1,all --json out.json
     fastrnn bench --what charlm --threads 1,all  # the char-LM step against PyTorch
     fastrnn bench --what inference --shapes S2   # inference forward vs training forward
+    fastrnn bench --shapes S1,S2 --backends torch,fastrnn.torch --threads 1,all  # drop-in
+    fastrnn bench --what packed --threads 1,all  # PackedSequence: torch.nn vs the drop-in
     fastrnn bench --D 64 --H 128 --B 8 --T 500 --cells lstm,gru --dtype both
     fastrnn bench --scaling --plot scaling.png  # T = 1e2 .. 1e6, H=64, B=1 and 16
 """
@@ -121,7 +127,8 @@ bwd mem: bytes the layer holds for backward: hs and the saved activations (torch
     g.add_argument(
         "--shapes",
         type=_csv(str, tuple(_ALL_SHAPES)),
-        help="named shapes to run (default: S1,S2,S3,S4; with --what charlm LM128,LM512)",
+        help="named shapes to run (default: S1,S2,S3,S4; with --what charlm LM128,LM512; "
+        "with --what packed S2)",
     )
     for dim, meaning in (
         ("D", "input size"),
@@ -178,7 +185,9 @@ bwd mem: bytes the layer holds for backward: hs and the saved activations (torch
         "the training forward for the ratio x fwd; charlm: one training step of a character "
         "language model (one-hot input of D characters, softmax head, Adam, clipping) "
         "as CharLanguageModel.fit runs it, against the same model in PyTorch "
-        "(default shapes LM128,LM512)",
+        "(default shapes LM128,LM512); packed: the train step with a PackedSequence input "
+        "(lengths spread over 1..T), torch.nn against the drop-in fastrnn.torch only "
+        "(default shape S2)",
     )
     g.add_argument(
         "--classes",
@@ -224,7 +233,8 @@ def _shapes(args: argparse.Namespace) -> list[lib.Shape]:
         base = _ALL_SHAPES["LM128" if lm else "S1"]
         dims = {d: getattr(args, d) or getattr(base, d) for d in "DHBT"}
         return [lib.Shape("custom", **dims, cells=base.cells)]
-    names = args.shapes or list(lib.LM_SHAPES if lm else lib.NAMED_SHAPES)
+    default = ["S2"] if args.what == "packed" else list(lib.NAMED_SHAPES)
+    names = args.shapes or (list(lib.LM_SHAPES) if lm else default)
     if args.quick:
         quick = {**lib.QUICK_SHAPES, **lib.QUICK_LM_SHAPES}
         return [s for s in quick.values() if s.name.split("/")[0] in names]
@@ -254,7 +264,20 @@ _WHAT = {
     "(one-hot input, V = K = D, softmax head, cross-entropy, backward, clip_norm 5, Adam "
     "lr 0.01) against the same model in PyTorch (nn.LSTM/GRU + nn.Linear + "
     "CrossEntropyLoss + clip_grad_norm_ + Adam)",
+    "packed": "one training step (layer + linear softmax head, K={classes}, + cross-entropy, "
+    "forward and backward) on a PackedSequence (lengths spread over T..1, unsorted; packing "
+    "timed), torch.nn against the drop-in fastrnn.torch",
 }
+
+
+def _dropin_backend() -> str:
+    """The fastrnn backend the drop-in rows run on (the configured one), or why none."""
+    import fastrnn
+
+    try:
+        return fastrnn.get_backend()
+    except (RuntimeError, ValueError) as exc:
+        return f"(none: {exc})"
 
 
 def run(args: argparse.Namespace) -> int:
@@ -299,6 +322,11 @@ def run(args: argparse.Namespace) -> int:
     print(f"timing:   {what}; median of the timed runs after one warm-up (compile excluded)")
     print("          rounds: every backend, thread count and workload once per round, each timed")
     print("          run after an untimed one of its own")
+    if any(r.backend == "fastrnn.torch" for r in rows):
+        print(
+            f"drop-in:  fastrnn.torch = the torch row's model with fastrnn.torch's modules, "
+            f"running fastrnn's {_dropin_backend()} backend"
+        )
     print()
 
     schedule.run_rows(
