@@ -57,11 +57,14 @@ html_theme_options = {
     "header_links_before_dropdown": 5,
     "show_toc_level": 2,
     "navigation_with_keys": False,
+    # the guide's pages have no sections: no "on this page" column beside them
+    "secondary_sidebar_items": {"guide/*": []},
     "footer_start": ["copyright"],
     "footer_end": ["sphinx-version", "theme-version"],
 }
 html_context = {"default_mode": "light"}
-html_static_path: list[str] = []
+html_static_path = ["_static"]
+html_css_files = ["fastrnn.css"]
 # The left sidebar lists a section's pages: only the user guide and the API reference have
 # any, so the other pages give its width to their content (the performance tables are wide).
 html_sidebars = {
