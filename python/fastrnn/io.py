@@ -35,7 +35,7 @@ does not register it), arrays missing, unexpected or not matching the header, an
 that do not fit the configuration (e.g. wrong shapes).
 
 Making a class saveable (how layers, optimizers and models register)
--------------------------------------------------------------------
+--------------------------------------------------------------------
 A saveable class provides ``_save_state() -> (config, arrays)``: ``config`` a JSON-able
 dict (ints, floats, strings, bools, lists, dicts), ``arrays`` a flat dict
 ``name -> np.ndarray`` (any bool/int/float dtype, no objects); and the classmethod

@@ -853,6 +853,8 @@ class Embedding(_Module):
         ValueError
             An id out of range, naming its position and value.
 
+        Notes
+        -----
         In evaluation mode (:meth:`eval`) the ids are not kept for :meth:`backward`.
         """
         ids = V.as_int_array("ids", ids, expected="an integer array of token ids")

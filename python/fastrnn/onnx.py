@@ -335,8 +335,9 @@ def export(
 
     Parameters
     ----------
-    obj : layers.RNN, LSTM or GRU, or a fitted SequenceClassifier, Regressor or Tagger
-        What to export (see the module's documentation for inputs and outputs).
+    obj : fastrnn.layers.RNN, fastrnn.layers.LSTM, fastrnn.layers.GRU or a fitted model
+        What to export: a layer, or a fitted SequenceClassifier, SequenceRegressor or
+        SequenceTagger (see the module's documentation for inputs and outputs).
     path : str or os.PathLike, optional
         Where to write the ``.onnx`` file (None: only return the model).
     lengths : bool

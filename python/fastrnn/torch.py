@@ -27,8 +27,9 @@ dtype not float32/float64          PyTorch's own forward, with a one-time warnin
 autocast enabled                   PyTorch's own forward, with a one-time warning
 double backward                    RuntimeError when the second derivative is asked for
 (``create_graph=True``)            (first derivatives with ``create_graph=True`` work)
-``torch.func`` transforms (vmap,   PyTorch's error for an operator without that rule
-jvp), forward-mode AD, TorchScript
+``torch.func`` transforms          PyTorch's error for an operator without that rule
+(vmap, jvp), forward-mode AD,
+TorchScript
 =================================  =======================================================
 
 The mechanism is PyTorch's for foreign kernels: two custom operators,

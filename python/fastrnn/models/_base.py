@@ -158,6 +158,8 @@ def unpack_validation(data: object) -> tuple[Any, ...]:
 
 _COMM_DOC = """
 
+        Notes
+        -----
         ``comm`` (keyword, every model's ``fit``): an mpi4py communicator (e.g.
         ``MPI.COMM_WORLD``) to train data-parallel on all its processes, each called with
         the same data and hyper-parameters (see :mod:`fastrnn.distributed`); the fitted
