@@ -36,6 +36,8 @@ from . import functional as F
 from . import io as _io
 
 State = np.ndarray | tuple[np.ndarray, np.ndarray]
+Checkpoint = int | str | Mapping[str, int] | None
+"""A ``checkpoint`` setting of :func:`fastrnn.forward`: None, k, "sqrt" or {"max_bytes": N}."""
 """A layer state: ``h`` (num_layers*dirs, B, H), or ``(h, c)`` for LSTM."""
 
 # functional-core name -> PyTorch name stem
@@ -142,6 +144,7 @@ class _Recurrent(_Module):
         dtype: Any = np.float32,
         activation: str = "tanh",
         negative_slope: float = 0.01,
+        checkpoint: Checkpoint = None,
     ) -> None:
         self.input_size = V.check_positive_int("input_size", input_size)
         self.hidden_size = V.check_positive_int("hidden_size", hidden_size)
@@ -155,6 +158,8 @@ class _Recurrent(_Module):
         self.gain = gain
         self.activation = activation
         self.negative_slope = V.check_non_negative_float("negative_slope", negative_slope)
+        F.checkpoint_plan(self._cell, 1, 1, self.hidden_size, self.dtype, checkpoint)  # checks it
+        self.checkpoint = checkpoint
         self.training = True
         rng = np.random.default_rng(seed)
         self.params: dict[str, np.ndarray] = {}
@@ -290,6 +295,7 @@ class _Recurrent(_Module):
                     negative_slope=self.negative_slope,
                     lengths=lens,
                     training=self.training,
+                    checkpoint=self.checkpoint if self.training else None,
                 )
                 results.append(res)
                 outs.append(res.hs if direction == 0 else res.hs[rev, cols])
@@ -423,6 +429,8 @@ class RNN(_Recurrent):
     ``activation``: ``"tanh"`` (default), ``"relu"``, ``"leaky_relu"`` (with
     ``negative_slope``) or ``"identity"``. ``init``: see :func:`fastrnn.init_params`;
     ``gain`` scales the recurrent weights; ``seed`` makes the initialisation reproducible.
+    ``checkpoint``: checkpointed BPTT in training (see :func:`fastrnn.forward`; ``None`` is
+    full BPTT); rnn saves nothing beyond its outputs, so it changes nothing here.
     """
 
     _cell = "rnn"
@@ -441,6 +449,7 @@ class RNN(_Recurrent):
         gain: float = 1.0,
         seed: int | np.random.Generator | None = None,
         dtype: Any = np.float32,
+        checkpoint: Checkpoint = None,
     ) -> None:
         super().__init__(
             input_size,
@@ -454,6 +463,7 @@ class RNN(_Recurrent):
             gain=gain,
             seed=seed,
             dtype=dtype,
+            checkpoint=checkpoint,
         )
 
 
@@ -462,7 +472,9 @@ class LSTM(_Recurrent):
     """An LSTM stack (PyTorch's gate order i, f, g, o); the state is the pair ``(h, c)``.
 
     ``init``: see :func:`fastrnn.init_params`; ``gain`` scales the recurrent weights;
-    ``seed`` makes the initialisation reproducible.
+    ``seed`` makes the initialisation reproducible. ``checkpoint``: checkpointed BPTT in
+    training, e.g. ``"sqrt"`` or ``{"max_bytes": 2**28}`` (see :func:`fastrnn.forward`;
+    ``None`` is full BPTT); the gradients are bit-identical.
     """
 
     _cell = "lstm"
@@ -479,6 +491,7 @@ class LSTM(_Recurrent):
         gain: float = 1.0,
         seed: int | np.random.Generator | None = None,
         dtype: Any = np.float32,
+        checkpoint: Checkpoint = None,
     ) -> None:
         super().__init__(
             input_size,
@@ -490,6 +503,7 @@ class LSTM(_Recurrent):
             gain=gain,
             seed=seed,
             dtype=dtype,
+            checkpoint=checkpoint,
         )
 
 
@@ -498,7 +512,9 @@ class GRU(_Recurrent):
     """A GRU stack (PyTorch's gate order r, z, n and its ``n`` formula).
 
     ``init``: see :func:`fastrnn.init_params`; ``gain`` scales the recurrent weights;
-    ``seed`` makes the initialisation reproducible.
+    ``seed`` makes the initialisation reproducible. ``checkpoint``: checkpointed BPTT in
+    training, e.g. ``"sqrt"`` or ``{"max_bytes": 2**28}`` (see :func:`fastrnn.forward`;
+    ``None`` is full BPTT); the gradients are bit-identical.
     """
 
     _cell = "gru"
@@ -515,6 +531,7 @@ class GRU(_Recurrent):
         gain: float = 1.0,
         seed: int | np.random.Generator | None = None,
         dtype: Any = np.float32,
+        checkpoint: Checkpoint = None,
     ) -> None:
         super().__init__(
             input_size,
@@ -526,6 +543,7 @@ class GRU(_Recurrent):
             gain=gain,
             seed=seed,
             dtype=dtype,
+            checkpoint=checkpoint,
         )
 
 

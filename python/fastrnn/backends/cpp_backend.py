@@ -36,6 +36,7 @@ from typing import Any
 
 from ._contract import (
     BackwardOutput,
+    Checkpoints,
     FloatArray,
     ForwardOutput,
     HeadOutput,
@@ -147,9 +148,12 @@ def forward(
     lengths: IndexArray | None,
     num_threads: int,
     training: bool = True,
+    checkpoint: int | None = None,
 ) -> ForwardOutput:
     """Run the recurrence; return ``(hs, h_n, c_n, saved)`` (see the module docstring;
-    ``saved`` is None when not ``training``)."""
+    ``saved`` is None when not ``training``, a :class:`Checkpoints` with ``checkpoint=k``
+    for lstm and gru)."""
+    every = checkpoint if checkpoint is not None and training and cell != "rnn" else 0
     hs, h_n, c_n, gates, extra = _loaded().forward(
         cell,
         activation,
@@ -164,7 +168,10 @@ def forward(
         lengths,
         num_threads,
         training=training,
+        checkpoint=every,
     )
+    if every:
+        return hs, h_n, c_n, Checkpoints(every, extra)
     return hs, h_n, c_n, (None if gates is None else (gates, extra))
 
 
@@ -186,8 +193,14 @@ def backward(
     num_threads: int,
     step_norms: bool,
 ) -> BackwardOutput:
-    """Backpropagation through time; return ``(dx, dh0, dc0, dparams, norms)``."""
-    gates, extra = (None, None) if saved is None else saved
+    """Backpropagation through time; return ``(dx, dh0, dc0, dparams, norms)`` (after a
+    checkpointed forward, the kernel recomputes each segment inside the one call)."""
+    every, biases = 0, {}
+    if isinstance(saved, Checkpoints):
+        gates, extra, every = None, saved.states, saved.every
+        biases = {"b_ih": params["b_ih"], "b_hh": params["b_hh"]}
+    else:
+        gates, extra = (None, None) if saved is None else saved
     dx, dh0, dc0, dW_ih, dW_hh, db_ih, db_hh, norms = _loaded().backward(
         cell,
         activation,
@@ -206,6 +219,8 @@ def backward(
         lengths,
         num_threads,
         step_norms,
+        checkpoint=every,
+        **biases,
     )
     dparams = {"W_ih": dW_ih, "W_hh": dW_hh, "b_ih": db_ih, "b_hh": db_hh}
     return dx, dh0, dc0, dparams, norms

@@ -45,14 +45,15 @@ def scaling(path: str, rows: list[Any], title: str, backends: tuple[str, ...]) -
     series: dict[tuple[Any, ...], dict[str, list[Any]]] = {}
     for r in rows:
         if r.status == "ok":
-            config = (r.cell, r.dtype, r.threads, r.D, r.H, r.B)
+            config = (r.cell, r.dtype, r.threads, r.D, r.H, r.B, r.checkpoint)
             series.setdefault(config, {}).setdefault(r.backend, []).append(r)
     styles = ("-", "--", ":", "-.")
     markers = dict(zip(backends, "os^D", strict=False))
     colors = {name: f"C{i}" for i, name in enumerate(backends)}
     fig, (ax_t, ax_m) = plt.subplots(1, 2, figsize=(12, 5.2))
     for i, (config, by_backend) in enumerate(sorted(series.items())):
-        cell, dtype, threads, _D, H, B = config
+        cell, dtype, threads, _D, H, B, checkpoint = config
+        bptt = f"ckpt={checkpoint}" if checkpoint else "full"
         for backend, rs in by_backend.items():
             rs = sorted(rs, key=lambda r: r.T)
             style = {
@@ -60,7 +61,7 @@ def scaling(path: str, rows: list[Any], title: str, backends: tuple[str, ...]) -
                 "marker": markers.get(backend, "x"),
                 "linestyle": styles[i % len(styles)],
                 "markerfacecolor": "none",
-                "label": f"{backend} {cell} H={H} B={B} {dtype} {threads}thr",
+                "label": f"{backend} {cell} {bptt} H={H} B={B} {dtype} {threads}thr",
             }
             ax_t.plot([r.T for r in rs], [r.us_per_step for r in rs], **style)
             mem = [(r.T, r.held_bytes / 2**20) for r in rs if r.held_bytes]
