@@ -263,7 +263,10 @@ def _budget_schedule(cell: str, T: int, B: int, H: int, itemsize: int, budget: i
     """Full BPTT (None) if it fits in ``budget`` bytes, else the largest k that does."""
     if cell == "rnn" or _held(cell, T, B, H, itemsize, None) <= budget:
         return None
-    held = lambda k: _held(cell, T, B, H, itemsize, k)  # noqa: E731  (convex in k)
+
+    def held(k: int) -> int:  # convex in k
+        return _held(cell, T, B, H, itemsize, k)
+
     # the smallest memory: near sqrt(T * states per step / segment per step)
     best = min(range(1, T + 1) if T <= 64 else _around_sqrt(T), key=held)
     if held(best) > budget:

@@ -372,11 +372,14 @@ def _segment_input(cell: str, params: Params, x: FloatArray, s0: int, s1: int) -
 def _running_h(hs: FloatArray, h0: FloatArray, lengths: IndexArray | None, s0: int) -> FloatArray:
     """The forward's running state before step s0 (a copy): h_{s0-1}, or for a sequence
     that ended before, its last state."""
+    h: FloatArray
     if s0 == 0:
-        return h0.copy()
-    if lengths is None:
-        return hs[s0 - 1].copy()
-    return hs[np.minimum(s0, lengths) - 1, np.arange(hs.shape[1])]
+        h = h0.copy()
+    elif lengths is None:
+        h = hs[s0 - 1].copy()
+    else:
+        h = hs[np.minimum(s0, lengths) - 1, np.arange(hs.shape[1])]
+    return h
 
 
 def _checkpointed_forward(
@@ -561,7 +564,7 @@ def _rnn_backward(
 ) -> FloatArray:
     T = hs.shape[0]
     W_hh = params["W_hh"]
-    dh = dh_n.copy()  # dL/dh_t arriving from later steps (and from h_n)
+    dh: FloatArray = dh_n.copy()  # dL/dh_t arriving from later steps (and from h_n)
     new = np.empty_like(dh)
     for t in range(T - 1, -1, -1):
         da = grads.rows(t)[0]  # dL/da_t, the pre-activation gradient
@@ -662,7 +665,7 @@ def _gru_backward(
 ) -> FloatArray:
     W_hh = params["W_hh"]
     H = W_hh.shape[1]
-    dh = dh_n.copy()
+    dh: FloatArray = dh_n.copy()
     dh_t = np.empty_like(dh)
     new_dh = np.empty_like(dh)
     tmp = np.empty_like(dh)
