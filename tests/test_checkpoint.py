@@ -129,6 +129,19 @@ def test_max_bytes_picks_full_bptt_if_it_fits_else_the_largest_k_that_does(cell)
         fastrnn.checkpoint_plan(cell, T, B, H, np.float32, {"max_bytes": 1000})
 
 
+def test_the_smallest_budget_that_fits_is_found():
+    """gru keeps no states: k = 1 (one step of buffer) is its smallest schedule; lstm's
+    smallest balances T/k states against k steps near sqrt(T / 6)."""
+    T, B, H = 5000, 4, 8
+    one_step = 4 * B * (3 + 2) * H
+    assert fastrnn.checkpoint_plan("gru", T, B, H, np.float32, {"max_bytes": one_step}).every == 1
+    smallest = min(_held("lstm", T, B, H, 4, k) for k in range(1, T + 1))
+    plan = fastrnn.checkpoint_plan("lstm", T, B, H, np.float32, {"max_bytes": smallest})
+    assert plan.held_bytes == smallest
+    with pytest.raises(MemoryError, match="no schedule fits"):
+        fastrnn.checkpoint_plan("lstm", T, B, H, np.float32, {"max_bytes": smallest - 1})
+
+
 def test_rnn_saves_nothing_so_checkpointing_is_a_no_op():
     plan = fastrnn.checkpoint_plan("rnn", 1000, 4, 8, np.float32, {"max_bytes": 0})
     assert plan.every is None and plan.held_bytes == plan.full_bytes == 0

@@ -267,8 +267,10 @@ def _budget_schedule(cell: str, T: int, B: int, H: int, itemsize: int, budget: i
     def held(k: int) -> int:  # convex in k
         return _held(cell, T, B, H, itemsize, k)
 
-    # the smallest memory: near sqrt(T * states per step / segment per step)
-    best = min(range(1, T + 1) if T <= 64 else _around_sqrt(T), key=held)
+    # the smallest memory: k = 1 for gru (no states), near sqrt(T / (G + 2)) for lstm
+    # (T/k checkpoints of B*H values against k steps of (G+2)*B*H)
+    k0 = math.isqrt(T // (GATES[cell] + 2)) if cell == "lstm" else 1
+    best = min({1, T, *range(max(1, k0 - 2), min(T, k0 + 3) + 1)}, key=held)
     if held(best) > budget:
         raise MemoryError(
             f"checkpoint={{'max_bytes': {budget}}}: no schedule fits; the smallest, k={best}, "
@@ -281,11 +283,6 @@ def _budget_schedule(cell: str, T: int, B: int, H: int, itemsize: int, budget: i
         mid = (lo + hi + 1) // 2
         lo, hi = (mid, hi) if held(mid) <= budget else (lo, mid - 1)
     return lo
-
-
-def _around_sqrt(T: int) -> range:
-    r = math.isqrt(T)
-    return range(max(1, r // 4), min(T, 4 * r + 4) + 1)
 
 
 # --- forward and backward ---------------------------------------------------------------
