@@ -273,7 +273,7 @@ def _budget_schedule(cell: str, T: int, B: int, H: int, itemsize: int, budget: i
     # the smallest memory: k = 1 for gru (no states), near sqrt(T / (G + 2)) for lstm
     # (T/k checkpoints of B*H values against k steps of (G+2)*B*H)
     k0 = math.isqrt(T // (GATES[cell] + 2)) if cell == "lstm" else 1
-    best = min({1, T, *range(max(1, k0 - 2), min(T, k0 + 3) + 1)}, key=held)
+    best: int = min({1, T, *range(max(1, k0 - 2), min(T, k0 + 3) + 1)}, key=held)
     if held(best) > budget:
         raise MemoryError(
             f"checkpoint={{'max_bytes': {budget}}}: no schedule fits; the smallest, k={best}, "
