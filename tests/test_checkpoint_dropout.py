@@ -126,3 +126,22 @@ def test_layers_with_dropout_and_checkpoint_equal_full_bptt(backend, cell):
             np.testing.assert_array_equal(layer.backward(dout)[0], want_dx)
             for name, value in full.grads.items():
                 np.testing.assert_array_equal(layer.grads[name], value, err_msg=name)
+
+
+def test_char_language_model_with_dropout_and_checkpoint():
+    """The char LM takes ``checkpoint`` like every model (and ``fastrnn train charlm
+    --checkpoint``); with all three dropouts it trains to the same losses and parameters
+    as without checkpointing (the same seed: the same masks)."""
+    text = "the quick brown fox jumps over the lazy dog " * 4
+    kw = {"num_layers": 2, "seq_len": 12, "epochs": 2, "seed": 0, "progress": False}
+    drop = {"dropout": 0.3, "recurrent_dropout": 0.4, "input_dropout": 0.25}
+    lms = [
+        fastrnn.models.CharLanguageModel(16, **kw, **drop, checkpoint=c).fit(text)
+        for c in (None, "sqrt")
+    ]
+    assert lms[1].get_params()["checkpoint"] == "sqrt"
+    assert lms[1]._parts["rnn"].checkpoint == "sqrt"
+    assert lms[0].history_["loss"] == lms[1].history_["loss"]
+    a, b = (lm._parts["rnn"].params for lm in lms)
+    for name in a:
+        np.testing.assert_array_equal(a[name], b[name], err_msg=name)
