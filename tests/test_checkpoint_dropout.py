@@ -145,3 +145,16 @@ def test_char_language_model_with_dropout_and_checkpoint():
     a, b = (lm._parts["rnn"].params for lm in lms)
     for name in a:
         np.testing.assert_array_equal(a[name], b[name], err_msg=name)
+
+
+@pytest.mark.parametrize("checkpoint", [3, np.int64(3), "sqrt", {"max_bytes": 4096}])
+def test_layer_config_keeps_dropout_and_checkpoint(tmp_path, checkpoint):
+    """A saved layer comes back with its dropout probabilities and its checkpoint setting
+    (both in the repr); a layer without checkpointing saves no checkpoint entry."""
+    layer = layers.LSTM(3, 4, 2, seed=0, dropout=0.3, recurrent_dropout=0.4, checkpoint=checkpoint)
+    assert f"checkpoint={checkpoint!r}" in repr(layer)
+    layer.save(tmp_path / "lstm.npz")
+    back = fastrnn.load(tmp_path / "lstm.npz")
+    assert (back.dropout, back.recurrent_dropout, back.checkpoint) == (0.3, 0.4, checkpoint)
+    assert "checkpoint" not in layers.LSTM(3, 4)._config()
+    assert "checkpoint" not in repr(layers.LSTM(3, 4))

@@ -238,6 +238,8 @@ class _Recurrent(_Module):
         for name in ("dropout", "recurrent_dropout", "input_dropout"):
             if getattr(self, name):
                 extra += f", {name}={getattr(self, name):g}"
+        if self.checkpoint is not None:
+            extra += f", checkpoint={self.checkpoint!r}"
         return (
             f"{type(self).__name__}({self.input_size}, {self.hidden_size}, "
             f"num_layers={self.num_layers}, bidirectional={self.bidirectional}, "
@@ -475,6 +477,11 @@ class _Recurrent(_Module):
             "recurrent_dropout": self.recurrent_dropout,
             "input_dropout": self.input_dropout,
         }
+        ck = self.checkpoint
+        if isinstance(ck, Mapping):  # as JSON: {"max_bytes": N}, "sqrt" or an int k
+            config["checkpoint"] = {k: int(v) for k, v in ck.items()}
+        elif ck is not None:
+            config["checkpoint"] = ck if isinstance(ck, str) else int(ck)
         if self._cell == "rnn":
             config["activation"] = self.activation
             config["negative_slope"] = self.negative_slope
