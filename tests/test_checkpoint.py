@@ -75,6 +75,12 @@ def test_gradients_are_bit_identical_to_full_bptt(backend, cell, dtype, lengths,
             _assert_identical(full, ckpt)
 
 
+def test_a_k_far_beyond_T_allocates_one_segment_of_T_steps(backend):
+    p, inputs, grads, lens = _case("lstm", np.float32, 9, 2, 3, 4, True)
+    full = _run("lstm", p, inputs, grads, lens, backend, None)
+    _assert_identical(full, _run("lstm", p, inputs, grads, lens, backend, 10**12))
+
+
 @pytest.mark.parametrize("cell", ["lstm", "gru"])
 def test_bit_identical_where_the_products_use_blas(backend, cell):
     """Sizes where the cpp kernels put the input projection, the per-step product and the

@@ -663,7 +663,7 @@ class SavedSteps {
     if (k_ <= 0) return;
     c_n_.resize(static_cast<std::size_t>(p.B * p.H));  // the forward loop's c_n, unused
     out_.c_n = c_n_.data();
-    slots_ = std::make_unique<StepSlots<T>>(p, out_, *proj, b0, nb, k_);
+    slots_ = std::make_unique<StepSlots<T>>(p, out_, *proj, b0, nb, std::min(k_, p.steps));
   }
   // Called first thing at step t: recomputes t's segment [s0, t + 1) when t is its last step.
   void enter(Index t) {
