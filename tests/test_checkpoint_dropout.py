@@ -5,31 +5,14 @@ full BPTT with the same masks, on every backend, for every cell, with lengths.""
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import Iterator
-
 import numpy as np
 import pytest
 
 import fastrnn
+from conftest import dropout_mask, using_threads
 from fastrnn import layers
 
 LAYERS = {"rnn": layers.RNN, "lstm": layers.LSTM, "gru": layers.GRU}
-
-
-@contextlib.contextmanager
-def _threads(n: int) -> Iterator[None]:
-    old = fastrnn.get_num_threads()
-    fastrnn.set_num_threads(n)
-    try:
-        yield
-    finally:
-        fastrnn.set_num_threads(old)
-
-
-def _mask(rng: np.random.Generator, shape: tuple[int, ...], p: float, dtype) -> np.ndarray:
-    """An inverted-dropout mask: 0 with probability p, else 1/(1-p)."""
-    return ((rng.random(shape) >= p) / (1 - p)).astype(dtype)
 
 
 def _case(cell, dtype, T, B, D, H, seed=0):
@@ -42,8 +25,8 @@ def _case(cell, dtype, T, B, D, H, seed=0):
     inputs = {"x": arr(T, B, D), "h0": arr(B, H), "c0": arr(B, H) if lstm else None}
     grads = {"dhs": arr(T, B, H), "dh_n": arr(B, H), "dc_n": arr(B, H) if lstm else None}
     masks = {
-        "input_mask": _mask(rng, (B, D), 0.3, dtype),
-        "recurrent_mask": _mask(rng, (B, H), 0.5, dtype),
+        "input_mask": dropout_mask(rng, (B, D), 0.3, dtype),
+        "recurrent_mask": dropout_mask(rng, (B, H), 0.5, dtype),
     }
     return p, inputs, grads, lens, masks
 
@@ -80,7 +63,7 @@ def test_checkpointed_gradients_with_dropout_are_full_bptts(backend, cell, dtype
     masks do change the result (a recompute without them would not match)."""
     T, B, D, H = 23, 5, 3, 5  # H=5: gate rows that are not whole SIMD packets
     p, inputs, grads, lens, masks = _case(cell, dtype, T, B, D, H)
-    with _threads(threads):
+    with using_threads(threads):
         full = _run(cell, p, inputs, grads, lens, backend, None, masks)
         plain = _outputs(_run(cell, p, inputs, grads, lens, backend, None, {}))
         for name in ("hs", "dW_hh", "dx"):
@@ -97,7 +80,7 @@ def test_checkpointed_dropout_where_the_products_use_blas(backend, cell):
     the weight-gradient blocks) through BLAS and numpy's gradient blocks span segments."""
     T, B, D, H = 120, 16, 64, 64
     p, inputs, grads, lens, masks = _case(cell, np.float32, T, B, D, H, seed=4)
-    with _threads(2):
+    with using_threads(2):
         full = _run(cell, p, inputs, grads, lens, backend, None, masks)
         for k in (17, "sqrt"):
             ckpt = _run(cell, p, inputs, grads, lens, backend, k, masks)
