@@ -4,8 +4,9 @@ tolerances derived from the step and the dtype."""
 
 from __future__ import annotations
 
+import contextlib
 import os
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 
 import numpy as np
 import pytest
@@ -284,3 +285,22 @@ def assert_matches_central_differences(analytic, numeric, tol: float, *, err_msg
         f"{err_msg}: a tolerance of {tol:.2e} checks nothing on a gradient of size {size:.2e}"
     )
     np.testing.assert_allclose(analytic, numeric, rtol=0, atol=tol, err_msg=err_msg)
+
+
+# --- threads and dropout masks -----------------------------------------------------------
+
+
+@contextlib.contextmanager
+def using_threads(n: int) -> Iterator[None]:
+    """Run the block with ``fastrnn.set_num_threads(n)``, then restore the old count."""
+    old = fastrnn.get_num_threads()
+    fastrnn.set_num_threads(n)
+    try:
+        yield
+    finally:
+        fastrnn.set_num_threads(old)
+
+
+def dropout_mask(rng: np.random.Generator, shape: tuple[int, ...], p: float, dtype) -> np.ndarray:
+    """An inverted-dropout mask: 0 with probability p, else 1/(1-p)."""
+    return ((rng.random(shape) >= p) / (1 - p)).astype(dtype)

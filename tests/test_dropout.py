@@ -13,8 +13,6 @@ masks, give ``torch.nn.LSTM(dropout=p)``'s outputs and gradients.
 from __future__ import annotations
 
 import argparse
-import contextlib
-from collections.abc import Iterator
 
 import numpy as np
 import pytest
@@ -26,9 +24,11 @@ from conftest import (
     assert_matches_central_differences,
     case_loss,
     central_differences,
+    dropout_mask,
     fd_tolerance,
     make_case,
     run_case,
+    using_threads,
 )
 from fastrnn import layers
 from fastrnn.cli import train
@@ -38,29 +38,14 @@ LAYERS = {"rnn": layers.RNN, "lstm": layers.LSTM, "gru": layers.GRU}
 P = {"dropout": 0.3, "recurrent_dropout": 0.4, "input_dropout": 0.25}
 
 
-@contextlib.contextmanager
-def _threads(n: int) -> Iterator[None]:
-    old = fastrnn.get_num_threads()
-    fastrnn.set_num_threads(n)
-    try:
-        yield
-    finally:
-        fastrnn.set_num_threads(old)
-
-
-def _mask(rng: np.random.Generator, shape: tuple[int, ...], p: float, dtype) -> np.ndarray:
-    """An inverted-dropout mask: 0 with probability p, else 1/(1-p)."""
-    return ((rng.random(shape) >= p) / (1 - p)).astype(dtype)
-
-
 def _masks(case: dict, seed: int = 11) -> dict:
     _, B, D = case["x"].shape
     H = case["params"]["W_hh"].shape[1]
     dt = case["x"].dtype
     rng = np.random.default_rng(seed)
     return {
-        "input_mask": _mask(rng, (B, D), 0.3, dt),
-        "recurrent_mask": _mask(rng, (B, H), 0.5, dt),
+        "input_mask": dropout_mask(rng, (B, D), 0.3, dt),
+        "recurrent_mask": dropout_mask(rng, (B, H), 0.5, dt),
     }
 
 
@@ -77,7 +62,7 @@ def test_all_ones_masks_equal_no_masks_bit_for_bit(backend, cell, activation, dt
     H = case["params"]["W_hh"].shape[1]
     ones = {"input_mask": np.ones((B, D), dtype), "recurrent_mask": np.ones((B, H), dtype)}
     for threads in (1, 2):
-        with _threads(threads):
+        with using_threads(threads):
             plain = run_case(backend, cell, activation, case)
             masked = run_case(backend, cell, activation, case, **ones)
         for name, want in plain.items():
@@ -208,7 +193,7 @@ def test_gru_masks_the_recurrent_product_only(backend):
     T, B, H = 4, 3, 5
     rng = np.random.default_rng(4)
     h0 = rng.uniform(-1, 1, size=(B, H))
-    m = _mask(rng, (B, H), 0.5, np.float64)
+    m = dropout_mask(rng, (B, H), 0.5, np.float64)
     p = {k: np.zeros_like(v) for k, v in fastrnn.init_params("gru", 2, H, dtype=np.float64).items()}
     p["W_hh"][2 * H :] = np.eye(H)
     x = np.zeros((T, B, 2))
@@ -263,7 +248,7 @@ def test_masked_backends_match_the_reference(fast_backend, cell, activation, dty
     want = run_case("numpy", cell, activation, case, **masks)
     tol = 2e-4 if dtype == np.float32 else 1e-11
     for threads in (1, 3):
-        with _threads(threads):
+        with using_threads(threads):
             got = run_case(fast_backend, cell, activation, case, **masks)
         for name, ref in want.items():
             scale = max(1.0, float(np.max(np.abs(ref))))

@@ -22,10 +22,12 @@ from ._config import (
     use_backend,
 )
 from .functional import (
+    CheckpointPlan,
     ForwardResult,
     Gradients,
     HeadGradients,
     backward,
+    checkpoint_plan,
     forward,
     init_params,
     linear_cross_entropy,
@@ -150,6 +152,7 @@ def __dir__() -> list[str]:
 
 
 __all__ = [
+    "CheckpointPlan",
     "ForwardResult",
     "Gradients",
     "HeadGradients",
@@ -157,6 +160,7 @@ __all__ = [
     "available_backends",
     "backward",
     "build_info",
+    "checkpoint_plan",
     "forward",
     "get_backend",
     "get_num_threads",

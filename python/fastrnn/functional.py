@@ -20,7 +20,7 @@ import numpy as np
 from . import _config
 from . import _validation as V
 from . import backends as _registry
-from .backends._contract import Saved
+from .backends._contract import Checkpoints, Saved
 
 CELLS: tuple[str, ...] = V.CELLS
 ACTIVATIONS: tuple[str, ...] = ("tanh", "relu", "leaky_relu", "identity")
@@ -59,6 +59,7 @@ class ForwardResult:
     training: bool = field(default=True, repr=False)
     input_mask: np.ndarray | None = field(default=None, repr=False)
     recurrent_mask: np.ndarray | None = field(default=None, repr=False)
+    checkpoint: int | None = field(default=None, repr=False)
 
 
 @dataclass(frozen=True, eq=False)
@@ -83,6 +84,20 @@ class HeadGradients:
     dh: np.ndarray
     dweight: np.ndarray
     dbias: np.ndarray
+
+
+@dataclass(frozen=True)
+class CheckpointPlan:
+    """The schedule :func:`forward` runs for a ``checkpoint`` setting (see
+    :func:`checkpoint_plan`): ``every`` = k, a segment every k steps (``None``: full BPTT,
+    every step's activations saved), ``held_bytes`` the bytes held for backward beyond
+    ``x`` and ``hs`` (the checkpoints plus the reused segment buffer), ``full_bytes`` what
+    full BPTT holds, and ``recomputed_steps`` the forward steps backward runs again."""
+
+    every: int | None
+    held_bytes: int
+    full_bytes: int
+    recomputed_steps: int
 
 
 # --- validation --------------------------------------------------------------------------
@@ -161,6 +176,118 @@ def init_params(
     }
 
 
+# --- checkpointed BPTT: the schedule -----------------------------------------------------
+
+
+def _held(cell: str, T: int, B: int, H: int, itemsize: int, every: int | None) -> int:
+    """Bytes held for backward beyond x and hs: full BPTT's saved activations ((G+1)*H per
+    step and sequence for lstm and gru, nothing for rnn), or, checkpointed, lstm's cell
+    state every k steps plus the buffer of one segment (its gates, extra values and h_t)."""
+    if cell == "rnn":
+        return 0
+    G = GATES[cell]
+    if every is None:
+        return itemsize * T * B * (G + 1) * H
+    k = min(every, T)
+    states = -(-T // k) * B * H if cell == "lstm" else 0
+    return itemsize * (states + k * B * (G + 2) * H)
+
+
+def checkpoint_plan(
+    cell: str, T: int, B: int, hidden_size: int, dtype: Any = np.float32, checkpoint: object = None
+) -> CheckpointPlan:
+    """The schedule and memory of checkpointed BPTT for a ``checkpoint`` setting of
+    :func:`forward` (layer of ``cell`` over T steps of B sequences in ``dtype``).
+
+    ``checkpoint``:
+      - ``None``: full BPTT (every step's activations held);
+      - an int k >= 1: the state every k steps, each segment recomputed once in backward
+        (k >= T: one segment);
+      - ``"sqrt"``: k = ceil(sqrt(T));
+      - ``{"max_bytes": N}``: full BPTT if its activations fit in N bytes, else the largest
+        k whose checkpoints and segment buffer fit (a MemoryError if none does).
+
+    Every checkpointed schedule recomputes each step exactly once: ``hs`` is an output and
+    held anyway, so a segment's recompute starts from h_{t-1} in ``hs`` (and lstm's stored
+    cell state) and never needs a recompute of its own. That is why the dynamic program of
+    Gruslys et al. (2016), which trades recomputation against memory when hidden states
+    are not all kept, has nothing to gain here: the only choice is k, the balance of the
+    checkpoints (T/k) and the segment buffer (k); a larger k means fewer, larger segments
+    (less per-segment overhead), so the budget picks the largest k that fits. rnn saves
+    nothing either way: checkpointing is a no-op for it (``every`` stays ``None``).
+    """
+    V.check_choice("cell", cell, CELLS)
+    T = V.check_non_negative_int("T", T)
+    B = V.check_non_negative_int("B", B)
+    H = V.check_positive_int("hidden_size", hidden_size)
+    itemsize = V.check_float_dtype("dtype", dtype).itemsize
+    every = _resolve_checkpoint(checkpoint, cell, T, B, H, itemsize)
+    return CheckpointPlan(
+        every=every,
+        held_bytes=_held(cell, T, B, H, itemsize, every),
+        full_bytes=_held(cell, T, B, H, itemsize, None),
+        recomputed_steps=0 if every is None else T,
+    )
+
+
+def _resolve_checkpoint(
+    checkpoint: object, cell: str, T: int, B: int, H: int, itemsize: int
+) -> int | None:
+    """k for a ``checkpoint`` setting (see :func:`checkpoint_plan`), ``None`` for full BPTT;
+    TypeError/ValueError naming ``checkpoint`` for a bad one."""
+    if checkpoint is None:
+        return None
+    if isinstance(checkpoint, str):
+        if checkpoint != "sqrt":
+            raise ValueError(
+                f"checkpoint must be None, an int >= 1, 'sqrt' or {{'max_bytes': N}}, got "
+                f"{checkpoint!r}"
+            )
+        every: int | None = max(1, math.isqrt(max(T - 1, 0)) + 1) if T > 1 else 1
+    elif isinstance(checkpoint, Mapping):
+        if set(checkpoint) != {"max_bytes"}:
+            raise ValueError(
+                "checkpoint as a dict takes exactly one key, 'max_bytes' (the memory budget "
+                f"in bytes), got the keys {sorted(map(str, checkpoint))}"
+            )
+        budget = V.check_non_negative_int("checkpoint['max_bytes']", checkpoint["max_bytes"])
+        every = _budget_schedule(cell, T, B, H, itemsize, budget)
+    elif isinstance(checkpoint, (bool, np.bool_)) or not isinstance(checkpoint, (int, np.integer)):
+        raise TypeError(
+            "checkpoint must be None, an int >= 1, 'sqrt' or {'max_bytes': N}, got a "
+            f"{type(checkpoint).__name__} ({checkpoint!r})"
+        )
+    else:
+        every = V.check_positive_int("checkpoint", checkpoint)
+    return None if cell == "rnn" else every
+
+
+def _budget_schedule(cell: str, T: int, B: int, H: int, itemsize: int, budget: int) -> int | None:
+    """Full BPTT (None) if it fits in ``budget`` bytes, else the largest k that does."""
+    if cell == "rnn" or _held(cell, T, B, H, itemsize, None) <= budget:
+        return None
+
+    def held(k: int) -> int:  # convex in k
+        return _held(cell, T, B, H, itemsize, k)
+
+    # the smallest memory: k = 1 for gru (no states), near sqrt(T / (G + 2)) for lstm
+    # (T/k checkpoints of B*H values against k steps of (G+2)*B*H)
+    k0 = math.isqrt(T // (GATES[cell] + 2)) if cell == "lstm" else 1
+    best: int = min({1, T, *range(max(1, k0 - 2), min(T, k0 + 3) + 1)}, key=held)
+    if held(best) > budget:
+        raise MemoryError(
+            f"checkpoint={{'max_bytes': {budget}}}: no schedule fits; the smallest, k={best}, "
+            f"holds {held(best)} bytes for backward of {cell!r} with T={T}, B={B}, "
+            f"hidden_size={H} (full BPTT: {_held(cell, T, B, H, itemsize, None)}); raise "
+            "max_bytes or use truncated BPTT"
+        )
+    lo, hi = best, T  # held is increasing on [best, T]: the largest k with held(k) <= budget
+    while lo < hi:
+        mid = (lo + hi + 1) // 2
+        lo, hi = (mid, hi) if held(mid) <= budget else (lo, mid - 1)
+    return lo
+
+
 # --- forward and backward ---------------------------------------------------------------
 
 
@@ -178,6 +305,7 @@ def forward(
     training: bool = True,
     input_mask: np.ndarray | None = None,
     recurrent_mask: np.ndarray | None = None,
+    checkpoint: int | str | Mapping[str, int] | None = None,
 ) -> ForwardResult:
     """Run one recurrent layer over a time-major batch ``x`` of shape (T, B, D).
 
@@ -218,6 +346,16 @@ def forward(
         ``r * (...)`` too) while ``z * h_{t-1}`` reads the unmasked state. Masks are
         plain multipliers (the layers pass 0 or 1/(1-p), inverted dropout); ``None``
         (default) is no dropout, bit for bit the same as before masks existed.
+    checkpoint : None, int, "sqrt" or {"max_bytes": N}
+        Checkpointed BPTT (training only): instead of every step's activations, keep the
+        state every k steps (lstm: its cell state; h_{t-1} is in ``hs``) and let
+        :func:`backward` recompute each segment of k steps with the same kernels, newest
+        first; the gradients are bit-identical to full BPTT (``None``) on the same backend
+        and thread count. ``"sqrt"`` is k = ceil(sqrt(T)); ``{"max_bytes": N}`` keeps full
+        BPTT if it fits in N bytes, else picks the largest k that does
+        (:func:`checkpoint_plan`). rnn saves nothing either way (a no-op). With dropout
+        masks the recompute applies the same ones (gradients bit-identical to full BPTT
+        with those masks).
 
     Returns
     -------
@@ -235,7 +373,7 @@ def forward(
         A wrong value: an unknown cell, activation or backend, shapes that do not fit
         each other (the message gives the expected shape and where it comes from),
         lengths outside 1..T, a negative or non-finite negative_slope, a mask of the wrong
-        shape or with NaN/inf.
+        shape or with NaN/inf, a bad checkpoint (or one with training=False).
     RuntimeError
         The backend asked for is not available here (the message says why).
     MemoryError
@@ -265,10 +403,19 @@ def forward(
             f"input_size={D} from params['W_ih'])"
         )
     T, B, _ = x.shape
-    G = GATES[cell]  # hs, the input projection / saved gates, x's copy, the states:
+    every = _resolve_checkpoint(checkpoint, cell, T, B, H, dtype.itemsize)
+    if every is not None and not training:
+        raise ValueError(
+            f"checkpoint={checkpoint!r} applies to a training forward; training=False keeps "
+            "nothing for backward anyway"
+        )
+    # hs, x's copy, the states, and what is held for backward (full: the projection / saved
+    # gates and extra values; checkpointed: the checkpoints and a segment):
     V.check_memory(
-        dtype.itemsize * (T * B * ((G + 1) * H + D) + 4 * B * H),
-        f"forward of {cell!r} with T={T}, B={B}, input_size={D}, hidden_size={H} in {dtype}",
+        dtype.itemsize * (T * B * (H + D) + 4 * B * H)
+        + _held(cell, T, B, H, dtype.itemsize, every),
+        f"forward of {cell!r} with T={T}, B={B}, input_size={D}, hidden_size={H} in {dtype}"
+        + ("" if every is None else f" checkpointed every {every} steps"),
     )
     if h0 is None:
         h0 = np.zeros((B, H), dtype=dtype)
@@ -308,6 +455,7 @@ def forward(
             num_threads=_config.get_num_threads(),
             training=training,
             recurrent_mask=rec_mask,
+            **({} if every is None else {"checkpoint": every}),
         )
     return ForwardResult(
         hs=hs,
@@ -326,6 +474,7 @@ def forward(
         training=training,
         input_mask=in_mask,
         recurrent_mask=rec_mask,
+        checkpoint=every if isinstance(saved, Checkpoints) else None,
     )
 
 
@@ -381,9 +530,15 @@ def backward(
         )
     T, B, H = res.hs.shape
     dtype = res.hs.dtype
-    D, G = res.x.shape[2], GATES[res.cell]  # the gate gradients (twice for gru), dhs, dx:
+    D, G = res.x.shape[2], GATES[res.cell]
+    # dhs, dx, and the gate gradients (twice for gru) or, checkpointed, a segment's
+    held = (
+        2 * G * H * T * B * dtype.itemsize
+        if res.checkpoint is None
+        else _held(res.cell, T, B, H, dtype.itemsize, res.checkpoint)
+    )
     V.check_memory(
-        dtype.itemsize * T * B * (2 * G * H + H + D),
+        dtype.itemsize * T * B * (H + D) + held,
         f"backward of {res.cell!r} with T={T}, B={B}, input_size={D}, hidden_size={H} in {dtype}",
     )
 

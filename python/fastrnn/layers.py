@@ -59,6 +59,8 @@ from . import io as _io
 
 State = np.ndarray | tuple[np.ndarray, np.ndarray]
 """A layer state: ``h`` (num_layers*dirs, B, H), or ``(h, c)`` for LSTM."""
+Checkpoint = int | str | Mapping[str, int] | None
+"""A ``checkpoint`` setting of :func:`fastrnn.forward`: None, k, "sqrt" or {"max_bytes": N}."""
 
 # functional-core name -> PyTorch name stem
 _TORCH_NAMES = {
@@ -167,6 +169,7 @@ class _Recurrent(_Module):
         dropout: float = 0.0,
         recurrent_dropout: float = 0.0,
         input_dropout: float = 0.0,
+        checkpoint: Checkpoint = None,
     ) -> None:
         self.input_size = V.check_positive_int("input_size", input_size)
         self.hidden_size = V.check_positive_int("hidden_size", hidden_size)
@@ -183,6 +186,8 @@ class _Recurrent(_Module):
         self.dropout = V.check_dropout("dropout", dropout)
         self.recurrent_dropout = V.check_dropout("recurrent_dropout", recurrent_dropout)
         self.input_dropout = V.check_dropout("input_dropout", input_dropout)
+        F.checkpoint_plan(self._cell, 1, 1, self.hidden_size, self.dtype, checkpoint)  # checks it
+        self.checkpoint = checkpoint
         if self.dropout > 0 and self.num_layers == 1:
             warnings.warn(  # PyTorch's warning, for the same reason
                 "dropout acts between stacked layers (on the output of every layer but the "
@@ -233,6 +238,8 @@ class _Recurrent(_Module):
         for name in ("dropout", "recurrent_dropout", "input_dropout"):
             if getattr(self, name):
                 extra += f", {name}={getattr(self, name):g}"
+        if self.checkpoint is not None:
+            extra += f", checkpoint={self.checkpoint!r}"
         return (
             f"{type(self).__name__}({self.input_size}, {self.hidden_size}, "
             f"num_layers={self.num_layers}, bidirectional={self.bidirectional}, "
@@ -335,6 +342,7 @@ class _Recurrent(_Module):
                     recurrent_mask=self._dropout_mask(
                         (B, self.hidden_size), self.recurrent_dropout
                     ),
+                    checkpoint=self.checkpoint if self.training else None,
                 )
                 results.append(res)
                 outs.append(res.hs if direction == 0 else res.hs[rev, cols])
@@ -469,6 +477,11 @@ class _Recurrent(_Module):
             "recurrent_dropout": self.recurrent_dropout,
             "input_dropout": self.input_dropout,
         }
+        ck = self.checkpoint
+        if isinstance(ck, Mapping):  # as JSON: {"max_bytes": N}, "sqrt" or an int k
+            config["checkpoint"] = {k: int(v) for k, v in ck.items()}
+        elif ck is not None:
+            config["checkpoint"] = ck if isinstance(ck, str) else int(ck)
         if self._cell == "rnn":
             config["activation"] = self.activation
             config["negative_slope"] = self.negative_slope
@@ -498,7 +511,9 @@ class RNN(_Recurrent):
     ``negative_slope``) or ``"identity"``. ``init``: see :func:`fastrnn.init_params`;
     ``gain`` scales the recurrent weights; ``seed`` makes the initialisation (and the
     dropout masks) reproducible. ``dropout``, ``recurrent_dropout``, ``input_dropout``:
-    see the module docstring.
+    see the module docstring. ``checkpoint``: checkpointed BPTT in training (see
+    :func:`fastrnn.forward`; ``None`` is full BPTT); rnn saves nothing beyond its outputs,
+    so it changes nothing here.
     """
 
     _cell = "rnn"
@@ -520,6 +535,7 @@ class RNN(_Recurrent):
         dropout: float = 0.0,
         recurrent_dropout: float = 0.0,
         input_dropout: float = 0.0,
+        checkpoint: Checkpoint = None,
     ) -> None:
         super().__init__(
             input_size,
@@ -536,6 +552,7 @@ class RNN(_Recurrent):
             dropout=dropout,
             recurrent_dropout=recurrent_dropout,
             input_dropout=input_dropout,
+            checkpoint=checkpoint,
         )
 
 
@@ -545,7 +562,10 @@ class LSTM(_Recurrent):
 
     ``init``: see :func:`fastrnn.init_params`; ``gain`` scales the recurrent weights;
     ``seed`` makes the initialisation (and the dropout masks) reproducible. ``dropout``,
-    ``recurrent_dropout``, ``input_dropout``: see the module docstring.
+    ``recurrent_dropout``, ``input_dropout``: see the module docstring. ``checkpoint``:
+    checkpointed BPTT in training, e.g. ``"sqrt"`` or ``{"max_bytes": 2**28}`` (see
+    :func:`fastrnn.forward`; ``None`` is full BPTT); the gradients are bit-identical (with
+    dropout too: the recompute applies the same masks).
     """
 
     _cell = "lstm"
@@ -565,6 +585,7 @@ class LSTM(_Recurrent):
         dropout: float = 0.0,
         recurrent_dropout: float = 0.0,
         input_dropout: float = 0.0,
+        checkpoint: Checkpoint = None,
     ) -> None:
         super().__init__(
             input_size,
@@ -579,6 +600,7 @@ class LSTM(_Recurrent):
             dropout=dropout,
             recurrent_dropout=recurrent_dropout,
             input_dropout=input_dropout,
+            checkpoint=checkpoint,
         )
 
 
@@ -588,7 +610,10 @@ class GRU(_Recurrent):
 
     ``init``: see :func:`fastrnn.init_params`; ``gain`` scales the recurrent weights;
     ``seed`` makes the initialisation (and the dropout masks) reproducible. ``dropout``,
-    ``recurrent_dropout``, ``input_dropout``: see the module docstring.
+    ``recurrent_dropout``, ``input_dropout``: see the module docstring. ``checkpoint``:
+    checkpointed BPTT in training, e.g. ``"sqrt"`` or ``{"max_bytes": 2**28}`` (see
+    :func:`fastrnn.forward`; ``None`` is full BPTT); the gradients are bit-identical (with
+    dropout too: the recompute applies the same masks).
     """
 
     _cell = "gru"
@@ -608,6 +633,7 @@ class GRU(_Recurrent):
         dropout: float = 0.0,
         recurrent_dropout: float = 0.0,
         input_dropout: float = 0.0,
+        checkpoint: Checkpoint = None,
     ) -> None:
         super().__init__(
             input_size,
@@ -622,6 +648,7 @@ class GRU(_Recurrent):
             dropout=dropout,
             recurrent_dropout=recurrent_dropout,
             input_dropout=input_dropout,
+            checkpoint=checkpoint,
         )
 
 

@@ -216,7 +216,7 @@ def layer_forward(
     h_n = _tensor(res.h_n, res.hs, *ins)
     c_n = _empty_like(out) if res.c_n is None else _tensor(res.c_n, res.hs, *ins)
     gates, extra = (_empty_like(out), _empty_like(out))
-    if res.saved is not None:
+    if isinstance(res.saved, tuple):  # (never checkpointed here)
         gates, extra = (_tensor(a, *ins) for a in res.saved)
     return out, h_n, c_n, gates, extra, torch.tensor(BACKENDS.index(res.backend))
 

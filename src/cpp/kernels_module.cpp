@@ -199,6 +199,21 @@ fastrnn::Problem<T> problem(const std::string& cell_name, const std::string& act
   return p;
 }
 
+// Checkpointed BPTT's k: 0 (save every step) or k >= 1 for a training call. rnn saves
+// nothing either way, so k is accepted and changes nothing there.
+Index checkpoint_input(Index k, bool training, fastrnn::Cell cell) {
+  if (k < 0) throw py::value_error("checkpoint must be >= 0, got " + std::to_string(k));
+  if (k > 0 && !training)
+    throw py::value_error("checkpoint applies to a training forward, got training=False");
+  return cell == fastrnn::Cell::rnn ? 0 : k;
+}
+
+// The segments of checkpointed BPTT: ceil(steps / k).
+template <class T>
+Index segments(const fastrnn::Problem<T>& p) {
+  return (p.steps + p.checkpoint - 1) / p.checkpoint;
+}
+
 // Every output starts on a 64-byte boundary. Eigen peels the unaligned head of a
 // destination with scalar code, whose exp/tanh differ from the SIMD ones in the last bit,
 // so outputs placed wherever the allocator likes made results differ between two calls on
@@ -221,14 +236,16 @@ py::tuple forward_impl(const std::string& cell, const std::string& activation, d
                        const py::object& W_ih, const py::object& W_hh, const py::object& b_ih,
                        const py::object& b_hh, const py::object& x, const py::object& h0,
                        const py::object& c0, const py::object& lengths, int num_threads,
-                       bool flush_denormals, bool training, const py::object& recurrent_mask) {
+                       bool flush_denormals, bool training, const py::object& recurrent_mask,
+                       Index checkpoint) {
   auto p = problem<T>(cell, activation, slope, W_ih, W_hh, x, h0, c0, lengths, num_threads,
                       flush_denormals);
   p.rec_mask = recurrent_mask_input<T>(recurrent_mask, p.B, p.H);
   const Index GH = fastrnn::gates_of(p.cell) * p.H;
   p.b_ih = input<T>(b_ih, "b_ih", {GH});
   p.b_hh = input<T>(b_hh, "b_hh", {GH});
-  const bool saves = training && p.cell != fastrnn::Cell::rnn;
+  p.checkpoint = checkpoint_input(checkpoint, training, p.cell);
+  const bool saves = training && p.cell != fastrnn::Cell::rnn && p.checkpoint == 0;
   auto hs = empty<T>({p.steps, p.B, p.H});
   auto h_n = empty<T>({p.B, p.H});
   py::object c_n = py::none(), gates = py::none(), extra = py::none();
@@ -247,6 +264,10 @@ py::tuple forward_impl(const std::string& cell, const std::string& activation, d
     out.extra = e.mutable_data();
     gates = g;
     extra = e;
+  } else if (p.checkpoint > 0 && p.cell == fastrnn::Cell::lstm) {
+    auto e = empty<T>({segments(p), p.B, p.H});
+    out.checkpoints = e.mutable_data();
+    extra = e;
   }
   {
     py::gil_scoped_release release;
@@ -262,16 +283,25 @@ py::tuple backward_impl(const std::string& cell, const std::string& activation, 
                         const py::object& gates, const py::object& extra, const py::object& dhs,
                         const py::object& dh_n, const py::object& dc_n,
                         const py::object& lengths, int num_threads, bool step_norms,
-                        bool flush_denormals, const py::object& recurrent_mask) {
+                        bool flush_denormals, const py::object& recurrent_mask,
+                        const py::object& b_ih, const py::object& b_hh, Index checkpoint) {
   auto p = problem<T>(cell, activation, slope, W_ih, W_hh, x, h0, c0, lengths, num_threads,
                       flush_denormals);
   p.rec_mask = recurrent_mask_input<T>(recurrent_mask, p.B, p.H);
   const Index GH = fastrnn::gates_of(p.cell) * p.H;
-  const bool saves = p.cell != fastrnn::Cell::rnn, lstm = p.cell == fastrnn::Cell::lstm;
+  p.checkpoint = checkpoint_input(checkpoint, true, p.cell);
+  const bool ckpt = p.checkpoint > 0, lstm = p.cell == fastrnn::Cell::lstm;
+  const bool saves = p.cell != fastrnn::Cell::rnn && !ckpt;
   fastrnn::BackwardInput<T> in;
   in.hs = input<T>(hs, "hs", {p.steps, p.B, p.H});
   in.gates = optional_input<T>(gates, "gates", {p.steps, p.B, GH}, saves, cell);
-  in.extra = optional_input<T>(extra, "extra", {p.steps, p.B, p.H}, saves, cell);
+  if (ckpt) {  // the recompute runs the forward: its biases, and lstm's checkpoints
+    p.b_ih = input<T>(b_ih, "b_ih", {GH});
+    p.b_hh = input<T>(b_hh, "b_hh", {GH});
+    in.checkpoints = optional_input<T>(extra, "extra", {segments(p), p.B, p.H}, lstm, cell);
+  } else {
+    in.extra = optional_input<T>(extra, "extra", {p.steps, p.B, p.H}, saves, cell);
+  }
   in.dhs = input<T>(dhs, "dhs", {p.steps, p.B, p.H});
   in.dh_n = input<T>(dh_n, "dh_n", {p.B, p.H});
   in.dc_n = optional_input<T>(dc_n, "dc_n", {p.B, p.H}, lstm, cell);
@@ -369,23 +399,25 @@ PYBIND11_MODULE(FASTRNN_KERNELS_NAME, m) {
          const py::object& W_ih, const py::object& W_hh, const py::object& b_ih,
          const py::object& b_hh, const py::object& x, const py::object& h0, const py::object& c0,
          const py::object& lengths, int num_threads, bool flush_denormals, bool training,
-         const py::object& recurrent_mask) {
+         const py::object& recurrent_mask, Index checkpoint) {
         if (scalar_kind(x) == 'f')
           return forward_impl<float>(cell, activation, negative_slope, W_ih, W_hh, b_ih, b_hh, x,
                                      h0, c0, lengths, num_threads, flush_denormals, training,
-                                     recurrent_mask);
+                                     recurrent_mask, checkpoint);
         return forward_impl<double>(cell, activation, negative_slope, W_ih, W_hh, b_ih, b_hh, x,
                                     h0, c0, lengths, num_threads, flush_denormals, training,
-                                    recurrent_mask);
+                                    recurrent_mask, checkpoint);
       },
       py::arg("cell"), py::arg("activation"), py::arg("negative_slope"), py::arg("W_ih"),
       py::arg("W_hh"), py::arg("b_ih"), py::arg("b_hh"), py::arg("x"), py::arg("h0"),
       py::arg("c0") = py::none(), py::arg("lengths") = py::none(), py::arg("num_threads") = 1,
       py::arg("flush_denormals") = true, py::arg("training") = true,
-      py::arg("recurrent_mask") = py::none(),
+      py::arg("recurrent_mask") = py::none(), py::arg("checkpoint") = 0,
       "Forward pass; returns (hs, h_n, c_n, gates, extra); c_n may be None, and gates, extra "
       "are None for rnn and with training=False (nothing saved for backward). recurrent_mask "
-      "(B, H): recurrent dropout, W_hh (m * h_{t-1}) at every step.");
+      "(B, H): recurrent dropout, W_hh (m * h_{t-1}) at every step. With checkpoint=k > 0 "
+      "(checkpointed BPTT) gates is None and extra, for lstm, the cell states before steps "
+      "0, k, 2k, ... (ceil(T / k), B, H).");
   m.def(
       "set_blas",
       [](std::uintptr_t sgemm, std::uintptr_t dgemm, std::uintptr_t get_threads,
@@ -416,22 +448,29 @@ PYBIND11_MODULE(FASTRNN_KERNELS_NAME, m) {
          const py::object& c0, const py::object& hs, const py::object& gates,
          const py::object& extra, const py::object& dhs, const py::object& dh_n,
          const py::object& dc_n, const py::object& lengths, int num_threads, bool step_norms,
-         bool flush_denormals, const py::object& recurrent_mask) {
+         bool flush_denormals, const py::object& recurrent_mask, const py::object& b_ih,
+         const py::object& b_hh, Index checkpoint) {
         if (scalar_kind(x) == 'f')
           return backward_impl<float>(cell, activation, negative_slope, W_ih, W_hh, x, h0, c0, hs,
                                       gates, extra, dhs, dh_n, dc_n, lengths, num_threads,
-                                      step_norms, flush_denormals, recurrent_mask);
+                                      step_norms, flush_denormals, recurrent_mask, b_ih, b_hh,
+                                      checkpoint);
         return backward_impl<double>(cell, activation, negative_slope, W_ih, W_hh, x, h0, c0, hs,
                                      gates, extra, dhs, dh_n, dc_n, lengths, num_threads,
-                                     step_norms, flush_denormals, recurrent_mask);
+                                     step_norms, flush_denormals, recurrent_mask, b_ih, b_hh,
+                                     checkpoint);
       },
       py::arg("cell"), py::arg("activation"), py::arg("negative_slope"), py::arg("W_ih"),
       py::arg("W_hh"), py::arg("x"), py::arg("h0"), py::arg("c0"), py::arg("hs"),
       py::arg("gates"), py::arg("extra"), py::arg("dhs"), py::arg("dh_n"), py::arg("dc_n"),
       py::arg("lengths") = py::none(), py::arg("num_threads") = 1, py::arg("step_norms") = false,
       py::arg("flush_denormals") = true, py::arg("recurrent_mask") = py::none(),
+      py::arg("b_ih") = py::none(), py::arg("b_hh") = py::none(), py::arg("checkpoint") = 0,
       "BPTT; returns (dx, dh0, dc0, dW_ih, dW_hh, db_ih, db_hh, step_norms); dc0 and "
-      "step_norms may be None. recurrent_mask: the forward's.");
+      "step_norms may be None. recurrent_mask: the forward's (a checkpointed recompute "
+      "applies it too). Checkpointed (checkpoint=k > 0, the forward's k): gates is None, "
+      "extra the forward's checkpoints (lstm; None for gru), and b_ih, b_hh are needed (each "
+      "segment's activations are recomputed).");
   m.def(
       "linear_cross_entropy",
       [](const py::object& h, const py::object& weight, const py::object& bias,

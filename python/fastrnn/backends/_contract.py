@@ -36,6 +36,7 @@ as before the mask existed (an all-ones mask gives the same values). The masks o
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any, Protocol, TypeAlias
 
 import numpy as np
@@ -44,6 +45,7 @@ from numpy.typing import NDArray
 __all__ = [
     "Backend",
     "BackwardOutput",
+    "Checkpoints",
     "FloatArray",
     "ForwardOutput",
     "HeadOutput",
@@ -61,11 +63,24 @@ IndexArray: TypeAlias = NDArray[np.int64]
 Params: TypeAlias = Mapping[str, FloatArray]
 """The parameters ``{"W_ih", "W_hh", "b_ih", "b_hh"}``, in PyTorch's shapes."""
 
-Saved: TypeAlias = tuple[FloatArray, FloatArray] | None
+
+@dataclass(frozen=True, eq=False)
+class Checkpoints:
+    """What a checkpointed training forward (``checkpoint=k``, lstm and gru) keeps for
+    backward: ``every`` = k and, for lstm, ``states``, the running cell state before steps
+    0, k, 2k, ... (ceil(T / k), B, H); ``None`` for gru (h_{t-1} is in hs). Backward
+    recomputes each segment's activations from them, newest segment first."""
+
+    every: int
+    states: FloatArray | None
+
+
+Saved: TypeAlias = tuple[FloatArray, FloatArray] | Checkpoints | None
 """What :meth:`Backend.forward` keeps for :meth:`Backend.backward`, beyond x, h0, c0 and hs.
 
 Only the backend that made it reads it. ``None`` for rnn (act' is a function of hs) and
-after an inference forward (``training=False``); otherwise ``(gates, extra)``: the gate
+after an inference forward (``training=False``); a :class:`Checkpoints` after a
+checkpointed forward (``checkpoint=k``); otherwise ``(gates, extra)``: the gate
 activations (T, B, G*H) and, for lstm, the cell states, for gru ``W_hn h + b_hn``
 (T, B, H), i.e. (G+1)*H values per step and sequence.
 """
@@ -112,6 +127,7 @@ class Backend(Protocol):
         num_threads: int,
         training: bool = True,
         recurrent_mask: FloatArray | None = None,
+        checkpoint: int | None = None,
     ) -> ForwardOutput:
         """Run the recurrence; return ``(hs, h_n, c_n, saved)``.
 
@@ -119,8 +135,13 @@ class Backend(Protocol):
         (B, H): the state after each sequence's last real step; ``c_n`` (B, H): the lstm
         cell state likewise, ``None`` for rnn and gru; ``saved``: see :data:`Saved`. With
         ``training=False`` (inference) ``saved`` is ``None`` and nothing is kept for
-        :meth:`backward`, so that the memory beyond ``hs`` does not grow with T.
-        ``recurrent_mask``: see the module docstring (applied in inference too).
+        :meth:`backward`, so that the memory beyond ``hs`` does not grow with T. With
+        ``checkpoint=k >= 1`` (training only; the functional core resolves ``"sqrt"`` and
+        memory budgets to k) lstm and gru keep a :class:`Checkpoints` instead of every
+        step's activations, and :meth:`backward` recomputes them segment by segment; the
+        outputs and gradients are bit-identical to those without it (same thread count).
+        rnn saves nothing either way and ignores it. ``recurrent_mask``: see the module
+        docstring (applied in inference too, and by a checkpointed backward's recompute).
         """
         ...
 
@@ -154,7 +175,8 @@ class Backend(Protocol):
         ``params``). ``norms`` is ``None`` unless ``step_norms``; then it is a (T, B) array
         of ``||dL/dh_t||`` (the whole gradient reaching hidden state t of sequence b, from
         the loss at step t and from every later step), 0 at padded steps.
-        ``recurrent_mask``: the one the :meth:`forward` call ran with.
+        ``recurrent_mask``: the one the :meth:`forward` call ran with (a checkpointed
+        backward recomputes each segment with it, so the gradients stay bit-identical).
         """
         ...
 

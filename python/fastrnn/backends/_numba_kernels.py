@@ -351,6 +351,17 @@ def _finish_forward(
 
 
 @njit(**_JIT)
+def _span(lengths: IndexArray, b0: int, b1: int, s0: int, s1: int, out: IndexArray) -> None:
+    """out[b] = the real steps of sequence b among s0:s1, for b in b0:b1: the lengths of a
+    segment that a checkpointed backward recomputes with the forward kernel. (The backward
+    kernels of lstm and gru run over a span of steps t_lo:t_hi, ``t_hi`` = T first: full BPTT
+    is one span, checkpointed BPTT one per segment, newest first, with the chunk's ``grads``
+    kept from span to span so that its blocks of steps are those of full BPTT.)"""
+    for b in range(b0, b1):
+        out[b] = min(max(lengths[b] - s0, 0), s1 - s0)
+
+
+@njit(**_JIT)
 def _backward_buffers(
     x: FloatArray, hs: FloatArray, b0: int, b1: int, GH: int, two_sided: bool
 ) -> Grads:
@@ -597,10 +608,13 @@ def lstm_forward(
     c_n: FloatArray,
     gates: FloatArray,
     cs: FloatArray,
+    every: int,
+    ckpt: FloatArray,
     rec_mask: FloatArray,
 ) -> None:
     """``bias`` is b_ih + b_hh; ``gates`` gets the activations i, f, g, o and ``cs`` the
-    cell states, if they have T rows (else nothing is saved)."""
+    cell states, if they have T rows (else nothing is saved); with ``every`` > 0
+    (checkpointed BPTT) ``ckpt`` gets the cell state before steps 0, every, 2 every, ..."""
     H = hs.shape[2]
     nb, S = b1 - b0, _block_steps(b1 - b0)
     steps = _steps(lengths, b0, b1)
@@ -611,6 +625,8 @@ def lstm_forward(
     c = c0[b0:b1].copy()  # the running cell state
     hm = np.empty((nb, H), dtype=hs.dtype)  # m * h_{t-1} with recurrent dropout
     for t in range(steps):
+        if every > 0 and t % every == 0:
+            ckpt[t // every, b0:b1] = c
         s = t % S
         if s == 0:
             _project(x, t, min(S, steps - t), b0, b1, W_ih_T, xb, proj)
@@ -663,22 +679,28 @@ def lstm_backward(
     dx: FloatArray,
     db: FloatArray,
     norms: FloatArray,
+    t_lo: int,
+    t_hi: int,
+    grads: Grads,
     rec_mask: FloatArray,
     dW_ih: FloatArray,
     dW_hh: FloatArray,
 ) -> None:
-    """``dh``/``dc`` hold dh_n/dc_n on entry and dh0/dc0 on return."""
+    """``dh``/``dc`` hold dh_n/dc_n on entry and dh0/dc0 on return. The steps t_lo:t_hi
+    (see :func:`_span`): ``gates`` and ``cs`` hold steps t_lo and on, ``c0`` the cell state
+    before t_lo."""
     H = hs.shape[2]
     zero, one = cs.dtype.type(0), cs.dtype.type(1)
     nb, S = b1 - b0, _block_steps(b1 - b0)
     steps = _steps(lengths, b0, b1)
-    grads = _backward_buffers(x, hs, b0, b1, 4 * H, False)
     db_rec = np.empty((0, 0))  # the recurrent side's bias sums are db's
     dA = grads[0]
     tmp = np.empty((nb, H), dtype=cs.dtype)
-    _start_backward(dx, dW_ih, dW_hh, steps, b0, b1)
+    if t_hi == x.shape[0]:
+        _start_backward(dx, dW_ih, dW_hh, steps, b0, b1)
     ins, outs = (x, hs, h0, W_ih, rec_mask), (dx, dW_ih, dW_hh, db, db_rec)
-    for t in range(steps - 1, -1, -1):
+    for t in range(min(t_hi, steps) - 1, t_lo - 1, -1):
+        u = t - t_lo  # the step in gates and cs
         q0 = t % S * nb
         for b in range(b0, b1):
             q = q0 + b - b0
@@ -689,13 +711,13 @@ def lstm_backward(
             for j in range(H):
                 dht = dh[b, j] + dhs[t, b, j]  # dL/dh_t
                 ss += dht * dht
-                i = gates[t, b, j]
-                f = gates[t, b, H + j]
-                g = gates[t, b, 2 * H + j]
-                o = gates[t, b, 3 * H + j]
-                tc = tanh(cs[t, b, j])
+                i = gates[u, b, j]
+                f = gates[u, b, H + j]
+                g = gates[u, b, 2 * H + j]
+                o = gates[u, b, 3 * H + j]
+                tc = tanh(cs[u, b, j])
                 dct = dc[b, j] + dht * o * (one - tc * tc)  # dL/dc_t
-                c_prev = cs[t - 1, b, j] if t > 0 else c0[b, j]
+                c_prev = cs[u - 1, b, j] if u > 0 else c0[b, j]
                 dai = dct * g * i * (one - i)
                 daf = dct * c_prev * f * (one - f)
                 dag = dct * i * (one - g * g)
@@ -794,23 +816,28 @@ def gru_backward(
     db: FloatArray,
     db_rec: FloatArray,
     norms: FloatArray,
+    t_lo: int,
+    t_hi: int,
+    grads: Grads,
     rec_mask: FloatArray,
     dW_ih: FloatArray,
     dW_hh: FloatArray,
 ) -> None:
     """``dh`` holds dh_n on entry and dh0 on return; ``db`` and ``db_rec`` get the sums of
     the input-side and recurrent-side pre-activation gradients (they differ in the n part:
-    r * dL/da_n on the recurrent side)."""
+    r * dL/da_n on the recurrent side). The steps t_lo:t_hi (see :func:`_span`): ``gates``
+    and ``hn`` hold steps t_lo and on."""
     H = hs.shape[2]
     zero, one = hs.dtype.type(0), hs.dtype.type(1)
     nb, S = b1 - b0, _block_steps(b1 - b0)
     steps = _steps(lengths, b0, b1)
-    grads = _backward_buffers(x, hs, b0, b1, 3 * H, True)
     dA_in, dA_rec = grads[0], grads[1]
     tmp = np.empty((nb, H), dtype=hs.dtype)
-    _start_backward(dx, dW_ih, dW_hh, steps, b0, b1)
+    if t_hi == x.shape[0]:
+        _start_backward(dx, dW_ih, dW_hh, steps, b0, b1)
     ins, outs = (x, hs, h0, W_ih, rec_mask), (dx, dW_ih, dW_hh, db, db_rec)
-    for t in range(steps - 1, -1, -1):
+    for t in range(min(t_hi, steps) - 1, t_lo - 1, -1):
+        u = t - t_lo  # the step in gates and hn
         q0 = t % S * nb
         for b in range(b0, b1):
             q = q0 + b - b0
@@ -822,13 +849,13 @@ def gru_backward(
             for j in range(H):
                 dht = dh[b, j] + dhs[t, b, j]  # dL/dh_t
                 ss += dht * dht
-                r = gates[t, b, j]
-                z = gates[t, b, H + j]
-                n = gates[t, b, 2 * H + j]
+                r = gates[u, b, j]
+                z = gates[u, b, H + j]
+                n = gates[u, b, 2 * H + j]
                 h_prev = hs[t - 1, b, j] if t > 0 else h0[b, j]
                 dan = dht * (one - z) * (one - n * n)
                 daz = dht * (h_prev - n) * z * (one - z)
-                dar = dan * hn[t, b, j] * r * (one - r)
+                dar = dan * hn[u, b, j] * r * (one - r)
                 dA_in[q, j] = dar
                 dA_in[q, H + j] = daz
                 dA_in[q, 2 * H + j] = dan
@@ -949,16 +976,19 @@ def _signatures(dtype: type) -> dict[str, tuple[NumbaType, ...]]:
     v, m, a3 = f[::1], f[:, ::1], f[:, :, ::1]
     i, lens = types.int64, types.int64[::1]
     d = types.float64[:, ::1]  # bias-gradient sums: float64 for both dtypes
+    grads = types.UniTuple(m, 7)  # a chunk's backward scratch (_backward_buffers)
     serial = {  # the arguments after b0, b1
         "rnn_forward": (a3, m, m, v, m, lens, i, f, a3, m),
         "rnn_backward": (a3, a3, m, m, m, a3, lens, i, f, m, a3, d, m),
-        "lstm_forward": (a3, m, m, v, m, m, lens, a3, m, m, a3, a3),
-        "lstm_backward": (a3, a3, m, m, m, a3, a3, m, a3, lens, m, m, a3, d, m),
+        "lstm_forward": (a3, m, m, v, m, m, lens, a3, m, m, a3, a3, i, a3),
+        "lstm_backward": (a3, a3, m, m, m, a3, a3, m, a3, lens, m, m, a3, d, m, i, i, grads),
         "gru_forward": (a3, m, m, v, v, m, lens, a3, m, a3, a3),
-        "gru_backward": (a3, a3, m, m, m, a3, a3, a3, lens, m, a3, d, d, m),
+        "gru_backward": (a3, a3, m, m, m, a3, a3, a3, lens, m, a3, d, d, m, i, i, grads),
+        "_span": (lens, i, i, i, i, lens),
+        "_backward_buffers": (a3, a3, i, i, i, types.boolean),
     }
-    # + rec_mask (B, H), (0, 0) for none
-    sigs = {name: (i, i, *args, m) for name, args in serial.items()}
+    # the kernels: b0, b1, the arguments, then rec_mask (B, H), (0, 0) for none
+    sigs = {name: args if name[0] == "_" else (i, i, *args, m) for name, args in serial.items()}
     for name in ("rnn_backward", "lstm_backward", "gru_backward"):  # + dW_ih, dW_hh
         sigs[name] = (*sigs[name], d, d)
     # the head: h, weight, bias, targets, row_weights, scale, dh, then the float64 sums of

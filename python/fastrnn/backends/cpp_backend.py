@@ -36,6 +36,7 @@ from typing import Any
 
 from ._contract import (
     BackwardOutput,
+    Checkpoints,
     FloatArray,
     ForwardOutput,
     HeadOutput,
@@ -148,9 +149,12 @@ def forward(
     num_threads: int,
     training: bool = True,
     recurrent_mask: FloatArray | None = None,
+    checkpoint: int | None = None,
 ) -> ForwardOutput:
     """Run the recurrence; return ``(hs, h_n, c_n, saved)`` (see the module docstring;
-    ``saved`` is None when not ``training``)."""
+    ``saved`` is None when not ``training``, a :class:`Checkpoints` with ``checkpoint=k``
+    for lstm and gru)."""
+    every = checkpoint if checkpoint is not None and training and cell != "rnn" else 0
     hs, h_n, c_n, gates, extra = _loaded().forward(
         cell,
         activation,
@@ -166,7 +170,10 @@ def forward(
         num_threads,
         training=training,
         recurrent_mask=recurrent_mask,
+        checkpoint=every,
     )
+    if every:
+        return hs, h_n, c_n, Checkpoints(every, extra)
     return hs, h_n, c_n, (None if gates is None else (gates, extra))
 
 
@@ -189,8 +196,14 @@ def backward(
     step_norms: bool,
     recurrent_mask: FloatArray | None = None,
 ) -> BackwardOutput:
-    """Backpropagation through time; return ``(dx, dh0, dc0, dparams, norms)``."""
-    gates, extra = (None, None) if saved is None else saved
+    """Backpropagation through time; return ``(dx, dh0, dc0, dparams, norms)`` (after a
+    checkpointed forward, the kernel recomputes each segment inside the one call)."""
+    every, biases = 0, {}
+    if isinstance(saved, Checkpoints):
+        gates, extra, every = None, saved.states, saved.every
+        biases = {"b_ih": params["b_ih"], "b_hh": params["b_hh"]}
+    else:
+        gates, extra = (None, None) if saved is None else saved
     dx, dh0, dc0, dW_ih, dW_hh, db_ih, db_hh, norms = _loaded().backward(
         cell,
         activation,
@@ -210,6 +223,8 @@ def backward(
         num_threads,
         step_norms,
         recurrent_mask=recurrent_mask,
+        checkpoint=every,
+        **biases,
     )
     dparams = {"W_ih": dW_ih, "W_hh": dW_hh, "b_ih": db_ih, "b_hh": db_hh}
     return dx, dh0, dc0, dparams, norms

@@ -53,6 +53,7 @@ from . import _numba_kernels as _k
 from . import numpy_backend as _ref
 from ._contract import (
     BackwardOutput,
+    Checkpoints,
     FloatArray,
     ForwardOutput,
     HeadOutput,
@@ -176,6 +177,12 @@ def _run(
     def chunk(c: int) -> None:
         kernel(c * n // chunks, (c + 1) * n // chunks, *args, *(a[c] for a in per_chunk))
 
+    _run_chunks(chunks, chunk)
+
+
+def _run_chunks(chunks: int, chunk: Any) -> None:
+    """``chunk(c)`` for c in 0..chunks-1: the calling thread runs chunk 0, the pool's
+    threads the others (see :func:`_run`)."""
     with _single_threaded_blas():
         others = [_workers().submit(chunk, c) for c in range(1, chunks)]
         try:
@@ -203,6 +210,7 @@ def forward(
     num_threads: int,
     training: bool = True,
     recurrent_mask: FloatArray | None = None,
+    checkpoint: int | None = None,
 ) -> ForwardOutput:
     """Run the recurrence; return ``(hs, h_n, c_n, saved)`` as the reference does
     (``recurrent_mask``: variational recurrent dropout, as there).
@@ -210,9 +218,14 @@ def forward(
     ``saved``: nothing for rnn; the gate activations i, f, g, o and the cell states for
     lstm ((4+1)*H values per step and sequence); r, z, n and ``W_hn h + b_hn`` for gru
     ((3+1)*H values). With ``training=False`` nothing is saved (``saved`` is ``None``; no
-    array of size T is made beyond ``hs``) and the outputs are the same bits.
+    array of size T is made beyond ``hs``) and the outputs are the same bits. With
+    ``checkpoint=k`` (lstm, gru; training) the forward runs as for inference and ``saved``
+    is a :class:`Checkpoints` (lstm: the cell state before every k-th step).
     """
     T, B, _ = x.shape
+    every = checkpoint if checkpoint is not None and training and cell != "rnn" else 0
+    if every:
+        training = False
     H = h0.shape[1]
     dt = x.dtype
     chunks = _chunks(num_threads, B)
@@ -236,9 +249,12 @@ def forward(
         bias = params["b_ih"] + params["b_hh"]
         c_n = np.empty((B, H), dtype=dt)
         gates, cs = saved(4 * H), saved(H)
+        states = np.empty((-(-T // every) if every else 0, B, H), dtype=dt)
         c0 = _writable(given(c0, "c0"))
-        args = (*common, bias, h0, c0, lens, hs, h_n, c_n, gates, cs, mask)
+        args = (*common, bias, h0, c0, lens, hs, h_n, c_n, gates, cs, every, states, mask)
         _run("lstm_forward", dt, B, chunks, args)
+        if every:
+            return hs, h_n, c_n, Checkpoints(every, states)
         return hs, h_n, c_n, ((gates, cs) if training else None)
     # gru: b_hr and b_hz join b_ih; b_hn stays inside r * (W_hn h + b_hn)
     bias = params["b_ih"].copy()
@@ -246,6 +262,8 @@ def forward(
     b_hn = _writable(np.ascontiguousarray(params["b_hh"][2 * H :]))
     gates, hn = saved(3 * H), saved(H)
     _run("gru_forward", dt, B, chunks, (*common, bias, b_hn, h0, lens, hs, h_n, gates, hn, mask))
+    if every:
+        return hs, h_n, None, Checkpoints(every, None)
     return hs, h_n, None, ((gates, hn) if training else None)
 
 
@@ -297,18 +315,31 @@ def backward(
         args = (*common, dhs, lens, act, dt.type(negative_slope), dh, dx, db, norms, mask)
         _run("rnn_backward", dt, B, chunks, args, dW)
         db_ih = db_hh = db.sum(axis=0)
-    elif cell == "lstm":
-        dc = given(dc_n, "dc_n").copy()
-        gates, cs = (_writable(a) for a in given(saved, "saved"))
-        c0 = _writable(given(c0, "c0"))
-        args = (*common, gates, cs, c0, dhs, lens, dh, dc, dx, db, norms, mask)
-        _run("lstm_backward", dt, B, chunks, args, dW)
-        db_ih = db_hh = db.sum(axis=0)
     else:
-        db_rec = np.zeros((B, GH))  # the recurrent side's: r * dL/da_n in the n part
-        gates, hn = (_writable(a) for a in given(saved, "saved"))
-        args = (*common, gates, hn, dhs, lens, dh, dx, db, db_rec, norms, mask)
-        _run("gru_backward", dt, B, chunks, args, dW)
+        db_rec = np.zeros((B, GH)) if cell == "gru" else db  # gru: the recurrent side's
+        if cell == "lstm":
+            dc = given(dc_n, "dc_n").copy()
+        _spans_backward(
+            cell,
+            params,
+            common,
+            x,
+            h0,
+            c0,
+            hs,
+            saved,
+            dhs,
+            lens,
+            dh,
+            dc,
+            dx,
+            db,
+            db_rec,
+            norms,
+            dW,
+            chunks,
+            mask,
+        )
         db_ih, db_hh = db.sum(axis=0), db_rec.sum(axis=0)
     dparams = {
         "W_ih": dW[0].sum(axis=0).astype(dt),
@@ -317,6 +348,117 @@ def backward(
         "b_hh": db_hh.astype(dt),
     }
     return dx, dh, dc, dparams, np.ascontiguousarray(norms.T) if step_norms else None
+
+
+def _spans_backward(
+    cell: str,
+    params: Params,
+    common: tuple[FloatArray, ...],
+    x: FloatArray,
+    h0: FloatArray,
+    c0: FloatArray | None,
+    hs: FloatArray,
+    saved: Saved,
+    dhs: FloatArray,
+    lens: IndexArray,
+    dh: FloatArray,
+    dc: FloatArray | None,
+    dx: FloatArray,
+    db: NDArray[np.float64],
+    db_rec: NDArray[np.float64],
+    norms: FloatArray,
+    dW: tuple[NDArray[np.float64], NDArray[np.float64]],
+    chunks: int,
+    mask: FloatArray,
+) -> None:
+    """The lstm or gru backward kernel of each chunk over spans of steps: full BPTT one span
+    with the saved arrays; checkpointed, one segment of ``saved.every`` steps at a time,
+    newest first, its activations recomputed by the forward kernel itself (the compiled
+    code of the forward, so the same bits) into buffers that every segment reuses. A
+    chunk's block scratch lives across its spans, so its blocks of steps, and the sums of
+    its weight gradients, are those of full BPTT. ``mask``: the kernels' ``rec_mask`` (the
+    recompute applies it as the forward did)."""
+    T, B, _ = x.shape
+    H = h0.shape[1]
+    dt = x.dtype
+    G = 4 if cell == "lstm" else 3
+    kernel = _k.compiled(f"{cell}_backward", dt.type)
+    buffers = _k.compiled("_backward_buffers", dt.type)
+    span_lengths = _k.compiled("_span", dt.type)
+
+    x, hs, h0 = common[:3]  # writable
+    # the kernel's arguments after dhs and lengths
+    tail: tuple[Any, ...] = (dh, dc, dx, db) if cell == "lstm" else (dh, dx, db, db_rec)
+    tail = (*tail, norms)
+
+    if not isinstance(saved, Checkpoints):
+        gates, extra = (_writable(a) for a in given(saved, "saved"))
+        first = (_writable(given(c0, "c0")),) if cell == "lstm" else ()
+
+        def chunk(c: int) -> None:
+            b0, b1 = c * B // chunks, (c + 1) * B // chunks
+            grads = buffers(x, hs, b0, b1, G * H, cell == "gru")
+            kernel(
+                b0,
+                b1,
+                *common,
+                gates,
+                extra,
+                *first,
+                dhs,
+                lens,
+                *tail,
+                0,
+                T,
+                grads,
+                mask,
+                dW[0][c],
+                dW[1][c],
+            )
+
+        return _run_chunks(chunks, chunk)
+    every = saved.every
+    W_ih_T = _ref.contiguous_T(params["W_ih"])
+    W_hh_T = _ref.contiguous_T(params["W_hh"])
+    if cell == "lstm":
+        bias = params["b_ih"] + params["b_hh"]
+        forward_args: tuple[Any, ...] = (bias,)
+    else:
+        bias = params["b_ih"].copy()
+        bias[: 2 * H] += params["b_hh"][: 2 * H]
+        forward_args = (bias, _writable(np.ascontiguousarray(params["b_hh"][2 * H :])))
+    n = min(every, T)  # the segment buffers, shared by the chunks (each its own columns)
+    seg_gates = np.empty((n, B, G * H), dtype=dt)
+    seg_extra = np.empty((n, B, H), dtype=dt)
+    seg_hs = np.empty((n, B, H), dtype=dt)
+    seg_lens = np.empty(B, dtype=np.int64)
+    h_n = np.empty((B, H), dtype=dt)
+    c_n = np.empty((B, H), dtype=dt)
+    forward = _k.compiled(f"{cell}_forward", dt.type)
+    no_states = np.empty((0, 0, 0), dtype=dt)
+
+    def segmented(c: int) -> None:
+        b0, b1 = c * B // chunks, (c + 1) * B // chunks
+        grads = buffers(x, hs, b0, b1, G * H, cell == "gru")
+        for j in range(-(-T // every) - 1, -1, -1):
+            s0, s1 = j * every, min((j + 1) * every, T)
+            span_lengths(lens, b0, b1, s0, s1, seg_lens)
+            h_start = hs[s0 - 1] if s0 > 0 else h0
+            x_seg = x[s0:s1]
+            g, e = seg_gates[: s1 - s0], seg_extra[: s1 - s0]
+            first: tuple[Any, ...] = ()
+            outs: tuple[Any, ...] = (h_n,)
+            keep: tuple[Any, ...] = ()  # lstm: no checkpoints of the recompute's own
+            if cell == "lstm":
+                first = (given(saved.states, "saved.states")[j],)
+                outs, keep = (h_n, c_n), (0, no_states)
+            n = s1 - s0
+            fwd = (*forward_args, h_start, *first, seg_lens, seg_hs[:n], *outs, g, e, *keep, mask)
+            forward(b0, b1, x_seg, W_ih_T, W_hh_T, *fwd)
+            bwd = (*first, dhs, lens, *tail, s0, s1, grads, mask, dW[0][c], dW[1][c])
+            kernel(b0, b1, *common, g, e, *bwd)
+
+    _run_chunks(chunks, segmented)
 
 
 # --- the fused softmax head -------------------------------------------------------------

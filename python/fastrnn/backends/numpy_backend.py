@@ -22,6 +22,7 @@ state at every real step, which is what the backward pass relies on.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import TypeVar
 
 import numpy as np
@@ -29,6 +30,7 @@ from numpy.typing import NDArray
 
 from ._contract import (
     BackwardOutput,
+    Checkpoints,
     FloatArray,
     ForwardOutput,
     HeadOutput,
@@ -121,17 +123,18 @@ def _input_projection(x: FloatArray, W_ih: FloatArray, bias: FloatArray) -> Floa
     return a.reshape(T, B, -1)
 
 
-def _prev_state_product(
-    dA: FloatArray, hs: FloatArray, h0: FloatArray, mask: FloatArray | None
-) -> FloatArray:
-    """sum_t dA_t^T (m * h_{t-1}), with h_{-1} = h0 and m the recurrent dropout mask (1 if
-    None), as two GEMMs over all steps (no copy without a mask)."""
-    T, B, GH = dA.shape
-    H = hs.shape[2]
-    out: FloatArray = dA[0].T @ _masked(h0, mask)
-    if T > 1:
-        prev = _masked(hs[:-1], mask)
-        out += dA[1:].reshape((T - 1) * B, GH).T @ prev.reshape((T - 1) * B, H)
+def _prev_state_product(dA: FloatArray, prev: FloatArray, h0: FloatArray | None) -> FloatArray:
+    """sum_t dA_t^T h_{t-1} over a block of steps: ``prev`` holds the h_{t-1} of its steps,
+    or, with ``h0`` (the block starts at t = 0), of all steps but the first, whose h_{-1} is
+    ``h0``. Two GEMMs at most, no copy."""
+    n, B, GH = dA.shape
+    H = prev.shape[2]
+    if h0 is None:
+        out: FloatArray = dA.reshape(n * B, GH).T @ prev.reshape(n * B, H)
+        return out
+    out = dA[0].T @ h0
+    if n > 1:
+        out += dA[1:].reshape((n - 1) * B, GH).T @ prev.reshape((n - 1) * B, H)
     return out
 
 
@@ -159,6 +162,7 @@ def forward(
     num_threads: int,
     training: bool = True,
     recurrent_mask: FloatArray | None = None,
+    checkpoint: int | None = None,
 ) -> ForwardOutput:
     """Run the recurrence; return ``(hs, h_n, c_n, saved)``.
 
@@ -172,16 +176,21 @@ def forward(
     ((3+1)*H values). With ``training=False`` (inference) ``saved`` is ``None``: the steps
     run in blocks of about :data:`INFERENCE_BLOCK_BYTES` of gate pre-activations, and the
     per-step values only backward needs (lstm's cell states, gru's ``W_hn h + b_hn``) live
-    in one (B, H) buffer, so nothing but ``hs`` grows with T.
+    in one (B, H) buffer, so nothing but ``hs`` grows with T. With ``checkpoint=k``
+    (lstm, gru) ``saved`` is a :class:`Checkpoints`: the steps run in segments of k, each
+    projected and stepped exactly as the training forward does, keeping only lstm's cell
+    state before each segment (the recurrent mask applies there as everywhere).
     """
     del num_threads  # NumPy's BLAS decides its own threading
     T, B, _ = x.shape
     G = {"rnn": 1, "lstm": 4, "gru": 3}[cell]
+    mask = recurrent_mask
+    if checkpoint is not None and training and cell != "rnn":
+        return _checkpointed_forward(cell, params, x, h0, c0, lengths, checkpoint, mask)
     # Inference keeps nothing, so it runs in blocks of steps whose input projection stays
     # in cache, carrying the state from block to block: the peak memory is hs and a block.
     per_step = B * G * h0.shape[1] * x.dtype.itemsize
     block = T if training else max(1, INFERENCE_BLOCK_BYTES // per_step)
-    mask = recurrent_mask
     if block >= T:
         return _forward(
             cell, params, x, h0, c0, activation, negative_slope, lengths, training, mask
@@ -257,7 +266,6 @@ def _lstm_forward(
 ) -> ForwardOutput:
     T, B, _ = x.shape
     H = h0.shape[1]
-    W_hh_T = contiguous_T(params["W_hh"])
     # pre-activations of all four gates for every step; turned into activations in place
     gates = _input_projection(x, params["W_ih"], params["b_ih"] + params["b_hh"])
     hs = np.empty((T, B, H), dtype=x.dtype)
@@ -265,12 +273,32 @@ def _lstm_forward(
     cs = np.empty((T if training else 1, B, H), dtype=x.dtype)
     active = _active_masks(lengths, T)
     h, c = (h0.copy(), c0.copy()) if active is not None else (h0, c0)
-    rec = np.empty((B, 4 * H), dtype=x.dtype)
-    ig = np.empty((B, H), dtype=x.dtype)
-    hm = np.empty_like(h0)  # m * h_{t-1} with recurrent dropout
-    for t in range(T):
+    h, c = _lstm_steps(contiguous_T(params["W_hh"]), gates, hs, cs, h, c, active, mask)
+    return hs, h.copy(), c.copy(), (gates, cs) if training else None
+
+
+def _lstm_steps(
+    W_hh_T: FloatArray,
+    gates: FloatArray,
+    hs: FloatArray,
+    cs: FloatArray,
+    h: FloatArray,
+    c: FloatArray,
+    active: NDArray[np.bool_] | None,
+    mask: FloatArray | None,
+) -> tuple[FloatArray, FloatArray]:
+    """The lstm time loop over the steps of ``gates`` (U x_t + b, turned into the gate
+    activations in place): h_t into ``hs``, c_t into ``cs`` (one row per step, or ``cs[0]``
+    rewritten), from the running ``h``, ``c`` (copies when ``active``: they are updated in
+    place), with the recurrent dropout ``mask`` if given; returns the running state after
+    the last step."""
+    B, H = h.shape
+    rec = np.empty((B, 4 * H), dtype=gates.dtype)
+    ig = np.empty((B, H), dtype=gates.dtype)
+    hm = np.empty((B, H), dtype=gates.dtype)  # m * h_{t-1} with recurrent dropout
+    for t in range(gates.shape[0]):
         g_t = gates[t]
-        c_t = cs[t if training else 0]
+        c_t = cs[t if cs.shape[0] > 1 else 0]
         np.matmul(_masked(h, mask, hm), W_hh_T, out=rec)
         g_t += rec  # all gates' pre-activations: one packed product per step
         _sigmoid_(g_t[:, : 2 * H])  # i, f
@@ -289,7 +317,7 @@ def _lstm_forward(
             np.copyto(h, hs[t], where=m)
             np.copyto(c, c_t, where=m)
             hs[t][~active[t]] = 0
-    return hs, h.copy(), c.copy(), (gates, cs) if training else None
+    return h, c
 
 
 def _gru_forward(
@@ -302,8 +330,6 @@ def _gru_forward(
 ) -> ForwardOutput:
     T, B, _ = x.shape
     H = h0.shape[1]
-    W_hh_T = contiguous_T(params["W_hh"])
-    b_hh = params["b_hh"]
     # W_i{r,z,n} x_t + b_i{r,z,n} for every step; r, z, n activations overwrite it
     gates = _input_projection(x, params["W_ih"], params["b_ih"])
     # W_hn h_{t-1} + b_hn of every step, saved for backward (inference reads it from rec)
@@ -311,9 +337,28 @@ def _gru_forward(
     hs = np.empty((T, B, H), dtype=x.dtype)
     active = _active_masks(lengths, T)
     h = h0.copy() if active is not None else h0
-    rec = np.empty((B, 3 * H), dtype=x.dtype)
-    hm = np.empty_like(h0)  # m * h_{t-1} with recurrent dropout; the interpolation reads h
-    for t in range(T):
+    h = _gru_steps(contiguous_T(params["W_hh"]), params["b_hh"], gates, hs, hn, h, active, mask)
+    return hs, h.copy(), None, (gates, hn) if hn is not None else None
+
+
+def _gru_steps(
+    W_hh_T: FloatArray,
+    b_hh: FloatArray,
+    gates: FloatArray,
+    hs: FloatArray,
+    hn: FloatArray | None,
+    h: FloatArray,
+    active: NDArray[np.bool_] | None,
+    mask: FloatArray | None,
+) -> FloatArray:
+    """The gru time loop over the steps of ``gates`` (W_i. x_t + b_i., turned into r, z, n
+    in place): h_t into ``hs``, ``W_hn h + b_hn`` into ``hn`` if given, from the running
+    ``h`` (a copy when ``active``), with the recurrent dropout ``mask`` if given; returns
+    the running state after the last step."""
+    B, H = h.shape
+    rec = np.empty((B, 3 * H), dtype=gates.dtype)
+    hm = np.empty((B, H), dtype=gates.dtype)  # m * h_{t-1}; the interpolation reads h
+    for t in range(gates.shape[0]):
         g_t = gates[t]
         np.matmul(_masked(h, mask, hm), W_hh_T, out=rec)  # W_h{r,z,n} h_{t-1}: one product
         rec += b_hh
@@ -335,10 +380,173 @@ def _gru_forward(
         else:
             np.copyto(h, hs[t], where=active[t][:, None])
             hs[t][~active[t]] = 0
-    return hs, h.copy(), None, (gates, hn) if hn is not None else None
+    return h
+
+
+# --- checkpointed BPTT -----------------------------------------------------------------
+#
+# The forward runs segment by segment of k steps, each projected and stepped by the
+# training forward's own code (_lstm_steps, _gru_steps), keeping only lstm's running cell
+# state before each segment; hs holds every h_{t-1}. The backward recomputes each segment's
+# gates (and cell states, W_hn h + b_hn) into one buffer of k steps, newest segment first,
+# with the same code from the same running state, and runs the backward steps over it. The
+# weight gradients are reduced in blocks of steps aligned at t = 0 whatever k is
+# (_GradBlocks), so the result has the bits of full BPTT.
+
+
+def _segment_input(cell: str, params: Params, x: FloatArray, s0: int, s1: int) -> FloatArray:
+    """The training forward's pre-activations of steps s0:s1 (one GEMM, as it does)."""
+    bias = params["b_ih"] if cell == "gru" else params["b_ih"] + params["b_hh"]
+    return _input_projection(x[s0:s1], params["W_ih"], bias)
+
+
+def _running_h(hs: FloatArray, h0: FloatArray, lengths: IndexArray | None, s0: int) -> FloatArray:
+    """The forward's running state before step s0 (a copy): h_{s0-1}, or for a sequence
+    that ended before, its last state."""
+    h: FloatArray
+    if s0 == 0:
+        h = h0.copy()
+    elif lengths is None:
+        h = hs[s0 - 1].copy()
+    else:
+        h = hs[np.minimum(s0, lengths) - 1, np.arange(hs.shape[1])]
+    return h
+
+
+def _checkpointed_forward(
+    cell: str,
+    params: Params,
+    x: FloatArray,
+    h0: FloatArray,
+    c0: FloatArray | None,
+    lengths: IndexArray | None,
+    every: int,
+    mask: FloatArray | None,
+) -> ForwardOutput:
+    T, B, _ = x.shape
+    H = h0.shape[1]
+    hs = np.empty((T, B, H), dtype=x.dtype)
+    active = _active_masks(lengths, T)
+    W_hh_T = contiguous_T(params["W_hh"])
+    h = h0.copy() if active is not None else h0
+    c = None if c0 is None else (c0.copy() if active is not None else c0)
+    states = np.empty((-(-T // every), B, H), dtype=x.dtype) if cell == "lstm" else None
+    cs = np.empty((1, B, H), dtype=x.dtype)
+    for j, s0 in enumerate(range(0, T, every)):
+        s1 = min(s0 + every, T)
+        gates = _segment_input(cell, params, x, s0, s1)
+        act = None if active is None else active[s0:s1]
+        if states is not None:
+            states[j] = given(c, "c0")
+            h, c = _lstm_steps(W_hh_T, gates, hs[s0:s1], cs, h, states[j].copy(), act, mask)
+        else:
+            h = _gru_steps(W_hh_T, params["b_hh"], gates, hs[s0:s1], None, h, act, mask)
+    return hs, h.copy(), None if c is None else c.copy(), Checkpoints(every, states)
+
+
+def _segments(
+    cell: str,
+    params: Params,
+    x: FloatArray,
+    h0: FloatArray,
+    c0: FloatArray | None,
+    hs: FloatArray,
+    saved: Saved,
+    lengths: IndexArray | None,
+    mask: FloatArray | None,
+) -> Iterator[tuple[int, int, FloatArray, FloatArray, FloatArray | None]]:
+    """The saved values, newest segment first: ``(s0, s1, gates, extra, before)`` with the
+    gate activations and extra values (lstm c_t, gru W_hn h + b_hn) of steps s0:s1 and, for
+    lstm, the cell state before s0. Full BPTT: one segment, the saved arrays. The recompute
+    applies the forward's recurrent dropout ``mask``."""
+    if not isinstance(saved, Checkpoints):
+        gates, extra = given(saved, "saved")
+        yield 0, x.shape[0], gates, extra, c0
+        return
+    T, B, _ = x.shape
+    H = h0.shape[1]
+    active = _active_masks(lengths, T)
+    W_hh_T = contiguous_T(params["W_hh"])
+    extra = np.empty((min(saved.every, T), B, H), dtype=x.dtype)
+    scratch = np.empty_like(extra)  # the recomputed h_t (hs is not written again)
+    for j in range(-(-T // saved.every) - 1, -1, -1):
+        s0 = j * saved.every
+        s1 = min(s0 + saved.every, T)
+        gates = _segment_input(cell, params, x, s0, s1)
+        h = _running_h(hs, h0, lengths, s0)
+        act = None if active is None else active[s0:s1]
+        n = s1 - s0
+        if saved.states is not None:  # lstm
+            c = saved.states[j]
+            _lstm_steps(W_hh_T, gates, scratch[:n], extra[:n], h, c.copy(), act, mask)
+            yield s0, s1, gates, extra[:n], c
+        else:
+            _gru_steps(W_hh_T, params["b_hh"], gates, scratch[:n], extra[:n], h, act, mask)
+            yield s0, s1, gates, extra[:n], None
 
 
 # --- backward (BPTT) -----------------------------------------------------------------
+
+# The backward's weight gradients and dx are computed block by block of steps, blocks of
+# about this many bytes of pre-activation gradients aligned at t = 0 (at least one step).
+GRAD_BLOCK_BYTES = 2**22
+
+
+class _GradBlocks:
+    """dx, the weight and the bias gradients, block by block of steps while the dh
+    recurrence runs backwards in time: the loop writes step t's pre-activation gradients
+    into ``rows(t)`` and calls ``step_done(t)``; when t is the first step of its block,
+    the block's GEMMs run (dx = dA W_ih, dW_ih += dA^T X, dW_hh += dA^T (m * H_prev) with
+    m the recurrent dropout mask (1 if None), the bias sums). The blocks depend on B, G*H
+    and the dtype only, so every schedule of the steps (full or checkpointed BPTT) adds the
+    same products in the same order."""
+
+    def __init__(
+        self,
+        x: FloatArray,
+        hs: FloatArray,
+        h0: FloatArray,
+        W_ih: FloatArray,
+        two_sided: bool,
+        mask: FloatArray | None,
+    ) -> None:
+        T, B, D = x.shape
+        GH = W_ih.shape[0]
+        self.x, self.hs, self.h0, self.W_ih, self.mask = x, hs, h0, W_ih, mask
+        self.steps = max(1, GRAD_BLOCK_BYTES // (B * GH * x.dtype.itemsize))
+        n = min(self.steps, T)
+        self.dA_in = np.empty((n, B, GH), dtype=x.dtype)
+        self.dA_rec = np.empty_like(self.dA_in) if two_sided else self.dA_in
+        self.dx = np.empty((T, B, D), dtype=x.dtype)
+        self.dW_ih = np.zeros((GH, D), dtype=x.dtype)
+        self.dW_hh = np.zeros((GH, hs.shape[2]), dtype=x.dtype)
+        self.db_ih = np.zeros(GH, dtype=x.dtype)
+        self.db_hh = np.zeros(GH, dtype=x.dtype) if two_sided else self.db_ih
+
+    def rows(self, t: int) -> tuple[FloatArray, FloatArray]:
+        """Where step t's gradients go: dA (input side) and dA_rec (recurrent side)."""
+        return self.dA_in[t % self.steps], self.dA_rec[t % self.steps]
+
+    def step_done(self, t: int) -> None:
+        if t % self.steps:
+            return
+        T, B, D = self.x.shape
+        n = min(self.steps, T - t)
+        GH = self.dA_in.shape[2]
+        flat = self.dA_in[:n].reshape(n * B, GH)
+        self.dx[t : t + n] = (flat @ self.W_ih).reshape(n, B, D)
+        self.dW_ih += flat.T @ self.x[t : t + n].reshape(n * B, D)
+        prev = _masked(self.hs[t - 1 : t + n - 1] if t > 0 else self.hs[: n - 1], self.mask)
+        h0 = _masked(self.h0, self.mask) if t == 0 else None
+        self.dW_hh += _prev_state_product(self.dA_rec[:n], prev, h0)
+        self.db_ih += flat.sum(axis=0)
+        if self.db_hh is not self.db_ih:
+            self.db_hh += self.dA_rec[:n].reshape(n * B, GH).sum(axis=0)
+
+    def params(self) -> dict[str, FloatArray]:
+        # rnn and lstm: both biases enter the same pre-activation, so share the sum
+        db_hh = self.db_hh.copy() if self.db_hh is self.db_ih else self.db_hh
+        return {"W_ih": self.dW_ih, "W_hh": self.dW_hh, "b_ih": self.db_ih, "b_hh": db_hh}
 
 
 def backward(
@@ -363,63 +571,38 @@ def backward(
     """Backpropagation through time; return ``(dx, dh0, dc0, dparams, norms)``.
 
     ``recurrent_mask``: the forward's; the gradient through the recurrent product is then
-    ``dh_{t-1} = m * (W_hh^T dA_t)`` and ``dW_hh = sum_t dA_t^T (m * h_{t-1})``.
+    ``dh_{t-1} = m * (W_hh^T dA_t)`` and ``dW_hh = sum_t dA_t^T (m * h_{t-1})`` (a
+    checkpointed backward recomputes its segments with it too).
 
     ``norms`` is ``None`` unless ``step_norms``; then it is a (T, B) array of
     ``||dL/dh_t||`` (the whole gradient reaching hidden state t of sequence b, from the
-    loss at step t and from every later step), 0 at padded steps.
+    loss at step t and from every later step), 0 at padded steps. ``saved`` from a
+    checkpointed forward (a :class:`Checkpoints`): each segment's activations are
+    recomputed first (:func:`_segments`); the result has the bits of full BPTT.
     """
     del num_threads
     T, B, _ = x.shape
     active = _active_masks(lengths, T)
     norms = np.zeros((T, B), dtype=x.dtype) if step_norms else None
     mask = recurrent_mask
+    grads = _GradBlocks(x, hs, h0, params["W_ih"], two_sided=cell == "gru", mask=mask)
     if cell == "rnn":
-        dx, dh0, dparams = _rnn_backward(
-            params, x, h0, hs, dhs, dh_n, activation, negative_slope, active, norms, mask
+        dh0 = _rnn_backward(
+            params, hs, dhs, dh_n, activation, negative_slope, active, norms, grads, mask
         )
-        return dx, dh0, None, dparams, norms
+        return grads.dx, dh0, None, grads.params(), norms
+    segments = _segments(cell, params, x, h0, c0, hs, saved, lengths, mask)
     if cell == "lstm":
-        c0, dc_n = given(c0, "c0"), given(dc_n, "dc_n")
-        return _lstm_backward(
-            params, x, h0, c0, hs, given(saved, "saved"), dhs, dh_n, dc_n, active, norms, mask
+        dh0, dc0 = _lstm_backward(
+            params, segments, dhs, dh_n, given(dc_n, "dc_n"), active, norms, grads, mask
         )
-    dx, dh0, dparams = _gru_backward(
-        params, x, h0, hs, given(saved, "saved"), dhs, dh_n, active, norms, mask
-    )
-    return dx, dh0, None, dparams, norms
-
-
-def _weight_grads(
-    dA_in: FloatArray,
-    dA_rec: FloatArray,
-    x: FloatArray,
-    hs: FloatArray,
-    h0: FloatArray,
-    W_ih: FloatArray,
-    mask: FloatArray | None,
-) -> tuple[FloatArray, dict[str, FloatArray]]:
-    """dW_ih = dA^T X, dW_hh = dA^T (m * H_prev), the bias sums and dx: one GEMM each."""
-    T, B, D = x.shape
-    GH = dA_in.shape[2]
-    flat = dA_in.reshape(T * B, GH)
-    db_ih = flat.sum(axis=0)
-    return (
-        (flat @ W_ih).reshape(T, B, D),
-        {
-            "W_ih": flat.T @ x.reshape(T * B, D),
-            "W_hh": _prev_state_product(dA_rec, hs, h0, mask),
-            "b_ih": db_ih,
-            # rnn and lstm: both biases enter the same pre-activation, so share the sum
-            "b_hh": db_ih.copy() if dA_rec is dA_in else dA_rec.reshape(T * B, GH).sum(axis=0),
-        },
-    )
+        return grads.dx, dh0, dc0, grads.params(), norms
+    dh0 = _gru_backward(params, h0, hs, segments, dhs, dh_n, active, norms, grads, mask)
+    return grads.dx, dh0, None, grads.params(), norms
 
 
 def _rnn_backward(
     params: Params,
-    x: FloatArray,
-    h0: FloatArray,
     hs: FloatArray,
     dhs: FloatArray,
     dh_n: FloatArray,
@@ -427,23 +610,23 @@ def _rnn_backward(
     slope: float,
     active: NDArray[np.bool_] | None,
     norms: FloatArray | None,
+    grads: _GradBlocks,
     mask: FloatArray | None,
-) -> tuple[FloatArray, FloatArray, dict[str, FloatArray]]:
-    T = x.shape[0]
+) -> FloatArray:
+    T = hs.shape[0]
     W_hh = params["W_hh"]
-    dact = _activation_grad(hs, activation, slope)  # act'(a_t) for all t at once
-    dA = np.empty_like(hs)  # dL/da_t, the pre-activation gradient
-    dh = dh_n.copy()  # dL/dh_t arriving from later steps (and from h_n)
+    dh: FloatArray = dh_n.copy()  # dL/dh_t arriving from later steps (and from h_n)
     new = np.empty_like(dh)
     for t in range(T - 1, -1, -1):
-        da = dA[t]
+        da = grads.rows(t)[0]  # dL/da_t, the pre-activation gradient
         np.add(dh, dhs[t], out=da)  # dL/dh_t = dhs_t + W^T dL/da_{t+1}
         if active is not None:
             da[~active[t]] = 0
         if norms is not None:
             norms[t] = np.linalg.norm(da, axis=1)
+        dact = _activation_grad(hs[t], activation, slope)  # act'(a_t)
         if dact is not None:
-            da *= dact[t]  # dL/da_t = dL/dh_t * act'(a_t)
+            da *= dact  # dL/da_t = dL/dh_t * act'(a_t)
         np.matmul(da, W_hh, out=new)  # dL/dh_{t-1} = W^T dL/da_t
         if mask is not None:
             new *= mask  # (m * W^T dL/da_t with recurrent dropout)
@@ -451,141 +634,137 @@ def _rnn_backward(
             dh, new = new, dh
         else:  # padded steps pass the gradient of the carried state through
             np.copyto(dh, new, where=active[t][:, None])
-    dx, dparams = _weight_grads(dA, dA, x, hs, h0, params["W_ih"], mask)
-    return dx, dh, dparams
+        grads.step_done(t)
+    return dh
 
 
 def _lstm_backward(
     params: Params,
-    x: FloatArray,
-    h0: FloatArray,
-    c0: FloatArray,
-    hs: FloatArray,
-    saved: tuple[FloatArray, FloatArray],
+    segments: Iterator[tuple[int, int, FloatArray, FloatArray, FloatArray | None]],
     dhs: FloatArray,
     dh_n: FloatArray,
     dc_n: FloatArray,
     active: NDArray[np.bool_] | None,
     norms: FloatArray | None,
+    grads: _GradBlocks,
     mask: FloatArray | None,
-) -> BackwardOutput:
-    T = x.shape[0]
-    H = h0.shape[1]
+) -> tuple[FloatArray, FloatArray]:
     W_hh = params["W_hh"]
-    gates, cs = saved
-    dA = np.empty_like(gates)  # pre-activation gradients of i, f, g, o
+    H = W_hh.shape[1]
     dh, dc = dh_n.copy(), dc_n.copy()
     new_dh = np.empty_like(dh)
     dh_t = np.empty_like(dh)
     dc_t = np.empty_like(dc)
     tc = np.empty_like(dh)
     tmp = np.empty_like(dh)
-    for t in range(T - 1, -1, -1):
-        i, f, g, o = (gates[t][:, k * H : (k + 1) * H] for k in range(4))
-        dai, daf, dag, dao = (dA[t][:, k * H : (k + 1) * H] for k in range(4))
-        c_prev = cs[t - 1] if t > 0 else c0
-        np.add(dh, dhs[t], out=dh_t)  # dL/dh_t
-        if active is not None:
-            dh_t[~active[t]] = 0
-        if norms is not None:
-            norms[t] = np.linalg.norm(dh_t, axis=1)
-        np.tanh(cs[t], out=tc)
-        np.multiply(dh_t, tc, out=dao)  # dL/do = dh * tanh(c)
-        dao *= o
-        np.subtract(1, o, out=tmp)
-        dao *= tmp  # through sigmoid: o (1 - o)
-        np.multiply(tc, tc, out=tmp)  # dL/dc_t = dc + dh * o * (1 - tanh(c)^2)
-        np.subtract(1, tmp, out=tmp)
-        tmp *= o
-        tmp *= dh_t
-        np.add(dc, tmp, out=dc_t)
-        if active is not None:
-            dc_t[~active[t]] = 0
-        np.multiply(dc_t, g, out=dai)  # dL/di = dc * g, through sigmoid
-        dai *= i
-        np.subtract(1, i, out=tmp)
-        dai *= tmp
-        np.multiply(dc_t, c_prev, out=daf)  # dL/df = dc * c_{t-1}, through sigmoid
-        daf *= f
-        np.subtract(1, f, out=tmp)
-        daf *= tmp
-        np.multiply(g, g, out=tmp)  # dL/dg = dc * i, through tanh: 1 - g^2
-        np.subtract(1, tmp, out=tmp)
-        np.multiply(dc_t, i, out=dag)
-        dag *= tmp
-        np.matmul(dA[t], W_hh, out=new_dh)  # dL/dh_{t-1} = W_hh^T dA_t
-        if mask is not None:
-            new_dh *= mask
-        dc_t *= f  # dL/dc_{t-1} = dc_t * f
-        if active is None:
-            dh, new_dh = new_dh, dh
-            dc, dc_t = dc_t, dc
-        else:
-            m = active[t][:, None]
-            np.copyto(dh, new_dh, where=m)
-            np.copyto(dc, dc_t, where=m)
-    dx, dparams = _weight_grads(dA, dA, x, hs, h0, params["W_ih"], mask)
-    return dx, dh, dc, dparams, norms
+    for s0, s1, gates, cs, c_before in segments:
+        for t in range(s1 - 1, s0 - 1, -1):
+            u = t - s0  # the step within the segment
+            dA_t = grads.rows(t)[0]
+            i, f, g, o = (gates[u][:, k * H : (k + 1) * H] for k in range(4))
+            dai, daf, dag, dao = (dA_t[:, k * H : (k + 1) * H] for k in range(4))
+            c_prev = cs[u - 1] if u > 0 else given(c_before, "c0")
+            np.add(dh, dhs[t], out=dh_t)  # dL/dh_t
+            if active is not None:
+                dh_t[~active[t]] = 0
+            if norms is not None:
+                norms[t] = np.linalg.norm(dh_t, axis=1)
+            np.tanh(cs[u], out=tc)
+            np.multiply(dh_t, tc, out=dao)  # dL/do = dh * tanh(c)
+            dao *= o
+            np.subtract(1, o, out=tmp)
+            dao *= tmp  # through sigmoid: o (1 - o)
+            np.multiply(tc, tc, out=tmp)  # dL/dc_t = dc + dh * o * (1 - tanh(c)^2)
+            np.subtract(1, tmp, out=tmp)
+            tmp *= o
+            tmp *= dh_t
+            np.add(dc, tmp, out=dc_t)
+            if active is not None:
+                dc_t[~active[t]] = 0
+            np.multiply(dc_t, g, out=dai)  # dL/di = dc * g, through sigmoid
+            dai *= i
+            np.subtract(1, i, out=tmp)
+            dai *= tmp
+            np.multiply(dc_t, c_prev, out=daf)  # dL/df = dc * c_{t-1}, through sigmoid
+            daf *= f
+            np.subtract(1, f, out=tmp)
+            daf *= tmp
+            np.multiply(g, g, out=tmp)  # dL/dg = dc * i, through tanh: 1 - g^2
+            np.subtract(1, tmp, out=tmp)
+            np.multiply(dc_t, i, out=dag)
+            dag *= tmp
+            np.matmul(dA_t, W_hh, out=new_dh)  # dL/dh_{t-1} = W_hh^T dA_t
+            if mask is not None:
+                new_dh *= mask
+            dc_t *= f  # dL/dc_{t-1} = dc_t * f
+            if active is None:
+                dh, new_dh = new_dh, dh
+                dc, dc_t = dc_t, dc
+            else:
+                m = active[t][:, None]
+                np.copyto(dh, new_dh, where=m)
+                np.copyto(dc, dc_t, where=m)
+            grads.step_done(t)
+    return dh, dc
 
 
 def _gru_backward(
     params: Params,
-    x: FloatArray,
     h0: FloatArray,
     hs: FloatArray,
-    saved: tuple[FloatArray, FloatArray],
+    segments: Iterator[tuple[int, int, FloatArray, FloatArray, FloatArray | None]],
     dhs: FloatArray,
     dh_n: FloatArray,
     active: NDArray[np.bool_] | None,
     norms: FloatArray | None,
+    grads: _GradBlocks,
     mask: FloatArray | None,
-) -> tuple[FloatArray, FloatArray, dict[str, FloatArray]]:
-    T = x.shape[0]
-    H = h0.shape[1]
+) -> FloatArray:
     W_hh = params["W_hh"]
-    gates, hn = saved
-    dA_in = np.empty_like(gates)  # d/d(W_i. x + b_i.) for r, z, n
-    dA_rec = np.empty_like(gates)  # d/d(W_h. h + b_h.) for r, z, n
-    dh = dh_n.copy()
+    H = W_hh.shape[1]
+    dh: FloatArray = dh_n.copy()
     dh_t = np.empty_like(dh)
     new_dh = np.empty_like(dh)
     tmp = np.empty_like(dh)
-    for t in range(T - 1, -1, -1):
-        r, z, n = (gates[t][:, k * H : (k + 1) * H] for k in range(3))
-        dar, daz, dan = (dA_in[t][:, k * H : (k + 1) * H] for k in range(3))
-        h_prev = hs[t - 1] if t > 0 else h0
-        np.add(dh, dhs[t], out=dh_t)  # dL/dh_t
-        if active is not None:
-            dh_t[~active[t]] = 0
-        if norms is not None:
-            norms[t] = np.linalg.norm(dh_t, axis=1)
-        np.subtract(1, z, out=tmp)  # dL/dn = dh (1 - z), through tanh: 1 - n^2
-        np.multiply(dh_t, tmp, out=dan)
-        np.multiply(n, n, out=tmp)
-        np.subtract(1, tmp, out=tmp)
-        dan *= tmp
-        np.subtract(h_prev, n, out=daz)  # dL/dz = dh (h_{t-1} - n), through sigmoid
-        daz *= dh_t
-        daz *= z
-        np.subtract(1, z, out=tmp)
-        daz *= tmp
-        np.multiply(dan, hn[t], out=dar)  # dL/dr = dL/dn_pre * (W_hn h + b_hn)
-        dar *= r
-        np.subtract(1, r, out=tmp)
-        dar *= tmp
-        dA_rec[t][:, : 2 * H] = dA_in[t][:, : 2 * H]  # r, z: same on both sides
-        np.multiply(dan, r, out=dA_rec[t][:, 2 * H :])  # the n side is gated by r
-        np.matmul(dA_rec[t], W_hh, out=new_dh)  # dL/dh_{t-1} = W_hh^T dA_rec + dh z
-        if mask is not None:
-            new_dh *= mask  # m * W_hh^T dA_rec: the direct path dh z has no mask
-        np.multiply(dh_t, z, out=tmp)
-        new_dh += tmp
-        if active is None:
-            dh, new_dh = new_dh, dh
-        else:
-            np.copyto(dh, new_dh, where=active[t][:, None])
-    dx, dparams = _weight_grads(dA_in, dA_rec, x, hs, h0, params["W_ih"], mask)
-    return dx, dh, dparams
+    for s0, s1, gates, hn, _ in segments:
+        for t in range(s1 - 1, s0 - 1, -1):
+            u = t - s0  # the step within the segment
+            dA_in, dA_rec = grads.rows(t)  # d/d(W_i. x + b_i.), d/d(W_h. h + b_h.)
+            r, z, n = (gates[u][:, k * H : (k + 1) * H] for k in range(3))
+            dar, daz, dan = (dA_in[:, k * H : (k + 1) * H] for k in range(3))
+            h_prev = hs[t - 1] if t > 0 else h0
+            np.add(dh, dhs[t], out=dh_t)  # dL/dh_t
+            if active is not None:
+                dh_t[~active[t]] = 0
+            if norms is not None:
+                norms[t] = np.linalg.norm(dh_t, axis=1)
+            np.subtract(1, z, out=tmp)  # dL/dn = dh (1 - z), through tanh: 1 - n^2
+            np.multiply(dh_t, tmp, out=dan)
+            np.multiply(n, n, out=tmp)
+            np.subtract(1, tmp, out=tmp)
+            dan *= tmp
+            np.subtract(h_prev, n, out=daz)  # dL/dz = dh (h_{t-1} - n), through sigmoid
+            daz *= dh_t
+            daz *= z
+            np.subtract(1, z, out=tmp)
+            daz *= tmp
+            np.multiply(dan, hn[u], out=dar)  # dL/dr = dL/dn_pre * (W_hn h + b_hn)
+            dar *= r
+            np.subtract(1, r, out=tmp)
+            dar *= tmp
+            dA_rec[:, : 2 * H] = dA_in[:, : 2 * H]  # r, z: same on both sides
+            np.multiply(dan, r, out=dA_rec[:, 2 * H :])  # the n side is gated by r
+            np.matmul(dA_rec, W_hh, out=new_dh)  # dL/dh_{t-1} = W_hh^T dA_rec + dh z
+            if mask is not None:
+                new_dh *= mask  # m * W_hh^T dA_rec: the direct path dh z has no mask
+            np.multiply(dh_t, z, out=tmp)
+            new_dh += tmp
+            if active is None:
+                dh, new_dh = new_dh, dh
+            else:
+                np.copyto(dh, new_dh, where=active[t][:, None])
+            grads.step_done(t)
+    return dh
 
 
 # --- the output head: linear layer + softmax cross-entropy ------------------------------

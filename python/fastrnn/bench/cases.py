@@ -95,6 +95,8 @@ class Shape:
     B: int
     T: int
     cells: tuple[str, ...] = CELLS
+    # checkpointed BPTT (fastrnn.forward's checkpoint=): None is full BPTT
+    checkpoint: int | str | None = None
 
     @property
     def dims(self) -> str:
@@ -148,6 +150,7 @@ def estimate_bytes(
     what: str,
     classes: int = CLASSES,
     backend: str = "numpy",
+    checkpoint: int | str | None = None,
 ) -> int:
     """An upper estimate of the peak memory of one run, to refuse runs that cannot fit.
 
@@ -156,13 +159,20 @@ def estimate_bytes(
     pre-activation gradients (2GH), and for the train step the logits and their gradient
     (2K); a quarter more for temporaries. torch's autograd keeps a few small tensors and
     graph nodes for every time step: 8 KiB more per step (measured: about 7 KB per step
-    at B=1, H=64 with torch 2.13).
+    at B=1, H=64 with torch 2.13). Checkpointed (fastrnn backends): the saved activations
+    and the all-steps projection and gradients give way to what the schedule holds
+    (:func:`fastrnn.checkpoint_plan`), and the head's logits are held by blocks of rows.
     """
     G = GATES[cell]
-    values = 2 * D + 2 * H + (0 if G == 1 else (G + 1) * H) + 2 * G * H
-    if check_what(what) in ("train", "charlm", "packed"):
-        values += 2 * head_classes(what, D, classes)
-    total = 1.25 * values * T * B * np.dtype(dtype).itemsize
+    itemsize = np.dtype(dtype).itemsize
+    trains = check_what(what) in ("train", "charlm", "packed")
+    head = 2 * head_classes(what, D, classes) if trains else 0
+    if checkpoint is not None and backend != "torch" and cell != "rnn":
+        plan = fastrnn.checkpoint_plan(cell, T, B, H, dtype, checkpoint)
+        values = 2 * D + 2 * H + (head if backend == "numpy" else 0)
+        return int(1.25 * values * T * B * itemsize + plan.held_bytes)
+    values = 2 * D + 2 * H + (0 if G == 1 else (G + 1) * H) + 2 * G * H + head
+    total = 1.25 * values * T * B * itemsize
     if backend == "torch":
         total += 8192 * T
     return int(total)
@@ -181,6 +191,7 @@ class Case:
     targets: np.ndarray  # (T, B) class indices
     dhs: np.ndarray  # (T, B, H), for "fwdbwd"
     lengths: np.ndarray | None = None  # (B,), for "packed": packed_lengths(B, T)
+    checkpoint: int | str | None = None  # fastrnn's checkpointed BPTT (torch: ignored)
 
     @property
     def T(self) -> int:
@@ -203,6 +214,7 @@ def make_case(
     seed: int = 0,
     *,
     what: str = "train",
+    checkpoint: int | str | None = None,
 ) -> Case:
     """A reproducible random :class:`Case`: normal inputs and uniform targets; for
     ``what="charlm"`` a text case instead: random character ids over a vocabulary of ``D``
@@ -225,4 +237,4 @@ def make_case(
         targets = rng.integers(0, K, (T, B))
     dhs = rng.standard_normal((T, B, H), dtype=np.float32).astype(dt, copy=False)
     lengths = packed_lengths(B, T) if what == "packed" else None
-    return Case(cell, dt, params, V, c, x, targets, dhs, lengths)
+    return Case(cell, dt, params, V, c, x, targets, dhs, lengths=lengths, checkpoint=checkpoint)

@@ -27,6 +27,7 @@ class Row:
     threads: int
     backend: str = ""
     what: str = "train"
+    checkpoint: str = ""  # checkpointed BPTT: the setting, "" for full BPTT
     status: str = "ok"  # ok | unavailable | skipped | error | wrong
     note: str = ""
     seconds: float | None = None  # median

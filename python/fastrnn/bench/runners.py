@@ -73,6 +73,10 @@ def held_bytes(res: ForwardResult) -> int:
         elif hasattr(obj, "__dict__"):
             visit(vars(obj))
 
+    if res.checkpoint is not None:  # the checkpoints, and a segment's buffer in backward
+        T, B, H = res.hs.shape
+        plan = fastrnn.checkpoint_plan(res.cell, T, B, H, res.hs.dtype, res.checkpoint)
+        return res.hs.nbytes + plan.held_bytes
     if res.training:
         visit(res.hs)
     visit(res.saved)
@@ -134,7 +138,7 @@ class FastrnnRunner(Runner):
             from fastrnn import layers
 
             layer = {"rnn": layers.RNN, "lstm": layers.LSTM, "gru": layers.GRU}[case.cell]
-            self.layer = layer(D, H, dtype=case.dtype)
+            self.layer = layer(D, H, dtype=case.dtype, checkpoint=case.checkpoint)
             self.layer.load_state_dict({f"{_TORCH_NAMES[k]}_l0": v for k, v in case.params.items()})
             self.head = layers.Linear(H, K, dtype=case.dtype)
             self.head.load_state_dict({"weight": case.V, "bias": case.c})
@@ -179,7 +183,7 @@ class FastrnnRunner(Runner):
 
     def _forward(self) -> ForwardResult:
         c = self.case
-        return fastrnn.forward(c.cell, c.params, c.x, backend=self.name)
+        return fastrnn.forward(c.cell, c.params, c.x, backend=self.name, checkpoint=c.checkpoint)
 
     def _inference(self) -> ForwardResult:
         c = self.case
@@ -187,7 +191,7 @@ class FastrnnRunner(Runner):
 
     def _fwdbwd(self) -> tuple[ForwardResult, Any]:
         c = self.case
-        res = fastrnn.forward(c.cell, c.params, c.x, backend=self.name)
+        res = fastrnn.forward(c.cell, c.params, c.x, backend=self.name, checkpoint=c.checkpoint)
         return res, fastrnn.backward(res, dhs=c.dhs)
 
     def _train(self) -> tuple[np.ndarray, float, np.ndarray]:

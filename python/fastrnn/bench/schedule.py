@@ -44,9 +44,16 @@ def plan(
         ):
             row = Row(shape.name, shape.D, shape.H, shape.B, shape.T, cell, dtype, n)
             row.backend, row.what = backend, workload
+            row.checkpoint = "" if shape.checkpoint is None else str(shape.checkpoint)
             row.flops = cases.flops(cell, **dims, what=workload, classes=classes)
             row.estimated_bytes = cases.estimate_bytes(
-                cell, **dims, dtype=dtype, what=workload, classes=classes, backend=backend
+                cell,
+                **dims,
+                dtype=dtype,
+                what=workload,
+                classes=classes,
+                backend=backend,
+                checkpoint=shape.checkpoint,
             )
             rows.append(row)
     return rows
@@ -78,6 +85,13 @@ def too_big(estimated: int, available: int | None) -> str | None:
         f"would not fit in memory: needs about {fmt_bytes(estimated)}, "
         f"{fmt_bytes(available)} available"
     )
+
+
+def _checkpoint(row: Row) -> int | str | None:
+    """The row's ``checkpoint`` setting as :func:`fastrnn.forward` takes it."""
+    if not row.checkpoint:
+        return None
+    return int(row.checkpoint) if row.checkpoint.isdigit() else row.checkpoint
 
 
 class Wrong(Exception):
@@ -148,7 +162,14 @@ def run_rows(
                     else:
                         if case is None:
                             dims = (row.D, row.H, row.B, row.T)
-                            case = cases.make_case(cell, *dims, dtype, classes, what=row.what)
+                            case = cases.make_case(
+                                cell,
+                                *dims,
+                                dtype,
+                                classes,
+                                what=row.what,
+                                checkpoint=_checkpoint(row),
+                            )
                         _prepare(row, case, classes)
                         ready.append(row)
                         continue

@@ -39,20 +39,25 @@ def _save(fig: Any, path: str) -> None:
 
 def scaling(path: str, rows: list[Any], title: str, backends: tuple[str, ...]) -> None:
     """Time per step and memory held for backward against T, log-log: one colour and
-    marker per backend, one line style per remaining configuration (B, H, cell, ...).
-    ``rows``: :class:`fastrnn.bench.Row` objects."""
+    marker per backend, one line style per remaining configuration (B, H, cell, full or
+    checkpointed BPTT, ...). ``rows``: :class:`fastrnn.bench.Row` objects. With
+    checkpointed rows among them the memory is what is held beyond ``hs`` (the saved
+    activations, or the checkpoints and a segment's buffer), where the O(sqrt(T)) of
+    checkpointed BPTT shows; else all of it, ``hs`` included."""
     plt = pyplot()
+    beyond_hs = any(r.checkpoint for r in rows)
     series: dict[tuple[Any, ...], dict[str, list[Any]]] = {}
     for r in rows:
         if r.status == "ok":
-            config = (r.cell, r.dtype, r.threads, r.D, r.H, r.B)
+            config = (r.cell, r.dtype, r.threads, r.D, r.H, r.B, r.checkpoint)
             series.setdefault(config, {}).setdefault(r.backend, []).append(r)
     styles = ("-", "--", ":", "-.")
     markers = dict(zip(backends, "os^Dv", strict=False))
     colors = {name: f"C{i}" for i, name in enumerate(backends)}
     fig, (ax_t, ax_m) = plt.subplots(1, 2, figsize=(12, 5.2))
     for i, (config, by_backend) in enumerate(sorted(series.items())):
-        cell, dtype, threads, _D, H, B = config
+        cell, dtype, threads, _D, H, B, checkpoint = config
+        bptt = f"ckpt={checkpoint}" if checkpoint else "full"
         for backend, rs in by_backend.items():
             rs = sorted(rs, key=lambda r: r.T)
             style = {
@@ -60,13 +65,15 @@ def scaling(path: str, rows: list[Any], title: str, backends: tuple[str, ...]) -
                 "marker": markers.get(backend, "x"),
                 "linestyle": styles[i % len(styles)],
                 "markerfacecolor": "none",
-                "label": f"{backend} {cell} H={H} B={B} {dtype} {threads}thr",
+                "label": f"{backend} {cell} {bptt} H={H} B={B} {dtype} {threads}thr",
             }
             ax_t.plot([r.T for r in rs], [r.us_per_step for r in rs], **style)
-            mem = [(r.T, r.held_bytes / 2**20) for r in rs if r.held_bytes]
+            mem = [(r.T, _held_mib(r, beyond_hs)) for r in rs if r.held_bytes]
+            mem = [(T, m) for T, m in mem if m > 0]
             if mem:
                 ax_m.plot(*zip(*mem, strict=True), **style)
-    for ax, ylabel in ((ax_t, "microseconds per time step"), (ax_m, "held for backward (MiB)")):
+    held = "held for backward beyond hs (MiB)" if beyond_hs else "held for backward (MiB)"
+    for ax, ylabel in ((ax_t, "microseconds per time step"), (ax_m, held)):
         ax.set_xscale("log")
         ax.set_yscale("log")
         ax.set_xlabel("sequence length T")
@@ -80,6 +87,12 @@ def scaling(path: str, rows: list[Any], title: str, backends: tuple[str, ...]) -
     fig.suptitle(title, fontsize=9)
     fig.tight_layout(rect=(0, 0.06 + 0.03 * (len(labels) // 4), 1, 1))
     _save(fig, path)
+
+
+def _held_mib(row: Any, beyond_hs: bool) -> float:
+    """MiB the row held for backward, without ``hs`` (T*B*H of its dtype) if asked."""
+    hs = row.T * row.B * row.H * np.dtype(row.dtype).itemsize if beyond_hs else 0
+    return float(row.held_bytes - hs) / 2**20
 
 
 def gradient_flow(path: str, curves: Mapping[str, np.ndarray], T: int, H: int) -> None:

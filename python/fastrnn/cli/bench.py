@@ -32,6 +32,7 @@ Examples::
     fastrnn bench --what packed --threads 1,all  # PackedSequence: torch.nn vs the drop-in
     fastrnn bench --D 64 --H 128 --B 8 --T 500 --cells lstm,gru --dtype both
     fastrnn bench --scaling --plot scaling.png  # T = 1e2 .. 1e6, H=64, B=1 and 16
+    fastrnn bench --scaling --cells lstm --checkpoint sqrt --plot ckpt.png  # full vs ckpt
 """
 
 from __future__ import annotations
@@ -46,6 +47,7 @@ from .. import bench as lib
 from ..bench import report, schedule
 from ..functional import CELLS
 from . import _plot
+from .train import checkpoint_option
 
 _DTYPES = {"float32": ("float32",), "float64": ("float64",), "both": ("float32", "float64")}
 _SCALING_TS = (100, 1_000, 10_000, 100_000, 1_000_000)
@@ -149,6 +151,13 @@ bwd mem: bytes the layer holds for backward: hs and the saved activations (torch
         "(--H/--D/--B override), cell rnn unless --cells",
     )
     g.add_argument(
+        "--checkpoint",
+        type=checkpoint_option,
+        metavar="{sqrt,K,max_bytes=N}",
+        help="--scaling: each shape also with checkpointed BPTT (fastrnn backends), side "
+        "by side with full BPTT (e.g. --cells lstm --checkpoint sqrt)",
+    )
+    g.add_argument(
         "--T-max",
         dest="T_max",
         type=_positive_int,
@@ -227,7 +236,15 @@ def _shapes(args: argparse.Namespace) -> list[lib.Shape]:
         batches = (args.B,) if args.B else _SCALING_BATCHES
         Ts = [T for T in _SCALING_TS if T <= args.T_max] or [args.T_max]
         cells = ("rnn",)
-        return [lib.Shape(f"B={B},T={T}", D, H, B, T, cells) for B in batches for T in Ts]
+        settings = [None] if args.checkpoint is None else [None, args.checkpoint]
+        return [
+            lib.Shape(
+                f"B={B},T={T}" + ("" if c is None else f",ckpt={_label(c)}"), D, H, B, T, cells, c
+            )
+            for B in batches
+            for T in Ts
+            for c in settings
+        ]
     lm = args.what == "charlm"
     if any(getattr(args, d) for d in "DHBT"):
         base = _ALL_SHAPES["LM128" if lm else "S1"]
@@ -239,6 +256,12 @@ def _shapes(args: argparse.Namespace) -> list[lib.Shape]:
         quick = {**lib.QUICK_SHAPES, **lib.QUICK_LM_SHAPES}
         return [s for s in quick.values() if s.name.split("/")[0] in names]
     return [_ALL_SHAPES[n] for n in names]
+
+
+def _label(checkpoint: object) -> str:
+    if isinstance(checkpoint, dict):
+        return f"max_bytes={checkpoint['max_bytes']}"
+    return str(checkpoint)
 
 
 def _repeat(args: argparse.Namespace, T: int) -> int:
@@ -287,6 +310,9 @@ def run(args: argparse.Namespace) -> int:
         return 2
     if args.scaling and args.quick:
         print("fastrnn bench: choose --scaling or --quick, not both", file=sys.stderr)
+        return 2
+    if args.checkpoint is not None and not args.scaling:
+        print("fastrnn bench: --checkpoint goes with --scaling", file=sys.stderr)
         return 2
 
     info = _sysinfo.system_info()

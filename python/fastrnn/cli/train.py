@@ -56,7 +56,24 @@ _MODEL_OPTIONS = (
     "recurrent_dropout",
     "input_dropout",
     "seed",
+    "checkpoint",
 )
+
+
+def checkpoint_option(text: str) -> int | str | dict[str, int]:
+    """``--checkpoint``: ``sqrt``, an int k, or ``max_bytes=N`` (the functional core's
+    ``"sqrt"``, ``k`` and ``{"max_bytes": N}``)."""
+    if text == "sqrt":
+        return text
+    key, sep, value = text.partition("=")
+    try:
+        if sep and key == "max_bytes":
+            return {"max_bytes": int(value)}
+        if not sep:
+            return int(text)
+    except ValueError:
+        pass
+    raise argparse.ArgumentTypeError(f"expected sqrt, an int k >= 1 or max_bytes=N, got {text!r}")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -85,6 +102,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--input-dropout", type=float, help="variational dropout on each layer's input"
     )
     parser.add_argument("--seed", type=int, help="random seed (default 0)")
+    parser.add_argument(
+        "--checkpoint",
+        type=checkpoint_option,
+        metavar="{sqrt,K,max_bytes=N}",
+        help="checkpointed BPTT: keep the state every K steps (sqrt: K = ceil(sqrt(T))) or "
+        "within N bytes, recompute the rest; the gradients are bit-identical",
+    )
     parser.add_argument("--backend", help="numpy, numba, cpp or auto (default: configured)")
     parser.add_argument(
         "--progress",

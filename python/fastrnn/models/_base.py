@@ -227,6 +227,7 @@ class BaseModel:
         seed: int | None = None,
         dtype: Any = "float32",
         progress: bool | None = None,
+        checkpoint: Any = None,
     ) -> None:
         """The hyper-parameters every model shares (stored unchanged: ``get_params``).
 
@@ -271,6 +272,10 @@ class BaseModel:
             The dtype of the parameters and of the computation.
         progress : bool or None
             A tqdm progress bar (None: shown on a terminal for long runs).
+        checkpoint : None, int, "sqrt" or {"max_bytes": N}
+            Checkpointed BPTT in training (see :func:`fastrnn.forward`): the recurrent
+            layers keep the state every k steps and recompute the rest in backward, with
+            bit-identical gradients; None is full BPTT.
 
         Raises
         ------
@@ -315,6 +320,8 @@ class BaseModel:
         self.seed = None if seed is None else V.check_int("seed", seed)
         self.dtype = _keep(dtype, V.check_float_dtype("dtype", dtype).name)
         self.progress = progress
+        F.checkpoint_plan(self.cell, 1, 1, self.hidden_size, self.dtype, checkpoint)  # checks
+        self.checkpoint = checkpoint
         self._parts: dict[str, Any] = {}
 
     # --- scikit-learn conventions ----------------------------------------------------------
@@ -408,6 +415,7 @@ class BaseModel:
             "dropout": self.dropout,
             "recurrent_dropout": self.recurrent_dropout,
             "input_dropout": self.input_dropout,
+            "checkpoint": self.checkpoint,
         }
         if self.cell == "rnn":
             kwargs.update(activation=self.activation, negative_slope=self.negative_slope)

@@ -336,6 +336,7 @@ class CharLanguageModel(_PerStep):
         seed: int | None = None,
         dtype: Any = "float32",
         progress: bool | None = None,
+        checkpoint: Any = None,
     ) -> None:
         """The hyper-parameters of the language model.
 
@@ -351,7 +352,7 @@ class CharLanguageModel(_PerStep):
         unknown : {"error", "unk"}
             Characters not seen in ``fit``: a ValueError listing them, or read as the
             vocabulary entry ``"<unk>"``.
-        hidden_size, cell, num_layers, activation, ..., progress
+        hidden_size, cell, num_layers, activation, ..., progress, checkpoint
             Those of every model, with other defaults (see
             :class:`fastrnn.models._base.BaseModel`).
 
@@ -382,6 +383,7 @@ class CharLanguageModel(_PerStep):
             seed=seed,
             dtype=dtype,
             progress=progress,
+            checkpoint=checkpoint,
         )
         self.seq_len = V.check_positive_int("seq_len", seq_len)
         self.tbptt = self._check_tbptt(tbptt)

@@ -19,6 +19,12 @@
 //             at the end in a fixed order.
 // Saved for backward beyond hs: rnn nothing; lstm the gate activations and cell states
 // (5H per step and sequence); gru the gate activations and W_hn h + b_hn (4H).
+// Checkpointed BPTT (Problem::checkpoint = k > 0, lstm and gru): the forward saves only
+// lstm's cell state before every k-th step (gru nothing: h_{t-1} is in hs); each backward
+// worker recomputes a segment of k steps of its chunk, newest first, with the forward's own
+// step loop into one reused segment buffer (SavedSteps), then runs the backward steps over
+// it. The weight gradients are reduced in GradBlocks aligned at t = 0, whatever k is, and
+// every product takes the same path as in full BPTT, so the gradients are bit-identical.
 #pragma once
 
 #include <Eigen/Core>
@@ -57,6 +63,7 @@ struct Problem {
   const T* c0 = nullptr;             // (B, H), lstm only
   const std::int64_t* lengths = nullptr;  // (B,) in 1..steps, or null: all have length steps
   const T* rec_mask = nullptr;  // (B, H) or null: recurrent dropout, W_hh (m * h_{t-1})
+  Index checkpoint = 0;  // checkpointed BPTT: a segment every k steps (0: save every step)
   int num_threads = 1;
   bool flush_denormals = true;
 };
@@ -70,6 +77,8 @@ struct ForwardOutput {
   // worker projects a step's inputs right before the step into scratch of its own.
   T* gates = nullptr;  // (steps, B, G*H): gate activations
   T* extra = nullptr;  // (steps, B, H): lstm cell states, gru W_hn h + b_hn
+  // checkpointed (lstm): the cell state before steps 0, k, 2k, ...: (ceil(steps / k), B, H)
+  T* checkpoints = nullptr;
 };
 
 template <class T>
@@ -77,6 +86,7 @@ struct BackwardInput {
   const T* hs = nullptr;
   const T* gates = nullptr;
   const T* extra = nullptr;
+  const T* checkpoints = nullptr;  // checkpointed lstm: ForwardOutput::checkpoints
   const T* dhs = nullptr;   // (steps, B, H)
   const T* dh_n = nullptr;  // (B, H)
   const T* dc_n = nullptr;  // (B, H), lstm
@@ -216,9 +226,12 @@ void activation_grad(Activation act, T slope, ArrMap<T>& dA, const DH& dh,
 }
 
 // The input projection U x + b of n columns of x (D x n) into dst (GH x n, column-major):
-// BLAS for large products (blas.hpp), else, with whole packets of rows, the panel kernel,
-// which streams x once with W_ih packed in cache and the bias folded in (1.5x Eigen's GEMM
-// here, which packs all of x first), else Eigen.
+// BLAS for large products (blas.hpp), else the panel kernel, which streams x once with W_ih
+// packed in cache and the bias folded in (1.5x Eigen's GEMM here, which packs all of x
+// first): straight into dst with whole packets of rows, else into padded scratch, a block of
+// columns at a time, copied out. Each column's bits then do not depend on n (Eigen's GEMM,
+// used here before, rounded a column differently for another n: checkpointed BPTT projects
+// a step at a time and must match the training forward's projection of all steps).
 template <class T>
 class InputProjection {
  public:
@@ -226,15 +239,28 @@ class InputProjection {
       : GH_(gates_of(p.cell) * p.H), D_(p.D), W_ih_(p.W_ih), blas_(blas),
         bias_(Eigen::Map<const Vec>(p.b_ih, GH_)), panels_(GH_ % SimdTraits<T>::size == 0) {
     if (p.cell != Cell::gru) bias_ += Eigen::Map<const Vec>(p.b_hh, GH_);
-    if (panels_) packed_.from_row_major(p.W_ih, GH_, D_);
+    packed_.from_row_major(p.W_ih, GH_, D_);
+    padded_bias_ = Vec::Zero(packed_.ld);
+    padded_bias_.head(GH_) = bias_;
   }
-  bool uses_blas(Index n) const { return use_blas(blas_, GH_, n, D_); }
+  bool uses_blas(Index n) const { return fixed_ >= 0 ? fixed_ == 1 : use_blas(blas_, GH_, n, D_); }
+  // Every later call takes the path a call of n columns takes: a column's bits then do not
+  // depend on how many columns a call has (the training forward projects all steps at once,
+  // checkpointed BPTT a step at a time; both must give the same bits).
+  void fix_path(Index n) { fixed_ = use_blas(blas_, GH_, n, D_) ? 1 : 0; }
   void operator()(const T* x, Index n, T* dst) const {
-    if (!uses_blas(n) && panels_) return small_gemm(packed_, x, D_, dst, GH_, n, bias_.data());
-    MatMap<T> A(dst, GH_, n);
-    A.colwise() = bias_;  // then += the product: no separate zeroing pass
-    if (uses_blas(n)) return gemm(blas_, 'T', 'N', GH_, n, D_, T(1), W_ih_, D_, x, D_, T(1), dst, GH_);
-    A.noalias() += ConstMatMap<T>(W_ih_, D_, GH_).transpose() * ConstMatMap<T>(x, D_, n);
+    if (uses_blas(n)) {
+      MatMap<T>(dst, GH_, n).colwise() = bias_;  // then += the product: no zeroing pass
+      return gemm(blas_, 'T', 'N', GH_, n, D_, T(1), W_ih_, D_, x, D_, T(1), dst, GH_);
+    }
+    if (panels_) return small_gemm(packed_, x, D_, dst, GH_, n, bias_.data());
+    constexpr Index kColumns = 64;
+    std::vector<T> scratch(static_cast<std::size_t>(packed_.ld * std::min(n, kColumns)));
+    for (Index j = 0; j < n; j += kColumns) {
+      const Index m = std::min(kColumns, n - j);
+      small_gemm(packed_, x + j * D_, D_, scratch.data(), packed_.ld, m, padded_bias_.data());
+      MatMap<T>(dst + j * GH_, GH_, m) = ConstMatMap<T>(scratch.data(), packed_.ld, m).topRows(GH_);
+    }
   }
 
  private:
@@ -242,9 +268,10 @@ class InputProjection {
   Index GH_, D_;
   const T* W_ih_;
   const BlasFunctions& blas_;
-  Vec bias_;
+  Vec bias_, padded_bias_;
   bool panels_;
   PackedMatrix<T> packed_;
+  int fixed_ = -1;
 };
 
 // The per-step product of the recurrence, W_hh times the chunk's states (forward: C (GH x
@@ -286,35 +313,55 @@ class RecurrentProduct {
 
 // Where a forward time loop over the chunk [b0, b0 + nb) finds step t's pre-activations
 // U x_t + b (then turned into gate activations in place) and puts its extra values (lstm c_t,
-// gru W_hn h + b_hn): in training, the saved arrays, projected before the loop; in
-// inference, scratch of this chunk, the step's inputs projected into it on the spot (and,
-// for lstm, two cell-state buffers used in turn). Scratch is placed at the same offset from
-// a 64-byte boundary as the saved array's element would be (the bindings align outputs to
-// 64 bytes): Eigen computes the unaligned head of a destination without SIMD, whose
-// exp/tanh differ in the last bit, so this keeps inference bit-for-bit equal to training.
+// gru W_hn h + b_hn) and its output h_t: in training, the saved arrays, projected before the
+// loop; in inference, scratch of this chunk, the step's inputs projected into it on the spot
+// (and, for lstm, two cell-state buffers used in turn); in a checkpointed backward's
+// recompute (`segment` steps), a slot per step of the segment for each, h_t included (the
+// output hs is not written again). Scratch is placed at the same offset from a 64-byte
+// boundary as the saved array's element would be (the bindings align outputs to 64 bytes):
+// Eigen computes the unaligned head of a destination without SIMD, whose exp/tanh differ in
+// the last bit, so this keeps inference and the recompute bit-for-bit equal to training.
 template <class T>
 class StepSlots {
  public:
   StepSlots(const Problem<T>& p, const ForwardOutput<T>& out, const InputProjection<T>& proj,
-            Index b0, Index nb)
-      : p_(p), out_(out), proj_(proj), b0_(b0), nb_(nb), GH_(gates_of(p.cell) * p.H) {
-    if (!saving()) {
+            Index b0, Index nb, Index segment = 0)
+      : p_(p), out_(out), proj_(proj), b0_(b0), nb_(nb), GH_(gates_of(p.cell) * p.H),
+        segment_(segment) {
+    if (segment_ > 0) {
+      gates_.resize(static_cast<std::size_t>(segment_ * stride(GH_) + kAlign));
+      extra_.resize(static_cast<std::size_t>(segment_ * stride(p.H) + kAlign));
+      hs_.resize(static_cast<std::size_t>(segment_ * stride(p.H) + kAlign));
+    } else if (!saving()) {
       gates_.resize(static_cast<std::size_t>(GH_ * nb + 2 * kAlign));
       extra_.resize(static_cast<std::size_t>(2 * (p.H * nb + kAlign) + kAlign));
     }
   }
   bool saving() const { return out_.gates != nullptr; }
+  // the recompute of the segment that starts at step t0 (its slots are reused)
+  void start_segment(Index t0) { t0_ = t0; }
+  T* segment_gates(Index t) { return slot(gates_, t, GH_); }  // recompute: no projection
   T* gates(Index t) {
     const Index off = (t * p_.B + b0_) * GH_;
     if (saving()) return out_.gates + off;
-    T* g = aligned(gates_.data()) + off % kAlign;
+    T* g = segment_ > 0 ? slot(gates_, t, GH_) : aligned(gates_.data()) + off % kAlign;
     proj_(p_.x + (t * p_.B + b0_) * p_.D, nb_, g);
     return g;
   }
   T* extra(Index t) {
     const Index off = (t * p_.B + b0_) * p_.H;
     if (saving()) return out_.extra + off;
+    if (segment_ > 0) return slot(extra_, t, p_.H);
     return aligned(extra_.data()) + t % 2 * (p_.H * nb_ + kAlign) + off % kAlign;
+  }
+  T* hs(Index t) {
+    if (segment_ > 0) return slot(hs_, t, p_.H);
+    return out_.hs + (t * p_.B + b0_) * p_.H;
+  }
+  // checkpointed forward: keep the cell state before every k-th step
+  void checkpoint(Index t, const T* c_prev) const {
+    if (!out_.checkpoints || t % p_.checkpoint != 0) return;
+    std::copy_n(c_prev, p_.H * nb_, out_.checkpoints + ((t / p_.checkpoint) * p_.B + b0_) * p_.H);
   }
   // the saved values of the next step (written long ago by the projection), or its inputs
   void prefetch_next(Index t) const {
@@ -329,14 +376,29 @@ class StepSlots {
     const auto mis = reinterpret_cast<std::uintptr_t>(p) % 64;
     return mis ? p + (64 - mis) / sizeof(T) : p;
   }
+  Index stride(Index width) const { return (width * nb_ + kAlign - 1) / kAlign * kAlign + kAlign; }
+  T* slot(std::vector<T>& buf, Index t, Index width) {
+    const Index off = (t * p_.B + b0_) * width;
+    return aligned(buf.data()) + (t - t0_) * stride(width) + off % kAlign;
+  }
   const Problem<T>& p_;
   const ForwardOutput<T>& out_;
   const InputProjection<T>& proj_;
-  Index b0_, nb_, GH_;
-  std::vector<T> gates_, extra_;
+  Index b0_, nb_, GH_, segment_, t0_ = 0;
+  std::vector<T> gates_, extra_, hs_;
 };
 
 // --- forward time loops over the chunk [b0, b0 + nb) ------------------------------------
+
+// The steps [t0, t1) a forward time loop runs (t1 < 0: to the end) and the states before t0
+// (null: h0, c0): a segment of a checkpointed backward's recompute.
+template <class T>
+struct StepSpan {
+  Index t0 = 0, t1 = -1;
+  const T* h = nullptr;
+  const T* c = nullptr;
+  Index end(const Problem<T>& p) const { return t1 < 0 ? p.steps : t1; }
+};
 
 template <class T>
 void rnn_forward_chunk(const Problem<T>& p, const ForwardOutput<T>& out,
@@ -360,16 +422,17 @@ void rnn_forward_chunk(const Problem<T>& p, const ForwardOutput<T>& out,
 
 template <class T>
 void lstm_forward_chunk(const Problem<T>& p, const ForwardOutput<T>& out,
-                        const RecurrentProduct<T>& W, StepSlots<T>& slots, Index b0, Index nb) {
-  const Index H = p.H, B = p.B, GH = 4 * H;
+                        const RecurrentProduct<T>& W, StepSlots<T>& slots, Index b0, Index nb,
+                        const StepSpan<T>& span = {}) {
+  const Index H = p.H, GH = 4 * H;
   const ChunkMask mask(p.lengths, b0, nb, p.steps);
   std::vector<T> rec_buf(static_cast<std::size_t>(W.ld * nb));
   const StridedArrMap<T> rec(rec_buf.data(), GH, nb, Eigen::OuterStride<>(W.ld));
-  const T* h_prev = p.h0 + b0 * H;
-  const T* c_prev = p.c0 + b0 * H;
-  StateMask<T> drop(p, b0, nb);
-  for (Index t = 0; t < p.steps; ++t) {
-    const Index off = (t * B + b0);
+  const T* h_prev = span.h ? span.h : p.h0 + b0 * H;
+  const T* c_prev = span.c ? span.c : p.c0 + b0 * H;
+  StateMask<T> drop(p, b0, nb);  // a checkpointed recompute applies the forward's mask too
+  for (Index t = span.t0; t < span.end(p); ++t) {
+    slots.checkpoint(t, c_prev);
     slots.prefetch_next(t);
     W(drop(h_prev), rec_buf.data(), nb);
     ArrMap<T> g(slots.gates(t), GH, nb);  // holds U x_t + b, becomes i, f, g, o
@@ -377,7 +440,7 @@ void lstm_forward_chunk(const Problem<T>& p, const ForwardOutput<T>& out,
     g.middleRows(2 * H, H) = (g.middleRows(2 * H, H) + rec.middleRows(2 * H, H)).tanh();
     g.bottomRows(H) = (g.bottomRows(H) + rec.bottomRows(H)).logistic();
     ArrMap<T> c(slots.extra(t), H, nb);
-    ArrMap<T> h(out.hs + off * H, H, nb);
+    ArrMap<T> h(slots.hs(t), H, nb);
     const ConstArrMap<T> cp(c_prev, H, nb);
     c = g.middleRows(H, H) * cp + g.topRows(H) * g.middleRows(2 * H, H);  // f c + i g
     h = g.bottomRows(H) * c.tanh();                                       // o tanh(c)
@@ -391,16 +454,16 @@ void lstm_forward_chunk(const Problem<T>& p, const ForwardOutput<T>& out,
 
 template <class T>
 void gru_forward_chunk(const Problem<T>& p, const ForwardOutput<T>& out,
-                       const RecurrentProduct<T>& W, StepSlots<T>& slots, Index b0, Index nb) {
-  const Index H = p.H, B = p.B, GH = 3 * H;
+                       const RecurrentProduct<T>& W, StepSlots<T>& slots, Index b0, Index nb,
+                       const StepSpan<T>& span = {}) {
+  const Index H = p.H, GH = 3 * H;
   const ChunkMask mask(p.lengths, b0, nb, p.steps);
   std::vector<T> rec_buf(static_cast<std::size_t>(W.ld * nb));
   const StridedArrMap<T> rec(rec_buf.data(), GH, nb, Eigen::OuterStride<>(W.ld));
   const Eigen::Map<const Eigen::Array<T, Eigen::Dynamic, 1>> b_hh(p.b_hh, GH);
-  const T* h_prev = p.h0 + b0 * H;
-  StateMask<T> drop(p, b0, nb);
-  for (Index t = 0; t < p.steps; ++t) {
-    const Index off = (t * B + b0);
+  const T* h_prev = span.h ? span.h : p.h0 + b0 * H;
+  StateMask<T> drop(p, b0, nb);  // a checkpointed recompute applies the forward's mask too
+  for (Index t = span.t0; t < span.end(p); ++t) {
     slots.prefetch_next(t);
     W(drop(h_prev), rec_buf.data(), nb);  // the interpolation below reads h_{t-1} unmasked
     ArrMap<T> g(slots.gates(t), GH, nb);  // holds W_i. x_t + b_i., becomes r, z, n
@@ -409,7 +472,7 @@ void gru_forward_chunk(const Problem<T>& p, const ForwardOutput<T>& out,
     ArrMap<T> hn(slots.extra(t), H, nb);  // W_hn h + b_hn
     hn = rec.bottomRows(H).colwise() + b_hh.tail(H);
     g.bottomRows(H) = (g.bottomRows(H) + g.topRows(H) * hn).tanh();
-    ArrMap<T> h(out.hs + off * H, H, nb);
+    ArrMap<T> h(slots.hs(t), H, nb);
     const ConstArrMap<T> hp(h_prev, H, nb);
     h = g.bottomRows(H) + g.middleRows(H, H) * (hp - g.bottomRows(H));  // n + z (h - n)
     mask.zero_inactive(t, h);
@@ -585,6 +648,66 @@ void store_norms(const BackwardOutput<T>& g, Index t, Index B, Index b0, const M
   for (Index j = 0; j < dht.cols(); ++j) g.norms[t * B + b0 + j] = dht.col(j).matrix().norm();
 }
 
+// What a backward time loop over the chunk [b0, b0 + nb) reads of the forward's saved
+// values (lstm, gru): the saved arrays (full BPTT) or, checkpointed, the slots of the segment
+// that holds step t, which enter(t) recomputes when the loop reaches the segment's last step,
+// with the forward's own time loop (the same products, the same bits) into slots reused by
+// every segment.
+template <class T>
+class SavedSteps {
+ public:
+  SavedSteps(const Problem<T>& p, const BackwardInput<T>& in, const InputProjection<T>* proj,
+             const RecurrentProduct<T>* W, Index b0, Index nb)
+      : p_(p), in_(in), W_(W), b0_(b0), nb_(nb), GH_(gates_of(p.cell) * p.H),
+        k_(p.cell == Cell::rnn ? 0 : p.checkpoint) {
+    if (k_ <= 0) return;
+    c_n_.resize(static_cast<std::size_t>(p.B * p.H));  // the forward loop's c_n, unused
+    out_.c_n = c_n_.data();
+    slots_ = std::make_unique<StepSlots<T>>(p, out_, *proj, b0, nb, std::min(k_, p.steps));
+  }
+  // Called first thing at step t: recomputes t's segment [s0, t + 1) when t is its last step.
+  void enter(Index t) {
+    if (k_ <= 0 || (t + 1 < p_.steps && (t + 1) % k_ != 0)) return;
+    const Index s0 = t / k_ * k_, H = p_.H;
+    slots_->start_segment(s0);
+    StepSpan<T> span;
+    span.t0 = s0;
+    span.t1 = t + 1;
+    span.h = s0 > 0 ? in_.hs + ((s0 - 1) * p_.B + b0_) * H : nullptr;
+    span.c = p_.cell == Cell::lstm ? checkpoint(s0) : nullptr;
+    if (p_.cell == Cell::lstm) lstm_forward_chunk(p_, out_, *W_, *slots_, b0_, nb_, span);
+    if (p_.cell == Cell::gru) gru_forward_chunk(p_, out_, *W_, *slots_, b0_, nb_, span);
+    s0_ = s0;
+  }
+  const T* gates(Index t) const {
+    return k_ > 0 ? slots_->segment_gates(t) : in_.gates + (t * p_.B + b0_) * GH_;
+  }
+  const T* extra(Index t) const {
+    return k_ > 0 ? slots_->extra(t) : in_.extra + (t * p_.B + b0_) * p_.H;
+  }
+  // lstm: the cell state before step t
+  const T* c_prev(Index t) const {
+    if (k_ > 0) return t > s0_ ? slots_->extra(t - 1) : checkpoint(t);
+    return t > 0 ? extra(t - 1) : p_.c0 + b0_ * p_.H;
+  }
+  // the saved values of step t, read next (full BPTT; a recomputed segment is in cache)
+  void prefetch_step(Index t) const {
+    if (k_ > 0 || t < 0) return;
+    prefetch(gates(t), GH_ * nb_);
+    prefetch(extra(t), p_.H * nb_);
+  }
+
+ private:
+  const T* checkpoint(Index t) const { return in_.checkpoints + (t / k_ * p_.B + b0_) * p_.H; }
+  const Problem<T>& p_;
+  const BackwardInput<T>& in_;
+  const RecurrentProduct<T>* W_;
+  Index b0_, nb_, GH_, k_, s0_ = 0;
+  ForwardOutput<T> out_;
+  std::vector<T> c_n_;
+  std::unique_ptr<StepSlots<T>> slots_;
+};
+
 template <class T>
 void rnn_backward_chunk(const Problem<T>& p, const BackwardInput<T>& in,
                         const BackwardOutput<T>& g, const RecurrentProduct<T>& WT, GradBlocks<T>& grads,
@@ -623,7 +746,7 @@ void rnn_backward_chunk(const Problem<T>& p, const BackwardInput<T>& in,
 template <class T>
 void lstm_backward_chunk(const Problem<T>& p, const BackwardInput<T>& in,
                          const BackwardOutput<T>& g, const RecurrentProduct<T>& WT,
-                         GradBlocks<T>& grads, Index b0, Index nb) {
+                         GradBlocks<T>& grads, SavedSteps<T>& saved, Index b0, Index nb) {
   const Index H = p.H, B = p.B, GH = 4 * H;
   const ChunkMask mask(p.lengths, b0, nb, p.steps);
   ChunkScratch<T> s(WT.ld, H, nb);
@@ -636,16 +759,16 @@ void lstm_backward_chunk(const Problem<T>& p, const BackwardInput<T>& in,
   ArrMap<T> tc(s.extra1.data(), H, nb), dct(s.extra2.data(), H, nb);
   for (Index t = p.steps - 1; t >= 0; --t) {
     const Index off = t * B + b0;
-    const ConstArrMap<T> gt(in.gates + off * GH, GH, nb);
+    saved.enter(t);
+    const ConstArrMap<T> gt(saved.gates(t), GH, nb);
     const auto i = gt.topRows(H), f = gt.middleRows(H, H), gg = gt.middleRows(2 * H, H),
                o = gt.bottomRows(H);
     if (t > 0) {
       prefetch(in.dhs + (off - B) * H, H * nb);
-      prefetch(in.gates + (off - B) * GH, GH * nb);
-      if (t > 1) prefetch(in.extra + (off - 2 * B) * H, H * nb);
+      saved.prefetch_step(t - 1);
     }
-    const ConstArrMap<T> c(in.extra + off * H, H, nb);
-    const ConstArrMap<T> c_prev(t > 0 ? in.extra + (off - B) * H : p.c0 + b0 * H, H, nb);
+    const ConstArrMap<T> c(saved.extra(t), H, nb);
+    const ConstArrMap<T> c_prev(saved.c_prev(t), H, nb);
     dht = s.dh_map() + ConstArrMap<T>(in.dhs + off * H, H, nb);  // dL/dh_t
     mask.zero_inactive(t, dht);
     store_norms(g, t, B, b0, dht);
@@ -676,7 +799,7 @@ void lstm_backward_chunk(const Problem<T>& p, const BackwardInput<T>& in,
 template <class T>
 void gru_backward_chunk(const Problem<T>& p, const BackwardInput<T>& in,
                         const BackwardOutput<T>& g, const RecurrentProduct<T>& WT, GradBlocks<T>& grads,
-                        Index b0, Index nb) {
+                        SavedSteps<T>& saved, Index b0, Index nb) {
   const Index H = p.H, B = p.B, GH = 3 * H;
   const ChunkMask mask(p.lengths, b0, nb, p.steps);
   ChunkScratch<T> s(WT.ld, H, nb);
@@ -685,15 +808,15 @@ void gru_backward_chunk(const Problem<T>& p, const BackwardInput<T>& in,
   ArrMap<T> dht(s.dht.data(), H, nb);
   for (Index t = p.steps - 1; t >= 0; --t) {
     const Index off = t * B + b0;
-    const ConstArrMap<T> gt(in.gates + off * GH, GH, nb);
+    saved.enter(t);
+    const ConstArrMap<T> gt(saved.gates(t), GH, nb);
     const auto r = gt.topRows(H), z = gt.middleRows(H, H), n = gt.bottomRows(H);
     if (t > 0) {
       prefetch(in.dhs + (off - B) * H, H * nb);
-      prefetch(in.gates + (off - B) * GH, GH * nb);
-      prefetch(in.extra + (off - B) * H, H * nb);
+      saved.prefetch_step(t - 1);
       if (t > 1) prefetch(in.hs + (off - 2 * B) * H, H * nb);
     }
-    const ConstArrMap<T> hn(in.extra + off * H, H, nb);
+    const ConstArrMap<T> hn(saved.extra(t), H, nb);
     const ConstArrMap<T> h_prev(t > 0 ? in.hs + (off - B) * H : p.h0 + b0 * H, H, nb);
     dht = s.dh_map() + ConstArrMap<T>(in.dhs + off * H, H, nb);  // dL/dh_t
     mask.zero_inactive(t, dht);
@@ -719,6 +842,15 @@ int workers_for(const Problem<T>& p, Index items) {
   return static_cast<int>(std::max<Index>(1, std::min<Index>(p.num_threads, items)));
 }
 
+// The columns of the widest input projection of a training forward (all steps split over
+// the workers): the product path of every projection of a training or checkpointed call.
+template <class T>
+Index projection_columns(const Problem<T>& p) {
+  const Index TB = p.steps * p.B;
+  const int workers = workers_for(p, TB);
+  return (TB + workers - 1) / workers;
+}
+
 }  // namespace detail
 
 // --- entry points ----------------------------------------------------------------------
@@ -728,9 +860,10 @@ void forward(const Problem<T>& p, const ForwardOutput<T>& out) {
   using namespace detail;
   const Index H = p.H, B = p.B, GH = gates_of(p.cell) * H, TB = p.steps * B;
   const BlasFunctions blas = current_blas();
-  const InputProjection<T> project(p, blas);
+  InputProjection<T> project(p, blas);
   // rnn always projects into hs; lstm and gru into the saved gates, in training only
   T* pre = p.cell == Cell::rnn ? out.hs : out.gates;  // (GH, TB): U x_t + b for every step
+  if (pre || p.checkpoint > 0) project.fix_path(projection_columns(p));
   const int proj_workers = workers_for(p, TB), workers = workers_for(p, B);
   // the widest product: the projection of a worker's rows, or (inference) of a step's chunk
   const Index widest = pre ? (TB + proj_workers - 1) / proj_workers : (B + workers - 1) / workers;
@@ -766,15 +899,26 @@ void backward(const Problem<T>& p, const BackwardInput<T>& in, const BackwardOut
   const RecurrentProduct<T> WT(p, blas, true, widest);  // W_hh^T (H x GH)
   PackedMatrix<T> W_ih_T;                               // W_ih^T (D x GH)
   W_ih_T.from_row_major_transposed(p.W_ih, D, GH);
+  // checkpointed: the forward's projection and per-step product, for the recompute
+  const bool recompute = p.checkpoint > 0 && p.cell != Cell::rnn;
+  std::unique_ptr<InputProjection<T>> project;
+  std::unique_ptr<RecurrentProduct<T>> W;
+  if (recompute) {
+    project = std::make_unique<InputProjection<T>>(p, blas);
+    project->fix_path(projection_columns(p));
+    W = std::make_unique<RecurrentProduct<T>>(p, blas, false, widest);
+  }
   const BlasSingleThreaded blas_threads(
-      blas, GradBlocks<T>::blas_blocks(p, blas, widest) || WT.uses_blas());
+      blas, GradBlocks<T>::blas_blocks(p, blas, widest) || WT.uses_blas() ||
+                (recompute && (project->uses_blas(widest) || W->uses_blas())));
   std::vector<std::unique_ptr<GradBlocks<T>>> parts(workers);
   run_workers(workers, p.flush_denormals, [&](int w) {
     const auto [b0, b1] = split_range(B, workers, w);
     parts[w] = std::make_unique<GradBlocks<T>>(p, in, g, W_ih_T, blas, b0, b1 - b0);
+    SavedSteps<T> saved(p, in, project.get(), W.get(), b0, b1 - b0);
     if (p.cell == Cell::rnn) rnn_backward_chunk(p, in, g, WT, *parts[w], b0, b1 - b0);
-    if (p.cell == Cell::lstm) lstm_backward_chunk(p, in, g, WT, *parts[w], b0, b1 - b0);
-    if (p.cell == Cell::gru) gru_backward_chunk(p, in, g, WT, *parts[w], b0, b1 - b0);
+    if (p.cell == Cell::lstm) lstm_backward_chunk(p, in, g, WT, *parts[w], saved, b0, b1 - b0);
+    if (p.cell == Cell::gru) gru_backward_chunk(p, in, g, WT, *parts[w], saved, b0, b1 - b0);
   });
   MatMap<T> dW_ih(g.dW_ih, D, GH), dW_hh(g.dW_hh, H, GH);
   Eigen::Map<Eigen::Matrix<T, Eigen::Dynamic, 1>> db_ih(g.db_ih, GH), db_hh(g.db_hh, GH);
