@@ -29,6 +29,8 @@ from fastrnn import _core
 from fastrnn.backends import cpp_backend
 
 BLAS = cpp_backend.blas_functions()
+# the two OpenBLAS builds the kernels can call: NumPy's (ILP64) and SciPy's (LP64)
+SOURCES = {s: cpp_backend.blas_functions(s) for s in ("numpy", "scipy")}
 NO_BLAS = (0, 0, 0, 0, "none: withdrawn by the test")
 # sums over up to 512 terms (H) per product in float32
 RTOL = {np.float32: 2e-4, np.float64: 1e-10}
@@ -65,9 +67,9 @@ def kernels_at(request):
     (a test may withdraw it)."""
     modules = []
 
-    def load(level):
+    def load(level, blas=BLAS):
         module = importlib.import_module(f"fastrnn._kernels_{level}")
-        module.set_blas(*BLAS)
+        module.set_blas(*blas)
         modules.append(module)
         return module
 
@@ -81,10 +83,16 @@ def kernels_at(request):
 @pytest.mark.parametrize("dtype", [np.float32, np.float64], ids=["f32", "f64"])
 @pytest.mark.parametrize("shape", list(SHAPES))
 @pytest.mark.parametrize("level", LEVELS)
-def test_blas_and_in_house_products_match_the_reference(kernels_at, level, shape, dtype, threads):
+@pytest.mark.parametrize("source", list(SOURCES))
+def test_blas_and_in_house_products_match_the_reference(
+    kernels_at, source, level, shape, dtype, threads
+):
+    if not SOURCES[source][0]:
+        pytest.skip(f"no {source} BLAS: {SOURCES[source][4]}")
     cell, T, B, D, H, rule = SHAPES[shape]
     takes_blas = takes_blas_at(level, rule)
-    kernels = kernels_at(level)
+    kernels = kernels_at(level, SOURCES[source])
+    assert kernels.blas() == SOURCES[source][4]
     case = make_case(cell, T=T, B=B, D=D, H=H, lengths=True, h0=True, seed=5, dtype=dtype)
     want = reference_forward_backward(cell, case)
     before = kernels.blas_calls()
@@ -102,16 +110,29 @@ def test_blas_and_in_house_products_match_the_reference(kernels_at, level, shape
 def test_openblas_thread_count_is_restored_after_a_kernel():
     from threadpoolctl import threadpool_info
 
-    def scipy_threads():
-        lib = cpp_backend._scipy_openblas(threadpool_info())
+    def handed_over_threads():  # the OpenBLAS whose functions the kernels call
+        path = BLAS[4].rsplit(", ", 1)[-1]
+        lib = next(i for i in threadpool_info() if i["filepath"].endswith(path))
         return lib["num_threads"]
 
-    before = scipy_threads()
+    before = handed_over_threads()
     case = make_case("rnn", T=8, B=130, D=70, H=512, lengths=True, h0=True, dtype=np.float32)
     calls = cpp_backend._kernels.blas_calls()
     raw_forward_backward(cpp_backend._kernels, "rnn", case, 2)
     assert cpp_backend._kernels.blas_calls() > calls
-    assert scipy_threads() == before
+    assert handed_over_threads() == before
+
+
+def test_numpys_openblas_is_handed_over_by_default_scipys_on_request(monkeypatch):
+    """NumPy's own OpenBLAS (ILP64) measured faster here than SciPy's (S4 rnn 1.3x);
+    FASTRNN_BLAS=scipy picks SciPy's, and either falls back to the other."""
+    if SOURCES["numpy"][0]:
+        assert cpp_backend.blas_functions()[4:] == (SOURCES["numpy"][4], True)
+        assert "via NumPy, ILP64" in SOURCES["numpy"][4]
+    if SOURCES["scipy"][0]:
+        assert SOURCES["scipy"][5] is False and "via SciPy" in SOURCES["scipy"][4]
+        monkeypatch.setenv("FASTRNN_BLAS", "scipy")
+        assert cpp_backend.blas_functions()[4] == SOURCES["scipy"][4]
 
 
 def test_build_info_names_the_blas():

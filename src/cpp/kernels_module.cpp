@@ -421,20 +421,22 @@ PYBIND11_MODULE(FASTRNN_KERNELS_NAME, m) {
   m.def(
       "set_blas",
       [](std::uintptr_t sgemm, std::uintptr_t dgemm, std::uintptr_t get_threads,
-         std::uintptr_t set_threads, const std::string& name) {
+         std::uintptr_t set_threads, const std::string& name, bool int64) {
         fastrnn::BlasFunctions f;
         f.sgemm = reinterpret_cast<fastrnn::sgemm_fn>(sgemm);
         f.dgemm = reinterpret_cast<fastrnn::dgemm_fn>(dgemm);
         f.get_threads = reinterpret_cast<fastrnn::get_threads_fn>(get_threads);
         f.set_threads = reinterpret_cast<fastrnn::set_threads_fn>(set_threads);
+        f.int64 = int64;
         f.name = name;
         fastrnn::set_blas(f);
       },
       py::arg("sgemm"), py::arg("dgemm"), py::arg("get_num_threads"),
-      py::arg("set_num_threads"), py::arg("name"),
+      py::arg("set_num_threads"), py::arg("name"), py::arg("int64") = false,
       "Hand over the Fortran-ABI sgemm/dgemm and the OpenBLAS thread getter/setter (raw "
-      "addresses; 0 for none) that the large products use; `name` describes them. With any "
-      "one missing, no product uses BLAS.");
+      "addresses; 0 for none) that the large products use; `name` describes them; `int64`: "
+      "the gemm functions take 64-bit integers (ILP64). With any one missing, no product "
+      "uses BLAS.");
   m.def(
       "blas", [] { return fastrnn::current_blas().name; },
       "What the large products use: the name given to set_blas, or 'none: <why>'.");

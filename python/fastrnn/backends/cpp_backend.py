@@ -74,47 +74,91 @@ def _scipy_openblas(threadpool_info: list[dict[str, Any]]) -> dict[str, Any] | N
     return openblas[0] if len(blas) == 1 == len(openblas) else None
 
 
-def blas_functions() -> tuple[int, int, int, int, str]:
-    """``(sgemm, dgemm, get_num_threads, set_num_threads, name)``: addresses of SciPy's BLAS
-    functions and of its OpenBLAS thread setters, or zeros and ``"none: <why>"``."""
-    try:
-        return _blas_functions()
-    except (ImportError, OSError, KeyError, AttributeError, ValueError) as exc:
-        return (0, 0, 0, 0, f"none: {type(exc).__name__}: {exc}")
+def blas_functions(source: str | None = None) -> tuple[int, int, int, int, str, bool]:
+    """``(sgemm, dgemm, get_num_threads, set_num_threads, name, int64)``: addresses of the
+    BLAS functions the kernels call and of the thread setters of the OpenBLAS behind them,
+    or zeros and ``"none: <why>"``. ``source``: ``"numpy"`` (NumPy's own OpenBLAS, ILP64:
+    ``int64`` is True) or ``"scipy"`` (``scipy.linalg.cython_blas``, LP64); default the
+    environment variable ``FASTRNN_BLAS`` or ``"numpy"``, falling back to the other."""
+    source = source or os.environ.get("FASTRNN_BLAS", "numpy")
+    order = {"numpy": (_numpy_blas, _scipy_blas), "scipy": (_scipy_blas, _numpy_blas)}[source]
+    reasons = []
+    for find in order:
+        try:
+            return find()
+        except (ImportError, OSError, KeyError, AttributeError, ValueError, LookupError) as exc:
+            reasons.append(f"{find.__name__}: {type(exc).__name__}: {exc}")
+    return (0, 0, 0, 0, "none: " + "; ".join(reasons), False)
 
 
-def _blas_functions() -> tuple[int, int, int, int, str]:
-    from scipy.linalg import cython_blas
-    from threadpoolctl import threadpool_info
-
-    none = (0, 0, 0, 0)
-    capsules = cython_blas.__pyx_capi__
-    sgemm, dgemm = (_capsule_address(capsules[name]) for name in ("sgemm", "dgemm"))
-    info = threadpool_info()
-    lib = _scipy_openblas(info)
-    if lib is None:
-        found = sorted({str(i.get("internal_api")) for i in info if i.get("user_api") == "blas"})
-        return (*none, f"none: SciPy's BLAS is not one OpenBLAS (found: {found or 'none'})")
-    dll = ctypes.CDLL(lib["filepath"])
+def _thread_setters(dll: ctypes.CDLL, path: str) -> list[int]:
     setters = []
     for verb in ("get", "set"):
         names = [
             f"{prefix}openblas_{verb}_num_threads{suffix}"
             for prefix in ("scipy_", "")
-            for suffix in ("", "64_")
+            for suffix in ("", "64_", "_64_")
         ]
         address = next(
             (ctypes.cast(getattr(dll, n), ctypes.c_void_p).value for n in names if hasattr(dll, n)),
             None,
         )
         if not address:
-            return (*none, f"none: no openblas_{verb}_num_threads in {lib['filepath']}")
+            raise LookupError(f"no openblas_{verb}_num_threads in {path}")
         setters.append(address)
+    return setters
+
+
+def _numpy_blas() -> tuple[int, int, int, int, str, bool]:
+    import numpy
+    from threadpoolctl import threadpool_info
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(numpy.__file__)))
+    inside = [
+        i
+        for i in threadpool_info()
+        if i.get("internal_api") == "openblas"
+        and os.path.basename(os.path.dirname(os.path.abspath(i["filepath"])))
+        in ("numpy.libs", "numpy")
+        and os.path.abspath(i["filepath"]).startswith(root)
+    ]
+    if len(inside) != 1:
+        raise LookupError(f"NumPy's BLAS is not one OpenBLAS (found {len(inside)})")
+    lib = inside[0]
+    dll = ctypes.CDLL(lib["filepath"])
+    gemm = []
+    for t in "sd":
+        names = [f"scipy_{t}gemm_64_", f"{t}gemm_64_"]
+        found = next((n for n in names if hasattr(dll, n)), None)
+        if found is None:
+            raise LookupError(f"no ILP64 {t}gemm in {lib['filepath']}")
+        gemm.append(ctypes.cast(getattr(dll, found), ctypes.c_void_p).value)
+    get, set_ = _thread_setters(dll, lib["filepath"])
+    name = (
+        f"openblas {lib.get('version')} ({lib.get('architecture')} kernels) via NumPy, ILP64, "
+        f"{os.path.basename(lib['filepath'])}"
+    )
+    return gemm[0], gemm[1], get, set_, name, True
+
+
+def _scipy_blas() -> tuple[int, int, int, int, str, bool]:
+    from scipy.linalg import cython_blas
+    from threadpoolctl import threadpool_info
+
+    capsules = cython_blas.__pyx_capi__
+    sgemm, dgemm = (_capsule_address(capsules[name]) for name in ("sgemm", "dgemm"))
+    info = threadpool_info()
+    lib = _scipy_openblas(info)
+    if lib is None:
+        found = sorted({str(i.get("internal_api")) for i in info if i.get("user_api") == "blas"})
+        raise LookupError(f"SciPy's BLAS is not one OpenBLAS (found: {found or 'none'})")
+    dll = ctypes.CDLL(lib["filepath"])
+    get, set_ = _thread_setters(dll, lib["filepath"])
     name = (
         f"openblas {lib.get('version')} ({lib.get('architecture')} kernels) via SciPy, "
         f"{os.path.basename(lib['filepath'])}"
     )
-    return sgemm, dgemm, setters[0], setters[1], name
+    return sgemm, dgemm, get, set_, name, False
 
 
 try:
