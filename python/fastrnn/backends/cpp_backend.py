@@ -126,13 +126,14 @@ def _numpy_blas() -> tuple[int, int, int, int, str, bool]:
         raise LookupError(f"NumPy's BLAS is not one OpenBLAS (found {len(inside)})")
     lib = inside[0]
     dll = ctypes.CDLL(lib["filepath"])
-    gemm = []
+    gemm: list[int] = []
     for t in "sd":
         names = [f"scipy_{t}gemm_64_", f"{t}gemm_64_"]
         found = next((n for n in names if hasattr(dll, n)), None)
-        if found is None:
+        address = ctypes.cast(getattr(dll, found), ctypes.c_void_p).value if found else None
+        if not address:
             raise LookupError(f"no ILP64 {t}gemm in {lib['filepath']}")
-        gemm.append(ctypes.cast(getattr(dll, found), ctypes.c_void_p).value)
+        gemm.append(address)
     get, set_ = _thread_setters(dll, lib["filepath"])
     name = (
         f"openblas {lib.get('version')} ({lib.get('architecture')} kernels) via NumPy, ILP64, "
