@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 
 import fastrnn
+from conftest import using_threads
 from fastrnn import layers
 from fastrnn.cli import main
 from fastrnn.functional import _held
@@ -67,7 +68,7 @@ def test_gradients_are_bit_identical_to_full_bptt(backend, cell, dtype, lengths,
     h0/c0 and gradients from dhs and the final state."""
     T, B, D, H = 23, 5, 3, 5  # H=5: gate rows that are not whole SIMD packets
     p, inputs, grads, lens = _case(cell, dtype, T, B, D, H, lengths)
-    with _threads(threads):
+    with using_threads(threads):
         full = _run(cell, p, inputs, grads, lens, backend, None)
         for k in (1, 4, 7, T, T + 5, "sqrt"):
             ckpt = _run(cell, p, inputs, grads, lens, backend, k)
@@ -87,22 +88,10 @@ def test_bit_identical_where_the_products_use_blas(backend, cell):
     weight-gradient blocks through BLAS (and numpy's blocks span several segments)."""
     T, B, D, H = 300, 16, 64, 64
     p, inputs, grads, lens = _case(cell, np.float32, T, B, D, H, True)
-    with _threads(2):
+    with using_threads(2):
         full = _run(cell, p, inputs, grads, lens, backend, None)
         for k in (17, "sqrt"):
             _assert_identical(full, _run(cell, p, inputs, grads, lens, backend, k))
-
-
-class _threads:
-    def __init__(self, n):
-        self.n = n
-
-    def __enter__(self):
-        self.old = fastrnn.get_num_threads()
-        fastrnn.set_num_threads(self.n)
-
-    def __exit__(self, *exc):
-        fastrnn.set_num_threads(self.old)
 
 
 # --- the schedule ----------------------------------------------------------------------
