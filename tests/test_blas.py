@@ -43,21 +43,21 @@ LEVELS = [
 # (cell, T, B, D, H, whether products go to BLAS, at 1 and 2 threads): by blas.hpp's rules
 SHAPES = {
     # lstm: input projection (GH=512, D=129, 2112 columns), the backward's wide blocks
-    # (dW_hh, dW_ih, dx); the per-step product (512 x 128 x 33: 2^21) in-house at avx512,
-    # BLAS below it at 1 thread
+    # (dW_hh, dW_ih, dx); the per-step product (512 x 128 x 33: 2^21) in-house (33 columns)
     "lstm-blocks": ("lstm", 64, 33, 129, 128, True),
     # rnn: the per-step products too (512 x 512 x 65 columns per worker at 2 threads)
     "rnn-steps": ("rnn", 8, 130, 70, 512, True),
     # gru, odd sizes, every product in-house
     "gru-small": ("gru", 9, 5, 7, 33, False),
     # rnn: only the per-step products can go to BLAS (D < 64, blocks below 2^25), 256 x 256
-    # x 40 or 80 columns per worker (2^21.3 to 2^22.3): from 2^21 below avx512, 2^24 at it
-    "rnn-steps-narrow-isa": ("rnn", 4, 80, 32, 256, "below avx512"),
+    # x 80 or 160 columns per worker (2^22.3 to 2^23.3): from 64 columns and 2^21 below
+    # avx512, 256 columns and 2^24 at it
+    "rnn-steps-narrow-isa": ("rnn", 2, 160, 32, 256, "below avx512"),
 }
 
 
 def takes_blas_at(level: str, rule: bool | str) -> bool:
-    """Whether a shape's products go to BLAS at a level (blas.hpp's kStepBlasMinFlops)."""
+    """Whether a shape's products go to BLAS at a level (blas.hpp's step_uses_blas)."""
     return level != "avx512" if rule == "below avx512" else bool(rule)
 
 

@@ -25,7 +25,7 @@
 //
 // Which products go to BLAS (use_blas): those with at least kBlasMinFlops multiply-adds and
 // every dimension at least kBlasMinDim; the per-step recurrent product (which the in-house
-// kernel runs with W_hh packed once per call) from kStepBlasMinFlops per step and worker.
+// kernel runs with W_hh packed once per call) by step_uses_blas.
 // Smaller ones stay on the in-house panel kernels (small_gemm.hpp) or Eigen; see the
 // measurements beside the constants.
 #pragma once
@@ -105,29 +105,48 @@ inline BlasFunctions current_blas() {
 // kernels, at S3 (D=128, H=256; lstm blocks 2^27) 1.17x faster, at S3 rnn (2^25) the same.
 constexpr Index kBlasMinFlops = Index(1) << 25;
 constexpr Index kBlasMinDim = 64;
-// The per-step recurrent product, for which the in-house kernel keeps W_hh packed for the
-// whole call: BLAS from kStepBlasMinFlops multiply-adds per step and worker, a threshold that
-// depends on the instruction-set level the module is compiled for (FASTRNN_ISA), because the
-// in-house kernel is as wide as that level while SciPy's OpenBLAS runs the widest kernels the
-// CPU has whatever the level. The same rule for the backward's dh_prev = W_hh^T dA_t.
-// Measured the product alone (float32, 1 thread, process CPU time, Xeon with AVX-512 and a
-// 2 MB L2; GH x H times nb columns, in-house against OpenBLAS sgemm, GF/s):
-//   shape (GH, H, nb)     avx512       avx2 (3 x 4 tile)
-//   256, 256, 16          129 / 58      86 / 56
-//   128, 128, 32          114 / 73      80 / 71  (2 x 4 tile)
-//   256, 256, 32 (S3 rnn) 125 / 74      72 / 72
-//   1024, 256, 32 (gru)   109 / 78      62 / 70
-//   512, 512, 32          116 / 78      67 / 79
-//   512, 512, 64          105 / 105     81 / 108
-//   1024, 1024, 64 (S4)    49 / 98      22 / 100 (W_hh 4 MB, past the L2)
-// So: avx512 from 2^24 (in the whole calls also S4 rnn forward 95 against 58 GF/s, S3 lstm
-// 2^23 forward 86 in-house against 66), narrower levels from 2^21 (S3 rnn: 256 x 256 x 32).
-// S1 and S2 (at most 2^18 per step) stay in-house at every level.
+// The per-step recurrent product (GH x H times nb columns, per step and worker), for which
+// the in-house kernel keeps W_hh packed for the whole call (the backward's dh_prev = W_hh^T
+// dA_t likewise): BLAS from kStepBlasMinFlops multiply-adds and kStepBlasMinColumns columns,
+// thresholds that depend on the instruction-set level the module is compiled for
+// (FASTRNN_ISA), because the in-house kernel is as wide as that level while OpenBLAS runs
+// the widest kernels the CPU has whatever the level. OpenBLAS packs both operands on every
+// call, which pays off only on wide products. Measured the product alone (float32, 1
+// thread, thread CPU time, best of 7; Xeon with AVX-512 and a 2 MB L2; in-house with W_hh
+// packed in panels (small_gemm.hpp) against NumPy's OpenBLAS 0.3.31 sgemm, GF/s):
+//   shape (GH, H, nb)     avx512        avx2 (3 x 4 tile)   generic (SSE2)
+//   512, 128, 32          132 / 66       87 / 67             28 / 63
+//   2048, 512, 32         124 / 65       80 / 65             27 / 58
+//   2048, 512, 48         127 / 84       81 / 82
+//   2048, 512, 64         121 / 94       82 / 92
+//   1024, 1024, 64 (S4)   127 / 92       82 / 93             28 / 86
+//   1024, 4096, 64        116 / 92       75 / 89
+//   2048, 512, 128        124 / 118      83 / 116
+//   1024, 1024, 256       129 / 135      84 / 134
+//   256, 64, 64           140 / 86       88 / 88             28 / 83
+//   256, 64, 16                                              28 / 39
+// So: avx512 from 256 columns, avx2 from 64 (48 is a tie), both from 2^24 / 2^21
+// multiply-adds; generic from 2^21 at any width (measured against OpenBLAS's AVX-512
+// kernels: on a CPU with no AVX2 OpenBLAS is slower too). Before W_hh was packed in panels
+// (stored column-major, its rows 4*GH bytes apart), the in-house kernel fell to 49-64 GF/s
+// at avx512 and 29-39 at avx2 once W_hh passed 2 MB (GH x H = 2048 x 512, 1024 x 1024), and
+// BLAS took every product from 2^24 (avx512) or 2^21 multiply-adds.
 #if defined(__AVX512F__)
 constexpr Index kStepBlasMinFlops = Index(1) << 24;
+constexpr Index kStepBlasMinColumns = 256;
+#elif defined(__AVX2__)
+constexpr Index kStepBlasMinFlops = Index(1) << 21;
+constexpr Index kStepBlasMinColumns = 64;
 #else
 constexpr Index kStepBlasMinFlops = Index(1) << 21;
+constexpr Index kStepBlasMinColumns = 1;
 #endif
+
+// Whether the per-step product of a worker's nb columns goes to BLAS (see above).
+inline bool step_uses_blas(const BlasFunctions& f, Index GH, Index H, Index nb) {
+  return f.usable() && nb >= kStepBlasMinColumns && GH * H * nb >= kStepBlasMinFlops &&
+         GH * H <= INT_MAX;
+}
 
 inline bool use_blas(const BlasFunctions& f, Index m, Index n, Index k) {
   if (!f.usable()) return false;

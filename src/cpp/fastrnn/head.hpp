@@ -146,8 +146,7 @@ double head_rows(const HeadProblem<T>& p, const HeadOutput<T>& out, const Packed
       const StridedMat dz(Zt.data(), n, K, Eigen::OuterStride<>(block));
       dWt.noalias() += Eigen::Map<const AlignedMat<T>>(hb, H, n) * dz;
     }
-    panel_gemm<T, true>({WTp.data.data(), Hp, Zt.data(), block, dh_block.data(), Hp, K, nullptr},
-                        Hp, n);
+    small_gemm<T, true>(WTp, Zt.data(), block, dh_block.data(), Hp, n);
     T* dh = out.dh + c0 * H;
     if (H == Hp && stream) {
       stream_copy(dh_block.data(), n * H, dh);

@@ -277,7 +277,7 @@ class InputProjection {
 // The per-step product of the recurrence, W_hh times the chunk's states (forward: C (GH x
 // nb) = W_hh h) or its transpose times the gate gradients (backward: C (H x nb) = W_hh^T dA),
 // C with leading dimension ld. The in-house kernel with W_hh packed once per call, or BLAS
-// from kStepBlasMinFlops multiply-adds per step (per worker): see blas.hpp.
+// by step_uses_blas (columns and multiply-adds per step and worker): see blas.hpp.
 template <class T>
 class RecurrentProduct {
  public:
@@ -286,7 +286,7 @@ class RecurrentProduct {
   RecurrentProduct(const Problem<T>& p, const BlasFunctions& blas, bool transposed, Index nb)
       : blas_(blas), W_hh_(p.W_hh), GH_(gates_of(p.cell) * p.H), H_(p.H),
         transposed_(transposed),
-        by_blas_(blas.usable() && GH_ * H_ * nb >= kStepBlasMinFlops && GH_ * H_ <= INT_MAX) {
+        by_blas_(step_uses_blas(blas, GH_, H_, nb)) {
     ld = padded_rows<T>(transposed ? H_ : GH_);
     if (by_blas_) return;
     if (transposed)

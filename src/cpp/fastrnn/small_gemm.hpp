@@ -43,23 +43,42 @@ inline Index padded_rows(Index m) {
   return (m + P - 1) / P * P;
 }
 
-// A packed (m x k) matrix: column-major, leading dimension padded_rows(m), zero padding.
+// A packed (m x k) matrix in panels: the rows, padded with zeros to a whole number of packets
+// (`ld` of them, the leading dimension a product's C needs), go in panels of SimdTraits::MR
+// packets (the last one may have fewer), and each panel is stored on its own, column-major
+// with its own row count as leading dimension: the micro-kernel then reads a panel as one
+// contiguous stream. Stored column-major with leading dimension `ld`, the rows of one k were
+// `ld` elements apart, a power-of-two stride for the common sizes (4H x H with H = 128..1024:
+// 2 to 16 KB), which put all of a panel's k in the same few cache sets (L1, and for the
+// 4 MB W_hh of H = 512 lstm or 1024 rnn, the L2 too).
 template <class T>
 struct PackedMatrix {
   Index rows = 0, cols = 0, ld = 0;
   std::vector<T> data;
 
+  // Rows [r0, r0 + panel_rows(r0)) of the panel that starts at row r0 (a multiple of
+  // panel_height()): its column j at data[r0 * cols + j * panel_rows(r0)].
+  static constexpr Index panel_height() { return SimdTraits<T>::MR * SimdTraits<T>::size; }
+  Index panel_rows(Index r0) const { return std::min(panel_height(), ld - r0); }
+  T& at(Index i, Index j) {
+    const Index r0 = i / panel_height() * panel_height();
+    return data[static_cast<std::size_t>(r0 * cols + j * panel_rows(r0) + (i - r0))];
+  }
+
   // From a row-major (m x k) matrix src (src[i * k + j]).
   void from_row_major(const T* src, Index m, Index k) {
     resize(m, k);
     for (Index i = 0; i < m; ++i)
-      for (Index j = 0; j < k; ++j) data[j * ld + i] = src[i * k + j];
+      for (Index j = 0; j < k; ++j) at(i, j) = src[i * k + j];
   }
   // From the transpose of a row-major (k x m) matrix src, i.e. A = src^T: column j of A is
-  // row j of src, contiguous, so this is a padded copy.
+  // row j of src, contiguous, so each panel's share of it is a copy.
   void from_row_major_transposed(const T* src, Index m, Index k) {
     resize(m, k);
-    for (Index j = 0; j < k; ++j) std::copy(src + j * m, src + (j + 1) * m, data.begin() + j * ld);
+    for (Index r0 = 0; r0 < m; r0 += panel_height()) {
+      const Index n = std::min(panel_height(), m - r0);
+      for (Index j = 0; j < k; ++j) std::copy(src + j * m + r0, src + j * m + r0 + n, &at(r0, j));
+    }
   }
 
  private:
@@ -175,12 +194,27 @@ inline void panel_gemm(const detail::Operands<T>& o, Index rows, Index N) {
 }
 
 // C (A.ld x N, column-major, leading dimension ldc >= A.ld) = A * B (+ init per column),
-// B (A.cols x N) column-major with leading dimension ldb. Rows of C beyond A.rows receive
-// zeros (plus init's padding).
-template <class T>
+// B (A.cols x N) column-major with leading dimension ldb (or, with BRowMajor, row-major:
+// element (k, j) at B[k * ldb + j]). Rows of C beyond A.rows receive zeros (plus init's
+// padding). The same sums in the same order as panel_gemm on A unpacked: the same bits.
+template <class T, bool BRowMajor = false>
 inline void small_gemm(const PackedMatrix<T>& A, const T* B, Index ldb, T* C, Index ldc, Index N,
                        const T* init = nullptr) {
-  panel_gemm<T>({A.data.data(), A.ld, B, ldb, C, ldc, A.cols, init}, A.ld, N);
+  constexpr int P = SimdTraits<T>::size;
+  constexpr int MR = SimdTraits<T>::MR;
+  constexpr Index column_block = 256;
+  for (Index j0 = 0; j0 < N; j0 += column_block) {
+    const Index j1 = std::min(N, j0 + column_block);
+    for (Index r0 = 0; r0 < A.ld; r0 += A.panel_height()) {
+      const Index rows = A.panel_rows(r0);
+      const detail::Operands<T> o{A.data.data() + r0 * A.cols, rows, B, ldb, C + r0, ldc,
+                                  A.cols, init ? init + r0 : nullptr};
+      if (rows == MR * P)
+        detail::row_panel<T, MR, BRowMajor, false>(o, 0, j0, j1);
+      else
+        detail::partial_panel<T, MR - 1, BRowMajor, false>(rows / P, o, 0, j0, j1);
+    }
+  }
 }
 
 }  // namespace fastrnn
