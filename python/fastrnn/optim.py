@@ -91,6 +91,8 @@ class Optimizer:
         self.state: dict[str, dict[str, np.ndarray]] = {
             buf: {k: np.zeros_like(v) for k, v in self.params.items()} for buf in self._buffers
         }
+        # scratch for the updates' intermediate arrays, per dtype (see _scratch)
+        self._work: dict[np.dtype, tuple[np.ndarray, np.ndarray]] = {}
 
     def __repr__(self) -> str:
         hyper = ", ".join(f"{h}={getattr(self, h)!r}" for h in self._hyper)
@@ -105,6 +107,17 @@ class Optimizer:
 
     def _update(self, key: str, w: np.ndarray, g: np.ndarray) -> None:  # pragma: no cover
         raise NotImplementedError
+
+    def _scratch(self, w: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Two scratch arrays of ``w``'s shape and dtype, reused from step to step: the
+        updates write their intermediate results there instead of allocating (for a large
+        array a fresh allocation is fresh pages, a page fault per 4 KB)."""
+        bufs = self._work.get(w.dtype)
+        if bufs is None:
+            size = max(p.size for p in self.params.values() if p.dtype == w.dtype)
+            bufs = self._work[w.dtype] = (np.empty(size, w.dtype), np.empty(size, w.dtype))
+        a, b = (buf[: w.size].reshape(w.shape) for buf in bufs)
+        return a, b
 
     # --- state ---------------------------------------------------------------------------
 
@@ -196,7 +209,8 @@ class SGD(Optimizer):
         super().__init__(params, lr)
 
     def _update(self, key: str, w: np.ndarray, g: np.ndarray) -> None:
-        w -= self.lr * g
+        step, _ = self._scratch(w)
+        w -= np.multiply(g, self.lr, out=step)
 
 
 @_io.register("optim.Momentum")
@@ -216,7 +230,8 @@ class Momentum(Optimizer):
         v = self.state["velocity"][key]
         v *= self.momentum
         v += g
-        w -= self.lr * v
+        step, _ = self._scratch(w)
+        w -= np.multiply(v, self.lr, out=step)
 
 
 @_io.register("optim.Adam")
@@ -247,15 +262,18 @@ class Adam(Optimizer):
     def _update(self, key: str, w: np.ndarray, g: np.ndarray) -> None:
         b1, b2 = self.betas
         m, v = self.state["m"][key], self.state["v"][key]
+        a, b = self._scratch(w)  # in place, each operation as in the comments
         # PyTorch's order of operations (m by lerp; the bias corrections folded into the
         # step size and the denominator), so that both round alike
-        m += (1 - b1) * (g - m)
+        m += np.multiply(np.subtract(g, m, out=a), 1 - b1, out=a)  # m += (1 - b1) (g - m)
         v *= b2
-        v += (1 - b2) * g * g
+        v += np.multiply(np.multiply(g, 1 - b2, out=a), g, out=a)  # v += ((1 - b2) g) g
         t = self.step_count
         step_size = self.lr / (1 - b1**t)
-        denom = np.sqrt(v) / (1 - b2**t) ** 0.5 + self.eps
-        w -= step_size * m / denom
+        denom = np.sqrt(v, out=a)
+        denom /= (1 - b2**t) ** 0.5
+        denom += self.eps  # denom = sqrt(v) / sqrt(1 - b2^t) + eps
+        w -= np.divide(np.multiply(m, step_size, out=b), denom, out=b)  # (step_size m) / denom
 
 
 @_io.register("optim.AdamW")
@@ -519,7 +537,8 @@ def global_norm(grads: Mapping[str, np.ndarray]) -> float:
     grads = _check_grads(grads)
     total = 0.0
     for g in grads.values():
-        total += float(np.sum(np.square(g, dtype=np.float64)))  # no float32 overflow
+        flat = np.ravel(g)  # the squares summed in float64 (no float32 overflow), no copy
+        total += float(np.einsum("i,i->", flat, flat, dtype=np.float64))
     return math.sqrt(total)
 
 
@@ -531,7 +550,11 @@ def clip_grad_norm(grads: Mapping[str, np.ndarray], max_norm: float) -> float:
     ``max_norm`` whenever it was larger.
     """
     max_norm = V.check_positive_float("max_norm", max_norm)
-    norm = global_norm(grads)
+    return _clip_to_norm(grads, max_norm, global_norm(grads))
+
+
+def _clip_to_norm(grads: Mapping[str, np.ndarray], max_norm: float, norm: float) -> float:
+    """:func:`clip_grad_norm` with the global norm of ``grads`` already known (``norm``)."""
     if math.isfinite(norm) and norm > max_norm:
         scale = max_norm / norm
         for g in grads.values():
