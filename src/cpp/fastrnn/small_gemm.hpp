@@ -172,6 +172,31 @@ inline void partial_panel(Index packets, const Operands<T>& o, Index r0, Index j
   }
 }
 
+// One column (C = A b, a matrix-vector product) on G whole panels of A at once. With one
+// column a panel's tile has only MR accumulators, each a chain of K dependent FMAs: MR
+// chains cannot hide the FMA latency (4 cycles, 2 per cycle issued: 8 chains needed), so
+// the panel ran at half speed or less. G panels give G MR chains; each element's sum is
+// the same, in the same order, as on one panel: the same bits.
+template <class T, int G, int MP>
+EIGEN_ALWAYS_INLINE void column_panels(const T* const* A, Index K, const T* b, T* const* C,
+                                       const T* const* init) {
+  using namespace Eigen::internal;
+  using Packet = typename SimdTraits<T>::Packet;
+  constexpr int P = SimdTraits<T>::size;
+  Packet acc[G][MP];
+  for (int g = 0; g < G; ++g)
+    for (int i = 0; i < MP; ++i)
+      acc[g][i] = init[g] ? ploadu<Packet>(init[g] + i * P) : pset1<Packet>(T(0));
+  for (Index k = 0; k < K; ++k) {
+    const Packet bk = pset1<Packet>(b[k]);
+    for (int g = 0; g < G; ++g)
+      for (int i = 0; i < MP; ++i)
+        acc[g][i] = pmadd(ploadu<Packet>(A[g] + k * (MP * P) + i * P), bk, acc[g][i]);
+  }
+  for (int g = 0; g < G; ++g)
+    for (int i = 0; i < MP; ++i) pstoreu(C[g] + i * P, acc[g][i]);
+}
+
 }  // namespace detail
 
 // The general form behind small_gemm: `rows` (a whole number of packets) by N, see
@@ -203,9 +228,19 @@ inline void small_gemm(const PackedMatrix<T>& A, const T* B, Index ldb, T* C, In
   constexpr int P = SimdTraits<T>::size;
   constexpr int MR = SimdTraits<T>::MR;
   constexpr Index column_block = 256;
+  const Index H = A.panel_height();
+  Index first = 0;  // the first row the general loop below does
+  if (N == 1 && !BRowMajor) {  // pairs of whole panels: see column_panels
+    for (; first + 2 * H <= A.ld; first += 2 * H) {
+      const T* a[2] = {A.data.data() + first * A.cols, A.data.data() + (first + H) * A.cols};
+      T* c[2] = {C + first, C + first + H};
+      const T* in[2] = {init ? init + first : nullptr, init ? init + first + H : nullptr};
+      detail::column_panels<T, 2, MR>(a, A.cols, B, c, in);
+    }
+  }
   for (Index j0 = 0; j0 < N; j0 += column_block) {
     const Index j1 = std::min(N, j0 + column_block);
-    for (Index r0 = 0; r0 < A.ld; r0 += A.panel_height()) {
+    for (Index r0 = first; r0 < A.ld; r0 += H) {
       const Index rows = A.panel_rows(r0);
       const detail::Operands<T> o{A.data.data() + r0 * A.cols, rows, B, ldb, C + r0, ldc,
                                   A.cols, init ? init + r0 : nullptr};
