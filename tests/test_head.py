@@ -181,6 +181,22 @@ def test_same_bits_for_the_same_input(backend):
         assert np.array_equal(getattr(a, name), getattr(b, name)), name
 
 
+@pytest.mark.parametrize("masked", [False, True], ids=["all", "masked"])
+def test_a_transposed_h_runs_in_its_memory_order(backend, masked):
+    """A batch-first layer's output (a transposed view of time-major memory) goes to the
+    head without a copy: the same bits as its time-major twin, and dh comes back as the
+    same kind of view (so the layer's backward takes it without a copy either)."""
+    case = make_head((9, 4), 16, 7, dtype=np.float32, seed=12)  # time-major (T, B, H)
+    mask = np.random.default_rng(12).random((9, 4)) > 0.3 if masked else None
+    twin = run({**case, "mask": mask}, backend)
+    view = {**case, "h": case["h"].transpose(1, 0, 2), "targets": case["targets"].T}
+    got = run({**view, "mask": None if mask is None else mask.T}, backend)
+    assert got.loss == twin.loss
+    assert got.dh.shape == (4, 9, 16) and got.dh.transpose(1, 0, 2).flags.c_contiguous
+    assert np.array_equal(got.dh.transpose(1, 0, 2), twin.dh)
+    assert np.array_equal(got.dweight, twin.dweight) and np.array_equal(got.dbias, twin.dbias)
+
+
 def test_all_masked_gives_zero(backend):
     case = make_head((4, 3), seed=9)
     case["mask"] = np.zeros(4, dtype=bool)

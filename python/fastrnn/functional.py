@@ -650,7 +650,7 @@ def linear_cross_entropy(
     K, H = weight.shape
     bias = V.as_float_array("bias", bias, dtype)
     V.check_shape("bias", bias, (K,), f"(classes,) with {K} classes from weight")
-    h = V.as_float_array("h", h, dtype)
+    h = V.as_float_array("h", h, dtype, contiguous=False)  # made contiguous below
     if h.ndim < 1 or h.shape[-1] != H:
         raise ValueError(
             f"h has shape {h.shape}, expected (..., {H}) (last axis hidden_size={H} from weight)"
@@ -663,15 +663,22 @@ def linear_cross_entropy(
         dtype.itemsize * N * (2 * K + H) + 8 * N,
         f"linear_cross_entropy of {N} rows, {H} features and {K} classes in {dtype}",
     )
+    # the rows in h's memory order (a batch-first layer's output is a transposed view): the
+    # sum over rows does not depend on their order, and so h is not copied and dh comes
+    # back in h's layout, which the layer's backward then takes without a copy either
+    order = _memory_order(h)
+    h, y = np.ascontiguousarray(h.transpose(*order, len(lead))), y.transpose(order)
     y = np.ascontiguousarray(y.reshape(N), dtype=np.int64)
     row_weights = None
     count = float(N)
     if live is not None:
         count = float(np.count_nonzero(live))
-        row_weights = np.ascontiguousarray(live.reshape(N), dtype=dtype)
+        row_weights = np.ascontiguousarray(live.transpose(order).reshape(N), dtype=dtype)
     name = _config.resolve_backend(backend)
+    undo = [*np.argsort(order).tolist(), len(lead)]
     if count == 0:  # nothing to learn from: zero loss and gradients
-        return HeadGradients(0.0, np.zeros_like(h), np.zeros_like(weight), np.zeros_like(bias))
+        dh0 = np.zeros_like(h).transpose(undo)
+        return HeadGradients(0.0, dh0, np.zeros_like(weight), np.zeros_like(bias))
     scale = 1.0 / count if reduction == "mean" else 1.0
     loss, dh, dweight, dbias = _registry.load(name).linear_cross_entropy(
         h.reshape(N, H),
@@ -682,4 +689,16 @@ def linear_cross_entropy(
         scale=scale,
         num_threads=_config.get_num_threads(),
     )
-    return HeadGradients(loss=loss, dh=dh.reshape(h.shape), dweight=dweight, dbias=dbias)
+    dh = dh.reshape(h.shape).transpose(undo)
+    return HeadGradients(loss=loss, dh=dh, dweight=dweight, dbias=dbias)
+
+
+def _memory_order(h: np.ndarray) -> list[int]:
+    """The leading axes of ``h`` (all but the last) in the order that makes
+    ``h.transpose(*order, last)`` C-contiguous (no copy), if one does, else in their own
+    order."""
+    lead = list(range(h.ndim - 1))
+    by_stride = sorted(lead, key=lambda a: -h.strides[a])
+    if by_stride != lead and h.transpose(*by_stride, h.ndim - 1).flags.c_contiguous:
+        return by_stride
+    return lead
