@@ -173,6 +173,21 @@ def test_clip_grad_norm_makes_the_global_norm_equal_the_threshold():
     np.testing.assert_array_equal(small["a"], [0.3, 0.4])  # below the threshold: untouched
 
 
+def test_clip_grad_norm_with_a_known_norm_scales_alike():
+    """``norm=``: the global norm already computed (training's finite check) is used, not
+    computed again; the same scaling and return value as without it."""
+    g1 = {"a": np.array([3.0, 4.0]), "b": np.array([[12.0]])}
+    g2 = {k: v.copy() for k, v in g1.items()}
+    assert clip_grad_norm(g1, 6.5, norm=global_norm(g1)) == clip_grad_norm(g2, 6.5)
+    for k in g1:
+        np.testing.assert_array_equal(g1[k], g2[k])
+    g3 = {"a": np.array([3.0, 4.0])}
+    assert clip_grad_norm(g3, 1.0, norm=10.0) == 10.0  # the norm given is the one used
+    np.testing.assert_allclose(g3["a"], [0.3, 0.4])
+    with pytest.raises(TypeError, match="norm must be a float"):
+        clip_grad_norm(g3, 1.0, norm="5")
+
+
 def test_clip_grad_norm_float32_in_place():
     g = {"a": np.full(10, 5.0, dtype=np.float32)}
     ref = g["a"]

@@ -542,24 +542,28 @@ def global_norm(grads: Mapping[str, np.ndarray]) -> float:
     return math.sqrt(total)
 
 
-def clip_grad_norm(grads: Mapping[str, np.ndarray], max_norm: float) -> float:
+def clip_grad_norm(
+    grads: Mapping[str, np.ndarray], max_norm: float, *, norm: float | None = None
+) -> float:
     """Scale all gradients in place so that their global norm is at most ``max_norm``.
 
     Returns the global norm *before* clipping (``inf``/``nan`` pass through unchanged, the
     gradients are then left as they are). After clipping the global norm equals
-    ``max_norm`` whenever it was larger.
+    ``max_norm`` whenever it was larger. ``norm``: the global norm of ``grads`` if already
+    known (:func:`global_norm` of these same gradients), so that it is not computed again.
     """
     max_norm = V.check_positive_float("max_norm", max_norm)
-    return _clip_to_norm(grads, max_norm, global_norm(grads))
-
-
-def _clip_to_norm(grads: Mapping[str, np.ndarray], max_norm: float, norm: float) -> float:
-    """:func:`clip_grad_norm` with the global norm of ``grads`` already known (``norm``)."""
+    if norm is None:
+        norm = global_norm(grads)
+    elif not isinstance(norm, (int, float)) or isinstance(norm, bool):
+        raise TypeError(f"norm must be a float (the global norm of grads), got {norm!r}")
+    else:
+        grads = _check_grads(grads)
     if math.isfinite(norm) and norm > max_norm:
         scale = max_norm / norm
         for g in grads.values():
             g *= scale
-    return norm
+    return float(norm)
 
 
 def clip_grad_value(grads: Mapping[str, np.ndarray], clip_value: float) -> None:

@@ -95,7 +95,7 @@ from . import distributed as D
 from . import io as _io
 from .optim import (
     Optimizer,
-    _clip_to_norm,
+    clip_grad_norm,
     clip_grad_value,
     global_norm,
     make_optimizer,
@@ -709,8 +709,8 @@ def train(
                     loss, grads, state = compute(batch, n_here, chunk, state)
                     weight = 1.0 if chunk is None else (chunk[1] - chunk[0]) / T
                     norm = _check_finite(loss, grads, where)
-                    if clip_norm is not None:  # clip_grad_norm with the norm just computed
-                        _clip_to_norm(grads, clip_norm, norm)
+                    if clip_norm is not None:
+                        clip_grad_norm(grads, clip_norm, norm=norm)  # the norm just computed
                     if clip_value is not None:
                         clip_grad_value(grads, clip_value)
                     opt.step(grads)
