@@ -56,6 +56,7 @@ from ._contract import (
     Checkpoints,
     FloatArray,
     ForwardOutput,
+    FusedHead,
     HeadOutput,
     IndexArray,
     Params,
@@ -279,7 +280,7 @@ def backward(
     c0: FloatArray | None,
     hs: FloatArray,
     saved: Saved,
-    dhs: FloatArray,
+    dhs: FloatArray | None,
     dh_n: FloatArray,
     dc_n: FloatArray | None,
     *,
@@ -289,12 +290,33 @@ def backward(
     num_threads: int,
     step_norms: bool,
     recurrent_mask: FloatArray | None = None,
+    head: FusedHead | None = None,
 ) -> BackwardOutput:
-    """Backpropagation through time; return ``(dx, dh0, dc0, dparams, norms)``.
+    """Backpropagation through time; return ``(dx, dh0, dc0, dparams, norms, head)``.
 
     ``norms`` is ``None`` unless ``step_norms``; then it is the (T, B) array of
     ``||dL/dh_t||``, 0 at padded steps.
+
+    ``head``: not yet fused into the kernels here: the head runs first over all T*B rows
+    (:func:`linear_cross_entropy`, block by block of rows) and its dh, plus ``dhs``, enters
+    the kernels as ``dhs`` does. The results are those of the fused path (independent of the
+    checkpoint schedule), but the dh of all steps is held for the call.
     """
+    head_sums = None
+    if head is not None:
+        loss, dh_head, dweight, dbias = linear_cross_entropy(
+            hs.reshape(-1, hs.shape[2]),
+            head.weight,
+            head.bias,
+            head.targets,
+            head.row_weights,
+            scale=head.scale,
+            num_threads=num_threads,
+        )
+        head_sums = (loss, dweight, dbias)
+        dh_head = dh_head.reshape(hs.shape)
+        dhs = dh_head if dhs is None else np.add(dh_head, dhs, out=dh_head)
+    dhs = given(dhs, "dhs")
     T, B, D = x.shape
     GH, H = params["W_hh"].shape
     dt = x.dtype
@@ -347,7 +369,8 @@ def backward(
         "b_ih": db_ih.astype(dt),
         "b_hh": db_hh.astype(dt),
     }
-    return dx, dh, dc, dparams, np.ascontiguousarray(norms.T) if step_norms else None
+    norms_out = np.ascontiguousarray(norms.T) if step_norms else None
+    return dx, dh, dc, dparams, norms_out, head_sums
 
 
 def _spans_backward(
