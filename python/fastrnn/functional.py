@@ -661,7 +661,7 @@ def _head_rows(
         raise ValueError(
             f"{prefix}weight has shape {weight.shape}, expected (classes, hidden_size), both >= 1"
         )
-    K, H = weight.shape
+    K = weight.shape[0]
     bias = V.as_float_array(prefix + "bias", bias, weight.dtype)
     V.check_shape(prefix + "bias", bias, (K,), f"(classes,) with {K} classes from weight")
     V.check_choice(prefix + "reduction", reduction, REDUCTIONS)
@@ -681,9 +681,15 @@ def _fused_head(head: object, hs: np.ndarray) -> FusedHead | None:
     ``None`` when no step counts (then the head adds nothing)."""
     if not isinstance(head, HeadSpec):
         raise TypeError(f"head must be a fastrnn.functional.HeadSpec, got {type(head).__name__}")
-    T, B, H = hs.shape
+    H = hs.shape[2]
     weight, bias, y, row_weights, count = _head_rows(
-        hs.shape, hs.dtype, head.weight, head.bias, head.targets, head.mask, head.reduction,
+        hs.shape,
+        hs.dtype,
+        head.weight,
+        head.bias,
+        head.targets,
+        head.mask,
+        head.reduction,
         "head.",
     )
     if weight.shape[1] != H:

@@ -246,7 +246,7 @@ def backward(
     """Backpropagation through time; return ``(dx, dh0, dc0, dparams, norms, head)`` (after
     a checkpointed forward, the kernel recomputes each segment inside the one call; a fused
     ``head`` runs inside it too, block by block of steps)."""
-    every, extras = 0, {}
+    every, extras = 0, dict[str, Any]()
     if isinstance(saved, Checkpoints):
         gates, extra, every = None, saved.states, saved.every
         extras = {"b_ih": params["b_ih"], "b_hh": params["b_hh"]}

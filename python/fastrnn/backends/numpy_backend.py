@@ -543,7 +543,8 @@ class _GradBlocks:
         """dL/dh_t from step t's output (B, H); called once per step, newest first."""
         head = self.head
         if head is None:
-            return given(self.dhs, "dhs")[t]
+            dhs: FloatArray = given(self.dhs, "dhs")[t]
+            return dhs
         T, B, H = self.hs.shape
         if t + 1 == T or (t + 1) % self.steps == 0:  # entering the block t0:t+1
             t0 = t - t % self.steps
@@ -564,7 +565,8 @@ class _GradBlocks:
             self.head_loss += loss
             self.head_dweight += dweight
             self.head_dbias += dbias
-        return self.head_dh[t % self.steps]
+        dh: FloatArray = self.head_dh[t % self.steps]
+        return dh
 
     def head_sums(self) -> HeadSums | None:
         if self.head is None:
@@ -640,7 +642,8 @@ def backward(
     mask = recurrent_mask
     grads = _GradBlocks(x, hs, h0, params["W_ih"], cell == "gru", mask, dhs, head)
     if cell == "rnn":
-        dh0 = _rnn_backward(params, hs, dh_n, activation, negative_slope, active, norms, grads, mask)
+        slope = negative_slope
+        dh0 = _rnn_backward(params, hs, dh_n, activation, slope, active, norms, grads, mask)
         return grads.dx, dh0, None, grads.params(), norms, grads.head_sums()
     segments = _segments(cell, params, x, h0, c0, hs, saved, lengths, mask)
     if cell == "lstm":
