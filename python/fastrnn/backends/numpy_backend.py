@@ -565,8 +565,8 @@ class _GradBlocks:
             self.head_loss += loss
             self.head_dweight += dweight
             self.head_dbias += dbias
-        dh: FloatArray = self.head_dh[t % self.steps]
-        return dh
+        rows: FloatArray = self.head_dh[t % self.steps]
+        return rows
 
     def head_sums(self) -> HeadSums | None:
         if self.head is None:
