@@ -239,6 +239,57 @@ def test_peak_memory_of_a_long_checkpointed_run(backend_name):
     assert out["grown"] <= bound, (out["grown"], bound, plan)
 
 
+_PEAK_HEAD_SCRIPT = """
+import json, resource, sys
+import numpy as np
+import fastrnn
+from fastrnn.functional import HeadSpec
+backend, every = sys.argv[1], json.loads(sys.argv[2])
+T, B, D, H, K = {T}, 16, 4, 64, 32
+p = fastrnn.init_params("lstm", D, H, seed=0)
+rng = np.random.default_rng(0)
+weight, bias = rng.normal(size=(K, H)).astype(np.float32), np.zeros(K, np.float32)
+x = np.ones((T, B, D), np.float32)
+targets = rng.integers(0, K, (T, B))
+short = fastrnn.forward("lstm", p, x[:64], backend=backend)  # warm up
+fastrnn.backward(short, head=HeadSpec(weight, bias, targets[:64]))
+before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+res = fastrnn.forward("lstm", p, x, backend=backend, checkpoint=every)
+g = fastrnn.backward(res, head=HeadSpec(weight, bias, targets))
+after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+finite = bool(np.isfinite(g.dx).all() and np.isfinite(g.head.loss))
+print(json.dumps({{"grown": after - before, "finite": finite}}))
+"""
+
+
+@pytest.mark.parametrize("backend_name", ["cpp", "numba", "numpy"])
+def test_peak_memory_of_a_long_checkpointed_run_with_the_fused_head(backend_name):
+    """The same with the softmax head fused into the backward (``head=HeadSpec``): the
+    peak grows by hs, dx, the schedule's held bytes and the allowance, and the bound is
+    below what a dh of all steps (the two-step path's) would add."""
+    from conftest import need_backend
+
+    need_backend(backend_name)
+    T, B, D, H = 60_000, 16, 4, 64
+    plan = fastrnn.checkpoint_plan("lstm", T, B, H, np.float32, "sqrt")
+    outputs = 4 * T * B * (H + D)  # hs and dx
+    allowance = 48 * 2**20  # as above; the head's blocks are a few hundred KiB
+    bound = outputs + plan.held_bytes + allowance
+    dh_all = 4 * T * B * H  # what the two-step path's dh of all steps would add
+    assert bound < outputs + plan.held_bytes + dh_all
+    proc = subprocess.run(
+        [sys.executable, "-c", _PEAK_HEAD_SCRIPT.format(T=T), backend_name, json.dumps("sqrt")],
+        capture_output=True,
+        text=True,
+        timeout=240,
+        env={"PYTHONPATH": PYTHON_DIR, "PATH": "/usr/bin:/bin", "OMP_NUM_THREADS": "1"},
+    )
+    assert proc.returncode == 0, proc.stderr
+    out = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert out["finite"]
+    assert out["grown"] <= bound, (out["grown"], bound, plan)
+
+
 # --- layers, models, the command line, tbptt -------------------------------------------------
 
 
