@@ -4,6 +4,12 @@ an LSTM (D=32, H=64, B=16, float32, one thread) over T steps, the layer checkpoi
 
     python benchmarks/checkpoint_long.py cpp                 # T = 10^6
     python benchmarks/checkpoint_long.py numpy --T 100000 --checkpoint full
+    python benchmarks/checkpoint_long.py cpp --T 200000 --head two-step
+
+``--head fused`` (the default) runs the head inside the layer's backward
+(``layer.backward_head``: its dL/dh block by block of steps, never for all T steps);
+``--head two-step`` the head over all steps first (``head.softmax_cross_entropy``, whose dh
+of all steps is T*B*H floats) and then ``layer.backward(dh)``, as before the fused path.
 
 prints one JSON line: the wall time (forward, head, backward), microseconds per step, the
 peak resident memory of the process (``getrusage``; run it in a fresh process), and the
@@ -31,6 +37,7 @@ def main() -> None:
     parser.add_argument("backend", choices=("cpp", "numba", "numpy"))
     parser.add_argument("--T", type=int, default=10**6)
     parser.add_argument("--checkpoint", default="sqrt", help="sqrt, an int k, or full")
+    parser.add_argument("--head", choices=("fused", "two-step"), default="fused")
     args = parser.parse_args()
     T = args.T
     checkpoint = None if args.checkpoint == "full" else args.checkpoint
@@ -48,9 +55,14 @@ def main() -> None:
         t0 = time.perf_counter()
         out, _ = layer(x)
         t1 = time.perf_counter()
-        loss, dh = head.softmax_cross_entropy(out, targets)
-        t2 = time.perf_counter()
-        dx, _ = layer.backward(dh)
+        if args.head == "fused":  # the head's time is inside the backward's
+            t2 = t1
+            loss, dx, _ = layer.backward_head(head, targets)
+        else:
+            loss, dh = head.softmax_cross_entropy(out, targets)
+            t2 = time.perf_counter()
+            dx, _ = layer.backward(dh)
+            del dh
         t3 = time.perf_counter()
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
     plan = fastrnn.checkpoint_plan("lstm", T, B, H, np.float32, checkpoint)
@@ -58,6 +70,7 @@ def main() -> None:
         "backend": args.backend,
         "T": T,
         "checkpoint": checkpoint,
+        "head": args.head,
         "every": plan.every,
         "seconds": t3 - t0,
         "forward_s": t1 - t0,
