@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from test_checkpoint import _assert_identical as assert_layer_identical
+from test_checkpoint import _case as checkpoint_case
 
 import fastrnn
 from conftest import using_threads
@@ -26,37 +28,29 @@ def small_blocks(monkeypatch):
 
 
 def _case(cell, dtype, T, B, D, H, *, lengths=True, seed=0):
-    rng = np.random.default_rng(seed)
-    p = fastrnn.init_params(cell, D, H, seed=seed + 1, dtype=dtype)
-    arr = lambda *shape: rng.normal(size=shape).astype(dtype)  # noqa: E731
-    lstm = cell == "lstm"
-    lens = None
-    if lengths:
-        lens = rng.integers(1, T + 1, size=B)
-        lens[0] = T
-    inputs = {"x": arr(T, B, D), "h0": arr(B, H), "c0": arr(B, H) if lstm else None}
+    """test_checkpoint's case (params, x, h0/c0, lengths, dhs, dh_n/dc_n) and a head of K
+    classes whose mask drops the padded steps."""
+    p, inputs, grads, lens = checkpoint_case(cell, dtype, T, B, D, H, lengths, seed)
+    rng = np.random.default_rng(seed + 100)
     mask = None if lens is None else np.arange(T)[:, None] < lens
-    head = HeadSpec(arr(K, H), arr(K), rng.integers(0, K, size=(T, B)), mask)
-    final = {"dh_n": arr(B, H), "dc_n": arr(B, H) if lstm else None}
-    return p, inputs, lens, head, final, arr(T, B, H)
+    weight, bias = rng.normal(size=(K, H)).astype(dtype), rng.normal(size=K).astype(dtype)
+    head = HeadSpec(weight, bias, rng.integers(0, K, size=(T, B)), mask)
+    final = {"dh_n": grads["dh_n"], "dc_n": grads["dc_n"]}
+    return p, inputs, lens, head, final, grads["dhs"]
 
 
 def _fused(cell, p, inputs, lens, head, final, backend, checkpoint, dhs=None):
     res = fastrnn.forward(cell, p, **inputs, lengths=lens, backend=backend, checkpoint=checkpoint)
-    return fastrnn.backward(res, dhs, **final, head=head, return_step_norms=True)
+    return res, fastrnn.backward(res, dhs, **final, head=head, return_step_norms=True)
 
 
 def _assert_identical(a, b):
-    for name in ("dx", "dh0", "dc0", "step_norms"):
-        x, y = getattr(a, name), getattr(b, name)
-        assert (x is None) == (y is None)
-        if x is not None:
-            np.testing.assert_array_equal(x, y, err_msg=name)
-    for name, value in a.params.items():
-        np.testing.assert_array_equal(value, b.params[name], err_msg=name)
-    assert a.head.loss == b.head.loss
-    np.testing.assert_array_equal(a.head.dweight, b.head.dweight)
-    np.testing.assert_array_equal(a.head.dbias, b.head.dbias)
+    """The layer's outputs and gradients (test_checkpoint's check) and the head's sums."""
+    assert_layer_identical(a, b)
+    ga, gb = a[1], b[1]
+    assert ga.head.loss == gb.head.loss
+    np.testing.assert_array_equal(ga.head.dweight, gb.head.dweight)
+    np.testing.assert_array_equal(ga.head.dbias, gb.head.dbias)
 
 
 @pytest.mark.parametrize("threads", [1, 2])
@@ -99,7 +93,7 @@ def test_equals_the_two_step_path(backend, cell, dtype, with_dhs, small_blocks):
             res.hs, head.weight, head.bias, head.targets, mask=head.mask, backend=backend
         )
         want = fastrnn.backward(res, two.dh if dhs is None else two.dh + dhs, **final)
-        got = _fused(cell, p, inputs, lens, head, final, backend, "sqrt", dhs)
+        got = _fused(cell, p, inputs, lens, head, final, backend, "sqrt", dhs)[1]
     _close(got.head.loss, two.loss, dtype, "loss")
     _close(got.head.dweight, two.dweight, dtype, "dweight")
     _close(got.head.dbias, two.dbias, dtype, "dbias")
