@@ -25,6 +25,10 @@
 // step loop into one reused segment buffer (SavedSteps), then runs the backward steps over
 // it. The weight gradients are reduced in GradBlocks aligned at t = 0, whatever k is, and
 // every product takes the same path as in full BPTT, so the gradients are bit-identical.
+// The fused output head (BackwardInput::head): dL/dh_t is the head's gradient (head.hpp's
+// row code on hs), computed by GradBlocks::dh_out for a whole block of steps when the loop
+// enters it, into a block-sized buffer: no dh of all steps; its sums reduce per worker,
+// then in worker order, and do not depend on k either.
 #pragma once
 
 #include <Eigen/Core>
