@@ -219,6 +219,9 @@ def _block_steps(nb: int) -> int:
     return max(1, BLOCK_ROWS // nb)
 
 
+block_steps = _block_steps  # for the backend: the fused head's block buffers per chunk
+
+
 @njit(**_JIT)
 def _steps(lengths: IndexArray, b0: int, b1: int) -> int:
     """The number of steps any sequence of b0:b1 is still running: max(lengths[b0:b1])."""

@@ -390,7 +390,7 @@ class _Heads:
             f64 = (np.empty((0, 0)), np.empty(0), np.zeros(1))
             return (empty2, empty1, idx, empty1, empty2, empty2, idx, empty1, *f64), self.scale
         H = self.hs.shape[2]
-        rows = _k._block_steps(b1 - b0) * (b1 - b0)  # a block of the chunk's steps
+        rows = _k.block_steps(b1 - b0) * (b1 - b0)  # a block of the chunk's steps
         rw = np.empty(0, dt) if head.row_weights is None else _writable(head.row_weights)
         wb = np.empty(rows if head.row_weights is not None else 0, dt)
         arrays = (
