@@ -25,6 +25,7 @@ import resource
 import time
 
 import numpy as np
+from threadpoolctl import threadpool_limits
 
 import fastrnn
 from fastrnn import layers
@@ -49,7 +50,10 @@ def main() -> None:
     targets = rng.integers(0, K, (T, B))
     layer = layers.LSTM(D, H, seed=0, checkpoint=checkpoint)
     head = layers.Linear(H, K, seed=1)
-    with fastrnn.use_backend(args.backend):
+    # one thread everywhere, NumPy's BLAS too: with two OpenBLAS threads on a busy machine the
+    # NumPy head's dweight product (K x N times N x H, a tiny output over N = T*B rows) took
+    # 3.7 s instead of 0.2 s at N = 3.2e6 (and the whole head 24 to 57 s instead of 1.2 s)
+    with fastrnn.use_backend(args.backend), threadpool_limits(limits=1, user_api="blas"):
         out, _ = layer(x[:64])  # warm up (numba: compile) on a short piece
         layer.backward(head.softmax_cross_entropy(out, targets[:64])[1])
         t0 = time.perf_counter()
