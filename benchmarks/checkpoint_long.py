@@ -4,6 +4,12 @@ an LSTM (D=32, H=64, B=16, float32, one thread) over T steps, the layer checkpoi
 
     python benchmarks/checkpoint_long.py cpp                 # T = 10^6
     python benchmarks/checkpoint_long.py numpy --T 100000 --checkpoint full
+    python benchmarks/checkpoint_long.py cpp --T 200000 --head two-step
+
+``--head fused`` (the default) runs the head inside the layer's backward
+(``layer.backward_head``: its dL/dh block by block of steps, never for all T steps);
+``--head two-step`` the head over all steps first (``head.softmax_cross_entropy``, whose dh
+of all steps is T*B*H floats) and then ``layer.backward(dh)``, as before the fused path.
 
 prints one JSON line: the wall time (forward, head, backward), microseconds per step, the
 peak resident memory of the process (``getrusage``; run it in a fresh process), and the
@@ -19,6 +25,7 @@ import resource
 import time
 
 import numpy as np
+from threadpoolctl import threadpool_limits
 
 import fastrnn
 from fastrnn import layers
@@ -31,6 +38,7 @@ def main() -> None:
     parser.add_argument("backend", choices=("cpp", "numba", "numpy"))
     parser.add_argument("--T", type=int, default=10**6)
     parser.add_argument("--checkpoint", default="sqrt", help="sqrt, an int k, or full")
+    parser.add_argument("--head", choices=("fused", "two-step"), default="fused")
     args = parser.parse_args()
     T = args.T
     checkpoint = None if args.checkpoint == "full" else args.checkpoint
@@ -42,15 +50,23 @@ def main() -> None:
     targets = rng.integers(0, K, (T, B))
     layer = layers.LSTM(D, H, seed=0, checkpoint=checkpoint)
     head = layers.Linear(H, K, seed=1)
-    with fastrnn.use_backend(args.backend):
+    # one thread everywhere, NumPy's BLAS too: with two OpenBLAS threads on a busy machine the
+    # NumPy head's dweight product (K x N times N x H, a tiny output over N = T*B rows) took
+    # 3.7 s instead of 0.2 s at N = 3.2e6 (and the whole head 24 to 57 s instead of 1.2 s)
+    with fastrnn.use_backend(args.backend), threadpool_limits(limits=1, user_api="blas"):
         out, _ = layer(x[:64])  # warm up (numba: compile) on a short piece
         layer.backward(head.softmax_cross_entropy(out, targets[:64])[1])
         t0 = time.perf_counter()
         out, _ = layer(x)
         t1 = time.perf_counter()
-        loss, dh = head.softmax_cross_entropy(out, targets)
-        t2 = time.perf_counter()
-        dx, _ = layer.backward(dh)
+        if args.head == "fused":  # the head's time is inside the backward's
+            t2 = t1
+            loss, dx, _ = layer.backward_head(head, targets)
+        else:
+            loss, dh = head.softmax_cross_entropy(out, targets)
+            t2 = time.perf_counter()
+            dx, _ = layer.backward(dh)
+            del dh
         t3 = time.perf_counter()
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
     plan = fastrnn.checkpoint_plan("lstm", T, B, H, np.float32, checkpoint)
@@ -58,6 +74,7 @@ def main() -> None:
         "backend": args.backend,
         "T": T,
         "checkpoint": checkpoint,
+        "head": args.head,
         "every": plan.every,
         "seconds": t3 - t0,
         "forward_s": t1 - t0,

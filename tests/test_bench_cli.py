@@ -35,10 +35,10 @@ def _double_dW_hh_in_float32(monkeypatch) -> None:
     real = numpy_backend.backward
 
     def off(*args, **kwargs):
-        dx, dh0, dc0, dparams, norms = real(*args, **kwargs)
+        dx, dh0, dc0, dparams, norms, head = real(*args, **kwargs)
         if dx.dtype == np.float32:
             dparams["W_hh"] *= np.float32(2)
-        return dx, dh0, dc0, dparams, norms
+        return dx, dh0, dc0, dparams, norms, head
 
     monkeypatch.setattr(numpy_backend, "backward", off)
 

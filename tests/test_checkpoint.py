@@ -211,26 +211,55 @@ print(json.dumps({{"grown": after - before, "finite": bool(np.isfinite(g.dx).all
 """
 
 
-@pytest.mark.parametrize("backend_name", ["cpp", "numpy"])
-def test_peak_memory_of_a_long_checkpointed_run(backend_name):
+_PEAK_HEAD_SCRIPT = """
+import json, resource, sys
+import numpy as np
+import fastrnn
+from fastrnn.functional import HeadSpec
+backend, every = sys.argv[1], json.loads(sys.argv[2])
+T, B, D, H, K = {T}, 16, 4, 64, 32
+p = fastrnn.init_params("lstm", D, H, seed=0)
+rng = np.random.default_rng(0)
+weight, bias = rng.normal(size=(K, H)).astype(np.float32), np.zeros(K, np.float32)
+x = np.ones((T, B, D), np.float32)
+targets = rng.integers(0, K, (T, B))
+short = fastrnn.forward("lstm", p, x[:64], backend=backend)  # warm up
+fastrnn.backward(short, head=HeadSpec(weight, bias, targets[:64]))
+before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+res = fastrnn.forward("lstm", p, x, backend=backend, checkpoint=every)
+g = fastrnn.backward(res, head=HeadSpec(weight, bias, targets))
+after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+finite = bool(np.isfinite(g.dx).all() and np.isfinite(g.head.loss))
+print(json.dumps({{"grown": after - before, "finite": finite}}))
+"""
+
+
+@pytest.mark.parametrize(
+    ("backend_name", "head"),
+    [("cpp", False), ("numpy", False), ("cpp", True), ("numba", True), ("numpy", True)],
+)
+def test_peak_memory_of_a_long_checkpointed_run(backend_name, head):
     """In a fresh process, the peak resident memory of forward + backward grows by the
     outputs (hs, dx), what the schedule holds for backward and a fixed allowance, far less
-    than full BPTT's saved activations."""
+    than full BPTT's saved activations. With ``head`` the softmax head is fused into the
+    backward (``head=HeadSpec``, no dhs given): the same bound, below what a dh of all
+    steps (the two-step path's) would add."""
     from conftest import need_backend
 
     need_backend(backend_name)
     T, B, D, H = 60_000, 16, 4, 64
-    script = _PEAK_SCRIPT.format(T=T)
+    script = (_PEAK_HEAD_SCRIPT if head else _PEAK_SCRIPT).format(T=T)
     plan = fastrnn.checkpoint_plan("lstm", T, B, H, np.float32, "sqrt")
     outputs = 4 * T * B * (H + D)  # hs and dx
     allowance = 48 * 2**20  # interpreter, the pool's threads, per-step temporaries, blocks
     bound = outputs + plan.held_bytes + allowance
     assert bound < outputs + plan.full_bytes / 2  # the bound tells full BPTT from this
+    assert bound < outputs + plan.held_bytes + 4 * T * B * H  # and a dh of all steps
     proc = subprocess.run(
         [sys.executable, "-c", script, backend_name, json.dumps("sqrt")],
         capture_output=True,
         text=True,
-        timeout=120,
+        timeout=240,
         env={"PYTHONPATH": PYTHON_DIR, "PATH": "/usr/bin:/bin", "OMP_NUM_THREADS": "1"},
     )
     assert proc.returncode == 0, proc.stderr

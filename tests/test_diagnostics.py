@@ -286,9 +286,9 @@ def test_gradcheck_catches_a_wrong_gradient(monkeypatch):
     right = numpy_backend.backward
 
     def wrong(*args, **kwargs):
-        dx, dh0, dc0, dparams, norms = right(*args, **kwargs)
+        dx, dh0, dc0, dparams, norms, head = right(*args, **kwargs)
         dparams = dict(dparams, W_hh=dparams["W_hh"] * 1.01)
-        return dx, dh0, dc0, dparams, norms
+        return dx, dh0, dc0, dparams, norms, head
 
     monkeypatch.setattr(numpy_backend, "backward", wrong)
     case = make_case("gru", T=3, B=2, D=2, H=3, seed=2)

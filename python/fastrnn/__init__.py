@@ -24,8 +24,10 @@ from ._config import (
 from .functional import (
     CheckpointPlan,
     ForwardResult,
+    FusedHeadGradients,
     Gradients,
     HeadGradients,
+    HeadSpec,
     backward,
     checkpoint_plan,
     forward,
@@ -154,8 +156,10 @@ def __dir__() -> list[str]:
 __all__ = [
     "CheckpointPlan",
     "ForwardResult",
+    "FusedHeadGradients",
     "Gradients",
     "HeadGradients",
+    "HeadSpec",
     "__version__",
     "available_backends",
     "backward",

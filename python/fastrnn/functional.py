@@ -20,7 +20,7 @@ import numpy as np
 from . import _config
 from . import _validation as V
 from . import backends as _registry
-from .backends._contract import Checkpoints, Saved
+from .backends._contract import Checkpoints, FusedHead, Saved
 
 CELLS: tuple[str, ...] = V.CELLS
 ACTIVATIONS: tuple[str, ...] = ("tanh", "relu", "leaky_relu", "identity")
@@ -63,16 +63,46 @@ class ForwardResult:
 
 
 @dataclass(frozen=True, eq=False)
+class HeadSpec:
+    """The output head fused into :func:`backward` (``backward(res, head=HeadSpec(...))``):
+    the arguments of :func:`linear_cross_entropy` on the layer's outputs ``hs`` (T, B, H).
+
+    ``weight`` (K, H) and ``bias`` (K,) of the linear head (the dtype of the layer);
+    ``targets`` (T, B) integer classes in 0..K-1 (any value where ``mask`` is False);
+    ``mask`` an optional boolean array of shape (T,), (T, B): which steps count (padded
+    steps of ``lengths`` count unless masked, as in :func:`linear_cross_entropy`);
+    ``reduction`` "mean" over the counted steps or "sum"."""
+
+    weight: np.ndarray
+    bias: np.ndarray
+    targets: np.ndarray
+    mask: np.ndarray | None = None
+    reduction: str = "mean"
+
+
+@dataclass(frozen=True, eq=False)
+class FusedHeadGradients:
+    """The head's part of :func:`backward` with ``head=``: its ``loss`` (a float),
+    ``dweight`` (K, H) and ``dbias`` (K,) (its dL/dh never leaves the backward)."""
+
+    loss: float
+    dweight: np.ndarray
+    dbias: np.ndarray
+
+
+@dataclass(frozen=True, eq=False)
 class Gradients:
     """What :func:`backward` returns: ``dx`` (T, B, D), ``dh0`` (B, H), ``dc0`` (lstm),
-    ``params`` (the same keys as the params), and ``step_norms`` (T, B) when asked for:
-    ``||dL/dh_t||`` for every step and sequence."""
+    ``params`` (the same keys as the params), ``step_norms`` (T, B) when asked for:
+    ``||dL/dh_t||`` for every step and sequence, and ``head`` (a
+    :class:`FusedHeadGradients`) when :func:`backward` ran a fused head."""
 
     dx: np.ndarray
     dh0: np.ndarray
     dc0: np.ndarray | None
     params: dict[str, np.ndarray]
     step_norms: np.ndarray | None = None
+    head: FusedHeadGradients | None = None
 
 
 @dataclass(frozen=True, eq=False)
@@ -485,6 +515,7 @@ def backward(
     dc_n: np.ndarray | None = None,
     *,
     return_step_norms: bool = False,
+    head: HeadSpec | None = None,
 ) -> Gradients:
     """Backpropagation through time for the call that produced ``res``.
 
@@ -500,13 +531,22 @@ def backward(
         The gradient arriving at the final state (``dc_n``: lstm only); zero if omitted.
     return_step_norms : bool
         Also return ``||dL/dh_t||`` per step and sequence (the gradient-vs-lag picture).
+    head : HeadSpec, optional
+        A linear softmax head with its cross-entropy on ``hs``, fused into the backward:
+        the same loss and gradients as ``linear_cross_entropy(res.hs, ...)`` followed by
+        ``backward(res, dhs=its dh)``, but the head's dL/dh_t is computed block by block
+        of steps inside the backward (the blocks of its weight gradients, aligned at
+        t = 0), so no dh of all T steps is ever made; with ``checkpoint`` that keeps the
+        memory of a training step bounded. Its results are bit-identical with and
+        without ``checkpoint`` (same backend and thread count). ``dhs`` may be given too:
+        it adds to the head's gradient.
 
     Returns
     -------
     Gradients
         ``dx`` (T, B, D), ``dh0`` (B, H), ``dc0`` (B, H, lstm only, else None),
-        ``params`` (dL/d of each parameter, the keys of the params) and ``step_norms``
-        ((T, B) or None).
+        ``params`` (dL/d of each parameter, the keys of the params), ``step_norms``
+        ((T, B) or None) and ``head`` (the head's loss, dweight and dbias, or None).
 
     Raises
     ------
@@ -515,7 +555,8 @@ def backward(
         parameters' dtype.
     ValueError
         ``res`` comes from ``forward(..., training=False)``; a gradient of the wrong
-        shape; ``dc_n`` for a cell without a cell state.
+        shape; ``dc_n`` for a cell without a cell state; a head whose arrays do not fit
+        ``hs`` (as :func:`linear_cross_entropy` checks them).
     MemoryError
         The call would need more memory than is available (refused before allocating).
     """
@@ -531,14 +572,16 @@ def backward(
     T, B, H = res.hs.shape
     dtype = res.hs.dtype
     D, G = res.x.shape[2], GATES[res.cell]
+    fused = None if head is None else _fused_head(head, res.hs)
     # dhs, dx, and the gate gradients (twice for gru) or, checkpointed, a segment's
     held = (
         2 * G * H * T * B * dtype.itemsize
         if res.checkpoint is None
         else _held(res.cell, T, B, H, dtype.itemsize, res.checkpoint)
     )
+    dhs_bytes = 0 if head is not None and dhs is None else dtype.itemsize * T * B * H
     V.check_memory(
-        dtype.itemsize * T * B * (H + D) + held,
+        dtype.itemsize * T * B * D + dhs_bytes + held,
         f"backward of {res.cell!r} with T={T}, B={B}, input_size={D}, hidden_size={H} in {dtype}",
     )
 
@@ -549,7 +592,7 @@ def backward(
         V.check_shape(name, arr, shape, "(the shape of the forward output it is the gradient of)")
         return arr
 
-    dhs_a = grad("dhs", dhs, (T, B, H))
+    dhs_a = None if head is not None and dhs is None else grad("dhs", dhs, (T, B, H))
     dh_n_a = grad("dh_n", dh_n, (B, H))
     if res.cell == "lstm":
         dc_n_a = grad("dc_n", dc_n, (B, H))
@@ -557,6 +600,12 @@ def backward(
         raise ValueError(f"dc_n is the gradient of the lstm cell state; cell {res.cell!r} has none")
     else:
         dc_n_a = None
+    head_zero = None
+    if head is not None and fused is None:  # no counted step: zero loss and gradients
+        weight = V.as_float_array("head.weight", head.weight, dtype)
+        head_zero = FusedHeadGradients(0.0, np.zeros_like(weight), np.zeros(weight.shape[0], dtype))
+        if dhs_a is None:
+            dhs_a = np.zeros((T, B, H), dtype=dtype)
     if T == 0 or B == 0:
         return Gradients(
             dx=np.zeros(res.x.shape, dtype=dtype),
@@ -564,9 +613,10 @@ def backward(
             dc0=None if dc_n_a is None else dc_n_a.copy(),
             params={k: np.zeros_like(v) for k, v in res.params.items()},
             step_norms=np.zeros((T, B), dtype=dtype) if return_step_norms else None,
+            head=head_zero,
         )
     module = _registry.load(res.backend)
-    dx, dh0, dc0, dparams, norms = module.backward(
+    dx, dh0, dc0, dparams, norms, head_sums = module.backward(
         res.cell,
         res.params,
         res.x,
@@ -583,10 +633,79 @@ def backward(
         num_threads=_config.get_num_threads(),
         step_norms=bool(return_step_norms),
         recurrent_mask=res.recurrent_mask,
+        head=fused,
     )
     if res.input_mask is not None:
         dx = dx * res.input_mask  # d(x * m)/dx = m
-    return Gradients(dx=dx, dh0=dh0, dc0=dc0, params=dparams, step_norms=norms)
+    head_out = head_zero
+    if head_sums is not None:
+        head_out = FusedHeadGradients(*head_sums)
+    return Gradients(dx=dx, dh0=dh0, dc0=dc0, params=dparams, step_norms=norms, head=head_out)
+
+
+def _head_rows(
+    h_shape: tuple[int, ...],
+    dtype: np.dtype | None,
+    weight: object,
+    bias: object,
+    targets: object,
+    mask: object,
+    reduction: object,
+    prefix: str = "",
+    order: list[int] | None = None,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray | None, float]:
+    """The checks of a head on rows of shape ``h_shape`` (..., H): ``(weight, bias, targets
+    (N,) int64, row_weights (N,) or None, count)`` with count the counted rows, the rows
+    taken in the order of the leading axes ``order`` (default: as they are); argument
+    names in messages carry ``prefix`` (``"head."`` for a :class:`HeadSpec`)."""
+    weight = V.as_float_array(prefix + "weight", weight, dtype)
+    if weight.ndim != 2 or 0 in weight.shape:
+        raise ValueError(
+            f"{prefix}weight has shape {weight.shape}, expected (classes, hidden_size), both >= 1"
+        )
+    K = weight.shape[0]
+    bias = V.as_float_array(prefix + "bias", bias, weight.dtype)
+    V.check_shape(prefix + "bias", bias, (K,), f"(classes,) with {K} classes from weight")
+    V.check_choice(prefix + "reduction", reduction, REDUCTIONS)
+    lead = h_shape[:-1]
+    what = "(h without its last, hidden axis)" if not prefix else "(steps, batch) of hs"
+    y, live = V.check_targets(targets, lead, K, mask, what)
+    if order is not None:
+        y = y.transpose(order)
+        live = None if live is None else live.transpose(order)
+    N = math.prod(lead)
+    y = np.ascontiguousarray(y.reshape(N), dtype=np.int64)
+    if live is None:
+        return weight, bias, y, None, float(N)
+    row_weights = np.ascontiguousarray(live.reshape(N), dtype=weight.dtype)
+    return weight, bias, y, row_weights, float(np.count_nonzero(live))
+
+
+def _fused_head(head: object, hs: np.ndarray) -> FusedHead | None:
+    """The backend's :class:`FusedHead` for a :class:`HeadSpec` on ``hs`` (T, B, H), or
+    ``None`` when no step counts (then the head adds nothing)."""
+    if not isinstance(head, HeadSpec):
+        raise TypeError(f"head must be a fastrnn.functional.HeadSpec, got {type(head).__name__}")
+    H = hs.shape[2]
+    weight, bias, y, row_weights, count = _head_rows(
+        hs.shape,
+        hs.dtype,
+        head.weight,
+        head.bias,
+        head.targets,
+        head.mask,
+        head.reduction,
+        "head.",
+    )
+    if weight.shape[1] != H:
+        raise ValueError(
+            f"head.weight has shape {weight.shape}, expected ({weight.shape[0]}, {H}): "
+            f"classes by the layer's hidden_size={H}"
+        )
+    if count == 0:
+        return None
+    scale = 1.0 / count if head.reduction == "mean" else 1.0
+    return FusedHead(weight, bias, y, row_weights, scale)
 
 
 def linear_cross_entropy(
@@ -648,34 +767,26 @@ def linear_cross_entropy(
             f"weight has shape {weight.shape}, expected (classes, hidden_size), both >= 1"
         )
     K, H = weight.shape
-    bias = V.as_float_array("bias", bias, dtype)
-    V.check_shape("bias", bias, (K,), f"(classes,) with {K} classes from weight")
     h = V.as_float_array("h", h, dtype, contiguous=False)  # made contiguous below
     if h.ndim < 1 or h.shape[-1] != H:
         raise ValueError(
             f"h has shape {h.shape}, expected (..., {H}) (last axis hidden_size={H} from weight)"
         )
-    lead = h.shape[:-1]
-    reduction = V.check_choice("reduction", reduction, REDUCTIONS)
-    y, live = V.check_targets(targets, lead, K, mask, "(h without its last, hidden axis)")
-    N = math.prod(lead)
-    V.check_memory(
-        dtype.itemsize * N * (2 * K + H) + 8 * N,
-        f"linear_cross_entropy of {N} rows, {H} features and {K} classes in {dtype}",
-    )
+    N = math.prod(h.shape[:-1])
     # the rows in h's memory order (a batch-first layer's output is a transposed view): the
     # sum over rows does not depend on their order, and so h is not copied and dh comes
     # back in h's layout, which the layer's backward then takes without a copy either
     order = _memory_order(h)
-    h, y = np.ascontiguousarray(h.transpose(*order, len(lead))), y.transpose(order)
-    y = np.ascontiguousarray(y.reshape(N), dtype=np.int64)
-    row_weights = None
-    count = float(N)
-    if live is not None:
-        count = float(np.count_nonzero(live))
-        row_weights = np.ascontiguousarray(live.transpose(order).reshape(N), dtype=dtype)
+    weight, bias, y, row_weights, count = _head_rows(
+        h.shape, dtype, weight, bias, targets, mask, reduction, order=order
+    )
+    V.check_memory(
+        dtype.itemsize * N * (2 * K + H) + 8 * N,
+        f"linear_cross_entropy of {N} rows, {H} features and {K} classes in {dtype}",
+    )
+    h = np.ascontiguousarray(h.transpose(*order, h.ndim - 1))
     name = _config.resolve_backend(backend)
-    undo = [*np.argsort(order).tolist(), len(lead)]
+    undo = [*np.argsort(order).tolist(), h.ndim - 1]
     if count == 0:  # nothing to learn from: zero loss and gradients
         dh0 = np.zeros_like(h).transpose(undo)
         return HeadGradients(0.0, dh0, np.zeros_like(weight), np.zeros_like(bias))

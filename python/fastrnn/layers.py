@@ -383,6 +383,61 @@ class _Recurrent(_Module):
         of the pair may be ``None``). Returns ``dx`` (the shape of ``x``) and the gradient
         w.r.t. the initial state; writes the parameter gradients into :attr:`grads`.
         """
+        return self._backward(dout, dstate, None)
+
+    def backward_head(
+        self,
+        head: Linear,
+        targets: np.ndarray,
+        *,
+        mask: np.ndarray | None = None,
+        reduction: str = "mean",
+        dstate: State | None = None,
+    ) -> tuple[float, np.ndarray, State]:
+        """The output head and its softmax cross-entropy fused into :meth:`backward`: the
+        same as ``loss, dout = head.softmax_cross_entropy(out, targets, mask=mask)`` then
+        ``backward(dout, dstate)`` (``out`` of the last :meth:`forward`), but the head's
+        dL/d(out) is computed block by block of steps inside the top layer's backward
+        (:class:`fastrnn.functional.HeadSpec`), so no gradient of all T steps is made: with
+        ``checkpoint`` a training step's memory then stays bounded. Writes ``head.grads``
+        and this layer's :attr:`grads`; returns ``(loss, dx, dstate0)``.
+
+        ``targets`` (and ``mask``) have the output's leading shape: (T, B), or (B, T) with
+        ``batch_first``. Unidirectional layers only: a bidirectional top layer's output
+        mixes both directions, whose backward passes run separately.
+        """
+        if self.bidirectional:
+            raise ValueError(
+                f"{type(self).__name__}.backward_head needs a unidirectional layer "
+                "(bidirectional=False): the head reads both directions of a bidirectional "
+                "output, each with its own backward; use head.softmax_cross_entropy and "
+                "backward(dout)"
+            )
+        if not isinstance(head, Linear):
+            raise TypeError(f"head must be a fastrnn.Linear, got {type(head).__name__}")
+        if self._cache is None:
+            raise RuntimeError(f"{type(self).__name__}.backward_head() called before forward()")
+        y, live = targets, mask
+        if self.batch_first:  # the functional core is time-major
+            y = np.asarray(targets).T
+            if mask is not None:
+                live = np.asarray(mask).T
+        spec = F.HeadSpec(head.params["weight"], head.params["bias"], y, live, reduction)
+        sink: dict[str, Any] = {}
+        dx, dstate0 = self._backward(None, dstate, (spec, sink))
+        g = sink["grads"]  # the top layer's backward always reports the head's sums
+        head.grads["weight"] = g.dweight
+        head.grads["bias"] = g.dbias
+        return g.loss, dx, dstate0
+
+    def _backward(
+        self,
+        dout: np.ndarray | None,
+        dstate: State | None,
+        head: tuple[F.HeadSpec, dict[str, Any]] | None,
+    ) -> tuple[np.ndarray, State]:
+        """:meth:`backward`; with ``head`` (a spec and a dict that gets its
+        FusedHeadGradients under ``"grads"``) the top layer runs the head in its backward."""
         if self._cache is None:
             raise RuntimeError(f"{type(self).__name__}.backward() called before forward()")
         cache = self._cache
@@ -391,7 +446,10 @@ class _Recurrent(_Module):
         T, B, dtype, rev = cache["T"], cache["B"], cache["dtype"], cache["rev"]
         H, dirs = self.hidden_size, self.num_directions
         cols = np.arange(B)
-        if dout is None:
+        d_inp: np.ndarray | None
+        if head is not None:
+            d_inp = None  # the top layer's dL/dhs comes from the head
+        elif dout is None:
             d_inp = np.zeros((T, B, dirs * H), dtype=dtype)
         else:
             d_inp = V.as_array("dout", dout)
@@ -410,15 +468,19 @@ class _Recurrent(_Module):
             for direction in range(dirs):
                 k = layer * dirs + direction
                 res = cache["results"][k]
-                dhs = d_inp[:, :, direction * H : (direction + 1) * H]
-                if direction == 1:
+                dhs = None if d_inp is None else d_inp[:, :, direction * H : (direction + 1) * H]
+                if direction == 1 and dhs is not None:
                     dhs = dhs[rev, cols]
+                top = head is not None and layer == self.num_layers - 1
                 g = F.backward(
                     res,
                     dhs,
                     None if dh is None else dh[k],
                     None if dc is None else dc[k],
+                    head=head[0] if top and head is not None else None,
                 )
+                if top and head is not None:
+                    head[1]["grads"] = g.head
                 dx = g.dx if direction == 0 else g.dx[rev, cols]
                 dx_total = dx if dx_total is None else dx_total + dx
                 dh0[k] = g.dh0
@@ -430,6 +492,7 @@ class _Recurrent(_Module):
             d_inp = dx_total
             if layer > 0 and cache["between"][layer - 1] is not None:
                 d_inp = d_inp * cache["between"][layer - 1]
+        assert d_inp is not None  # dx of the bottom layer
         dx = d_inp.transpose(1, 0, 2) if self.batch_first else d_inp
         return dx, self._pack_state(dh0, dc0)
 

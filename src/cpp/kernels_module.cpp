@@ -276,6 +276,38 @@ py::tuple forward_impl(const std::string& cell, const std::string& activation, d
   return py::make_tuple(hs, h_n, c_n, gates, extra);
 }
 
+// The head's arguments (linear_cross_entropy, or the fused head of backward) with the same
+// checks: rows h (N, H) with N given, weight (K, H), bias (K,), targets (N,) in 0..K-1,
+// row_weights (N,) or None, a finite scale. `rows` names h in the messages.
+template <class T>
+fastrnn::HeadProblem<T> head_problem(Index N, Index H, const std::string& rows,
+                                     const py::object& weight, const py::object& bias,
+                                     const py::object& targets, const py::object& row_weights,
+                                     double scale, const char* weight_name = "weight",
+                                     const char* bias_name = "bias",
+                                     const char* targets_name = "targets",
+                                     const char* row_weights_name = "row_weights") {
+  fastrnn::HeadProblem<T> p;
+  py::array wa = as_array(weight, weight_name);
+  if (wa.ndim() != 2 || wa.shape(0) < 1 || wa.shape(1) != H)
+    throw py::value_error(std::string(weight_name) + " has shape " + array_shape(wa) +
+                          ", expected (K, " + std::to_string(H) + "): K >= 1 classes and the " +
+                          "hidden_size of " + rows);
+  p.N = N;
+  p.H = H;
+  p.K = wa.shape(0);
+  p.weight = input<T>(weight, weight_name, {p.K, p.H}, rows.c_str());
+  p.bias = input<T>(bias, bias_name, {p.K}, rows.c_str());
+  p.targets = int64_input(targets, targets_name, p.N, 0, p.K - 1,
+                          "0..K-1 = 0.." + std::to_string(p.K - 1));
+  if (!row_weights.is_none())
+    p.row_weights = input<T>(row_weights, row_weights_name, {p.N}, rows.c_str());
+  if (!std::isfinite(scale))
+    throw py::value_error("scale must be finite, got " + std::to_string(scale));
+  p.scale = static_cast<T>(scale);
+  return p;
+}
+
 template <class T>
 py::tuple backward_impl(const std::string& cell, const std::string& activation, double slope,
                         const py::object& W_ih, const py::object& W_hh, const py::object& x,
@@ -284,7 +316,10 @@ py::tuple backward_impl(const std::string& cell, const std::string& activation, 
                         const py::object& dh_n, const py::object& dc_n,
                         const py::object& lengths, int num_threads, bool step_norms,
                         bool flush_denormals, const py::object& recurrent_mask,
-                        const py::object& b_ih, const py::object& b_hh, Index checkpoint) {
+                        const py::object& b_ih, const py::object& b_hh, Index checkpoint,
+                        const py::object& head_weight, const py::object& head_bias,
+                        const py::object& head_targets, const py::object& head_row_weights,
+                        double head_scale) {
   auto p = problem<T>(cell, activation, slope, W_ih, W_hh, x, h0, c0, lengths, num_threads,
                       flush_denormals);
   p.rec_mask = recurrent_mask_input<T>(recurrent_mask, p.B, p.H);
@@ -302,7 +337,18 @@ py::tuple backward_impl(const std::string& cell, const std::string& activation, 
   } else {
     in.extra = optional_input<T>(extra, "extra", {p.steps, p.B, p.H}, saves, cell);
   }
-  in.dhs = input<T>(dhs, "dhs", {p.steps, p.B, p.H});
+  // the fused head on hs (rows t*B + b): dhs may then be None
+  fastrnn::HeadProblem<T> head;
+  const bool fused = !head_weight.is_none();
+  if (fused) {
+    head = head_problem<T>(p.steps * p.B, p.H, "hs", head_weight, head_bias, head_targets,
+                           head_row_weights, head_scale, "head_weight", "head_bias",
+                           "head_targets", "head_row_weights");
+    in.head = &head;
+  } else if (!head_bias.is_none() || !head_targets.is_none() || !head_row_weights.is_none()) {
+    throw py::value_error("head_bias, head_targets and head_row_weights need head_weight");
+  }
+  if (!fused || !dhs.is_none()) in.dhs = input<T>(dhs, "dhs", {p.steps, p.B, p.H});
   in.dh_n = input<T>(dh_n, "dh_n", {p.B, p.H});
   in.dc_n = optional_input<T>(dc_n, "dc_n", {p.B, p.H}, lstm, cell);
   auto dx = empty<T>({p.steps, p.B, p.D});
@@ -329,10 +375,24 @@ py::tuple backward_impl(const std::string& cell, const std::string& activation, 
     g.norms = a.mutable_data();
     norms = a;
   }
+  py::array_t<T> dweight, dbias;
+  fastrnn::HeadOutput<T> head_out;
+  double head_loss = 0.0;
+  if (fused) {
+    dweight = empty<T>({head.K, head.H});
+    dbias = empty<T>({head.K});
+    head_out.dweight = dweight.mutable_data();
+    head_out.dbias = dbias.mutable_data();
+    g.head = &head_out;
+    g.head_loss = &head_loss;
+  }
   {
     py::gil_scoped_release release;
     fastrnn::backward(p, in, g);
   }
+  if (fused)
+    return py::make_tuple(dx, dh0, dc0, dW_ih, dW_hh, db_ih, db_hh, norms,
+                          py::make_tuple(head_loss, dweight, dbias));
   return py::make_tuple(dx, dh0, dc0, dW_ih, dW_hh, db_ih, db_hh, norms);
 }
 
@@ -341,26 +401,16 @@ py::tuple linear_cross_entropy_impl(const py::object& h, const py::object& weigh
                                     const py::object& bias, const py::object& targets,
                                     const py::object& row_weights, double scale, int num_threads,
                                     bool flush_denormals) {
-  fastrnn::HeadProblem<T> p;
   py::array ha = as_array(h, "h"), wa = as_array(weight, "weight");
   if (wa.ndim() != 2 || wa.shape(0) < 1 || wa.shape(1) < 1)
     throw py::value_error("weight has shape " + array_shape(wa) +
                           ", expected (K, H) with K >= 1 classes and H >= 1 features");
-  p.K = wa.shape(0);
-  p.H = wa.shape(1);
-  if (ha.ndim() != 2 || ha.shape(1) != p.H)
+  const Index H = wa.shape(1);
+  if (ha.ndim() != 2 || ha.shape(1) != H)
     throw py::value_error("h has shape " + array_shape(ha) + ", expected (N, " +
-                          std::to_string(p.H) + ")");
-  p.N = ha.shape(0);
+                          std::to_string(H) + ")");
+  auto p = head_problem<T>(ha.shape(0), H, "h", weight, bias, targets, row_weights, scale);
   p.h = input<T>(h, "h", {p.N, p.H}, "h");
-  p.weight = input<T>(weight, "weight", {p.K, p.H}, "h");
-  p.bias = input<T>(bias, "bias", {p.K}, "h");
-  p.targets = int64_input(targets, "targets", p.N, 0, p.K - 1,
-                          "0..K-1 = 0.." + std::to_string(p.K - 1));
-  if (!row_weights.is_none()) p.row_weights = input<T>(row_weights, "row_weights", {p.N}, "h");
-  if (!std::isfinite(scale))
-    throw py::value_error("scale must be finite, got " + std::to_string(scale));
-  p.scale = static_cast<T>(scale);
   set_threads(p, num_threads, flush_denormals);
   auto dh = empty<T>({p.N, p.H});
   auto dweight = empty<T>({p.K, p.H});
@@ -451,16 +501,20 @@ PYBIND11_MODULE(FASTRNN_KERNELS_NAME, m) {
          const py::object& extra, const py::object& dhs, const py::object& dh_n,
          const py::object& dc_n, const py::object& lengths, int num_threads, bool step_norms,
          bool flush_denormals, const py::object& recurrent_mask, const py::object& b_ih,
-         const py::object& b_hh, Index checkpoint) {
+         const py::object& b_hh, Index checkpoint, const py::object& head_weight,
+         const py::object& head_bias, const py::object& head_targets,
+         const py::object& head_row_weights, double head_scale) {
         if (scalar_kind(x) == 'f')
           return backward_impl<float>(cell, activation, negative_slope, W_ih, W_hh, x, h0, c0, hs,
                                       gates, extra, dhs, dh_n, dc_n, lengths, num_threads,
                                       step_norms, flush_denormals, recurrent_mask, b_ih, b_hh,
-                                      checkpoint);
+                                      checkpoint, head_weight, head_bias, head_targets,
+                                      head_row_weights, head_scale);
         return backward_impl<double>(cell, activation, negative_slope, W_ih, W_hh, x, h0, c0, hs,
                                      gates, extra, dhs, dh_n, dc_n, lengths, num_threads,
                                      step_norms, flush_denormals, recurrent_mask, b_ih, b_hh,
-                                     checkpoint);
+                                     checkpoint, head_weight, head_bias, head_targets,
+                                     head_row_weights, head_scale);
       },
       py::arg("cell"), py::arg("activation"), py::arg("negative_slope"), py::arg("W_ih"),
       py::arg("W_hh"), py::arg("x"), py::arg("h0"), py::arg("c0"), py::arg("hs"),
@@ -468,11 +522,18 @@ PYBIND11_MODULE(FASTRNN_KERNELS_NAME, m) {
       py::arg("lengths") = py::none(), py::arg("num_threads") = 1, py::arg("step_norms") = false,
       py::arg("flush_denormals") = true, py::arg("recurrent_mask") = py::none(),
       py::arg("b_ih") = py::none(), py::arg("b_hh") = py::none(), py::arg("checkpoint") = 0,
+      py::arg("head_weight") = py::none(), py::arg("head_bias") = py::none(),
+      py::arg("head_targets") = py::none(), py::arg("head_row_weights") = py::none(),
+      py::arg("head_scale") = 1.0,
       "BPTT; returns (dx, dh0, dc0, dW_ih, dW_hh, db_ih, db_hh, step_norms); dc0 and "
       "step_norms may be None. recurrent_mask: the forward's (a checkpointed recompute "
       "applies it too). Checkpointed (checkpoint=k > 0, the forward's k): gates is None, "
       "extra the forward's checkpoints (lstm; None for gru), and b_ih, b_hh are needed (each "
-      "segment's activations are recomputed).");
+      "segment's activations are recomputed). The fused head (head_weight (K, H), head_bias "
+      "(K,), head_targets (T*B,) int64, head_row_weights (T*B,) or None, head_scale: "
+      "linear_cross_entropy's arguments on the rows of hs): dL/dh_t is the head's gradient "
+      "plus dhs (which may then be None), computed block by block of steps; a 9th element "
+      "(loss, dweight, dbias) is returned.");
   m.def(
       "linear_cross_entropy",
       [](const py::object& h, const py::object& weight, const py::object& bias,

@@ -13,8 +13,9 @@ a backend: C-contiguous arrays of one dtype (float32 or float64), ``T >= 1`` and
 ``None`` otherwise, ``lengths`` either ``None`` (every sequence has length T) or a
 C-contiguous int64 array of shape (B,) with values in 1..T, ``recurrent_mask`` either
 ``None`` or a C-contiguous (B, H) array of the dtype (finite values), and
-``dhs``/``dh_n``/``dc_n`` always arrays (zeros where the caller gave none; ``dc_n`` is
-``None`` unless the cell is lstm). A backend does not check its input again.
+``dh_n``/``dc_n`` always arrays (zeros where the caller gave none; ``dc_n`` is
+``None`` unless the cell is lstm), ``dhs`` an array too unless a fused ``head`` is given
+(then it may be ``None``). A backend does not check its input again.
 
 Layouts (PyTorch's names, the course's in brackets): ``W_ih`` [U] (G*H, D), ``W_hh`` [W]
 (G*H, H), ``b_ih`` and ``b_hh`` [b = b_ih + b_hh] (G*H,), with G gates in the order lstm
@@ -48,7 +49,9 @@ __all__ = [
     "Checkpoints",
     "FloatArray",
     "ForwardOutput",
+    "FusedHead",
     "HeadOutput",
+    "HeadSums",
     "IndexArray",
     "Params",
     "Saved",
@@ -88,10 +91,35 @@ activations (T, B, G*H) and, for lstm, the cell states, for gru ``W_hn h + b_hn`
 ForwardOutput: TypeAlias = tuple[FloatArray, FloatArray, FloatArray | None, Saved]
 """``(hs, h_n, c_n, saved)``: see :meth:`Backend.forward`."""
 
+
+@dataclass(frozen=True, eq=False)
+class FusedHead:
+    """The output head fused into :meth:`Backend.backward`: the arguments of
+    :meth:`Backend.linear_cross_entropy` on the rows of ``hs``, row ``t * B + b`` for step t
+    of sequence b (N = T*B): ``weight`` (K, H), ``bias`` (K,), ``targets`` (N,) int64 in
+    0..K-1, ``row_weights`` (N,) or ``None``, ``scale``. The backward computes the head's
+    dL/dh_t block by block of steps (the blocks of its weight gradients, aligned at t = 0)
+    as it reaches them, so no dh of all steps is made."""
+
+    weight: FloatArray
+    bias: FloatArray
+    targets: IndexArray
+    row_weights: FloatArray | None
+    scale: float
+
+
+HeadSums: TypeAlias = tuple[float, FloatArray, FloatArray]
+"""``(loss, dweight, dbias)`` of a :class:`FusedHead` (no dh: it never leaves the backward)."""
+
 BackwardOutput: TypeAlias = tuple[
-    FloatArray, FloatArray, FloatArray | None, dict[str, FloatArray], FloatArray | None
+    FloatArray,
+    FloatArray,
+    FloatArray | None,
+    dict[str, FloatArray],
+    FloatArray | None,
+    HeadSums | None,
 ]
-"""``(dx, dh0, dc0, dparams, norms)``: see :meth:`Backend.backward`."""
+"""``(dx, dh0, dc0, dparams, norms, head)``: see :meth:`Backend.backward`."""
 
 HeadOutput: TypeAlias = tuple[float, FloatArray, FloatArray, FloatArray]
 """``(loss, dh, dweight, dbias)``: see :meth:`Backend.linear_cross_entropy`."""
@@ -154,7 +182,7 @@ class Backend(Protocol):
         c0: FloatArray | None,
         hs: FloatArray,
         saved: Saved,
-        dhs: FloatArray,
+        dhs: FloatArray | None,
         dh_n: FloatArray,
         dc_n: FloatArray | None,
         *,
@@ -164,8 +192,9 @@ class Backend(Protocol):
         num_threads: int,
         step_norms: bool,
         recurrent_mask: FloatArray | None = None,
+        head: FusedHead | None = None,
     ) -> BackwardOutput:
-        """Backpropagation through time; return ``(dx, dh0, dc0, dparams, norms)``.
+        """Backpropagation through time; return ``(dx, dh0, dc0, dparams, norms, head)``.
 
         The arguments up to ``hs`` and ``saved`` are those of (and from) the
         :meth:`forward` call with ``training=True`` being differentiated; ``dhs`` (T, B, H),
@@ -177,6 +206,11 @@ class Backend(Protocol):
         the loss at step t and from every later step), 0 at padded steps.
         ``recurrent_mask``: the one the :meth:`forward` call ran with (a checkpointed
         backward recomputes each segment with it, so the gradients stay bit-identical).
+
+        ``head``: a :class:`FusedHead`; dL/dh_t is then its gradient plus ``dhs`` (which
+        may be ``None`` only with a head), and the last element is its ``(loss, dweight,
+        dbias)`` (``None`` without a head). Its results do not depend on the checkpoint
+        schedule (bit-identical with and without, same thread count).
         """
         ...
 

@@ -52,6 +52,9 @@ Grads: TypeAlias = tuple[
 """``(dA_in, dA_rec, xb, hb, dxb, p_ih, p_hh)``: a backward chunk's scratch."""
 GradSums: TypeAlias = tuple[FloatArray, FloatArray, FloatArray, FloatArray, FloatArray]
 """``(dx, dW_ih, dW_hh, db, db_rec)``: what :func:`_block_done` writes and adds to."""
+Head: TypeAlias = tuple[Any, ...]
+"""``(weight, bias, targets, row_weights, dh_blk, hb, yb, wb, dweight, dbias, loss)``: the
+fused head of a backward chunk (see :func:`_head_block`); ``weight`` (0, 0) for none."""
 
 # Contraction to FMA and reassociation (to vectorize the dot products); NaN and inf keep
 # their IEEE meaning so that a diverging network shows up as it does in the reference.
@@ -214,6 +217,9 @@ BLOCK_ROWS = 256
 def _block_steps(nb: int) -> int:
     """Steps per block for a chunk of ``nb`` sequences."""
     return max(1, BLOCK_ROWS // nb)
+
+
+block_steps = _block_steps  # for the backend: the fused head's block buffers per chunk
 
 
 @njit(**_JIT)
@@ -456,6 +462,73 @@ def _start_backward(
 # G*H), block by block) and the weight gradients of their chunk to ``dW_ih`` and ``dW_hh``,
 # float64 sums the caller adds up over the chunks.
 
+# The fused head of a backward (``head``, :data:`Head`): dL/dh_t is the head's gradient,
+# computed for a whole block of steps of the chunk (the blocks above, aligned at t = 0) when
+# the time loop enters the block, into ``dh_blk``, whose rows are those of dA (t % S * nb +
+# b - b0); ``dhs`` (unless empty) adds to it. The head's sums (float64) go to the chunk's
+# ``dweight``, ``dbias`` and ``loss``, block by block in the same order whatever the spans.
+
+
+@njit(**_JIT)
+def _head_block(
+    t0: int, count: int, b0: int, b1: int, hs: FloatArray, dhs: FloatArray, head: Head, scale: float
+) -> None:
+    """The head on the chunk's rows of steps t0:t0+count (gathered into ``hb``)."""
+    weight, bias, targets, row_weights, dh_blk, hb, yb, wb, dweight, dbias, loss = head
+    B, H = hs.shape[1], hs.shape[2]
+    nb = b1 - b0
+    weighted = row_weights.shape[0] > 0
+    for s in range(count):
+        for r in range(nb):
+            q, row = s * nb + r, (t0 + s) * B + b0 + r
+            for j in range(H):
+                hb[q, j] = hs[t0 + s, b0 + r, j]
+            yb[q] = targets[row]
+            if weighted:
+                wb[q] = row_weights[row]
+    rw = wb if weighted else row_weights
+    sums = (dweight, dbias, loss)
+    linear_cross_entropy(0, count * nb, hb, weight, bias, yb, rw, scale, dh_blk, *sums)
+    if dhs.shape[0] > 0:
+        for s in range(count):
+            for r in range(nb):
+                for j in range(H):
+                    dh_blk[s * nb + r, j] += dhs[t0 + s, b0 + r, j]
+
+
+@njit(**_JIT)
+def _head_start(
+    steps: int, S: int, b0: int, b1: int, hs: FloatArray, dhs: FloatArray, head: Head, scale: float
+) -> bool:
+    """Whether there is a head; if so, its blocks that start at or after ``steps`` (no
+    sequence of the chunk reaches them, so the time loop never enters them; their rows
+    still count in the loss), newest first."""
+    if head[0].shape[0] == 0:
+        return False
+    T = hs.shape[0]
+    for t0 in range((T - 1) // S * S, steps - 1, -S):
+        _head_block(t0, min(S, T - t0), b0, b1, hs, dhs, head, scale)
+    return True
+
+
+@njit(**_JIT)
+def _head_enter(
+    t: int,
+    steps: int,
+    S: int,
+    b0: int,
+    b1: int,
+    hs: FloatArray,
+    dhs: FloatArray,
+    head: Head,
+    scale: float,
+) -> None:
+    """At step t of the time loop: the head of t's block if the loop enters it here."""
+    if t == steps - 1 or t % S == S - 1:
+        t0 = t - t % S
+        _head_block(t0, min(S, hs.shape[0] - t0), b0, b1, hs, dhs, head, scale)
+
+
 # --- rnn -------------------------------------------------------------------------------
 
 
@@ -548,8 +621,11 @@ def rnn_backward(
     rec_mask: FloatArray,
     dW_ih: FloatArray,
     dW_hh: FloatArray,
+    head: Head,
+    scale: float,
 ) -> None:
-    """Sequences b0:b1. ``dh`` holds dh_n on entry and dh0 on return."""
+    """Sequences b0:b1. ``dh`` holds dh_n on entry and dh0 on return. ``head``: see
+    :func:`_head_block` (dL/dh_t from the head's block then, ``dhs`` added if not empty)."""
     H = hs.shape[2]
     zero, one = hs.dtype.type(0), hs.dtype.type(1)
     nb, S = b1 - b0, _block_steps(b1 - b0)
@@ -559,9 +635,13 @@ def rnn_backward(
     dA = grads[0]
     tmp = np.empty((nb, H), dtype=hs.dtype)
     _start_backward(dx, dW_ih, dW_hh, steps, b0, b1)
+    fused = _head_start(steps, S, b0, b1, hs, dhs, head, scale)
+    dh_blk = head[4]
     ins, outs = (x, hs, h0, W_ih, rec_mask), (dx, dW_ih, dW_hh, db, db_rec)
     for t in range(steps - 1, -1, -1):
         q0 = t % S * nb
+        if fused:
+            _head_enter(t, steps, S, b0, b1, hs, dhs, head, scale)
         for b in range(b0, b1):
             q = q0 + b - b0
             if t >= lengths[b]:
@@ -569,7 +649,7 @@ def rnn_backward(
                 continue
             ss = zero
             for j in range(H):
-                v = dh[b, j] + dhs[t, b, j]  # dL/dh_t
+                v = dh[b, j] + (dh_blk[q, j] if fused else dhs[t, b, j])  # dL/dh_t
                 ss += v * v
                 h = hs[t, b, j]  # dL/da_t = dL/dh_t * act'(a_t), act' in terms of h_t
                 if act == 0:
@@ -685,6 +765,8 @@ def lstm_backward(
     rec_mask: FloatArray,
     dW_ih: FloatArray,
     dW_hh: FloatArray,
+    head: Head,
+    scale: float,
 ) -> None:
     """``dh``/``dc`` hold dh_n/dc_n on entry and dh0/dc0 on return. The steps t_lo:t_hi
     (see :func:`_span`): ``gates`` and ``cs`` hold steps t_lo and on, ``c0`` the cell state
@@ -696,10 +778,15 @@ def lstm_backward(
     db_rec = np.empty((0, 0))  # the recurrent side's bias sums are db's
     dA = grads[0]
     tmp = np.empty((nb, H), dtype=cs.dtype)
+    fused = head[0].shape[0] > 0
     if t_hi == x.shape[0]:
         _start_backward(dx, dW_ih, dW_hh, steps, b0, b1)
+        _head_start(steps, S, b0, b1, hs, dhs, head, scale)
+    dh_blk = head[4]
     ins, outs = (x, hs, h0, W_ih, rec_mask), (dx, dW_ih, dW_hh, db, db_rec)
     for t in range(min(t_hi, steps) - 1, t_lo - 1, -1):
+        if fused:
+            _head_enter(t, steps, S, b0, b1, hs, dhs, head, scale)
         u = t - t_lo  # the step in gates and cs
         q0 = t % S * nb
         for b in range(b0, b1):
@@ -709,7 +796,7 @@ def lstm_backward(
                 continue
             ss = zero
             for j in range(H):
-                dht = dh[b, j] + dhs[t, b, j]  # dL/dh_t
+                dht = dh[b, j] + (dh_blk[q, j] if fused else dhs[t, b, j])  # dL/dh_t
                 ss += dht * dht
                 i = gates[u, b, j]
                 f = gates[u, b, H + j]
@@ -822,6 +909,8 @@ def gru_backward(
     rec_mask: FloatArray,
     dW_ih: FloatArray,
     dW_hh: FloatArray,
+    head: Head,
+    scale: float,
 ) -> None:
     """``dh`` holds dh_n on entry and dh0 on return; ``db`` and ``db_rec`` get the sums of
     the input-side and recurrent-side pre-activation gradients (they differ in the n part:
@@ -833,10 +922,15 @@ def gru_backward(
     steps = _steps(lengths, b0, b1)
     dA_in, dA_rec = grads[0], grads[1]
     tmp = np.empty((nb, H), dtype=hs.dtype)
+    fused = head[0].shape[0] > 0
     if t_hi == x.shape[0]:
         _start_backward(dx, dW_ih, dW_hh, steps, b0, b1)
+        _head_start(steps, S, b0, b1, hs, dhs, head, scale)
+    dh_blk = head[4]
     ins, outs = (x, hs, h0, W_ih, rec_mask), (dx, dW_ih, dW_hh, db, db_rec)
     for t in range(min(t_hi, steps) - 1, t_lo - 1, -1):
+        if fused:
+            _head_enter(t, steps, S, b0, b1, hs, dhs, head, scale)
         u = t - t_lo  # the step in gates and hn
         q0 = t % S * nb
         for b in range(b0, b1):
@@ -847,7 +941,7 @@ def gru_backward(
                 continue
             ss = zero
             for j in range(H):
-                dht = dh[b, j] + dhs[t, b, j]  # dL/dh_t
+                dht = dh[b, j] + (dh_blk[q, j] if fused else dhs[t, b, j])  # dL/dh_t
                 ss += dht * dht
                 r = gates[u, b, j]
                 z = gates[u, b, H + j]
@@ -910,8 +1004,9 @@ def linear_cross_entropy(
     loss: FloatArray,
 ) -> None:
     """Rows r0:r1: ``dh[r0:r1]`` gets their dL/dh; ``dweight`` (K, H), ``dbias`` (K,) and
-    ``loss[0]`` get their sums over these rows (float64). ``row_weights`` is empty for all
-    ones; a row's weight is ``scale * row_weights[n]``."""
+    ``loss[0]`` get their sums over these rows added (float64; the caller zeroes them
+    first). ``row_weights`` is empty for all ones; a row's weight is
+    ``scale * row_weights[n]``."""
     K, H = weight.shape
     dt = h.dtype
     zero = dt.type(0)
@@ -923,8 +1018,6 @@ def linear_cross_entropy(
     tmp = np.empty((K, H), dtype=dt)
     ones = np.ones(_HEAD_BLOCK, dtype=dt)
     colsum = np.empty(K, dtype=dt)
-    dweight[:] = 0.0
-    dbias[:] = 0.0
     total = 0.0
     for s in range(r0, r1, _HEAD_BLOCK):
         e = min(s + _HEAD_BLOCK, r1)
@@ -964,7 +1057,7 @@ def linear_cross_entropy(
             for j in range(H):
                 dweight[k, j] += tmp[k, j]
         np.dot(z.T, weight, dh[s:e])  # dh = dz @ weight
-    loss[0] = total
+    loss[0] += total
 
 
 # --- explicit signatures, compiled on first use ------------------------------------------
@@ -989,11 +1082,13 @@ def _signatures(dtype: type) -> dict[str, tuple[NumbaType, ...]]:
     }
     # the kernels: b0, b1, the arguments, then rec_mask (B, H), (0, 0) for none
     sigs = {name: args if name[0] == "_" else (i, i, *args, m) for name, args in serial.items()}
-    for name in ("rnn_backward", "lstm_backward", "gru_backward"):  # + dW_ih, dW_hh
-        sigs[name] = (*sigs[name], d, d)
+    # + dW_ih, dW_hh, the head (see Head) and its scale
+    sums = types.float64[::1]
+    head = types.Tuple((m, v, lens, v, m, m, lens, v, d, sums, sums))
+    for name in ("rnn_backward", "lstm_backward", "gru_backward"):
+        sigs[name] = (*sigs[name], d, d, head, f)
     # the head: h, weight, bias, targets, row_weights, scale, dh, then the float64 sums of
     # dweight, dbias and the loss of the kernel's rows
-    sums = types.float64[::1]
     sigs["linear_cross_entropy"] = (i, i, m, m, v, lens, v, f, m, d, sums, sums)
     return sigs
 

@@ -39,6 +39,7 @@ from ._contract import (
     Checkpoints,
     FloatArray,
     ForwardOutput,
+    FusedHead,
     HeadOutput,
     IndexArray,
     Params,
@@ -230,7 +231,7 @@ def backward(
     c0: FloatArray | None,
     hs: FloatArray,
     saved: Saved,
-    dhs: FloatArray,
+    dhs: FloatArray | None,
     dh_n: FloatArray,
     dc_n: FloatArray | None,
     *,
@@ -240,16 +241,26 @@ def backward(
     num_threads: int,
     step_norms: bool,
     recurrent_mask: FloatArray | None = None,
+    head: FusedHead | None = None,
 ) -> BackwardOutput:
-    """Backpropagation through time; return ``(dx, dh0, dc0, dparams, norms)`` (after a
-    checkpointed forward, the kernel recomputes each segment inside the one call)."""
-    every, biases = 0, {}
+    """Backpropagation through time; return ``(dx, dh0, dc0, dparams, norms, head)`` (after
+    a checkpointed forward, the kernel recomputes each segment inside the one call; a fused
+    ``head`` runs inside it too, block by block of steps)."""
+    every, extras = 0, dict[str, Any]()
     if isinstance(saved, Checkpoints):
         gates, extra, every = None, saved.states, saved.every
-        biases = {"b_ih": params["b_ih"], "b_hh": params["b_hh"]}
+        extras = {"b_ih": params["b_ih"], "b_hh": params["b_hh"]}
     else:
         gates, extra = (None, None) if saved is None else saved
-    dx, dh0, dc0, dW_ih, dW_hh, db_ih, db_hh, norms = _loaded().backward(
+    if head is not None:
+        extras.update(
+            head_weight=head.weight,
+            head_bias=head.bias,
+            head_targets=head.targets,
+            head_row_weights=head.row_weights,
+            head_scale=head.scale,
+        )
+    out = _loaded().backward(
         cell,
         activation,
         negative_slope,
@@ -269,10 +280,11 @@ def backward(
         step_norms,
         recurrent_mask=recurrent_mask,
         checkpoint=every,
-        **biases,
+        **extras,
     )
+    dx, dh0, dc0, dW_ih, dW_hh, db_ih, db_hh, norms = out[:8]
     dparams = {"W_ih": dW_ih, "W_hh": dW_hh, "b_ih": db_ih, "b_hh": db_hh}
-    return dx, dh0, dc0, dparams, norms
+    return dx, dh0, dc0, dparams, norms, (out[8] if head is not None else None)
 
 
 def linear_cross_entropy(

@@ -56,6 +56,7 @@ from ._contract import (
     Checkpoints,
     FloatArray,
     ForwardOutput,
+    FusedHead,
     HeadOutput,
     IndexArray,
     Params,
@@ -279,7 +280,7 @@ def backward(
     c0: FloatArray | None,
     hs: FloatArray,
     saved: Saved,
-    dhs: FloatArray,
+    dhs: FloatArray | None,
     dh_n: FloatArray,
     dc_n: FloatArray | None,
     *,
@@ -289,11 +290,16 @@ def backward(
     num_threads: int,
     step_norms: bool,
     recurrent_mask: FloatArray | None = None,
+    head: FusedHead | None = None,
 ) -> BackwardOutput:
-    """Backpropagation through time; return ``(dx, dh0, dc0, dparams, norms)``.
+    """Backpropagation through time; return ``(dx, dh0, dc0, dparams, norms, head)``.
 
     ``norms`` is ``None`` unless ``step_norms``; then it is the (T, B) array of
     ``||dL/dh_t||``, 0 at padded steps.
+
+    ``head``: each chunk's kernel runs it block by block of its steps (the blocks of its
+    weight gradients) as its time loop enters them (``_numba_kernels._head_block``); the
+    chunks' float64 sums are added in chunk order.
     """
     T, B, D = x.shape
     GH, H = params["W_hh"].shape
@@ -307,13 +313,20 @@ def backward(
     norms = np.zeros((B, T), dtype=dt)  # ||dL/dh_t||, sequence-major for the kernels
     db = np.zeros((B, GH))  # per-sequence bias-gradient sums, in float64
     dW = (np.empty((chunks, GH, D)), np.empty((chunks, GH, H)))  # per-chunk float64 sums
-    dhs = _writable(dhs)
+    dhs = np.empty((0, 0, 0), dtype=dt) if dhs is None else _writable(dhs)
     mask = _mask(recurrent_mask, dt)
+    heads = _Heads(head, hs, chunks)
     dc = None
     if cell == "rnn":
         act = _k.ACTIVATIONS[activation]
         args = (*common, dhs, lens, act, dt.type(negative_slope), dh, dx, db, norms, mask)
-        _run("rnn_backward", dt, B, chunks, args, dW)
+        kernel = _k.compiled("rnn_backward", dt.type)
+
+        def chunk(c: int) -> None:
+            b0, b1 = c * B // chunks, (c + 1) * B // chunks
+            kernel(b0, b1, *args, dW[0][c], dW[1][c], *heads.args(c, b0, b1))
+
+        _run_chunks(chunks, chunk)
         db_ih = db_hh = db.sum(axis=0)
     else:
         db_rec = np.zeros((B, GH)) if cell == "gru" else db  # gru: the recurrent side's
@@ -339,6 +352,7 @@ def backward(
             dW,
             chunks,
             mask,
+            heads,
         )
         db_ih, db_hh = db.sum(axis=0), db_rec.sum(axis=0)
     dparams = {
@@ -347,7 +361,62 @@ def backward(
         "b_ih": db_ih.astype(dt),
         "b_hh": db_hh.astype(dt),
     }
-    return dx, dh, dc, dparams, np.ascontiguousarray(norms.T) if step_norms else None
+    norms_out = np.ascontiguousarray(norms.T) if step_norms else None
+    return dx, dh, dc, dparams, norms_out, heads.sums()
+
+
+class _Heads:
+    """The fused head's per-chunk arguments of the backward kernels (``_numba_kernels.Head``
+    and the scale): the head's arrays, a block of scratch and float64 sums per chunk; empty
+    stand-ins without a head."""
+
+    def __init__(self, head: FusedHead | None, hs: FloatArray, chunks: int) -> None:
+        self.head, self.hs, self.chunks = head, hs, chunks
+        dt = hs.dtype
+        if head is None:
+            self.scale = dt.type(1)
+            return
+        K, H = head.weight.shape
+        self.scale = dt.type(head.scale)
+        self.dweight = np.zeros((chunks, K, H))
+        self.dbias = np.zeros((chunks, K))
+        self.loss = np.zeros((chunks, 1))
+
+    def args(self, c: int, b0: int, b1: int) -> tuple[Any, ...]:
+        head, dt = self.head, self.hs.dtype
+        if head is None:
+            empty2, empty1 = np.empty((0, 0), dt), np.empty(0, dt)
+            idx = np.empty(0, np.int64)
+            f64 = (np.empty((0, 0)), np.empty(0), np.zeros(1))
+            return (empty2, empty1, idx, empty1, empty2, empty2, idx, empty1, *f64), self.scale
+        H = self.hs.shape[2]
+        rows = _k.block_steps(b1 - b0) * (b1 - b0)  # a block of the chunk's steps
+        rw = np.empty(0, dt) if head.row_weights is None else _writable(head.row_weights)
+        wb = np.empty(rows if head.row_weights is not None else 0, dt)
+        arrays = (
+            _writable(head.weight),
+            _writable(head.bias),
+            _writable(head.targets),
+            rw,
+            np.empty((rows, H), dt),  # dh of the block
+            np.empty((rows, H), dt),  # the block's states, gathered
+            np.empty(rows, np.int64),  # and targets
+            wb,  # and row weights
+            self.dweight[c],
+            self.dbias[c],
+            self.loss[c],
+        )
+        return arrays, self.scale
+
+    def sums(self) -> tuple[float, FloatArray, FloatArray] | None:
+        if self.head is None:
+            return None
+        dt = self.hs.dtype
+        return (
+            float(self.loss.sum()),
+            self.dweight.sum(axis=0).astype(dt),
+            self.dbias.sum(axis=0).astype(dt),
+        )
 
 
 def _spans_backward(
@@ -370,6 +439,7 @@ def _spans_backward(
     dW: tuple[NDArray[np.float64], NDArray[np.float64]],
     chunks: int,
     mask: FloatArray,
+    heads: _Heads,
 ) -> None:
     """The lstm or gru backward kernel of each chunk over spans of steps: full BPTT one span
     with the saved arrays; checkpointed, one segment of ``saved.every`` steps at a time,
@@ -414,6 +484,7 @@ def _spans_backward(
                 mask,
                 dW[0][c],
                 dW[1][c],
+                *heads.args(c, b0, b1),
             )
 
         return _run_chunks(chunks, chunk)
@@ -440,6 +511,7 @@ def _spans_backward(
     def segmented(c: int) -> None:
         b0, b1 = c * B // chunks, (c + 1) * B // chunks
         grads = buffers(x, hs, b0, b1, G * H, cell == "gru")
+        head_args = heads.args(c, b0, b1)  # its block of dh lives across the segments
         for j in range(-(-T // every) - 1, -1, -1):
             s0, s1 = j * every, min((j + 1) * every, T)
             span_lengths(lens, b0, b1, s0, s1, seg_lens)
@@ -455,7 +527,7 @@ def _spans_backward(
             n = s1 - s0
             fwd = (*forward_args, h_start, *first, seg_lens, seg_hs[:n], *outs, g, e, *keep, mask)
             forward(b0, b1, x_seg, W_ih_T, W_hh_T, *fwd)
-            bwd = (*first, dhs, lens, *tail, s0, s1, grads, mask, dW[0][c], dW[1][c])
+            bwd = (*first, dhs, lens, *tail, s0, s1, grads, mask, dW[0][c], dW[1][c], *head_args)
             kernel(b0, b1, *common, g, e, *bwd)
 
     _run_chunks(chunks, segmented)
@@ -493,9 +565,9 @@ def linear_cross_entropy(
     chunks = max(1, min(int(num_threads), N // _HEAD_ROWS_PER_THREAD))
     rw = np.empty(0, dtype=dt) if row_weights is None else _writable(row_weights)
     dh = np.empty((N, H), dtype=dt)
-    dweight = np.empty((chunks, K, H))  # float64 sums, one per chunk
-    dbias = np.empty((chunks, K))
-    loss = np.empty((chunks, 1))
+    dweight = np.zeros((chunks, K, H))  # float64 sums, one per chunk
+    dbias = np.zeros((chunks, K))
+    loss = np.zeros((chunks, 1))
     args: tuple[Any, ...] = (
         _writable(h),
         _writable(weight),

@@ -33,7 +33,9 @@ from ._contract import (
     Checkpoints,
     FloatArray,
     ForwardOutput,
+    FusedHead,
     HeadOutput,
+    HeadSums,
     IndexArray,
     Params,
     Saved,
@@ -499,7 +501,13 @@ class _GradBlocks:
     the block's GEMMs run (dx = dA W_ih, dW_ih += dA^T X, dW_hh += dA^T (m * H_prev) with
     m the recurrent dropout mask (1 if None), the bias sums). The blocks depend on B, G*H
     and the dtype only, so every schedule of the steps (full or checkpointed BPTT) adds the
-    same products in the same order."""
+    same products in the same order.
+
+    ``dh_out(t)`` is dL/dh_t from step t's output: ``dhs[t]``, or with a fused ``head`` its
+    gradient for the block that holds t (plus ``dhs[t]`` if given), computed for the whole
+    block (one vectorised :func:`linear_cross_entropy` on its T_block*B rows) when the loop
+    enters it, into a buffer of one block; the head's loss, dweight and dbias are summed
+    block by block in the same order whatever the schedule."""
 
     def __init__(
         self,
@@ -509,12 +517,20 @@ class _GradBlocks:
         W_ih: FloatArray,
         two_sided: bool,
         mask: FloatArray | None,
+        dhs: FloatArray | None = None,
+        head: FusedHead | None = None,
     ) -> None:
         T, B, D = x.shape
         GH = W_ih.shape[0]
         self.x, self.hs, self.h0, self.W_ih, self.mask = x, hs, h0, W_ih, mask
+        self.dhs, self.head = dhs, head
         self.steps = max(1, GRAD_BLOCK_BYTES // (B * GH * x.dtype.itemsize))
         n = min(self.steps, T)
+        if head is not None:
+            self.head_dh = np.empty((n, B, hs.shape[2]), dtype=x.dtype)
+            self.head_loss = 0.0
+            self.head_dweight = np.zeros_like(head.weight)
+            self.head_dbias = np.zeros_like(head.bias)
         self.dA_in = np.empty((n, B, GH), dtype=x.dtype)
         self.dA_rec = np.empty_like(self.dA_in) if two_sided else self.dA_in
         self.dx = np.empty((T, B, D), dtype=x.dtype)
@@ -522,6 +538,40 @@ class _GradBlocks:
         self.dW_hh = np.zeros((GH, hs.shape[2]), dtype=x.dtype)
         self.db_ih = np.zeros(GH, dtype=x.dtype)
         self.db_hh = np.zeros(GH, dtype=x.dtype) if two_sided else self.db_ih
+
+    def dh_out(self, t: int) -> FloatArray:
+        """dL/dh_t from step t's output (B, H); called once per step, newest first."""
+        head = self.head
+        if head is None:
+            dhs: FloatArray = given(self.dhs, "dhs")[t]
+            return dhs
+        T, B, H = self.hs.shape
+        if t + 1 == T or (t + 1) % self.steps == 0:  # entering the block t0:t+1
+            t0 = t - t % self.steps
+            r0, r1 = t0 * B, (t + 1) * B
+            rw = None if head.row_weights is None else head.row_weights[r0:r1]
+            loss, dh, dweight, dbias = linear_cross_entropy(
+                self.hs[t0 : t + 1].reshape(r1 - r0, H),
+                head.weight,
+                head.bias,
+                head.targets[r0:r1],
+                rw,
+                scale=head.scale,
+                num_threads=1,
+            )
+            self.head_dh[: t + 1 - t0] = dh.reshape(t + 1 - t0, B, H)
+            if self.dhs is not None:
+                self.head_dh[: t + 1 - t0] += self.dhs[t0 : t + 1]
+            self.head_loss += loss
+            self.head_dweight += dweight
+            self.head_dbias += dbias
+        rows: FloatArray = self.head_dh[t % self.steps]
+        return rows
+
+    def head_sums(self) -> HeadSums | None:
+        if self.head is None:
+            return None
+        return self.head_loss, self.head_dweight, self.head_dbias
 
     def rows(self, t: int) -> tuple[FloatArray, FloatArray]:
         """Where step t's gradients go: dA (input side) and dA_rec (recurrent side)."""
@@ -557,7 +607,7 @@ def backward(
     c0: FloatArray | None,
     hs: FloatArray,
     saved: Saved,
-    dhs: FloatArray,
+    dhs: FloatArray | None,
     dh_n: FloatArray,
     dc_n: FloatArray | None,
     *,
@@ -567,8 +617,9 @@ def backward(
     num_threads: int,
     step_norms: bool,
     recurrent_mask: FloatArray | None = None,
+    head: FusedHead | None = None,
 ) -> BackwardOutput:
-    """Backpropagation through time; return ``(dx, dh0, dc0, dparams, norms)``.
+    """Backpropagation through time; return ``(dx, dh0, dc0, dparams, norms, head)``.
 
     ``recurrent_mask``: the forward's; the gradient through the recurrent product is then
     ``dh_{t-1} = m * (W_hh^T dA_t)`` and ``dW_hh = sum_t dA_t^T (m * h_{t-1})`` (a
@@ -579,32 +630,34 @@ def backward(
     loss at step t and from every later step), 0 at padded steps. ``saved`` from a
     checkpointed forward (a :class:`Checkpoints`): each segment's activations are
     recomputed first (:func:`_segments`); the result has the bits of full BPTT.
+
+    ``head`` (a :class:`FusedHead`): dL/dh_t is the head's gradient (plus ``dhs``),
+    computed per block of steps of :class:`_GradBlocks`; the last element is its
+    ``(loss, dweight, dbias)``.
     """
     del num_threads
     T, B, _ = x.shape
     active = _active_masks(lengths, T)
     norms = np.zeros((T, B), dtype=x.dtype) if step_norms else None
     mask = recurrent_mask
-    grads = _GradBlocks(x, hs, h0, params["W_ih"], two_sided=cell == "gru", mask=mask)
+    grads = _GradBlocks(x, hs, h0, params["W_ih"], cell == "gru", mask, dhs, head)
     if cell == "rnn":
-        dh0 = _rnn_backward(
-            params, hs, dhs, dh_n, activation, negative_slope, active, norms, grads, mask
-        )
-        return grads.dx, dh0, None, grads.params(), norms
+        slope = negative_slope
+        dh0 = _rnn_backward(params, hs, dh_n, activation, slope, active, norms, grads, mask)
+        return grads.dx, dh0, None, grads.params(), norms, grads.head_sums()
     segments = _segments(cell, params, x, h0, c0, hs, saved, lengths, mask)
     if cell == "lstm":
         dh0, dc0 = _lstm_backward(
-            params, segments, dhs, dh_n, given(dc_n, "dc_n"), active, norms, grads, mask
+            params, segments, dh_n, given(dc_n, "dc_n"), active, norms, grads, mask
         )
-        return grads.dx, dh0, dc0, grads.params(), norms
-    dh0 = _gru_backward(params, h0, hs, segments, dhs, dh_n, active, norms, grads, mask)
-    return grads.dx, dh0, None, grads.params(), norms
+        return grads.dx, dh0, dc0, grads.params(), norms, grads.head_sums()
+    dh0 = _gru_backward(params, h0, hs, segments, dh_n, active, norms, grads, mask)
+    return grads.dx, dh0, None, grads.params(), norms, grads.head_sums()
 
 
 def _rnn_backward(
     params: Params,
     hs: FloatArray,
-    dhs: FloatArray,
     dh_n: FloatArray,
     activation: str,
     slope: float,
@@ -619,7 +672,7 @@ def _rnn_backward(
     new = np.empty_like(dh)
     for t in range(T - 1, -1, -1):
         da = grads.rows(t)[0]  # dL/da_t, the pre-activation gradient
-        np.add(dh, dhs[t], out=da)  # dL/dh_t = dhs_t + W^T dL/da_{t+1}
+        np.add(dh, grads.dh_out(t), out=da)  # dL/dh_t = dhs_t + W^T dL/da_{t+1}
         if active is not None:
             da[~active[t]] = 0
         if norms is not None:
@@ -641,7 +694,6 @@ def _rnn_backward(
 def _lstm_backward(
     params: Params,
     segments: Iterator[tuple[int, int, FloatArray, FloatArray, FloatArray | None]],
-    dhs: FloatArray,
     dh_n: FloatArray,
     dc_n: FloatArray,
     active: NDArray[np.bool_] | None,
@@ -664,7 +716,7 @@ def _lstm_backward(
             i, f, g, o = (gates[u][:, k * H : (k + 1) * H] for k in range(4))
             dai, daf, dag, dao = (dA_t[:, k * H : (k + 1) * H] for k in range(4))
             c_prev = cs[u - 1] if u > 0 else given(c_before, "c0")
-            np.add(dh, dhs[t], out=dh_t)  # dL/dh_t
+            np.add(dh, grads.dh_out(t), out=dh_t)  # dL/dh_t
             if active is not None:
                 dh_t[~active[t]] = 0
             if norms is not None:
@@ -713,7 +765,6 @@ def _gru_backward(
     h0: FloatArray,
     hs: FloatArray,
     segments: Iterator[tuple[int, int, FloatArray, FloatArray, FloatArray | None]],
-    dhs: FloatArray,
     dh_n: FloatArray,
     active: NDArray[np.bool_] | None,
     norms: FloatArray | None,
@@ -733,7 +784,7 @@ def _gru_backward(
             r, z, n = (gates[u][:, k * H : (k + 1) * H] for k in range(3))
             dar, daz, dan = (dA_in[:, k * H : (k + 1) * H] for k in range(3))
             h_prev = hs[t - 1] if t > 0 else h0
-            np.add(dh, dhs[t], out=dh_t)  # dL/dh_t
+            np.add(dh, grads.dh_out(t), out=dh_t)  # dL/dh_t
             if active is not None:
                 dh_t[~active[t]] = 0
             if norms is not None:

@@ -4,9 +4,10 @@ against the NumPy reference, the thread limit every run happens under, and the G
 throughput the results are compared with.
 
 The ``train`` step is written as a user writes it: ``fastrnn.RNN/LSTM/GRU`` and the head
-``fastrnn.Linear`` with its fused softmax cross-entropy
-(:meth:`fastrnn.Linear.softmax_cross_entropy`; layer and head both run on the backend
-being timed), and ``torch.nn.RNN/LSTM/GRU`` + ``torch.nn.Linear`` +
+``fastrnn.Linear`` with its softmax cross-entropy fused into the layer's backward
+(:meth:`fastrnn.LSTM.backward_head`, as the per-step models run it: the head's dL/dh block
+by block of steps, never for all steps; layer and head both run on the backend being
+timed), and ``torch.nn.RNN/LSTM/GRU`` + ``torch.nn.Linear`` +
 ``torch.nn.functional.cross_entropy`` for torch.
 
 The drop-in row ``fastrnn.torch`` is the torch peer with ``torch.nn.RNN/LSTM/GRU``
@@ -125,8 +126,8 @@ def _model_weights(case: Case) -> dict[str, np.ndarray]:
 
 class FastrnnRunner(Runner):
     """A fastrnn backend. The kernels through :func:`fastrnn.forward`/:func:`fastrnn.backward`;
-    the train step the way a user writes it: ``fastrnn.RNN/LSTM/GRU`` + ``fastrnn.Linear``
-    and its fused :meth:`~fastrnn.Linear.softmax_cross_entropy`, on this backend; the
+    the train step the way a user writes it: ``fastrnn.RNN/LSTM/GRU`` + ``fastrnn.Linear``,
+    the head fused into the layer's backward (``backward_head``), on this backend; the
     charlm step through :class:`fastrnn.CharLanguageModel` and :func:`fastrnn.training.train`
     as ``fit`` runs it."""
 
@@ -197,8 +198,7 @@ class FastrnnRunner(Runner):
     def _train(self) -> tuple[np.ndarray, float, np.ndarray]:
         with fastrnn.use_backend(self.name):
             out, _ = self.layer(self.case.x)
-            loss, dh = self.head.softmax_cross_entropy(out, self.case.targets)
-            dx, _ = self.layer.backward(dh)
+            loss, dx, _ = self.layer.backward_head(self.head, self.case.targets)
         return out, loss, dx
 
     def _charlm(self) -> Any:

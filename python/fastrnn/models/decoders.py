@@ -14,6 +14,7 @@ from ._base import (
     BaseModel,
     encode_labels,
     full_lengths,
+    head_backward,
     optional_positive_int,
     shared_docs,
     state_h,
@@ -132,8 +133,7 @@ class _Decoder(BaseModel):
         mask = losses.mask_from_lengths(lens + 1, T, batch_first=True)
         if not backward:
             return losses.softmax_cross_entropy(head.forward(out), target, mask=mask)[0], None
-        loss, dh = head.softmax_cross_entropy(out, target, mask=mask)  # fused head + loss
-        dx, dstate0 = dec.backward(dh)
+        loss, dx, dstate0 = head_backward(dec, head, out, target, mask)
         self._embed_backward(dx)
         return loss, dstate0
 

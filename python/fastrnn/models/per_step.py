@@ -16,6 +16,7 @@ from ._base import (
     BaseModel,
     encode_labels,
     full_lengths,
+    head_backward,
     optional_positive_int,
     shared_docs,
     softmax,
@@ -59,8 +60,7 @@ class _PerStep(BaseModel):
         mask = losses.mask_from_lengths(chunk_lens, stop - start, batch_first=True)
         if not backward:
             return losses.softmax_cross_entropy(head.forward(out), target, mask=mask)[0], final
-        loss, dh = head.softmax_cross_entropy(out, target, mask=mask)  # fused head + loss
-        dx, _ = self._parts["rnn"].backward(dh)
+        loss, dx, _ = head_backward(self._parts["rnn"], head, out, target, mask)
         self._embed_backward(dx)
         return loss, final
 

@@ -159,6 +159,48 @@ double head_rows(const HeadProblem<T>& p, const HeadOutput<T>& out, const Packed
   return loss;
 }
 
+// W (K x H) and W^T (H x K) packed once for every worker and block of rows, rows padded to
+// whole packets, and the bias padded likewise.
+template <class T>
+struct HeadWeights {
+  PackedMatrix<T> W, WT;
+  std::vector<T> bias;
+  explicit HeadWeights(const HeadProblem<T>& p) {
+    W.from_row_major(p.weight, p.K, p.H);
+    WT.from_row_major_transposed(p.weight, p.H, p.K);
+    bias.assign(static_cast<std::size_t>(W.ld), T(0));
+    std::copy_n(p.bias, p.K, bias.begin());
+  }
+};
+
+// One worker's partial sums of the head's gradients and loss: dW^T (H x K), db, the loss
+// (float64). rows() adds the rows [r0, r1) of p (writing their dh to out.dh); a fixed order
+// of calls and a fixed order of the workers' sums give the same bits every time.
+template <class T>
+struct HeadSums {
+  AlignedMat<T> dWt;
+  Eigen::Matrix<T, Eigen::Dynamic, 1> db;
+  double loss = 0.0;
+  explicit HeadSums(const HeadProblem<T>& p) : dWt(AlignedMat<T>::Zero(p.H, p.K)),
+                                               db(Eigen::Matrix<T, Eigen::Dynamic, 1>::Zero(p.K)) {}
+  void rows(const HeadProblem<T>& p, const HeadOutput<T>& out, const HeadWeights<T>& w,
+            Index r0, Index r1) {
+    loss += head_rows(p, out, w.W, w.WT, w.bias.data(), r0, r1, dWt, db);
+  }
+  // the workers' sums, added in worker order into out.dweight, out.dbias; returns the loss
+  static double reduce(std::vector<HeadSums>& parts, const HeadOutput<T>& out, Index H, Index K) {
+    double total = parts[0].loss;
+    for (std::size_t w = 1; w < parts.size(); ++w) {
+      parts[0].dWt += parts[w].dWt;
+      parts[0].db += parts[w].db;
+      total += parts[w].loss;
+    }
+    Eigen::Map<AlignedMat<T>>(out.dweight, H, K) = parts[0].dWt;  // (K, H) row-major: dW^T
+    Eigen::Map<Eigen::Matrix<T, Eigen::Dynamic, 1>>(out.dbias, K) = parts[0].db;
+    return total;
+  }
+};
+
 }  // namespace detail
 
 // Runs the head; fills `out` and returns the loss.
@@ -166,40 +208,22 @@ template <class T>
 double linear_cross_entropy(const HeadProblem<T>& p, const HeadOutput<T>& out) {
   using namespace detail;
   const Index H = p.H, K = p.K;
-  Eigen::Map<Eigen::Matrix<T, Eigen::Dynamic, 1>> db_out(out.dbias, K);
-  Eigen::Map<AlignedMat<T>> dW_out(out.dweight, H, K);  // (K, H) row-major: dW^T
   if (p.N == 0) {
-    db_out.setZero();
-    dW_out.setZero();
+    Eigen::Map<Eigen::Matrix<T, Eigen::Dynamic, 1>>(out.dbias, K).setZero();
+    Eigen::Map<AlignedMat<T>>(out.dweight, H, K).setZero();
     return 0.0;
   }
-  PackedMatrix<T> Wp, WTp;  // W (K x H) and W^T (H x K), rows padded to whole packets
-  Wp.from_row_major(p.weight, K, H);
-  WTp.from_row_major_transposed(p.weight, H, K);
-  std::vector<T> bias_padded(static_cast<std::size_t>(Wp.ld), T(0));
-  std::copy_n(p.bias, K, bias_padded.begin());
+  const HeadWeights<T> weights(p);
   // a worker only for at least ~4 M multiply-adds of work (thread start-up is ~30 us)
   const Index min_rows = std::max<Index>(1, (Index(1) << 22) / (3 * H * K + 1));
   const int workers =
       static_cast<int>(std::clamp<Index>(p.N / min_rows, 1, std::max(1, p.num_threads)));
-  std::vector<AlignedMat<T>> dWt(workers);
-  std::vector<Eigen::Matrix<T, Eigen::Dynamic, 1>> db(workers);
-  std::vector<double> loss(workers, 0.0);
+  std::vector<HeadSums<T>> parts(workers, HeadSums<T>(p));
   run_workers(workers, p.flush_denormals, [&](int w) {
     const auto [r0, r1] = split_range(p.N, workers, w);
-    dWt[w].setZero(H, K);
-    db[w].setZero(K);
-    loss[w] = head_rows(p, out, Wp, WTp, bias_padded.data(), r0, r1, dWt[w], db[w]);
+    parts[w].rows(p, out, weights, r0, r1);
   });
-  double total = loss[0];
-  for (int w = 1; w < workers; ++w) {
-    dWt[0] += dWt[w];
-    db[0] += db[w];
-    total += loss[w];
-  }
-  dW_out = dWt[0];
-  db_out = db[0];
-  return total;
+  return HeadSums<T>::reduce(parts, out, H, K);
 }
 
 }  // namespace fastrnn

@@ -25,6 +25,10 @@
 // step loop into one reused segment buffer (SavedSteps), then runs the backward steps over
 // it. The weight gradients are reduced in GradBlocks aligned at t = 0, whatever k is, and
 // every product takes the same path as in full BPTT, so the gradients are bit-identical.
+// The fused output head (BackwardInput::head): dL/dh_t is the head's gradient (head.hpp's
+// row code on hs), computed by GradBlocks::dh_out for a whole block of steps when the loop
+// enters it, into a block-sized buffer: no dh of all steps; its sums reduce per worker,
+// then in worker order, and do not depend on k either.
 #pragma once
 
 #include <Eigen/Core>
@@ -37,6 +41,7 @@
 
 
 #include "blas.hpp"
+#include "head.hpp"
 #include "memory.hpp"
 #include "parallel.hpp"
 #include "small_gemm.hpp"
@@ -87,9 +92,13 @@ struct BackwardInput {
   const T* gates = nullptr;
   const T* extra = nullptr;
   const T* checkpoints = nullptr;  // checkpointed lstm: ForwardOutput::checkpoints
-  const T* dhs = nullptr;   // (steps, B, H)
+  const T* dhs = nullptr;   // (steps, B, H), or null with a fused head: none
   const T* dh_n = nullptr;  // (B, H)
   const T* dc_n = nullptr;  // (B, H), lstm
+  // The fused output head (head.hpp) on hs: its rows are the steps*B states, row t*B + b
+  // for step t of sequence b (N = steps*B; h unused: hs). dL/dh_t is then the head's
+  // gradient (plus dhs if given), computed block by block of steps inside the backward.
+  const HeadProblem<T>* head = nullptr;
 };
 
 template <class T>
@@ -102,6 +111,8 @@ struct BackwardOutput {
   T* db_ih = nullptr;
   T* db_hh = nullptr;
   T* norms = nullptr;  // (steps, B) or null
+  const HeadOutput<T>* head = nullptr;  // with BackwardInput::head: dweight, dbias (dh unused)
+  double* head_loss = nullptr;           // with BackwardInput::head: the head's loss
 };
 
 namespace detail {
@@ -493,14 +504,24 @@ class GradBlocks {
   Mat<T> db;            // (GH x 2): db_ih, db_hh
 
   GradBlocks(const Problem<T>& p, const BackwardInput<T>& in, const BackwardOutput<T>& g,
-             const PackedMatrix<T>& W_ih_T, const BlasFunctions& blas, Index b0, Index nb)
+             const PackedMatrix<T>& W_ih_T, const BlasFunctions& blas, Index b0, Index nb,
+             const HeadWeights<T>* head_weights = nullptr, HeadSums<T>* head_sums = nullptr)
       : p_(p), in_(in), g_(g), W_ih_T_(W_ih_T), blas_(blas), b0_(b0), nb_(nb),
         GH_(gates_of(p.cell) * p.H), wide_(blas_blocks(p, blas, nb)),
         steps_(block_steps(p, wide_, nb)),
         dA_(GH_ * nb * steps_), dA_rec_(p.cell == Cell::gru ? GH_ * nb * steps_ : 0),
         x_(gathered() ? p.D * nb * steps_ : 0), h_prev_(p.H * nb * steps_),
         dx_(W_ih_T.ld * nb * steps_),
-        stream_(worth_streaming(p.steps * p.B * p.D * Index(sizeof(T)))) {  // dx
+        stream_(worth_streaming(p.steps * p.B * p.D * Index(sizeof(T)))),  // dx
+        head_weights_(head_weights), head_sums_(head_sums) {
+    if (in.head) {
+      head_dh_.resize(static_cast<std::size_t>(p.H * nb * steps_));
+      if (gathered()) {
+        head_h_.resize(head_dh_.size());
+        head_y_.resize(static_cast<std::size_t>(nb * steps_));
+        if (in.head->row_weights) head_w_.resize(head_y_.size());
+      }
+    }
     dW_ih.setZero(p.D, GH_);
     dW_hh.setZero(p.H, GH_);
     db.setZero(GH_, 2);
@@ -515,6 +536,17 @@ class GradBlocks {
   }
 
   T* dA_in(Index t) { return dA_.data() + column(t) * GH_; }
+
+  // dL/dh_t arriving from step t's output (H x nb): dhs, or with the fused head its
+  // gradient of the block of steps that holds t (plus dhs if given), computed when the loop
+  // enters the block (t its last step) into a buffer of one block. The blocks are those of
+  // the weight gradients, aligned at t = 0: the same rows in the same order whatever the
+  // checkpoint schedule, so the head's sums have the same bits too.
+  const T* dh_out(Index t) {
+    if (!in_.head) return in_.dhs + (t * p_.B + b0_) * p_.H;
+    if (t + 1 == p_.steps || (t + 1) % steps_ == 0) head_block(t - t % steps_, t % steps_ + 1);
+    return head_dh_.data() + column(t) * p_.H;
+  }
   T* dA_rec(Index t) { return (dA_rec_.empty() ? dA_ : dA_rec_).data() + column(t) * GH_; }
 
   void step_done(Index t) {
@@ -613,6 +645,37 @@ class GradBlocks {
     input_gradient(t0, count, dA);
   }
 
+  // The head on the rows of the steps [t0, t0 + count) of this chunk (gathered into
+  // contiguous rows unless the chunk is the whole batch): their dL/dh into head_dh_, the
+  // sums into head_sums_.
+  void head_block(Index t0, Index count) {
+    const HeadProblem<T>& head = *in_.head;
+    const Index H = p_.H, B = p_.B, nb = nb_, first = t0 * B + b0_;
+    HeadProblem<T> rows = head;
+    rows.N = count * nb;
+    rows.h = in_.hs + first * H;
+    rows.targets = head.targets + first;
+    rows.row_weights = head.row_weights ? head.row_weights + first : nullptr;
+    if (gathered()) {
+      for (Index s = 0; s < count; ++s) {
+        const Index r = (t0 + s) * B + b0_;
+        std::copy_n(in_.hs + r * H, H * nb, head_h_.data() + s * nb * H);
+        std::copy_n(head.targets + r, nb, head_y_.data() + s * nb);
+        if (head.row_weights) std::copy_n(head.row_weights + r, nb, head_w_.data() + s * nb);
+      }
+      rows.h = head_h_.data();
+      rows.targets = head_y_.data();
+      if (head.row_weights) rows.row_weights = head_w_.data();
+    }
+    HeadOutput<T> out;
+    out.dh = head_dh_.data();
+    head_sums_->rows(rows, out, *head_weights_, 0, rows.N);
+    if (!in_.dhs) return;
+    for (Index s = 0; s < count; ++s)
+      ArrMap<T>(head_dh_.data() + s * nb * H, H, nb) +=
+          ConstArrMap<T>(in_.dhs + ((t0 + s) * B + b0_) * H, H, nb);
+  }
+
   const Problem<T>& p_;
   const BackwardInput<T>& in_;
   const BackwardOutput<T>& g_;
@@ -623,6 +686,10 @@ class GradBlocks {
   Index steps_;
   std::vector<T> dA_, dA_rec_, x_, h_prev_, dx_;
   bool stream_;
+  const HeadWeights<T>* head_weights_;
+  HeadSums<T>* head_sums_;
+  std::vector<T> head_dh_, head_h_, head_w_;
+  std::vector<std::int64_t> head_y_;
 };
 
 
@@ -721,10 +788,10 @@ void rnn_backward_chunk(const Problem<T>& p, const BackwardInput<T>& in,
   for (Index t = p.steps - 1; t >= 0; --t) {
     const Index off = t * B + b0;
     if (t > 0) {
-      prefetch(in.dhs + (off - B) * H, H * nb);
+      if (in.dhs) prefetch(in.dhs + (off - B) * H, H * nb);
       prefetch(in.hs + (off - B) * H, H * nb);
     }
-    const ConstArrMap<T> dhs_t(in.dhs + off * H, H, nb), h(in.hs + off * H, H, nb);
+    const ConstArrMap<T> dhs_t(grads.dh_out(t), H, nb), h(in.hs + off * H, H, nb);
     ArrMap<T> dA(grads.dA_in(t), H, nb);
     if (g.norms || !mask.all_active(t)) {
       dht = s.dh_map() + dhs_t;  // dL/dh_t
@@ -764,12 +831,12 @@ void lstm_backward_chunk(const Problem<T>& p, const BackwardInput<T>& in,
     const auto i = gt.topRows(H), f = gt.middleRows(H, H), gg = gt.middleRows(2 * H, H),
                o = gt.bottomRows(H);
     if (t > 0) {
-      prefetch(in.dhs + (off - B) * H, H * nb);
+      if (in.dhs) prefetch(in.dhs + (off - B) * H, H * nb);
       saved.prefetch_step(t - 1);
     }
     const ConstArrMap<T> c(saved.extra(t), H, nb);
     const ConstArrMap<T> c_prev(saved.c_prev(t), H, nb);
-    dht = s.dh_map() + ConstArrMap<T>(in.dhs + off * H, H, nb);  // dL/dh_t
+    dht = s.dh_map() + ConstArrMap<T>(grads.dh_out(t), H, nb);  // dL/dh_t
     mask.zero_inactive(t, dht);
     store_norms(g, t, B, b0, dht);
     tc = c.tanh();
@@ -812,13 +879,13 @@ void gru_backward_chunk(const Problem<T>& p, const BackwardInput<T>& in,
     const ConstArrMap<T> gt(saved.gates(t), GH, nb);
     const auto r = gt.topRows(H), z = gt.middleRows(H, H), n = gt.bottomRows(H);
     if (t > 0) {
-      prefetch(in.dhs + (off - B) * H, H * nb);
+      if (in.dhs) prefetch(in.dhs + (off - B) * H, H * nb);
       saved.prefetch_step(t - 1);
       if (t > 1) prefetch(in.hs + (off - 2 * B) * H, H * nb);
     }
     const ConstArrMap<T> hn(saved.extra(t), H, nb);
     const ConstArrMap<T> h_prev(t > 0 ? in.hs + (off - B) * H : p.h0 + b0 * H, H, nb);
-    dht = s.dh_map() + ConstArrMap<T>(in.dhs + off * H, H, nb);  // dL/dh_t
+    dht = s.dh_map() + ConstArrMap<T>(grads.dh_out(t), H, nb);  // dL/dh_t
     mask.zero_inactive(t, dht);
     store_norms(g, t, B, b0, dht);
     ArrMap<T> dA_in(grads.dA_in(t), GH, nb), dA_rec(grads.dA_rec(t), GH, nb);
@@ -911,10 +978,19 @@ void backward(const Problem<T>& p, const BackwardInput<T>& in, const BackwardOut
   const BlasSingleThreaded blas_threads(
       blas, GradBlocks<T>::blas_blocks(p, blas, widest) || WT.uses_blas() ||
                 (recompute && (project->uses_blas(widest) || W->uses_blas())));
+  // the fused head: its weights packed once; each worker's sums, added in worker order
+  std::unique_ptr<HeadWeights<T>> head_weights;
+  std::vector<HeadSums<T>> head_sums;
+  if (in.head) {
+    head_weights = std::make_unique<HeadWeights<T>>(*in.head);
+    head_sums.assign(static_cast<std::size_t>(workers), HeadSums<T>(*in.head));
+  }
   std::vector<std::unique_ptr<GradBlocks<T>>> parts(workers);
   run_workers(workers, p.flush_denormals, [&](int w) {
     const auto [b0, b1] = split_range(B, workers, w);
-    parts[w] = std::make_unique<GradBlocks<T>>(p, in, g, W_ih_T, blas, b0, b1 - b0);
+    parts[w] = std::make_unique<GradBlocks<T>>(p, in, g, W_ih_T, blas, b0, b1 - b0,
+                                               head_weights.get(),
+                                               in.head ? &head_sums[w] : nullptr);
     SavedSteps<T> saved(p, in, project.get(), W.get(), b0, b1 - b0);
     if (p.cell == Cell::rnn) rnn_backward_chunk(p, in, g, WT, *parts[w], b0, b1 - b0);
     if (p.cell == Cell::lstm) lstm_backward_chunk(p, in, g, WT, *parts[w], saved, b0, b1 - b0);
@@ -933,6 +1009,7 @@ void backward(const Problem<T>& p, const BackwardInput<T>& in, const BackwardOut
     db_ih += parts[w]->db.col(0);
     db_hh += parts[w]->db.col(rec);
   }
+  if (in.head) *g.head_loss = HeadSums<T>::reduce(head_sums, *g.head, H, in.head->K);
 }
 
 }  // namespace fastrnn
