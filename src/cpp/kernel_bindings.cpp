@@ -234,12 +234,12 @@ void check(const fastrnn::KernelStatus& status) {
 }
 
 template <class T>
-py::tuple forward_impl(const fastrnn::KernelTable& k, const std::string& cell, const std::string& activation, double slope,
-                       const py::object& W_ih, const py::object& W_hh, const py::object& b_ih,
-                       const py::object& b_hh, const py::object& x, const py::object& h0,
-                       const py::object& c0, const py::object& lengths, int num_threads,
-                       bool flush_denormals, bool training, const py::object& recurrent_mask,
-                       Index checkpoint) {
+py::tuple forward_impl(const fastrnn::KernelTable& k, const std::string& cell,
+                       const std::string& activation, double slope, const py::object& W_ih,
+                       const py::object& W_hh, const py::object& b_ih, const py::object& b_hh,
+                       const py::object& x, const py::object& h0, const py::object& c0,
+                       const py::object& lengths, int num_threads, bool flush_denormals,
+                       bool training, const py::object& recurrent_mask, Index checkpoint) {
   auto p = problem<T>(cell, activation, slope, W_ih, W_hh, x, h0, c0, lengths, num_threads,
                       flush_denormals);
   p.rec_mask = recurrent_mask_input<T>(recurrent_mask, p.B, p.H);
@@ -281,13 +281,13 @@ py::tuple forward_impl(const fastrnn::KernelTable& k, const std::string& cell, c
 }
 
 template <class T>
-py::tuple backward_impl(const fastrnn::KernelTable& k, const std::string& cell, const std::string& activation, double slope,
-                        const py::object& W_ih, const py::object& W_hh, const py::object& x,
-                        const py::object& h0, const py::object& c0, const py::object& hs,
-                        const py::object& gates, const py::object& extra, const py::object& dhs,
-                        const py::object& dh_n, const py::object& dc_n,
-                        const py::object& lengths, int num_threads, bool step_norms,
-                        bool flush_denormals, const py::object& recurrent_mask,
+py::tuple backward_impl(const fastrnn::KernelTable& k, const std::string& cell,
+                        const std::string& activation, double slope, const py::object& W_ih,
+                        const py::object& W_hh, const py::object& x, const py::object& h0,
+                        const py::object& c0, const py::object& hs, const py::object& gates,
+                        const py::object& extra, const py::object& dhs, const py::object& dh_n,
+                        const py::object& dc_n, const py::object& lengths, int num_threads,
+                        bool step_norms, bool flush_denormals, const py::object& recurrent_mask,
                         const py::object& b_ih, const py::object& b_hh, Index checkpoint) {
   auto p = problem<T>(cell, activation, slope, W_ih, W_hh, x, h0, c0, lengths, num_threads,
                       flush_denormals);
@@ -343,10 +343,10 @@ py::tuple backward_impl(const fastrnn::KernelTable& k, const std::string& cell, 
 }
 
 template <class T>
-py::tuple linear_cross_entropy_impl(const fastrnn::KernelTable& k, const py::object& h, const py::object& weight,
-                                    const py::object& bias, const py::object& targets,
-                                    const py::object& row_weights, double scale, int num_threads,
-                                    bool flush_denormals) {
+py::tuple linear_cross_entropy_impl(const fastrnn::KernelTable& k, const py::object& h,
+                                    const py::object& weight, const py::object& bias,
+                                    const py::object& targets, const py::object& row_weights,
+                                    double scale, int num_threads, bool flush_denormals) {
   fastrnn::HeadProblem<T> p;
   py::array ha = as_array(h, "h"), wa = as_array(weight, "weight");
   if (wa.ndim() != 2 || wa.shape(0) < 1 || wa.shape(1) < 1)
@@ -428,13 +428,13 @@ void define_kernels(py::module_ m) {
   m.def(
       "forward",
       [k](const std::string& cell, const std::string& activation, double negative_slope,
-         const py::object& W_ih, const py::object& W_hh, const py::object& b_ih,
-         const py::object& b_hh, const py::object& x, const py::object& h0, const py::object& c0,
-         const py::object& lengths, int num_threads, bool flush_denormals, bool training,
-         const py::object& recurrent_mask, Index checkpoint) {
+          const py::object& W_ih, const py::object& W_hh, const py::object& b_ih,
+          const py::object& b_hh, const py::object& x, const py::object& h0, const py::object& c0,
+          const py::object& lengths, int num_threads, bool flush_denormals, bool training,
+          const py::object& recurrent_mask, Index checkpoint) {
         if (scalar_kind(x) == 'f')
-          return forward_impl<float>(*k, cell, activation, negative_slope, W_ih, W_hh, b_ih, b_hh, x,
-                                     h0, c0, lengths, num_threads, flush_denormals, training,
+          return forward_impl<float>(*k, cell, activation, negative_slope, W_ih, W_hh, b_ih, b_hh,
+                                     x, h0, c0, lengths, num_threads, flush_denormals, training,
                                      recurrent_mask, checkpoint);
         return forward_impl<double>(*k, cell, activation, negative_slope, W_ih, W_hh, b_ih, b_hh, x,
                                     h0, c0, lengths, num_threads, flush_denormals, training,
@@ -472,18 +472,18 @@ void define_kernels(py::module_ m) {
       "backward",
       [k](const std::string& cell, const std::string& activation, double negative_slope,
           const py::object& W_ih, const py::object& W_hh, const py::object& x, const py::object& h0,
-         const py::object& c0, const py::object& hs, const py::object& gates,
-         const py::object& extra, const py::object& dhs, const py::object& dh_n,
-         const py::object& dc_n, const py::object& lengths, int num_threads, bool step_norms,
-         bool flush_denormals, const py::object& recurrent_mask, const py::object& b_ih,
-         const py::object& b_hh, Index checkpoint) {
+          const py::object& c0, const py::object& hs, const py::object& gates,
+          const py::object& extra, const py::object& dhs, const py::object& dh_n,
+          const py::object& dc_n, const py::object& lengths, int num_threads, bool step_norms,
+          bool flush_denormals, const py::object& recurrent_mask, const py::object& b_ih,
+          const py::object& b_hh, Index checkpoint) {
         if (scalar_kind(x) == 'f')
-          return backward_impl<float>(*k, cell, activation, negative_slope, W_ih, W_hh, x, h0, c0, hs,
-                                      gates, extra, dhs, dh_n, dc_n, lengths, num_threads,
+          return backward_impl<float>(*k, cell, activation, negative_slope, W_ih, W_hh, x, h0, c0,
+                                      hs, gates, extra, dhs, dh_n, dc_n, lengths, num_threads,
                                       step_norms, flush_denormals, recurrent_mask, b_ih, b_hh,
                                       checkpoint);
-        return backward_impl<double>(*k, cell, activation, negative_slope, W_ih, W_hh, x, h0, c0, hs,
-                                     gates, extra, dhs, dh_n, dc_n, lengths, num_threads,
+        return backward_impl<double>(*k, cell, activation, negative_slope, W_ih, W_hh, x, h0, c0,
+                                     hs, gates, extra, dhs, dh_n, dc_n, lengths, num_threads,
                                      step_norms, flush_denormals, recurrent_mask, b_ih, b_hh,
                                      checkpoint);
       },
@@ -501,8 +501,8 @@ void define_kernels(py::module_ m) {
   m.def(
       "linear_cross_entropy",
       [k](const py::object& h, const py::object& weight, const py::object& bias,
-         const py::object& targets, const py::object& row_weights, double scale, int num_threads,
-         bool flush_denormals) {
+          const py::object& targets, const py::object& row_weights, double scale, int num_threads,
+          bool flush_denormals) {
         if (scalar_kind(h, "h") == 'f')
           return linear_cross_entropy_impl<float>(*k, h, weight, bias, targets, row_weights, scale,
                                                   num_threads, flush_denormals);
