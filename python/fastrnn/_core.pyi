@@ -2,7 +2,11 @@
 
 The kernels themselves live in the modules ``fastrnn._kernels_<level>`` (one per
 instruction-set level, chosen by :func:`kernel_isa`); see ``fastrnn.backends.cpp_backend``.
+Their functions are bound here, once: each kernel module calls :func:`_bind_kernels` when it
+is imported.
 """
+
+from types import ModuleType
 
 def build_info() -> dict[str, object]:
     """Compiler, flags, Eigen version and SIMD, the kernels' instruction-set level, BLAS."""
@@ -12,3 +16,6 @@ def cpu_supports(level: str) -> bool:
 
 def kernel_isa() -> str:
     """The level whose kernels fastrnn uses (best supported, capped by FASTRNN_CPP_ISA)."""
+
+def _bind_kernels(module: ModuleType) -> None:
+    """Add the kernel functions to a kernel module, bound to the table in its capsule."""

@@ -1,9 +1,13 @@
 """Type stub for the compiled kernel modules ``fastrnn._kernels_generic``,
-``_kernels_avx2`` and ``_kernels_avx512``: one source (``src/cpp/kernels_module.cpp``)
-compiled once per instruction-set level, with the same functions. Every buffer is checked
-(dtype, C order, shape, ranges) before the GIL is released; bad input raises
-``TypeError``/``ValueError``. Called through ``fastrnn.backends.cpp_backend``.
+``_kernels_avx2`` and ``_kernels_avx512``: the same kernels compiled once per
+instruction-set level, with the same functions. The functions are the bindings of
+``src/cpp/kernel_bindings.cpp`` (compiled once, into ``fastrnn._core``), which the module
+adds to itself at import, bound to its table of kernels (the capsule ``_table``). Every
+buffer is checked (dtype, C order, shape, ranges) before the GIL is released; bad input
+raises ``TypeError``/``ValueError``. Called through ``fastrnn.backends.cpp_backend``.
 """
+
+from typing import Any
 
 import numpy as np
 
@@ -27,14 +31,25 @@ def forward(
     flush_denormals: bool = True,
     training: bool = True,
     recurrent_mask: np.ndarray | None = None,
+    checkpoint: int = 0,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None, np.ndarray | None, np.ndarray | None]:
     """Forward pass; returns (hs, h_n, c_n, gates, extra); c_n may be None, and gates, extra
     are None for rnn and with training=False (nothing saved for backward). recurrent_mask
-    (B, H): recurrent dropout, W_hh (m * h_{t-1}) at every step."""
+    (B, H): recurrent dropout, W_hh (m * h_{t-1}) at every step. With checkpoint=k > 0
+    (checkpointed BPTT) gates is None and extra, for lstm, the cell states before steps
+    0, k, 2k, ... (ceil(T / k), B, H)."""
 
-def set_blas(sgemm: int, dgemm: int, get_num_threads: int, set_num_threads: int, name: str) -> None:
+def set_blas(
+    sgemm: int,
+    dgemm: int,
+    get_num_threads: int,
+    set_num_threads: int,
+    name: str,
+    int64: bool = False,
+) -> None:
     """Hand over the Fortran-ABI sgemm/dgemm and OpenBLAS's thread getter/setter (raw
-    addresses, 0 for none) that the large products use; with any one missing, none does."""
+    addresses, 0 for none) that the large products use; ``int64``: the gemm functions take
+    64-bit integers (ILP64). With any one missing, none does."""
 
 def blas() -> str:
     """What the large products use: the name given to set_blas, or 'none: <why>'."""
@@ -54,7 +69,7 @@ def backward(
     hs: np.ndarray,
     gates: np.ndarray | None,
     extra: np.ndarray | None,
-    dhs: np.ndarray,
+    dhs: np.ndarray | None,
     dh_n: np.ndarray,
     dc_n: np.ndarray | None,
     lengths: np.ndarray | None = None,
@@ -62,18 +77,22 @@ def backward(
     step_norms: bool = False,
     flush_denormals: bool = True,
     recurrent_mask: np.ndarray | None = None,
-) -> tuple[
-    np.ndarray,
-    np.ndarray,
-    np.ndarray | None,
-    np.ndarray,
-    np.ndarray,
-    np.ndarray,
-    np.ndarray,
-    np.ndarray | None,
-]:
+    b_ih: np.ndarray | None = None,
+    b_hh: np.ndarray | None = None,
+    checkpoint: int = 0,
+    head_weight: np.ndarray | None = None,
+    head_bias: np.ndarray | None = None,
+    head_targets: np.ndarray | None = None,
+    head_row_weights: np.ndarray | None = None,
+    head_scale: float = 1.0,
+) -> tuple[Any, ...]:
     """BPTT; returns (dx, dh0, dc0, dW_ih, dW_hh, db_ih, db_hh, step_norms).
-    recurrent_mask: the forward's."""
+    recurrent_mask: the forward's. Checkpointed (checkpoint=k > 0, the forward's k): gates
+    is None, extra the forward's checkpoints (lstm; None for gru), and b_ih, b_hh are
+    needed (each segment's activations are recomputed). The fused head (head_weight (K, H),
+    head_bias (K,), head_targets (T*B,) int64, head_row_weights (T*B,) or None,
+    head_scale): dL/dh_t is the head's gradient plus dhs (which may then be None), and a
+    9th element (loss, dweight, dbias) is returned."""
 
 def linear_cross_entropy(
     h: np.ndarray,

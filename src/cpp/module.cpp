@@ -1,7 +1,8 @@
 // The compiled module fastrnn._core: only bindings live here; the kernels are
-// header-only templates under fastrnn/ with no Python types, bound in kernels_module.cpp
-// once per instruction-set level. _core is compiled for baseline x86-64 and decides which
-// level this CPU can run.
+// header-only templates under fastrnn/ with no Python types, compiled once per
+// instruction-set level into the kernel modules (kernel_module.cpp). _core is compiled for
+// baseline x86-64, decides which level this CPU can run, and holds the kernels' bindings
+// (kernel_bindings.cpp), which each kernel module asks for when it is imported.
 #include <pybind11/pybind11.h>
 
 #include <Eigen/Core>
@@ -9,6 +10,10 @@
 #include <string>
 
 namespace py = pybind11;
+
+namespace fastrnn {
+void bind_kernels(py::module_& core);  // kernel_bindings.cpp
+}
 
 namespace {
 
@@ -109,4 +114,5 @@ PYBIND11_MODULE(_core, m) {
   m.def("kernel_isa", &kernel_isa,
         "The instruction-set level whose kernel module fastrnn uses: the best one this CPU "
         "supports and this build has, capped by the environment variable FASTRNN_CPP_ISA.");
+  fastrnn::bind_kernels(m);
 }

@@ -1,29 +1,24 @@
-// Bindings of the recurrent kernels (fastrnn/recurrent.hpp). This one source is compiled
-// into one extension module per instruction-set level (_kernels_generic, _kernels_avx2,
-// _kernels_avx512; see CMakeLists.txt), each with hidden symbols, and fastrnn._core picks
-// the best one the CPU supports. Every buffer is checked here (dtype, C order, shape,
-// lengths in range) with the GIL held; then the GIL is released around the kernel.
+// Bindings of the recurrent kernels (fastrnn/recurrent.hpp, head.hpp), compiled once, into
+// fastrnn._core (baseline x86-64). The kernels themselves are compiled once per
+// instruction-set level into the modules _kernels_generic, _kernels_avx2, _kernels_avx512
+// (kernel_module.cpp; see CMakeLists.txt); each such module, when imported, calls
+// _core._bind_kernels(module), which adds the functions below to it, bound to that module's
+// KernelTable (fastrnn/kernel_table.hpp). Every buffer is checked here (dtype, C order,
+// shape, lengths in range) with the GIL held; then the GIL is released around the kernel,
+// called through the table.
 #include <pybind11/numpy.h>
 #include <pybind11/pybind11.h>
 
-#include <Eigen/Core>
 #include <cmath>
 #include <cstdint>
+#include <new>
+#include <stdexcept>
 #include <string>
 #include <vector>
 
 #include "fastrnn/head.hpp"
+#include "fastrnn/kernel_table.hpp"
 #include "fastrnn/recurrent.hpp"
-
-#ifndef FASTRNN_KERNELS_NAME
-#error "FASTRNN_KERNELS_NAME must name the module"
-#endif
-#ifndef FASTRNN_ISA
-#error "FASTRNN_ISA must name the instruction-set level"
-#endif
-#ifndef FASTRNN_ISA_FLAGS
-#define FASTRNN_ISA_FLAGS ""
-#endif
 
 namespace py = pybind11;
 using fastrnn::Index;
@@ -231,13 +226,20 @@ py::array_t<T> empty(const std::vector<Index>& shape) {
                         buffer);
 }
 
+// Raises what a kernel entry point caught, as pybind11 does for the C++ exception:
+// MemoryError for std::bad_alloc, RuntimeError with its message for any other.
+void check(const fastrnn::KernelStatus& status) {
+  if (status.code == fastrnn::KernelStatus::bad_alloc) throw std::bad_alloc();
+  if (status.code != fastrnn::KernelStatus::ok) throw std::runtime_error(status.message);
+}
+
 template <class T>
-py::tuple forward_impl(const std::string& cell, const std::string& activation, double slope,
-                       const py::object& W_ih, const py::object& W_hh, const py::object& b_ih,
-                       const py::object& b_hh, const py::object& x, const py::object& h0,
-                       const py::object& c0, const py::object& lengths, int num_threads,
-                       bool flush_denormals, bool training, const py::object& recurrent_mask,
-                       Index checkpoint) {
+py::tuple forward_impl(const fastrnn::KernelTable& k, const std::string& cell,
+                       const std::string& activation, double slope, const py::object& W_ih,
+                       const py::object& W_hh, const py::object& b_ih, const py::object& b_hh,
+                       const py::object& x, const py::object& h0, const py::object& c0,
+                       const py::object& lengths, int num_threads, bool flush_denormals,
+                       bool training, const py::object& recurrent_mask, Index checkpoint) {
   auto p = problem<T>(cell, activation, slope, W_ih, W_hh, x, h0, c0, lengths, num_threads,
                       flush_denormals);
   p.rec_mask = recurrent_mask_input<T>(recurrent_mask, p.B, p.H);
@@ -269,10 +271,12 @@ py::tuple forward_impl(const std::string& cell, const std::string& activation, d
     out.checkpoints = e.mutable_data();
     extra = e;
   }
+  fastrnn::KernelStatus status;
   {
     py::gil_scoped_release release;
-    fastrnn::forward(p, out);
+    k.entries<T>().forward(&p, &out, &status);
   }
+  check(status);
   return py::make_tuple(hs, h_n, c_n, gates, extra);
 }
 
@@ -309,13 +313,13 @@ fastrnn::HeadProblem<T> head_problem(Index N, Index H, const std::string& rows,
 }
 
 template <class T>
-py::tuple backward_impl(const std::string& cell, const std::string& activation, double slope,
-                        const py::object& W_ih, const py::object& W_hh, const py::object& x,
-                        const py::object& h0, const py::object& c0, const py::object& hs,
-                        const py::object& gates, const py::object& extra, const py::object& dhs,
-                        const py::object& dh_n, const py::object& dc_n,
-                        const py::object& lengths, int num_threads, bool step_norms,
-                        bool flush_denormals, const py::object& recurrent_mask,
+py::tuple backward_impl(const fastrnn::KernelTable& k, const std::string& cell,
+                        const std::string& activation, double slope, const py::object& W_ih,
+                        const py::object& W_hh, const py::object& x, const py::object& h0,
+                        const py::object& c0, const py::object& hs, const py::object& gates,
+                        const py::object& extra, const py::object& dhs, const py::object& dh_n,
+                        const py::object& dc_n, const py::object& lengths, int num_threads,
+                        bool step_norms, bool flush_denormals, const py::object& recurrent_mask,
                         const py::object& b_ih, const py::object& b_hh, Index checkpoint,
                         const py::object& head_weight, const py::object& head_bias,
                         const py::object& head_targets, const py::object& head_row_weights,
@@ -386,10 +390,12 @@ py::tuple backward_impl(const std::string& cell, const std::string& activation, 
     g.head = &head_out;
     g.head_loss = &head_loss;
   }
+  fastrnn::KernelStatus status;
   {
     py::gil_scoped_release release;
-    fastrnn::backward(p, in, g);
+    k.entries<T>().backward(&p, &in, &g, &status);
   }
+  check(status);
   if (fused)
     return py::make_tuple(dx, dh0, dc0, dW_ih, dW_hh, db_ih, db_hh, norms,
                           py::make_tuple(head_loss, dweight, dbias));
@@ -397,10 +403,10 @@ py::tuple backward_impl(const std::string& cell, const std::string& activation, 
 }
 
 template <class T>
-py::tuple linear_cross_entropy_impl(const py::object& h, const py::object& weight,
-                                    const py::object& bias, const py::object& targets,
-                                    const py::object& row_weights, double scale, int num_threads,
-                                    bool flush_denormals) {
+py::tuple linear_cross_entropy_impl(const fastrnn::KernelTable& k, const py::object& h,
+                                    const py::object& weight, const py::object& bias,
+                                    const py::object& targets, const py::object& row_weights,
+                                    double scale, int num_threads, bool flush_denormals) {
   py::array ha = as_array(h, "h"), wa = as_array(weight, "weight");
   if (wa.ndim() != 2 || wa.shape(0) < 1 || wa.shape(1) < 1)
     throw py::value_error("weight has shape " + array_shape(wa) +
@@ -420,10 +426,12 @@ py::tuple linear_cross_entropy_impl(const py::object& h, const py::object& weigh
   out.dweight = dweight.mutable_data();
   out.dbias = dbias.mutable_data();
   double loss;
+  fastrnn::KernelStatus status;
   {
     py::gil_scoped_release release;
-    loss = fastrnn::linear_cross_entropy(p, out);
+    loss = k.entries<T>().linear_cross_entropy(&p, &out, &status);
   }
+  check(status);
   return py::make_tuple(loss, dh, dweight, dbias);
 }
 
@@ -436,25 +444,49 @@ char scalar_kind(const py::object& x, const char* name = "x") {
                        ", expected float32 or float64");
 }
 
-}  // namespace
+// The table of kernel module m (its capsule `_table`), refused unless it was built with
+// these bindings' kernel_table.hpp and argument structs.
+const fastrnn::KernelTable& table_of(const py::module_& m) {
+  const std::string name = py::str(m.attr("__name__"));
+  auto* t = static_cast<const fastrnn::KernelTable*>(
+      PyCapsule_GetPointer(m.attr("_table").ptr(), fastrnn::kKernelTableCapsule));
+  if (t == nullptr) throw py::error_already_set();
+  auto layout_ok = [](const fastrnn::KernelLayout& l, auto scalar) {
+    using T = decltype(scalar);
+    return l.problem == sizeof(fastrnn::Problem<T>) &&
+           l.forward_output == sizeof(fastrnn::ForwardOutput<T>) &&
+           l.backward_input == sizeof(fastrnn::BackwardInput<T>) &&
+           l.backward_output == sizeof(fastrnn::BackwardOutput<T>) &&
+           l.head_problem == sizeof(fastrnn::HeadProblem<T>) &&
+           l.head_output == sizeof(fastrnn::HeadOutput<T>);
+  };
+  if (t->version != fastrnn::kKernelTableVersion || t->size != sizeof(fastrnn::KernelTable) ||
+      !layout_ok(t->f32.layout, 0.0f) || !layout_ok(t->f64.layout, 0.0))
+    throw py::import_error(name + " has kernel table version " + std::to_string(t->version) +
+                           " (" + std::to_string(t->size) + " bytes) built from other sources "
+                           "than fastrnn._core, which expects version " +
+                           std::to_string(fastrnn::kKernelTableVersion) + " (" +
+                           std::to_string(sizeof(fastrnn::KernelTable)) +
+                           " bytes); the extension modules come from different builds: "
+                           "rebuild or reinstall fastrnn");
+  return *t;
+}
 
-PYBIND11_MODULE(FASTRNN_KERNELS_NAME, m) {
-  m.doc() = "fastrnn's recurrent kernels, compiled for one instruction-set level.";
-  m.attr("ISA") = FASTRNN_ISA;
-  m.attr("EIGEN_SIMD") = std::string(Eigen::SimdInstructionSetsInUse());
-  m.attr("FLAGS") = FASTRNN_ISA_FLAGS;
+// Adds the kernel functions to kernel module m, bound to its table.
+void define_kernels(py::module_ m) {
+  const fastrnn::KernelTable* k = &table_of(m);
   m.def(
       "forward",
-      [](const std::string& cell, const std::string& activation, double negative_slope,
-         const py::object& W_ih, const py::object& W_hh, const py::object& b_ih,
-         const py::object& b_hh, const py::object& x, const py::object& h0, const py::object& c0,
-         const py::object& lengths, int num_threads, bool flush_denormals, bool training,
-         const py::object& recurrent_mask, Index checkpoint) {
+      [k](const std::string& cell, const std::string& activation, double negative_slope,
+          const py::object& W_ih, const py::object& W_hh, const py::object& b_ih,
+          const py::object& b_hh, const py::object& x, const py::object& h0, const py::object& c0,
+          const py::object& lengths, int num_threads, bool flush_denormals, bool training,
+          const py::object& recurrent_mask, Index checkpoint) {
         if (scalar_kind(x) == 'f')
-          return forward_impl<float>(cell, activation, negative_slope, W_ih, W_hh, b_ih, b_hh, x,
-                                     h0, c0, lengths, num_threads, flush_denormals, training,
+          return forward_impl<float>(*k, cell, activation, negative_slope, W_ih, W_hh, b_ih, b_hh,
+                                     x, h0, c0, lengths, num_threads, flush_denormals, training,
                                      recurrent_mask, checkpoint);
-        return forward_impl<double>(cell, activation, negative_slope, W_ih, W_hh, b_ih, b_hh, x,
+        return forward_impl<double>(*k, cell, activation, negative_slope, W_ih, W_hh, b_ih, b_hh, x,
                                     h0, c0, lengths, num_threads, flush_denormals, training,
                                     recurrent_mask, checkpoint);
       },
@@ -470,16 +502,9 @@ PYBIND11_MODULE(FASTRNN_KERNELS_NAME, m) {
       "0, k, 2k, ... (ceil(T / k), B, H).");
   m.def(
       "set_blas",
-      [](std::uintptr_t sgemm, std::uintptr_t dgemm, std::uintptr_t get_threads,
-         std::uintptr_t set_threads, const std::string& name, bool int64) {
-        fastrnn::BlasFunctions f;
-        f.sgemm = reinterpret_cast<fastrnn::sgemm_fn>(sgemm);
-        f.dgemm = reinterpret_cast<fastrnn::dgemm_fn>(dgemm);
-        f.get_threads = reinterpret_cast<fastrnn::get_threads_fn>(get_threads);
-        f.set_threads = reinterpret_cast<fastrnn::set_threads_fn>(set_threads);
-        f.int64 = int64;
-        f.name = name;
-        fastrnn::set_blas(f);
+      [k](std::uintptr_t sgemm, std::uintptr_t dgemm, std::uintptr_t get_threads,
+          std::uintptr_t set_threads, const std::string& name, bool int64) {
+        k->set_blas(sgemm, dgemm, get_threads, set_threads, int64, name.c_str());
       },
       py::arg("sgemm"), py::arg("dgemm"), py::arg("get_num_threads"),
       py::arg("set_num_threads"), py::arg("name"), py::arg("int64") = false,
@@ -488,30 +513,30 @@ PYBIND11_MODULE(FASTRNN_KERNELS_NAME, m) {
       "the gemm functions take 64-bit integers (ILP64). With any one missing, no product "
       "uses BLAS.");
   m.def(
-      "blas", [] { return fastrnn::current_blas().name; },
+      "blas", [k] { return std::string(k->blas_name()); },
       "What the large products use: the name given to set_blas, or 'none: <why>'.");
   m.def(
-      "blas_calls", [] { return fastrnn::blas_calls().load(); },
+      "blas_calls", [k] { return k->blas_calls(); },
       "How many products this module has run through BLAS so far.");
   m.def(
       "backward",
-      [](const std::string& cell, const std::string& activation, double negative_slope,
-         const py::object& W_ih, const py::object& W_hh, const py::object& x, const py::object& h0,
-         const py::object& c0, const py::object& hs, const py::object& gates,
-         const py::object& extra, const py::object& dhs, const py::object& dh_n,
-         const py::object& dc_n, const py::object& lengths, int num_threads, bool step_norms,
-         bool flush_denormals, const py::object& recurrent_mask, const py::object& b_ih,
-         const py::object& b_hh, Index checkpoint, const py::object& head_weight,
-         const py::object& head_bias, const py::object& head_targets,
-         const py::object& head_row_weights, double head_scale) {
+      [k](const std::string& cell, const std::string& activation, double negative_slope,
+          const py::object& W_ih, const py::object& W_hh, const py::object& x, const py::object& h0,
+          const py::object& c0, const py::object& hs, const py::object& gates,
+          const py::object& extra, const py::object& dhs, const py::object& dh_n,
+          const py::object& dc_n, const py::object& lengths, int num_threads, bool step_norms,
+          bool flush_denormals, const py::object& recurrent_mask, const py::object& b_ih,
+          const py::object& b_hh, Index checkpoint, const py::object& head_weight,
+          const py::object& head_bias, const py::object& head_targets,
+          const py::object& head_row_weights, double head_scale) {
         if (scalar_kind(x) == 'f')
-          return backward_impl<float>(cell, activation, negative_slope, W_ih, W_hh, x, h0, c0, hs,
-                                      gates, extra, dhs, dh_n, dc_n, lengths, num_threads,
+          return backward_impl<float>(*k, cell, activation, negative_slope, W_ih, W_hh, x, h0, c0,
+                                      hs, gates, extra, dhs, dh_n, dc_n, lengths, num_threads,
                                       step_norms, flush_denormals, recurrent_mask, b_ih, b_hh,
                                       checkpoint, head_weight, head_bias, head_targets,
                                       head_row_weights, head_scale);
-        return backward_impl<double>(cell, activation, negative_slope, W_ih, W_hh, x, h0, c0, hs,
-                                     gates, extra, dhs, dh_n, dc_n, lengths, num_threads,
+        return backward_impl<double>(*k, cell, activation, negative_slope, W_ih, W_hh, x, h0, c0,
+                                     hs, gates, extra, dhs, dh_n, dc_n, lengths, num_threads,
                                      step_norms, flush_denormals, recurrent_mask, b_ih, b_hh,
                                      checkpoint, head_weight, head_bias, head_targets,
                                      head_row_weights, head_scale);
@@ -536,13 +561,13 @@ PYBIND11_MODULE(FASTRNN_KERNELS_NAME, m) {
       "(loss, dweight, dbias) is returned.");
   m.def(
       "linear_cross_entropy",
-      [](const py::object& h, const py::object& weight, const py::object& bias,
-         const py::object& targets, const py::object& row_weights, double scale, int num_threads,
-         bool flush_denormals) {
+      [k](const py::object& h, const py::object& weight, const py::object& bias,
+          const py::object& targets, const py::object& row_weights, double scale, int num_threads,
+          bool flush_denormals) {
         if (scalar_kind(h, "h") == 'f')
-          return linear_cross_entropy_impl<float>(h, weight, bias, targets, row_weights, scale,
+          return linear_cross_entropy_impl<float>(*k, h, weight, bias, targets, row_weights, scale,
                                                   num_threads, flush_denormals);
-        return linear_cross_entropy_impl<double>(h, weight, bias, targets, row_weights, scale,
+        return linear_cross_entropy_impl<double>(*k, h, weight, bias, targets, row_weights, scale,
                                                  num_threads, flush_denormals);
       },
       py::arg("h"), py::arg("weight"), py::arg("bias"), py::arg("targets"),
@@ -551,3 +576,16 @@ PYBIND11_MODULE(FASTRNN_KERNELS_NAME, m) {
       "Linear softmax head + cross-entropy, forward and backward; returns (loss, dh, dweight, "
       "dbias).");
 }
+
+}  // namespace
+
+namespace fastrnn {
+
+void bind_kernels(py::module_& core) {
+  core.def(
+      "_bind_kernels", [](const py::module_& m) { define_kernels(m); }, py::arg("module"),
+      "Add the kernel functions to a kernel module (fastrnn._kernels_<level>, which calls "
+      "this when it is imported), bound to the KernelTable in its capsule `_table`.");
+}
+
+}  // namespace fastrnn
