@@ -383,7 +383,8 @@ class _Recurrent(_Module):
         of the pair may be ``None``). Returns ``dx`` (the shape of ``x``) and the gradient
         w.r.t. the initial state; writes the parameter gradients into :attr:`grads`.
         """
-        return self._backward(dout, dstate, None)
+        dx, dstate0, _ = self._backward(dout, dstate, None)
+        return dx, dstate0
 
     def backward_head(
         self,
@@ -423,9 +424,8 @@ class _Recurrent(_Module):
             if mask is not None:
                 live = np.asarray(mask).T
         spec = F.HeadSpec(head.params["weight"], head.params["bias"], y, live, reduction)
-        sink: dict[str, Any] = {}
-        dx, dstate0 = self._backward(None, dstate, (spec, sink))
-        g = sink["grads"]  # the top layer's backward always reports the head's sums
+        dx, dstate0, g = self._backward(None, dstate, spec)
+        assert g is not None  # the top layer's backward reports the head's sums
         head.grads["weight"] = g.dweight
         head.grads["bias"] = g.dbias
         return g.loss, dx, dstate0
@@ -434,10 +434,10 @@ class _Recurrent(_Module):
         self,
         dout: np.ndarray | None,
         dstate: State | None,
-        head: tuple[F.HeadSpec, dict[str, Any]] | None,
-    ) -> tuple[np.ndarray, State]:
-        """:meth:`backward`; with ``head`` (a spec and a dict that gets its
-        FusedHeadGradients under ``"grads"``) the top layer runs the head in its backward."""
+        head: F.HeadSpec | None,
+    ) -> tuple[np.ndarray, State, F.FusedHeadGradients | None]:
+        """:meth:`backward`; with ``head`` the top layer runs the head in its backward, whose
+        gradients are the third element (``None`` without a head)."""
         if self._cache is None:
             raise RuntimeError(f"{type(self).__name__}.backward() called before forward()")
         cache = self._cache
@@ -446,6 +446,7 @@ class _Recurrent(_Module):
         T, B, dtype, rev = cache["T"], cache["B"], cache["dtype"], cache["rev"]
         H, dirs = self.hidden_size, self.num_directions
         cols = np.arange(B)
+        head_grads: F.FusedHeadGradients | None = None
         d_inp: np.ndarray | None
         if head is not None:
             d_inp = None  # the top layer's dL/dhs comes from the head
@@ -471,16 +472,16 @@ class _Recurrent(_Module):
                 dhs = None if d_inp is None else d_inp[:, :, direction * H : (direction + 1) * H]
                 if direction == 1 and dhs is not None:
                     dhs = dhs[rev, cols]
-                top = head is not None and layer == self.num_layers - 1
+                top = layer == self.num_layers - 1
                 g = F.backward(
                     res,
                     dhs,
                     None if dh is None else dh[k],
                     None if dc is None else dc[k],
-                    head=head[0] if top and head is not None else None,
+                    head=head if top else None,
                 )
-                if top and head is not None:
-                    head[1]["grads"] = g.head
+                if top:
+                    head_grads = g.head
                 dx = g.dx if direction == 0 else g.dx[rev, cols]
                 dx_total = dx if dx_total is None else dx_total + dx
                 dh0[k] = g.dh0
@@ -494,7 +495,7 @@ class _Recurrent(_Module):
                 d_inp = d_inp * cache["between"][layer - 1]
         assert d_inp is not None  # dx of the bottom layer
         dx = d_inp.transpose(1, 0, 2) if self.batch_first else d_inp
-        return dx, self._pack_state(dh0, dc0)
+        return dx, self._pack_state(dh0, dc0), head_grads
 
     def _dropout_mask(self, shape: tuple[int, ...], p: float) -> np.ndarray | None:
         """An inverted-dropout mask of ``shape`` in the layer's dtype: each entry 0 with
