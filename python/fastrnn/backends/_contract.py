@@ -24,6 +24,15 @@ states (B, H), ``hs`` (T, B, H). Padded steps (``t >= lengths[b]``) follow PyTor
 packed sequences: ``hs[t, b] = 0``, the state is carried unchanged, and ``dhs[t, b]`` is
 ignored.
 
+Token ids: ``x`` may instead be a C-contiguous int64 array (T, B) of ids in 0..D-1 (D =
+``W_ih.shape[1]``), which stands for their one-hot rows: the layer reads
+``x_t = onehot(ids_t, D)``, so its input projection ``W_ih x_t`` is column ``ids_t`` of
+``W_ih`` (a gather, no product), ``dW_ih`` adds each step's pre-activation gradient into the
+column of its id (a scatter-add), and there is no ``dx``. The results equal those of the
+one-hot float input up to rounding (the reference gathers; products with zeros add
+nothing). ``backward(..., input_grad=False)`` skips ``dx`` for a float ``x`` too (``dx`` is
+then ``None``): nothing upstream wants it (the first layer of a model on fixed features).
+
 Variational recurrent dropout (Gal and Ghahramani 2016): with a ``recurrent_mask`` m (B, H),
 one per sequence and the same at every step, the state enters the recurrent product as
 ``W_hh (m * h_{t-1})`` (all G gates at once; gru's ``W_hn h`` inside ``r * (...)`` too),
@@ -53,6 +62,7 @@ __all__ = [
     "HeadOutput",
     "HeadSums",
     "IndexArray",
+    "InputArray",
     "Params",
     "Saved",
 ]
@@ -62,6 +72,9 @@ FloatArray: TypeAlias = NDArray[np.floating[Any]]
 
 IndexArray: TypeAlias = NDArray[np.int64]
 """``lengths`` (B,) and the head's ``targets`` (N,)."""
+
+InputArray: TypeAlias = FloatArray | IndexArray
+"""The layer input ``x``: float (T, B, D), or int64 token ids (T, B) (one-hot rows)."""
 
 Params: TypeAlias = Mapping[str, FloatArray]
 """The parameters ``{"W_ih", "W_hh", "b_ih", "b_hh"}``, in PyTorch's shapes."""
@@ -112,7 +125,7 @@ HeadSums: TypeAlias = tuple[float, FloatArray, FloatArray]
 """``(loss, dweight, dbias)`` of a :class:`FusedHead` (no dh: it never leaves the backward)."""
 
 BackwardOutput: TypeAlias = tuple[
-    FloatArray,
+    FloatArray | None,
     FloatArray,
     FloatArray | None,
     dict[str, FloatArray],
@@ -145,7 +158,7 @@ class Backend(Protocol):
         self,
         cell: str,
         params: Params,
-        x: FloatArray,
+        x: InputArray,
         h0: FloatArray,
         c0: FloatArray | None,
         *,
@@ -177,7 +190,7 @@ class Backend(Protocol):
         self,
         cell: str,
         params: Params,
-        x: FloatArray,
+        x: InputArray,
         h0: FloatArray,
         c0: FloatArray | None,
         hs: FloatArray,
@@ -193,13 +206,15 @@ class Backend(Protocol):
         step_norms: bool,
         recurrent_mask: FloatArray | None = None,
         head: FusedHead | None = None,
+        input_grad: bool = True,
     ) -> BackwardOutput:
         """Backpropagation through time; return ``(dx, dh0, dc0, dparams, norms, head)``.
 
         The arguments up to ``hs`` and ``saved`` are those of (and from) the
         :meth:`forward` call with ``training=True`` being differentiated; ``dhs`` (T, B, H),
         ``dh_n`` and ``dc_n`` (B, H) the gradients of the loss with respect to its outputs.
-        ``dx`` (T, B, D), ``dh0`` (B, H), ``dc0`` (B, H) for lstm and ``None`` otherwise,
+        ``dx`` (T, B, D) (``None`` when ``input_grad`` is False or ``x`` is token ids:
+        not computed), ``dh0`` (B, H), ``dc0`` (B, H) for lstm and ``None`` otherwise,
         ``dparams`` the gradients of the four parameters (the keys and shapes of
         ``params``). ``norms`` is ``None`` unless ``step_norms``; then it is a (T, B) array
         of ``||dL/dh_t||`` (the whole gradient reaching hidden state t of sequence b, from

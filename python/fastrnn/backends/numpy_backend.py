@@ -37,6 +37,7 @@ from ._contract import (
     HeadOutput,
     HeadSums,
     IndexArray,
+    InputArray,
     Params,
     Saved,
 )
@@ -117,10 +118,14 @@ def contiguous_T(W: FloatArray) -> FloatArray:
     return np.ascontiguousarray(W.T)
 
 
-def _input_projection(x: FloatArray, W_ih: FloatArray, bias: FloatArray) -> FloatArray:
-    """U x_t + b for all T steps in one GEMM: (T, B, D) -> (T, B, G*H)."""
-    T, B, D = x.shape
-    a: FloatArray = x.reshape(T * B, D) @ W_ih.T
+def _input_projection(x: InputArray, W_ih: FloatArray, bias: FloatArray) -> FloatArray:
+    """U x_t + b for all T steps in one GEMM: (T, B, D) -> (T, B, G*H). Token ids x (T, B)
+    stand for their one-hot rows: U x_t is then column x_t of U, gathered."""
+    T, B = x.shape[:2]
+    if x.dtype.kind in "iu":
+        a: FloatArray = W_ih.T[x.reshape(T * B)]
+    else:
+        a = x.reshape(T * B, -1) @ W_ih.T
     a += bias
     return a.reshape(T, B, -1)
 
@@ -154,7 +159,7 @@ def _masked(h: FloatArray, mask: FloatArray | None, out: FloatArray | None = Non
 def forward(
     cell: str,
     params: Params,
-    x: FloatArray,
+    x: InputArray,
     h0: FloatArray,
     c0: FloatArray | None,
     *,
@@ -184,20 +189,20 @@ def forward(
     state before each segment (the recurrent mask applies there as everywhere).
     """
     del num_threads  # NumPy's BLAS decides its own threading
-    T, B, _ = x.shape
+    T, B = x.shape[:2]
     G = {"rnn": 1, "lstm": 4, "gru": 3}[cell]
     mask = recurrent_mask
     if checkpoint is not None and training and cell != "rnn":
         return _checkpointed_forward(cell, params, x, h0, c0, lengths, checkpoint, mask)
     # Inference keeps nothing, so it runs in blocks of steps whose input projection stays
     # in cache, carrying the state from block to block: the peak memory is hs and a block.
-    per_step = B * G * h0.shape[1] * x.dtype.itemsize
+    per_step = B * G * h0.shape[1] * h0.dtype.itemsize
     block = T if training else max(1, INFERENCE_BLOCK_BYTES // per_step)
     if block >= T:
         return _forward(
             cell, params, x, h0, c0, activation, negative_slope, lengths, training, mask
         )
-    hs = np.empty((T, B, h0.shape[1]), dtype=x.dtype)
+    hs = np.empty((T, B, h0.shape[1]), dtype=h0.dtype)
     h, c = h0, c0
     for start in range(0, T, block):
         stop = min(start + block, T)
@@ -211,7 +216,7 @@ def forward(
 def _forward(
     cell: str,
     params: Params,
-    x: FloatArray,
+    x: InputArray,
     h0: FloatArray,
     c0: FloatArray | None,
     activation: str,
@@ -229,7 +234,7 @@ def _forward(
 
 def _rnn_forward(
     params: Params,
-    x: FloatArray,
+    x: InputArray,
     h0: FloatArray,
     activation: str,
     slope: float,
@@ -259,20 +264,20 @@ def _rnn_forward(
 
 def _lstm_forward(
     params: Params,
-    x: FloatArray,
+    x: InputArray,
     h0: FloatArray,
     c0: FloatArray,
     lengths: IndexArray | None,
     training: bool,
     mask: FloatArray | None,
 ) -> ForwardOutput:
-    T, B, _ = x.shape
+    T, B = x.shape[:2]
     H = h0.shape[1]
     # pre-activations of all four gates for every step; turned into activations in place
     gates = _input_projection(x, params["W_ih"], params["b_ih"] + params["b_hh"])
-    hs = np.empty((T, B, H), dtype=x.dtype)
+    hs = np.empty((T, B, H), dtype=h0.dtype)
     # the cell state of every step for backward, or one step's (rewritten in place)
-    cs = np.empty((T if training else 1, B, H), dtype=x.dtype)
+    cs = np.empty((T if training else 1, B, H), dtype=h0.dtype)
     active = _active_masks(lengths, T)
     h, c = (h0.copy(), c0.copy()) if active is not None else (h0, c0)
     h, c = _lstm_steps(contiguous_T(params["W_hh"]), gates, hs, cs, h, c, active, mask)
@@ -324,19 +329,19 @@ def _lstm_steps(
 
 def _gru_forward(
     params: Params,
-    x: FloatArray,
+    x: InputArray,
     h0: FloatArray,
     lengths: IndexArray | None,
     training: bool,
     mask: FloatArray | None,
 ) -> ForwardOutput:
-    T, B, _ = x.shape
+    T, B = x.shape[:2]
     H = h0.shape[1]
     # W_i{r,z,n} x_t + b_i{r,z,n} for every step; r, z, n activations overwrite it
     gates = _input_projection(x, params["W_ih"], params["b_ih"])
     # W_hn h_{t-1} + b_hn of every step, saved for backward (inference reads it from rec)
-    hn = np.empty((T, B, H), dtype=x.dtype) if training else None
-    hs = np.empty((T, B, H), dtype=x.dtype)
+    hn = np.empty((T, B, H), dtype=h0.dtype) if training else None
+    hs = np.empty((T, B, H), dtype=h0.dtype)
     active = _active_masks(lengths, T)
     h = h0.copy() if active is not None else h0
     h = _gru_steps(contiguous_T(params["W_hh"]), params["b_hh"], gates, hs, hn, h, active, mask)
@@ -396,7 +401,7 @@ def _gru_steps(
 # (_GradBlocks), so the result has the bits of full BPTT.
 
 
-def _segment_input(cell: str, params: Params, x: FloatArray, s0: int, s1: int) -> FloatArray:
+def _segment_input(cell: str, params: Params, x: InputArray, s0: int, s1: int) -> FloatArray:
     """The training forward's pre-activations of steps s0:s1 (one GEMM, as it does)."""
     bias = params["b_ih"] if cell == "gru" else params["b_ih"] + params["b_hh"]
     return _input_projection(x[s0:s1], params["W_ih"], bias)
@@ -418,22 +423,22 @@ def _running_h(hs: FloatArray, h0: FloatArray, lengths: IndexArray | None, s0: i
 def _checkpointed_forward(
     cell: str,
     params: Params,
-    x: FloatArray,
+    x: InputArray,
     h0: FloatArray,
     c0: FloatArray | None,
     lengths: IndexArray | None,
     every: int,
     mask: FloatArray | None,
 ) -> ForwardOutput:
-    T, B, _ = x.shape
+    T, B = x.shape[:2]
     H = h0.shape[1]
-    hs = np.empty((T, B, H), dtype=x.dtype)
+    hs = np.empty((T, B, H), dtype=h0.dtype)
     active = _active_masks(lengths, T)
     W_hh_T = contiguous_T(params["W_hh"])
     h = h0.copy() if active is not None else h0
     c = None if c0 is None else (c0.copy() if active is not None else c0)
-    states = np.empty((-(-T // every), B, H), dtype=x.dtype) if cell == "lstm" else None
-    cs = np.empty((1, B, H), dtype=x.dtype)
+    states = np.empty((-(-T // every), B, H), dtype=h0.dtype) if cell == "lstm" else None
+    cs = np.empty((1, B, H), dtype=h0.dtype)
     for j, s0 in enumerate(range(0, T, every)):
         s1 = min(s0 + every, T)
         gates = _segment_input(cell, params, x, s0, s1)
@@ -449,7 +454,7 @@ def _checkpointed_forward(
 def _segments(
     cell: str,
     params: Params,
-    x: FloatArray,
+    x: InputArray,
     h0: FloatArray,
     c0: FloatArray | None,
     hs: FloatArray,
@@ -465,11 +470,11 @@ def _segments(
         gates, extra = given(saved, "saved")
         yield 0, x.shape[0], gates, extra, c0
         return
-    T, B, _ = x.shape
+    T, B = x.shape[:2]
     H = h0.shape[1]
     active = _active_masks(lengths, T)
     W_hh_T = contiguous_T(params["W_hh"])
-    extra = np.empty((min(saved.every, T), B, H), dtype=x.dtype)
+    extra = np.empty((min(saved.every, T), B, H), dtype=h0.dtype)
     scratch = np.empty_like(extra)  # the recomputed h_t (hs is not written again)
     for j in range(-(-T // saved.every) - 1, -1, -1):
         s0 = j * saved.every
@@ -511,7 +516,7 @@ class _GradBlocks:
 
     def __init__(
         self,
-        x: FloatArray,
+        x: InputArray,
         hs: FloatArray,
         h0: FloatArray,
         W_ih: FloatArray,
@@ -519,25 +524,28 @@ class _GradBlocks:
         mask: FloatArray | None,
         dhs: FloatArray | None = None,
         head: FusedHead | None = None,
+        input_grad: bool = True,
     ) -> None:
-        T, B, D = x.shape
-        GH = W_ih.shape[0]
+        T, B = x.shape[:2]
+        GH, D = W_ih.shape
         self.x, self.hs, self.h0, self.W_ih, self.mask = x, hs, h0, W_ih, mask
         self.dhs, self.head = dhs, head
-        self.steps = max(1, GRAD_BLOCK_BYTES // (B * GH * x.dtype.itemsize))
+        self.steps = max(1, GRAD_BLOCK_BYTES // (B * GH * h0.dtype.itemsize))
         n = min(self.steps, T)
         if head is not None:
-            self.head_dh = np.empty((n, B, hs.shape[2]), dtype=x.dtype)
+            self.head_dh = np.empty((n, B, hs.shape[2]), dtype=h0.dtype)
             self.head_loss = 0.0
             self.head_dweight = np.zeros_like(head.weight)
             self.head_dbias = np.zeros_like(head.bias)
-        self.dA_in = np.empty((n, B, GH), dtype=x.dtype)
+        self.dA_in = np.empty((n, B, GH), dtype=h0.dtype)
         self.dA_rec = np.empty_like(self.dA_in) if two_sided else self.dA_in
-        self.dx = np.empty((T, B, D), dtype=x.dtype)
-        self.dW_ih = np.zeros((GH, D), dtype=x.dtype)
-        self.dW_hh = np.zeros((GH, hs.shape[2]), dtype=x.dtype)
-        self.db_ih = np.zeros(GH, dtype=x.dtype)
-        self.db_hh = np.zeros(GH, dtype=x.dtype) if two_sided else self.db_ih
+        # token ids (an integer x) have no gradient; dx only when asked for
+        self.ids = x.dtype.kind in "iu"
+        self.dx = np.empty((T, B, D), dtype=h0.dtype) if input_grad and not self.ids else None
+        self.dW_ih = np.zeros((GH, D), dtype=h0.dtype)
+        self.dW_hh = np.zeros((GH, hs.shape[2]), dtype=h0.dtype)
+        self.db_ih = np.zeros(GH, dtype=h0.dtype)
+        self.db_hh = np.zeros(GH, dtype=h0.dtype) if two_sided else self.db_ih
 
     def dh_out(self, t: int) -> FloatArray:
         """dL/dh_t from step t's output (B, H); called once per step, newest first."""
@@ -580,12 +588,16 @@ class _GradBlocks:
     def step_done(self, t: int) -> None:
         if t % self.steps:
             return
-        T, B, D = self.x.shape
+        T, B = self.x.shape[:2]
         n = min(self.steps, T - t)
-        GH = self.dA_in.shape[2]
+        GH, D = self.W_ih.shape
         flat = self.dA_in[:n].reshape(n * B, GH)
-        self.dx[t : t + n] = (flat @ self.W_ih).reshape(n, B, D)
-        self.dW_ih += flat.T @ self.x[t : t + n].reshape(n * B, D)
+        if self.dx is not None:
+            self.dx[t : t + n] = (flat @ self.W_ih).reshape(n, B, D)
+        if self.ids:  # one-hot rows: dA of each row adds to the column of its id
+            np.add.at(self.dW_ih.T, self.x[t : t + n].reshape(n * B), flat)
+        else:
+            self.dW_ih += flat.T @ self.x[t : t + n].reshape(n * B, D)
         prev = _masked(self.hs[t - 1 : t + n - 1] if t > 0 else self.hs[: n - 1], self.mask)
         h0 = _masked(self.h0, self.mask) if t == 0 else None
         self.dW_hh += _prev_state_product(self.dA_rec[:n], prev, h0)
@@ -602,7 +614,7 @@ class _GradBlocks:
 def backward(
     cell: str,
     params: Params,
-    x: FloatArray,
+    x: InputArray,
     h0: FloatArray,
     c0: FloatArray | None,
     hs: FloatArray,
@@ -618,9 +630,11 @@ def backward(
     step_norms: bool,
     recurrent_mask: FloatArray | None = None,
     head: FusedHead | None = None,
+    input_grad: bool = True,
 ) -> BackwardOutput:
     """Backpropagation through time; return ``(dx, dh0, dc0, dparams, norms, head)``.
 
+    ``dx`` is ``None`` with ``input_grad=False`` or token ids ``x`` (not computed).
     ``recurrent_mask``: the forward's; the gradient through the recurrent product is then
     ``dh_{t-1} = m * (W_hh^T dA_t)`` and ``dW_hh = sum_t dA_t^T (m * h_{t-1})`` (a
     checkpointed backward recomputes its segments with it too).
@@ -636,11 +650,11 @@ def backward(
     ``(loss, dweight, dbias)``.
     """
     del num_threads
-    T, B, _ = x.shape
+    T, B = x.shape[:2]
     active = _active_masks(lengths, T)
-    norms = np.zeros((T, B), dtype=x.dtype) if step_norms else None
+    norms = np.zeros((T, B), dtype=h0.dtype) if step_norms else None
     mask = recurrent_mask
-    grads = _GradBlocks(x, hs, h0, params["W_ih"], cell == "gru", mask, dhs, head)
+    grads = _GradBlocks(x, hs, h0, params["W_ih"], cell == "gru", mask, dhs, head, input_grad)
     if cell == "rnn":
         slope = negative_slope
         dh0 = _rnn_backward(params, hs, dh_n, activation, slope, active, norms, grads, mask)
