@@ -37,7 +37,8 @@ def forward(
     are None for rnn and with training=False (nothing saved for backward). recurrent_mask
     (B, H): recurrent dropout, W_hh (m * h_{t-1}) at every step. With checkpoint=k > 0
     (checkpointed BPTT) gates is None and extra, for lstm, the cell states before steps
-    0, k, 2k, ... (ceil(T / k), B, H)."""
+    0, k, 2k, ... (ceil(T / k), B, H). x may be int64 token ids (T, B) in 0..D-1 (D from
+    W_ih), standing for their one-hot rows: the projection gathers W_ih's columns."""
 
 def set_blas(
     sgemm: int,
@@ -85,6 +86,7 @@ def backward(
     head_targets: np.ndarray | None = None,
     head_row_weights: np.ndarray | None = None,
     head_scale: float = 1.0,
+    input_grad: bool = True,
 ) -> tuple[Any, ...]:
     """BPTT; returns (dx, dh0, dc0, dW_ih, dW_hh, db_ih, db_hh, step_norms).
     recurrent_mask: the forward's. Checkpointed (checkpoint=k > 0, the forward's k): gates
@@ -92,7 +94,8 @@ def backward(
     needed (each segment's activations are recomputed). The fused head (head_weight (K, H),
     head_bias (K,), head_targets (T*B,) int64, head_row_weights (T*B,) or None,
     head_scale): dL/dh_t is the head's gradient plus dhs (which may then be None), and a
-    9th element (loss, dweight, dbias) is returned."""
+    9th element (loss, dweight, dbias) is returned. dx is None with input_grad=False or
+    token ids x (not computed; dW_ih is then a scatter-add into the ids' columns)."""
 
 def linear_cross_entropy(
     h: np.ndarray,

@@ -122,20 +122,22 @@ void set_threads(Problem& p, int num_threads, bool flush_denormals) {
   p.flush_denormals = flush_denormals;
 }
 
-// A C-contiguous int64 array of shape (n,) with every value in lo..hi; `range` names the
-// range in the message.
-const std::int64_t* int64_input(const py::object& obj, const char* name, Index n,
-                                std::int64_t lo, std::int64_t hi, const std::string& range) {
+// A C-contiguous int64 array of the given shape with every value in lo..hi; `range` names
+// the range in the message.
+const std::int64_t* int64_input(const py::object& obj, const char* name,
+                                const std::vector<Index>& shape, std::int64_t lo, std::int64_t hi,
+                                const std::string& range) {
   py::array a = as_array(obj, name);
   if (!has_dtype<std::int64_t>(a))
     throw py::type_error(std::string(name) + " has dtype " + dtype_str(a) + ", expected int64");
   std::vector<Index> got(a.shape(), a.shape() + a.ndim());
-  if (got != std::vector<Index>{n})
-    throw py::value_error(std::string(name) + " has shape " + shape_str(got) + ", expected (" +
-                          std::to_string(n) + ",)");
+  if (got != shape)
+    throw py::value_error(std::string(name) + " has shape " + shape_str(got) + ", expected " +
+                          shape_str(shape));
   if (!(a.flags() & py::array::c_style))
     throw py::value_error(std::string(name) + " must be C-contiguous");
   const auto* v = static_cast<const std::int64_t*>(a.data());
+  const Index n = static_cast<Index>(a.size());
   for (Index i = 0; i < n; ++i)
     if (v[i] < lo || v[i] > hi)
       throw py::value_error(std::string(name) + " must be in " + range + ", got " +
@@ -145,7 +147,7 @@ const std::int64_t* int64_input(const py::object& obj, const char* name, Index n
 
 const std::int64_t* lengths_input(const py::object& obj, Index steps, Index B) {
   if (obj.is_none()) return nullptr;
-  return int64_input(obj, "lengths", B, 1, steps, "1..T = 1.." + std::to_string(steps));
+  return int64_input(obj, "lengths", {B}, 1, steps, "1..T = 1.." + std::to_string(steps));
 }
 
 // The recurrent dropout mask (B, H), or None for none.
@@ -155,7 +157,13 @@ const T* recurrent_mask_input(const py::object& obj, Index B, Index H) {
   return input<T>(obj, "recurrent_mask", {B, H});
 }
 
-// The sizes of a problem, read from x (T, B, D) and W_hh (G*H, H).
+// Whether x is token ids: an int64 array (the kernels' one-hot input).
+bool token_ids(const py::object& x) {
+  return py::isinstance<py::array>(x) && has_dtype<std::int64_t>(py::reinterpret_borrow<py::array>(x));
+}
+
+// The sizes of a problem, read from x (T, B, D) (token ids: (T, B), D from W_ih) and W_hh
+// (G*H, H).
 template <class T>
 fastrnn::Problem<T> problem(const std::string& cell_name, const std::string& activation,
                             double slope, const py::object& W_ih, const py::object& W_hh,
@@ -172,11 +180,20 @@ fastrnn::Problem<T> problem(const std::string& cell_name, const std::string& act
   set_threads(p, num_threads, flush_denormals);
   const Index G = fastrnn::gates_of(p.cell);
   py::array xa = as_array(x, "x");
-  if (xa.ndim() != 3)
-    throw py::value_error("x has shape " + array_shape(xa) + ", expected (T, B, D)");
+  const bool ids = token_ids(x);
+  if (xa.ndim() != (ids ? 2 : 3))
+    throw py::value_error("x has shape " + array_shape(xa) +
+                          (ids ? ", expected (T, B) token ids" : ", expected (T, B, D)"));
   p.steps = xa.shape(0);
   p.B = xa.shape(1);
-  p.D = xa.shape(2);
+  if (ids) {
+    py::array ia = as_array(W_ih, "W_ih");
+    if (ia.ndim() != 2 || ia.shape(1) < 1)
+      throw py::value_error("W_ih has shape " + array_shape(ia) + ", expected (G*H, D), D >= 1");
+    p.D = ia.shape(1);
+  } else {
+    p.D = xa.shape(2);
+  }
   if (p.steps < 1 || p.B < 1)
     throw py::value_error("x has shape " + array_shape(xa) + ", expected T >= 1 and B >= 1");
   py::array wa = as_array(W_hh, "W_hh");
@@ -185,7 +202,11 @@ fastrnn::Problem<T> problem(const std::string& cell_name, const std::string& act
                           std::to_string(G) + "*H, H) for cell '" + cell_name + "'");
   p.H = wa.shape(1);
   const Index GH = G * p.H;
-  p.x = input<T>(x, "x", {p.steps, p.B, p.D});
+  if (ids)
+    p.ids = int64_input(x, "x", {p.steps, p.B}, 0, p.D - 1,
+                        "0..D-1 = 0.." + std::to_string(p.D - 1) + " (token ids, D from W_ih)");
+  else
+    p.x = input<T>(x, "x", {p.steps, p.B, p.D});
   p.W_hh = input<T>(W_hh, "W_hh", {GH, p.H});
   p.W_ih = input<T>(W_ih, "W_ih", {GH, p.D});
   p.h0 = input<T>(h0, "h0", {p.B, p.H});
@@ -302,7 +323,7 @@ fastrnn::HeadProblem<T> head_problem(Index N, Index H, const std::string& rows,
   p.K = wa.shape(0);
   p.weight = input<T>(weight, weight_name, {p.K, p.H}, rows.c_str());
   p.bias = input<T>(bias, bias_name, {p.K}, rows.c_str());
-  p.targets = int64_input(targets, targets_name, p.N, 0, p.K - 1,
+  p.targets = int64_input(targets, targets_name, {p.N}, 0, p.K - 1,
                           "0..K-1 = 0.." + std::to_string(p.K - 1));
   if (!row_weights.is_none())
     p.row_weights = input<T>(row_weights, row_weights_name, {p.N}, rows.c_str());
@@ -323,7 +344,7 @@ py::tuple backward_impl(const fastrnn::KernelTable& k, const std::string& cell,
                         const py::object& b_ih, const py::object& b_hh, Index checkpoint,
                         const py::object& head_weight, const py::object& head_bias,
                         const py::object& head_targets, const py::object& head_row_weights,
-                        double head_scale) {
+                        double head_scale, bool input_grad) {
   auto p = problem<T>(cell, activation, slope, W_ih, W_hh, x, h0, c0, lengths, num_threads,
                       flush_denormals);
   p.rec_mask = recurrent_mask_input<T>(recurrent_mask, p.B, p.H);
@@ -355,14 +376,20 @@ py::tuple backward_impl(const fastrnn::KernelTable& k, const std::string& cell,
   if (!fused || !dhs.is_none()) in.dhs = input<T>(dhs, "dhs", {p.steps, p.B, p.H});
   in.dh_n = input<T>(dh_n, "dh_n", {p.B, p.H});
   in.dc_n = optional_input<T>(dc_n, "dc_n", {p.B, p.H}, lstm, cell);
-  auto dx = empty<T>({p.steps, p.B, p.D});
+  py::object dx = py::none();  // not computed without input_grad, or for token ids
+  T* g_dx = nullptr;
+  if (input_grad && p.x) {
+    auto a = empty<T>({p.steps, p.B, p.D});
+    g_dx = a.mutable_data();
+    dx = a;
+  }
   auto dh0 = empty<T>({p.B, p.H});
   auto dW_ih = empty<T>({GH, p.D});
   auto dW_hh = empty<T>({GH, p.H});
   auto db_ih = empty<T>({GH});
   auto db_hh = empty<T>({GH});
   fastrnn::BackwardOutput<T> g;
-  g.dx = dx.mutable_data();
+  g.dx = g_dx;
   g.dh0 = dh0.mutable_data();
   g.dW_ih = dW_ih.mutable_data();
   g.dW_hh = dW_hh.mutable_data();
@@ -435,13 +462,19 @@ py::tuple linear_cross_entropy_impl(const fastrnn::KernelTable& k, const py::obj
   return py::make_tuple(loss, dh, dweight, dbias);
 }
 
-// The scalar type of a call is the dtype of its first array (x, or h for the head).
+// The scalar type of a call is the dtype of its first float array (x, or W_hh when x is
+// token ids; h for the head).
 char scalar_kind(const py::object& x, const char* name = "x") {
   py::array a = as_array(x, name);
   if (has_dtype<float>(a)) return 'f';
   if (has_dtype<double>(a)) return 'd';
   throw py::type_error(std::string(name) + " has dtype " + dtype_str(a) +
                        ", expected float32 or float64");
+}
+
+// The scalar type of a forward or backward call: x's, or W_hh's when x is token ids.
+char call_kind(const py::object& x, const py::object& W_hh) {
+  return token_ids(x) ? scalar_kind(W_hh, "W_hh") : scalar_kind(x);
 }
 
 // The table of kernel module m (its capsule `_table`), refused unless it was built with
@@ -482,7 +515,7 @@ void define_kernels(py::module_ m) {
           const py::object& b_hh, const py::object& x, const py::object& h0, const py::object& c0,
           const py::object& lengths, int num_threads, bool flush_denormals, bool training,
           const py::object& recurrent_mask, Index checkpoint) {
-        if (scalar_kind(x) == 'f')
+        if (call_kind(x, W_hh) == 'f')
           return forward_impl<float>(*k, cell, activation, negative_slope, W_ih, W_hh, b_ih, b_hh,
                                      x, h0, c0, lengths, num_threads, flush_denormals, training,
                                      recurrent_mask, checkpoint);
@@ -499,7 +532,8 @@ void define_kernels(py::module_ m) {
       "are None for rnn and with training=False (nothing saved for backward). recurrent_mask "
       "(B, H): recurrent dropout, W_hh (m * h_{t-1}) at every step. With checkpoint=k > 0 "
       "(checkpointed BPTT) gates is None and extra, for lstm, the cell states before steps "
-      "0, k, 2k, ... (ceil(T / k), B, H).");
+      "0, k, 2k, ... (ceil(T / k), B, H). x may be int64 token ids (T, B) in 0..D-1 (D from "
+      "W_ih), standing for their one-hot rows: the projection gathers W_ih's columns.");
   m.def(
       "set_blas",
       [k](std::uintptr_t sgemm, std::uintptr_t dgemm, std::uintptr_t get_threads,
@@ -528,18 +562,18 @@ void define_kernels(py::module_ m) {
           bool flush_denormals, const py::object& recurrent_mask, const py::object& b_ih,
           const py::object& b_hh, Index checkpoint, const py::object& head_weight,
           const py::object& head_bias, const py::object& head_targets,
-          const py::object& head_row_weights, double head_scale) {
-        if (scalar_kind(x) == 'f')
+          const py::object& head_row_weights, double head_scale, bool input_grad) {
+        if (call_kind(x, W_hh) == 'f')
           return backward_impl<float>(*k, cell, activation, negative_slope, W_ih, W_hh, x, h0, c0,
                                       hs, gates, extra, dhs, dh_n, dc_n, lengths, num_threads,
                                       step_norms, flush_denormals, recurrent_mask, b_ih, b_hh,
                                       checkpoint, head_weight, head_bias, head_targets,
-                                      head_row_weights, head_scale);
+                                      head_row_weights, head_scale, input_grad);
         return backward_impl<double>(*k, cell, activation, negative_slope, W_ih, W_hh, x, h0, c0,
                                      hs, gates, extra, dhs, dh_n, dc_n, lengths, num_threads,
                                      step_norms, flush_denormals, recurrent_mask, b_ih, b_hh,
                                      checkpoint, head_weight, head_bias, head_targets,
-                                     head_row_weights, head_scale);
+                                     head_row_weights, head_scale, input_grad);
       },
       py::arg("cell"), py::arg("activation"), py::arg("negative_slope"), py::arg("W_ih"),
       py::arg("W_hh"), py::arg("x"), py::arg("h0"), py::arg("c0"), py::arg("hs"),
@@ -549,7 +583,7 @@ void define_kernels(py::module_ m) {
       py::arg("b_ih") = py::none(), py::arg("b_hh") = py::none(), py::arg("checkpoint") = 0,
       py::arg("head_weight") = py::none(), py::arg("head_bias") = py::none(),
       py::arg("head_targets") = py::none(), py::arg("head_row_weights") = py::none(),
-      py::arg("head_scale") = 1.0,
+      py::arg("head_scale") = 1.0, py::arg("input_grad") = true,
       "BPTT; returns (dx, dh0, dc0, dW_ih, dW_hh, db_ih, db_hh, step_norms); dc0 and "
       "step_norms may be None. recurrent_mask: the forward's (a checkpointed recompute "
       "applies it too). Checkpointed (checkpoint=k > 0, the forward's k): gates is None, "
@@ -558,7 +592,8 @@ void define_kernels(py::module_ m) {
       "(K,), head_targets (T*B,) int64, head_row_weights (T*B,) or None, head_scale: "
       "linear_cross_entropy's arguments on the rows of hs): dL/dh_t is the head's gradient "
       "plus dhs (which may then be None), computed block by block of steps; a 9th element "
-      "(loss, dweight, dbias) is returned.");
+      "(loss, dweight, dbias) is returned. dx is None with input_grad=False or token ids x "
+      "(not computed; dW_ih is then a scatter-add into the ids' columns).");
   m.def(
       "linear_cross_entropy",
       [k](const py::object& h, const py::object& weight, const py::object& bias,

@@ -42,6 +42,7 @@ from ._contract import (
     FusedHead,
     HeadOutput,
     IndexArray,
+    InputArray,
     Params,
     Saved,
 )
@@ -185,7 +186,7 @@ def _loaded() -> ModuleType:
 def forward(
     cell: str,
     params: Params,
-    x: FloatArray,
+    x: InputArray,
     h0: FloatArray,
     c0: FloatArray | None,
     *,
@@ -226,7 +227,7 @@ def forward(
 def backward(
     cell: str,
     params: Params,
-    x: FloatArray,
+    x: InputArray,
     h0: FloatArray,
     c0: FloatArray | None,
     hs: FloatArray,
@@ -242,10 +243,12 @@ def backward(
     step_norms: bool,
     recurrent_mask: FloatArray | None = None,
     head: FusedHead | None = None,
+    input_grad: bool = True,
 ) -> BackwardOutput:
     """Backpropagation through time; return ``(dx, dh0, dc0, dparams, norms, head)`` (after
     a checkpointed forward, the kernel recomputes each segment inside the one call; a fused
-    ``head`` runs inside it too, block by block of steps)."""
+    ``head`` runs inside it too, block by block of steps; ``dx`` is None with
+    ``input_grad=False`` or token ids ``x``, and not computed)."""
     every, extras = 0, dict[str, Any]()
     if isinstance(saved, Checkpoints):
         gates, extra, every = None, saved.states, saved.every
@@ -280,6 +283,7 @@ def backward(
         step_norms,
         recurrent_mask=recurrent_mask,
         checkpoint=every,
+        input_grad=input_grad,
         **extras,
     )
     dx, dh0, dc0, dW_ih, dW_hh, db_ih, db_hh, norms = out[:8]

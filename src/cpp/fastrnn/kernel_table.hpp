@@ -32,7 +32,7 @@ struct HeadProblem;
 template <class T>
 struct HeadOutput;
 
-constexpr std::uint32_t kKernelTableVersion = 1;
+constexpr std::uint32_t kKernelTableVersion = 2;  // 2: Problem::ids
 
 // What a kernel entry point reports: ok, or the C++ exception it caught (out of memory, or
 // any other std::exception with its message), which the bindings raise as MemoryError or

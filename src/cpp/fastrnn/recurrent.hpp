@@ -17,6 +17,9 @@
 //             dW_hh += H_prev dA^T and the bias sums run on it while it is in cache. No dA of
 //             all steps is ever stored; each thread's partial weight gradients are summed
 //             at the end in a fixed order.
+// Token ids (Problem::ids, one-hot input): the projection gathers W_ih's columns, dW_ih is a
+// scatter-add of dA into the ids' columns, and there is no dx (BackwardOutput::dx null skips
+// it for a float x too).
 // Saved for backward beyond hs: rnn nothing; lstm the gate activations and cell states
 // (5H per step and sequence); gru the gate activations and W_hn h + b_hn (4H).
 // Checkpointed BPTT (Problem::checkpoint = k > 0, lstm and gru): the forward saves only
@@ -63,7 +66,10 @@ struct Problem {
   const T* W_hh = nullptr;  // (G*H, H)
   const T* b_ih = nullptr;  // (G*H,)
   const T* b_hh = nullptr;
-  const T* x = nullptr;              // (steps, B, D)
+  const T* x = nullptr;              // (steps, B, D), or null with ids
+  // token ids (steps, B) in 0..D-1 instead of x: x_t is their one-hot rows, so the input
+  // projection is a gather of W_ih's columns and dW_ih a scatter-add (no dx: null)
+  const std::int64_t* ids = nullptr;
   const T* h0 = nullptr;             // (B, H)
   const T* c0 = nullptr;             // (B, H), lstm only
   const std::int64_t* lengths = nullptr;  // (B,) in 1..steps, or null: all have length steps
@@ -103,7 +109,7 @@ struct BackwardInput {
 
 template <class T>
 struct BackwardOutput {
-  T* dx = nullptr;     // (steps, B, D)
+  T* dx = nullptr;     // (steps, B, D), or null: not computed (always null with ids)
   T* dh0 = nullptr;    // (B, H)
   T* dc0 = nullptr;    // (B, H), lstm
   T* dW_ih = nullptr;  // like W_ih
@@ -236,8 +242,10 @@ void activation_grad(Activation act, T slope, ArrMap<T>& dA, const DH& dh,
   }
 }
 
-// The input projection U x + b of n columns of x (D x n) into dst (GH x n, column-major):
-// BLAS for large products (blas.hpp), else the panel kernel, which streams x once with W_ih
+// The input projection U x + b of the n columns [c, c + n) of x (D x steps*B) into dst (GH x n,
+// column-major). Token ids: U's column of each id plus b, copied from U^T + b made once (the
+// bits of the one-hot product: the zero terms add nothing). Else BLAS for large products
+// (blas.hpp), or the panel kernel, which streams x once with W_ih
 // packed in cache and the bias folded in (1.5x Eigen's GEMM here, which packs all of x
 // first): straight into dst with whole packets of rows, else into padded scratch, a block of
 // columns at a time, copied out. Each column's bits then do not depend on n (Eigen's GEMM,
@@ -247,19 +255,33 @@ template <class T>
 class InputProjection {
  public:
   InputProjection(const Problem<T>& p, const BlasFunctions& blas)
-      : GH_(gates_of(p.cell) * p.H), D_(p.D), W_ih_(p.W_ih), blas_(blas),
+      : GH_(gates_of(p.cell) * p.H), D_(p.D), W_ih_(p.W_ih), x_(p.x), ids_(p.ids), blas_(blas),
         bias_(Eigen::Map<const Vec>(p.b_ih, GH_)), panels_(GH_ % SimdTraits<T>::size == 0) {
     if (p.cell != Cell::gru) bias_ += Eigen::Map<const Vec>(p.b_hh, GH_);
+    if (ids_) {
+      columns_ = ConstMatMap<T>(p.W_ih, D_, GH_).transpose();
+      columns_.colwise() += bias_;
+      return;
+    }
     packed_.from_row_major(p.W_ih, GH_, D_);
     padded_bias_ = Vec::Zero(packed_.ld);
     padded_bias_.head(GH_) = bias_;
   }
-  bool uses_blas(Index n) const { return fixed_ >= 0 ? fixed_ == 1 : use_blas(blas_, GH_, n, D_); }
+  bool uses_blas(Index n) const {
+    if (ids_) return false;
+    return fixed_ >= 0 ? fixed_ == 1 : use_blas(blas_, GH_, n, D_);
+  }
   // Every later call takes the path a call of n columns takes: a column's bits then do not
   // depend on how many columns a call has (the training forward projects all steps at once,
   // checkpointed BPTT a step at a time; both must give the same bits).
   void fix_path(Index n) { fixed_ = use_blas(blas_, GH_, n, D_) ? 1 : 0; }
-  void operator()(const T* x, Index n, T* dst) const {
+  void operator()(Index c, Index n, T* dst) const {
+    if (ids_) {
+      for (Index j = 0; j < n; ++j)
+        std::copy_n(columns_.col(ids_[c + j]).data(), GH_, dst + j * GH_);
+      return;
+    }
+    const T* x = x_ + c * D_;
     if (uses_blas(n)) {
       MatMap<T>(dst, GH_, n).colwise() = bias_;  // then += the product: no zeroing pass
       return gemm(blas_, 'T', 'N', GH_, n, D_, T(1), W_ih_, D_, x, D_, T(1), dst, GH_);
@@ -278,8 +300,11 @@ class InputProjection {
   using Vec = Eigen::Matrix<T, Eigen::Dynamic, 1>;
   Index GH_, D_;
   const T* W_ih_;
+  const T* x_;
+  const std::int64_t* ids_;
   const BlasFunctions& blas_;
   Vec bias_, padded_bias_;
+  Mat<T> columns_;  // token ids: U^T + b, (GH x D)
   bool panels_;
   PackedMatrix<T> packed_;
   int fixed_ = -1;
@@ -356,7 +381,7 @@ class StepSlots {
     const Index off = (t * p_.B + b0_) * GH_;
     if (saving()) return out_.gates + off;
     T* g = segment_ > 0 ? slot(gates_, t, GH_) : aligned(gates_.data()) + off % kAlign;
-    proj_(p_.x + (t * p_.B + b0_) * p_.D, nb_, g);
+    proj_(t * p_.B + b0_, nb_, g);
     return g;
   }
   T* extra(Index t) {
@@ -378,7 +403,7 @@ class StepSlots {
   void prefetch_next(Index t) const {
     if (t + 1 >= p_.steps) return;
     if (saving()) return prefetch(out_.gates + ((t + 1) * p_.B + b0_) * GH_, GH_ * nb_);
-    prefetch(p_.x + ((t + 1) * p_.B + b0_) * p_.D, p_.D * nb_);
+    if (p_.x) prefetch(p_.x + ((t + 1) * p_.B + b0_) * p_.D, p_.D * nb_);
   }
 
  private:
@@ -501,6 +526,7 @@ template <class T>
 class GradBlocks {
  public:
   Mat<T> dW_ih, dW_hh;  // (D x GH), (H x GH): the transposes of W_ih's and W_hh's shapes
+  Mat<T> dW_ih_cols;    // token ids instead of dW_ih: (GH x D), each step's dA added to its id
   Mat<T> db;            // (GH x 2): db_ih, db_hh
 
   GradBlocks(const Problem<T>& p, const BackwardInput<T>& in, const BackwardOutput<T>& g,
@@ -510,8 +536,8 @@ class GradBlocks {
         GH_(gates_of(p.cell) * p.H), wide_(blas_blocks(p, blas, nb)),
         steps_(block_steps(p, wide_, nb)),
         dA_(GH_ * nb * steps_), dA_rec_(p.cell == Cell::gru ? GH_ * nb * steps_ : 0),
-        x_(gathered() ? p.D * nb * steps_ : 0), h_prev_(p.H * nb * steps_),
-        dx_(W_ih_T.ld * nb * steps_),
+        x_(gathered() && p.x ? p.D * nb * steps_ : 0), h_prev_(p.H * nb * steps_),
+        dx_(g.dx ? W_ih_T.ld * nb * steps_ : 0),
         stream_(worth_streaming(p.steps * p.B * p.D * Index(sizeof(T)))),  // dx
         head_weights_(head_weights), head_sums_(head_sums) {
     if (in.head) {
@@ -522,16 +548,20 @@ class GradBlocks {
         if (in.head->row_weights) head_w_.resize(head_y_.size());
       }
     }
-    dW_ih.setZero(p.D, GH_);
+    if (p.ids)
+      dW_ih_cols.setZero(GH_, p.D);
+    else
+      dW_ih.setZero(p.D, GH_);
     dW_hh.setZero(p.H, GH_);
     db.setZero(GH_, 2);
   }
 
   // Whether a chunk of nb sequences puts its block products through BLAS: then its blocks
   // are kBlasColumns wide (BLAS packs both operands every call, which pays off on wide
-  // blocks only), else 64 to 256 columns that stay in L2 (the in-house kernels).
+  // blocks only), else 64 to 256 columns that stay in L2 (the in-house kernels). Token ids
+  // leave dW_hh (H rows) as the only product; a float x adds dW_ih and dx (D rows).
   static bool blas_blocks(const Problem<T>& p, const BlasFunctions& blas, Index nb) {
-    return use_blas(blas, std::max(p.D, p.H), gates_of(p.cell) * p.H,
+    return use_blas(blas, p.ids ? p.H : std::max(p.D, p.H), gates_of(p.cell) * p.H,
                     std::min(kBlasColumns, p.steps * nb));
   }
 
@@ -551,7 +581,7 @@ class GradBlocks {
 
   void step_done(Index t) {
     // the next block's inputs, as far ahead as the block is long
-    if (t >= steps_) prefetch(p_.x + ((t - steps_) * p_.B + b0_) * p_.D, p_.D * nb_);
+    if (t >= steps_ && p_.x) prefetch(p_.x + ((t - steps_) * p_.B + b0_) * p_.D, p_.D * nb_);
     if (t % steps_ == 0) flush(t, std::min(steps_, p_.steps - t));
   }
 
@@ -617,8 +647,8 @@ class GradBlocks {
     const Index D = p_.D, H = p_.H, B = p_.B, nb = nb_, n = count * nb;
     // the inputs of these steps, and the states before them, as contiguous columns (in place
     // when the chunk is the whole batch)
-    const T* x = p_.x + (t0 * B + b0_) * D;
-    if (gathered()) {
+    const T* x = p_.x ? p_.x + (t0 * B + b0_) * D : nullptr;
+    if (x && gathered()) {
       for (Index s = 0; s < count; ++s)
         std::copy_n(p_.x + ((t0 + s) * B + b0_) * D, D * nb, x_.data() + s * nb * D);
       x = x_.data();
@@ -638,11 +668,18 @@ class GradBlocks {
     }
     const T* dA = dA_.data();
     const T* dAr = dA_rec_.empty() ? dA : dA_rec_.data();
-    add_outer(dW_ih, x, dA, n);       // dW_ih += X dA^T
+    if (x) {
+      add_outer(dW_ih, x, dA, n);  // dW_ih += X dA^T
+    } else {                       // one-hot X: each column of dA adds to its id's column
+      for (Index s = 0; s < count; ++s)
+        for (Index j = 0; j < nb; ++j)
+          dW_ih_cols.col(p_.ids[(t0 + s) * B + b0_ + j]) +=
+              ConstMatMap<T>(dA + (s * nb + j) * GH_, GH_, 1);
+    }
     add_outer(dW_hh, h_prev, dAr, n);  // dW_hh += H_prev dA_rec^T
     db.col(0) += ConstMatMap<T>(dA, GH_, n).rowwise().sum();
     if (!dA_rec_.empty()) db.col(1) += ConstMatMap<T>(dAr, GH_, n).rowwise().sum();
-    input_gradient(t0, count, dA);
+    if (g_.dx) input_gradient(t0, count, dA);
   }
 
   // The head on the rows of the steps [t0, t0 + count) of this chunk (gathered into
@@ -939,7 +976,7 @@ void forward(const Problem<T>& p, const ForwardOutput<T>& out) {
   if (pre) {
     run_workers(proj_workers, p.flush_denormals, [&](int w) {
       const auto [c0, c1] = split_range(TB, proj_workers, w);
-      project(p.x + c0 * p.D, c1 - c0, pre + c0 * GH);
+      project(c0, c1 - c0, pre + c0 * GH);
     });
   }
   run_workers(workers, p.flush_denormals, [&](int w) {
@@ -964,8 +1001,8 @@ void backward(const Problem<T>& p, const BackwardInput<T>& in, const BackwardOut
   const Index widest = (B + workers - 1) / workers;
   const BlasFunctions blas = current_blas();
   const RecurrentProduct<T> WT(p, blas, true, widest);  // W_hh^T (H x GH)
-  PackedMatrix<T> W_ih_T;                               // W_ih^T (D x GH)
-  W_ih_T.from_row_major_transposed(p.W_ih, D, GH);
+  PackedMatrix<T> W_ih_T;  // W_ih^T (D x GH), for dx
+  if (g.dx) W_ih_T.from_row_major_transposed(p.W_ih, D, GH);
   // checkpointed: the forward's projection and per-step product, for the recompute
   const bool recompute = p.checkpoint > 0 && p.cell != Cell::rnn;
   std::unique_ptr<InputProjection<T>> project;
@@ -999,12 +1036,18 @@ void backward(const Problem<T>& p, const BackwardInput<T>& in, const BackwardOut
   MatMap<T> dW_ih(g.dW_ih, D, GH), dW_hh(g.dW_hh, H, GH);
   Eigen::Map<Eigen::Matrix<T, Eigen::Dynamic, 1>> db_ih(g.db_ih, GH), db_hh(g.db_hh, GH);
   const int rec = p.cell == Cell::gru ? 1 : 0;  // rnn, lstm: db_hh is db_ih
-  dW_ih = parts[0]->dW_ih;
+  if (p.ids)
+    dW_ih = parts[0]->dW_ih_cols.transpose();
+  else
+    dW_ih = parts[0]->dW_ih;
   dW_hh = parts[0]->dW_hh;
   db_ih = parts[0]->db.col(0);
   db_hh = parts[0]->db.col(rec);
   for (int w = 1; w < workers; ++w) {
-    dW_ih += parts[w]->dW_ih;
+    if (p.ids)
+      dW_ih += parts[w]->dW_ih_cols.transpose();
+    else
+      dW_ih += parts[w]->dW_ih;
     dW_hh += parts[w]->dW_hh;
     db_ih += parts[w]->db.col(0);
     db_hh += parts[w]->db.col(rec);
