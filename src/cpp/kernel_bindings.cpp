@@ -159,7 +159,8 @@ const T* recurrent_mask_input(const py::object& obj, Index B, Index H) {
 
 // Whether x is token ids: an int64 array (the kernels' one-hot input).
 bool token_ids(const py::object& x) {
-  return py::isinstance<py::array>(x) && has_dtype<std::int64_t>(py::reinterpret_borrow<py::array>(x));
+  return py::isinstance<py::array>(x) &&
+         has_dtype<std::int64_t>(py::reinterpret_borrow<py::array>(x));
 }
 
 // The sizes of a problem, read from x (T, B, D) (token ids: (T, B), D from W_ih) and W_hh

@@ -257,7 +257,9 @@ class InputProjection {
   InputProjection(const Problem<T>& p, const BlasFunctions& blas)
       : GH_(gates_of(p.cell) * p.H), D_(p.D), W_ih_(p.W_ih), x_(p.x), ids_(p.ids), blas_(blas),
         bias_(Eigen::Map<const Vec>(p.b_ih, GH_)), panels_(GH_ % SimdTraits<T>::size == 0) {
-    if (p.cell != Cell::gru) bias_ += Eigen::Map<const Vec>(p.b_hh, GH_);
+    // rnn, lstm: b_ih + b_hh; gru: b_hr and b_hz join too (b_hn stays inside r * (...))
+    bias_.head(p.cell == Cell::gru ? 2 * p.H : GH_) +=
+        Eigen::Map<const Vec>(p.b_hh, GH_).head(p.cell == Cell::gru ? 2 * p.H : GH_);
     if (ids_) {
       columns_ = ConstMatMap<T>(p.W_ih, D_, GH_).transpose();
       columns_.colwise() += bias_;
@@ -496,17 +498,17 @@ void gru_forward_chunk(const Problem<T>& p, const ForwardOutput<T>& out,
   const ChunkMask mask(p.lengths, b0, nb, p.steps);
   std::vector<T> rec_buf(static_cast<std::size_t>(W.ld * nb));
   const StridedArrMap<T> rec(rec_buf.data(), GH, nb, Eigen::OuterStride<>(W.ld));
-  const Eigen::Map<const Eigen::Array<T, Eigen::Dynamic, 1>> b_hh(p.b_hh, GH);
+  const Eigen::Map<const Eigen::Array<T, Eigen::Dynamic, 1>> b_hn(p.b_hh + 2 * H, H);
   const T* h_prev = span.h ? span.h : p.h0 + b0 * H;
   StateMask<T> drop(p, b0, nb);  // a checkpointed recompute applies the forward's mask too
   for (Index t = span.t0; t < span.end(p); ++t) {
     slots.prefetch_next(t);
     W(drop(h_prev), rec_buf.data(), nb);  // the interpolation below reads h_{t-1} unmasked
-    ArrMap<T> g(slots.gates(t), GH, nb);  // holds W_i. x_t + b_i., becomes r, z, n
-    g.topRows(2 * H) = ((g.topRows(2 * H) + rec.topRows(2 * H)).colwise() + b_hh.head(2 * H))
-                           .logistic();
-    ArrMap<T> hn(slots.extra(t), H, nb);  // W_hn h + b_hn
-    hn = rec.bottomRows(H).colwise() + b_hh.tail(H);
+    ArrMap<T> g(slots.gates(t), GH, nb);  // W_i. x_t + b_i. (+ b_hr, b_hz), becomes r, z, n
+    g.topRows(2 * H) = (g.topRows(2 * H) + rec.topRows(2 * H)).logistic();
+    ArrMap<T> hn(slots.extra(t), H, nb);  // W_hn h + b_hn, a column at a time: Eigen's
+    for (Index j = 0; j < nb; ++j)        // broadcast of b_hn over columns would not vectorize
+      hn.col(j) = rec.col(j).tail(H) + b_hn;
     g.bottomRows(H) = (g.bottomRows(H) + g.topRows(H) * hn).tanh();
     ArrMap<T> h(slots.hs(t), H, nb);
     const ConstArrMap<T> hp(h_prev, H, nb);
