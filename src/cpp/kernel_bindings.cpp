@@ -379,7 +379,7 @@ py::tuple backward_impl(const fastrnn::KernelTable& k, const std::string& cell,
   in.dc_n = optional_input<T>(dc_n, "dc_n", {p.B, p.H}, lstm, cell);
   py::object dx = py::none();  // not computed without input_grad, or for token ids
   T* g_dx = nullptr;
-  if (input_grad && p.x) {
+  if (input_grad && !p.ids) {
     auto a = empty<T>({p.steps, p.B, p.D});
     g_dx = a.mutable_data();
     dx = a;

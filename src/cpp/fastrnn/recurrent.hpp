@@ -405,7 +405,7 @@ class StepSlots {
   void prefetch_next(Index t) const {
     if (t + 1 >= p_.steps) return;
     if (saving()) return prefetch(out_.gates + ((t + 1) * p_.B + b0_) * GH_, GH_ * nb_);
-    if (p_.x) prefetch(p_.x + ((t + 1) * p_.B + b0_) * p_.D, p_.D * nb_);
+    if (!p_.ids) prefetch(p_.x + ((t + 1) * p_.B + b0_) * p_.D, p_.D * nb_);
   }
 
  private:
@@ -538,7 +538,7 @@ class GradBlocks {
         GH_(gates_of(p.cell) * p.H), wide_(blas_blocks(p, blas, nb)),
         steps_(block_steps(p, wide_, nb)),
         dA_(GH_ * nb * steps_), dA_rec_(p.cell == Cell::gru ? GH_ * nb * steps_ : 0),
-        x_(gathered() && p.x ? p.D * nb * steps_ : 0), h_prev_(p.H * nb * steps_),
+        x_(gathered() && !p.ids ? p.D * nb * steps_ : 0), h_prev_(p.H * nb * steps_),
         dx_(g.dx ? W_ih_T.ld * nb * steps_ : 0),
         stream_(worth_streaming(p.steps * p.B * p.D * Index(sizeof(T)))),  // dx
         head_weights_(head_weights), head_sums_(head_sums) {
@@ -583,7 +583,7 @@ class GradBlocks {
 
   void step_done(Index t) {
     // the next block's inputs, as far ahead as the block is long
-    if (t >= steps_ && p_.x) prefetch(p_.x + ((t - steps_) * p_.B + b0_) * p_.D, p_.D * nb_);
+    if (t >= steps_ && !p_.ids) prefetch(p_.x + ((t - steps_) * p_.B + b0_) * p_.D, p_.D * nb_);
     if (t % steps_ == 0) flush(t, std::min(steps_, p_.steps - t));
   }
 
@@ -649,8 +649,8 @@ class GradBlocks {
     const Index D = p_.D, H = p_.H, B = p_.B, nb = nb_, n = count * nb;
     // the inputs of these steps, and the states before them, as contiguous columns (in place
     // when the chunk is the whole batch)
-    const T* x = p_.x ? p_.x + (t0 * B + b0_) * D : nullptr;
-    if (x && gathered()) {
+    const T* x = p_.ids ? nullptr : p_.x + (t0 * B + b0_) * D;
+    if (!p_.ids && gathered()) {
       for (Index s = 0; s < count; ++s)
         std::copy_n(p_.x + ((t0 + s) * B + b0_) * D, D * nb, x_.data() + s * nb * D);
       x = x_.data();
@@ -670,7 +670,7 @@ class GradBlocks {
     }
     const T* dA = dA_.data();
     const T* dAr = dA_rec_.empty() ? dA : dA_rec_.data();
-    if (x) {
+    if (!p_.ids) {
       add_outer(dW_ih, x, dA, n);  // dW_ih += X dA^T
     } else {                       // one-hot X: each column of dA adds to its id's column
       for (Index s = 0; s < count; ++s)
