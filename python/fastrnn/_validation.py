@@ -357,15 +357,15 @@ def as_token_ids(
         return None
     if value.dtype.kind == "b":
         raise TypeError(
-            f"{name} is a boolean array of shape {value.shape}: expected token ids (an "
-            f"integer array {layout}) or features (float32/float64); cast it, e.g. "
-            f"{name}.astype(np.int64)"
+            f"{name} must have dtype float32 or float64 (features) or an integer dtype (token "
+            f"ids {layout}), got bool (shape {value.shape}); cast it, e.g. "
+            f"{name}.astype(np.int64) for ids"
         )
     if value.ndim == 3:  # features (one-hot rows?) of an integer dtype: the wrong type
         raise TypeError(
-            f"{name} is an integer array of shape {value.shape}: features (e.g. one-hot "
-            f"rows) must have dtype float32 or float64, cast it first, e.g. "
-            f"{name}.astype(np.float32); token ids are an integer array {layout}"
+            f"{name} must have dtype float32 or float64, got {value.dtype}; cast it first, "
+            f"e.g. {name}.astype(np.float32) (an integer array of shape {value.shape}, the "
+            f"shape of features; token ids are an integer array {layout})"
         )
     if value.ndim != 2:
         raise ValueError(

@@ -297,7 +297,9 @@ class CharLanguageModel(_PerStep):
     well it predicts a text. ``vocab_`` holds the characters (and :data:`UNK` last with
     ``unknown="unk"``).
 
-    Input: one-hot characters by default; ``embedding_dim=k`` feeds the recurrent stack
+    Input: one-hot characters by default (the ids, which the recurrent layer reads as
+    one-hot rows without making them; the batches hold ids (n, seq_len), not
+    (n, seq_len, V) floats); ``embedding_dim=k`` feeds the recurrent stack
     learned k-dimensional vectors instead (an :class:`~fastrnn.layers.Embedding`, the
     part ``"embed"``, parameters ``"embed.weight"``), which scales to large vocabularies.
 
