@@ -16,7 +16,9 @@ a case into a zero-argument workload for one backend and one of five workloads
 - ``charlm``: one training step of a whole model as users train it: a character language
   model (one-hot input over a vocabulary of V = D characters, the head predicting the next
   character, so K = V), Adam and gradient clipping, as :class:`fastrnn.CharLanguageModel`'s
-  ``fit`` runs it; the named shapes :data:`LM_SHAPES`;
+  ``fit`` runs it (its batch holds the character ids, which the layer reads as one-hot
+  rows; torch's model reads the one-hot rows, without a gradient); the named shapes
+  :data:`LM_SHAPES`;
 - ``packed``: the ``train`` step with a ``PackedSequence`` input (lengths spread over 1..T,
   unsorted: :func:`packed_lengths`), the head on the packed output; run by the PyTorch
   rows only (``torch.nn`` against the drop-in ``fastrnn.torch``, :data:`PACKED_BACKENDS`).
