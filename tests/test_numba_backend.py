@@ -281,7 +281,7 @@ def test_kernels_release_the_gil(kernels):
     bias, h0, h_n = np.zeros(H), np.zeros((B, H)), np.empty((B, H))
     lengths = np.full(B, T, dtype=np.int64)
     forward = kernels.compiled("rnn_forward", np.float64)
-    args = (W_ih_T, W_hh_T, bias, h0)
+    args = (np.empty((0, 0), dtype=np.int64), W_ih_T, W_hh_T, bias, h0)  # no token ids
     no_mask = np.empty((0, 0))  # rec_mask: no recurrent dropout
     two = np.full(B, 2, dtype=np.int64)
     forward(0, B, x[:2].copy(), *args, two, 0, 0.0, hs[:2].copy(), h_n, no_mask)

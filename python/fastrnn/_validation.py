@@ -46,6 +46,7 @@ __all__ = [
     "as_float_array",
     "as_int_array",
     "as_numeric_array",
+    "as_token_ids",
     "available_memory",
     "check_bool",
     "check_choice",
@@ -334,6 +335,47 @@ def as_int_array(
     if shape is not None:
         check_shape(name, arr, shape)
     return arr.astype(np.int64, copy=False)
+
+
+def as_token_ids(
+    name: str, value: object, size: int, layout: str, source: str
+) -> np.ndarray | None:
+    """``value`` as token ids: a C-contiguous int64 array of 2 dimensions (``layout``, e.g.
+    ``"(T, B)"``) with every id in 0..size-1 (``source`` says where ``size`` comes from,
+    for the messages), if ``value`` is an integer array (NumPy or a tensor); ``None`` if it
+    is anything else (a float array, a list: features, for :func:`as_float_array`).
+
+    A boolean array is a TypeError (neither ids nor features), and so is an integer array
+    of 3 dimensions (features of an integer dtype); an integer array of another number of
+    dimensions, or with an id out of range, a ValueError naming the argument."""
+    if type(value).__module__.split(".")[0] == "torch" and hasattr(value, "detach"):
+        tensor: Any = value
+        if tensor.is_floating_point() or tensor.is_complex():
+            return None
+        value = tensor.detach().cpu().numpy()
+    if not isinstance(value, np.ndarray) or value.dtype.kind not in "biu":
+        return None
+    if value.dtype.kind == "b":
+        raise TypeError(
+            f"{name} must have dtype float32 or float64 (features) or an integer dtype (token "
+            f"ids {layout}), got bool (shape {value.shape}); cast it, e.g. "
+            f"{name}.astype(np.int64) for ids"
+        )
+    if value.ndim == 3:  # features (one-hot rows?) of an integer dtype: the wrong type
+        raise TypeError(
+            f"{name} must have dtype float32 or float64, got {value.dtype}; cast it first, "
+            f"e.g. {name}.astype(np.float32) (an integer array of shape {value.shape}, the "
+            f"shape of features; token ids are an integer array {layout})"
+        )
+    if value.ndim != 2:
+        raise ValueError(
+            f"{name} is an integer array of shape {value.shape}, read as token ids: expected "
+            f"{layout} of ids in 0..{size - 1} ({source})"
+        )
+    check_index_range(name, value, size, f"token id ({source})")
+    if value.dtype == np.int64 and value.dtype.isnative and value.flags.c_contiguous:
+        return value
+    return np.ascontiguousarray(value, dtype=np.int64)
 
 
 def check_index_range(name: str, ids: np.ndarray, size: int, what: str = "index") -> None:

@@ -10,6 +10,8 @@ C-contiguous arrays of one canonical dtype).
 
 from __future__ import annotations
 
+import functools
+import inspect
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -40,7 +42,9 @@ class ForwardResult:
     ``c_n`` (B, H): the lstm cell state likewise (``None`` for rnn and gru).
     The remaining fields are what :func:`backward` needs; treat them as private
     (``saved`` is ``None`` after ``forward(..., training=False)``; ``x`` is the input the
-    backend saw, ``x * input_mask`` with input dropout).
+    backend saw: the float input, or ``x * input_mask`` with input dropout; token ids
+    (T, B) int64 as they are, or with input dropout their masked one-hot rows (T, B, D);
+    ``token_ids`` says the input was token ids, which have no gradient).
     """
 
     hs: np.ndarray
@@ -60,6 +64,7 @@ class ForwardResult:
     input_mask: np.ndarray | None = field(default=None, repr=False)
     recurrent_mask: np.ndarray | None = field(default=None, repr=False)
     checkpoint: int | None = field(default=None, repr=False)
+    token_ids: bool = field(default=False, repr=False)
 
 
 @dataclass(frozen=True, eq=False)
@@ -92,12 +97,13 @@ class FusedHeadGradients:
 
 @dataclass(frozen=True, eq=False)
 class Gradients:
-    """What :func:`backward` returns: ``dx`` (T, B, D), ``dh0`` (B, H), ``dc0`` (lstm),
-    ``params`` (the same keys as the params), ``step_norms`` (T, B) when asked for:
-    ``||dL/dh_t||`` for every step and sequence, and ``head`` (a
+    """What :func:`backward` returns: ``dx`` (T, B, D) (``None`` when the input was token
+    ids, or with ``backward(..., input_grad=False)``: not computed), ``dh0`` (B, H),
+    ``dc0`` (lstm), ``params`` (the same keys as the params), ``step_norms`` (T, B) when
+    asked for: ``||dL/dh_t||`` for every step and sequence, and ``head`` (a
     :class:`FusedHeadGradients`) when :func:`backward` ran a fused head."""
 
-    dx: np.ndarray
+    dx: np.ndarray | None
     dh0: np.ndarray
     dc0: np.ndarray | None
     params: dict[str, np.ndarray]
@@ -337,7 +343,8 @@ def forward(
     recurrent_mask: np.ndarray | None = None,
     checkpoint: int | str | Mapping[str, int] | None = None,
 ) -> ForwardResult:
-    """Run one recurrent layer over a time-major batch ``x`` of shape (T, B, D).
+    """Run one recurrent layer over a time-major batch ``x`` of shape (T, B, D), or over
+    token ids ``x`` of shape (T, B).
 
     Parameters
     ----------
@@ -347,8 +354,14 @@ def forward(
         ``W_ih`` (G*H, D), ``W_hh`` (G*H, H), ``b_ih`` and ``b_hh`` (G*H,) in PyTorch's
         layout, with G = 1, 4, 3 gates for rnn, lstm, gru (see :func:`init_params`). Their
         dtype (float32 or float64) is the dtype of the computation.
-    x : array (T, B, D)
-        The input, time-major.
+    x : array (T, B, D), or integer array (T, B)
+        The input, time-major: float features, or token ids in 0..D-1 (a NumPy or torch
+        integer array of any integer dtype, converted once to int64), which stand for their
+        one-hot rows: the result equals that of the one-hot float input (to rounding; the
+        reference gives the same bits), but the input projection is a gather of columns of
+        ``W_ih`` instead of a product, ``dW_ih`` a scatter-add, and there is no ``dx``
+        (ids have no gradient). Python lists are read as features (converted to the
+        parameters' dtype).
     h0, c0 : array (B, H), optional
         Initial hidden state and (lstm only) cell state; zeros when omitted.
     activation : {"tanh", "relu", "leaky_relu", "identity"}
@@ -367,7 +380,9 @@ def forward(
     input_mask : array (B, D), optional
         Variational input dropout: the layer reads ``x_t * input_mask`` at every step (one
         mask per sequence, the same at every step); :func:`backward` multiplies ``dx`` by
-        it. Applied here, in the functional core, for every backend alike.
+        it. Applied here, in the functional core, for every backend alike (token ids are
+        then made into their one-hot rows, masked, and run as a float input: the one
+        mechanism of masks, at the cost of the one-hot product).
     recurrent_mask : array (B, H), optional
         Variational recurrent dropout (Gal and Ghahramani 2016, Keras'
         ``recurrent_dropout``): the state enters the recurrent product as
@@ -397,11 +412,13 @@ def forward(
     Raises
     ------
     TypeError
-        An argument of the wrong type: params not a dict, an array not float32/float64,
-        an array of the other float dtype than the parameters, lengths not integers.
+        An argument of the wrong type: params not a dict, an array not float32/float64
+        (``x``: nor an integer array of token ids; a boolean ``x`` is refused), an array
+        of the other float dtype than the parameters, lengths not integers.
     ValueError
         A wrong value: an unknown cell, activation or backend, shapes that do not fit
-        each other (the message gives the expected shape and where it comes from),
+        each other (the message gives the expected shape and where it comes from), token
+        ids outside 0..D-1 (naming the first bad position) or not of shape (T, B),
         lengths outside 1..T, a negative or non-finite negative_slope, a mask of the wrong
         shape or with NaN/inf, a bad checkpoint (or one with training=False).
     RuntimeError
@@ -426,23 +443,29 @@ def forward(
     slope = _check_slope(negative_slope)
     p, D, H = V.check_params(cell, params)
     dtype = p["W_hh"].dtype
-    x = V.as_float_array("x", x, dtype)
-    if x.ndim != 3 or x.shape[2] != D:
-        raise ValueError(
-            f"x has shape {x.shape}, expected (T, B, {D}): time-major (steps, batch, "
-            f"input_size={D} from params['W_ih'])"
-        )
-    T, B, _ = x.shape
+    ids = V.as_token_ids("x", x, D, "(T, B)", f"input_size={D} from params['W_ih']")
+    if ids is not None:
+        x = ids
+    else:
+        x = V.as_float_array("x", x, dtype)
+        if x.ndim != 3 or x.shape[2] != D:
+            raise ValueError(
+                f"x has shape {x.shape}, expected (T, B, {D}): time-major (steps, batch, "
+                f"input_size={D} from params['W_ih']), or integer token ids (T, B)"
+            )
+    T, B = x.shape[:2]
     every = _resolve_checkpoint(checkpoint, cell, T, B, H, dtype.itemsize)
     if every is not None and not training:
         raise ValueError(
             f"checkpoint={checkpoint!r} applies to a training forward; training=False keeps "
             "nothing for backward anyway"
         )
-    # hs, x's copy, the states, and what is held for backward (full: the projection / saved
-    # gates and extra values; checkpointed: the checkpoints and a segment):
+    # hs, x's copy (token ids: none, unless input_mask makes their one-hot rows), the
+    # states, and what is held for backward (full: the projection / saved gates and extra
+    # values; checkpointed: the checkpoints and a segment):
+    x_values = D if ids is None or input_mask is not None else 0
     V.check_memory(
-        dtype.itemsize * (T * B * (H + D) + 4 * B * H)
+        dtype.itemsize * (T * B * (H + x_values) + 4 * B * H)
         + _held(cell, T, B, H, dtype.itemsize, every),
         f"forward of {cell!r} with T={T}, B={B}, input_size={D}, hidden_size={H} in {dtype}"
         + ("" if every is None else f" checkpointed every {every} steps"),
@@ -465,9 +488,11 @@ def forward(
     rec_mask = V.check_dropout_mask(
         "recurrent_mask", recurrent_mask, dtype, (B, H), "(batch, hidden_size)"
     )
+    name = _config.resolve_backend(backend)
+    if ids is not None and (in_mask is not None or not _takes_ids(name, T * B)):
+        x = _one_hot(ids, D, dtype)  # the float path on the one-hot rows
     if in_mask is not None:  # the same mask at every step: exact, and one mechanism for all
         x = x * in_mask
-    name = _config.resolve_backend(backend)
     if T == 0 or B == 0:  # nothing to run: a defined, empty result
         hs = np.zeros((T, B, H), dtype=dtype)
         h_n, c_n, saved = h0.copy(), None if c0 is None else c0.copy(), None
@@ -505,7 +530,29 @@ def forward(
         input_mask=in_mask,
         recurrent_mask=rec_mask,
         checkpoint=every if isinstance(saved, Checkpoints) else None,
+        token_ids=ids is not None,
     )
+
+
+def _takes_ids(name: str, size: int) -> bool:
+    """Whether backend ``name`` implements token ids and ``backward(..., input_grad=)``
+    (contract commit 9a77799; its backward takes ``input_grad``). Transitional: a backend
+    of before that contract gets the one-hot rows and computes dx (dropped) until it is
+    updated; remove this with the last such backend. (``size`` 0: nothing runs.)"""
+    return size == 0 or _takes_input_grad(_registry.load(name).backward)
+
+
+@functools.lru_cache(maxsize=16)
+def _takes_input_grad(backward: Any) -> bool:
+    params = inspect.signature(backward).parameters.values()
+    return any(p.name == "input_grad" or p.kind is p.VAR_KEYWORD for p in params)
+
+
+def _one_hot(ids: np.ndarray, depth: int, dtype: np.dtype) -> np.ndarray:
+    """The one-hot rows (..., depth) of the token ids ``ids`` in ``dtype``."""
+    out = np.zeros((*ids.shape, depth), dtype=dtype)
+    np.put_along_axis(out, ids[..., None], 1, axis=-1)
+    return out
 
 
 def backward(
@@ -516,6 +563,7 @@ def backward(
     *,
     return_step_norms: bool = False,
     head: HeadSpec | None = None,
+    input_grad: bool = True,
 ) -> Gradients:
     """Backpropagation through time for the call that produced ``res``.
 
@@ -540,11 +588,16 @@ def backward(
         memory of a training step bounded. Its results are bit-identical with and
         without ``checkpoint`` (same backend and thread count). ``dhs`` may be given too:
         it adds to the head's gradient.
+    input_grad : bool
+        ``False``: no ``dx`` (``Gradients.dx`` is ``None``), and the backend does not
+        compute it (one GEMM of the three per step fewer): for a first layer whose input
+        is fixed data, whose gradient nobody reads. Token ids never have a ``dx``.
 
     Returns
     -------
     Gradients
-        ``dx`` (T, B, D), ``dh0`` (B, H), ``dc0`` (B, H, lstm only, else None),
+        ``dx`` (T, B, D) (``None`` for token ids or ``input_grad=False``), ``dh0`` (B, H),
+        ``dc0`` (B, H, lstm only, else None),
         ``params`` (dL/d of each parameter, the keys of the params), ``step_norms``
         ((T, B) or None) and ``head`` (the head's loss, dweight and dbias, or None).
 
@@ -569,9 +622,10 @@ def backward(
             "res comes from fastrnn.forward(..., training=False), which saves nothing for "
             "backward; run the forward with training=True (the default) to backpropagate"
         )
+    input_grad = V.check_bool("input_grad", input_grad) and not res.token_ids
     T, B, H = res.hs.shape
     dtype = res.hs.dtype
-    D, G = res.x.shape[2], GATES[res.cell]
+    D, G = res.params["W_ih"].shape[1], GATES[res.cell]
     fused = None if head is None else _fused_head(head, res.hs)
     # dhs, dx, and the gate gradients (twice for gru) or, checkpointed, a segment's
     held = (
@@ -581,7 +635,7 @@ def backward(
     )
     dhs_bytes = 0 if head is not None and dhs is None else dtype.itemsize * T * B * H
     V.check_memory(
-        dtype.itemsize * T * B * D + dhs_bytes + held,
+        dtype.itemsize * T * B * D * input_grad + dhs_bytes + held,
         f"backward of {res.cell!r} with T={T}, B={B}, input_size={D}, hidden_size={H} in {dtype}",
     )
 
@@ -608,7 +662,7 @@ def backward(
             dhs_a = np.zeros((T, B, H), dtype=dtype)
     if T == 0 or B == 0:
         return Gradients(
-            dx=np.zeros(res.x.shape, dtype=dtype),
+            dx=np.zeros((T, B, D), dtype=dtype) if input_grad else None,
             dh0=dh_n_a.copy(),
             dc0=None if dc_n_a is None else dc_n_a.copy(),
             params={k: np.zeros_like(v) for k, v in res.params.items()},
@@ -634,8 +688,11 @@ def backward(
         step_norms=bool(return_step_norms),
         recurrent_mask=res.recurrent_mask,
         head=fused,
+        **({"input_grad": input_grad} if _takes_ids(res.backend, T * B) else {}),
     )
-    if res.input_mask is not None:
+    if not input_grad:
+        dx = None  # (whatever the backend made of a masked one-hot input of token ids)
+    elif res.input_mask is not None:
         dx = dx * res.input_mask  # d(x * m)/dx = m
     head_out = head_zero
     if head_sums is not None:

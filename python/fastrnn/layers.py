@@ -12,7 +12,9 @@ run on whichever backend is configured. Everything is a plain NumPy array:
   same outputs;
 - ``grads``: the same keys, written (not accumulated) by :meth:`backward`.
 
-Shapes: ``x`` is (T, B, D) time-major, or (B, T, D) with ``batch_first``; the output is
+Shapes: ``x`` is (T, B, D) time-major, or (B, T, D) with ``batch_first``, or integer
+token ids (T, B) / (B, T) in 0..D-1 (D = ``input_size``, the vocabulary), which the first
+layer reads as their one-hot rows without the product (and without a ``dx``); the output is
 (T, B, dirs*H) (or batch-first), the concatenation of the forward and reverse directions
 of the last layer; the state is ``h`` of shape (num_layers*dirs, B, H) for RNN and GRU and
 the pair ``(h, c)`` for LSTM, indexed ``layer*dirs + direction`` as in PyTorch.
@@ -298,22 +300,31 @@ class _Recurrent(_Module):
     ) -> tuple[np.ndarray, State]:
         """Run the stack over ``x``; return the output and the final state.
 
-        ``x``: (T, B, input_size), or (B, T, input_size) with ``batch_first``.
+        ``x``: (T, B, input_size), or (B, T, input_size) with ``batch_first``; or integer
+        token ids (T, B) (or (B, T)) in 0..input_size-1, which the first layer reads as
+        their one-hot rows without making them (see :func:`fastrnn.forward`: a gather of
+        ``W_ih``'s columns, no ``dx``); deeper layers read the float outputs below.
         ``state``: the initial state, the same structure as the returned final state
         (``None``: zeros). ``lengths`` (B,): real sequence lengths 1..T.
         Returns ``out`` (T, B, dirs*H) (batch-first if ``batch_first``; zero at padded
         steps) and the final state ``h`` (num_layers*dirs, B, H), or ``(h, c)`` for LSTM.
         In evaluation mode (:meth:`eval`) nothing is kept for :meth:`backward`.
         """
-        x = V.as_float_array("x", x, self.dtype, dtype_of=self._of, contiguous=False)
-        layout = "(B, T, input_size)" if self.batch_first else "(T, B, input_size)"
-        if x.ndim != 3 or x.shape[2] != self.input_size:
-            raise ValueError(
-                f"x has shape {x.shape}, expected {layout} with input_size={self.input_size}"
-            )
-        if self.batch_first:
-            x = x.transpose(1, 0, 2)
-        T, B, _ = x.shape
+        steps = "(B, T" if self.batch_first else "(T, B"
+        vocab = f"input_size={self.input_size}, the vocabulary"
+        ids = V.as_token_ids("x", x, self.input_size, steps + ")", vocab)
+        if ids is not None:  # token ids: the first layer reads their one-hot rows
+            x = ids.T if self.batch_first else ids
+        else:
+            x = V.as_float_array("x", x, self.dtype, dtype_of=self._of, contiguous=False)
+            if x.ndim != 3 or x.shape[2] != self.input_size:
+                raise ValueError(
+                    f"x has shape {x.shape}, expected {steps}, input_size) with input_size="
+                    f"{self.input_size}, or integer token ids {steps})"
+                )
+            if self.batch_first:
+                x = x.transpose(1, 0, 2)
+        T, B = x.shape[:2]
         h0, c0 = self._split_state("state", state, B)
         lens = V.check_lengths(lengths, T, B)
         rev = _reverse_index(T, B, lens) if self.bidirectional else None
@@ -328,9 +339,10 @@ class _Recurrent(_Module):
             for direction in range(dirs):
                 k = layer * dirs + direction
                 xi = inp if direction == 0 else inp[rev, cols]
+                params = self._layer_params(layer, direction)
                 res = F.forward(
                     self._cell,
-                    self._layer_params(layer, direction),
+                    params,
                     xi,
                     None if h0 is None else h0[k],
                     None if c0 is None else c0[k],
@@ -338,7 +350,7 @@ class _Recurrent(_Module):
                     negative_slope=self.negative_slope,
                     lengths=lens,
                     training=self.training,
-                    input_mask=self._dropout_mask((B, xi.shape[2]), self.input_dropout),
+                    input_mask=self._dropout_mask((B, params["W_ih"].shape[1]), self.input_dropout),
                     recurrent_mask=self._dropout_mask(
                         (B, self.hidden_size), self.recurrent_dropout
                     ),
@@ -374,16 +386,22 @@ class _Recurrent(_Module):
     __call__ = forward
 
     def backward(
-        self, dout: np.ndarray | None = None, dstate: State | None = None
-    ) -> tuple[np.ndarray, State]:
+        self,
+        dout: np.ndarray | None = None,
+        dstate: State | None = None,
+        *,
+        input_grad: bool = True,
+    ) -> tuple[np.ndarray | None, State]:
         """Backpropagate through the last :meth:`forward` call.
 
         ``dout``: dL/d(out), the shape of the output (``None``: zero); ``dstate``: dL/d
         of the returned final state, same structure (``None``: zero; for LSTM either part
-        of the pair may be ``None``). Returns ``dx`` (the shape of ``x``) and the gradient
-        w.r.t. the initial state; writes the parameter gradients into :attr:`grads`.
+        of the pair may be ``None``). Returns ``dx`` (the shape of ``x``; ``None`` for
+        token ids, or with ``input_grad=False``: not computed, for an input that is fixed
+        data) and the gradient w.r.t. the initial state; writes the parameter gradients
+        into :attr:`grads`.
         """
-        dx, dstate0, _ = self._backward(dout, dstate, None)
+        dx, dstate0, _ = self._backward(dout, dstate, None, input_grad)
         return dx, dstate0
 
     def backward_head(
@@ -394,14 +412,16 @@ class _Recurrent(_Module):
         mask: np.ndarray | None = None,
         reduction: str = "mean",
         dstate: State | None = None,
-    ) -> tuple[float, np.ndarray, State]:
+        input_grad: bool = True,
+    ) -> tuple[float, np.ndarray | None, State]:
         """The output head and its softmax cross-entropy fused into :meth:`backward`: the
         same as ``loss, dout = head.softmax_cross_entropy(out, targets, mask=mask)`` then
         ``backward(dout, dstate)`` (``out`` of the last :meth:`forward`), but the head's
         dL/d(out) is computed block by block of steps inside the top layer's backward
         (:class:`fastrnn.functional.HeadSpec`), so no gradient of all T steps is made: with
         ``checkpoint`` a training step's memory then stays bounded. Writes ``head.grads``
-        and this layer's :attr:`grads`; returns ``(loss, dx, dstate0)``.
+        and this layer's :attr:`grads`; returns ``(loss, dx, dstate0)`` (``dx`` ``None``
+        as in :meth:`backward`).
 
         ``targets`` (and ``mask``) have the output's leading shape: (T, B), or (B, T) with
         ``batch_first``. Unidirectional layers only: a bidirectional top layer's output
@@ -424,7 +444,7 @@ class _Recurrent(_Module):
             if mask is not None:
                 live = np.asarray(mask).T
         spec = F.HeadSpec(head.params["weight"], head.params["bias"], y, live, reduction)
-        dx, dstate0, g = self._backward(None, dstate, spec)
+        dx, dstate0, g = self._backward(None, dstate, spec, input_grad)
         assert g is not None  # the top layer's backward reports the head's sums
         head.grads["weight"] = g.dweight
         head.grads["bias"] = g.dbias
@@ -435,9 +455,12 @@ class _Recurrent(_Module):
         dout: np.ndarray | None,
         dstate: State | None,
         head: F.HeadSpec | None,
-    ) -> tuple[np.ndarray, State, F.FusedHeadGradients | None]:
+        input_grad: bool = True,
+    ) -> tuple[np.ndarray | None, State, F.FusedHeadGradients | None]:
         """:meth:`backward`; with ``head`` the top layer runs the head in its backward, whose
-        gradients are the third element (``None`` without a head)."""
+        gradients are the third element (``None`` without a head); ``input_grad=False``
+        (or token ids) skips the first layer's dx."""
+        input_grad = V.check_bool("input_grad", input_grad)
         if self._cache is None:
             raise RuntimeError(f"{type(self).__name__}.backward() called before forward()")
         cache = self._cache
@@ -479,22 +502,22 @@ class _Recurrent(_Module):
                     None if dh is None else dh[k],
                     None if dc is None else dc[k],
                     head=head if top else None,
+                    input_grad=input_grad or layer > 0,
                 )
                 if top:
                     head_grads = g.head
-                dx = g.dx if direction == 0 else g.dx[rev, cols]
-                dx_total = dx if dx_total is None else dx_total + dx
+                if g.dx is not None:  # (None: token ids, or the first layer's not asked for)
+                    dx = g.dx if direction == 0 else g.dx[rev, cols]
+                    dx_total = dx if dx_total is None else dx_total + dx
                 dh0[k] = g.dh0
                 if dc0 is not None:
                     dc0[k] = g.dc0
                 for short, value in g.params.items():
                     self.grads[self._name(short, layer, direction)] = value
-            assert dx_total is not None  # every layer has at least one direction
             d_inp = dx_total
             if layer > 0 and cache["between"][layer - 1] is not None:
                 d_inp = d_inp * cache["between"][layer - 1]
-        assert d_inp is not None  # dx of the bottom layer
-        dx = d_inp.transpose(1, 0, 2) if self.batch_first else d_inp
+        dx = d_inp.transpose(1, 0, 2) if self.batch_first and d_inp is not None else d_inp
         return dx, self._pack_state(dh0, dc0), head_grads
 
     def _dropout_mask(self, shape: tuple[int, ...], p: float) -> np.ndarray | None:

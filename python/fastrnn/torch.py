@@ -266,9 +266,12 @@ def layer_backward(
     cell: str,
     activation: str,
     reverse: bool,
+    input_grad: bool = True,
 ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
     """The gradients of :func:`layer_forward` from those of its outputs (zero where None):
-    ``(dx, dh0, dc0, dW_ih, dW_hh, db_ih, db_hh)``, ``dc0`` empty unless the cell is lstm."""
+    ``(dx, dh0, dc0, dW_ih, dW_hh, db_ih, db_hh)``, ``dc0`` empty unless the cell is lstm,
+    ``dx`` empty with ``input_grad=False`` (not computed: an input that does not require
+    grad, such as a PyTorch user's one-hot batch)."""
     grid = _grid(x, h0, batch_sizes, reverse)
     h0_a = _contiguous(h0)
     c0_a = None if c0 is None else _contiguous(c0)
@@ -288,11 +291,17 @@ def layer_backward(
         saved=None if gates.numel() == 0 else (_contiguous(gates), _contiguous(extra)),
     )
     d_grid = None if d_out is None else grid.to_grid(_array(d_out))
-    g = fastrnn.backward(res, dhs=d_grid, dh_n=_optional_array(dh_n), dc_n=_optional_array(dc_n))
+    g = fastrnn.backward(
+        res,
+        dhs=d_grid,
+        dh_n=_optional_array(dh_n),
+        dc_n=_optional_array(dc_n),
+        input_grad=input_grad,
+    )
     ins = (res.x, res.hs, res.h0, *res.params.values())
     grads = (g.dh0, g.params["W_ih"], g.params["W_hh"], g.params["b_ih"], g.params["b_hh"])
     dh0, dW_ih, dW_hh, db_ih, db_hh = (_tensor(a, *ins) for a in grads)
-    dx = _tensor(grid.from_grid(g.dx), *ins)
+    dx = _empty_like(x) if g.dx is None else _tensor(grid.from_grid(g.dx), *ins)
     dc0 = _empty_like(dx) if g.dc0 is None else _tensor(g.dc0, *ins)
     return dx, dh0, dc0, dW_ih, dW_hh, db_ih, db_hh
 
@@ -306,12 +315,24 @@ def _(
     W_hh: Tensor,
     b_ih: Tensor | None,
     b_hh: Tensor | None,
-    *rest: object,
+    batch_sizes: Tensor | None,
+    out: Tensor,
+    gates: Tensor,
+    extra: Tensor,
+    backend: Tensor,
+    d_out: Tensor | None,
+    dh_n: Tensor | None,
+    dc_n: Tensor | None,
+    cell: str,
+    activation: str,
+    reverse: bool,
+    input_grad: bool = True,
 ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
     dc0 = torch.empty_like(h0) if c0 is not None else _empty_like(x)
     GH = W_hh.shape[0]
     dW = (torch.empty_like(W_ih), torch.empty_like(W_hh), x.new_empty(GH), x.new_empty(GH))
-    return (torch.empty_like(x), torch.empty_like(h0), dc0, *dW)
+    dx = torch.empty_like(x) if input_grad else _empty_like(x)
+    return (dx, torch.empty_like(h0), dc0, *dW)
 
 
 def _setup_context(
@@ -362,15 +383,16 @@ def _backward(
         )
     saved = ctx.saved_tensors
     dc_n = dc_n if cell == "lstm" else None
+    input_grad = ctx.needs_input_grad[0]  # False for an input without grad (one-hot data)
     with torch.no_grad():
-        grads = layer_backward(*saved, d_out, dh_n, dc_n, cell, activation, reverse)
+        grads = layer_backward(*saved, d_out, dh_n, dc_n, cell, activation, reverse, input_grad)
     depends = [t for t in (*saved, d_out, dh_n, dc_n) if t is not None]
     if _needs_grad(*depends):  # create_graph=True
         grads = _NoSecondDerivative.apply(len(grads), *grads, *depends)
     dx, dh0, dc0, dW_ih, dW_hh, db_ih, db_hh = grads
     c0, no_bias = saved[2], saved[5] is None
     return (
-        dx,
+        dx if input_grad else None,
         dh0,
         None if c0 is None else dc0,
         dW_ih,

@@ -44,14 +44,16 @@ from ._contract import FloatArray, IndexArray
 # runtime signatures bare.
 NumbaType: TypeAlias = Any
 """A numba type (``numba.types.Type``): what an ``@overload`` or ``@intrinsic`` sees."""
-Chunk: TypeAlias = tuple[FloatArray, FloatArray, FloatArray, FloatArray, FloatArray]
-"""``(x, hs, h0, W_ih, rec_mask)``: the inputs of :func:`_block_done`."""
+Chunk: TypeAlias = tuple[FloatArray, IndexArray, FloatArray, FloatArray, FloatArray, FloatArray]
+"""``(x, ids, hs, h0, W_ih, rec_mask)``: the inputs of :func:`_block_done`."""
 Grads: TypeAlias = tuple[
     FloatArray, FloatArray, FloatArray, FloatArray, FloatArray, FloatArray, FloatArray
 ]
-"""``(dA_in, dA_rec, xb, hb, dxb, p_ih, p_hh)``: a backward chunk's scratch."""
+"""``(dA_in, dA_rec, xb, hb, dxb, p_ih, p_hh)``: a backward chunk's scratch (see
+:func:`_backward_buffers`)."""
 GradSums: TypeAlias = tuple[FloatArray, FloatArray, FloatArray, FloatArray, FloatArray]
-"""``(dx, dW_ih, dW_hh, db, db_rec)``: what :func:`_block_done` writes and adds to."""
+"""``(dx, dW_ih, dW_hh, db, db_rec)``: what :func:`_block_done` writes and adds to (``dx``
+empty: none; ``dW_ih`` (D, G*H), transposed, with token ids)."""
 Head: TypeAlias = tuple[Any, ...]
 """``(weight, bias, targets, row_weights, dh_blk, hb, yb, wb, dweight, dbias, loss)``: the
 fused head of a backward chunk (see :func:`_head_block`); ``weight`` (0, 0) for none."""
@@ -209,6 +211,15 @@ def _ol_exp(v):  # type: (NumbaType) -> Callable[..., Any] | None
 # read or written once by its own thread. (The previous design projected all steps before
 # the loop and ran the weight gradients over all steps after it: 1.5 to 2.7x slower in the
 # backward at S2.)
+#
+# Token ids: every time-loop kernel takes the float input ``x`` (T, B, D) and ``ids`` (T, B)
+# int64, one of them empty ((0, 0, 0) and (0, 0)). Ids stand for their one-hot rows of width
+# D: the block's projection gathers rows of W_ih^T (no product), the block's dW_ih adds each
+# row's gate gradients to the row of its id (:func:`_scatter_rows`), and there is no dx. The
+# one-hot product adds the same numbers (its products with zero add nothing), so both give
+# the same results: the same bits where BLAS sums a block's rows in order (OpenBLAS did in
+# the tests for D >= 2, not for D = 1: a one-column product sums in another order). An
+# empty ``dx`` (input_grad=False) skips dx and its product for a float ``x`` too.
 
 BLOCK_ROWS = 256
 
@@ -276,6 +287,7 @@ def _gather(src: FloatArray, t0: int, count: int, b0: int, b1: int, out: FloatAr
 @njit(**_JIT)
 def _project(
     x: FloatArray,
+    ids: IndexArray,
     t0: int,
     count: int,
     b0: int,
@@ -284,10 +296,18 @@ def _project(
     xb: FloatArray,
     proj: FloatArray,
 ) -> None:
-    """proj[s * nb + r] = W_ih x[t0 + s, b0 + r] for the block of steps t0:t0+count."""
+    """proj[s * nb + r] = W_ih x[t0 + s, b0 + r] for the block of steps t0:t0+count; with
+    token ids (``ids`` not empty) row ``ids[t0 + s, b0 + r]`` of W_ih^T, copied."""
+    nb = b1 - b0
+    if ids.shape[0] > 0:
+        for s in range(count):
+            for r in range(nb):
+                d, q = ids[t0 + s, b0 + r], s * nb + r
+                for j in range(proj.shape[1]):
+                    proj[q, j] = W_ih_T[d, j]
+        return
     _gather(x, t0, count, b0, b1, xb)
-    n = count * (b1 - b0)
-    np.dot(xb[:n], W_ih_T, proj[:n])
+    np.dot(xb[: count * nb], W_ih_T, proj[: count * nb])
 
 
 # Variational recurrent dropout: ``rec_mask`` (B, H), one mask per sequence, the same at
@@ -369,19 +389,30 @@ def _span(lengths: IndexArray, b0: int, b1: int, s0: int, s1: int, out: IndexArr
 
 @njit(**_JIT)
 def _backward_buffers(
-    x: FloatArray, hs: FloatArray, b0: int, b1: int, GH: int, two_sided: bool
+    x: FloatArray,
+    ids: IndexArray,
+    hs: FloatArray,
+    W_ih: FloatArray,
+    dx: FloatArray,
+    b0: int,
+    b1: int,
+    two_sided: bool,
 ) -> Grads:
     """A chunk's scratch for the backward: dA_in, dA_rec (the same array unless
-    ``two_sided``), the block's inputs, previous states and dx, the products' results and
-    the per-step dL/dh_{t-1}."""
+    ``two_sided``), the block's inputs, previous states and dx (no columns for an empty
+    ``x`` or ``dx``), and the block's products dA_in^T X (G*H, D), with token ids its
+    transpose (D, G*H), zero (:func:`_scatter_rows` keeps it so), and dA_rec^T H_prev."""
     nb = b1 - b0
     rows = _block_steps(nb) * nb
-    dt = x.dtype
-    D, H = x.shape[2], hs.shape[2]
+    dt = hs.dtype
+    GH, D = W_ih.shape
+    H = hs.shape[2]
     dA_in = np.empty((rows, GH), dtype=dt)
     dA_rec = np.empty((rows, GH), dtype=dt) if two_sided else dA_in
-    xb, hb, dxb = np.empty((rows, D), dt), np.empty((rows, H), dt), np.empty((rows, D), dt)
-    return dA_in, dA_rec, xb, hb, dxb, np.empty((GH, D), dt), np.empty((GH, H), dt)
+    xb, hb = np.empty((rows, x.shape[2]), dt), np.empty((rows, H), dt)
+    dxb = np.empty((rows, dx.shape[2]), dt)
+    p_ih = np.zeros((D, GH), dt) if ids.shape[0] > 0 else np.empty((GH, D), dt)
+    return dA_in, dA_rec, xb, hb, dxb, p_ih, np.empty((GH, H), dt)
 
 
 @njit(**_JIT)
@@ -403,14 +434,47 @@ def _add_rows(dA: FloatArray, count: int, b0: int, b1: int, db: FloatArray) -> N
 
 
 @njit(**_JIT)
+def _scatter_rows(
+    dA: FloatArray,
+    ids: IndexArray,
+    t0: int,
+    count: int,
+    b0: int,
+    b1: int,
+    acc: FloatArray,
+    dW_T: FloatArray,
+) -> None:
+    """dW_T += (dA^T X)^T for the block's rows, X their one-hot rows of ``ids``: row d of
+    ``dW_T`` (D, G*H) gets the sum of the rows of dA whose id is d. The sums are made in
+    ``acc`` (D, G*H) in the dtype and in the block's row order, as the one-hot product
+    makes them, then added to ``dW_T`` once per id; ``acc`` is zero on entry and on return,
+    so only the block's ids are touched (the cost does not grow with D)."""
+    nb = b1 - b0
+    zero = acc.dtype.type(0)
+    for s in range(count):
+        for r in range(nb):
+            d, q = ids[t0 + s, b0 + r], s * nb + r
+            for j in range(dA.shape[1]):
+                acc[d, j] += dA[q, j]
+    for s in range(count):
+        for r in range(nb):
+            d = ids[t0 + s, b0 + r]
+            for j in range(dA.shape[1]):  # an id seen before adds the zeros left here
+                dW_T[d, j] += acc[d, j]
+                acc[d, j] = zero
+
+
+@njit(**_JIT)
 def _block_done(
     t0: int, count: int, b0: int, b1: int, ins: Chunk, grads: Grads, outs: GradSums
 ) -> None:
     """The block of steps t0:t0+count is done: dW_ih += dA_in^T X, dW_hh += dA_rec^T
     H_prev, dx = dA_in W_ih, one BLAS call each on the block's rows; ``db`` and ``db_rec``
     (unless empty) get the sums of dA_in's and dA_rec's rows. (Summed here, not in the gate
-    loop: a float64 sum there kept LLVM from vectorizing the lstm's backward gate loop.)"""
-    x, hs, h0, W_ih, rec_mask = ins
+    loop: a float64 sum there kept LLVM from vectorizing the lstm's backward gate loop.)
+    With token ids dW_ih (transposed) gets a scatter-add instead of the product; an empty
+    ``dx`` gets nothing (ids, or input_grad=False)."""
+    x, ids, hs, h0, W_ih, rec_mask = ins
     dA_in, dA_rec, xb, hb, dxb, p_ih, p_hh = grads
     dx, dW_ih, dW_hh, db, db_rec = outs
     nb = b1 - b0
@@ -418,7 +482,6 @@ def _block_done(
     _add_rows(dA_in, count, b0, b1, db)
     if db_rec.shape[0] > 0:
         _add_rows(dA_rec, count, b0, b1, db_rec)
-    _gather(x, t0, count, b0, b1, xb)
     if t0 > 0:
         _gather(hs, t0 - 1, count, b0, b1, hb)
     else:
@@ -430,14 +493,19 @@ def _block_done(
         for q in range(n):
             for j in range(hb.shape[1]):
                 hb[q, j] *= rec_mask[b0 + q % nb, j]
-    np.dot(dA_in[:n].T, xb[:n], p_ih)
-    _add(dW_ih, p_ih)
+    if ids.shape[0] > 0:
+        _scatter_rows(dA_in, ids, t0, count, b0, b1, p_ih, dW_ih)
+    else:
+        _gather(x, t0, count, b0, b1, xb)
+        np.dot(dA_in[:n].T, xb[:n], p_ih)
+        _add(dW_ih, p_ih)
     np.dot(dA_rec[:n].T, hb[:n], p_hh)
     _add(dW_hh, p_hh)
-    np.dot(dA_in[:n], W_ih, dxb[:n])
-    for s in range(count):
-        for r in range(nb):
-            _copy_row(dxb, s * nb + r, dx, t0 + s, b0 + r)
+    if dx.shape[0] > 0:
+        np.dot(dA_in[:n], W_ih, dxb[:n])
+        for s in range(count):
+            for r in range(nb):
+                _copy_row(dxb, s * nb + r, dx, t0 + s, b0 + r)
 
 
 @njit(**_JIT)
@@ -568,6 +636,7 @@ def rnn_forward(
     b0: int,
     b1: int,
     x: FloatArray,
+    ids: IndexArray,
     W_ih_T: FloatArray,
     W_hh_T: FloatArray,
     bias: FloatArray,
@@ -588,7 +657,7 @@ def rnn_forward(
     for t in range(steps):
         s = t % S
         if s == 0:
-            _project(x, t, min(S, steps - t), b0, b1, W_ih_T, xb, proj)
+            _project(x, ids, t, min(S, steps - t), b0, b1, W_ih_T, xb, proj)
         h_prev = hs[t - 1, b0:b1] if t > 0 else h0[b0:b1]
         if rec_mask.shape[0] > 0:
             h_prev = _times_mask(h_prev, rec_mask, b0, hm)
@@ -606,6 +675,7 @@ def rnn_backward(
     b0: int,
     b1: int,
     x: FloatArray,
+    ids: IndexArray,
     hs: FloatArray,
     h0: FloatArray,
     W_ih: FloatArray,
@@ -630,14 +700,14 @@ def rnn_backward(
     zero, one = hs.dtype.type(0), hs.dtype.type(1)
     nb, S = b1 - b0, _block_steps(b1 - b0)
     steps = _steps(lengths, b0, b1)
-    grads = _backward_buffers(x, hs, b0, b1, H, False)
+    grads = _backward_buffers(x, ids, hs, W_ih, dx, b0, b1, False)
     db_rec = np.empty((0, 0))  # the recurrent side's bias sums are db's
     dA = grads[0]
     tmp = np.empty((nb, H), dtype=hs.dtype)
     _start_backward(dx, dW_ih, dW_hh, steps, b0, b1)
     fused = _head_start(steps, S, b0, b1, hs, dhs, head, scale)
     dh_blk = head[4]
-    ins, outs = (x, hs, h0, W_ih, rec_mask), (dx, dW_ih, dW_hh, db, db_rec)
+    ins, outs = (x, ids, hs, h0, W_ih, rec_mask), (dx, dW_ih, dW_hh, db, db_rec)
     for t in range(steps - 1, -1, -1):
         q0 = t % S * nb
         if fused:
@@ -677,6 +747,7 @@ def lstm_forward(
     b0: int,
     b1: int,
     x: FloatArray,
+    ids: IndexArray,
     W_ih_T: FloatArray,
     W_hh_T: FloatArray,
     bias: FloatArray,
@@ -709,7 +780,7 @@ def lstm_forward(
             ckpt[t // every, b0:b1] = c
         s = t % S
         if s == 0:
-            _project(x, t, min(S, steps - t), b0, b1, W_ih_T, xb, proj)
+            _project(x, ids, t, min(S, steps - t), b0, b1, W_ih_T, xb, proj)
         h_prev = hs[t - 1, b0:b1] if t > 0 else h0[b0:b1]
         if rec_mask.shape[0] > 0:
             h_prev = _times_mask(h_prev, rec_mask, b0, hm)
@@ -745,6 +816,7 @@ def lstm_backward(
     b0: int,
     b1: int,
     x: FloatArray,
+    ids: IndexArray,
     hs: FloatArray,
     h0: FloatArray,
     W_ih: FloatArray,
@@ -779,11 +851,11 @@ def lstm_backward(
     dA = grads[0]
     tmp = np.empty((nb, H), dtype=cs.dtype)
     fused = head[0].shape[0] > 0
-    if t_hi == x.shape[0]:
+    if t_hi == hs.shape[0]:
         _start_backward(dx, dW_ih, dW_hh, steps, b0, b1)
         _head_start(steps, S, b0, b1, hs, dhs, head, scale)
     dh_blk = head[4]
-    ins, outs = (x, hs, h0, W_ih, rec_mask), (dx, dW_ih, dW_hh, db, db_rec)
+    ins, outs = (x, ids, hs, h0, W_ih, rec_mask), (dx, dW_ih, dW_hh, db, db_rec)
     for t in range(min(t_hi, steps) - 1, t_lo - 1, -1):
         if fused:
             _head_enter(t, steps, S, b0, b1, hs, dhs, head, scale)
@@ -834,6 +906,7 @@ def gru_forward(
     b0: int,
     b1: int,
     x: FloatArray,
+    ids: IndexArray,
     W_ih_T: FloatArray,
     W_hh_T: FloatArray,
     bias: FloatArray,
@@ -859,7 +932,7 @@ def gru_forward(
     for t in range(steps):
         s = t % S
         if s == 0:
-            _project(x, t, min(S, steps - t), b0, b1, W_ih_T, xb, proj)
+            _project(x, ids, t, min(S, steps - t), b0, b1, W_ih_T, xb, proj)
         h_prev_b = hs[t - 1, b0:b1] if t > 0 else h0[b0:b1]
         if rec_mask.shape[0] > 0:
             h_prev_b = _times_mask(h_prev_b, rec_mask, b0, hm)
@@ -890,6 +963,7 @@ def gru_backward(
     b0: int,
     b1: int,
     x: FloatArray,
+    ids: IndexArray,
     hs: FloatArray,
     h0: FloatArray,
     W_ih: FloatArray,
@@ -923,11 +997,11 @@ def gru_backward(
     dA_in, dA_rec = grads[0], grads[1]
     tmp = np.empty((nb, H), dtype=hs.dtype)
     fused = head[0].shape[0] > 0
-    if t_hi == x.shape[0]:
+    if t_hi == hs.shape[0]:
         _start_backward(dx, dW_ih, dW_hh, steps, b0, b1)
         _head_start(steps, S, b0, b1, hs, dhs, head, scale)
     dh_blk = head[4]
-    ins, outs = (x, hs, h0, W_ih, rec_mask), (dx, dW_ih, dW_hh, db, db_rec)
+    ins, outs = (x, ids, hs, h0, W_ih, rec_mask), (dx, dW_ih, dW_hh, db, db_rec)
     for t in range(min(t_hi, steps) - 1, t_lo - 1, -1):
         if fused:
             _head_enter(t, steps, S, b0, b1, hs, dhs, head, scale)
@@ -1070,15 +1144,16 @@ def _signatures(dtype: type) -> dict[str, tuple[NumbaType, ...]]:
     i, lens = types.int64, types.int64[::1]
     d = types.float64[:, ::1]  # bias-gradient sums: float64 for both dtypes
     grads = types.UniTuple(m, 7)  # a chunk's backward scratch (_backward_buffers)
+    x = (a3, types.int64[:, ::1])  # the input: x (T, B, D) or token ids (T, B), one empty
     serial = {  # the arguments after b0, b1
-        "rnn_forward": (a3, m, m, v, m, lens, i, f, a3, m),
-        "rnn_backward": (a3, a3, m, m, m, a3, lens, i, f, m, a3, d, m),
-        "lstm_forward": (a3, m, m, v, m, m, lens, a3, m, m, a3, a3, i, a3),
-        "lstm_backward": (a3, a3, m, m, m, a3, a3, m, a3, lens, m, m, a3, d, m, i, i, grads),
-        "gru_forward": (a3, m, m, v, v, m, lens, a3, m, a3, a3),
-        "gru_backward": (a3, a3, m, m, m, a3, a3, a3, lens, m, a3, d, d, m, i, i, grads),
+        "rnn_forward": (*x, m, m, v, m, lens, i, f, a3, m),
+        "rnn_backward": (*x, a3, m, m, m, a3, lens, i, f, m, a3, d, m),
+        "lstm_forward": (*x, m, m, v, m, m, lens, a3, m, m, a3, a3, i, a3),
+        "lstm_backward": (*x, a3, m, m, m, a3, a3, m, a3, lens, m, m, a3, d, m, i, i, grads),
+        "gru_forward": (*x, m, m, v, v, m, lens, a3, m, a3, a3),
+        "gru_backward": (*x, a3, m, m, m, a3, a3, a3, lens, m, a3, d, d, m, i, i, grads),
         "_span": (lens, i, i, i, i, lens),
-        "_backward_buffers": (a3, a3, i, i, i, types.boolean),
+        "_backward_buffers": (*x, a3, m, a3, i, i, types.boolean),
     }
     # the kernels: b0, b1, the arguments, then rec_mask (B, H), (0, 0) for none
     sigs = {name: args if name[0] == "_" else (i, i, *args, m) for name, args in serial.items()}

@@ -6,10 +6,14 @@ The batch is split into contiguous chunks of sequences, each with its own time l
 about 256 rows (steps times sequences). The forward projects a block's inputs, W_ih x_t,
 in one BLAS call right before its steps; the backward, once its loop has passed a block,
 adds the block's share of dW_ih, dW_hh and the bias gradients and writes its dx while the
-block's gate gradients are in cache. Per step: one packed product for all gates (one BLAS
-``?gemm`` call), then the gate math fused after it (the biases added there), no allocation
-inside the loop. Nothing of size T is made beyond the outputs and, for training, the saved
-activations; every kernel is ``nogil``, so other Python threads keep running.
+block's gate gradients are in cache. Token ids as ``x`` (the contract's one-hot rows): the
+projection gathers rows of W_ih^T and dW_ih gets a scatter-add of the block's gate
+gradients, so none of the three products with the input runs (there is no dx; with
+``input_grad=False`` there is none for a float ``x`` either). Per step: one packed product
+for all gates (one BLAS ``?gemm`` call), then the gate math fused after it (the biases
+added there), no allocation inside the loop. Nothing of size T is made beyond the outputs
+and, for training, the saved activations; every kernel is ``nogil``, so other Python
+threads keep running.
 
 All BLAS calls go to the BLAS that SciPy ships, through the entry point Numba's ``np.dot``
 uses; that is why SciPy is a dependency. They are kept single-threaded: the backend's
@@ -59,6 +63,7 @@ from ._contract import (
     FusedHead,
     HeadOutput,
     IndexArray,
+    InputArray,
     Params,
     Saved,
 )
@@ -153,6 +158,21 @@ def _mask(mask: FloatArray | None, dtype: np.dtype[Any]) -> FloatArray:
     return np.empty((0, 0), dtype=dtype) if mask is None else _writable(mask)
 
 
+def _inputs(x: InputArray, D: int, dtype: np.dtype[Any]) -> tuple[FloatArray, IndexArray]:
+    """The kernels' ``x`` and ``ids``: a float ``x`` and an empty (0, 0) ``ids``, or for
+    token ids an empty (0, 0, 0) ``x`` and the ids (int64). The kernels index W_ih^T with
+    the ids unchecked, so an id outside 0..D-1 is an error here, not a stray write."""
+    if x.dtype.kind not in "iu":
+        return _writable(np.asarray(x, dtype=dtype)), np.empty((0, 0), dtype=np.int64)
+    ids = _writable(np.ascontiguousarray(x, dtype=np.int64))
+    if ids.size and (int(ids.min()) < 0 or int(ids.max()) >= D):
+        raise ValueError(
+            f"x: token ids must be in 0..{D - 1} (D = W_ih.shape[1] = {D}), got values in "
+            f"{int(ids.min())}..{int(ids.max())}"
+        )
+    return np.empty((0, 0, 0), dtype=dtype), ids
+
+
 def _chunks(num_threads: int, n: int) -> int:
     """How many contiguous chunks ``n`` units (sequences) are split into: a function of the
     call's arguments only, so that a result never depends on which path ran them."""
@@ -201,7 +221,7 @@ def _run_chunks(chunks: int, chunk: Any) -> None:
 def forward(
     cell: str,
     params: Params,
-    x: FloatArray,
+    x: InputArray,
     h0: FloatArray,
     c0: FloatArray | None,
     *,
@@ -222,16 +242,22 @@ def forward(
     array of size T is made beyond ``hs``) and the outputs are the same bits. With
     ``checkpoint=k`` (lstm, gru; training) the forward runs as for inference and ``saved``
     is a :class:`Checkpoints` (lstm: the cell state before every k-th step).
+
+    Token ids ``x`` (T, B): each block's projection gathers rows of W_ih^T (no product);
+    the same results as their one-hot rows (the same bits: the products with zero add
+    nothing).
     """
-    T, B, _ = x.shape
+    T, B = x.shape[:2]
     every = checkpoint if checkpoint is not None and training and cell != "rnn" else 0
     if every:
         training = False
     H = h0.shape[1]
-    dt = x.dtype
+    dt = h0.dtype
     chunks = _chunks(num_threads, B)
-    # the products of the kernels: x_t @ W_ih^T by blocks of steps, h_{t-1} @ W_hh^T per step
-    common = (_writable(x), _ref.contiguous_T(params["W_ih"]), _ref.contiguous_T(params["W_hh"]))
+    # the products of the kernels: x_t @ W_ih^T by blocks of steps (with token ids a gather
+    # of its rows), h_{t-1} @ W_hh^T per step
+    W_ih_T = _ref.contiguous_T(params["W_ih"])
+    common = (*_inputs(x, W_ih_T.shape[0], dt), W_ih_T, _ref.contiguous_T(params["W_hh"]))
     lens = _lengths(lengths, T, B)
     h0 = _writable(h0)
     hs = np.empty((T, B, H), dtype=dt)
@@ -275,7 +301,7 @@ def forward(
 def backward(
     cell: str,
     params: Params,
-    x: FloatArray,
+    x: InputArray,
     h0: FloatArray,
     c0: FloatArray | None,
     hs: FloatArray,
@@ -291,6 +317,7 @@ def backward(
     step_norms: bool,
     recurrent_mask: FloatArray | None = None,
     head: FusedHead | None = None,
+    input_grad: bool = True,
 ) -> BackwardOutput:
     """Backpropagation through time; return ``(dx, dh0, dc0, dparams, norms, head)``.
 
@@ -300,19 +327,30 @@ def backward(
     ``head``: each chunk's kernel runs it block by block of its steps (the blocks of its
     weight gradients) as its time loop enters them (``_numba_kernels._head_block``); the
     chunks' float64 sums are added in chunk order.
+
+    ``dx`` is ``None`` with ``input_grad=False`` or token ids ``x`` (then not computed: no
+    product with W_ih). Token ids ``x`` (T, B): dW_ih adds each row's gate gradients to
+    the column of its id, summed block by block as the one-hot product sums them (the same
+    bits where BLAS adds a block's rows in order).
     """
-    T, B, D = x.shape
+    T, B = x.shape[:2]
     GH, H = params["W_hh"].shape
-    dt = x.dtype
+    D = params["W_ih"].shape[1]
+    dt = h0.dtype
     chunks = _chunks(num_threads, B)
     lens = _lengths(lengths, T, B)
     # the kernels' products: dA_t @ W_hh per step; dA^T X, dA^T H_prev and dA @ W_ih by blocks
-    common = tuple(_writable(a) for a in (x, hs, h0, params["W_ih"], params["W_hh"]))
+    xs, ids = _inputs(x, D, dt)
+    weights = (_writable(a) for a in (hs, h0, params["W_ih"], params["W_hh"]))
+    common = (xs, ids, *weights)
     dh = dh_n.copy()  # the running dL/dh, dh0 on return
-    dx = np.empty((T, B, D), dtype=dt)
+    want_dx = input_grad and ids.shape[0] == 0
+    dx = np.empty((T, B, D) if want_dx else (0, 0, 0), dtype=dt)  # empty: no dx work
     norms = np.zeros((B, T), dtype=dt)  # ||dL/dh_t||, sequence-major for the kernels
     db = np.zeros((B, GH))  # per-sequence bias-gradient sums, in float64
-    dW = (np.empty((chunks, GH, D)), np.empty((chunks, GH, H)))  # per-chunk float64 sums
+    # per-chunk float64 sums; with token ids dW_ih is transposed, (D, G*H): a row per id
+    dW_ih = np.empty((chunks, D, GH) if ids.shape[0] else (chunks, GH, D))
+    dW = (dW_ih, np.empty((chunks, GH, H)))
     dhs = np.empty((0, 0, 0), dtype=dt) if dhs is None else _writable(dhs)
     mask = _mask(recurrent_mask, dt)
     heads = _Heads(head, hs, chunks)
@@ -336,10 +374,7 @@ def backward(
             cell,
             params,
             common,
-            x,
-            h0,
             c0,
-            hs,
             saved,
             dhs,
             lens,
@@ -355,14 +390,15 @@ def backward(
             heads,
         )
         db_ih, db_hh = db.sum(axis=0), db_rec.sum(axis=0)
+    dW_ih_sum = dW_ih.sum(axis=0)
     dparams = {
-        "W_ih": dW[0].sum(axis=0).astype(dt),
+        "W_ih": np.ascontiguousarray(dW_ih_sum.T if ids.shape[0] else dW_ih_sum, dtype=dt),
         "W_hh": dW[1].sum(axis=0).astype(dt),
         "b_ih": db_ih.astype(dt),
         "b_hh": db_hh.astype(dt),
     }
     norms_out = np.ascontiguousarray(norms.T) if step_norms else None
-    return dx, dh, dc, dparams, norms_out, heads.sums()
+    return (dx if want_dx else None), dh, dc, dparams, norms_out, heads.sums()
 
 
 class _Heads:
@@ -422,11 +458,8 @@ class _Heads:
 def _spans_backward(
     cell: str,
     params: Params,
-    common: tuple[FloatArray, ...],
-    x: FloatArray,
-    h0: FloatArray,
+    common: tuple[Any, ...],
     c0: FloatArray | None,
-    hs: FloatArray,
     saved: Saved,
     dhs: FloatArray,
     lens: IndexArray,
@@ -447,16 +480,16 @@ def _spans_backward(
     code of the forward, so the same bits) into buffers that every segment reuses. A
     chunk's block scratch lives across its spans, so its blocks of steps, and the sums of
     its weight gradients, are those of full BPTT. ``mask``: the kernels' ``rec_mask`` (the
-    recompute applies it as the forward did)."""
-    T, B, _ = x.shape
-    H = h0.shape[1]
-    dt = x.dtype
+    recompute applies it as the forward did). ``common``: the kernel's ``x, ids, hs, h0,
+    W_ih, W_hh``."""
+    x, ids, hs, h0, W_ih = common[:5]  # writable
+    T, B, H = hs.shape
+    dt = hs.dtype
     G = 4 if cell == "lstm" else 3
     kernel = _k.compiled(f"{cell}_backward", dt.type)
     buffers = _k.compiled("_backward_buffers", dt.type)
     span_lengths = _k.compiled("_span", dt.type)
 
-    x, hs, h0 = common[:3]  # writable
     # the kernel's arguments after dhs and lengths
     tail: tuple[Any, ...] = (dh, dc, dx, db) if cell == "lstm" else (dh, dx, db, db_rec)
     tail = (*tail, norms)
@@ -467,7 +500,7 @@ def _spans_backward(
 
         def chunk(c: int) -> None:
             b0, b1 = c * B // chunks, (c + 1) * B // chunks
-            grads = buffers(x, hs, b0, b1, G * H, cell == "gru")
+            grads = buffers(x, ids, hs, W_ih, dx, b0, b1, cell == "gru")
             kernel(
                 b0,
                 b1,
@@ -510,13 +543,12 @@ def _spans_backward(
 
     def segmented(c: int) -> None:
         b0, b1 = c * B // chunks, (c + 1) * B // chunks
-        grads = buffers(x, hs, b0, b1, G * H, cell == "gru")
+        grads = buffers(x, ids, hs, W_ih, dx, b0, b1, cell == "gru")
         head_args = heads.args(c, b0, b1)  # its block of dh lives across the segments
         for j in range(-(-T // every) - 1, -1, -1):
             s0, s1 = j * every, min((j + 1) * every, T)
             span_lengths(lens, b0, b1, s0, s1, seg_lens)
             h_start = hs[s0 - 1] if s0 > 0 else h0
-            x_seg = x[s0:s1]
             g, e = seg_gates[: s1 - s0], seg_extra[: s1 - s0]
             first: tuple[Any, ...] = ()
             outs: tuple[Any, ...] = (h_n,)
@@ -526,7 +558,7 @@ def _spans_backward(
                 outs, keep = (h_n, c_n), (0, no_states)
             n = s1 - s0
             fwd = (*forward_args, h_start, *first, seg_lens, seg_hs[:n], *outs, g, e, *keep, mask)
-            forward(b0, b1, x_seg, W_ih_T, W_hh_T, *fwd)
+            forward(b0, b1, x[s0:s1], ids[s0:s1], W_ih_T, W_hh_T, *fwd)
             bwd = (*first, dhs, lens, *tail, s0, s1, grads, mask, dW[0][c], dW[1][c], *head_args)
             kernel(b0, b1, *common, g, e, *bwd)
 

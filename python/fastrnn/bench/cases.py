@@ -16,7 +16,9 @@ a case into a zero-argument workload for one backend and one of five workloads
 - ``charlm``: one training step of a whole model as users train it: a character language
   model (one-hot input over a vocabulary of V = D characters, the head predicting the next
   character, so K = V), Adam and gradient clipping, as :class:`fastrnn.CharLanguageModel`'s
-  ``fit`` runs it; the named shapes :data:`LM_SHAPES`;
+  ``fit`` runs it (its batch holds the character ids, which the layer reads as one-hot
+  rows; torch's model reads the one-hot rows, without a gradient); the named shapes
+  :data:`LM_SHAPES`;
 - ``packed``: the ``train`` step with a ``PackedSequence`` input (lengths spread over 1..T,
   unsorted: :func:`packed_lengths`), the head on the packed output; run by the PyTorch
   rows only (``torch.nn`` against the drop-in ``fastrnn.torch``, :data:`PACKED_BACKENDS`).
@@ -154,8 +156,10 @@ def estimate_bytes(
 ) -> int:
     """An upper estimate of the peak memory of one run, to refuse runs that cannot fit.
 
-    Per step and sequence: x and dx (2D), hs and dhs (2H), what backward saves (lstm
-    and gru at most (G+1)H, rnn nothing beyond hs), the input projection and the
+    Per step and sequence: x and dx (2D; charlm: no dx, and on the fastrnn backends x is
+    the character ids, one int64), hs and dhs (2H; the fastrnn train and charlm steps fuse
+    the head into the backward, which makes no dhs of all steps: H), what backward saves
+    (lstm and gru at most (G+1)H, rnn nothing beyond hs), the input projection and the
     pre-activation gradients (2GH), and for the train step the logits and their gradient
     (2K); a quarter more for temporaries. torch's autograd keeps a few small tensors and
     graph nodes for every time step: 8 KiB more per step (measured: about 7 KB per step
@@ -167,11 +171,17 @@ def estimate_bytes(
     itemsize = np.dtype(dtype).itemsize
     trains = check_what(what) in ("train", "charlm", "packed")
     head = 2 * head_classes(what, D, classes) if trains else 0
-    if checkpoint is not None and backend != "torch" and cell != "rnn":
+    ours = backend not in PACKED_BACKENDS  # a fastrnn backend, not a torch row
+    if what == "charlm":  # no dx: ids on ours, one-hot without grad on torch's
+        inputs = 8 / itemsize if ours else D
+    else:
+        inputs = 2 * D
+    outputs = H if ours and what in ("train", "charlm") else 2 * H
+    if checkpoint is not None and ours and cell != "rnn":
         plan = fastrnn.checkpoint_plan(cell, T, B, H, dtype, checkpoint)
-        values = 2 * D + 2 * H + (head if backend == "numpy" else 0)
+        values = inputs + outputs + (head if backend == "numpy" else 0)
         return int(1.25 * values * T * B * itemsize + plan.held_bytes)
-    values = 2 * D + 2 * H + (0 if G == 1 else (G + 1) * H) + 2 * G * H + head
+    values = inputs + outputs + (0 if G == 1 else (G + 1) * H) + 2 * G * H + head
     total = 1.25 * values * T * B * itemsize
     if backend == "torch":
         total += 8192 * T
@@ -192,6 +202,7 @@ class Case:
     dhs: np.ndarray  # (T, B, H), for "fwdbwd"
     lengths: np.ndarray | None = None  # (B,), for "packed": packed_lengths(B, T)
     checkpoint: int | str | None = None  # fastrnn's checkpointed BPTT (torch: ignored)
+    ids: np.ndarray | None = None  # (T, B) int64, for "charlm": the characters x is one-hot of
 
     @property
     def T(self) -> int:
@@ -218,9 +229,9 @@ def make_case(
 ) -> Case:
     """A reproducible random :class:`Case`: normal inputs and uniform targets; for
     ``what="charlm"`` a text case instead: random character ids over a vocabulary of ``D``
-    characters, ``x`` their one-hot encoding and ``targets`` the next character (so the
-    head has ``K = D`` classes and ``classes`` is not used); for ``what="packed"`` the
-    case's ``lengths`` are :func:`packed_lengths`."""
+    characters, ``ids`` (T, B) the input characters, ``x`` their one-hot encoding and
+    ``targets`` the next character (so the head has ``K = D`` classes and ``classes`` is
+    not used); for ``what="packed"`` the case's ``lengths`` are :func:`packed_lengths`."""
     dt = np.dtype(dtype)
     rng = np.random.default_rng(seed)
     params = fastrnn.init_params(cell, D, H, seed=seed, dtype=dt)
@@ -228,13 +239,17 @@ def make_case(
     k = 1 / math.sqrt(H)
     V = rng.uniform(-k, k, (K, H)).astype(dt)
     c = rng.uniform(-k, k, K).astype(dt)
+    ids = None
     if what == "charlm":
-        ids = rng.integers(0, D, (T + 1, B))
-        x = np.eye(D, dtype=dt)[ids[:-1]]
-        targets = ids[1:]
+        text = rng.integers(0, D, (T + 1, B))
+        ids = np.ascontiguousarray(text[:-1])
+        x = np.eye(D, dtype=dt)[ids]
+        targets = text[1:]
     else:
         x = rng.standard_normal((T, B, D), dtype=np.float32).astype(dt, copy=False)
         targets = rng.integers(0, K, (T, B))
     dhs = rng.standard_normal((T, B, H), dtype=np.float32).astype(dt, copy=False)
     lengths = packed_lengths(B, T) if what == "packed" else None
-    return Case(cell, dt, params, V, c, x, targets, dhs, lengths=lengths, checkpoint=checkpoint)
+    return Case(
+        cell, dt, params, V, c, x, targets, dhs, lengths=lengths, checkpoint=checkpoint, ids=ids
+    )

@@ -148,7 +148,8 @@ class FastrnnRunner(Runner):
 
     def _build_model(self, V: int, H: int) -> None:
         """A :class:`~fastrnn.CharLanguageModel` with the case's weights, its Adam, and the
-        batch (one-hot windows, next-character targets, lengths) as ``fit`` holds them."""
+        batch (the windows' character ids, next-character targets, lengths) as ``fit``
+        holds them."""
         from fastrnn.datasets import CharCorpus
         from fastrnn.models import CharLanguageModel
         from fastrnn.optim import Adam
@@ -176,8 +177,9 @@ class FastrnnRunner(Runner):
         for name, value in _model_weights(case).items():
             params[name][...] = value
         self.optimizer = Adam(params, lr=LM_LR)
+        assert case.ids is not None, "a charlm case has ids (make_case)"
         self.batch = (
-            np.ascontiguousarray(case.x.transpose(1, 0, 2)),  # samples first, as in fit
+            np.ascontiguousarray(case.ids.T),  # samples first, as in fit
             np.ascontiguousarray(case.targets.T),
             np.full(B, T, dtype=np.int64),
         )

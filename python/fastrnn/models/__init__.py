@@ -28,7 +28,9 @@ long runs). Every ``fit`` takes ``callbacks=[...]`` (:mod:`fastrnn.training`:
 ``EarlyStopping``, ``ModelCheckpoint``, ...), and the models that take validation data
 record ``history_["val_loss"]`` for them to watch.
 
-Token input: ``embedding_dim=None`` (default) feeds tokens one-hot; an int feeds learned
+Token input: ``embedding_dim=None`` (default) feeds tokens one-hot (their ids go to the
+recurrent layer, which reads them as one-hot rows without making them: a gather instead of
+the input projection's product, and no input gradient); an int feeds learned
 vectors of that size through a :class:`fastrnn.layers.Embedding` (the part ``"embed"``)
 instead: :class:`CharLanguageModel` for its characters, :class:`SequenceGenerator` and
 :class:`Seq2Seq` for the decoder's previous token. :class:`CharLanguageModel`'s

@@ -30,7 +30,7 @@ from .. import distributed as D
 from .. import functional as F
 from .. import io as _io
 from .. import layers, optim, training
-from ..datasets import PAD, one_hot
+from ..datasets import PAD
 
 _LAYERS = {"rnn": "RNN", "lstm": "LSTM", "gru": "GRU"}
 
@@ -110,20 +110,26 @@ def optional_positive_int(name: str, value: object) -> int | None:
 
 
 def head_backward(
-    rnn: Any, head: Any, out: np.ndarray, target: np.ndarray, mask: np.ndarray | None
-) -> tuple[float, np.ndarray, Any]:
+    rnn: Any,
+    head: Any,
+    out: np.ndarray,
+    target: np.ndarray,
+    mask: np.ndarray | None,
+    input_grad: bool = True,
+) -> tuple[float, np.ndarray | None, Any]:
     """The per-step softmax head's loss and the backward of the stack ``rnn`` under it:
     ``(loss, dx, dstate0)``. A unidirectional stack runs the head inside its top layer's
     backward (``rnn.backward_head``: the head's dL/dh per block of steps, never for all
     steps at once, which keeps checkpointed BPTT's memory bounded; measured no slower than
     the two calls with cpp, 1 thread: 0.92-1.0x at S2 and char-LM shapes); a bidirectional
     one, whose output concatenates two directions with separate backward passes, runs the
-    fused head over all steps (``head.softmax_cross_entropy``) and then ``backward``."""
+    fused head over all steps (``head.softmax_cross_entropy``) and then ``backward``.
+    ``input_grad=False``: the stack's input is fixed data, no dx (``None``)."""
     if not rnn.bidirectional:
-        loss, dx, dstate0 = rnn.backward_head(head, target, mask=mask)
+        loss, dx, dstate0 = rnn.backward_head(head, target, mask=mask, input_grad=input_grad)
         return float(loss), dx, dstate0
     loss, dh = head.softmax_cross_entropy(out, target, mask=mask)  # fused head + loss
-    dx, dstate0 = rnn.backward(dh)
+    dx, dstate0 = rnn.backward(dh, input_grad=input_grad)
     return float(loss), dx, dstate0
 
 
@@ -457,15 +463,22 @@ class BaseModel:
             )
 
     def _token_features(self, ids: np.ndarray, depth: int, part: str = "embed") -> np.ndarray:
-        """The recurrent input for token ``ids`` (any shape) in 0..depth-1: their vectors
-        through the part ``part`` if the model has one, else one-hot rows."""
+        """The recurrent input for token ``ids`` (n, T) in 0..depth-1: their vectors through
+        the part ``part`` if the model has one, else the ids themselves (int64), which the
+        recurrent layer reads as their one-hot rows (of ``depth``, its input size) without
+        making them."""
         embed = self._parts.get(part)
         if embed is None:
-            return one_hot(ids, depth, dtype=self._dtype)
+            return np.asarray(ids, dtype=np.int64)  # (the layer checks them against depth)
         vectors: np.ndarray = embed.forward(ids)
         return vectors
 
-    def _embed_backward(self, dx: np.ndarray, part: str = "embed") -> None:
+    def _input_grad(self, part: str = "embed") -> bool:
+        """Whether the recurrent stack's input has a gradient to compute: only the vectors
+        of the part ``part`` (an embedding) do; features and token ids are fixed data."""
+        return part in self._parts
+
+    def _embed_backward(self, dx: np.ndarray | None, part: str = "embed") -> None:
         """Backpropagate dL/d(recurrent input) into the part ``part``, if any."""
         embed = self._parts.get(part)
         if embed is not None:

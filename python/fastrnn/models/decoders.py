@@ -111,7 +111,8 @@ class _Decoder(BaseModel):
         return encode_labels(self.classes_, y, mask, "tokens")
 
     def _tokens(self, ids: np.ndarray) -> np.ndarray:
-        """The decoder input for token ids (K is <start>): one-hot or embedded."""
+        """The decoder input for token ids (K is <start>): the ids (read one-hot) or their
+        vectors."""
         return self._token_features(ids, self._meta["n_classes"] + 1)
 
     def _teacher_forcing(
@@ -133,7 +134,7 @@ class _Decoder(BaseModel):
         mask = losses.mask_from_lengths(lens + 1, T, batch_first=True)
         if not backward:
             return losses.softmax_cross_entropy(head.forward(out), target, mask=mask)[0], None
-        loss, dx, dstate0 = head_backward(dec, head, out, target, mask)
+        loss, dx, dstate0 = head_backward(dec, head, out, target, mask, self._input_grad())
         self._embed_backward(dx)
         return loss, dstate0
 
@@ -383,7 +384,8 @@ class Seq2Seq(_Decoder):
         X, lens, y, ylens = batch
         loss, dstate = self._teacher_forcing(self._encode_inputs(X, lens), y, ylens, backward)
         if dstate is not None:
-            dx, _ = self._parts["encoder"].backward(None, dstate)
+            encoder = self._parts["encoder"]
+            dx, _ = encoder.backward(None, dstate, input_grad=self._input_grad("src_embed"))
             self._embed_backward(dx, part="src_embed")
         return loss
 

@@ -47,7 +47,8 @@ class _ManyToOne(BaseModel):
         dh = np.zeros((self.num_layers * dirs, dfeat.shape[0], H), dtype=dfeat.dtype)
         for d in range(dirs):
             dh[dh.shape[0] - dirs + d] = dfeat[:, d * H : (d + 1) * H]
-        self._parts["rnn"].backward(None, (dh, None) if self.cell == "lstm" else dh)
+        state = (dh, None) if self.cell == "lstm" else dh
+        self._parts["rnn"].backward(None, state, input_grad=False)  # X is data: no dx
 
     def _check_Xy(
         self, X: object, y: object, lengths: object, where: str = ""

@@ -11,7 +11,7 @@ import numpy as np
 from .. import _validation as V
 from .. import io as _io
 from .. import losses
-from ..datasets import PAD, CharCorpus, char_corpus, one_hot
+from ..datasets import PAD, CharCorpus, char_corpus
 from ._base import (
     BaseModel,
     encode_labels,
@@ -60,7 +60,8 @@ class _PerStep(BaseModel):
         mask = losses.mask_from_lengths(chunk_lens, stop - start, batch_first=True)
         if not backward:
             return losses.softmax_cross_entropy(head.forward(out), target, mask=mask)[0], final
-        loss, dx, _ = head_backward(self._parts["rnn"], head, out, target, mask)
+        rnn = self._parts["rnn"]
+        loss, dx, _ = head_backward(rnn, head, out, target, mask, self._input_grad())
         self._embed_backward(dx)
         return loss, final
 
@@ -87,8 +88,8 @@ class _PerStep(BaseModel):
         return loss, self._grads(), final
 
     def _inputs(self, X: np.ndarray) -> np.ndarray:
-        """The recurrent input of a batch's ``X``: ``X`` itself (features, or one-hot),
-        or the vectors of the token ids ``X`` (n, T) through the part ``"embed"``."""
+        """The recurrent input of a batch's ``X``: ``X`` itself (features), or for token
+        ids ``X`` (n, T) the ids themselves or their vectors through the part ``"embed"``."""
         return X if X.ndim == 3 else self._token_features(X, self._meta["n_classes"])
 
     def _step_logits(self, X: np.ndarray, lengths: np.ndarray) -> np.ndarray:
@@ -296,7 +297,9 @@ class CharLanguageModel(_PerStep):
     well it predicts a text. ``vocab_`` holds the characters (and :data:`UNK` last with
     ``unknown="unk"``).
 
-    Input: one-hot characters by default; ``embedding_dim=k`` feeds the recurrent stack
+    Input: one-hot characters by default (the ids, which the recurrent layer reads as
+    one-hot rows without making them; the batches hold ids (n, seq_len), not
+    (n, seq_len, V) floats); ``embedding_dim=k`` feeds the recurrent stack
     learned k-dimensional vectors instead (an :class:`~fastrnn.layers.Embedding`, the
     part ``"embed"``, parameters ``"embed.weight"``), which scales to large vocabularies.
 
@@ -453,9 +456,10 @@ class CharLanguageModel(_PerStep):
         return self
 
     def _windows(self, ids: np.ndarray, name: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """The training batch arrays of the character ids of a text: inputs (one-hot
-        (n, seq_len, K), or the ids (n, seq_len) with an embedding), next-character
-        targets (n, seq_len) and lengths (n,)."""
+        """The training batch arrays of the character ids of a text: inputs (the ids
+        (n, seq_len), int64: the recurrent layer reads them as one-hot rows without making
+        them, or an embedding its vectors), next-character targets (n, seq_len) and
+        lengths (n,)."""
         T = self.seq_len
         if len(ids) < T + 1:
             raise ValueError(
@@ -463,10 +467,7 @@ class CharLanguageModel(_PerStep):
             )
         starts = np.arange(0, len(ids) - T, max(1, T // 2))
         idx = starts[:, None] + np.arange(T)[None, :]
-        inputs = ids[idx]
-        if self.embedding_dim is None:
-            inputs = one_hot(inputs, len(self.vocab_), dtype=self._dtype)
-        return inputs, ids[idx + 1], np.full(len(starts), T, dtype=np.int64)
+        return ids[idx], ids[idx + 1], np.full(len(starts), T, dtype=np.int64)
 
     def _setup(self, meta: dict[str, Any]) -> np.random.Generator:
         rng = super()._setup(meta)
