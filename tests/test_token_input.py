@@ -115,21 +115,10 @@ def test_ids_with_input_mask_run_the_masked_one_hot_rows(backend, cell):
     assert res.x.shape == (6, 4, 7) and res.token_ids
 
 
-@pytest.fixture
-def ids_backend(backend, request):
-    """``backend``, expected to fail (strictly) while it implements the contract of before
-    token ids (its backward has no ``input_grad``): the core then gives it the one-hot
-    rows, so the results above hold but the ids do not reach it."""
-    if not fastrnn.functional._takes_ids(backend, 1):
-        reason = f"backend {backend!r} does not take token ids yet (the core makes one-hot rows)"
-        request.applymarker(pytest.mark.xfail(strict=True, reason=reason))
-    return backend
-
-
-def test_the_backend_receives_the_ids(ids_backend, monkeypatch):
+def test_the_backend_receives_the_ids(backend, monkeypatch):
     from fastrnn import backends
 
-    module = backends.load(ids_backend)
+    module = backends.load(backend)
     seen = {}
     for name in ("forward", "backward"):
         real = getattr(module, name)
@@ -140,13 +129,13 @@ def test_the_backend_receives_the_ids(ids_backend, monkeypatch):
 
         monkeypatch.setattr(module, name, spy)
     case, ids = _ids_case("gru", np.float32)
-    fastrnn.backward(fastrnn.forward("gru", case["params"], ids, backend=ids_backend))
+    fastrnn.backward(fastrnn.forward("gru", case["params"], ids, backend=backend))
     assert seen["forward"][:2] == (np.int64, ids.shape)
     assert seen["backward"] == (np.int64, ids.shape, False)
 
 
-def test_forward_result_keeps_the_ids_as_int64(ids_backend):
-    backend = ids_backend
+def test_forward_result_keeps_the_ids_as_int64(backend):
+    backend = backend
     case, ids = _ids_case("lstm", np.float32)
     for given in (ids.astype(np.int32), ids.astype(np.uint8), np.asfortranarray(ids)):
         res = fastrnn.forward("lstm", case["params"], given, backend=backend)

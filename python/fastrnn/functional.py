@@ -10,8 +10,6 @@ C-contiguous arrays of one canonical dtype).
 
 from __future__ import annotations
 
-import functools
-import inspect
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -489,8 +487,8 @@ def forward(
         "recurrent_mask", recurrent_mask, dtype, (B, H), "(batch, hidden_size)"
     )
     name = _config.resolve_backend(backend)
-    if ids is not None and (in_mask is not None or not _takes_ids(name, T * B)):
-        x = _one_hot(ids, D, dtype)  # the float path on the one-hot rows
+    if ids is not None and in_mask is not None:
+        x = _one_hot(ids, D, dtype)  # the float path on the masked one-hot rows
     if in_mask is not None:  # the same mask at every step: exact, and one mechanism for all
         x = x * in_mask
     if T == 0 or B == 0:  # nothing to run: a defined, empty result
@@ -532,20 +530,6 @@ def forward(
         checkpoint=every if isinstance(saved, Checkpoints) else None,
         token_ids=ids is not None,
     )
-
-
-def _takes_ids(name: str, size: int) -> bool:
-    """Whether backend ``name`` implements token ids and ``backward(..., input_grad=)``
-    (contract commit 9a77799; its backward takes ``input_grad``). Transitional: a backend
-    of before that contract gets the one-hot rows and computes dx (dropped) until it is
-    updated; remove this with the last such backend. (``size`` 0: nothing runs.)"""
-    return size == 0 or _takes_input_grad(_registry.load(name).backward)
-
-
-@functools.lru_cache(maxsize=16)
-def _takes_input_grad(backward: Any) -> bool:
-    params = inspect.signature(backward).parameters.values()
-    return any(p.name == "input_grad" or p.kind is p.VAR_KEYWORD for p in params)
 
 
 def _one_hot(ids: np.ndarray, depth: int, dtype: np.dtype) -> np.ndarray:
@@ -688,11 +672,9 @@ def backward(
         step_norms=bool(return_step_norms),
         recurrent_mask=res.recurrent_mask,
         head=fused,
-        **({"input_grad": input_grad} if _takes_ids(res.backend, T * B) else {}),
+        input_grad=input_grad,
     )
-    if not input_grad:
-        dx = None  # (whatever the backend made of a masked one-hot input of token ids)
-    elif res.input_mask is not None:
+    if dx is not None and res.input_mask is not None:
         dx = dx * res.input_mask  # d(x * m)/dx = m
     head_out = head_zero
     if head_sums is not None:

@@ -26,6 +26,7 @@ from collections.abc import Iterator
 from typing import TypeVar
 
 import numpy as np
+import scipy.sparse
 from numpy.typing import NDArray
 
 from ._contract import (
@@ -594,8 +595,13 @@ class _GradBlocks:
         flat = self.dA_in[:n].reshape(n * B, GH)
         if self.dx is not None:
             self.dx[t : t + n] = (flat @ self.W_ih).reshape(n, B, D)
-        if self.ids:  # one-hot rows: dA of each row adds to the column of its id
-            np.add.at(self.dW_ih.T, self.x[t : t + n].reshape(n * B), flat)
+        if self.ids:  # dW_ih += dA^T X with X the one-hot rows, as a sparse (D, rows) X^T
+            rows = n * B
+            ones = np.ones(rows, dtype=flat.dtype)
+            xt = scipy.sparse.csr_array(
+                (ones, (self.x[t : t + n].reshape(rows), np.arange(rows))), shape=(D, rows)
+            )
+            self.dW_ih.T[...] += xt @ flat
         else:
             self.dW_ih += flat.T @ self.x[t : t + n].reshape(n * B, D)
         prev = _masked(self.hs[t - 1 : t + n - 1] if t > 0 else self.hs[: n - 1], self.mask)
