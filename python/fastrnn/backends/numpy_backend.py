@@ -26,7 +26,6 @@ from collections.abc import Iterator
 from typing import TypeVar
 
 import numpy as np
-import scipy.sparse
 from numpy.typing import NDArray
 
 from ._contract import (
@@ -596,6 +595,8 @@ class _GradBlocks:
         if self.dx is not None:
             self.dx[t : t + n] = (flat @ self.W_ih).reshape(n, B, D)
         if self.ids:  # dW_ih += dA^T X with X the one-hot rows, as a sparse (D, rows) X^T
+            import scipy.sparse  # here: the reference runs on NumPy alone otherwise
+
             rows = n * B
             ones = np.ones(rows, dtype=flat.dtype)
             xt = scipy.sparse.csr_array(
