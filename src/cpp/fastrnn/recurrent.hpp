@@ -48,6 +48,7 @@
 #include "memory.hpp"
 #include "parallel.hpp"
 #include "small_gemm.hpp"
+#include "tanh.hpp"
 
 namespace fastrnn {
 
@@ -204,7 +205,7 @@ template <class T>
 void activate(Activation act, T slope, ArrMap<T>& out, const StridedArrMap<T>& rec) {
   switch (act) {
     case Activation::tanh:
-      out = (out + rec).tanh();
+      out = fastrnn::tanh(out + rec);
       break;
     case Activation::relu:
       out = (out + rec).max(T(0));
@@ -475,13 +476,13 @@ void lstm_forward_chunk(const Problem<T>& p, const ForwardOutput<T>& out,
     W(drop(h_prev), rec_buf.data(), nb);
     ArrMap<T> g(slots.gates(t), GH, nb);  // holds U x_t + b, becomes i, f, g, o
     g.topRows(2 * H) = (g.topRows(2 * H) + rec.topRows(2 * H)).logistic();
-    g.middleRows(2 * H, H) = (g.middleRows(2 * H, H) + rec.middleRows(2 * H, H)).tanh();
+    g.middleRows(2 * H, H) = fastrnn::tanh(g.middleRows(2 * H, H) + rec.middleRows(2 * H, H));
     g.bottomRows(H) = (g.bottomRows(H) + rec.bottomRows(H)).logistic();
     ArrMap<T> c(slots.extra(t), H, nb);
     ArrMap<T> h(slots.hs(t), H, nb);
     const ConstArrMap<T> cp(c_prev, H, nb);
     c = g.middleRows(H, H) * cp + g.topRows(H) * g.middleRows(2 * H, H);  // f c + i g
-    h = g.bottomRows(H) * c.tanh();                                       // o tanh(c)
+    h = g.bottomRows(H) * fastrnn::tanh(c);                               // o tanh(c)
     mask.zero_inactive(t, h);
     for (Index j = 0; j < nb; ++j)  // the final cell states, after each one's last real step
       if (mask.last_step(t, j)) std::copy_n(c.data() + j * H, H, out.c_n + (b0 + j) * H);
@@ -509,7 +510,7 @@ void gru_forward_chunk(const Problem<T>& p, const ForwardOutput<T>& out,
     ArrMap<T> hn(slots.extra(t), H, nb);  // W_hn h + b_hn, a column at a time: Eigen's
     for (Index j = 0; j < nb; ++j)        // broadcast of b_hn over columns would not vectorize
       hn.col(j) = rec.col(j).tail(H) + b_hn;
-    g.bottomRows(H) = (g.bottomRows(H) + g.topRows(H) * hn).tanh();
+    g.bottomRows(H) = fastrnn::tanh(g.bottomRows(H) + g.topRows(H) * hn);
     ArrMap<T> h(slots.hs(t), H, nb);
     const ConstArrMap<T> hp(h_prev, H, nb);
     h = g.bottomRows(H) + g.middleRows(H, H) * (hp - g.bottomRows(H));  // n + z (h - n)
@@ -878,7 +879,7 @@ void lstm_backward_chunk(const Problem<T>& p, const BackwardInput<T>& in,
     dht = s.dh_map() + ConstArrMap<T>(grads.dh_out(t), H, nb);  // dL/dh_t
     mask.zero_inactive(t, dht);
     store_norms(g, t, B, b0, dht);
-    tc = c.tanh();
+    tc = fastrnn::tanh(c);
     ArrMap<T> dA(grads.dA_in(t), GH, nb);
     dA.bottomRows(H) = dht * tc * o * (T(1) - o);           // do, through sigmoid
     dct = dc + dht * o * (T(1) - tc * tc);                  // dL/dc_t
