@@ -523,3 +523,33 @@ def test_inference_forward_equals_training_and_saves_nothing(cell, dtype, thread
             assert got is None
         else:
             np.testing.assert_array_equal(got, want)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_tanh_matches_numpy_to_a_few_ulp(dtype):
+    """The kernels' tanh (Eigen's for float32, fastrnn/tanh.hpp's packet code for float64)
+    against NumPy's, through an rnn step that computes h = tanh(x) (W_ih = I, W_hh = 0):
+    normal, tiny (relative accuracy near 0) and huge inputs, at every position of a SIMD
+    packet (the rows are 37 wide, so loop heads and tails are hit too). Both measured at most
+    5 ulp from NumPy's over 10^6 points in [-20, 20]; the bound leaves room for another
+    libm under NumPy."""
+    H = 37
+    rng = np.random.default_rng(0)
+    x = np.concatenate(
+        [
+            rng.standard_normal(3000) * 3,
+            rng.standard_normal(1000) * 1e-7,
+            [0.0, -0.0, 1e-300, -1e-300, 19.9, 20.1, -25.0, 700.0, -700.0, 1e-8, -0.55],
+        ]
+    ).astype(dtype)
+    B = -(-x.size // H)
+    X = np.zeros(B * H, dtype)
+    X[: x.size] = x
+    eye, zeros = np.eye(H, dtype=dtype), np.zeros((H, H), dtype)
+    h0 = np.zeros((B, H), dtype)
+    hs = cpp_backend._loaded().forward(
+        "rnn", "tanh", 0.0, eye, zeros, zeros[0], zeros[0], X.reshape(1, B, H), h0
+    )[0]
+    got, want = hs.reshape(-1)[: x.size], np.tanh(x)
+    ulps = np.abs(got - want) / np.spacing(np.maximum(np.abs(want), np.finfo(dtype).tiny))
+    assert ulps.max() <= 8, f"tanh off by {ulps.max()} ulp at x = {x[np.argmax(ulps)]!r}"
