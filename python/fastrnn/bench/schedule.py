@@ -13,6 +13,10 @@ from .. import _sysinfo
 from . import cases, runners
 from .report import BACKENDS, Row, fmt_bytes
 
+# untimed runs of a fresh runner before each timed one: its first step allocates the
+# optimizer's state, and its second still pays first touches of memory (a char-LM GRU step,
+# H = 128: 11.6 ms as a fresh runner's second run, 10.3 ms as its third, cpp, 1 thread)
+WARM_RUNS = 2
 LONG = 10_000  # longer sequences warm up on one of WARMUP_T steps (warm-up is not timed)
 WARMUP_T = 100
 MEMORY_SHARE = 0.8  # refuse a run whose estimate exceeds this share of available memory
@@ -130,13 +134,13 @@ def run_rows(
     backend, thread count and workload once: a slow spell of the machine (a busy neighbour
     on a shared vCPU, lasting seconds) then falls on all of them alike, and the ratios
     (x numpy, x torch, x 1thr, x fwd) compare runs made seconds apart rather than minutes.
-    Each timed run follows an untimed run of the same row, so every backend is timed in
-    its steady state as in a training loop (NumPy's runs right after another backend's ran
-    up to 1.6x slower, two in five, here). Before a run whose backend differs from the
-    previous run's, the process sleeps ``settle`` seconds so that the spinning worker threads of
-    OpenBLAS or OpenMP go to sleep instead of taking CPU time from the next backend's. A
-    runner lives for one untimed and one timed run only: the layers keep what the last
-    forward saved, and one case's rows must not hold that all at once."""
+    Each timed run follows :data:`WARM_RUNS` untimed runs of the same row, so every backend
+    is timed in its steady state as in a training loop (NumPy's runs right after another
+    backend's ran up to 1.6x slower, two in five, here). Before a run whose backend differs
+    from the previous run's, the process sleeps ``settle`` seconds so that the spinning
+    worker threads of OpenBLAS or OpenMP go to sleep instead of taking CPU time from the next
+    backend's. A runner lives for its untimed runs and one timed run only: the layers keep
+    what the last forward saved, and one case's rows must not hold that all at once."""
     from tqdm import tqdm
 
     _checked.clear()
@@ -198,7 +202,8 @@ def run_rows(
                         with runners.thread_limit(row.threads):
                             assert case is not None  # made for the first ready row
                             runner = runners.make_runner(case, row.backend, row.what)
-                            runner.run()  # untimed: back in this row's steady state
+                            for _ in range(WARM_RUNS):  # untimed: this row's steady state
+                                runner.run()
                         time_once(row, runner)
                         del runner
                     except MemoryError:

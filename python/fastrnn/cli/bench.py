@@ -347,7 +347,7 @@ def run(args: argparse.Namespace) -> int:
     what = _WHAT[args.what].format(classes=args.classes)
     print(f"timing:   {what}; median of the timed runs after one warm-up (compile excluded)")
     print("          rounds: every backend, thread count and workload once per round, each timed")
-    print("          run after an untimed one of its own")
+    print(f"          run after {schedule.WARM_RUNS} untimed ones of its own")
     if any(r.backend == "fastrnn.torch" for r in rows):
         print(
             f"drop-in:  fastrnn.torch = the torch row's model with fastrnn.torch's modules, "
