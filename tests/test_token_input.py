@@ -134,6 +134,49 @@ def test_the_backend_receives_the_ids(backend, monkeypatch):
     assert seen["backward"] == (np.int64, ids.shape, False)
 
 
+@pytest.mark.parametrize("dtype", DTYPES, ids=["f32", "f64"])
+def test_one_hot_float_rows_run_as_ids(backend, dtype, monkeypatch):
+    """A float x whose every row is one-hot reaches the backend as its ids (forward, and
+    backward without dx); a backward that wants dx gets the float rows; an x that is not
+    one-hot everywhere (one row scaled, one row of zeros, one tiny extra entry) stays float.
+    The results equal those of the ids: the forward bit for bit."""
+    from fastrnn import backends
+
+    module = backends.load(backend)
+    seen: list[tuple] = []
+    for name in ("forward", "backward"):
+        real = getattr(module, name)
+
+        def spy(cell, params, x, *args, _real=real, _name=name, **kwargs):
+            seen.append((_name, x.dtype, kwargs.get("input_grad")))
+            return _real(cell, params, x, *args, **kwargs)
+
+        monkeypatch.setattr(module, name, spy)
+    case, ids = _ids_case("lstm", dtype)
+    rows = one_hot(ids, 7, dtype=dtype)
+    res = fastrnn.forward("lstm", case["params"], rows, backend=backend)
+    want = fastrnn.forward("lstm", case["params"], ids, backend=backend)
+    np.testing.assert_array_equal(res.hs, want.hs)
+    assert seen[-2:] == [("forward", np.int64, None), ("forward", np.int64, None)]
+    g = fastrnn.backward(res, dhs=np.ones_like(res.hs))
+    assert seen[-1] == ("backward", dtype, True) and g.dx is not None
+    g_ids = fastrnn.backward(res, dhs=np.ones_like(res.hs), input_grad=False)
+    assert seen[-1] == ("backward", np.int64, False) and g_ids.dx is None
+    tol = 50 * np.finfo(dtype).eps
+    for k, v in g.params.items():
+        np.testing.assert_allclose(g_ids.params[k], v, rtol=tol, atol=tol * np.abs(v).max())
+    for change in ("scaled", "zeros", "tiny"):
+        other = rows.copy()
+        if change == "scaled":
+            other[2, 1] *= 2
+        elif change == "zeros":
+            other[2, 1] = 0
+        else:
+            other[2, 1, (ids[2, 1] + 1) % 7] = np.finfo(dtype).tiny
+        fastrnn.forward("lstm", case["params"], other, backend=backend)
+        assert seen[-1] == ("forward", dtype, None), change
+
+
 def test_forward_result_keeps_the_ids_as_int64(backend):
     backend = backend
     case, ids = _ids_case("lstm", np.float32)

@@ -42,7 +42,8 @@ class ForwardResult:
     (``saved`` is ``None`` after ``forward(..., training=False)``; ``x`` is the input the
     backend saw: the float input, or ``x * input_mask`` with input dropout; token ids
     (T, B) int64 as they are, or with input dropout their masked one-hot rows (T, B, D);
-    ``token_ids`` says the input was token ids, which have no gradient).
+    ``token_ids`` says the input was token ids, which have no gradient; ``one_hot_ids``:
+    the ids of a float ``x`` whose every row is one-hot, which the backend ran as ids).
     """
 
     hs: np.ndarray
@@ -63,6 +64,7 @@ class ForwardResult:
     recurrent_mask: np.ndarray | None = field(default=None, repr=False)
     checkpoint: int | None = field(default=None, repr=False)
     token_ids: bool = field(default=False, repr=False)
+    one_hot_ids: np.ndarray | None = field(default=None, repr=False)
 
 
 @dataclass(frozen=True, eq=False)
@@ -491,6 +493,7 @@ def forward(
         x = _one_hot(ids, D, dtype)  # the float path on the masked one-hot rows
     if in_mask is not None:  # the same mask at every step: exact, and one mechanism for all
         x = x * in_mask
+    one_hot = _one_hot_ids(x) if ids is None and in_mask is None else None
     if T == 0 or B == 0:  # nothing to run: a defined, empty result
         hs = np.zeros((T, B, H), dtype=dtype)
         h_n, c_n, saved = h0.copy(), None if c0 is None else c0.copy(), None
@@ -499,7 +502,7 @@ def forward(
         hs, h_n, c_n, saved = module.forward(
             cell,
             p,
-            x,
+            x if one_hot is None else one_hot,
             h0,
             c0,
             activation=activation,
@@ -529,7 +532,29 @@ def forward(
         recurrent_mask=rec_mask,
         checkpoint=every if isinstance(saved, Checkpoints) else None,
         token_ids=ids is not None,
+        one_hot_ids=one_hot,
     )
+
+
+def _one_hot_ids(x: np.ndarray) -> np.ndarray | None:
+    """The token ids (T, B) of a float ``x`` (T, B, D) whose every row is one-hot (one 1,
+    zeros elsewhere), else None. The backends run such an input as its ids: the projection
+    then gathers W_ih's columns, with the bits of the one-hot product (the zero terms add
+    nothing; only an inf or NaN weight, which the product would spread as NaN, differs).
+    The first row decides cheaply for every other input."""
+    if x.shape[2] < 2 or x.size == 0:
+        return None
+    first = x[0, 0]
+    if np.count_nonzero(first) != 1 or first.max() != 1:
+        return None
+    # one nonzero bit pattern per row (-0.0 counts: conservative; 4x faster than floats)
+    bits = x.view(np.int32 if x.dtype == np.float32 else np.int64)
+    if np.count_nonzero(bits) != x.shape[0] * x.shape[1]:
+        return None
+    ids = x.argmax(axis=2)  # then each row's nonzero is its largest entry, which must be 1
+    if not np.all(np.take_along_axis(x, ids[..., None], axis=2) == 1):
+        return None
+    return ids.astype(np.int64, copy=False)
 
 
 def _one_hot(ids: np.ndarray, depth: int, dtype: np.dtype) -> np.ndarray:
@@ -657,7 +682,7 @@ def backward(
     dx, dh0, dc0, dparams, norms, head_sums = module.backward(
         res.cell,
         res.params,
-        res.x,
+        res.x if input_grad or res.one_hot_ids is None else res.one_hot_ids,  # no dx: as ids
         res.h0,
         res.c0,
         res.hs,
