@@ -557,6 +557,15 @@ def _one_hot_ids(x: np.ndarray) -> np.ndarray | None:
     return ids.astype(np.int64, copy=False)
 
 
+def _backward_input(res: ForwardResult) -> np.ndarray:
+    """What a backward without dx reads as x: the ids of a one-hot float input (found by
+    the forward, or now for a result built by hand, as fastrnn.torch's backward does)."""
+    if res.token_ids:
+        return res.x
+    found = res.one_hot_ids if res.one_hot_ids is not None else _one_hot_ids(res.x)
+    return res.x if found is None else found
+
+
 def _one_hot(ids: np.ndarray, depth: int, dtype: np.dtype) -> np.ndarray:
     """The one-hot rows (..., depth) of the token ids ``ids`` in ``dtype``."""
     out = np.zeros((*ids.shape, depth), dtype=dtype)
@@ -682,7 +691,7 @@ def backward(
     dx, dh0, dc0, dparams, norms, head_sums = module.backward(
         res.cell,
         res.params,
-        res.x if input_grad or res.one_hot_ids is None else res.one_hot_ids,  # no dx: as ids
+        res.x if input_grad else _backward_input(res),
         res.h0,
         res.c0,
         res.hs,
