@@ -551,10 +551,11 @@ def _one_hot_ids(x: np.ndarray) -> np.ndarray | None:
     bits = x.view(np.int32 if x.dtype == np.float32 else np.int64)
     if np.count_nonzero(bits) != x.shape[0] * x.shape[1]:
         return None
-    ids = x.argmax(axis=2)  # then each row's nonzero is its largest entry, which must be 1
+    ids: np.ndarray = x.argmax(axis=2).astype(np.int64, copy=False)
+    # each row's one nonzero is then its largest entry, which must be 1
     if not np.all(np.take_along_axis(x, ids[..., None], axis=2) == 1):
         return None
-    return ids.astype(np.int64, copy=False)
+    return ids
 
 
 def _backward_input(res: ForwardResult) -> np.ndarray:
