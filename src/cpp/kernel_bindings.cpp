@@ -81,6 +81,16 @@ std::string dtype_str(const py::array& a) {
   return s;
 }
 
+// Checks that a has exactly the expected shape and is C-contiguous.
+void check_layout(const py::array& a, const char* name, const std::vector<Index>& shape) {
+  std::vector<Index> got(a.shape(), a.shape() + a.ndim());
+  if (got != shape)
+    throw py::value_error(std::string(name) + " has shape " + shape_str(got) + ", expected " +
+                          shape_str(shape));
+  if (!(a.flags() & py::array::c_style))
+    throw py::value_error(std::string(name) + " must be C-contiguous");
+}
+
 // Checks one buffer: a C-contiguous array of scalar T with exactly the expected shape.
 template <class T>
 const T* input(const py::object& obj, const char* name, const std::vector<Index>& shape,
@@ -90,12 +100,7 @@ const T* input(const py::object& obj, const char* name, const std::vector<Index>
     throw py::type_error(std::string(name) + " has dtype " + dtype_str(a) + ", expected " +
                          std::string(py::str(py::dtype::of<T>())) + " (the dtype of " +
                          dtype_from + ")");
-  std::vector<Index> got(a.shape(), a.shape() + a.ndim());
-  if (got != shape)
-    throw py::value_error(std::string(name) + " has shape " + shape_str(got) + ", expected " +
-                          shape_str(shape));
-  if (!(a.flags() & py::array::c_style))
-    throw py::value_error(std::string(name) + " must be C-contiguous");
+  check_layout(a, name, shape);
   return static_cast<const T*>(a.data());
 }
 
@@ -130,12 +135,7 @@ const std::int64_t* int64_input(const py::object& obj, const char* name,
   py::array a = as_array(obj, name);
   if (!has_dtype<std::int64_t>(a))
     throw py::type_error(std::string(name) + " has dtype " + dtype_str(a) + ", expected int64");
-  std::vector<Index> got(a.shape(), a.shape() + a.ndim());
-  if (got != shape)
-    throw py::value_error(std::string(name) + " has shape " + shape_str(got) + ", expected " +
-                          shape_str(shape));
-  if (!(a.flags() & py::array::c_style))
-    throw py::value_error(std::string(name) + " must be C-contiguous");
+  check_layout(a, name, shape);
   const auto* v = static_cast<const std::int64_t*>(a.data());
   const Index n = static_cast<Index>(a.size());
   for (Index i = 0; i < n; ++i)
