@@ -21,6 +21,7 @@ from . import _config
 from . import _validation as V
 from . import backends as _registry
 from .backends._contract import Checkpoints, FusedHead, Saved
+from .datasets import one_hot
 
 CELLS: tuple[str, ...] = V.CELLS
 ACTIVATIONS: tuple[str, ...] = ("tanh", "relu", "leaky_relu", "identity")
@@ -490,10 +491,10 @@ def forward(
     )
     name = _config.resolve_backend(backend)
     if ids is not None and in_mask is not None:
-        x = _one_hot(ids, D, dtype)  # the float path on the masked one-hot rows
+        x = one_hot(ids, D, dtype=dtype)  # the float path on the masked one-hot rows
     if in_mask is not None:  # the same mask at every step: exact, and one mechanism for all
         x = x * in_mask
-    one_hot = _one_hot_ids(x) if ids is None and in_mask is None else None
+    rows_ids = _one_hot_ids(x) if ids is None and in_mask is None else None
     if T == 0 or B == 0:  # nothing to run: a defined, empty result
         hs = np.zeros((T, B, H), dtype=dtype)
         h_n, c_n, saved = h0.copy(), None if c0 is None else c0.copy(), None
@@ -502,7 +503,7 @@ def forward(
         hs, h_n, c_n, saved = module.forward(
             cell,
             p,
-            x if one_hot is None else one_hot,
+            x if rows_ids is None else rows_ids,
             h0,
             c0,
             activation=activation,
@@ -532,7 +533,7 @@ def forward(
         recurrent_mask=rec_mask,
         checkpoint=every if isinstance(saved, Checkpoints) else None,
         token_ids=ids is not None,
-        one_hot_ids=one_hot,
+        one_hot_ids=rows_ids,
     )
 
 
@@ -565,13 +566,6 @@ def _backward_input(res: ForwardResult) -> np.ndarray:
         return res.x
     found = res.one_hot_ids if res.one_hot_ids is not None else _one_hot_ids(res.x)
     return res.x if found is None else found
-
-
-def _one_hot(ids: np.ndarray, depth: int, dtype: np.dtype) -> np.ndarray:
-    """The one-hot rows (..., depth) of the token ids ``ids`` in ``dtype``."""
-    out = np.zeros((*ids.shape, depth), dtype=dtype)
-    np.put_along_axis(out, ids[..., None], 1, axis=-1)
-    return out
 
 
 def backward(
