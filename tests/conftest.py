@@ -89,6 +89,16 @@ def pytest_configure(config: pytest.Config) -> None:
         config.pluginmanager.register(_NoSkips(), "fastrnn-no-skips")
 
 
+def pytest_collection_finish(session: pytest.Session) -> None:
+    """Collecting imports fastrnn.torch, which hands PyTorch's OpenMP team to the C++
+    kernels' workers: the suite runs them on threads of their own, as without torch, and
+    the tests of the team (test_thread_team.py, test_torch_dropin.py) hand it over."""
+    if "cpp" not in fastrnn.unavailable_backends():
+        from fastrnn.backends import cpp_backend
+
+        cpp_backend.set_thread_team(None)
+
+
 def pytest_report_header(config: pytest.Config) -> list[str]:
     missing = fastrnn.unavailable_backends()
     lines = [f"fastrnn backends: {', '.join(fastrnn.available_backends())} load"]

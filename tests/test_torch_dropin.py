@@ -43,6 +43,18 @@ def _one_torch_thread():
     torch.set_num_threads(before)
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _on_torch_threads():
+    """The kernels' workers on PyTorch's OpenMP team, as import fastrnn.torch sets them
+    (the suite's conftest takes the team back after collection)."""
+    ft._share_torch_threads()
+    yield
+    if "cpp" in fastrnn.available_backends():
+        from fastrnn.backends import cpp_backend
+
+        cpp_backend.set_thread_team(None)
+
+
 def _pair(mode: str, dtype=torch.float64, seed: int = 0, input_size: int = D, hidden=H, **kw):
     """A torch.nn module and a drop-in with the same weights."""
     ref_cls, cls, extra = MODES[mode]

@@ -32,6 +32,12 @@ double backward                    RuntimeError when the second derivative is as
 TorchScript
 =================================  =======================================================
 
+Threads: importing this module hands PyTorch's OpenMP runtime to the C++ kernels, whose
+workers then run on the threads PyTorch's own parallel ops use (``fastrnn.build_info()
+["threads"]`` says so). PyTorch's threads spin for milliseconds after each torch op; threads
+of fastrnn's own beside them shared the cores with them, and the drop-in ran no faster on
+2 threads than on 1.
+
 The mechanism is PyTorch's for foreign kernels: two custom operators,
 ``fastrnn::layer_forward`` (one direction of one layer: its output, ``h_n``, ``c_n``, the
 activations the backend saves for backward and which backend ran, all as tensors) and
@@ -80,6 +86,47 @@ if not hasattr(torch.library, "custom_op"):
     )
 
 __all__ = ["GRU", "LSTM", "RNN", "convert"]
+
+
+def _torch_openmp() -> str | None:
+    """The path of the OpenMP runtime PyTorch's intra-op threads run on (loaded with torch:
+    the one inside torch's installation, else the only one loaded), or None when PyTorch's
+    parallel backend is not OpenMP or the runtime cannot be told apart."""
+    import os
+
+    from threadpoolctl import threadpool_info
+
+    if "parallel backend: OpenMP" not in torch.__config__.parallel_info():
+        return None
+    root = os.path.dirname(os.path.abspath(torch.__file__))
+    found = [i["filepath"] for i in threadpool_info() if i.get("user_api") == "openmp"]
+    inside = [f for f in found if os.path.abspath(f).startswith(root + os.sep)]
+    if len(inside) == 1:
+        return str(inside[0])
+    return str(found[0]) if len(found) == 1 else None
+
+
+def _share_torch_threads() -> str:
+    """Make the C++ kernels' workers PyTorch's own OpenMP threads (see
+    ``fastrnn.backends.cpp_backend.set_thread_team``), so that fastrnn's threads and
+    PyTorch's never compete for the cores; returns what the workers run on."""
+    from fastrnn.backends import cpp_backend
+
+    library = _torch_openmp()
+    if cpp_backend.UNAVAILABLE_REASON is not None or library is None:
+        return "own threads"
+    try:
+        return cpp_backend.set_thread_team(library)
+    except (OSError, LookupError) as exc:
+        warnings.warn(
+            f"fastrnn.torch: the C++ kernels keep threads of their own, beside PyTorch's ({exc})",
+            RuntimeWarning,
+            stacklevel=2,
+        )
+        return "own threads"
+
+
+_share_torch_threads()
 
 _DTYPES = (torch.float32, torch.float64)
 _CELLS = {"RNN_TANH": ("rnn", "tanh"), "RNN_RELU": ("rnn", "relu"), "LSTM": ("lstm", "tanh")}

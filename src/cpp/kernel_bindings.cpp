@@ -554,6 +554,22 @@ void define_kernels(py::module_ m) {
       "blas_calls", [k] { return k->blas_calls(); },
       "How many products this module has run through BLAS so far.");
   m.def(
+      "set_thread_team",
+      [k](std::uintptr_t parallel, std::uintptr_t thread_num, std::uintptr_t num_threads,
+          const std::string& name) {
+        k->set_thread_team(parallel, thread_num, num_threads, name.c_str());
+      },
+      py::arg("parallel"), py::arg("thread_num"), py::arg("num_threads"), py::arg("name"),
+      "Run the workers of every later call on a host's OpenMP thread team: the raw "
+      "addresses of its GOMP_parallel, omp_get_thread_num and omp_get_num_threads; `name` "
+      "describes it. With any one 0, the workers are threads of the module's own again.");
+  m.def(
+      "thread_team", [k] { return std::string(k->thread_team_name()); },
+      "What the workers run on: the name given to set_thread_team, or 'own threads'.");
+  m.def(
+      "team_calls", [k] { return k->team_calls(); },
+      "How many calls have run their workers on a host's thread team so far.");
+  m.def(
       "backward",
       [k](const std::string& cell, const std::string& activation, double negative_slope,
           const py::object& W_ih, const py::object& W_hh, const py::object& x, const py::object& h0,

@@ -14,6 +14,7 @@
 
 #include "fastrnn/blas.hpp"
 #include "fastrnn/kernel_table.hpp"
+#include "fastrnn/parallel.hpp"
 
 #ifndef FASTRNN_KERNELS_NAME
 #error "FASTRNN_KERNELS_NAME must name the module"
@@ -52,6 +53,25 @@ const char* blas_name() {
 
 long long blas_calls() { return fastrnn::blas_calls().load(); }
 
+void set_thread_team(std::uintptr_t parallel, std::uintptr_t thread_num,
+                     std::uintptr_t num_threads, const char* name) {
+  fastrnn::ThreadTeam team;
+  team.parallel = reinterpret_cast<fastrnn::ThreadTeam::parallel_fn>(parallel);
+  team.thread_num = reinterpret_cast<fastrnn::ThreadTeam::index_fn>(thread_num);
+  team.num_threads = reinterpret_cast<fastrnn::ThreadTeam::index_fn>(num_threads);
+  team.name = name;
+  fastrnn::set_thread_team(team);
+}
+
+const char* thread_team_name() {
+  thread_local std::string name;
+  const fastrnn::ThreadTeam team = fastrnn::current_thread_team();
+  name = team.usable() && !team.usable_here() ? "own threads (a forked child: " + team.name + " stays with the parent)" : team.name;
+  return name.c_str();
+}
+
+long long team_calls() { return fastrnn::team_calls().load(); }
+
 fastrnn::KernelTable make_table() {
   fastrnn::KernelTable t;
   t.version = fastrnn::kKernelTableVersion;
@@ -61,6 +81,9 @@ fastrnn::KernelTable make_table() {
   t.set_blas = &set_blas;
   t.blas_name = &blas_name;
   t.blas_calls = &blas_calls;
+  t.set_thread_team = &set_thread_team;
+  t.thread_team_name = &thread_team_name;
+  t.team_calls = &team_calls;
   return t;
 }
 

@@ -95,6 +95,9 @@ py::dict build_info() {
     py::object kernels = backend.attr("_kernels");
     info["blas"] = kernels.is_none() ? py::object(backend.attr("UNAVAILABLE_REASON"))
                                      : kernels.attr("blas")();
+    // and what the kernels' workers run on (fastrnn.torch hands over PyTorch's OpenMP team)
+    info["threads"] = kernels.is_none() ? py::object(backend.attr("UNAVAILABLE_REASON"))
+                                        : kernels.attr("thread_team")();
   } catch (py::error_already_set& e) {
     info["blas"] = std::string("unavailable: ") + e.what();
   }
@@ -107,7 +110,7 @@ PYBIND11_MODULE(_core, m) {
   m.doc() = "fastrnn's compiled extension (C++ with Eigen): build info and CPU dispatch.";
   m.def("build_info", &build_info,
         "How the extension was built: compiler, flags, Eigen version, the kernels' "
-        "instruction-set level and SIMD, OpenMP, BLAS.");
+        "instruction-set level and SIMD, OpenMP, BLAS, the workers' threads.");
   m.def("cpu_supports", &level_supported, py::arg("level"),
         "Whether this CPU (and OS) can run kernels of instruction-set level `level` "
         "('generic', 'avx2', 'avx512').");

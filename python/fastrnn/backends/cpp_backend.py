@@ -20,6 +20,12 @@ import. The kernels' workers call BLAS with its own threading set to 1 (see
 ``_kernels.blas()`` and ``fastrnn.build_info()["blas"]`` say which. The fused head
 (``head.hpp``) keeps the in-house products.
 
+The workers are threads of the kernels' own, or, after :func:`set_thread_team`, the
+thread team of an OpenMP runtime already loaded in the process: :mod:`fastrnn.torch` hands
+over PyTorch's, whose threads spin for milliseconds after each torch op and would
+otherwise share the cores with ours (``parallel.hpp``). ``_kernels.thread_team()`` and
+``fastrnn.build_info()["threads"]`` say which.
+
 ``saved`` is ``None`` for rnn (act' is a function of hs) and ``(gates, extra)`` otherwise:
 the gate activations (T, B, G*H) and, for lstm, the cell states, for gru
 ``W_hn h + b_hn`` (T, B, H), i.e. (G+1)*H values per step and sequence. With
@@ -162,6 +168,39 @@ def _scipy_blas() -> tuple[int, int, int, int, str, bool]:
         f"{os.path.basename(lib['filepath'])}"
     )
     return sgemm, dgemm, get, set_, name, False
+
+
+def thread_team_functions(library: str) -> tuple[int, int, int, str]:
+    """``(GOMP_parallel, omp_get_thread_num, omp_get_num_threads, name)``: the addresses
+    of the functions of the OpenMP runtime ``library`` (a path), which must already be
+    loaded in this process (it is never loaded here); an OSError or LookupError says why
+    not."""
+    mode = getattr(os, "RTLD_NOLOAD", 0) | getattr(os, "RTLD_LAZY", 0)
+    try:
+        dll = ctypes.CDLL(library, mode=mode)
+    except OSError as exc:
+        raise OSError(
+            f"the OpenMP runtime {library!r} is not loaded in this process: {exc}"
+        ) from exc
+    addresses = []
+    for name in ("GOMP_parallel", "omp_get_thread_num", "omp_get_num_threads"):
+        if not hasattr(dll, name):
+            raise LookupError(f"{library!r} has no {name}: not an OpenMP runtime with GNU's ABI")
+        addresses.append(int(ctypes.cast(getattr(dll, name), ctypes.c_void_p).value or 0))
+    return addresses[0], addresses[1], addresses[2], f"OpenMP team of {library}"
+
+
+def set_thread_team(library: str | None) -> str:
+    """Run the kernels' workers on the thread team of the OpenMP runtime ``library`` (the
+    path of a runtime already loaded, such as PyTorch's libgomp), or with ``None`` on
+    threads of their own again; returns what they run on now. The work each worker does,
+    and so every result's bits, is the same either way."""
+    kernels = _loaded()
+    if library is None:
+        kernels.set_thread_team(0, 0, 0, "own threads")
+    else:
+        kernels.set_thread_team(*thread_team_functions(library))
+    return str(kernels.thread_team())
 
 
 try:

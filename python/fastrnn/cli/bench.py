@@ -38,6 +38,7 @@ Examples::
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import sys
 from collections.abc import Callable
@@ -315,6 +316,11 @@ def run(args: argparse.Namespace) -> int:
         print("fastrnn bench: --checkpoint goes with --scaling", file=sys.stderr)
         return 2
 
+    if "fastrnn.torch" in (args.backends or lib.BACKENDS):
+        # before any row: the import hands PyTorch's OpenMP team to the cpp kernels' workers,
+        # for every row of the run (the header's `threads=` says where they run)
+        with contextlib.suppress(ImportError):  # no torch: the rows say it is unavailable
+            import fastrnn.torch  # noqa: F401
     info = _sysinfo.system_info()
     print(_sysinfo.format_system_info(info))
     rows = schedule.plan(

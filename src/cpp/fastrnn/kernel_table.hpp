@@ -32,7 +32,7 @@ struct HeadProblem;
 template <class T>
 struct HeadOutput;
 
-constexpr std::uint32_t kKernelTableVersion = 2;  // 2: Problem::ids
+constexpr std::uint32_t kKernelTableVersion = 3;  // 2: Problem::ids; 3: set_thread_team
 
 // What a kernel entry point reports: ok, or the C++ exception it caught (out of memory, or
 // any other std::exception with its message), which the bindings raise as MemoryError or
@@ -75,6 +75,12 @@ struct KernelTable {
                    std::uintptr_t set_threads, bool int64, const char* name);
   const char* (*blas_name)();
   long long (*blas_calls)();
+  // A host's OpenMP runtime for the workers (parallel.hpp's ThreadTeam; 0s withdraw it),
+  // with the same conventions as set_blas.
+  void (*set_thread_team)(std::uintptr_t parallel, std::uintptr_t thread_num,
+                          std::uintptr_t num_threads, const char* name);
+  const char* (*thread_team_name)();
+  long long (*team_calls)();
 
   template <class T>
   const KernelEntries<T>& entries() const;
