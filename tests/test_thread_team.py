@@ -98,9 +98,11 @@ def test_a_forked_child_runs_its_own_threads(team):
     queue = ctx.Queue()
     child = ctx.Process(target=_child_run, args=(queue,))
     child.start()
-    child.join(timeout=60)
-    assert child.exitcode == 0, f"the forked child hung or failed (exit code {child.exitcode})"
-    name, calls, got = queue.get(timeout=10)
+    try:
+        name, calls, got = queue.get(timeout=60)  # (a hung child: queue.Empty here)
+    finally:
+        child.join(timeout=10)
+    assert child.exitcode == 0, f"the forked child failed (exit code {child.exitcode})"
     assert name.startswith("own threads (a forked child"), name
     assert calls == 0
     np.testing.assert_array_equal(got, want)

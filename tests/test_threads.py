@@ -10,6 +10,7 @@ place; a race would show far above that.
 
 from __future__ import annotations
 
+import multiprocessing
 import threading
 from concurrent.futures import ThreadPoolExecutor
 
@@ -17,7 +18,7 @@ import numpy as np
 import pytest
 
 import fastrnn
-from conftest import CELL_CASES, make_case, run_case
+from conftest import CELL_CASES, make_case, need_backend, run_case, using_threads
 
 THREADS = 4
 ROUNDS = 3
@@ -125,3 +126,28 @@ def test_use_backend_stays_in_its_thread(one_kernel_thread):
     for (name,), (seen, out, after) in zip([(n,) for n in names] * THREADS, results, strict=True):
         assert seen == name and after == name
         _assert_same(out, want[name], f"use_backend({name!r})")
+
+
+def _forked_run(queue, job) -> None:  # in a forked child
+    with using_threads(2):
+        queue.put(run_case("cpp", *job))
+
+
+def test_a_forked_child_makes_its_own_kernel_threads():
+    """The C++ kernels' worker threads outlive the calls (parallel.hpp's WorkerPool); a
+    forked child has none of them and makes its own: a 2-thread call there finishes and
+    gives the parent's bits."""
+    need_backend("cpp")
+    job = _jobs(np.float64)[4]  # lstm
+    with using_threads(2):
+        want = run_case("cpp", *job)  # the pool's threads exist from here on
+    ctx = multiprocessing.get_context("fork")
+    queue = ctx.Queue()
+    child = ctx.Process(target=_forked_run, args=(queue, job))
+    child.start()
+    try:
+        got = queue.get(timeout=60)
+    finally:
+        child.join(timeout=10)
+    assert child.exitcode == 0, f"the forked child failed (exit code {child.exitcode})"
+    _assert_same(got, want, "forked child")

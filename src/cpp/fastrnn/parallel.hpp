@@ -1,12 +1,15 @@
-// Threads for the kernels: contiguous ranges, one std::thread per extra worker, the
-// calling thread doing the first share; no thread is created for a single worker. Or, once
-// a host's OpenMP runtime is handed over (set_thread_team), the workers run on that
-// runtime's thread team instead of threads of their own.
+// Threads for the kernels: contiguous ranges, the calling thread doing the first share and
+// the threads of a process-wide pool (WorkerPool) the others; no thread for a single
+// worker. Or, once a host's OpenMP runtime is handed over (set_thread_team), the workers
+// run on that runtime's thread team instead of threads of their own.
 #pragma once
 
 #include <algorithm>
 #include <atomic>
+#include <chrono>
+#include <condition_variable>
 #include <cstddef>
+#include <cstdint>
 #include <exception>
 #include <mutex>
 #include <string>
@@ -60,8 +63,9 @@ class DenormalGuard {
 // thread next to its creator and, for a run of a few milliseconds, often leaves it there:
 // measured on this project's 2-core machine, one spawn in four shared the caller's CPU for
 // the whole run (2 threads then took exactly as long as 1). A worker that is allowed every
-// CPU of the process but the caller's starts elsewhere; nothing outlives the worker, which
-// ends with the call. No-op where the caller's CPU is unknown or is the only one allowed.
+// CPU of the process but the caller's starts elsewhere; a pool thread is allowed every CPU
+// again after its first job (the scheduler has placed it by then). No-op where the
+// caller's CPU is unknown or is the only one allowed.
 class WorkerPlacement {
  public:
   WorkerPlacement() {
@@ -69,6 +73,7 @@ class WorkerPlacement {
     const int cpu = sched_getcpu();
     if (cpu < 0 || sched_getaffinity(0, sizeof(others_), &others_) != 0) return;
     if (!CPU_ISSET(cpu, &others_)) return;
+    all_ = others_;
     CPU_CLR(cpu, &others_);
     usable_ = CPU_COUNT(&others_) > 0;
 #endif
@@ -79,10 +84,16 @@ class WorkerPlacement {
     if (usable_) sched_setaffinity(0, sizeof(others_), &others_);  // this thread only
 #endif
   }
+  // Every CPU the creator was allowed again (a pool thread, once it has run its first job).
+  void release() const {
+#if defined(__linux__)
+    if (usable_) sched_setaffinity(0, sizeof(all_), &all_);
+#endif
+  }
 
  private:
 #if defined(__linux__)
-  cpu_set_t others_{};
+  cpu_set_t others_{}, all_{};
 #endif
   bool usable_ = false;
 };
@@ -154,10 +165,115 @@ inline std::pair<std::ptrdiff_t, std::ptrdiff_t> split_range(std::ptrdiff_t n, i
   return {begin, begin + base + (i < extra ? 1 : 0)};
 }
 
+// The kernels' own worker threads: a process-wide pool whose threads outlive the calls
+// (a kernel call runs run_workers two to four times; a new std::thread each time cost
+// 30 to 50 us and arrived with cold caches). Idle threads spin for at most kSpin, then
+// sleep on a condition variable: a short spin, so that they never hold a core the way
+// PyTorch's OpenMP threads do (1 to 5 ms). One call at a time uses the pool; a call that
+// finds it busy (another Python thread's kernel) starts threads of its own for that run.
+// A forked child makes a pool of its own (the parent's threads do not exist there).
+class WorkerPool {
+ public:
+  using job_fn = void (*)(void* data, int worker);
+  static constexpr std::chrono::microseconds kSpin{50};
+
+  // The pool of this process.
+  static WorkerPool& instance() {
+    static std::mutex m;
+    static WorkerPool* pool = nullptr;
+    std::lock_guard<std::mutex> lock(m);
+    const long pid = ThreadTeam::current_process();
+    if (pool == nullptr || pool->owner_ != pid) pool = new WorkerPool(pid);  // never freed:
+    return *pool;  // its threads may still sleep in it at exit (or belong to the parent)
+  }
+
+  // Runs job(data, i) for i in 1..workers-1 on pool threads while the caller runs
+  // run0(); false (nothing run) when another call holds the pool.
+  template <class Run0>
+  bool run(int workers, job_fn job, void* data, Run0&& run0) {
+    std::unique_lock<std::mutex> busy(busy_, std::try_to_lock);
+    if (!busy.owns_lock()) return false;
+    grow(workers - 1);
+    {
+      std::lock_guard<std::mutex> lock(m_);
+      job_ = job;
+      data_ = data;
+      workers_ = workers;
+      remaining_.store(workers - 1, std::memory_order_relaxed);
+      generation_.fetch_add(1, std::memory_order_release);
+    }
+    start_.notify_all();
+    run0();
+    if (!spin_until([&] { return remaining_.load(std::memory_order_acquire) == 0; })) {
+      std::unique_lock<std::mutex> lock(m_);
+      done_.wait(lock, [&] { return remaining_.load(std::memory_order_acquire) == 0; });
+    }
+    return true;
+  }
+
+ private:
+  explicit WorkerPool(long owner) : owner_(owner) {}
+
+  template <class Pred>
+  static bool spin_until(Pred&& ready) {
+    const auto until = std::chrono::steady_clock::now() + kSpin;
+    for (int i = 0;; ++i) {
+      if (ready()) return true;
+      if ((i & 63) == 63 && std::chrono::steady_clock::now() > until) return false;
+#ifdef FASTRNN_HAVE_MXCSR
+      _mm_pause();
+#elif defined(__aarch64__)
+      __asm__ __volatile__("yield");
+#endif
+    }
+  }
+
+  // Threads 1..n exist afterwards (thread k runs worker k of every job).
+  void grow(int n) {
+    while (static_cast<int>(threads_) < n) {
+      const int k = static_cast<int>(++threads_);
+      std::thread([this, k, placement = WorkerPlacement()] { loop(k, placement); }).detach();
+    }
+  }
+
+  void loop(int k, const WorkerPlacement& placement) {
+    placement.apply();  // off the creator's CPU for its first job (see WorkerPlacement)
+    bool placed = false;
+    std::uint64_t seen = 0;
+    for (;;) {
+      const auto fresh = [&] { return generation_.load(std::memory_order_acquire) != seen; };
+      if (!spin_until(fresh)) {
+        std::unique_lock<std::mutex> lock(m_);
+        start_.wait(lock, fresh);
+      }
+      seen = generation_.load(std::memory_order_acquire);
+      if (k >= workers_) continue;  // a job with fewer workers than the pool has threads
+      job_(data_, k);
+      if (!placed) placement.release();
+      placed = true;
+      if (remaining_.fetch_sub(1, std::memory_order_acq_rel) == 1) {
+        std::lock_guard<std::mutex> lock(m_);  // the caller may be about to wait
+        done_.notify_one();
+      }
+    }
+  }
+
+  const long owner_;
+  std::mutex busy_;  // held by the call using the pool
+  std::mutex m_;
+  std::condition_variable start_, done_;
+  std::atomic<std::uint64_t> generation_{0};
+  std::atomic<int> remaining_{0};
+  std::size_t threads_ = 0;  // changed with busy_ held
+  job_fn job_ = nullptr;
+  void* data_ = nullptr;
+  int workers_ = 0;
+};
+
 // Run f(i) for i in 0..workers-1, worker 0 on the calling thread, the others on the host's
-// team (set_thread_team) or else on new threads kept off the caller's CPU
-// (WorkerPlacement); every worker runs with the denormal mode `flush_denormals`. The first
-// exception thrown by a worker is rethrown.
+// team (set_thread_team), else on the WorkerPool, else (pool busy) on new threads kept off
+// the caller's CPU (WorkerPlacement); every worker runs with the denormal mode
+// `flush_denormals`. The first exception thrown by a worker is rethrown.
 template <class F>
 void run_workers(int workers, bool flush_denormals, F&& f) {
   if (workers <= 1) {
@@ -199,7 +315,12 @@ void run_workers(int workers, bool flush_denormals, F&& f) {
     if (error) std::rethrow_exception(error);
     return;
   }
-  std::vector<std::thread> threads;
+  const auto job = [](void* data, int i) { (*static_cast<decltype(body)*>(data))(i); };
+  if (WorkerPool::instance().run(workers, job, &body, [&] { body(0); })) {
+    if (error) std::rethrow_exception(error);
+    return;
+  }
+  std::vector<std::thread> threads;  // the pool is busy with another call
   threads.reserve(static_cast<std::size_t>(workers - 1));
   try {
     for (int i = 1; i < workers; ++i) threads.emplace_back(body, i);
