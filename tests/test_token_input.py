@@ -170,12 +170,19 @@ def test_one_hot_float_rows_run_as_ids(backend, dtype, monkeypatch):
     tol = 50 * np.finfo(dtype).eps
     for k, v in g.params.items():
         np.testing.assert_allclose(g_ids.params[k], v, rtol=tol, atol=tol * np.abs(v).max())
-    for change in ("scaled", "zeros", "tiny"):
+    for change in ("scaled", "zeros", "tiny", "two-and-none", "first-and-last"):
         other = rows.copy()
         if change == "scaled":
             other[2, 1] *= 2
         elif change == "zeros":
             other[2, 1] = 0
+        elif change == "two-and-none":  # as many nonzeros as rows, but not one per row
+            other[2, 1] = 0
+            other[3, 0, (ids[3, 0] + 1) % 7] = 1
+        elif change == "first-and-last":  # a row whose x @ (0..D-1) points at a 1
+            other[2, 1] = 0
+            other[3, 0] = 0
+            other[3, 0, [0, 6]] = 1
         else:
             other[2, 1, (ids[2, 1] + 1) % 7] = np.finfo(dtype).tiny
         fastrnn.forward("lstm", case["params"], other, backend=backend)
