@@ -63,9 +63,10 @@ class DenormalGuard {
 // thread next to its creator and, for a run of a few milliseconds, often leaves it there:
 // measured on this project's 2-core machine, one spawn in four shared the caller's CPU for
 // the whole run (2 threads then took exactly as long as 1). A worker that is allowed every
-// CPU of the process but the caller's starts elsewhere; a pool thread is allowed every CPU
-// again after its first job (the scheduler has placed it by then). No-op where the
-// caller's CPU is unknown or is the only one allowed.
+// CPU of the process but the caller's starts elsewhere; a pool thread keeps off the CPU of
+// the caller of its current job (measured with the pool: a woken thread left free often
+// joined the caller's CPU, and S2 on 2 threads varied from 150 to 180 ms a step). No-op
+// where the caller's CPU is unknown or is the only one allowed.
 class WorkerPlacement {
  public:
   WorkerPlacement() {
@@ -73,29 +74,33 @@ class WorkerPlacement {
     const int cpu = sched_getcpu();
     if (cpu < 0 || sched_getaffinity(0, sizeof(others_), &others_) != 0) return;
     if (!CPU_ISSET(cpu, &others_)) return;
-    all_ = others_;
     CPU_CLR(cpu, &others_);
     usable_ = CPU_COUNT(&others_) > 0;
 #endif
   }
-  // Called by a worker thread when it starts.
+  // A placement that was never applied (a new pool thread's).
+  static WorkerPlacement none() { return WorkerPlacement(0); }
+  // Called by a worker thread when it starts (a pool thread: when its job's placement
+  // differs from the one it has).
   void apply() const {
 #if defined(__linux__)
     if (usable_) sched_setaffinity(0, sizeof(others_), &others_);  // this thread only
 #endif
   }
-  // Every CPU the creator was allowed again (a pool thread, once it has run its first job).
-  void release() const {
+  // Whether two placements keep a thread on the same CPUs.
+  bool operator==(const WorkerPlacement& o) const {
 #if defined(__linux__)
-    if (usable_) sched_setaffinity(0, sizeof(all_), &all_);
+    return usable_ == o.usable_ && (!usable_ || CPU_EQUAL(&others_, &o.others_));
+#else
+    return usable_ == o.usable_;
 #endif
   }
-
  private:
 #if defined(__linux__)
-  cpu_set_t others_{}, all_{};
+  cpu_set_t others_{};
 #endif
   bool usable_ = false;
+  explicit WorkerPlacement(int) {}
 };
 
 // A host's OpenMP runtime, through the GNU OpenMP ABI (libgomp's GOMP_parallel; LLVM's
@@ -190,7 +195,7 @@ class WorkerPool {
   // Runs job(data, i) for i in 1..workers-1 on pool threads while the caller runs
   // run0(); false (nothing run) when another call holds the pool.
   template <class Run0>
-  bool run(int workers, job_fn job, void* data, Run0&& run0) {
+  bool run(int workers, job_fn job, void* data, const WorkerPlacement& placement, Run0&& run0) {
     std::unique_lock<std::mutex> busy(busy_, std::try_to_lock);
     if (!busy.owns_lock()) return false;
     grow(workers - 1);
@@ -198,6 +203,7 @@ class WorkerPool {
       std::lock_guard<std::mutex> lock(m_);
       job_ = job;
       data_ = data;
+      placement_ = &placement;
       workers_ = workers;
       remaining_.store(workers - 1, std::memory_order_relaxed);
       generation_.fetch_add(1, std::memory_order_release);
@@ -232,13 +238,12 @@ class WorkerPool {
   void grow(int n) {
     while (static_cast<int>(threads_) < n) {
       const int k = static_cast<int>(++threads_);
-      std::thread([this, k, placement = WorkerPlacement()] { loop(k, placement); }).detach();
+      std::thread([this, k] { loop(k); }).detach();
     }
   }
 
-  void loop(int k, const WorkerPlacement& placement) {
-    placement.apply();  // off the creator's CPU for its first job (see WorkerPlacement)
-    bool placed = false;
+  void loop(int k) {
+    WorkerPlacement applied = WorkerPlacement::none();
     std::uint64_t seen = 0;
     for (;;) {
       const auto fresh = [&] { return generation_.load(std::memory_order_acquire) != seen; };
@@ -248,9 +253,11 @@ class WorkerPool {
       }
       seen = generation_.load(std::memory_order_acquire);
       if (k >= workers_) continue;  // a job with fewer workers than the pool has threads
+      if (!(*placement_ == applied)) {  // off this job's caller's CPU
+        applied = *placement_;
+        applied.apply();
+      }
       job_(data_, k);
-      if (!placed) placement.release();
-      placed = true;
       if (remaining_.fetch_sub(1, std::memory_order_acq_rel) == 1) {
         std::lock_guard<std::mutex> lock(m_);  // the caller may be about to wait
         done_.notify_one();
@@ -267,6 +274,7 @@ class WorkerPool {
   std::size_t threads_ = 0;  // changed with busy_ held
   job_fn job_ = nullptr;
   void* data_ = nullptr;
+  const WorkerPlacement* placement_ = nullptr;
   int workers_ = 0;
 };
 
@@ -316,7 +324,7 @@ void run_workers(int workers, bool flush_denormals, F&& f) {
     return;
   }
   const auto job = [](void* data, int i) { (*static_cast<decltype(body)*>(data))(i); };
-  if (WorkerPool::instance().run(workers, job, &body, [&] { body(0); })) {
+  if (WorkerPool::instance().run(workers, job, &body, placement, [&] { body(0); })) {
     if (error) std::rethrow_exception(error);
     return;
   }
