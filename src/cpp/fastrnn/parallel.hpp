@@ -196,6 +196,7 @@ class WorkerPool {
   // run0(); false (nothing run) when another call holds the pool.
   template <class Run0>
   bool run(int workers, job_fn job, void* data, const WorkerPlacement& placement, Run0&& run0) {
+    if (workers - 1 > max_threads()) return false;  // more than the machine runs at once
     std::unique_lock<std::mutex> busy(busy_, std::try_to_lock);
     if (!busy.owns_lock()) return false;
     grow(workers - 1);
@@ -204,9 +205,12 @@ class WorkerPool {
       job_ = job;
       data_ = data;
       placement_ = &placement;
-      workers_ = workers;
       remaining_.store(workers - 1, std::memory_order_relaxed);
-      generation_.fetch_add(1, std::memory_order_release);
+      // the next generation and its worker count in one store: a thread that takes part
+      // in no job reads both from one snapshot (with workers_ apart, it could pair an old
+      // generation with a newer count and run a job twice)
+      const std::uint64_t next = (state_.load(std::memory_order_relaxed) >> 16) + 1;
+      state_.store(next << 16 | static_cast<std::uint64_t>(workers), std::memory_order_release);
     }
     start_.notify_all();
     run0();
@@ -234,6 +238,13 @@ class WorkerPool {
     }
   }
 
+  // The most threads the pool keeps: twice the hardware threads (a num_threads beyond
+  // that starts threads of its own per run, as before the pool, instead of keeping them).
+  static int max_threads() {
+    static const int n = static_cast<int>(std::min(2u * std::max(1u, std::thread::hardware_concurrency()), 0xffffu));
+    return n;
+  }
+
   // Threads 1..n exist afterwards (thread k runs worker k of every job).
   void grow(int n) {
     while (static_cast<int>(threads_) < n) {
@@ -246,13 +257,13 @@ class WorkerPool {
     WorkerPlacement applied = WorkerPlacement::none();
     std::uint64_t seen = 0;
     for (;;) {
-      const auto fresh = [&] { return generation_.load(std::memory_order_acquire) != seen; };
+      const auto fresh = [&] { return state_.load(std::memory_order_acquire) != seen; };
       if (!spin_until(fresh)) {
         std::unique_lock<std::mutex> lock(m_);
         start_.wait(lock, fresh);
       }
-      seen = generation_.load(std::memory_order_acquire);
-      if (k >= workers_) continue;  // a job with fewer workers than the pool has threads
+      seen = state_.load(std::memory_order_acquire);
+      if (k >= static_cast<int>(seen & 0xffff)) continue;  // a job with fewer workers
       if (!(*placement_ == applied)) {  // off this job's caller's CPU
         applied = *placement_;
         applied.apply();
@@ -269,13 +280,12 @@ class WorkerPool {
   std::mutex busy_;  // held by the call using the pool
   std::mutex m_;
   std::condition_variable start_, done_;
-  std::atomic<std::uint64_t> generation_{0};
+  std::atomic<std::uint64_t> state_{0};  // generation << 16 | the job's worker count
   std::atomic<int> remaining_{0};
   std::size_t threads_ = 0;  // changed with busy_ held
   job_fn job_ = nullptr;
   void* data_ = nullptr;
   const WorkerPlacement* placement_ = nullptr;
-  int workers_ = 0;
 };
 
 // Run f(i) for i in 0..workers-1, worker 0 on the calling thread, the others on the host's
