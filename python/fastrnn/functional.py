@@ -558,7 +558,7 @@ def _one_hot_ids(x: np.ndarray) -> np.ndarray | None:
     # (exact below 2^24): then each row has exactly one nonzero, that 1. A product, 4x
     # faster than an argmax; a row that is not one-hot gives some other number, and fails.
     where = x.reshape(T * B, D) @ np.arange(D, dtype=x.dtype)
-    ids = np.clip(np.rint(np.nan_to_num(where)), 0, D - 1).astype(np.int64)
+    ids: np.ndarray = np.clip(np.rint(np.nan_to_num(where)), 0, D - 1).astype(np.int64)
     if not np.all(np.take_along_axis(x.reshape(T * B, D), ids[:, None], axis=1) == 1):
         return None
     return ids.reshape(T, B)
