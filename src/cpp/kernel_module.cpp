@@ -66,7 +66,9 @@ void set_thread_team(std::uintptr_t parallel, std::uintptr_t thread_num,
 const char* thread_team_name() {
   thread_local std::string name;
   const fastrnn::ThreadTeam team = fastrnn::current_thread_team();
-  name = team.usable() && !team.usable_here() ? "own threads (a forked child: " + team.name + " stays with the parent)" : team.name;
+  name = team.usable() && !team.usable_here()
+             ? "own threads (a forked child: " + team.name + " stays with the parent)"
+             : team.name;
   return name.c_str();
 }
 

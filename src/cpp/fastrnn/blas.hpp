@@ -37,6 +37,8 @@
 #include <mutex>
 #include <string>
 
+#include "handover.hpp"
+
 namespace fastrnn {
 
 using Index = std::ptrdiff_t;
@@ -74,29 +76,21 @@ struct BlasFunctions {
 };
 
 namespace detail {
-inline std::mutex& blas_mutex() {
-  static std::mutex m;
-  return m;
-}
-inline BlasFunctions& blas_slot() {
-  static BlasFunctions f;
+inline HandedOver<BlasFunctions>& blas_slot() {
+  static HandedOver<BlasFunctions> f;
   return f;
 }
 }  // namespace detail
 
 // Hands over (or, with null pointers, withdraws) the BLAS functions; `name` describes them
 // for build_info. Kernel calls already running keep the functions they started with.
-inline void set_blas(const BlasFunctions& f) {
-  std::lock_guard<std::mutex> lock(detail::blas_mutex());
-  detail::blas_slot() = f;
-  if (!f.usable() && f.name.rfind("none", 0) != 0) detail::blas_slot().name = "none: " + f.name;
+inline void set_blas(BlasFunctions f) {
+  if (!f.usable() && f.name.rfind("none", 0) != 0) f.name = "none: " + f.name;
+  detail::blas_slot().set(f);
 }
 
 // A copy of the current functions: a kernel call takes one at its start.
-inline BlasFunctions current_blas() {
-  std::lock_guard<std::mutex> lock(detail::blas_mutex());
-  return detail::blas_slot();
-}
+inline BlasFunctions current_blas() { return detail::blas_slot().get(); }
 
 // Multiply-adds from which a product goes to BLAS, and the smallest dimension it may have.
 // Measured (float32, 1 thread, AVX-512 kernels, process CPU time): OpenBLAS's sgemm packs

@@ -16,6 +16,8 @@
 #include <thread>
 #include <vector>
 
+#include "handover.hpp"
+
 #if defined(__linux__)
 #include <sched.h>
 #endif
@@ -134,12 +136,8 @@ struct ThreadTeam {
 };
 
 namespace detail {
-inline std::mutex& team_mutex() {
-  static std::mutex m;
-  return m;
-}
-inline ThreadTeam& team_slot() {
-  static ThreadTeam t;
+inline HandedOver<ThreadTeam>& team_slot() {
+  static HandedOver<ThreadTeam> t;
   return t;
 }
 }  // namespace detail
@@ -147,15 +145,12 @@ inline ThreadTeam& team_slot() {
 // Hands over (or, with null pointers, withdraws) a host's OpenMP runtime; `name` says which
 // for build_info. Kernel calls already running keep what they started with.
 inline void set_thread_team(const ThreadTeam& team) {
-  std::lock_guard<std::mutex> lock(detail::team_mutex());
-  detail::team_slot() = team.usable() ? team : ThreadTeam{};
-  detail::team_slot().owner = ThreadTeam::current_process();
+  ThreadTeam kept = team.usable() ? team : ThreadTeam{};
+  kept.owner = ThreadTeam::current_process();
+  detail::team_slot().set(kept);
 }
 
-inline ThreadTeam current_thread_team() {
-  std::lock_guard<std::mutex> lock(detail::team_mutex());
-  return detail::team_slot();
-}
+inline ThreadTeam current_thread_team() { return detail::team_slot().get(); }
 
 // How many run_workers calls have run on a host's team (tests check the hand-off with it).
 inline std::atomic<long long>& team_calls() {
@@ -241,7 +236,8 @@ class WorkerPool {
   // The most threads the pool keeps: twice the hardware threads (a num_threads beyond
   // that starts threads of its own per run, as before the pool, instead of keeping them).
   static int max_threads() {
-    static const int n = static_cast<int>(std::min(2u * std::max(1u, std::thread::hardware_concurrency()), 0xffffu));
+    static const int n = static_cast<int>(
+        std::min(2u * std::max(1u, std::thread::hardware_concurrency()), 0xffffu));
     return n;
   }
 
