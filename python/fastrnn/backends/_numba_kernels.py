@@ -64,6 +64,11 @@ FASTMATH = {"nsz", "arcp", "contract", "reassoc"}
 # error_model="numpy": IEEE division (no ZeroDivisionError check, which stops LLVM from
 # vectorizing any loop that divides, such as the float32 tanh below).
 _JIT = {"cache": True, "nogil": True, "fastmath": FASTMATH, "error_model": "numpy"}
+# The small helpers the time loops call at every step are inlined into the kernel (Numba's
+# own inlining, before its reference-count pruning): an array passed in a call costs an
+# atomic increment and decrement of its reference count, and at B = 1 those were 40% of an
+# rnn backward's time (S1, with the fused head's 11 arrays passed at every step).
+_JIT_INLINE = {**_JIT, "inline": "always"}
 
 ACTIVATIONS = {"tanh": 0, "relu": 1, "leaky_relu": 2, "identity": 3}
 
@@ -247,7 +252,7 @@ def _gemm(a: FloatArray, b: FloatArray, out: FloatArray) -> None:
     np.dot(a, b, out)
 
 
-@overload(_gemm, jit_options={"fastmath": FASTMATH, "error_model": "numpy"})
+@overload(_gemm, jit_options={"fastmath": FASTMATH, "error_model": "numpy"}, inline="always")
 def _ol_gemm(a, b, out):  # type: (NumbaType, NumbaType, NumbaType) -> Callable[..., None] | None
     """The per-step product as one BLAS ``?gemm`` call through the entry point Numba's own
     ``np.dot`` uses (the BLAS SciPy ships), without ``np.dot``'s dispatch: for one row
@@ -316,7 +321,7 @@ def _project(
 # empty (0, 0) mask means none (and costs nothing).
 
 
-@njit(**_JIT)
+@njit(**_JIT_INLINE)
 def _times_mask(h: FloatArray, mask: FloatArray, b0: int, out: FloatArray) -> FloatArray:
     """out[r] = mask[b0 + r] * h[r] for the chunk's rows; returns ``out``."""
     for r in range(h.shape[0]):
@@ -325,7 +330,7 @@ def _times_mask(h: FloatArray, mask: FloatArray, b0: int, out: FloatArray) -> Fl
     return out
 
 
-@njit(**_JIT)
+@njit(**_JIT_INLINE)
 def _zero_steps(a: FloatArray, t0: int, t1: int, b0: int, b1: int) -> None:
     """a[t0:t1, b0:b1] = 0."""
     zero = a.dtype.type(0)
@@ -335,7 +340,7 @@ def _zero_steps(a: FloatArray, t0: int, t1: int, b0: int, b1: int) -> None:
                 a[t, b, j] = zero
 
 
-@njit(**_JIT)
+@njit(**_JIT_INLINE)
 def _copy_row(src: FloatArray, q: int, dst: FloatArray, t: int, b: int) -> None:
     """dst[t, b] = src[q, :dst.shape[2]]."""
     for j in range(dst.shape[2]):
@@ -579,28 +584,27 @@ def _head_start(
     return True
 
 
+@njit(**_JIT_INLINE)
+def _head_due(t: int, steps: int, S: int) -> bool:
+    """Whether the time loop enters a block of the head at step t (the block's newest step
+    the chunk reaches). The kernels test this before they call :func:`_head_enter`: an
+    array argument passed at every step costs an atomic reference count each way."""
+    return t == steps - 1 or t % S == S - 1
+
+
 @njit(**_JIT)
 def _head_enter(
-    t: int,
-    steps: int,
-    S: int,
-    b0: int,
-    b1: int,
-    hs: FloatArray,
-    dhs: FloatArray,
-    head: Head,
-    scale: float,
+    t: int, S: int, b0: int, b1: int, hs: FloatArray, dhs: FloatArray, head: Head, scale: float
 ) -> None:
-    """At step t of the time loop: the head of t's block if the loop enters it here."""
-    if t == steps - 1 or t % S == S - 1:
-        t0 = t - t % S
-        _head_block(t0, min(S, hs.shape[0] - t0), b0, b1, hs, dhs, head, scale)
+    """The head of the block of step t, which the time loop enters here (:func:`_head_due`)."""
+    t0 = t - t % S
+    _head_block(t0, min(S, hs.shape[0] - t0), b0, b1, hs, dhs, head, scale)
 
 
 # --- rnn -------------------------------------------------------------------------------
 
 
-@njit(**_JIT)
+@njit(**_JIT_INLINE)
 def _activate(
     hs: FloatArray,
     t: int,
@@ -710,8 +714,8 @@ def rnn_backward(
     ins, outs = (x, ids, hs, h0, W_ih, rec_mask), (dx, dW_ih, dW_hh, db, db_rec)
     for t in range(steps - 1, -1, -1):
         q0 = t % S * nb
-        if fused:
-            _head_enter(t, steps, S, b0, b1, hs, dhs, head, scale)
+        if fused and _head_due(t, steps, S):
+            _head_enter(t, S, b0, b1, hs, dhs, head, scale)
         for b in range(b0, b1):
             q = q0 + b - b0
             if t >= lengths[b]:
@@ -857,8 +861,8 @@ def lstm_backward(
     dh_blk = head[4]
     ins, outs = (x, ids, hs, h0, W_ih, rec_mask), (dx, dW_ih, dW_hh, db, db_rec)
     for t in range(min(t_hi, steps) - 1, t_lo - 1, -1):
-        if fused:
-            _head_enter(t, steps, S, b0, b1, hs, dhs, head, scale)
+        if fused and _head_due(t, steps, S):
+            _head_enter(t, S, b0, b1, hs, dhs, head, scale)
         u = t - t_lo  # the step in gates and cs
         q0 = t % S * nb
         for b in range(b0, b1):
@@ -1003,8 +1007,8 @@ def gru_backward(
     dh_blk = head[4]
     ins, outs = (x, ids, hs, h0, W_ih, rec_mask), (dx, dW_ih, dW_hh, db, db_rec)
     for t in range(min(t_hi, steps) - 1, t_lo - 1, -1):
-        if fused:
-            _head_enter(t, steps, S, b0, b1, hs, dhs, head, scale)
+        if fused and _head_due(t, steps, S):
+            _head_enter(t, S, b0, b1, hs, dhs, head, scale)
         u = t - t_lo  # the step in gates and hn
         q0 = t % S * nb
         for b in range(b0, b1):
