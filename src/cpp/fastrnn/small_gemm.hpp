@@ -11,6 +11,7 @@
 #include <Eigen/Core>
 #include <algorithm>
 #include <cstddef>
+#include <type_traits>
 #include <vector>
 
 namespace fastrnn {
@@ -22,7 +23,13 @@ struct SimdTraits {
   using Packet = typename Eigen::internal::packet_traits<T>::type;
   static constexpr int size = Eigen::internal::unpacket_traits<Packet>::size;
 #if defined(__AVX512F__)
-  static constexpr int MR = 4;  // packets of rows per register tile (32 vector registers)
+  // 32 vector registers: 3 x 8 accumulators + 3 rows of A + 1 broadcast. 4 x 8 (used
+  // before) needs 37, and GCC 12 kept 5 accumulators on the stack, a load and a store per
+  // FMA of theirs. Measured (float32, 1 thread, the inference forward, best of 7 in three
+  // alternating runs, GFLOP/s of the per-step product): rnn H = 1024 B = 64 109-117
+  // against 85-105 for 4 x 8, lstm H = 128 B = 32 116-119 against 67-79, gru H = 512
+  // B = 32 86-117 against 80-98, lstm H = 64 B = 16 78-82 against 55-58; 4 x 6 in between.
+  static constexpr int MR = 3;
 #else
   // 16 vector registers: 3 x 4 accumulators + 3 rows of A + 1 broadcast. Measured (AVX2,
   // float32, 1 thread) against 2 x 4: W_hh 256 x 256 times 16 columns 86 against 66 GF/s,
@@ -172,29 +179,46 @@ inline void partial_panel(Index packets, const Operands<T>& o, Index r0, Index j
   }
 }
 
-// One column (C = A b, a matrix-vector product) on G whole panels of A at once. With one
-// column a panel's tile has only MR accumulators, each a chain of K dependent FMAs: MR
-// chains cannot hide the FMA latency (4 cycles, 2 per cycle issued: 8 chains needed), so
-// the panel ran at half speed or less. G panels give G MR chains; each element's sum is
-// the same, in the same order, as on one panel: the same bits.
-template <class T, int G, int MP>
+// One column (C = A b, a matrix-vector product) on G whole panels of A (MP packets of rows
+// each) and a tail panel of MT packets (0: none) at once. With one column a panel's tile
+// has only MR accumulators, each a chain of K dependent FMAs: MR chains cannot hide the FMA
+// latency (4 cycles, 2 per cycle issued: 8 chains needed), so one panel at a time ran at
+// half speed or less. Each element's sum is the same, in the same order, as on one panel:
+// the same bits.
+template <class T, int G, int MP, int MT>
 EIGEN_ALWAYS_INLINE void column_panels(const T* const* A, Index K, const T* b, T* const* C,
                                        const T* const* init) {
   using namespace Eigen::internal;
   using Packet = typename SimdTraits<T>::Packet;
   constexpr int P = SimdTraits<T>::size;
-  Packet acc[G][MP];
+  Packet acc[G > 0 ? G : 1][MP], tail[MT > 0 ? MT : 1];
   for (int g = 0; g < G; ++g)
     for (int i = 0; i < MP; ++i)
       acc[g][i] = init[g] ? ploadu<Packet>(init[g] + i * P) : pset1<Packet>(T(0));
+  for (int i = 0; i < MT; ++i)
+    tail[i] = init[G] ? ploadu<Packet>(init[G] + i * P) : pset1<Packet>(T(0));
   for (Index k = 0; k < K; ++k) {
     const Packet bk = pset1<Packet>(b[k]);
     for (int g = 0; g < G; ++g)
       for (int i = 0; i < MP; ++i)
         acc[g][i] = pmadd(ploadu<Packet>(A[g] + k * (MP * P) + i * P), bk, acc[g][i]);
+    for (int i = 0; i < MT; ++i)
+      tail[i] = pmadd(ploadu<Packet>(A[G] + k * (MT * P) + i * P), bk, tail[i]);
   }
   for (int g = 0; g < G; ++g)
     for (int i = 0; i < MP; ++i) pstoreu(C[g] + i * P, acc[g][i]);
+  for (int i = 0; i < MT; ++i) pstoreu(C[G] + i * P, tail[i]);
+}
+
+// column_panels with the tail's packet count `tail` known at run time (0 to MR - 1).
+template <class T, int G, int MT>
+inline void column_group(Index tail, const T* const* A, Index K, const T* b, T* const* C,
+                         const T* const* init) {
+  if constexpr (MT > 0) {
+    if (tail != MT) return column_group<T, G, MT - 1>(tail, A, K, b, C, init);
+  }
+  if constexpr (G > 0 || MT > 0)
+    column_panels<T, G, SimdTraits<T>::MR, MT>(A, K, b, C, init);
 }
 
 }  // namespace detail
@@ -218,6 +242,41 @@ inline void panel_gemm(const detail::Operands<T>& o, Index rows, Index N) {
   }
 }
 
+// C (A.ld x 1) = A b (+ init): the panels in groups of 2 or 3 and the last group with the
+// partial panel at the end, if any (see detail::column_panels): at least 6 independent
+// chains of FMAs wherever A has 2 whole panels.
+template <class T>
+inline void column_product(const PackedMatrix<T>& A, const T* b, T* C, const T* init) {
+  constexpr Index P = SimdTraits<T>::size;
+  const Index H = A.panel_height(), full = A.ld / H, tail = A.ld % H / P;
+  const T* a[4];
+  T* c[4];
+  const T* in[4];
+  Index panel = 0;
+  // the panels [panel, panel + g) and, with `with_tail`, the partial panel after them
+  const auto group = [&](auto g, bool with_tail) {
+    for (Index i = 0; i <= g; ++i) {
+      const Index r0 = (panel + i) * H;
+      a[i] = A.data.data() + r0 * A.cols;
+      c[i] = C + r0;
+      in[i] = init ? init + r0 : nullptr;
+    }
+    detail::column_group<T, decltype(g)::value, SimdTraits<T>::MR - 1>(with_tail ? tail : 0, a,
+                                                                      A.cols, b, c, in);
+    panel += g;
+  };
+  using two = std::integral_constant<int, 2>;
+  using three = std::integral_constant<int, 3>;
+  while (full - panel > 4) group(three{}, false);
+  if (full - panel == 4) group(two{}, false);
+  switch (full - panel) {
+    case 3: return group(three{}, true);
+    case 2: return group(two{}, true);
+    case 1: return group(std::integral_constant<int, 1>{}, true);
+    default: return group(std::integral_constant<int, 0>{}, true);
+  }
+}
+
 // C (A.ld x N, column-major, leading dimension ldc >= A.ld) = A * B (+ init per column),
 // B (A.cols x N) column-major with leading dimension ldb (or, with BRowMajor, row-major:
 // element (k, j) at B[k * ldb + j]). Rows of C beyond A.rows receive zeros (plus init's
@@ -229,18 +288,10 @@ inline void small_gemm(const PackedMatrix<T>& A, const T* B, Index ldb, T* C, In
   constexpr int MR = SimdTraits<T>::MR;
   constexpr Index column_block = 256;
   const Index H = A.panel_height();
-  Index first = 0;  // the first row the general loop below does
-  if (N == 1 && !BRowMajor) {  // pairs of whole panels: see column_panels
-    for (; first + 2 * H <= A.ld; first += 2 * H) {
-      const T* a[2] = {A.data.data() + first * A.cols, A.data.data() + (first + H) * A.cols};
-      T* c[2] = {C + first, C + first + H};
-      const T* in[2] = {init ? init + first : nullptr, init ? init + first + H : nullptr};
-      detail::column_panels<T, 2, MR>(a, A.cols, B, c, in);
-    }
-  }
+  if (N == 1 && !BRowMajor) return column_product(A, B, C, init);
   for (Index j0 = 0; j0 < N; j0 += column_block) {
     const Index j1 = std::min(N, j0 + column_block);
-    for (Index r0 = first; r0 < A.ld; r0 += H) {
+    for (Index r0 = 0; r0 < A.ld; r0 += H) {
       const Index rows = A.panel_rows(r0);
       const detail::Operands<T> o{A.data.data() + r0 * A.cols, rows, B, ldb, C + r0, ldc,
                                   A.cols, init ? init + r0 : nullptr};
