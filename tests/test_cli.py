@@ -38,6 +38,8 @@ def test_info_lists_the_backends(capsys):
     out = capsys.readouterr().out
     assert out.startswith(f"fastrnn {fastrnn.__version__}\n")
     assert f"active backend:     {fastrnn.get_backend()}" in out
+    # where the C++ kernels' workers run (the suite hands PyTorch's team back: own threads)
+    assert f"kernel workers:     {fastrnn.build_info()['threads']} (" in out
 
 
 def test_info_says_what_auto_resolves_to_and_why(capsys, monkeypatch):

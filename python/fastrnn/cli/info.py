@@ -42,6 +42,11 @@ def run(args: argparse.Namespace) -> int:
     for name, why in unavailable.items():
         print(f"unavailable:        {name} ({why})")
     print(f"threads:            {info['num_threads']}")
+    if "threads" in build:  # where the C++ kernels' workers run, in this process
+        print(
+            f"kernel workers:     {build['threads']} (under `import fastrnn.torch`: "
+            "PyTorch's OpenMP threads)"
+        )
     print("build_info:")
     for key, value in build.items():
         print(f"  {key}: {value}")
