@@ -500,6 +500,53 @@ def test_pickled_arrays_give_the_results_of_ordinary_ones(cell, dtype):
         np.testing.assert_array_equal(got[name], want[name], err_msg=name)
 
 
+# --- scratch kept between calls --------------------------------------------------------
+
+
+def _with_head(cell, case):
+    """run_case, then the backward again with the softmax head fused (its block buffers)."""
+    out = run_case("cpp", cell, "tanh", case)
+    T, B, H = case["dhs"].shape
+    rng = np.random.default_rng(int(case["x"][0, 0, 0] * 1e6) % 1000)
+    dtype = case["x"].dtype
+    head = fastrnn.functional.HeadSpec(
+        rng.normal(size=(7, H)).astype(dtype),
+        rng.normal(size=7).astype(dtype),
+        rng.integers(0, 7, size=(T, B)),
+    )
+    res = fastrnn.forward(
+        cell,
+        case["params"],
+        case["x"],
+        case["h0"],
+        case["c0"],
+        lengths=case["lengths"],
+        backend="cpp",
+    )
+    g = fastrnn.backward(res, head=head)
+    out |= {f"head d{k}": v for k, v in g.params.items()}
+    out |= {"head loss": np.asarray(g.head.loss), "head dweight": g.head.dweight}
+    return out
+
+
+@pytest.mark.parametrize("num_threads", [1, 2])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64], ids=["f32", "f64"])
+@pytest.mark.parametrize("cell", ["rnn", "lstm", "gru"])
+def test_scratch_kept_between_calls_changes_no_bits(cell, dtype, num_threads, threads):
+    """The backward's block buffers stay with the threads between calls and are not cleared
+    (src/cpp/fastrnn/memory.hpp, Scratch): a call whose buffers another call of the same
+    shapes just filled with other values still gives the first call's bits (a read before
+    a write would show). Two threads: the pool's threads keep theirs, chunks gathered."""
+    fastrnn.set_num_threads(num_threads)
+    kw = {"T": 100, "B": 4, "D": 5, "H": 16, "lengths": True, "h0": True, "dtype": dtype}
+    first = _with_head(cell, make_case(cell, seed=5, **kw))
+    _with_head(cell, make_case(cell, seed=6, **kw))  # the same shapes, other values
+    again = _with_head(cell, make_case(cell, seed=5, **kw))
+    assert first.keys() == again.keys()
+    for name in first:
+        np.testing.assert_array_equal(again[name], first[name], err_msg=name)
+
+
 # --- inference forward -----------------------------------------------------------------
 
 

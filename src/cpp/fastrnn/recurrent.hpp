@@ -544,11 +544,11 @@ class GradBlocks {
         stream_(worth_streaming(p.steps * p.B * p.D * Index(sizeof(T)))),  // dx
         head_weights_(head_weights), head_sums_(head_sums) {
     if (in.head) {
-      head_dh_.resize(static_cast<std::size_t>(p.H * nb * steps_));
+      head_dh_.resize(p.H * nb * steps_);
       if (gathered()) {
         head_h_.resize(head_dh_.size());
         head_y_.resize(static_cast<std::size_t>(nb * steps_));
-        if (in.head->row_weights) head_w_.resize(head_y_.size());
+        if (in.head->row_weights) head_w_.resize(nb * steps_);
       }
     }
     if (p.ids)
@@ -581,6 +581,13 @@ class GradBlocks {
     return head_dh_.data() + column(t) * p_.H;
   }
   T* dA_rec(Index t) { return (dA_rec_.empty() ? dA_ : dA_rec_).data() + column(t) * GH_; }
+
+  // The scratch back to this thread's spares (memory.hpp), once the time loop is done: on
+  // the worker's own thread, after its last flush.
+  void keep_scratch() {
+    for (Scratch<T>* b : {&dA_, &dA_rec_, &x_, &h_prev_, &dx_, &head_dh_, &head_h_, &head_w_})
+      b->keep();
+  }
 
   void step_done(Index t) {
     // the next block's inputs, as far ahead as the block is long
@@ -724,11 +731,11 @@ class GradBlocks {
   Index b0_, nb_, GH_;
   bool wide_;
   Index steps_;
-  std::vector<T> dA_, dA_rec_, x_, h_prev_, dx_;
+  Scratch<T> dA_, dA_rec_, x_, h_prev_, dx_;  // kept by the worker's thread (keep_scratch)
   bool stream_;
   const HeadWeights<T>* head_weights_;
   HeadSums<T>* head_sums_;
-  std::vector<T> head_dh_, head_h_, head_w_;
+  Scratch<T> head_dh_, head_h_, head_w_;
   std::vector<std::int64_t> head_y_;
 };
 
@@ -1035,6 +1042,7 @@ void backward(const Problem<T>& p, const BackwardInput<T>& in, const BackwardOut
     if (p.cell == Cell::rnn) rnn_backward_chunk(p, in, g, WT, *parts[w], b0, b1 - b0);
     if (p.cell == Cell::lstm) lstm_backward_chunk(p, in, g, WT, *parts[w], saved, b0, b1 - b0);
     if (p.cell == Cell::gru) gru_backward_chunk(p, in, g, WT, *parts[w], saved, b0, b1 - b0);
+    parts[w]->keep_scratch();
   });
   MatMap<T> dW_ih(g.dW_ih, D, GH), dW_hh(g.dW_hh, H, GH);
   Eigen::Map<Eigen::Matrix<T, Eigen::Dynamic, 1>> db_ih(g.db_ih, GH), db_hh(g.db_hh, GH);
