@@ -48,6 +48,9 @@ if ! ldd "$core" | grep -q libasan; then
     exit 1
 fi
 
+# The peak-memory test is left out: it measures a subprocess's resident memory against a
+# bound (under ASan that memory includes the sanitizer's own), in a clean environment
+# without LD_PRELOAD, where an instrumented module refuses to load. The normal suite runs it.
 # libasan must come first; libstdc++ too, or ASan cannot intercept C++ exceptions thrown
 # from the extension (Python itself does not link libstdc++)
 preload="$("$cxx" -print-file-name=libasan.so) $("$cxx" -print-file-name=libstdc++.so)"
@@ -58,7 +61,9 @@ status=0
 LD_PRELOAD="$preload" \
 ASAN_OPTIONS="detect_leaks=0:allocator_may_return_null=1:halt_on_error=1:log_path=$logs/asan" \
 UBSAN_OPTIONS="print_stacktrace=1:halt_on_error=1:log_path=$logs/ubsan" \
-    "$venv/bin/python" -m pytest -q -p no:cacheprovider "${@:-tests}" || status=$?
+    "$venv/bin/python" -m pytest -q -p no:cacheprovider "${@:-tests}" \
+    --deselect "tests/test_checkpoint.py::test_peak_memory_of_a_long_checkpointed_run" \
+    || status=$?
 # pytest captures stderr, so a report is written to a file: show every one, and fail
 for report in "$logs"/*; do
     [ -e "$report" ] || continue
