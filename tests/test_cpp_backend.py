@@ -503,10 +503,11 @@ def test_pickled_arrays_give_the_results_of_ordinary_ones(cell, dtype):
 # --- scratch kept between calls --------------------------------------------------------
 
 
-def _with_head(cell, case, seed):
+def _with_head(cell, case, seed, **forward_kw):
     """run_case, then the backward again with a softmax head of 7 classes fused (its block
-    buffers too), the head's weights and targets drawn from ``seed``."""
-    out = run_case("cpp", cell, "tanh", case)
+    buffers too), the head's weights and targets drawn from ``seed``; ``forward_kw``: more
+    keywords of :func:`fastrnn.forward` for both."""
+    out = run_case("cpp", cell, "tanh", case, **forward_kw)
     T, B, H = case["dhs"].shape
     rng = np.random.default_rng(seed)
     dtype = case["x"].dtype
@@ -515,7 +516,7 @@ def _with_head(cell, case, seed):
         rng.normal(size=7).astype(dtype),
         rng.integers(0, 7, size=(T, B)),
     )
-    g = fastrnn.backward(forward_case("cpp", cell, "tanh", case), head=head)
+    g = fastrnn.backward(forward_case("cpp", cell, "tanh", case, **forward_kw), head=head)
     out |= {f"head d{k}": v for k, v in g.params.items()}
     out |= {"head loss": np.asarray(g.head.loss), "head dweight": g.head.dweight}
     return out
@@ -537,6 +538,29 @@ def test_scratch_kept_between_calls_changes_no_bits(cell, dtype, num_threads, th
     assert first.keys() == again.keys()
     for name in first:
         np.testing.assert_array_equal(again[name], first[name], err_msg=name)
+
+
+@pytest.mark.parametrize(("B", "spare"), [(1, 2), (2, 4)], ids=["B1", "B2"])
+@pytest.mark.parametrize("checkpoint", [None, 37], ids=["full", "checkpointed"])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64], ids=["f32", "f64"])
+@pytest.mark.parametrize("cell", ["rnn", "lstm", "gru"])
+def test_block_products_on_a_helper_thread_give_the_same_bits(cell, dtype, checkpoint, B, spare, threads):
+    """With threads to spare (at least two per chunk of sequences), each chunk's block
+    products and fused head run on a helper thread, overlapped with the dh recurrence
+    (recurrent.hpp, GradBlocks with a TaskRelay). They run in the same order as on the
+    loop's own thread, so every output has the bits of the run without a helper: ``B``
+    threads, one chunk per sequence. T = 1100 steps make 5 blocks of 256 (the last partial),
+    so both alternating buffers are reused; lengths leave padded steps in some blocks."""
+    kw = {"T": 1100, "B": B, "D": 5, "H": 16, "lengths": True, "h0": True, "dtype": dtype}
+    case = make_case(cell, seed=8, **kw)
+    fk = {"checkpoint": checkpoint}
+    got = {}
+    for n in (B, spare):
+        fastrnn.set_num_threads(n)
+        got[n] = _with_head(cell, case, 8, **fk)
+    assert got[B].keys() == got[spare].keys()
+    for name in got[B]:
+        np.testing.assert_array_equal(got[spare][name], got[B][name], err_msg=name)
 
 
 # --- inference forward -----------------------------------------------------------------

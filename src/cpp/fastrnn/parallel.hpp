@@ -12,6 +12,7 @@
 #include <cstdint>
 #include <exception>
 #include <mutex>
+#include <stdexcept>
 #include <string>
 #include <thread>
 #include <vector>
@@ -157,6 +158,97 @@ inline std::atomic<long long>& team_calls() {
   static std::atomic<long long> n{0};
   return n;
 }
+
+// A pause in a spin-wait loop: the CPU's spin hint, and every 256th call a yield of the
+// thread, so that a spin on an oversubscribed machine lets the thread it waits for run.
+inline void spin_pause(unsigned& calls) {
+  if ((++calls & 255u) == 0) return std::this_thread::yield();
+#ifdef FASTRNN_HAVE_MXCSR
+  _mm_pause();
+#elif defined(__aarch64__)
+  __asm__ __volatile__("yield");
+#endif
+}
+
+// A sequence of tasks that two threads share in order, one task at a time: a worker that
+// produces their inputs (publish(n): inputs of the first n "items" ready) and a helper that
+// runs them as soon as they are ready (help). The worker runs a task itself when it needs
+// its result and no one is running one (wait_done), so nothing depends on the two threads
+// running at the same time: on a team with fewer threads than workers, where the helper
+// runs after the worker, the worker has done every task by then. Whoever runs task s runs
+// it after task s - 1 finished: the same order, the same sums, as one thread. A task's
+// exception is kept and thrown by the worker; fail() (the worker's own exception) makes a
+// waiting helper give up.
+class TaskRelay {
+ public:
+  using ready_fn = bool (*)(const void* owner, std::ptrdiff_t task, std::ptrdiff_t published);
+  using run_fn = void (*)(void* owner, std::ptrdiff_t task);
+
+  // The tasks 0..total-1 of `owner`: ready(owner, s, published) says whether task s may
+  // run once `published` items are published; run(owner, s) runs it. Called by the worker
+  // before it publishes anything; the helper starts running tasks after this.
+  void attach(void* owner, std::ptrdiff_t total, ready_fn ready, run_fn run) {
+    owner_ = owner;
+    total_ = total;
+    ready_ = ready;
+    run_ = run;
+    attached_.store(true, std::memory_order_release);
+  }
+  void publish(std::ptrdiff_t items) { published_.store(items, std::memory_order_release); }
+  void fail() { failed_.store(true, std::memory_order_release); }
+
+  // The worker: returns once task s has run (running tasks itself while it waits).
+  void wait_done(std::ptrdiff_t s) {
+    unsigned calls = 0;
+    while (done_.load(std::memory_order_acquire) <= s) {
+      if (failed_.load(std::memory_order_acquire)) rethrow();
+      if (!try_run()) spin_pause(calls);
+    }
+    if (failed_.load(std::memory_order_acquire)) rethrow();
+  }
+  // The helper: runs tasks as they become ready until all ran or the worker failed.
+  void help() {
+    unsigned calls = 0;
+    while (!attached_.load(std::memory_order_acquire))
+      if (failed_.load(std::memory_order_acquire)) return; else spin_pause(calls);
+    while (done_.load(std::memory_order_acquire) < total_ &&
+           !failed_.load(std::memory_order_acquire))
+      if (!try_run()) spin_pause(calls);
+  }
+
+ private:
+  // Runs the next task if it is ready and no one runs one; whether it did.
+  bool try_run() {
+    if (busy_.exchange(true, std::memory_order_acquire)) return false;
+    const std::ptrdiff_t s = done_.load(std::memory_order_relaxed);
+    const bool go = s < total_ && !failed_.load(std::memory_order_relaxed) &&
+                    ready_(owner_, s, published_.load(std::memory_order_acquire));
+    if (go) {
+      try {
+        run_(owner_, s);
+      } catch (...) {
+        error_ = std::current_exception();
+        failed_.store(true, std::memory_order_release);
+      }
+      done_.store(s + 1, std::memory_order_release);
+    }
+    busy_.store(false, std::memory_order_release);
+    return go;
+  }
+  [[noreturn]] void rethrow() {
+    while (busy_.load(std::memory_order_acquire)) {  // a task that is still running
+    }
+    if (error_) std::rethrow_exception(error_);
+    throw std::runtime_error("fastrnn: a helper thread's task failed");
+  }
+  void* owner_ = nullptr;
+  std::ptrdiff_t total_ = 0;
+  ready_fn ready_ = nullptr;
+  run_fn run_ = nullptr;
+  std::atomic<std::ptrdiff_t> published_{0}, done_{0};
+  std::atomic<bool> busy_{false}, failed_{false}, attached_{false};
+  std::exception_ptr error_;
+};
 
 // [begin, end) of part i when n items are split into `parts` contiguous, balanced ranges.
 inline std::pair<std::ptrdiff_t, std::ptrdiff_t> split_range(std::ptrdiff_t n, int parts, int i) {

@@ -525,6 +525,14 @@ void gru_forward_chunk(const Problem<T>& p, const ForwardOutput<T>& out,
 // of steps while its dh recurrence runs backwards in time. The time loop writes step t's
 // dA (GH x nb) at dA_in(t) (and, for gru, the recurrent side's at dA_rec(t)) and calls
 // step_done(t); when t is the first step of its block, the block's products run.
+//
+// With a helper (a TaskRelay, when there are threads to spare: a chunk of one sequence on
+// 2 threads), the block products and the fused head run on the helper thread instead,
+// overlapped with the recurrence: the blocks' dA (and the head's dh) alternate between
+// two buffers; the head of a block is computed while the recurrence runs the block before
+// it, the products of a block while it runs the block after. The tasks run in the order
+// one thread runs them (head 0, head 1, block 0, head 2, block 1, ...; blocks counted in
+// the order the loop reaches them), so the sums have the same bits.
 template <class T>
 class GradBlocks {
  public:
@@ -534,17 +542,20 @@ class GradBlocks {
 
   GradBlocks(const Problem<T>& p, const BackwardInput<T>& in, const BackwardOutput<T>& g,
              const PackedMatrix<T>& W_ih_T, const BlasFunctions& blas, Index b0, Index nb,
-             const HeadWeights<T>* head_weights = nullptr, HeadSums<T>* head_sums = nullptr)
+             const HeadWeights<T>* head_weights = nullptr, HeadSums<T>* head_sums = nullptr,
+             TaskRelay* relay = nullptr)
       : p_(p), in_(in), g_(g), W_ih_T_(W_ih_T), blas_(blas), b0_(b0), nb_(nb),
         GH_(gates_of(p.cell) * p.H), wide_(blas_blocks(p, blas, nb)),
-        steps_(block_steps(p, wide_, nb)),
-        dA_(GH_ * nb * steps_), dA_rec_(p.cell == Cell::gru ? GH_ * nb * steps_ : 0),
+        steps_(block_steps(p, wide_, nb)), blocks_((p.steps + steps_ - 1) / steps_),
+        relay_(blocks_ > 1 ? relay : nullptr), slots_(relay_ ? 2 : 1),
+        dA_(slots_ * GH_ * nb * steps_),
+        dA_rec_(p.cell == Cell::gru ? slots_ * GH_ * nb * steps_ : 0),
         x_(gathered() && !p.ids ? p.D * nb * steps_ : 0), h_prev_(p.H * nb * steps_),
         dx_(g.dx ? W_ih_T.ld * nb * steps_ : 0),
         stream_(worth_streaming(p.steps * p.B * p.D * Index(sizeof(T)))),  // dx
         head_weights_(head_weights), head_sums_(head_sums) {
     if (in.head) {
-      head_dh_.resize(p.H * nb * steps_);
+      head_dh_.resize(slots_ * p.H * nb * steps_);
       if (gathered()) {
         head_h_.resize(head_dh_.size());
         head_y_.resize(static_cast<std::size_t>(nb * steps_));
@@ -557,6 +568,10 @@ class GradBlocks {
       dW_ih.setZero(p.D, GH_);
     dW_hh.setZero(p.H, GH_);
     db.setZero(GH_, 2);
+    if (relay_)
+      plan_tasks();
+    else if (relay)  // a single block: nothing to overlap, the helper returns at once
+      relay->attach(this, 0, nullptr, nullptr);
   }
 
   // Whether a chunk of nb sequences puts its block products through BLAS: then its blocks
@@ -575,9 +590,10 @@ class GradBlocks {
   // enters the block (t its last step) into a buffer of one block. The blocks are those of
   // the weight gradients, aligned at t = 0: the same rows in the same order whatever the
   // checkpoint schedule, so the head's sums have the same bits too.
+  // Called first at every step (t: the block's last, the loop enters the block).
   const T* dh_out(Index t) {
+    if (t + 1 == p_.steps || (t + 1) % steps_ == 0) enter_block(t - t % steps_, t % steps_ + 1);
     if (!in_.head) return in_.dhs + (t * p_.B + b0_) * p_.H;
-    if (t + 1 == p_.steps || (t + 1) % steps_ == 0) head_block(t - t % steps_, t % steps_ + 1);
     return head_dh_.data() + column(t) * p_.H;
   }
   T* dA_rec(Index t) { return (dA_rec_.empty() ? dA_ : dA_rec_).data() + column(t) * GH_; }
@@ -585,14 +601,25 @@ class GradBlocks {
   // The scratch back to this thread's spares (memory.hpp), once the time loop is done: on
   // the worker's own thread, after its last flush.
   void keep_scratch() {
+    finish();
     for (Scratch<T>* b : {&dA_, &dA_rec_, &x_, &h_prev_, &dx_, &head_dh_, &head_h_, &head_w_})
       b->keep();
   }
 
   void step_done(Index t) {
+    if (relay_) {
+      if (t % steps_ == 0) relay_->publish(order(t) + 1);
+      return;
+    }
     // the next block's inputs, as far ahead as the block is long
     if (t >= steps_ && !p_.ids) prefetch(p_.x + ((t - steps_) * p_.B + b0_) * p_.D, p_.D * nb_);
     if (t % steps_ == 0) flush(t, std::min(steps_, p_.steps - t));
+  }
+
+  // The loop's own thread, once its time loop is done: returns when every block's products
+  // have run (with a helper: running what is left).
+  void finish() {
+    if (relay_ && !tasks_.empty()) relay_->wait_done(static_cast<Index>(tasks_.size()) - 1);
   }
 
  private:
@@ -621,7 +648,61 @@ class GradBlocks {
       return panel_gemm<T, true, true>({A, m, dA, GH_, C.data(), m, n, nullptr}, m, GH_);
     C.noalias() += ConstMatMap<T>(A, m, n) * ConstMatMap<T>(dA, GH_, n).transpose();
   }
-  Index column(Index t) const { return t % steps_ * nb_; }
+  // the column of step t in the block buffers: with a helper, blocks alternate between two
+  Index column(Index t) const { return (t / steps_ % slots_ * steps_ + t % steps_) * nb_; }
+  // the place of the block holding step t in the loop's order (the last block first)
+  Index order(Index t) const { return blocks_ - 1 - t / steps_; }
+  Index block_start(Index i) const { return (blocks_ - 1 - i) * steps_; }
+  Index block_count(Index i) const { return std::min(steps_, p_.steps - block_start(i)); }
+
+  // The loop enters the block [t0, t0 + count): its head's dh must be there, and (with a
+  // helper) the products of the block that used the same buffers before it must be done.
+  void enter_block(Index t0, Index count) {
+    if (!relay_) {
+      if (in_.head) head_block(t0, count);
+      return;
+    }
+    const Index i = order(t0);
+    if (i >= 2) relay_->wait_done(flush_task_[i - 2]);
+    if (in_.head) relay_->wait_done(head_task_[i]);
+  }
+
+  // The helper's tasks in the order one thread runs them: head 0, head 1, block 0, head 2,
+  // block 1, ... (blocks numbered in the loop's order). A head may run once the block two
+  // before it is published (its dh buffer is free), a block's products once it is published.
+  struct Task {
+    bool head;
+    Index block;
+  };
+  void plan_tasks() {
+    const bool head = in_.head != nullptr;
+    head_task_.assign(static_cast<std::size_t>(blocks_), -1);
+    flush_task_.assign(static_cast<std::size_t>(blocks_), -1);
+    const auto add = [&](bool is_head, Index i) {
+      (is_head ? head_task_ : flush_task_)[i] = static_cast<Index>(tasks_.size());
+      tasks_.push_back({is_head, i});
+    };
+    if (head) add(true, 0);
+    for (Index i = 0; i < blocks_; ++i) {
+      if (head && i + 1 < blocks_) add(true, i + 1);
+      add(false, i);
+    }
+    relay_->attach(
+        this, static_cast<Index>(tasks_.size()),
+        [](const void* self, Index s, Index published) {
+          const Task& task = static_cast<const GradBlocks*>(self)->tasks_[s];
+          return task.head ? published >= task.block - 1 : published >= task.block + 1;
+        },
+        [](void* self, Index s) {
+          auto* me = static_cast<GradBlocks*>(self);
+          const Task& task = me->tasks_[s];
+          const Index t0 = me->block_start(task.block), count = me->block_count(task.block);
+          if (task.head)
+            me->head_block(t0, count);
+          else
+            me->flush(t0, count);
+        });
+  }
 
   // dx of the steps [t0, t0 + count) = W_ih^T dA (D x GH times GH x n): BLAS writes it in
   // place when the chunk is the whole batch (its columns are contiguous in dx), else into
@@ -676,8 +757,8 @@ class GradBlocks {
               ConstArrMap<T>(p_.rec_mask + b0_ * H, H, nb);
       }
     }
-    const T* dA = dA_.data();
-    const T* dAr = dA_rec_.empty() ? dA : dA_rec_.data();
+    const T* dA = dA_in(t0);
+    const T* dAr = dA_rec(t0);
     if (!p_.ids) {
       add_outer(dW_ih, x, dA, n);  // dW_ih += X dA^T
     } else {                       // one-hot X: each column of dA adds to its id's column
@@ -715,11 +796,11 @@ class GradBlocks {
       if (head.row_weights) rows.row_weights = head_w_.data();
     }
     HeadOutput<T> out;
-    out.dh = head_dh_.data();
+    out.dh = head_dh_.data() + column(t0) * H;
     head_sums_->rows(rows, out, *head_weights_, 0, rows.N);
     if (!in_.dhs) return;
     for (Index s = 0; s < count; ++s)
-      ArrMap<T>(head_dh_.data() + s * nb * H, H, nb) +=
+      ArrMap<T>(out.dh + s * nb * H, H, nb) +=
           ConstArrMap<T>(in_.dhs + ((t0 + s) * B + b0_) * H, H, nb);
   }
 
@@ -730,7 +811,11 @@ class GradBlocks {
   const BlasFunctions& blas_;
   Index b0_, nb_, GH_;
   bool wide_;
-  Index steps_;
+  Index steps_, blocks_;
+  TaskRelay* relay_;  // the helper's, or null: the loop's thread runs the blocks
+  Index slots_;       // buffers the blocks alternate between
+  std::vector<Task> tasks_;
+  std::vector<Index> head_task_, flush_task_;  // the task of each block's head, products
   Scratch<T> dA_, dA_rec_, x_, h_prev_, dx_;  // kept by the worker's thread (keep_scratch)
   bool stream_;
   const HeadWeights<T>* head_weights_;
@@ -1033,16 +1118,26 @@ void backward(const Problem<T>& p, const BackwardInput<T>& in, const BackwardOut
     head_sums.assign(static_cast<std::size_t>(workers), HeadSums<T>(*in.head));
   }
   std::vector<std::unique_ptr<GradBlocks<T>>> parts(workers);
-  run_workers(workers, p.flush_denormals, [&](int w) {
-    const auto [b0, b1] = split_range(B, workers, w);
-    parts[w] = std::make_unique<GradBlocks<T>>(p, in, g, W_ih_T, blas, b0, b1 - b0,
-                                               head_weights.get(),
-                                               in.head ? &head_sums[w] : nullptr);
-    SavedSteps<T> saved(p, in, project.get(), W.get(), b0, b1 - b0);
-    if (p.cell == Cell::rnn) rnn_backward_chunk(p, in, g, WT, *parts[w], b0, b1 - b0);
-    if (p.cell == Cell::lstm) lstm_backward_chunk(p, in, g, WT, *parts[w], saved, b0, b1 - b0);
-    if (p.cell == Cell::gru) gru_backward_chunk(p, in, g, WT, *parts[w], saved, b0, b1 - b0);
-    parts[w]->keep_scratch();
+  // threads to spare (at least one per chunk): a helper per chunk runs its block products
+  std::vector<TaskRelay> relays(p.num_threads >= 2 * workers ? workers : 0);
+  const int helpers = static_cast<int>(relays.size());
+  run_workers(workers + helpers, p.flush_denormals, [&](int w) {
+    if (w >= workers) return relays[w - workers].help();
+    TaskRelay* relay = helpers ? &relays[w] : nullptr;
+    try {
+      const auto [b0, b1] = split_range(B, workers, w);
+      parts[w] = std::make_unique<GradBlocks<T>>(p, in, g, W_ih_T, blas, b0, b1 - b0,
+                                                 head_weights.get(),
+                                                 in.head ? &head_sums[w] : nullptr, relay);
+      SavedSteps<T> saved(p, in, project.get(), W.get(), b0, b1 - b0);
+      if (p.cell == Cell::rnn) rnn_backward_chunk(p, in, g, WT, *parts[w], b0, b1 - b0);
+      if (p.cell == Cell::lstm) lstm_backward_chunk(p, in, g, WT, *parts[w], saved, b0, b1 - b0);
+      if (p.cell == Cell::gru) gru_backward_chunk(p, in, g, WT, *parts[w], saved, b0, b1 - b0);
+      parts[w]->keep_scratch();
+    } catch (...) {
+      if (relay) relay->fail();
+      throw;
+    }
   });
   MatMap<T> dW_ih(g.dW_ih, D, GH), dW_hh(g.dW_hh, H, GH);
   Eigen::Map<Eigen::Matrix<T, Eigen::Dynamic, 1>> db_ih(g.db_ih, GH), db_hh(g.db_hh, GH);
