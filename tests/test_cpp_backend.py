@@ -544,7 +544,9 @@ def test_scratch_kept_between_calls_changes_no_bits(cell, dtype, num_threads, th
 @pytest.mark.parametrize("checkpoint", [None, 37], ids=["full", "checkpointed"])
 @pytest.mark.parametrize("dtype", [np.float32, np.float64], ids=["f32", "f64"])
 @pytest.mark.parametrize("cell", ["rnn", "lstm", "gru"])
-def test_block_products_on_a_helper_thread_give_the_same_bits(cell, dtype, checkpoint, B, spare, threads):
+def test_block_products_on_a_helper_thread_give_the_same_bits(
+    cell, dtype, checkpoint, B, spare, threads
+):
     """With threads to spare (at least two per chunk of sequences), each chunk's block
     products and fused head run on a helper thread, overlapped with the dh recurrence
     (recurrent.hpp, GradBlocks with a TaskRelay). They run in the same order as on the
