@@ -236,8 +236,8 @@ class TaskRelay {
     return go;
   }
   [[noreturn]] void rethrow() {
-    while (busy_.load(std::memory_order_acquire)) {  // a task that is still running
-    }
+    unsigned calls = 0;
+    while (busy_.load(std::memory_order_acquire)) spin_pause(calls);  // a task still running
     if (error_) std::rethrow_exception(error_);
     throw std::runtime_error("fastrnn: a helper thread's task failed");
   }

@@ -587,10 +587,10 @@ class GradBlocks {
 
   // dL/dh_t arriving from step t's output (H x nb): dhs, or with the fused head its
   // gradient of the block of steps that holds t (plus dhs if given), computed when the loop
-  // enters the block (t its last step) into a buffer of one block. The blocks are those of
-  // the weight gradients, aligned at t = 0: the same rows in the same order whatever the
-  // checkpoint schedule, so the head's sums have the same bits too.
-  // Called first at every step (t: the block's last, the loop enters the block).
+  // enters the block (t its last step) into a buffer of one block (with a helper: computed
+  // ahead, into one of two). The blocks are those of the weight gradients, aligned at
+  // t = 0: the same rows in the same order whatever the checkpoint schedule, so the head's
+  // sums have the same bits too. The time loops call it first at every step.
   const T* dh_out(Index t) {
     if (t + 1 == p_.steps || (t + 1) % steps_ == 0) enter_block(t - t % steps_, t % steps_ + 1);
     if (!in_.head) return in_.dhs + (t * p_.B + b0_) * p_.H;
