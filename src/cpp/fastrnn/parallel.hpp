@@ -159,15 +159,20 @@ inline std::atomic<long long>& team_calls() {
   return n;
 }
 
-// A pause in a spin-wait loop: the CPU's spin hint, and every 256th call a yield of the
-// thread, so that a spin on an oversubscribed machine lets the thread it waits for run.
-inline void spin_pause(unsigned& calls) {
-  if ((++calls & 255u) == 0) return std::this_thread::yield();
+// The CPU's hint that this thread is in a spin-wait loop.
+inline void cpu_relax() {
 #ifdef FASTRNN_HAVE_MXCSR
   _mm_pause();
 #elif defined(__aarch64__)
   __asm__ __volatile__("yield");
 #endif
+}
+
+// A pause in a spin-wait loop: cpu_relax, and every 256th call a yield of the thread, so
+// that a spin on an oversubscribed machine lets the thread it waits for run.
+inline void spin_pause(unsigned& calls) {
+  if ((++calls & 255u) == 0) return std::this_thread::yield();
+  cpu_relax();
 }
 
 // A sequence of tasks that two threads share in order, one task at a time: a worker that
@@ -209,8 +214,10 @@ class TaskRelay {
   // The helper: runs tasks as they become ready until all ran or the worker failed.
   void help() {
     unsigned calls = 0;
-    while (!attached_.load(std::memory_order_acquire))
-      if (failed_.load(std::memory_order_acquire)) return; else spin_pause(calls);
+    while (!attached_.load(std::memory_order_acquire)) {
+      if (failed_.load(std::memory_order_acquire)) return;
+      spin_pause(calls);
+    }
     while (done_.load(std::memory_order_acquire) < total_ &&
            !failed_.load(std::memory_order_acquire))
       if (!try_run()) spin_pause(calls);
@@ -317,11 +324,7 @@ class WorkerPool {
     for (int i = 0;; ++i) {
       if (ready()) return true;
       if ((i & 63) == 63 && std::chrono::steady_clock::now() > until) return false;
-#ifdef FASTRNN_HAVE_MXCSR
-      _mm_pause();
-#elif defined(__aarch64__)
-      __asm__ __volatile__("yield");
-#endif
+      cpu_relax();
     }
   }
 
