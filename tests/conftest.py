@@ -5,6 +5,7 @@ tolerances derived from the step and the dtype."""
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 from collections.abc import Callable, Iterable, Iterator
 
@@ -314,3 +315,78 @@ def using_threads(n: int) -> Iterator[None]:
 def dropout_mask(rng: np.random.Generator, shape: tuple[int, ...], p: float, dtype) -> np.ndarray:
     """An inverted-dropout mask: 0 with probability p, else 1/(1-p)."""
     return ((rng.random(shape) >= p) / (1 - p)).astype(dtype)
+
+
+# --- what the BLAS at hand does to the bits of a product ----------------------------------
+# Some results are bit-identical only where the BLAS sums a product the same way whatever
+# the surrounding call: checkpointed BPTT (the recompute projects one segment's rows, the
+# full forward all of them) and one-hot rows run as token ids (the reference's scatter-add
+# against the BLAS product dA^T X). OpenBLAS's SkylakeX kernels do; its Haswell kernels
+# (AVX2-only CPUs) do not: their edge tiles and their dgemm's split sums give other last
+# bits. The tests ask the BLAS first, then check bit-identity, or else agreement to rounding.
+
+
+@functools.cache
+def blas_rows_keep_their_bits(
+    backend: str, rows: int, D: int, GH: int, segment_rows: tuple[int, ...], dtype=np.float32
+) -> bool:
+    """Whether the BLAS that ``backend`` calls (NumPy's OpenBLAS for numpy and cpp, SciPy's
+    for numba) gives every row of ``X @ W.T`` ((rows, D) times (D, GH)) the same bits when
+    the rows are cut into products of m rows (the last one shorter), for each m in
+    ``segment_rows``, as in one product of all ``rows``."""
+    rng = np.random.default_rng(1)
+    X = rng.normal(size=(rows, D)).astype(dtype)
+    W = rng.normal(size=(GH, D)).astype(dtype)
+    if backend == "numba":
+        from scipy.linalg import blas
+
+        gemm = blas.sgemm if np.dtype(dtype) == np.float32 else blas.dgemm
+
+        def product(a: np.ndarray) -> np.ndarray:
+            return gemm(1.0, a, W, trans_b=True)
+    else:
+
+        def product(a: np.ndarray) -> np.ndarray:
+            return a @ W.T
+
+    full = product(X)
+    cuts = [(s, min(s + m, rows)) for m in segment_rows for s in range(0, rows, m)]
+    return all(np.array_equal(full[a:b], product(X[a:b])) for a, b in cuts)
+
+
+@functools.cache
+def blas_sums_in_order(dtype) -> bool:
+    """Whether NumPy's BLAS gives ``dA^T X``, X one-hot rows, the bits of adding the rows of
+    dA into their columns one after another (the reference's scatter-add for token ids)."""
+    import scipy.sparse
+
+    rng = np.random.default_rng(2)
+    for rows, GH, D in ((24, 5, 7), (48, 20, 7), (64, 15, 11), (120, 32, 9)):
+        dA = rng.normal(size=(rows, GH)).astype(dtype)
+        ids = rng.integers(0, D, rows)
+        one_hot = np.eye(D, dtype=dtype)[ids]
+        ones = np.ones(rows, dtype=dtype)
+        xt = scipy.sparse.csr_array((ones, (ids, np.arange(rows))), shape=(D, rows))
+        if not np.array_equal(dA.T @ one_hot, (xt @ dA).T):
+            return False
+    return True
+
+
+def forward_backward_arrays(run: tuple) -> dict[str, np.ndarray]:
+    """Every array of a ``(ForwardResult, Gradients)`` pair by name: the outputs, the
+    gradients, step norms and parameter gradients (``d<name>``); ``None`` left out."""
+    res, g = run
+    out = {name: getattr(res, name) for name in ("hs", "h_n", "c_n")}
+    out.update({name: getattr(g, name) for name in ("dx", "dh0", "dc0", "step_norms")})
+    out.update({f"d{name}": value for name, value in g.params.items()})
+    return {name: value for name, value in out.items() if value is not None}
+
+
+def assert_within_rounding(got: dict, want: dict, n_terms: int, what: str = "") -> None:
+    """The same arrays by name, each within the rounding of a sum of ``n_terms`` terms in
+    its dtype, relative to the largest magnitude of ``want``'s."""
+    assert got.keys() == want.keys(), what
+    for name, ref in want.items():
+        eps = float(np.finfo(ref.dtype).eps)
+        atol = n_terms * eps * float(np.max(np.abs(ref), initial=0.0))
+        np.testing.assert_allclose(got[name], ref, rtol=0, atol=atol, err_msg=f"{name} {what}")

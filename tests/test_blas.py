@@ -49,16 +49,26 @@ SHAPES = {
     "rnn-steps": ("rnn", 8, 130, 70, 512, True),
     # gru, odd sizes, every product in-house
     "gru-small": ("gru", 9, 5, 7, 33, False),
-    # rnn: only the per-step products can go to BLAS (D < 64, blocks below 2^25), 256 x 256
-    # x 80 or 160 columns per worker (2^22.3 to 2^23.3): from 64 columns and 2^21 below
-    # avx512, 256 columns and 2^24 at it
+    # rnn: the per-step products, 256 x 256 x 80 or 160 columns per worker (2^22.3 to
+    # 2^23.3), from 64 columns and 2^21 below avx512, 256 columns and 2^24 at it (the
+    # blocks, 256 x 256 x 160 or 320: BLAS from 2^24 at avx2, 2^21 at generic, so also
+    # below avx512 only)
     "rnn-steps-narrow-isa": ("rnn", 2, 160, 32, 256, "below avx512"),
+    # rnn: the projection and the block products (128 x 128 x 256 or 512 columns: 2^22 to
+    # 2^23) from 2^21 multiply-adds at generic (avx2 2^24, avx512 2^25); the per-step
+    # products (at most 128 x 128 x 8 = 2^17) in-house
+    "rnn-blocks-generic": ("rnn", 64, 8, 128, 128, "generic"),
 }
 
 
 def takes_blas_at(level: str, rule: bool | str) -> bool:
-    """Whether a shape's products go to BLAS at a level (blas.hpp's step_uses_blas)."""
-    return level != "avx512" if rule == "below avx512" else bool(rule)
+    """Whether a shape's products go to BLAS at a level (blas.hpp's use_blas and
+    step_uses_blas)."""
+    if rule == "below avx512":
+        return level != "avx512"
+    if rule == "generic":
+        return level == "generic"
+    return bool(rule)
 
 
 @pytest.fixture

@@ -15,7 +15,12 @@ import numpy as np
 import pytest
 
 import fastrnn
-from conftest import using_threads
+from conftest import (
+    assert_within_rounding,
+    blas_rows_keep_their_bits,
+    forward_backward_arrays,
+    using_threads,
+)
 from fastrnn import layers
 from fastrnn.cli import main
 from fastrnn.functional import _held
@@ -85,13 +90,25 @@ def test_a_k_far_beyond_T_allocates_one_segment_of_T_steps(backend):
 @pytest.mark.parametrize("cell", ["lstm", "gru"])
 def test_bit_identical_where_the_products_use_blas(backend, cell):
     """Sizes where the cpp kernels put the input projection, the per-step product and the
-    weight-gradient blocks through BLAS (and numpy's blocks span several segments)."""
+    weight-gradient blocks through BLAS (and numpy's blocks span several segments):
+    bit-identical where the BLAS gives a row the same bits whatever the row count of the
+    product (the recompute projects one segment's rows, the full forward all of them),
+    else equal to rounding: each product's terms summed in another order, D terms per dot
+    product, so D float32 epsilons of each array's scale."""
     T, B, D, H = 300, 16, 64, 64
+    GH = (4 if cell == "lstm" else 3) * H
+    segments = (17, math.ceil(math.sqrt(T)))
+    stable = blas_rows_keep_their_bits(backend, T * B, D, GH, tuple(k * B for k in segments))
     p, inputs, grads, lens = _case(cell, np.float32, T, B, D, H, True)
     with using_threads(2):
         full = _run(cell, p, inputs, grads, lens, backend, None)
         for k in (17, "sqrt"):
-            _assert_identical(full, _run(cell, p, inputs, grads, lens, backend, k))
+            got = _run(cell, p, inputs, grads, lens, backend, k)
+            if stable:
+                _assert_identical(full, got)
+            else:
+                arrays = forward_backward_arrays
+                assert_within_rounding(arrays(got), arrays(full), D, f"checkpoint={k!r}")
 
 
 # --- the schedule ----------------------------------------------------------------------

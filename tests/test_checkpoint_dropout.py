@@ -9,7 +9,13 @@ import numpy as np
 import pytest
 
 import fastrnn
-from conftest import dropout_mask, using_threads
+from conftest import (
+    assert_within_rounding,
+    blas_rows_keep_their_bits,
+    dropout_mask,
+    forward_backward_arrays,
+    using_threads,
+)
 from fastrnn import layers
 
 LAYERS = {"rnn": layers.RNN, "lstm": layers.LSTM, "gru": layers.GRU}
@@ -38,12 +44,7 @@ def _run(cell, p, inputs, grads, lens, backend, checkpoint, masks):
     return res, fastrnn.backward(res, **grads, return_step_norms=True)
 
 
-def _outputs(run) -> dict[str, np.ndarray]:
-    res, g = run
-    out = {name: getattr(res, name) for name in ("hs", "h_n", "c_n")}
-    out.update({name: getattr(g, name) for name in ("dx", "dh0", "dc0", "step_norms")})
-    out.update({f"d{name}": value for name, value in g.params.items()})
-    return {name: value for name, value in out.items() if value is not None}
+_outputs = forward_backward_arrays
 
 
 def _assert_identical(full, ckpt, what: str) -> None:
@@ -77,38 +78,52 @@ def test_checkpointed_gradients_with_dropout_are_full_bptts(backend, cell, dtype
 @pytest.mark.parametrize("cell", ["lstm", "gru"])
 def test_checkpointed_dropout_where_the_products_use_blas(backend, cell):
     """Sizes where the C++ kernels put the products (the projection, the per-step product,
-    the weight-gradient blocks) through BLAS and numpy's gradient blocks span segments."""
+    the weight-gradient blocks) through BLAS and numpy's gradient blocks span segments:
+    bit-identical where the BLAS gives a row the same bits whatever the row count, else
+    equal to rounding (D terms per dot product; conftest.blas_rows_keep_their_bits)."""
     T, B, D, H = 120, 16, 64, 64
+    GH = (4 if cell == "lstm" else 3) * H
+    stable = blas_rows_keep_their_bits(backend, T * B, D, GH, (17 * B, 11 * B))
     p, inputs, grads, lens, masks = _case(cell, np.float32, T, B, D, H, seed=4)
     with using_threads(2):
         full = _run(cell, p, inputs, grads, lens, backend, None, masks)
-        for k in (17, "sqrt"):
+        for k in (17, "sqrt"):  # sqrt: 11 steps
             ckpt = _run(cell, p, inputs, grads, lens, backend, k, masks)
-            _assert_identical(full, ckpt, f"checkpoint={k!r}")
+            if stable:
+                _assert_identical(full, ckpt, f"checkpoint={k!r}")
+            else:
+                assert_within_rounding(_outputs(ckpt), _outputs(full), D, f"checkpoint={k!r}")
 
 
 @pytest.mark.parametrize("cell", list(LAYERS))
 def test_layers_with_dropout_and_checkpoint_equal_full_bptt(backend, cell):
     """A stacked bidirectional layer with all three dropouts and checkpoint="sqrt" (or a
     memory budget) gives, from the same seed (the same masks), the bits of one without
-    checkpointing: outputs, states, dx and every parameter gradient."""
+    checkpointing: outputs, states, dx and every parameter gradient (where the BLAS keeps a
+    row's bits whatever the row count of the projection: layer inputs of 3 and 10 features,
+    44 rows, segments of 4 and 3 steps; else equal to rounding, 44 terms per sum)."""
     rng = np.random.default_rng(2)
     x = rng.normal(size=(11, 4, 3)).astype(np.float32)
     kw = {"num_layers": 2, "bidirectional": True, "seed": 9}
     drop = {"dropout": 0.3, "recurrent_dropout": 0.4, "input_dropout": 0.25}
+    GH = {"rnn": 1, "lstm": 4, "gru": 3}[cell] * 5
+    stable = all(blas_rows_keep_their_bits(backend, 44, D, GH, (16, 12)) for D in (3, 10))
     with fastrnn.use_backend(backend):
         full = LAYERS[cell](3, 5, **kw, **drop)
         runs = [LAYERS[cell](3, 5, **kw, **drop, checkpoint=c) for c in ("sqrt", 3)]
         want, want_state = full(x, lengths=[11, 4, 7, 1])
         dout = rng.normal(size=want.shape).astype(np.float32)
         want_dx = full.backward(dout)[0]
+        wanted = {"out": want, "state": np.stack(want_state), "dx": want_dx, **full.grads}
         for layer in runs:
             got, got_state = layer(x, lengths=[11, 4, 7, 1])
-            np.testing.assert_array_equal(got, want)
-            np.testing.assert_array_equal(np.stack(got_state), np.stack(want_state))
-            np.testing.assert_array_equal(layer.backward(dout)[0], want_dx)
-            for name, value in full.grads.items():
-                np.testing.assert_array_equal(layer.grads[name], value, err_msg=name)
+            dx = layer.backward(dout)[0]
+            arrays = {"out": got, "state": np.stack(got_state), "dx": dx, **layer.grads}
+            if stable:
+                for name, value in wanted.items():
+                    np.testing.assert_array_equal(arrays[name], value, err_msg=name)
+            else:
+                assert_within_rounding(arrays, wanted, 44)
 
 
 def test_char_language_model_with_dropout_and_checkpoint():

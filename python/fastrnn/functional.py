@@ -359,10 +359,10 @@ def forward(
         The input, time-major: float features, or token ids in 0..D-1 (a NumPy or torch
         integer array of any integer dtype, converted once to int64), which stand for their
         one-hot rows: the result equals that of the one-hot float input (to rounding; the
-        reference gives the same bits), but the input projection is a gather of columns of
-        ``W_ih`` instead of a product, ``dW_ih`` a scatter-add, and there is no ``dx``
-        (ids have no gradient). Python lists are read as features (converted to the
-        parameters' dtype).
+        reference gives the same bits where NumPy's BLAS sums a product's terms in order),
+        but the input projection is a gather of columns of ``W_ih`` instead of a product,
+        ``dW_ih`` a scatter-add, and there is no ``dx`` (ids have no gradient). Python
+        lists are read as features (converted to the parameters' dtype).
     h0, c0 : array (B, H), optional
         Initial hidden state and (lstm only) cell state; zeros when omitted.
     activation : {"tanh", "relu", "leaky_relu", "identity"}
@@ -397,7 +397,9 @@ def forward(
         state every k steps (lstm: its cell state; h_{t-1} is in ``hs``) and let
         :func:`backward` recompute each segment of k steps with the same kernels, newest
         first; the gradients are bit-identical to full BPTT (``None``) on the same backend
-        and thread count. ``"sqrt"`` is k = ceil(sqrt(T)); ``{"max_bytes": N}`` keeps full
+        and thread count (where a product goes to a BLAS whose rows' bits depend on the
+        row count, as OpenBLAS's kernels for AVX2-only CPUs do: equal to rounding).
+        ``"sqrt"`` is k = ceil(sqrt(T)); ``{"max_bytes": N}`` keeps full
         BPTT if it fits in N bytes, else picks the largest k that does
         (:func:`checkpoint_plan`). rnn saves nothing either way (a no-op). With dropout
         masks the recompute applies the same ones (gradients bit-identical to full BPTT
@@ -540,8 +542,9 @@ def forward(
 def _one_hot_ids(x: np.ndarray) -> np.ndarray | None:
     """The token ids (T, B) of a float ``x`` (T, B, D) whose every row is one-hot (one 1,
     zeros elsewhere), else None. The backends run such an input as its ids: the projection
-    then gathers W_ih's columns, with the bits of the one-hot product (the zero terms add
-    nothing; only an inf or NaN weight, which the product would spread as NaN, differs).
+    then gathers W_ih's columns, with the bits of the one-hot product where the BLAS sums
+    its terms in order (the zero terms add nothing; only an inf or NaN weight, which the
+    product would spread as NaN, differs), else equal to rounding.
     The first row decides cheaply for every other input."""
     T, B, D = x.shape
     if D < 2 or x.size == 0:

@@ -97,7 +97,20 @@ inline BlasFunctions current_blas() { return detail::blas_slot().get(); }
 // both operands on every call; at S2 (D=32, H=64, blocks of 512 columns: 2^23
 // multiply-adds) the backward ran 1.3x slower with BLAS than with the in-house panel
 // kernels, at S3 (D=128, H=256; lstm blocks 2^27) 1.17x faster, at S3 rnn (2^25) the same.
+// Lower levels hand over smaller products, since OpenBLAS keeps its own widest kernels
+// while the in-house ones narrow with the level. Measured on an AVX2-only AMD EPYC (Zen 3,
+// OpenBLAS's Haswell kernels), S3 rnn (its D = 128 products, dW_ih and dx, are 2^24 per
+// block), the backward alone, 1 thread, best of 5, alternating processes: avx2 378 to 431
+// ms with them in-house, 337 to 385 through BLAS; generic (SSE2, about a third of
+// OpenBLAS's rate, the table below) 694 to 722 ms in-house, 417 to 419 through BLAS from
+// 2^21, against NumPy's 461 to 529.
+#if defined(__AVX512F__)
 constexpr Index kBlasMinFlops = Index(1) << 25;
+#elif defined(__AVX2__)
+constexpr Index kBlasMinFlops = Index(1) << 24;
+#else
+constexpr Index kBlasMinFlops = Index(1) << 21;
+#endif
 constexpr Index kBlasMinDim = 64;
 // The per-step recurrent product (GH x H times nb columns, per step and worker), for which
 // the in-house kernel keeps W_hh packed for the whole call (the backward's dh_prev = W_hh^T
