@@ -485,6 +485,37 @@ def test_dropin_skips_dx_for_an_input_without_grad(monkeypatch):
     assert asked == [True, True] and x.grad is not None
 
 
+@pytest.mark.parametrize("bidirectional", [False, True], ids=["uni", "bi"])
+def test_dropin_one_hot_ids_found_once_travel_to_backward(monkeypatch, bidirectional):
+    """The forward finds a one-hot batch's ids (fastrnn.forward) and hands them to the
+    backward as a tensor output: no second scan of the batch, the same gradients."""
+    torch = pytest.importorskip("torch")
+    import fastrnn.torch as ft
+
+    scans = []
+    real = fastrnn.functional._one_hot_ids
+
+    def spy(x):
+        found = real(x)
+        scans.append(found is not None)
+        return found
+
+    monkeypatch.setattr(fastrnn.functional, "_one_hot_ids", spy)
+    torch.manual_seed(0)
+    kw = {"batch_first": True, "bidirectional": bidirectional, "dtype": torch.float64}
+    ref = torch.nn.GRU(7, 5, **kw)
+    mine = ft.GRU(7, 5, **kw)
+    mine.load_state_dict(ref.state_dict())
+    ids = torch.randint(0, 7, (3, 6), generator=torch.Generator().manual_seed(1))
+    x = torch.nn.functional.one_hot(ids, 7).to(torch.float64)
+    for module in (ref, mine):
+        out, _ = module(x)
+        out.pow(2).sum().backward()
+    assert scans == [True] * (2 if bidirectional else 1)  # one per direction, forward only
+    for (name, p), q in zip(ref.named_parameters(), mine.parameters(), strict=True):
+        torch.testing.assert_close(q.grad, p.grad, rtol=0, atol=1e-12, msg=name)
+
+
 @pytest.mark.parametrize("cell", ["rnn", "lstm", "gru"])
 def test_dropin_opcheck_with_an_input_without_grad(cell):
     torch = pytest.importorskip("torch")
@@ -503,10 +534,11 @@ def test_dropin_opcheck_with_an_input_without_grad(cell):
         torch.ops.fastrnn.layer_forward.default, (*args, None, cell, "tanh", False, True)
     )
     args = tuple(None if a is None else a.detach() for a in args)  # (layer_backward has no
-    out, _, _, gates, extra, backend = torch.ops.fastrnn.layer_forward(  # autograd formula)
+    out, _, _, gates, extra, backend, ids = torch.ops.fastrnn.layer_forward(  # autograd formula)
         *args, None, cell, "tanh", False, True
     )
-    back = (*args, None, out, gates, extra, backend, torch.ones_like(out), None, None)
+    assert ids.shape == (4, 3) and bool((ids == -1).all())  # x is not one-hot
+    back = (*args, None, out, gates, extra, backend, ids, torch.ones_like(out), None, None)
     back = (*back, cell, "tanh", False, False)
     torch.library.opcheck(torch.ops.fastrnn.layer_backward.default, back)
     grads = torch.ops.fastrnn.layer_backward(*back)

@@ -237,16 +237,19 @@ def layer_forward(
     activation: str,
     reverse: bool,
     training: bool,
-) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
+) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
     """One direction of one layer on the configured backend: ``(out, h_n, c_n, gates,
-    extra, backend)``.
+    extra, backend, ids)``.
 
     ``x`` is time-major (T, B, D), or PyTorch's packed data (N, D) with its
     ``batch_sizes``; ``out`` has the layout of ``x`` with H features. ``reverse`` runs each
     sequence backwards from its last step. ``c_n`` is empty unless the cell is lstm;
     ``gates`` (T, B, G*H) and ``extra`` (T, B, H) are what the backend keeps for backward
     (empty for rnn, and when not ``training``), ``backend`` the index of the backend in
-    ``fastrnn.backends.BACKENDS`` (a 0-d int64 tensor), so that backward runs on it too."""
+    ``fastrnn.backends.BACKENDS`` (a 0-d int64 tensor), so that backward runs on it too,
+    and ``ids`` (T, B) int64 the token ids of a one-hot ``x`` in the grid's order, as
+    ``fastrnn.forward`` found them (-1 everywhere if ``x`` is not one-hot), so that backward
+    does not look for them again."""
     grid = _grid(x, h0, batch_sizes, reverse)
     res = fastrnn.forward(
         cell,
@@ -265,7 +268,10 @@ def layer_forward(
     gates, extra = (_empty_like(out), _empty_like(out))
     if isinstance(res.saved, tuple):  # (never checkpointed here)
         gates, extra = (_tensor(a, *ins) for a in res.saved)
-    return out, h_n, c_n, gates, extra, torch.tensor(BACKENDS.index(res.backend))
+    backend = torch.tensor(BACKENDS.index(res.backend))
+    if res.one_hot_ids is None:
+        return out, h_n, c_n, gates, extra, backend, torch.full((grid.T, grid.B), -1)
+    return out, h_n, c_n, gates, extra, backend, torch.from_numpy(res.one_hot_ids)
 
 
 @layer_forward.register_fake
@@ -282,7 +288,7 @@ def _(
     activation: str,
     reverse: bool,
     training: bool,
-) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
+) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
     T = x.shape[0] if batch_sizes is None else batch_sizes.shape[0]
     B, H = h0.shape
     c_n = h0.new_empty((B, H)) if cell == "lstm" else _empty_like(x)
@@ -290,7 +296,9 @@ def _(
     if training and cell != "rnn":  # the backends' common contract, see fastrnn.backends
         gates, extra = x.new_empty((T, B, GATES[cell] * H)), x.new_empty((T, B, H))
     backend = x.new_empty((), dtype=torch.int64)
-    return x.new_empty((*x.shape[:-1], H)), h0.new_empty((B, H)), c_n, gates, extra, backend
+    ids = x.new_empty((T, B), dtype=torch.int64)
+    out = x.new_empty((*x.shape[:-1], H))
+    return out, h0.new_empty((B, H)), c_n, gates, extra, backend, ids
 
 
 @torch.library.custom_op("fastrnn::layer_backward", mutates_args=())
@@ -307,6 +315,7 @@ def layer_backward(
     gates: Tensor,
     extra: Tensor,
     backend: Tensor,
+    ids: Tensor,
     d_out: Tensor | None,
     dh_n: Tensor | None,
     dc_n: Tensor | None,
@@ -336,6 +345,7 @@ def layer_backward(
         c0=c0_a,
         lengths=grid.lengths,
         saved=None if gates.numel() == 0 else (_contiguous(gates), _contiguous(extra)),
+        one_hot_ids=None if ids.numel() == 0 or int(ids[0, 0]) < 0 else _array(ids),
     )
     d_grid = None if d_out is None else grid.to_grid(_array(d_out))
     g = fastrnn.backward(
@@ -367,6 +377,7 @@ def _(
     gates: Tensor,
     extra: Tensor,
     backend: Tensor,
+    ids: Tensor,
     d_out: Tensor | None,
     dh_n: Tensor | None,
     dc_n: Tensor | None,
@@ -386,12 +397,12 @@ def _setup_context(
     ctx: torch.autograd.function.FunctionCtx, inputs: tuple[Any, ...], output: tuple[Tensor, ...]
 ) -> None:
     x, h0, c0, W_ih, W_hh, b_ih, b_hh, batch_sizes, cell, activation, reverse, training = inputs
-    out, _, c_n, gates, extra, backend = output
-    ctx.mark_non_differentiable(gates, extra, backend)
+    out, _, c_n, gates, extra, backend, ids = output
+    ctx.mark_non_differentiable(gates, extra, backend, ids)
     if cell != "lstm":
         ctx.mark_non_differentiable(c_n)
     ctx.set_materialize_grads(False)  # gradients of unused outputs arrive as None
-    saved = (x, h0, c0, W_ih, W_hh, b_ih, b_hh, batch_sizes, out, gates, extra, backend)
+    saved = (x, h0, c0, W_ih, W_hh, b_ih, b_hh, batch_sizes, out, gates, extra, backend, ids)
     ctx.save_for_backward(*saved)
     ctx.args = (cell, activation, reverse, training)
 
