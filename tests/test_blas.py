@@ -61,9 +61,11 @@ SHAPES = {
 }
 
 
-def takes_blas_at(level: str, rule: bool | str) -> bool:
-    """Whether a shape's products go to BLAS at a level (blas.hpp's use_blas and
-    step_uses_blas)."""
+def takes_blas_at(level: str, rule: bool | str, blas_isa: str) -> bool:
+    """Whether a shape's products go to BLAS at a level, with a BLAS whose kernels are of
+    level blas_isa (blas.hpp's use_blas, step_uses_blas and blas_takes_all)."""
+    if level == "generic" and blas_isa != "generic":
+        return True  # every product
     if rule == "below avx512":
         return level != "avx512"
     if rule == "generic":
@@ -100,15 +102,17 @@ def test_blas_and_in_house_products_match_the_reference(
     if not SOURCES[source][0]:
         pytest.skip(f"no {source} BLAS: {SOURCES[source][4]}")
     cell, T, B, D, H, rule = SHAPES[shape]
-    takes_blas = takes_blas_at(level, rule)
-    kernels = kernels_at(level, SOURCES[source])
-    assert kernels.blas() == SOURCES[source][4]
     case = make_case(cell, T=T, B=B, D=D, H=H, lengths=True, h0=True, seed=5, dtype=dtype)
     want = reference_forward_backward(cell, case)
-    before = kernels.blas_calls()
-    got = raw_forward_backward(kernels, cell, case, threads)
-    assert (kernels.blas_calls() > before) == takes_blas
-    assert_close_to(got, want, dtype, RTOL[dtype])
+    found = SOURCES[source]
+    # the BLAS as found, and as if its kernels were no wider than SSE2 (the thresholds)
+    for blas_isa in dict.fromkeys([found[6], "generic"]):
+        kernels = kernels_at(level, (*found[:6], blas_isa))
+        assert kernels.blas() == found[4]
+        before = kernels.blas_calls()
+        got = raw_forward_backward(kernels, cell, case, threads)
+        assert (kernels.blas_calls() > before) == takes_blas_at(level, rule, blas_isa), blas_isa
+        assert_close_to(got, want, dtype, RTOL[dtype])
     kernels.set_blas(*NO_BLAS)  # the fallback: every product in-house
     before = kernels.blas_calls()
     assert_close_to(raw_forward_backward(kernels, cell, case, threads), want, dtype, RTOL[dtype])
@@ -137,7 +141,7 @@ def test_numpys_openblas_is_handed_over_by_default_scipys_on_request(monkeypatch
     """NumPy's own OpenBLAS (ILP64) measured faster here than SciPy's (S4 rnn 1.3x);
     FASTRNN_BLAS=scipy picks SciPy's, and either falls back to the other."""
     if SOURCES["numpy"][0]:
-        assert cpp_backend.blas_functions()[4:] == (SOURCES["numpy"][4], True)
+        assert cpp_backend.blas_functions()[4:6] == (SOURCES["numpy"][4], True)
         assert "via NumPy, ILP64" in SOURCES["numpy"][4]
     if SOURCES["scipy"][0]:
         assert SOURCES["scipy"][5] is False and "via SciPy" in SOURCES["scipy"][4]
@@ -152,3 +156,29 @@ def test_build_info_names_the_blas():
         assert "openblas" in str(info["blas"])
     else:
         assert str(info["blas"]).startswith("none")
+
+
+def test_the_blas_kernels_level_comes_from_openblas_core_name():
+    """The level handed over with the BLAS (which decides blas_takes_all) is read off the
+    OpenBLAS core that threadpoolctl reports; unknown cores count as generic."""
+    from threadpoolctl import threadpool_info
+
+    assert cpp_backend.openblas_kernel_isa("SkylakeX") == "avx512"
+    assert cpp_backend.openblas_kernel_isa("Haswell") == "avx2"
+    assert cpp_backend.openblas_kernel_isa("Zen") == "avx2"
+    for other in ("Sandybridge", "Nehalem", "Prescott", "neoversen1", None):
+        assert cpp_backend.openblas_kernel_isa(other) == "generic"
+    for source, found in SOURCES.items():
+        if found[0]:
+            core = next(
+                i["architecture"]
+                for i in threadpool_info()
+                if i["filepath"].endswith(found[4].rsplit(", ", 1)[-1])
+            )
+            assert found[6] == cpp_backend.openblas_kernel_isa(core), source
+
+
+def test_set_blas_names_a_bad_kernel_level():
+    with pytest.raises(ValueError, match=r"kernel_isa must be .*got 'sse9'"):
+        cpp_backend._kernels.set_blas(*BLAS[:6], "sse9")
+    assert cpp_backend._kernels.blas() == BLAS[4]

@@ -47,10 +47,13 @@ def set_blas(
     set_num_threads: int,
     name: str,
     int64: bool = False,
+    kernel_isa: str = "generic",
 ) -> None:
     """Hand over the Fortran-ABI sgemm/dgemm and OpenBLAS's thread getter/setter (raw
     addresses, 0 for none) that the large products use; ``int64``: the gemm functions take
-    64-bit integers (ILP64). With any one missing, none does."""
+    64-bit integers (ILP64); ``kernel_isa``: the level of the BLAS's own kernels
+    (``"generic"`` if unknown), which decides whether every product goes to BLAS. With any
+    one missing, none does."""
 
 def blas() -> str:
     """What the large products use: the name given to set_blas, or 'none: <why>'."""

@@ -538,15 +538,23 @@ void define_kernels(py::module_ m) {
   m.def(
       "set_blas",
       [k](std::uintptr_t sgemm, std::uintptr_t dgemm, std::uintptr_t get_threads,
-          std::uintptr_t set_threads, const std::string& name, bool int64) {
-        k->set_blas(sgemm, dgemm, get_threads, set_threads, int64, name.c_str());
+          std::uintptr_t set_threads, const std::string& name, bool int64,
+          const std::string& kernel_isa) {
+        const int level = kernel_isa == "avx512" ? 2 : kernel_isa == "avx2" ? 1 : 0;
+        if (level == 0 && kernel_isa != "generic")
+          throw py::value_error("set_blas: kernel_isa must be 'generic', 'avx2' or 'avx512', got '" +
+                                kernel_isa + "'");
+        k->set_blas(sgemm, dgemm, get_threads, set_threads, int64, level, name.c_str());
       },
       py::arg("sgemm"), py::arg("dgemm"), py::arg("get_num_threads"),
       py::arg("set_num_threads"), py::arg("name"), py::arg("int64") = false,
+      py::arg("kernel_isa") = "generic",
       "Hand over the Fortran-ABI sgemm/dgemm and the OpenBLAS thread getter/setter (raw "
       "addresses; 0 for none) that the large products use; `name` describes them; `int64`: "
-      "the gemm functions take 64-bit integers (ILP64). With any one missing, no product "
-      "uses BLAS.");
+      "the gemm functions take 64-bit integers (ILP64); `kernel_isa`: the level of the "
+      "BLAS's own kernels in the modules' terms ('generic' if unknown), which decides "
+      "whether every product goes to BLAS (blas.hpp). With any one function missing, no "
+      "product uses BLAS.");
   m.def(
       "blas", [k] { return std::string(k->blas_name()); },
       "What the large products use: the name given to set_blas, or 'none: <why>'.");

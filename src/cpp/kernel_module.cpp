@@ -34,13 +34,14 @@
 namespace {
 
 void set_blas(std::uintptr_t sgemm, std::uintptr_t dgemm, std::uintptr_t get_threads,
-              std::uintptr_t set_threads, bool int64, const char* name) {
+              std::uintptr_t set_threads, bool int64, int level, const char* name) {
   fastrnn::BlasFunctions f;
   f.sgemm = reinterpret_cast<fastrnn::sgemm_fn>(sgemm);
   f.dgemm = reinterpret_cast<fastrnn::dgemm_fn>(dgemm);
   f.get_threads = reinterpret_cast<fastrnn::get_threads_fn>(get_threads);
   f.set_threads = reinterpret_cast<fastrnn::set_threads_fn>(set_threads);
   f.int64 = int64;
+  f.level = level;
   f.name = name;
   fastrnn::set_blas(f);
 }

@@ -82,12 +82,14 @@ def _scipy_openblas(threadpool_info: list[dict[str, Any]]) -> dict[str, Any] | N
     return openblas[0] if len(blas) == 1 == len(openblas) else None
 
 
-def blas_functions(source: str | None = None) -> tuple[int, int, int, int, str, bool]:
-    """``(sgemm, dgemm, get_num_threads, set_num_threads, name, int64)``: addresses of the
-    BLAS functions the kernels call and of the thread setters of the OpenBLAS behind them,
-    or zeros and ``"none: <why>"``. ``source``: ``"numpy"`` (NumPy's own OpenBLAS, ILP64:
-    ``int64`` is True) or ``"scipy"`` (``scipy.linalg.cython_blas``, LP64); default the
-    environment variable ``FASTRNN_BLAS`` or ``"numpy"``, falling back to the other."""
+def blas_functions(source: str | None = None) -> BlasHandover:
+    """``(sgemm, dgemm, get_num_threads, set_num_threads, name, int64, kernel_isa)``:
+    addresses of the BLAS functions the kernels call and of the thread setters of the
+    OpenBLAS behind them, or zeros and ``"none: <why>"``; ``kernel_isa`` the level of that
+    OpenBLAS's kernels (:func:`openblas_kernel_isa`). ``source``: ``"numpy"`` (NumPy's own
+    OpenBLAS, ILP64: ``int64`` is True) or ``"scipy"`` (``scipy.linalg.cython_blas``,
+    LP64); default the environment variable ``FASTRNN_BLAS`` or ``"numpy"``, falling back
+    to the other."""
     source = source or os.environ.get("FASTRNN_BLAS", "numpy")
     order = {"numpy": (_numpy_blas, _scipy_blas), "scipy": (_scipy_blas, _numpy_blas)}[source]
     reasons = []
@@ -96,7 +98,7 @@ def blas_functions(source: str | None = None) -> tuple[int, int, int, int, str, 
             return find()
         except (ImportError, OSError, KeyError, AttributeError, ValueError, LookupError) as exc:
             reasons.append(f"{find.__name__}: {type(exc).__name__}: {exc}")
-    return (0, 0, 0, 0, "none: " + "; ".join(reasons), False)
+    return (0, 0, 0, 0, "none: " + "; ".join(reasons), False, "generic")
 
 
 def _thread_setters(dll: ctypes.CDLL, path: str) -> list[int]:
@@ -117,7 +119,29 @@ def _thread_setters(dll: ctypes.CDLL, path: str) -> list[int]:
     return setters
 
 
-def _numpy_blas() -> tuple[int, int, int, int, str, bool]:
+# OpenBLAS's core names (``openblas_get_corename``, threadpoolctl's "architecture") whose
+# kernels use AVX-512 or AVX2 with FMA, by the kernel modules' level names; any other core
+# (or an unknown one) counts as "generic". blas.hpp sends every product to BLAS when the
+# BLAS's level is above the module's and the module is the generic one (SSE2, no FMA).
+_OPENBLAS_CORE_LEVELS = {
+    "skylakex": "avx512",
+    "cooperlake": "avx512",
+    "sapphirerapids": "avx512",
+    "haswell": "avx2",
+    "zen": "avx2",
+}
+
+
+def openblas_kernel_isa(architecture: object) -> str:
+    """The level of an OpenBLAS core's kernels in the kernel modules' terms: ``"avx512"``,
+    ``"avx2"`` or ``"generic"`` (any other core, or ``None``)."""
+    return _OPENBLAS_CORE_LEVELS.get(str(architecture).lower(), "generic")
+
+
+BlasHandover = tuple[int, int, int, int, str, bool, str]
+
+
+def _numpy_blas() -> BlasHandover:
     import numpy
     from threadpoolctl import threadpool_info
 
@@ -147,10 +171,10 @@ def _numpy_blas() -> tuple[int, int, int, int, str, bool]:
         f"openblas {lib.get('version')} ({lib.get('architecture')} kernels) via NumPy, ILP64, "
         f"{os.path.basename(lib['filepath'])}"
     )
-    return gemm[0], gemm[1], get, set_, name, True
+    return gemm[0], gemm[1], get, set_, name, True, openblas_kernel_isa(lib.get("architecture"))
 
 
-def _scipy_blas() -> tuple[int, int, int, int, str, bool]:
+def _scipy_blas() -> BlasHandover:
     from scipy.linalg import cython_blas
     from threadpoolctl import threadpool_info
 
@@ -167,7 +191,7 @@ def _scipy_blas() -> tuple[int, int, int, int, str, bool]:
         f"openblas {lib.get('version')} ({lib.get('architecture')} kernels) via SciPy, "
         f"{os.path.basename(lib['filepath'])}"
     )
-    return sgemm, dgemm, get, set_, name, False
+    return sgemm, dgemm, get, set_, name, False, openblas_kernel_isa(lib.get("architecture"))
 
 
 def thread_team_functions(library: str) -> tuple[int, int, int, str]:

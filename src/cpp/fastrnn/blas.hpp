@@ -25,7 +25,8 @@
 //
 // Which products go to BLAS (use_blas): those with at least kBlasMinFlops multiply-adds and
 // every dimension at least kBlasMinDim; the per-step recurrent product (which the in-house
-// kernel runs with W_hh packed once per call) by step_uses_blas.
+// kernel runs with W_hh packed once per call) by step_uses_blas; every product when the
+// BLAS's kernels are far wider than the module's (blas_takes_all).
 // Smaller ones stay on the in-house panel kernels (small_gemm.hpp) or Eigen; see the
 // measurements beside the constants.
 #pragma once
@@ -69,6 +70,9 @@ struct BlasFunctions {
   get_threads_fn get_threads = nullptr;
   set_threads_fn set_threads = nullptr;
   bool int64 = false;  // ILP64: 64-bit integer arguments
+  // The instruction-set level of the BLAS's own kernels, in the modules' terms (0 generic,
+  // 1 avx2, 2 avx512), as the adapter reads it off OpenBLAS's core name; 0 if unknown.
+  int level = 0;
   std::string name = "none: no BLAS handed over";
   bool usable() const { return sgemm && dgemm && get_threads && set_threads; }
   // The largest dimension the integer interface takes.
@@ -149,16 +153,43 @@ constexpr Index kStepBlasMinFlops = Index(1) << 21;
 constexpr Index kStepBlasMinColumns = 1;
 #endif
 
+// This module's instruction-set level in BlasFunctions::level's terms.
+#if defined(__AVX512F__)
+constexpr int kModuleLevel = 2;
+#elif defined(__AVX2__)
+constexpr int kModuleLevel = 1;
+#else
+constexpr int kModuleLevel = 0;
+#endif
+
+// Whether every product goes to BLAS, whatever its size: in the generic module (SSE2, no
+// FMA) when the BLAS runs AVX2 + FMA kernels or wider, 4x the multiply-adds a cycle or
+// more; the thresholds above were measured with the two as wide (or the BLAS at most 2x
+// wider), where the in-house kernels' savings (no packing, no call) win on small products.
+// That happens when a lower level is forced (FASTRNN_CPP_ISA=generic) on an AVX2 or
+// AVX-512 CPU. Measured there (float32 train step, 1 thread, best of 5; Xeon with AVX-512,
+// OpenBLAS's SkylakeX kernels, ms, thresholds above -> every product to BLAS): S1 rnn 10.0
+// -> 6.0, S1 lstm 43.0 -> 28.0, S2 rnn 184 -> 93, S2 gru 554 -> 323, S3 and S4 within 2%
+// (their products were BLAS's already); float64 S2 lstm 2067 -> 1216, S3 lstm 4393 ->
+// 3965. The avx2 module against the same BLAS (2x wider) keeps the thresholds: every
+// product to BLAS there made S2 lstm 376 -> 403 ms, S3 rnn 349 -> 395, S3 lstm 1406 ->
+// 1687.
+inline bool blas_takes_all(const BlasFunctions& f) {
+  return f.usable() && kModuleLevel == 0 && f.level >= 1;
+}
+
 // Whether the per-step product of a worker's nb columns goes to BLAS (see above).
 inline bool step_uses_blas(const BlasFunctions& f, Index GH, Index H, Index nb) {
-  return f.usable() && nb >= kStepBlasMinColumns && GH * H * nb >= kStepBlasMinFlops &&
-         GH * H <= INT_MAX;
+  if (GH * H > INT_MAX) return false;
+  return blas_takes_all(f) ||
+         (f.usable() && nb >= kStepBlasMinColumns && GH * H * nb >= kStepBlasMinFlops);
 }
 
 inline bool use_blas(const BlasFunctions& f, Index m, Index n, Index k) {
   if (!f.usable()) return false;
-  if (m < kBlasMinDim || n < kBlasMinDim || k < kBlasMinDim) return false;
   if (m > f.max_dim() || n > f.max_dim() || k > f.max_dim()) return false;
+  if (blas_takes_all(f)) return m > 0 && n > 0 && k > 0;
+  if (m < kBlasMinDim || n < kBlasMinDim || k < kBlasMinDim) return false;
   return m * n * k >= kBlasMinFlops;
 }
 

@@ -72,7 +72,7 @@ struct KernelTable {
   // C string (null-terminated; copied); blas_name's pointer is valid until the calling
   // thread's next call of it.
   void (*set_blas)(std::uintptr_t sgemm, std::uintptr_t dgemm, std::uintptr_t get_threads,
-                   std::uintptr_t set_threads, bool int64, const char* name);
+                   std::uintptr_t set_threads, bool int64, int level, const char* name);
   const char* (*blas_name)();
   long long (*blas_calls)();
   // A host's OpenMP runtime for the workers (parallel.hpp's ThreadTeam; 0s withdraw it),
