@@ -182,3 +182,35 @@ def test_set_blas_names_a_bad_kernel_level():
     with pytest.raises(ValueError, match=r"kernel_isa must be .*got 'sse9'"):
         cpp_backend._kernels.set_blas(*BLAS[:6], "sse9")
     assert cpp_backend._kernels.blas() == BLAS[4]
+
+
+@pytest.mark.skipif(BLAS[0] == 0, reason=f"no BLAS to hand over: {BLAS[4]}")
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("H", [48, 37], ids=["packets", "ragged"])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64], ids=["f32", "f64"])
+@pytest.mark.parametrize("level", LEVELS)
+def test_the_head_goes_to_blas_when_blas_takes_every_product(kernels_at, level, dtype, H, threads):
+    """The fused head's three products per block of rows (logits, dW, dh) go to BLAS only
+    where every product does (the generic module beside AVX2 or wider BLAS kernels), else
+    in-house; either way the reference's results (rows weighted, some with weight 0)."""
+    from fastrnn.backends import numpy_backend
+
+    rng = np.random.default_rng(7)
+    N, K = 1100, 13
+    h = rng.normal(size=(N, H)).astype(dtype)
+    weight, bias = rng.normal(size=(K, H)).astype(dtype), rng.normal(size=K).astype(dtype)
+    targets = rng.integers(0, K, size=N)
+    row_weights = (rng.random(N) > 0.2).astype(dtype)
+    want = numpy_backend.linear_cross_entropy(
+        h, weight, bias, targets, row_weights, scale=0.5, num_threads=1
+    )
+    for blas_isa in dict.fromkeys([BLAS[6], "generic"]):
+        kernels = kernels_at(level, (*BLAS[:6], blas_isa))
+        before = kernels.blas_calls()
+        got = kernels.linear_cross_entropy(h, weight, bias, targets, row_weights, 0.5, threads)
+        takes_all = level == "generic" and blas_isa != "generic"
+        assert (kernels.blas_calls() > before) == takes_all, blas_isa
+        rtol = RTOL[dtype]
+        assert got[0] == pytest.approx(want[0], rel=rtol)
+        for a, b in zip(got[1:], want[1:], strict=True):
+            assert float(np.abs(a - b).max()) <= rtol * float(np.abs(b).max())

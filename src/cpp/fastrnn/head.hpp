@@ -21,6 +21,7 @@
 #include <cstdint>
 #include <vector>
 
+#include "blas.hpp"
 #include "memory.hpp"
 #include "parallel.hpp"
 #include "small_gemm.hpp"
@@ -76,13 +77,34 @@ void transpose_packets(const T* Z, Index ldz, Index Kp, Index np, T* Zt, Index l
 // column per row), are transposed in registers so that the rows become the lanes, and the
 // softmax then runs across the class rows with no horizontal reduction: P rows' max, exp,
 // sum, log and gradient at once. The gradient products read dz in that layout.
+// W (K x H) and W^T (H x K) packed once for every worker and block of rows, rows padded to
+// whole packets, and the bias padded likewise; or, when BLAS takes every product
+// (blas.hpp's blas_takes_all: the generic module beside a far wider BLAS), the BLAS
+// functions, with which the blocks' three products go to BLAS on W as given.
 template <class T>
-double head_rows(const HeadProblem<T>& p, const HeadOutput<T>& out, const PackedMatrix<T>& Wp,
-                 const PackedMatrix<T>& WTp, const T* bias_padded, Index r0, Index r1,
+struct HeadWeights {
+  PackedMatrix<T> W, WT;
+  std::vector<T> bias;
+  const T* weight;  // (K, H) row-major
+  BlasFunctions blas;
+  bool by_blas;
+  HeadWeights(const HeadProblem<T>& p, const BlasFunctions& f)
+      : weight(p.weight), blas(f), by_blas(blas_takes_all(f)) {
+    W.from_row_major(p.weight, p.K, p.H);
+    WT.from_row_major_transposed(p.weight, p.H, p.K);
+    bias.assign(static_cast<std::size_t>(W.ld), T(0));
+    std::copy_n(p.bias, p.K, bias.begin());
+  }
+};
+
+template <class T>
+double head_rows(const HeadProblem<T>& p, const HeadOutput<T>& out, const HeadWeights<T>& w,
+                 Index r0, Index r1,
                  AlignedMat<T>& dWt, Eigen::Matrix<T, Eigen::Dynamic, 1>& db) {
   using namespace Eigen::internal;
   using Packet = typename SimdTraits<T>::Packet;
   using StridedMat = Eigen::Map<AlignedMat<T>, Eigen::Unaligned, Eigen::OuterStride<>>;
+  const PackedMatrix<T>&Wp = w.W, &WTp = w.WT;
   const Index H = p.H, K = p.K, Kp = Wp.ld, Hp = WTp.ld;
   constexpr Index P = SimdTraits<T>::size;
   constexpr Index Q = std::max<Index>(P, SimdTraits<T>::NR);  // both powers of two
@@ -91,7 +113,7 @@ double head_rows(const HeadProblem<T>& p, const HeadOutput<T>& out, const Packed
   // a block of logits of about 32 KB (L1), a whole number of packets and register tiles
   const Index block =
       std::clamp<Index>(32768 / static_cast<Index>(sizeof(T) * std::max(Kp, Hp)) / Q * Q, Q, 512);
-  AlignedMat<T> Z(Kp, block);   // logits, a column per row
+  AlignedMat<T> Z = AlignedMat<T>::Zero(Kp, block);  // logits, a column per row
   AlignedMat<T> Zt(block, Kp);  // logits, then dz: a column per class, rows as lanes
   AlignedMat<T> dh_block(Hp, block);                    // dh, rows padded
   AlignedMat<T> db_lanes = AlignedMat<T>::Zero(P, K);  // db, per lane
@@ -101,7 +123,13 @@ double head_rows(const HeadProblem<T>& p, const HeadOutput<T>& out, const Packed
   for (Index c0 = r0; c0 < r1; c0 += block) {
     const Index n = std::min(block, r1 - c0), np = (n + P - 1) / P * P;
     const T* hb = p.h + c0 * H;
-    small_gemm(Wp, hb, H, Z.data(), Kp, n, bias_padded);  // z = W h + b, column per row
+    if (w.by_blas) {  // z = W h + b, column per row (rows K..Kp stay 0)
+      gemm(w.blas, 'T', 'N', K, n, H, T(1), w.weight, H, hb, H, T(0), Z.data(), Kp);
+      Z.topLeftCorner(K, n).colwise() +=
+          Eigen::Map<const Eigen::Matrix<T, Eigen::Dynamic, 1>>(w.bias.data(), K);
+    } else {
+      small_gemm(Wp, hb, H, Z.data(), Kp, n, w.bias.data());
+    }
     Z.middleCols(n, np - n).setZero();  // rows past the end: weight 0, finite logits
     transpose_packets(Z.data(), Kp, Kp, np, Zt.data(), block);
     // the next block's h, a share per packet of rows below: the dh stores of this block
@@ -140,13 +168,19 @@ double head_rows(const HeadProblem<T>& p, const HeadOutput<T>& out, const Packed
       }
     }
     // dW^T += h_blk dz^T (dz (n x K), leading dimension block), then dh_blk = W^T dz^T
-    if (h_panels) {
-      panel_gemm<T, false, true>({hb, H, Zt.data(), block, dWt.data(), H, n, nullptr}, H, K);
+    if (w.by_blas) {
+      gemm(w.blas, 'N', 'N', H, K, n, T(1), hb, H, Zt.data(), block, T(1), dWt.data(), H);
+      gemm(w.blas, 'N', 'T', H, n, K, T(1), w.weight, H, Zt.data(), block, T(0),
+           dh_block.data(), Hp);
     } else {
-      const StridedMat dz(Zt.data(), n, K, Eigen::OuterStride<>(block));
-      dWt.noalias() += Eigen::Map<const AlignedMat<T>>(hb, H, n) * dz;
+      if (h_panels) {
+        panel_gemm<T, false, true>({hb, H, Zt.data(), block, dWt.data(), H, n, nullptr}, H, K);
+      } else {
+        const StridedMat dz(Zt.data(), n, K, Eigen::OuterStride<>(block));
+        dWt.noalias() += Eigen::Map<const AlignedMat<T>>(hb, H, n) * dz;
+      }
+      small_gemm<T, true>(WTp, Zt.data(), block, dh_block.data(), Hp, n);
     }
-    small_gemm<T, true>(WTp, Zt.data(), block, dh_block.data(), Hp, n);
     T* dh = out.dh + c0 * H;
     if (H == Hp && stream) {
       stream_copy(dh_block.data(), n * H, dh);
@@ -158,20 +192,6 @@ double head_rows(const HeadProblem<T>& p, const HeadOutput<T>& out, const Packed
   db += db_lanes.colwise().sum().transpose();
   return loss;
 }
-
-// W (K x H) and W^T (H x K) packed once for every worker and block of rows, rows padded to
-// whole packets, and the bias padded likewise.
-template <class T>
-struct HeadWeights {
-  PackedMatrix<T> W, WT;
-  std::vector<T> bias;
-  explicit HeadWeights(const HeadProblem<T>& p) {
-    W.from_row_major(p.weight, p.K, p.H);
-    WT.from_row_major_transposed(p.weight, p.H, p.K);
-    bias.assign(static_cast<std::size_t>(W.ld), T(0));
-    std::copy_n(p.bias, p.K, bias.begin());
-  }
-};
 
 // One worker's partial sums of the head's gradients and loss: dW^T (H x K), db, the loss
 // (float64). rows() adds the rows [r0, r1) of p (writing their dh to out.dh); a fixed order
@@ -185,7 +205,7 @@ struct HeadSums {
                                                db(Eigen::Matrix<T, Eigen::Dynamic, 1>::Zero(p.K)) {}
   void rows(const HeadProblem<T>& p, const HeadOutput<T>& out, const HeadWeights<T>& w,
             Index r0, Index r1) {
-    loss += head_rows(p, out, w.W, w.WT, w.bias.data(), r0, r1, dWt, db);
+    loss += head_rows(p, out, w, r0, r1, dWt, db);
   }
   // the workers' sums, added in worker order into out.dweight, out.dbias; returns the loss
   static double reduce(std::vector<HeadSums>& parts, const HeadOutput<T>& out, Index H, Index K) {
@@ -213,7 +233,8 @@ double linear_cross_entropy(const HeadProblem<T>& p, const HeadOutput<T>& out) {
     Eigen::Map<AlignedMat<T>>(out.dweight, H, K).setZero();
     return 0.0;
   }
-  const HeadWeights<T> weights(p);
+  const HeadWeights<T> weights(p, current_blas());
+  const BlasSingleThreaded blas_threads(weights.blas, weights.by_blas);
   // a worker only for at least ~4 M multiply-adds of work (thread start-up is ~30 us)
   const Index min_rows = std::max<Index>(1, (Index(1) << 22) / (3 * H * K + 1));
   const int workers =

@@ -1109,12 +1109,13 @@ void backward(const Problem<T>& p, const BackwardInput<T>& in, const BackwardOut
   }
   const BlasSingleThreaded blas_threads(
       blas, GradBlocks<T>::blas_blocks(p, blas, widest) || WT.uses_blas() ||
-                (recompute && (project->uses_blas(widest) || W->uses_blas())));
+                (recompute && (project->uses_blas(widest) || W->uses_blas())) ||
+                (in.head && blas_takes_all(blas)));
   // the fused head: its weights packed once; each worker's sums, added in worker order
   std::unique_ptr<HeadWeights<T>> head_weights;
   std::vector<HeadSums<T>> head_sums;
   if (in.head) {
-    head_weights = std::make_unique<HeadWeights<T>>(*in.head);
+    head_weights = std::make_unique<HeadWeights<T>>(*in.head, blas);
     head_sums.assign(static_cast<std::size_t>(workers), HeadSums<T>(*in.head));
   }
   std::vector<std::unique_ptr<GradBlocks<T>>> parts(workers);
