@@ -101,6 +101,24 @@ def _owner(filepath: str | None) -> str:
     return "other"
 
 
+# OpenBLAS's core names (``openblas_get_corename``, threadpoolctl's "architecture") whose
+# kernels use AVX-512 or AVX2 with FMA, by the cpp kernel modules' level names; any other
+# core (or an unknown one) counts as "generic".
+_OPENBLAS_CORE_LEVELS = {
+    "skylakex": "avx512",
+    "cooperlake": "avx512",
+    "sapphirerapids": "avx512",
+    "haswell": "avx2",
+    "zen": "avx2",
+}
+
+
+def openblas_kernel_isa(architecture: object) -> str:
+    """The level of an OpenBLAS core's kernels in the cpp kernel modules' terms:
+    ``"avx512"``, ``"avx2"`` or ``"generic"`` (any other core, or ``None``)."""
+    return _OPENBLAS_CORE_LEVELS.get(str(architecture).lower(), "generic")
+
+
 def blas_info() -> list[dict[str, Any]]:
     """Every BLAS library loaded once NumPy and SciPy's linear algebra are imported (NumPy's
     and SciPy's OpenBLAS, torch's if torch was imported), as threadpoolctl sees it.

@@ -40,6 +40,7 @@ import os
 from types import ModuleType
 from typing import Any
 
+from .._sysinfo import openblas_kernel_isa
 from ._contract import (
     BackwardOutput,
     Checkpoints,
@@ -86,10 +87,10 @@ def blas_functions(source: str | None = None) -> BlasHandover:
     """``(sgemm, dgemm, get_num_threads, set_num_threads, name, int64, kernel_isa)``:
     addresses of the BLAS functions the kernels call and of the thread setters of the
     OpenBLAS behind them, or zeros and ``"none: <why>"``; ``kernel_isa`` the level of that
-    OpenBLAS's kernels (:func:`openblas_kernel_isa`). ``source``: ``"numpy"`` (NumPy's own
-    OpenBLAS, ILP64: ``int64`` is True) or ``"scipy"`` (``scipy.linalg.cython_blas``,
-    LP64); default the environment variable ``FASTRNN_BLAS`` or ``"numpy"``, falling back
-    to the other."""
+    OpenBLAS's kernels (``fastrnn._sysinfo.openblas_kernel_isa``). ``source``: ``"numpy"``
+    (NumPy's own OpenBLAS, ILP64: ``int64`` is True) or ``"scipy"``
+    (``scipy.linalg.cython_blas``, LP64); default the environment variable ``FASTRNN_BLAS``
+    or ``"numpy"``, falling back to the other."""
     source = source or os.environ.get("FASTRNN_BLAS", "numpy")
     order = {"numpy": (_numpy_blas, _scipy_blas), "scipy": (_scipy_blas, _numpy_blas)}[source]
     reasons = []
@@ -117,25 +118,6 @@ def _thread_setters(dll: ctypes.CDLL, path: str) -> list[int]:
             raise LookupError(f"no openblas_{verb}_num_threads in {path}")
         setters.append(address)
     return setters
-
-
-# OpenBLAS's core names (``openblas_get_corename``, threadpoolctl's "architecture") whose
-# kernels use AVX-512 or AVX2 with FMA, by the kernel modules' level names; any other core
-# (or an unknown one) counts as "generic". blas.hpp sends every product to BLAS when the
-# BLAS's level is above the module's and the module is the generic one (SSE2, no FMA).
-_OPENBLAS_CORE_LEVELS = {
-    "skylakex": "avx512",
-    "cooperlake": "avx512",
-    "sapphirerapids": "avx512",
-    "haswell": "avx2",
-    "zen": "avx2",
-}
-
-
-def openblas_kernel_isa(architecture: object) -> str:
-    """The level of an OpenBLAS core's kernels in the kernel modules' terms: ``"avx512"``,
-    ``"avx2"`` or ``"generic"`` (any other core, or ``None``)."""
-    return _OPENBLAS_CORE_LEVELS.get(str(architecture).lower(), "generic")
 
 
 BlasHandover = tuple[int, int, int, int, str, bool, str]
