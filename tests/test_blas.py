@@ -109,6 +109,7 @@ def test_blas_and_in_house_products_match_the_reference(
     for blas_isa in dict.fromkeys([found[6], "generic"]):
         kernels = kernels_at(level, (*found[:6], blas_isa))
         assert kernels.blas() == found[4]
+        assert kernels.blas_takes_all() == (level == "generic" and blas_isa != "generic")
         before = kernels.blas_calls()
         got = raw_forward_backward(kernels, cell, case, threads)
         assert (kernels.blas_calls() > before) == takes_blas_at(level, rule, blas_isa), blas_isa
@@ -152,6 +153,8 @@ def test_numpys_openblas_is_handed_over_by_default_scipys_on_request(monkeypatch
 def test_build_info_names_the_blas():
     info = fastrnn.build_info()
     assert info["blas"] == cpp_backend._kernels.blas()
+    every = cpp_backend._kernels.blas_takes_all()
+    assert str(info["blas_products"]).startswith("every" if every else "large")
     if BLAS[0]:
         assert "openblas" in str(info["blas"])
     else:

@@ -61,6 +61,10 @@ def blas() -> str:
 def blas_calls() -> int:
     """How many products this module has run through BLAS so far."""
 
+def blas_takes_all() -> bool:
+    """Whether every product goes to BLAS (the generic module beside AVX2 or wider BLAS
+    kernels), not only the large ones."""
+
 def backward(
     cell: str,
     activation: str,

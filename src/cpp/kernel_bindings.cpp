@@ -562,6 +562,10 @@ void define_kernels(py::module_ m) {
       "blas_calls", [k] { return k->blas_calls(); },
       "How many products this module has run through BLAS so far.");
   m.def(
+      "blas_takes_all", [k] { return k->blas_takes_all(); },
+      "Whether every product goes to BLAS (this module is the generic one and the BLAS's "
+      "kernels are AVX2 or wider), not only the large ones.");
+  m.def(
       "set_thread_team",
       [k](std::uintptr_t parallel, std::uintptr_t thread_num, std::uintptr_t num_threads,
           const std::string& name) {

@@ -54,6 +54,8 @@ const char* blas_name() {
 
 long long blas_calls() { return fastrnn::blas_calls().load(); }
 
+bool blas_takes_all() { return fastrnn::blas_takes_all(fastrnn::current_blas()); }
+
 void set_thread_team(std::uintptr_t parallel, std::uintptr_t thread_num,
                      std::uintptr_t num_threads, const char* name) {
   fastrnn::ThreadTeam team;
@@ -84,6 +86,7 @@ fastrnn::KernelTable make_table() {
   t.set_blas = &set_blas;
   t.blas_name = &blas_name;
   t.blas_calls = &blas_calls;
+  t.blas_takes_all = &blas_takes_all;
   t.set_thread_team = &set_thread_team;
   t.thread_team_name = &thread_team_name;
   t.team_calls = &team_calls;

@@ -95,6 +95,12 @@ py::dict build_info() {
     py::object kernels = backend.attr("_kernels");
     info["blas"] = kernels.is_none() ? py::object(backend.attr("UNAVAILABLE_REASON"))
                                      : kernels.attr("blas")();
+    // which products go there (blas.hpp: the large ones, or every one)
+    if (!kernels.is_none())
+      info["blas_products"] =
+          kernels.attr("blas_takes_all")().cast<bool>()
+              ? "every product (generic kernels beside wider BLAS kernels)"
+              : "large products (per-level thresholds, blas.hpp)";
     // and what the kernels' workers run on (fastrnn.torch hands over PyTorch's OpenMP team)
     info["threads"] = kernels.is_none() ? py::object(backend.attr("UNAVAILABLE_REASON"))
                                         : kernels.attr("thread_team")();

@@ -32,7 +32,8 @@ struct HeadProblem;
 template <class T>
 struct HeadOutput;
 
-constexpr std::uint32_t kKernelTableVersion = 3;  // 2: Problem::ids; 3: set_thread_team
+constexpr std::uint32_t kKernelTableVersion = 4;  // 2: Problem::ids; 3: set_thread_team;
+// 4: set_blas's level, blas_takes_all
 
 // What a kernel entry point reports: ok, or the C++ exception it caught (out of memory, or
 // any other std::exception with its message), which the bindings raise as MemoryError or
@@ -75,6 +76,7 @@ struct KernelTable {
                    std::uintptr_t set_threads, bool int64, int level, const char* name);
   const char* (*blas_name)();
   long long (*blas_calls)();
+  bool (*blas_takes_all)();  // blas.hpp's blas_takes_all for the BLAS handed over now
   // A host's OpenMP runtime for the workers (parallel.hpp's ThreadTeam; 0s withdraw it),
   // with the same conventions as set_blas.
   void (*set_thread_team)(std::uintptr_t parallel, std::uintptr_t thread_num,
