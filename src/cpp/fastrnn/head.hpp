@@ -70,13 +70,6 @@ void transpose_packets(const T* Z, Index ldz, Index Kp, Index np, T* Zt, Index l
     }
 }
 
-// One worker's rows [r0, r1): adds its share of dW^T (H x K, column-major) and db into
-// dWt and db, writes its rows of dh, and returns its share of the loss.
-//
-// The logits of a block come out of the packed product with the classes as SIMD lanes (a
-// column per row), are transposed in registers so that the rows become the lanes, and the
-// softmax then runs across the class rows with no horizontal reduction: P rows' max, exp,
-// sum, log and gradient at once. The gradient products read dz in that layout.
 // W (K x H) and W^T (H x K) packed once for every worker and block of rows, rows padded to
 // whole packets, and the bias padded likewise; or, when BLAS takes every product
 // (blas.hpp's blas_takes_all: the generic module beside a far wider BLAS), the BLAS
@@ -90,13 +83,22 @@ struct HeadWeights {
   bool by_blas;
   HeadWeights(const HeadProblem<T>& p, const BlasFunctions& f)
       : weight(p.weight), blas(f), by_blas(blas_takes_all(f)) {
-    W.from_row_major(p.weight, p.K, p.H);
-    WT.from_row_major_transposed(p.weight, p.H, p.K);
-    bias.assign(static_cast<std::size_t>(W.ld), T(0));
+    if (!by_blas) {
+      W.from_row_major(p.weight, p.K, p.H);
+      WT.from_row_major_transposed(p.weight, p.H, p.K);
+    }
+    bias.assign(static_cast<std::size_t>(padded_rows<T>(p.K)), T(0));
     std::copy_n(p.bias, p.K, bias.begin());
   }
 };
 
+// One worker's rows [r0, r1): adds its share of dW^T (H x K, column-major) and db into
+// dWt and db, writes its rows of dh, and returns its share of the loss.
+//
+// The logits of a block come out of the packed product with the classes as SIMD lanes (a
+// column per row), are transposed in registers so that the rows become the lanes, and the
+// softmax then runs across the class rows with no horizontal reduction: P rows' max, exp,
+// sum, log and gradient at once. The gradient products read dz in that layout.
 template <class T>
 double head_rows(const HeadProblem<T>& p, const HeadOutput<T>& out, const HeadWeights<T>& w,
                  Index r0, Index r1,
@@ -104,8 +106,9 @@ double head_rows(const HeadProblem<T>& p, const HeadOutput<T>& out, const HeadWe
   using namespace Eigen::internal;
   using Packet = typename SimdTraits<T>::Packet;
   using StridedMat = Eigen::Map<AlignedMat<T>, Eigen::Unaligned, Eigen::OuterStride<>>;
-  const PackedMatrix<T>&Wp = w.W, &WTp = w.WT;
-  const Index H = p.H, K = p.K, Kp = Wp.ld, Hp = WTp.ld;
+  const PackedMatrix<T>& Wp = w.W;
+  const PackedMatrix<T>& WTp = w.WT;
+  const Index H = p.H, K = p.K, Kp = padded_rows<T>(K), Hp = padded_rows<T>(H);
   constexpr Index P = SimdTraits<T>::size;
   constexpr Index Q = std::max<Index>(P, SimdTraits<T>::NR);  // both powers of two
   const bool h_panels = H % P == 0;
