@@ -73,16 +73,15 @@ void transpose_packets(const T* Z, Index ldz, Index Kp, Index np, T* Zt, Index l
 // W (K x H) and W^T (H x K) packed once for every worker and block of rows, rows padded to
 // whole packets, and the bias padded likewise; or, when BLAS takes every product
 // (blas.hpp's blas_takes_all: the generic module beside a far wider BLAS), the BLAS
-// functions, with which the blocks' three products go to BLAS on W as given.
+// functions, with which the blocks' three products go to BLAS on p.weight as given.
 template <class T>
 struct HeadWeights {
   PackedMatrix<T> W, WT;
   std::vector<T> bias;
-  const T* weight;  // (K, H) row-major
   BlasFunctions blas;
   bool by_blas;
   HeadWeights(const HeadProblem<T>& p, const BlasFunctions& f)
-      : weight(p.weight), blas(f), by_blas(blas_takes_all(f)) {
+      : blas(f), by_blas(blas_takes_all(f)) {
     if (!by_blas) {
       W.from_row_major(p.weight, p.K, p.H);
       WT.from_row_major_transposed(p.weight, p.H, p.K);
@@ -127,7 +126,7 @@ double head_rows(const HeadProblem<T>& p, const HeadOutput<T>& out, const HeadWe
     const Index n = std::min(block, r1 - c0), np = (n + P - 1) / P * P;
     const T* hb = p.h + c0 * H;
     if (w.by_blas) {  // z = W h + b, column per row (rows K..Kp stay 0)
-      gemm(w.blas, 'T', 'N', K, n, H, T(1), w.weight, H, hb, H, T(0), Z.data(), Kp);
+      gemm(w.blas, 'T', 'N', K, n, H, T(1), p.weight, H, hb, H, T(0), Z.data(), Kp);
       Z.topLeftCorner(K, n).colwise() +=
           Eigen::Map<const Eigen::Matrix<T, Eigen::Dynamic, 1>>(w.bias.data(), K);
     } else {
@@ -173,7 +172,7 @@ double head_rows(const HeadProblem<T>& p, const HeadOutput<T>& out, const HeadWe
     // dW^T += h_blk dz^T (dz (n x K), leading dimension block), then dh_blk = W^T dz^T
     if (w.by_blas) {
       gemm(w.blas, 'N', 'N', H, K, n, T(1), hb, H, Zt.data(), block, T(1), dWt.data(), H);
-      gemm(w.blas, 'N', 'T', H, n, K, T(1), w.weight, H, Zt.data(), block, T(0),
+      gemm(w.blas, 'N', 'T', H, n, K, T(1), p.weight, H, Zt.data(), block, T(0),
            dh_block.data(), Hp);
     } else {
       if (h_panels) {
