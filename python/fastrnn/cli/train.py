@@ -175,6 +175,10 @@ def run(args: argparse.Namespace) -> int:
         raise
     if status != 0:
         sys.stdout.flush()
+        # MPICH's process manager forwards a rank's output asynchronously and drops what it
+        # has not forwarded yet when the job aborts: with every rank failing at once (a bad
+        # argument), the message was lost in 1 of 8 loaded runs. A moment for it to leave.
+        time.sleep(0.5)
         comm.Abort(status)
     return status
 
