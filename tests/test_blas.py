@@ -49,11 +49,12 @@ SHAPES = {
     "rnn-steps": ("rnn", 8, 130, 70, 512, True),
     # gru, odd sizes, every product in-house
     "gru-small": ("gru", 9, 5, 7, 33, False),
-    # rnn: the per-step products, 256 x 256 x 80 or 160 columns per worker (2^22.3 to
-    # 2^23.3), from 64 columns and 2^21 below avx512, 256 columns and 2^24 at it (the
-    # blocks, 256 x 256 x 160 or 320: BLAS from 2^24 at avx2, 2^21 at generic, so also
-    # below avx512 only)
-    "rnn-steps-narrow-isa": ("rnn", 2, 160, 32, 256, "below avx512"),
+    # rnn, one step: the per-step products alone (the step's block products are at most
+    # 256 x 256 x 160, below the block thresholds but at generic, and D = 32 keeps the
+    # projection, dW_ih and dx in-house), 256 x 256 x 80 or 160 columns per worker (2^22.3
+    # to 2^23.3): BLAS from 2^21 at generic; at avx2 from 64 columns and 2^21 beside BLAS
+    # kernels that run twice as wide, else from 256 columns and 2^24, as at avx512
+    "rnn-steps-mid": ("rnn", 1, 160, 32, 256, "mid steps"),
     # rnn: the projection and the block products (128 x 128 x 256 or 512 columns: 2^22 to
     # 2^23) from 2^21 multiply-adds at generic (avx2 2^24, avx512 2^25); the per-step
     # products (at most 128 x 128 x 8 = 2^17) in-house
@@ -61,13 +62,16 @@ SHAPES = {
 }
 
 
+WIDTH = {"generic": 0, "avx2": 1, "avx512": 2}
+
+
 def takes_blas_at(level: str, rule: bool | str, blas_isa: str) -> bool:
-    """Whether a shape's products go to BLAS at a level, with a BLAS whose kernels are of
-    level blas_isa (blas.hpp's use_blas, step_uses_blas and blas_takes_all)."""
+    """Whether a shape's products go to BLAS at a level, with a BLAS whose kernels run as
+    wide as level blas_isa (blas.hpp's use_blas, step_uses_blas and blas_takes_all)."""
     if level == "generic" and blas_isa != "generic":
         return True  # every product
-    if rule == "below avx512":
-        return level != "avx512"
+    if rule == "mid steps":
+        return level == "generic" or WIDTH[blas_isa] > WIDTH[level]
     if rule == "generic":
         return level == "generic"
     return bool(rule)
@@ -105,8 +109,8 @@ def test_blas_and_in_house_products_match_the_reference(
     case = make_case(cell, T=T, B=B, D=D, H=H, lengths=True, h0=True, seed=5, dtype=dtype)
     want = reference_forward_backward(cell, case)
     found = SOURCES[source]
-    # the BLAS as found, and as if its kernels were no wider than SSE2 (the thresholds)
-    for blas_isa in dict.fromkeys([found[6], "generic"]):
+    # the BLAS as found, and as if its kernels ran as wide as SSE2 or AVX-512 (the rules)
+    for blas_isa in dict.fromkeys([found[6], "generic", "avx512"]):
         kernels = kernels_at(level, (*found[:6], blas_isa))
         assert kernels.blas() == found[4]
         assert kernels.blas_takes_all() == (level == "generic" and blas_isa != "generic")
@@ -162,11 +166,12 @@ def test_build_info_names_the_blas():
 
 
 def test_the_blas_kernels_level_comes_from_openblas_core_name():
-    """The level handed over with the BLAS (which decides blas_takes_all) is read off the
-    OpenBLAS core that threadpoolctl reports; unknown cores count as generic."""
+    """The level handed over with the BLAS (which decides blas_takes_all and the per-step
+    thresholds) is read off the OpenBLAS core that threadpoolctl reports, unknown cores
+    counting as generic, and AVX-512 kernels as avx2 where the CPU splits 512-bit vectors."""
     from threadpoolctl import threadpool_info
 
-    from fastrnn._sysinfo import openblas_kernel_isa
+    from fastrnn._sysinfo import blas_width_isa, openblas_kernel_isa
 
     assert openblas_kernel_isa("SkylakeX") == "avx512"
     assert openblas_kernel_isa("Haswell") == "avx2"
@@ -180,7 +185,30 @@ def test_the_blas_kernels_level_comes_from_openblas_core_name():
                 for i in threadpool_info()
                 if i["filepath"].endswith(found[4].rsplit(", ", 1)[-1])
             )
-            assert found[6] == openblas_kernel_isa(core), source
+            assert found[6] == blas_width_isa(core), source
+
+
+@pytest.mark.parametrize(
+    ("vendor", "family", "flags", "splits"),
+    [
+        ("AuthenticAMD", "25", "sse2 avx2 avx512f avx512bw", True),  # Zen 4
+        ("AuthenticAMD", "25", "sse2 avx2", False),  # Zen 3
+        ("AuthenticAMD", "26", "sse2 avx2 avx512f avx512bw", False),  # Zen 5
+        ("GenuineIntel", "6", "sse2 avx2 avx512f avx512bw", False),
+        (None, None, None, False),  # no /proc/cpuinfo
+    ],
+)
+def test_avx512_kernels_count_as_avx2_where_the_cpu_splits_them(
+    monkeypatch, vendor, family, flags, splits
+):
+    from fastrnn import _sysinfo
+
+    info = {"vendor_id": vendor, "cpu family": family, "flags": flags}
+    monkeypatch.setattr(_sysinfo, "_cpuinfo", lambda: {k: v for k, v in info.items() if v})
+    assert _sysinfo.splits_512bit_vectors() is splits
+    assert _sysinfo.blas_width_isa("SkylakeX") == ("avx2" if splits else "avx512")
+    assert _sysinfo.blas_width_isa("Haswell") == "avx2"
+    assert _sysinfo.blas_width_isa("Nehalem") == "generic"
 
 
 def test_set_blas_names_a_bad_kernel_level():

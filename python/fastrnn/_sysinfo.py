@@ -119,6 +119,28 @@ def openblas_kernel_isa(architecture: object) -> str:
     return _OPENBLAS_CORE_LEVELS.get(str(architecture).lower(), "generic")
 
 
+def splits_512bit_vectors() -> bool:
+    """Whether this CPU runs AVX-512 instructions as two 256-bit halves, so that AVX-512
+    kernels do no more multiply-adds a cycle than AVX2 ones: AMD's Zen 4 (family 25 with
+    AVX-512; Zen 5, family 26, has full-width units in its server and desktop parts)."""
+    info = _cpuinfo()
+    flags = (info.get("flags") or "").split()
+    return (
+        info.get("vendor_id") == "AuthenticAMD"
+        and info.get("cpu family") == "25"
+        and "avx512f" in flags
+    )
+
+
+def blas_width_isa(architecture: object) -> str:
+    """How wide an OpenBLAS core's kernels run on this CPU, in the cpp kernel modules'
+    terms: :func:`openblas_kernel_isa`, but ``"avx2"`` for AVX-512 kernels on a CPU that
+    :func:`splits_512bit_vectors`. The cpp kernels choose by it which per-step products go
+    to BLAS (``src/cpp/fastrnn/blas.hpp``)."""
+    isa = openblas_kernel_isa(architecture)
+    return "avx2" if isa == "avx512" and splits_512bit_vectors() else isa
+
+
 def blas_info() -> list[dict[str, Any]]:
     """Every BLAS library loaded once NumPy and SciPy's linear algebra are imported (NumPy's
     and SciPy's OpenBLAS, torch's if torch was imported), as threadpoolctl sees it.

@@ -551,9 +551,10 @@ void define_kernels(py::module_ m) {
       py::arg("kernel_isa") = "generic",
       "Hand over the Fortran-ABI sgemm/dgemm and the OpenBLAS thread getter/setter (raw "
       "addresses; 0 for none) that the large products use; `name` describes them; `int64`: "
-      "the gemm functions take 64-bit integers (ILP64); `kernel_isa`: the level of the "
-      "BLAS's own kernels in the modules' terms ('generic' if unknown), which decides "
-      "whether every product goes to BLAS (blas.hpp). With any one function missing, no "
+      "the gemm functions take 64-bit integers (ILP64); `kernel_isa`: how wide the BLAS's "
+      "own kernels run, in the modules' terms ('generic' if unknown; "
+      "fastrnn._sysinfo.blas_width_isa), which decides whether every product goes to BLAS "
+      "and the per-step product's thresholds (blas.hpp). With any one function missing, no "
       "product uses BLAS.");
   m.def(
       "blas", [k] { return std::string(k->blas_name()); },

@@ -40,7 +40,7 @@ import os
 from types import ModuleType
 from typing import Any
 
-from .._sysinfo import openblas_kernel_isa
+from .._sysinfo import blas_width_isa
 from ._contract import (
     BackwardOutput,
     Checkpoints,
@@ -86,9 +86,9 @@ def _scipy_openblas(threadpool_info: list[dict[str, Any]]) -> dict[str, Any] | N
 def blas_functions(source: str | None = None) -> BlasHandover:
     """``(sgemm, dgemm, get_num_threads, set_num_threads, name, int64, kernel_isa)``:
     addresses of the BLAS functions the kernels call and of the thread setters of the
-    OpenBLAS behind them, or zeros and ``"none: <why>"``; ``kernel_isa`` the level of that
-    OpenBLAS's kernels (``fastrnn._sysinfo.openblas_kernel_isa``). ``source``: ``"numpy"``
-    (NumPy's own OpenBLAS, ILP64: ``int64`` is True) or ``"scipy"``
+    OpenBLAS behind them, or zeros and ``"none: <why>"``; ``kernel_isa`` how wide that
+    OpenBLAS's kernels run on this CPU (``fastrnn._sysinfo.blas_width_isa``). ``source``:
+    ``"numpy"`` (NumPy's own OpenBLAS, ILP64: ``int64`` is True) or ``"scipy"``
     (``scipy.linalg.cython_blas``, LP64); default the environment variable ``FASTRNN_BLAS``
     or ``"numpy"``, falling back to the other."""
     source = source or os.environ.get("FASTRNN_BLAS", "numpy")
@@ -153,7 +153,7 @@ def _numpy_blas() -> BlasHandover:
         f"openblas {lib.get('version')} ({lib.get('architecture')} kernels) via NumPy, ILP64, "
         f"{os.path.basename(lib['filepath'])}"
     )
-    return gemm[0], gemm[1], get, set_, name, True, openblas_kernel_isa(lib.get("architecture"))
+    return gemm[0], gemm[1], get, set_, name, True, blas_width_isa(lib.get("architecture"))
 
 
 def _scipy_blas() -> BlasHandover:
@@ -173,7 +173,7 @@ def _scipy_blas() -> BlasHandover:
         f"openblas {lib.get('version')} ({lib.get('architecture')} kernels) via SciPy, "
         f"{os.path.basename(lib['filepath'])}"
     )
-    return sgemm, dgemm, get, set_, name, False, openblas_kernel_isa(lib.get("architecture"))
+    return sgemm, dgemm, get, set_, name, False, blas_width_isa(lib.get("architecture"))
 
 
 def thread_team_functions(library: str) -> tuple[int, int, int, str]:

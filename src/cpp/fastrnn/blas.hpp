@@ -70,8 +70,11 @@ struct BlasFunctions {
   get_threads_fn get_threads = nullptr;
   set_threads_fn set_threads = nullptr;
   bool int64 = false;  // ILP64: 64-bit integer arguments
-  // The instruction-set level of the BLAS's own kernels, in the modules' terms (0 generic,
-  // 1 avx2, 2 avx512), as the adapter reads it off OpenBLAS's core name; 0 if unknown.
+  // How wide the BLAS's own kernels run, in the modules' terms (0 generic, 1 avx2, 2
+  // avx512): the level of its kernels as the adapter reads it off OpenBLAS's core name (0 if
+  // unknown), AVX-512 kernels counting as avx2 on a CPU that runs 512-bit vectors as two
+  // 256-bit halves (AMD's Zen 4), where they do no more multiply-adds a cycle than AVX2
+  // ones (fastrnn._sysinfo.blas_width_isa).
   int level = 0;
   std::string name = "none: no BLAS handed over";
   bool usable() const { return sgemm && dgemm && get_threads && set_threads; }
@@ -142,16 +145,27 @@ constexpr Index kBlasMinDim = 64;
 // (stored column-major, its rows 4*GH bytes apart), the in-house kernel fell to 49-64 GF/s
 // at avx512 and 29-39 at avx2 once W_hh passed 2 MB (GH x H = 2048 x 512, 1024 x 1024), and
 // BLAS took every product from 2^24 (avx512) or 2^21 multiply-adds.
-#if defined(__AVX512F__)
+// The avx2 column holds where OpenBLAS's kernels run twice as wide as the module's (the
+// Xeon's AVX-512); where they run as wide, avx2 takes avx512's thresholds. Measured on an
+// AMD EPYC Zen 4 (AVX-512 executed as two 256-bit halves; OpenBLAS's SkylakeX kernels, and
+// its Haswell ones forced with OPENBLAS_CORETYPE), the avx2 module's training forward at D =
+// 32, 1 thread, GF/s, two alternating runs, BLAS from 64 columns (SkylakeX / Haswell
+// kernels) -> in-house below 256:
+//   lstm H=512 B=64   50, 61 / 65, 70  ->  72, 83, 68, 69
+//   rnn H=1024 B=64   63, 59 / 73, 78  ->  96, 68, 79, 75
+//   lstm H=512 B=128  64, 66 / 76, 73  ->  81, 77, 72, 70
+//   rnn H=256 B=64    61, 62 / 87, 69  ->  93, 78, 88, 72
+// (the S4 training step forced to avx2 went from 0.94x NumPy to 1.15-1.2x there).
+#if defined(__AVX512F__) || defined(__AVX2__)
 constexpr Index kStepBlasMinFlops = Index(1) << 24;
 constexpr Index kStepBlasMinColumns = 256;
-#elif defined(__AVX2__)
-constexpr Index kStepBlasMinFlops = Index(1) << 21;
-constexpr Index kStepBlasMinColumns = 64;
 #else
 constexpr Index kStepBlasMinFlops = Index(1) << 21;
 constexpr Index kStepBlasMinColumns = 1;
 #endif
+// the avx2 module's thresholds beside BLAS kernels that run twice as wide
+constexpr Index kWiderStepBlasMinFlops = Index(1) << 21;
+constexpr Index kWiderStepBlasMinColumns = 64;
 
 // This module's instruction-set level in BlasFunctions::level's terms.
 #if defined(__AVX512F__)
@@ -178,11 +192,15 @@ inline bool blas_takes_all(const BlasFunctions& f) {
   return f.usable() && kModuleLevel == 0 && f.level >= 1;
 }
 
-// Whether the per-step product of a worker's nb columns goes to BLAS (see above).
+// Whether the per-step product of a worker's nb columns goes to BLAS (see above): every
+// one where BLAS takes all, else by the thresholds for BLAS kernels as wide as this
+// module's, or for twice as wide ones (an avx2 module beside full-width AVX-512 kernels).
 inline bool step_uses_blas(const BlasFunctions& f, Index GH, Index H, Index nb) {
-  if (GH * H > INT_MAX) return false;
-  return blas_takes_all(f) ||
-         (f.usable() && nb >= kStepBlasMinColumns && GH * H * nb >= kStepBlasMinFlops);
+  if (GH * H > INT_MAX || !f.usable()) return false;
+  if (blas_takes_all(f)) return true;
+  const bool wider = f.level > kModuleLevel;
+  return nb >= (wider ? kWiderStepBlasMinColumns : kStepBlasMinColumns) &&
+         GH * H * nb >= (wider ? kWiderStepBlasMinFlops : kStepBlasMinFlops);
 }
 
 inline bool use_blas(const BlasFunctions& f, Index m, Index n, Index k) {
