@@ -113,6 +113,7 @@ def test_blas_and_in_house_products_match_the_reference(
     for blas_isa in dict.fromkeys([found[6], "generic", "avx512"]):
         kernels = kernels_at(level, (*found[:6], blas_isa))
         assert kernels.blas() == found[4]
+        assert kernels.blas_width() == blas_isa
         assert kernels.blas_takes_all() == (level == "generic" and blas_isa != "generic")
         before = kernels.blas_calls()
         got = raw_forward_backward(kernels, cell, case, threads)
@@ -159,6 +160,7 @@ def test_build_info_names_the_blas():
     assert info["blas"] == cpp_backend._kernels.blas()
     every = cpp_backend._kernels.blas_takes_all()
     assert str(info["blas_products"]).startswith("every" if every else "large")
+    assert f"as wide as {BLAS[6]}" in str(info["blas_products"])
     if BLAS[0]:
         assert "openblas" in str(info["blas"])
     else:

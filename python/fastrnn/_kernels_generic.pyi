@@ -51,9 +51,10 @@ def set_blas(
 ) -> None:
     """Hand over the Fortran-ABI sgemm/dgemm and OpenBLAS's thread getter/setter (raw
     addresses, 0 for none) that the large products use; ``int64``: the gemm functions take
-    64-bit integers (ILP64); ``kernel_isa``: the level of the BLAS's own kernels
-    (``"generic"`` if unknown), which decides whether every product goes to BLAS. With any
-    one missing, none does."""
+    64-bit integers (ILP64); ``kernel_isa``: how wide the BLAS's own kernels run
+    (``"generic"`` if unknown; ``fastrnn._sysinfo.blas_width_isa``), which decides whether
+    every product goes to BLAS and the per-step product's thresholds. With any one missing,
+    none does."""
 
 def blas() -> str:
     """What the large products use: the name given to set_blas, or 'none: <why>'."""
@@ -64,6 +65,10 @@ def blas_calls() -> int:
 def blas_takes_all() -> bool:
     """Whether every product goes to BLAS (the generic module beside AVX2 or wider BLAS
     kernels), not only the large ones."""
+
+def blas_width() -> str:
+    """How wide the BLAS's kernels run, as set_blas's kernel_isa said: "generic", "avx2"
+    or "avx512"."""
 
 def backward(
     cell: str,

@@ -9,6 +9,7 @@
 #include <pybind11/numpy.h>
 #include <pybind11/pybind11.h>
 
+#include <algorithm>
 #include <cmath>
 #include <cstdint>
 #include <new>
@@ -566,6 +567,14 @@ void define_kernels(py::module_ m) {
       "blas_takes_all", [k] { return k->blas_takes_all(); },
       "Whether every product goes to BLAS (this module is the generic one and the BLAS's "
       "kernels are AVX2 or wider), not only the large ones.");
+  m.def(
+      "blas_width",
+      [k] {
+        static const char* const names[] = {"generic", "avx2", "avx512"};
+        return std::string(names[std::clamp(k->blas_level(), 0, 2)]);
+      },
+      "How wide the BLAS's kernels run, as set_blas's kernel_isa said: 'generic', 'avx2' or "
+      "'avx512' (with the module's own level, it decides which products go to BLAS).");
   m.def(
       "set_thread_team",
       [k](std::uintptr_t parallel, std::uintptr_t thread_num, std::uintptr_t num_threads,

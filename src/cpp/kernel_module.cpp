@@ -56,6 +56,8 @@ long long blas_calls() { return fastrnn::blas_calls().load(); }
 
 bool blas_takes_all() { return fastrnn::blas_takes_all(fastrnn::current_blas()); }
 
+int blas_level() { return fastrnn::current_blas().level; }
+
 void set_thread_team(std::uintptr_t parallel, std::uintptr_t thread_num,
                      std::uintptr_t num_threads, const char* name) {
   fastrnn::ThreadTeam team;
@@ -87,6 +89,7 @@ fastrnn::KernelTable make_table() {
   t.blas_name = &blas_name;
   t.blas_calls = &blas_calls;
   t.blas_takes_all = &blas_takes_all;
+  t.blas_level = &blas_level;
   t.set_thread_team = &set_thread_team;
   t.thread_team_name = &thread_team_name;
   t.team_calls = &team_calls;

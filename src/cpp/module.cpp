@@ -96,11 +96,14 @@ py::dict build_info() {
     info["blas"] = kernels.is_none() ? py::object(backend.attr("UNAVAILABLE_REASON"))
                                      : kernels.attr("blas")();
     // which products go there (blas.hpp: the large ones, or every one)
-    if (!kernels.is_none())
+    if (!kernels.is_none()) {
+      const auto width = kernels.attr("blas_width")().cast<std::string>();
       info["blas_products"] =
           kernels.attr("blas_takes_all")().cast<bool>()
-              ? "every product (generic kernels beside wider BLAS kernels)"
-              : "large products (per-level thresholds, blas.hpp)";
+              ? "every product (generic kernels beside BLAS kernels as wide as " + width + ")"
+              : "large products (blas.hpp's thresholds for BLAS kernels as wide as " + width +
+                    " beside " + kernel_isa() + " kernels)";
+    }
     // and what the kernels' workers run on (fastrnn.torch hands over PyTorch's OpenMP team)
     info["threads"] = kernels.is_none() ? py::object(backend.attr("UNAVAILABLE_REASON"))
                                         : kernels.attr("thread_team")();
