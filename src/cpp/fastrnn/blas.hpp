@@ -155,7 +155,8 @@ constexpr Index kBlasMinDim = 64;
 //   rnn H=1024 B=64   63, 59 / 73, 78  ->  96, 68, 79, 75
 //   lstm H=512 B=128  64, 66 / 76, 73  ->  81, 77, 72, 70
 //   rnn H=256 B=64    61, 62 / 87, 69  ->  93, 78, 88, 72
-// (the S4 training step forced to avx2 went from 0.94x NumPy to 1.15-1.2x there).
+// (the S4 training step forced to avx2 there went from 0.94x NumPy to 1.12x in the
+// bench, docs/zen4/bench-avx2.json).
 #if defined(__AVX512F__) || defined(__AVX2__)
 constexpr Index kStepBlasMinFlops = Index(1) << 24;
 constexpr Index kStepBlasMinColumns = 256;
