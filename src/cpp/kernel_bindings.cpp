@@ -12,6 +12,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <iterator>
 #include <new>
 #include <stdexcept>
 #include <string>
@@ -248,6 +249,9 @@ py::array_t<T> empty(const std::vector<Index>& shape) {
   return py::array_t<T>(std::vector<py::ssize_t>(shape.begin(), shape.end()), base + offset,
                         buffer);
 }
+
+// set_blas's kernel_isa names, by BlasFunctions::level (blas.hpp).
+constexpr const char* kBlasWidths[] = {"generic", "avx2", "avx512"};
 
 // Raises what a kernel entry point caught, as pybind11 does for the C++ exception:
 // MemoryError for std::bad_alloc, RuntimeError with its message for any other.
@@ -541,8 +545,9 @@ void define_kernels(py::module_ m) {
       [k](std::uintptr_t sgemm, std::uintptr_t dgemm, std::uintptr_t get_threads,
           std::uintptr_t set_threads, const std::string& name, bool int64,
           const std::string& kernel_isa) {
-        const int level = kernel_isa == "avx512" ? 2 : kernel_isa == "avx2" ? 1 : 0;
-        if (level == 0 && kernel_isa != "generic")
+        const auto* found = std::find(std::begin(kBlasWidths), std::end(kBlasWidths), kernel_isa);
+        const int level = static_cast<int>(found - std::begin(kBlasWidths));
+        if (found == std::end(kBlasWidths))
           throw py::value_error("set_blas: kernel_isa must be 'generic', 'avx2' or 'avx512', got '" +
                                 kernel_isa + "'");
         k->set_blas(sgemm, dgemm, get_threads, set_threads, int64, level, name.c_str());
@@ -570,8 +575,7 @@ void define_kernels(py::module_ m) {
   m.def(
       "blas_width",
       [k] {
-        static const char* const names[] = {"generic", "avx2", "avx512"};
-        return std::string(names[std::clamp(k->blas_level(), 0, 2)]);
+        return std::string(kBlasWidths[std::clamp(k->blas_level(), 0, 2)]);
       },
       "How wide the BLAS's kernels run, as set_blas's kernel_isa said: 'generic', 'avx2' or "
       "'avx512' (with the module's own level, it decides which products go to BLAS).");
