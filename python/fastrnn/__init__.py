@@ -81,6 +81,8 @@ _LAZY: dict[str, str] = {
     "SequenceGenerator": "fastrnn.models",
     "Seq2Seq": "fastrnn.models",
     "gradcheck": "fastrnn.diagnostics",
+    "output_cache_info": "fastrnn.backends.cpp_backend",
+    "set_output_cache": "fastrnn.backends.cpp_backend",
 }
 _SUBMODULES = {
     "layers",
@@ -108,6 +110,8 @@ if TYPE_CHECKING:  # what __getattr__ loads on first use, for type checkers and 
     from . import optim as optim
     from . import training as training
     from ._warmup import warmup as warmup
+    from .backends.cpp_backend import output_cache_info as output_cache_info
+    from .backends.cpp_backend import set_output_cache as set_output_cache
     from .diagnostics import gradcheck as gradcheck
     from .io import load as load
     from .io import save as save

@@ -19,3 +19,12 @@ def kernel_isa() -> str:
 
 def _bind_kernels(module: ModuleType) -> None:
     """Add the kernel functions to a kernel module, bound to the table in its capsule."""
+
+def output_cache_info() -> dict[str, int]:
+    """The output cache: limit, held (bytes), blocks, hits, misses."""
+
+def set_output_cache_limit(max_bytes: int) -> int:
+    """Set the most the output cache may hold (bytes); returns the previous limit."""
+
+def _set_output_cache_poison(on: bool) -> None:
+    """Tests: fill every block taken from the output cache with 0xff bytes first."""

@@ -20,6 +20,7 @@
 
 #include "fastrnn/head.hpp"
 #include "fastrnn/kernel_table.hpp"
+#include "fastrnn/output_cache.hpp"
 #include "fastrnn/recurrent.hpp"
 
 namespace py = pybind11;
@@ -233,21 +234,40 @@ Index segments(const fastrnn::Problem<T>& p) {
   return (p.steps + p.checkpoint - 1) / p.checkpoint;
 }
 
-// Every output starts on a 64-byte boundary. Eigen peels the unaligned head of a
-// destination with scalar code, whose exp/tanh differ from the SIMD ones in the last bit,
-// so outputs placed wherever the allocator likes made results differ between two calls on
-// the same input; aligned outputs make every call bit-for-bit reproducible.
+// The name of the capsules that own the outputs' memory (the arrays' base).
+constexpr const char* kOutputBlock = "fastrnn.output_block";
+
+// Gives an output's block back to the cache (output_cache.hpp) when NumPy frees the array:
+// the capsule holds the block, its context the bytes asked for.
+void release_output(PyObject* capsule) {
+  void* block = PyCapsule_GetPointer(capsule, kOutputBlock);
+  const auto bytes = reinterpret_cast<std::uintptr_t>(PyCapsule_GetContext(capsule));
+  if (block) fastrnn::OutputCache::instance().release(block, static_cast<std::size_t>(bytes));
+}
+
+// A new output array. Its memory comes from the process's OutputCache, which keeps large
+// blocks between calls (a training step's outputs skip the page faults and the kernel's
+// zeroing of fresh memory), and starts on a 64-byte boundary: Eigen peels the unaligned head
+// of a destination with scalar code, whose exp/tanh differ from the SIMD ones in the last
+// bit, so outputs placed wherever the allocator likes made results differ between two calls
+// on the same input; aligned outputs make every call bit-for-bit reproducible.
 template <class T>
 py::array_t<T> empty(const std::vector<Index>& shape) {
-  constexpr py::ssize_t kAlign = 64;
-  py::ssize_t n = 1;
-  for (Index s : shape) n *= static_cast<py::ssize_t>(s);
-  py::array_t<T> buffer(n + kAlign / static_cast<py::ssize_t>(sizeof(T)));
-  T* base = buffer.mutable_data();
-  const auto misalign = static_cast<py::ssize_t>(reinterpret_cast<std::uintptr_t>(base) % kAlign);
-  const py::ssize_t offset = ((kAlign - misalign) % kAlign) / static_cast<py::ssize_t>(sizeof(T));
-  return py::array_t<T>(std::vector<py::ssize_t>(shape.begin(), shape.end()), base + offset,
-                        buffer);
+  std::size_t n = 1;
+  for (Index s : shape) n *= static_cast<std::size_t>(s);
+  const std::size_t bytes = n * sizeof(T);
+  auto& cache = fastrnn::OutputCache::instance();
+  void* block = cache.acquire(bytes);
+  PyObject* capsule = PyCapsule_New(block, kOutputBlock, release_output);
+  if (!capsule || PyCapsule_SetContext(capsule, reinterpret_cast<void*>(bytes)) != 0) {
+    if (capsule)
+      Py_DECREF(capsule);  // its destructor gives the block back
+    else
+      cache.release(block, bytes);
+    throw py::error_already_set();
+  }
+  return py::array_t<T>(std::vector<py::ssize_t>(shape.begin(), shape.end()),
+                        static_cast<T*>(block), py::reinterpret_steal<py::capsule>(capsule));
 }
 
 // set_blas's kernel_isa names, by BlasFunctions::level (blas.hpp).
@@ -664,6 +684,34 @@ void bind_kernels(py::module_& core) {
       "_bind_kernels", [](const py::module_& m) { define_kernels(m); }, py::arg("module"),
       "Add the kernel functions to a kernel module (fastrnn._kernels_<level>, which calls "
       "this when it is imported), bound to the KernelTable in its capsule `_table`.");
+  core.def(
+      "output_cache_info",
+      [] {
+        const fastrnn::OutputCacheStats s = fastrnn::OutputCache::instance().stats();
+        py::dict d;
+        d["limit"] = s.limit;
+        d["held"] = s.held;
+        d["blocks"] = s.blocks;
+        d["hits"] = s.hits;
+        d["misses"] = s.misses;
+        return d;
+      },
+      "The cache of the kernels' large output blocks: the bytes it may hold (limit) and "
+      "holds, its blocks, and how many large requests it served (hits) or not (misses).");
+  core.def(
+      "set_output_cache_limit",
+      [](py::ssize_t limit) {
+        if (limit < 0)
+          throw py::value_error("max_bytes must be >= 0, got " + std::to_string(limit));
+        return fastrnn::OutputCache::instance().set_limit(static_cast<std::size_t>(limit));
+      },
+      py::arg("max_bytes"),
+      "Set the most the output cache may hold (bytes; 0 keeps nothing), freeing its oldest "
+      "blocks beyond it; returns the previous limit.");
+  core.def(
+      "_set_output_cache_poison",
+      [](bool on) { fastrnn::OutputCache::instance().set_poison(on); }, py::arg("on"),
+      "Tests: fill every block taken from the cache with 0xff bytes (NaN) first.");
 }
 
 }  // namespace fastrnn

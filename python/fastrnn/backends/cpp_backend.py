@@ -220,6 +220,34 @@ else:
     _kernels.set_blas(*blas_functions())
 
 
+def output_cache_info() -> dict[str, int]:
+    """The C++ backend's cache of large output blocks (``src/cpp/fastrnn/output_cache.hpp``):
+    ``limit`` the bytes it may hold, ``held`` the bytes it holds in ``blocks`` blocks,
+    ``hits`` and ``misses`` the outputs of 2 MB or more that took a kept block or new
+    memory. Every output array the kernels return lives in a block of it; a large block
+    goes back to the cache when NumPy frees the array, and the next output of the same
+    size class takes it without the page faults and the zeroing of fresh memory."""
+    _loaded()
+    from fastrnn import _core
+
+    return {str(k): int(v) for k, v in _core.output_cache_info().items()}
+
+
+def set_output_cache(max_bytes: int) -> int:
+    """Set the most the C++ backend's output cache may hold (bytes; default 1 GiB; ``0``
+    keeps nothing, so every large output takes new memory), freeing its oldest blocks
+    beyond it; returns the previous limit. The cache holds only blocks of arrays NumPy has
+    freed: it never raises the memory in use at a training step's peak, but keeps it from
+    one step to the next."""
+    from .. import _validation as V
+
+    limit = V.check_non_negative_int("max_bytes", max_bytes)
+    _loaded()
+    from fastrnn import _core
+
+    return int(_core.set_output_cache_limit(limit))
+
+
 def _loaded() -> ModuleType:
     """The kernel module, or the reason it could not be imported as a RuntimeError (the
     registry does not offer this backend then, so a call here is a direct one)."""

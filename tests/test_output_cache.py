@@ -1,0 +1,149 @@
+"""The C++ backend's output cache (``src/cpp/fastrnn/output_cache.hpp``): the large blocks
+of output arrays NumPy has freed are kept and handed to the next outputs of their size,
+never while an array still uses them. With the cache's poison switch on, every block taken
+from it starts as 0xff bytes (NaN), so an output element a kernel leaves unwritten shows:
+a second call on the same input must then give the first call's bits exactly."""
+
+from __future__ import annotations
+
+import pickle
+
+import numpy as np
+import pytest
+
+import fastrnn
+from conftest import make_case, need_backend
+
+if "cpp" not in fastrnn.available_backends():  # skip, or fail if required: see need_backend
+    need_backend("cpp", allow_module_level=True)
+
+from fastrnn import _core
+from fastrnn.backends import cpp_backend
+
+LARGE = 2 << 20  # from here an output's block is cached (OutputCache::kLargeBytes)
+# T * B * H float32 values over LARGE: hs, the gates, the lstm cell states, dx (D = H)
+T, B, D, H = 1400, 8, 48, 48
+
+
+@pytest.fixture
+def cache():
+    """An empty cache of 1 GiB with the poison switch on; the previous limit restored
+    (hits and misses count on from the start of the process)."""
+    previous = fastrnn.set_output_cache(0)
+    fastrnn.set_output_cache(1 << 30)
+    _core._set_output_cache_poison(True)
+    yield
+    _core._set_output_cache_poison(False)
+    fastrnn.set_output_cache(previous)
+
+
+def _head(rng: np.random.Generator, dtype, K: int = 5) -> fastrnn.HeadSpec:
+    weight, bias = (rng.normal(size=(K, H)) * 0.3).astype(dtype), rng.normal(size=K).astype(dtype)
+    return fastrnn.HeadSpec(weight, bias, rng.integers(0, K, size=(T, B)))
+
+
+def _arrays(cell: str, mode: str, case: dict) -> dict[str, np.ndarray]:
+    """Every array one training step (or forward) of ``mode`` returns, copied out of the
+    cache's blocks; the originals are freed on return, their large blocks kept."""
+    kw: dict = {"lengths": case["lengths"], "backend": "cpp"}
+    if mode == "inference":
+        kw["training"] = False
+    if mode == "checkpoint":
+        kw["checkpoint"] = 64
+    res = fastrnn.forward(cell, case["params"], case["x"], case["h0"], case["c0"], **kw)
+    out = {"hs": res.hs, "h_n": res.h_n, "c_n": res.c_n}
+    if mode == "head":
+        g = fastrnn.backward(res, head=_head(np.random.default_rng(1), res.hs.dtype))
+    elif mode != "inference":
+        g = fastrnn.backward(res, case["dhs"], case["dh_n"], case["dc_n"], return_step_norms=True)
+    if mode != "inference":
+        out |= {"dx": g.dx, "dh0": g.dh0, "dc0": g.dc0, "norms": g.step_norms}
+        out |= {f"d{k}": v for k, v in g.params.items()}
+    return {k: np.array(v, copy=True) for k, v in out.items() if v is not None}
+
+
+@pytest.mark.parametrize("mode", ["train", "inference", "checkpoint", "head"])
+@pytest.mark.parametrize("cell", ["rnn", "lstm", "gru"])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_reused_blocks_give_the_same_bits(cache, cell, mode, dtype):
+    # padded sequences: the kernels must write the zeros of padded steps themselves
+    case = make_case(cell, T=T, B=B, D=D, H=H, lengths=True, h0=True, dtype=dtype)
+    first = _arrays(cell, mode, case)
+    kept = fastrnn.output_cache_info()
+    assert kept["blocks"] >= 1 and kept["held"] >= LARGE, kept
+    second = _arrays(cell, mode, case)
+    assert fastrnn.output_cache_info()["hits"] >= kept["hits"] + 1
+    assert first.keys() == second.keys()
+    for name, value in first.items():
+        assert np.isfinite(value).all(), name
+        np.testing.assert_array_equal(second[name], value, err_msg=name)
+
+
+def _share_memory(a: fastrnn.ForwardResult, b: fastrnn.ForwardResult) -> bool:
+    return any(np.shares_memory(x, y) for x in (a.hs, *a.saved) for y in (b.hs, *b.saved))
+
+
+def test_blocks_of_live_arrays_are_never_handed_out(cache):
+    case = make_case("lstm", T=T, B=B, D=D, H=H, dtype=np.float64)
+    run = lambda: fastrnn.forward("lstm", case["params"], case["x"], backend="cpp")  # noqa: E731
+    hits = fastrnn.output_cache_info()["hits"]  # counted since the process began
+    a, b = run(), run()  # both alive: the second took new memory
+    assert fastrnn.output_cache_info()["hits"] == hits
+    assert not _share_memory(a, b)
+    want = a.hs.copy()
+    del a  # its blocks go back to the cache, and the next forward takes them
+    c = run()
+    info = fastrnn.output_cache_info()
+    assert info["hits"] == hits + 3 and info["blocks"] == 0, info  # hs, gates, cell states
+    assert not _share_memory(c, b)
+    np.testing.assert_array_equal(c.hs, want)
+    np.testing.assert_array_equal(b.hs, want)
+
+
+def test_the_limit_bounds_what_is_held(cache):
+    case = make_case("gru", T=T, B=B, D=D, H=H, dtype=np.float64)
+    hs_block = -(-T * B * H * 8 // LARGE) * LARGE  # whole 2 MB pages
+    assert fastrnn.set_output_cache(0) == 1 << 30
+    fastrnn.forward("gru", case["params"], case["x"], backend="cpp")
+    info = fastrnn.output_cache_info()
+    assert (info["limit"], info["held"], info["blocks"]) == (0, 0, 0)
+    # room for one hs block: the gru's gates (3x hs) and extra (hs) do not all stay
+    assert fastrnn.set_output_cache(hs_block) == 0
+    fastrnn.forward("gru", case["params"], case["x"], backend="cpp")
+    info = fastrnn.output_cache_info()
+    assert info["held"] <= hs_block and info["blocks"] <= 1, info
+    assert fastrnn.set_output_cache(1 << 30) == hs_block
+
+
+def test_outputs_are_ordinary_arrays(cache):
+    case = make_case("rnn", T=T, B=B, D=D, H=H, dtype=np.float32)
+    for _ in range(2):  # fresh memory, then a kept block
+        hs = fastrnn.forward("rnn", case["params"], case["x"], backend="cpp").hs
+        assert hs.flags.writeable and hs.flags.c_contiguous and not hs.flags.owndata
+        assert hs.ctypes.data % 64 == 0
+        back = pickle.loads(pickle.dumps(hs))
+        np.testing.assert_array_equal(back, hs)
+        hs[0, 0, 0] = 1.0  # writable like any NumPy array
+        del hs, back
+
+
+@pytest.mark.parametrize(
+    ("value", "error", "message"),
+    [
+        (-1, ValueError, "max_bytes must be a non-negative int, got -1"),
+        (1.5, TypeError, r"max_bytes must be an int, got a float \(1.5\)"),
+        (True, TypeError, r"max_bytes must be an int, got a bool \(True\)"),
+        ("1GB", TypeError, "max_bytes must be an int, got a str"),
+    ],
+)
+def test_set_output_cache_rejects_bad_limits(value, error, message):
+    with pytest.raises(error, match=message):
+        fastrnn.set_output_cache(value)
+    with pytest.raises(ValueError, match="max_bytes must be >= 0, got -5"):
+        _core.set_output_cache_limit(-5)  # the raw binding checks too
+
+
+def test_top_level_names():
+    assert fastrnn.set_output_cache is cpp_backend.set_output_cache
+    assert fastrnn.output_cache_info is cpp_backend.output_cache_info
+    assert set(fastrnn.output_cache_info()) == {"limit", "held", "blocks", "hits", "misses"}
