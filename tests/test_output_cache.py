@@ -100,6 +100,20 @@ def test_blocks_of_live_arrays_are_never_handed_out(cache):
     np.testing.assert_array_equal(b.hs, want)
 
 
+def test_a_view_keeps_its_block(cache):
+    # NumPy's views point at the array that holds the capsule, which stays alive with them
+    case = make_case("rnn", T=T, B=B, D=D, H=H, dtype=np.float64)
+    run = lambda: fastrnn.forward("rnn", case["params"], case["x"], backend="cpp").hs  # noqa: E731
+    view = run()[T // 2 :, 1]
+    want = view.copy()
+    hits = fastrnn.output_cache_info()["hits"]
+    other = run()  # the view's block is not free: new memory
+    assert fastrnn.output_cache_info()["hits"] == hits
+    assert not np.shares_memory(view, other)
+    other[...] = np.nan
+    np.testing.assert_array_equal(view, want)
+
+
 def test_the_limit_bounds_what_is_held(cache):
     case = make_case("gru", T=T, B=B, D=D, H=H, dtype=np.float64)
     hs_block = -(-T * B * H * 8 // LARGE) * LARGE  # whole 2 MB pages

@@ -1,6 +1,6 @@
 """``fastrnn info``: the version, the backends (available, unavailable and why, the
-active one, what ``"auto"`` resolves to and why), the thread setting and how the extension
-was built."""
+active one, what ``"auto"`` resolves to and why), the thread setting, the C++ backend's
+output cache and how the extension was built."""
 
 from __future__ import annotations
 
@@ -32,6 +32,8 @@ def run(args: argparse.Namespace) -> int:
         "num_threads": fastrnn.get_num_threads(),
         "build_info": build,
     }
+    if "cpp" in available:
+        info["output_cache"] = fastrnn.output_cache_info()
     if args.json:
         print(json.dumps(info, indent=2))
         return 0
@@ -46,6 +48,13 @@ def run(args: argparse.Namespace) -> int:
         print(
             f"kernel workers:     {build['threads']} (under `import fastrnn.torch`: "
             "PyTorch's OpenMP threads)"
+        )
+    if "output_cache" in info:
+        cache = info["output_cache"]
+        print(
+            f"output cache:       keeps up to {cache['limit'] / 2**20:.0f} MiB of the cpp "
+            f"kernels' large outputs between calls, holds {cache['held'] / 2**20:.0f} MiB "
+            "(fastrnn.set_output_cache)"
         )
     print("build_info:")
     for key, value in build.items():
