@@ -22,7 +22,7 @@ def run(args: argparse.Namespace) -> int:
     unavailable = fastrnn.unavailable_backends()
     build = fastrnn.build_info()
     auto, auto_why = _config.explain_auto()
-    info = {
+    info: dict[str, object] = {
         "version": fastrnn.__version__,
         "available_backends": available,
         "unavailable_backends": unavailable,
@@ -32,8 +32,9 @@ def run(args: argparse.Namespace) -> int:
         "num_threads": fastrnn.get_num_threads(),
         "build_info": build,
     }
-    if "cpp" in available:
-        info["output_cache"] = fastrnn.output_cache_info()
+    cache = fastrnn.output_cache_info() if "cpp" in available else None
+    if cache is not None:
+        info["output_cache"] = cache
     if args.json:
         print(json.dumps(info, indent=2))
         return 0
@@ -49,8 +50,7 @@ def run(args: argparse.Namespace) -> int:
             f"kernel workers:     {build['threads']} (under `import fastrnn.torch`: "
             "PyTorch's OpenMP threads)"
         )
-    if "output_cache" in info:
-        cache = info["output_cache"]
+    if cache is not None:
         print(
             f"output cache:       keeps up to {cache['limit'] / 2**20:.0f} MiB of the cpp "
             f"kernels' large outputs between calls, holds {cache['held'] / 2**20:.0f} MiB "
