@@ -413,24 +413,41 @@ def test_head_does_not_depend_on_contention(two_threads, request):
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64], ids=["f32", "f64"])
-@pytest.mark.parametrize(("m", "k", "n"), [(1, 64, 256), (1, 13, 7), (3, 21, 33), (1, 8, 1)])
-def test_narrow_product_is_the_matrix_product(kernels, dtype, m, k, n):
-    """The in-house per-step product for one row (used where SciPy's OpenBLAS has no
-    small-matrix path) equals a @ b: whole groups of eight rows of b and the rest."""
+@pytest.mark.parametrize(
+    ("m", "k", "n"),
+    [
+        (1, 64, 256),
+        (1, 13, 7),
+        (3, 21, 33),
+        (1, 8, 1),
+        (16, 64, 256),
+        (16, 256, 64),
+        (4, 4, 1),
+        (7, 9, 5),
+        (32, 130, 67),
+        (5, 3, 17),
+    ],
+)
+def test_small_product_is_the_matrix_product(kernels, dtype, m, k, n):
+    """The in-house per-step product (used where SciPy's OpenBLAS has no small-matrix
+    path) equals a @ b: blocks of four rows and the rows left over, whole groups of four
+    (eight) rows of b and the rest."""
     rng = np.random.default_rng(3)
     a, b = rng.normal(size=(m, k)).astype(dtype), rng.normal(size=(k, n)).astype(dtype)
     out = np.full((m, n), np.nan, dtype=dtype)
-    kernels._narrow_product(a, b, out)
+    kernels._small_product(a, b, out)
     eps = np.finfo(dtype).eps
     bound = k * eps * (np.abs(a) @ np.abs(b))  # a sum of k products, in another order
     assert np.all(np.abs(out - a @ b) <= bound), np.abs(out - a @ b).max()
 
 
-def test_narrow_rows_follow_scipys_openblas_kernels(kernels):
-    """One row in-house unless SciPy's OpenBLAS runs its SkylakeX family of kernels."""
+def test_small_products_follow_scipys_openblas_kernels(kernels):
+    """In-house up to 32 rows and 256 KiB of weights unless SciPy's OpenBLAS runs its
+    SkylakeX family of kernels (then every per-step product goes to BLAS)."""
     from fastrnn._sysinfo import blas_info, openblas_kernel_isa
 
     scipy_blas = [i for i in blas_info() if i["owner"] == "scipy"]
     assert len(scipy_blas) == 1
     avx512 = openblas_kernel_isa(scipy_blas[0]["architecture"]) == "avx512"
-    assert kernels.NARROW_ROWS == (0 if avx512 else 1)
+    assert kernels.SMALL_PRODUCT_BYTES == (0 if avx512 else 256 * 1024)
+    assert kernels.SMALL_PRODUCT_ROWS == 32

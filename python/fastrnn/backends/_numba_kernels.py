@@ -268,8 +268,8 @@ def _ol_gemm(a, b, out):  # type: (NumbaType, NumbaType, NumbaType) -> Callable[
     def impl(a, b, out):  # type: (FloatArray, FloatArray, FloatArray) -> None
         m, k = a.shape
         n = b.shape[1]
-        if m <= NARROW_ROWS:
-            _narrow_product(a, b, out)
+        if m <= SMALL_PRODUCT_ROWS and k * n * b.itemsize <= SMALL_PRODUCT_BYTES:
+            _small_product(a, b, out)
             return
         # row-major out (m, n) = a (m, k) @ b (k, n) is column-major out^T = b^T a^T
         c = out.ctypes
@@ -278,48 +278,80 @@ def _ol_gemm(a, b, out):  # type: (NumbaType, NumbaType, NumbaType) -> Callable[
     return impl
 
 
-def _narrow_rows() -> int:
-    """Up to how many rows the per-step product runs in-house (:func:`_narrow_product`)
-    rather than through SciPy's BLAS: one row, unless that OpenBLAS runs its SkylakeX
-    family of kernels, whose small-matrix path takes one row faster. Measured (float32 train
-    step, 1 thread, best of 7, ms, BLAS -> in-house at one row): with the SkylakeX kernels
-    S1 rnn 5.7 -> 6.5, lstm 31.6 -> 31.1, gru 26.2 -> 24.4; with the Haswell kernels (those
-    of an AVX2 CPU such as AMD's Zen, forced here with OPENBLAS_CORETYPE=Haswell, where
-    numba took 6.7 to 9.4x cpp's time at S1) 35.0 -> 7.5, 151.9 -> 30.7, 122.9 -> 24.3.
-    From 16 rows (S2) in-house was slower with either (SkylakeX: S2 rnn 73.5 -> 106.5).
-    Decided once at import, so the choice is compiled into (and cached with) the kernels:
-    numba's cache is per CPU, and OpenBLAS picks its kernels by the CPU unless
-    OPENBLAS_CORETYPE says otherwise."""
+def _small_product_bytes() -> int:
+    """Up to how many bytes of ``b`` (the weights) the per-step product of at most
+    :data:`SMALL_PRODUCT_ROWS` rows runs in-house (:func:`_small_product`) rather than
+    through SciPy's BLAS: 256 KiB, unless that OpenBLAS runs its SkylakeX family of kernels,
+    whose small-matrix path was as fast or faster (then 0: every product through BLAS).
+
+    With the Haswell kernels (an AVX2 CPU such as AMD's Zen) OpenBLAS packs the whole
+    weight matrix at every call: on a Zen 3 EPYC, S2 lstm's forward spent 26% in
+    ``sgemm_itcopy_HASWELL`` and 24% in the kernel. Measured there (GFLOP/s, 1 thread, best
+    of 5, OpenBLAS 0.3.30 Haswell kernels, BLAS -> in-house; m, k, n the rows of ``a``, the
+    rows and columns of ``b``): float32 (16, 64, 256) 34.7 -> 75.0, (16, 256, 64) 34.8 ->
+    50.1, (4, 256, 64) 12.2 -> 49.3, (1, 64, 256) 49.3 -> 48.9, (32, 128, 512) 51.6 ->
+    61.8, (32, 256, 1024) [1 MiB] 51.1 -> 55.8, (64, 64, 256) 64.2 -> 58.2; float64 (16,
+    64, 256) 30.9 -> 42.3, (16, 256, 64) 30.4 -> 36.0, (32, 128, 512) [512 KiB] 33.4 ->
+    34.0, (64, 256, 64) 37.5 -> 29.4. Earlier, with the SkylakeX kernels, one row in-house
+    was no faster (S1 lstm 31.6 -> 31.1 ms, rnn 5.7 -> 6.5), and with the Haswell kernels
+    it took a fifth of BLAS's time (S1 lstm 151.9 -> 30.7 ms). Decided once at import, so
+    the choice is compiled into (and cached with) the kernels: numba's cache is per CPU,
+    and OpenBLAS picks its kernels by the CPU unless OPENBLAS_CORETYPE says otherwise."""
     from .._sysinfo import blas_info, openblas_kernel_isa
 
     scipy_blas = [i for i in blas_info() if i["owner"] == "scipy"]
     small_matrix_path = len(scipy_blas) == 1 and (
         openblas_kernel_isa(scipy_blas[0]["architecture"]) == "avx512"
     )
-    return 0 if small_matrix_path else 1
+    return 0 if small_matrix_path else 256 * 1024
 
 
-NARROW_ROWS = _narrow_rows()
+SMALL_PRODUCT_ROWS = 32  # from 64 rows BLAS was faster (see _small_product_bytes)
+SMALL_PRODUCT_BYTES = _small_product_bytes()
 
 
 @njit(**_JIT_INLINE)
-def _narrow_product(a: FloatArray, b: FloatArray, out: FloatArray) -> None:
-    """out = a @ b for a few rows of a: each row of out, in L1, gets eight rows of b at a
-    time (eight multiply-adds per load and store of out; the loop over a row vectorizes)."""
+def _small_product(a: FloatArray, b: FloatArray, out: FloatArray) -> None:
+    """out = a @ b for a few rows of ``a`` and ``b`` in L2, without packing: four rows of
+    out at a time get four rows of b at a time (sixteen multiply-adds per load of a
+    vector of each of the four b rows; the loop over a row vectorizes), the rows left
+    over one at a time with the same sums in the same order, so that a row's result does
+    not depend on the other rows (the same bits whatever the chunks of the batch)."""
     m, k = a.shape
     n = b.shape[1]
-    k8 = k - k % 8
-    for i in range(m):
+    m4, k4 = m - m % 4, k - k % 4
+    for i in range(0, m4, 4):
         for j in range(n):
             out[i, j] = 0
-        for q in range(0, k8, 8):
-            v0, v1, v2, v3 = a[i, q], a[i, q + 1], a[i, q + 2], a[i, q + 3]
-            v4, v5, v6, v7 = a[i, q + 4], a[i, q + 5], a[i, q + 6], a[i, q + 7]
+            out[i + 1, j] = 0
+            out[i + 2, j] = 0
+            out[i + 3, j] = 0
+        for q in range(0, k4, 4):
+            a00, a01, a02, a03 = a[i, q], a[i, q + 1], a[i, q + 2], a[i, q + 3]
+            a10, a11, a12, a13 = a[i + 1, q], a[i + 1, q + 1], a[i + 1, q + 2], a[i + 1, q + 3]
+            a20, a21, a22, a23 = a[i + 2, q], a[i + 2, q + 1], a[i + 2, q + 2], a[i + 2, q + 3]
+            a30, a31, a32, a33 = a[i + 3, q], a[i + 3, q + 1], a[i + 3, q + 2], a[i + 3, q + 3]
             for j in range(n):
-                out[i, j] += (
-                    v0 * b[q, j] + v1 * b[q + 1, j] + v2 * b[q + 2, j] + v3 * b[q + 3, j]
-                ) + (v4 * b[q + 4, j] + v5 * b[q + 5, j] + v6 * b[q + 6, j] + v7 * b[q + 7, j])
-        for q in range(k8, k):
+                b0, b1, b2, b3 = b[q, j], b[q + 1, j], b[q + 2, j], b[q + 3, j]
+                out[i, j] += (a00 * b0 + a01 * b1) + (a02 * b2 + a03 * b3)
+                out[i + 1, j] += (a10 * b0 + a11 * b1) + (a12 * b2 + a13 * b3)
+                out[i + 2, j] += (a20 * b0 + a21 * b1) + (a22 * b2 + a23 * b3)
+                out[i + 3, j] += (a30 * b0 + a31 * b1) + (a32 * b2 + a33 * b3)
+        for q in range(k4, k):
+            for r in range(i, i + 4):
+                v = a[r, q]
+                for j in range(n):
+                    out[r, j] += v * b[q, j]
+    for i in range(m4, m):  # the same sums, in the same order, a row at a time
+        for j in range(n):
+            out[i, j] = 0
+        for q in range(0, k4, 4):
+            v0, v1, v2, v3 = a[i, q], a[i, q + 1], a[i, q + 2], a[i, q + 3]
+            for j in range(n):
+                out[i, j] += (v0 * b[q, j] + v1 * b[q + 1, j]) + (
+                    v2 * b[q + 2, j] + v3 * b[q + 3, j]
+                )
+        for q in range(k4, k):
             v = a[i, q]
             for j in range(n):
                 out[i, j] += v * b[q, j]
