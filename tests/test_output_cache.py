@@ -1,8 +1,9 @@
-"""The C++ backend's output cache (``src/cpp/fastrnn/output_cache.hpp``): the large blocks
-of output arrays NumPy has freed are kept and handed to the next outputs of their size,
-never while an array still uses them. With the cache's poison switch on, every block taken
-from it starts as 0xff bytes (NaN), so an output element a kernel leaves unwritten shows:
-a second call on the same input must then give the first call's bits exactly."""
+"""The output caches: the C++ backend's (``src/cpp/fastrnn/output_cache.hpp``) and the
+numba backend's (``fastrnn/backends/_block_pool.py``). The large blocks of output arrays
+NumPy has freed are kept and handed to the next outputs of their size, never while an
+array still uses them. With a cache's poison switch on, every block taken from it starts
+as 0xff bytes (NaN), so an output element a kernel leaves unwritten shows: a second call on
+the same input must then give the first call's bits exactly."""
 
 from __future__ import annotations
 
@@ -13,28 +14,38 @@ import pytest
 
 import fastrnn
 from conftest import make_case, need_backend
+from fastrnn.backends import _block_pool
 
-if "cpp" not in fastrnn.available_backends():  # skip, or fail if required: see need_backend
-    need_backend("cpp", allow_module_level=True)
-
-from fastrnn import _core
-from fastrnn.backends import cpp_backend
-
-LARGE = 2 << 20  # from here an output's block is cached (OutputCache::kLargeBytes)
+LARGE = 2 << 20  # from here an output's block is cached (OutputCache::kLargeBytes, MIN_BYTES)
 # T * B * H float32 values over LARGE: hs, the gates, the lstm cell states, dx (D = H)
 T, B, D, H = 1400, 8, 48, 48
 
 
-@pytest.fixture
-def cache():
-    """An empty cache of 1 GiB with the poison switch on; the previous limit restored
-    (hits and misses count on from the start of the process)."""
+def _poison(backend: str, on: bool) -> None:
+    if backend == "cpp":
+        from fastrnn import _core
+
+        _core._set_output_cache_poison(on)
+    else:
+        _block_pool.POOL.poison = on
+
+
+@pytest.fixture(params=["cpp", "numba"])
+def backend(request):
+    """The backend whose cache a test takes: empty, 1 GiB, the poison switch on; the
+    previous limit restored (hits and misses count on from the start of the process)."""
+    if request.param not in fastrnn.available_backends():  # skip, or fail if required
+        need_backend(request.param)
     previous = fastrnn.set_output_cache(0)
     fastrnn.set_output_cache(1 << 30)
-    _core._set_output_cache_poison(True)
-    yield
-    _core._set_output_cache_poison(False)
+    _poison(request.param, True)
+    yield request.param
+    _poison(request.param, False)
     fastrnn.set_output_cache(previous)
+
+
+def _info(backend: str) -> dict[str, int]:
+    return fastrnn.output_cache_info()[backend]
 
 
 def _head(rng: np.random.Generator, dtype, K: int = 5) -> fastrnn.HeadSpec:
@@ -42,10 +53,10 @@ def _head(rng: np.random.Generator, dtype, K: int = 5) -> fastrnn.HeadSpec:
     return fastrnn.HeadSpec(weight, bias, rng.integers(0, K, size=(T, B)))
 
 
-def _arrays(cell: str, mode: str, case: dict) -> dict[str, np.ndarray]:
+def _arrays(backend: str, cell: str, mode: str, case: dict) -> dict[str, np.ndarray]:
     """Every array one training step (or forward) of ``mode`` returns, copied out of the
     cache's blocks; the originals are freed on return, their large blocks kept."""
-    kw: dict = {"lengths": case["lengths"], "backend": "cpp"}
+    kw: dict = {"lengths": case["lengths"], "backend": backend}
     if mode == "inference":
         kw["training"] = False
     if mode == "checkpoint":
@@ -65,14 +76,14 @@ def _arrays(cell: str, mode: str, case: dict) -> dict[str, np.ndarray]:
 @pytest.mark.parametrize("mode", ["train", "inference", "checkpoint", "head"])
 @pytest.mark.parametrize("cell", ["rnn", "lstm", "gru"])
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
-def test_reused_blocks_give_the_same_bits(cache, cell, mode, dtype):
+def test_reused_blocks_give_the_same_bits(backend, cell, mode, dtype):
     # padded sequences: the kernels must write the zeros of padded steps themselves
     case = make_case(cell, T=T, B=B, D=D, H=H, lengths=True, h0=True, dtype=dtype)
-    first = _arrays(cell, mode, case)
-    kept = fastrnn.output_cache_info()
+    first = _arrays(backend, cell, mode, case)
+    kept = _info(backend)
     assert kept["blocks"] >= 1 and kept["held"] >= LARGE, kept
-    second = _arrays(cell, mode, case)
-    assert fastrnn.output_cache_info()["hits"] >= kept["hits"] + 1
+    second = _arrays(backend, cell, mode, case)
+    assert _info(backend)["hits"] >= kept["hits"] + 1
     assert first.keys() == second.keys()
     for name, value in first.items():
         assert np.isfinite(value).all(), name
@@ -83,56 +94,73 @@ def _share_memory(a: fastrnn.ForwardResult, b: fastrnn.ForwardResult) -> bool:
     return any(np.shares_memory(x, y) for x in (a.hs, *a.saved) for y in (b.hs, *b.saved))
 
 
-def test_blocks_of_live_arrays_are_never_handed_out(cache):
+def test_blocks_of_live_arrays_are_never_handed_out(backend):
     case = make_case("lstm", T=T, B=B, D=D, H=H, dtype=np.float64)
-    run = lambda: fastrnn.forward("lstm", case["params"], case["x"], backend="cpp")  # noqa: E731
-    hits = fastrnn.output_cache_info()["hits"]  # counted since the process began
+    run = lambda: fastrnn.forward("lstm", case["params"], case["x"], backend=backend)  # noqa: E731
+    hits = _info(backend)["hits"]  # counted since the process began
     a, b = run(), run()  # both alive: the second took new memory
-    assert fastrnn.output_cache_info()["hits"] == hits
+    assert _info(backend)["hits"] == hits
     assert not _share_memory(a, b)
     want = a.hs.copy()
     del a  # its blocks go back to the cache, and the next forward takes them
     c = run()
-    info = fastrnn.output_cache_info()
+    info = _info(backend)
     assert info["hits"] == hits + 3 and info["blocks"] == 0, info  # hs, gates, cell states
     assert not _share_memory(c, b)
     np.testing.assert_array_equal(c.hs, want)
     np.testing.assert_array_equal(b.hs, want)
 
 
-def test_a_view_keeps_its_block(cache):
-    # NumPy's views point at the array that holds the capsule, which stays alive with them
+def _kept(hs: np.ndarray, keep: str) -> np.ndarray:
+    """What outlives ``hs``: a view, a copy made by pickle, an array over a memoryview of
+    it, or over its buffer."""
+    if keep == "view":
+        return hs[T // 2 :, 1]
+    if keep == "pickled":
+        return pickle.loads(pickle.dumps(hs[T // 2 :, 1]))
+    if keep == "memoryview":
+        return np.asarray(memoryview(hs))[T // 2 :, 1]
+    return np.frombuffer(hs, dtype=hs.dtype)[T * B * H // 2 :]
+
+
+@pytest.mark.parametrize("keep", ["view", "pickled", "memoryview", "frombuffer"])
+def test_a_view_keeps_its_block(backend, keep):
+    # NumPy's views point at the array that owns the memory (cpp: it holds the capsule; numba:
+    # the pool's block), which stays alive with them; a buffer export holds its exporter
     case = make_case("rnn", T=T, B=B, D=D, H=H, dtype=np.float64)
-    run = lambda: fastrnn.forward("rnn", case["params"], case["x"], backend="cpp").hs  # noqa: E731
-    view = run()[T // 2 :, 1]
+    run = lambda: fastrnn.forward("rnn", case["params"], case["x"], backend=backend).hs  # noqa: E731
+    view = _kept(run(), keep)  # hs itself is gone
     want = view.copy()
-    hits = fastrnn.output_cache_info()["hits"]
+    hits = _info(backend)["hits"]
     other = run()  # the view's block is not free: new memory
-    assert fastrnn.output_cache_info()["hits"] == hits
+    if keep == "pickled":  # the unpickled copy owns its memory: hs's block was free
+        assert _info(backend)["hits"] == hits + 1
+    else:
+        assert _info(backend)["hits"] == hits
     assert not np.shares_memory(view, other)
     other[...] = np.nan
     np.testing.assert_array_equal(view, want)
 
 
-def test_the_limit_bounds_what_is_held(cache):
+def test_the_limit_bounds_what_is_held(backend):
     case = make_case("gru", T=T, B=B, D=D, H=H, dtype=np.float64)
     hs_block = -(-T * B * H * 8 // LARGE) * LARGE  # whole 2 MB pages
     assert fastrnn.set_output_cache(0) == 1 << 30
-    fastrnn.forward("gru", case["params"], case["x"], backend="cpp")
-    info = fastrnn.output_cache_info()
+    fastrnn.forward("gru", case["params"], case["x"], backend=backend)
+    info = _info(backend)
     assert (info["limit"], info["held"], info["blocks"]) == (0, 0, 0)
     # room for one hs block: the gru's gates (3x hs) and extra (hs) do not all stay
     assert fastrnn.set_output_cache(hs_block) == 0
-    fastrnn.forward("gru", case["params"], case["x"], backend="cpp")
-    info = fastrnn.output_cache_info()
+    fastrnn.forward("gru", case["params"], case["x"], backend=backend)
+    info = _info(backend)
     assert info["held"] <= hs_block and info["blocks"] <= 1, info
     assert fastrnn.set_output_cache(1 << 30) == hs_block
 
 
-def test_outputs_are_ordinary_arrays(cache):
+def test_outputs_are_ordinary_arrays(backend):
     case = make_case("rnn", T=T, B=B, D=D, H=H, dtype=np.float32)
     for _ in range(2):  # fresh memory, then a kept block
-        hs = fastrnn.forward("rnn", case["params"], case["x"], backend="cpp").hs
+        hs = fastrnn.forward("rnn", case["params"], case["x"], backend=backend).hs
         assert hs.flags.writeable and hs.flags.c_contiguous and not hs.flags.owndata
         assert hs.ctypes.data % 64 == 0
         back = pickle.loads(pickle.dumps(hs))
@@ -153,11 +181,30 @@ def test_outputs_are_ordinary_arrays(cache):
 def test_set_output_cache_rejects_bad_limits(value, error, message):
     with pytest.raises(error, match=message):
         fastrnn.set_output_cache(value)
-    with pytest.raises(ValueError, match="max_bytes must be >= 0, got -5"):
-        _core.set_output_cache_limit(-5)  # the raw binding checks too
+    if "cpp" in fastrnn.available_backends():
+        from fastrnn import _core
+
+        with pytest.raises(ValueError, match="max_bytes must be >= 0, got -5"):
+            _core.set_output_cache_limit(-5)  # the raw binding checks too
 
 
-def test_top_level_names():
-    assert fastrnn.set_output_cache is cpp_backend.set_output_cache
-    assert fastrnn.output_cache_info is cpp_backend.output_cache_info
-    assert set(fastrnn.output_cache_info()) == {"limit", "held", "blocks", "hits", "misses"}
+def test_every_cache_is_reported_and_set():
+    want = {"numba"} | ({"cpp"} if "cpp" in fastrnn.available_backends() else set())
+    assert set(fastrnn.output_cache_info()) == want
+    previous = fastrnn.set_output_cache(12 << 20)
+    try:
+        for info in fastrnn.output_cache_info().values():
+            assert set(info) == {"limit", "held", "blocks", "hits", "misses"}
+            assert info["limit"] == 12 << 20
+    finally:
+        fastrnn.set_output_cache(previous)
+    assert "set_output_cache" in fastrnn.__all__ and "output_cache_info" in fastrnn.__all__
+
+
+def test_small_outputs_come_from_numpy():
+    pool = _block_pool.BlockPool()
+    small = pool.empty((LARGE // 8 - 1,), np.float64)
+    assert small.flags.owndata and pool.info()["misses"] == 0
+    large = pool.empty((3, LARGE // 8), np.float32)
+    assert not large.flags.owndata and pool.info()["misses"] == 1
+    assert large.shape == (3, LARGE // 8) and large.dtype == np.float32

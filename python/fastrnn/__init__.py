@@ -81,8 +81,8 @@ _LAZY: dict[str, str] = {
     "SequenceGenerator": "fastrnn.models",
     "Seq2Seq": "fastrnn.models",
     "gradcheck": "fastrnn.diagnostics",
-    "output_cache_info": "fastrnn.backends.cpp_backend",
-    "set_output_cache": "fastrnn.backends.cpp_backend",
+    "output_cache_info": "fastrnn.output_cache",
+    "set_output_cache": "fastrnn.output_cache",
 }
 _SUBMODULES = {
     "layers",
@@ -110,8 +110,6 @@ if TYPE_CHECKING:  # what __getattr__ loads on first use, for type checkers and 
     from . import optim as optim
     from . import training as training
     from ._warmup import warmup as warmup
-    from .backends.cpp_backend import output_cache_info as output_cache_info
-    from .backends.cpp_backend import set_output_cache as set_output_cache
     from .diagnostics import gradcheck as gradcheck
     from .io import load as load
     from .io import save as save
@@ -136,6 +134,8 @@ if TYPE_CHECKING:  # what __getattr__ loads on first use, for type checkers and 
     from .optim import StepLR as StepLR
     from .optim import clip_grad_norm as clip_grad_norm
     from .optim import clip_grad_value as clip_grad_value
+    from .output_cache import output_cache_info as output_cache_info
+    from .output_cache import set_output_cache as set_output_cache
     from .training import Callback as Callback
     from .training import EarlyStopping as EarlyStopping
     from .training import LambdaCallback as LambdaCallback
@@ -174,8 +174,10 @@ __all__ = [
     "get_num_threads",
     "init_params",
     "linear_cross_entropy",
+    "output_cache_info",
     "set_backend",
     "set_num_threads",
+    "set_output_cache",
     "unavailable_backends",
     "use_backend",
 ]

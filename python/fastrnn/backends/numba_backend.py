@@ -55,6 +55,7 @@ from numpy.typing import NDArray
 
 from . import _numba_kernels as _k
 from . import numpy_backend as _ref
+from ._block_pool import POOL
 from ._contract import (
     BackwardOutput,
     Checkpoints,
@@ -142,6 +143,13 @@ def _single_threaded_blas() -> Iterator[None]:
             if _blas_users == 0:
                 _blas_limiter.restore_original_limits()
                 _blas_limiter = None
+
+
+def _out(shape: tuple[int, ...], dtype: np.dtype[Any]) -> FloatArray:
+    """A large output (``hs``, the saved activations, ``dx``): from the pool of blocks kept
+    between calls (:mod:`._block_pool`), so that the next step's outputs take no page
+    faults; like ``np.empty`` in every other way."""
+    return POOL.empty(shape, dtype)
 
 
 def _writable(a: _A) -> _A:
@@ -260,12 +268,12 @@ def forward(
     common = (*_inputs(x, W_ih_T.shape[0], dt), W_ih_T, _ref.contiguous_T(params["W_hh"]))
     lens = _lengths(lengths, T, B)
     h0 = _writable(h0)
-    hs = np.empty((T, B, H), dtype=dt)
+    hs = _out((T, B, H), dt)
     h_n = np.empty((B, H), dtype=dt)
     mask = _mask(recurrent_mask, dt)
 
     def saved(width: int) -> FloatArray:  # an array for backward, or an empty stand-in
-        return np.empty((T, B, width) if training else (0, 0, 0), dtype=dt)
+        return _out((T, B, width) if training else (0, 0, 0), dt)
 
     if cell == "rnn":
         bias = params["b_ih"] + params["b_hh"]
@@ -276,7 +284,7 @@ def forward(
         bias = params["b_ih"] + params["b_hh"]
         c_n = np.empty((B, H), dtype=dt)
         gates, cs = saved(4 * H), saved(H)
-        states = np.empty((-(-T // every) if every else 0, B, H), dtype=dt)
+        states = _out((-(-T // every) if every else 0, B, H), dt)
         c0 = _writable(given(c0, "c0"))
         args = (*common, bias, h0, c0, lens, hs, h_n, c_n, gates, cs, every, states, mask)
         _run("lstm_forward", dt, B, chunks, args)
@@ -345,7 +353,7 @@ def backward(
     common = (xs, ids, *weights)
     dh = dh_n.copy()  # the running dL/dh, dh0 on return
     want_dx = input_grad and ids.shape[0] == 0
-    dx = np.empty((T, B, D) if want_dx else (0, 0, 0), dtype=dt)  # empty: no dx work
+    dx = _out((T, B, D) if want_dx else (0, 0, 0), dt)  # empty: no dx work
     norms = np.zeros((B, T), dtype=dt)  # ||dL/dh_t||, sequence-major for the kernels
     db = np.zeros((B, GH))  # per-sequence bias-gradient sums, in float64
     # per-chunk float64 sums; with token ids dW_ih is transposed, (D, G*H): a row per id

@@ -32,9 +32,8 @@ def run(args: argparse.Namespace) -> int:
         "num_threads": fastrnn.get_num_threads(),
         "build_info": build,
     }
-    cache = fastrnn.output_cache_info() if "cpp" in available else None
-    if cache is not None:
-        info["output_cache"] = cache
+    caches = fastrnn.output_cache_info()
+    info["output_cache"] = caches
     if args.json:
         print(json.dumps(info, indent=2))
         return 0
@@ -50,10 +49,10 @@ def run(args: argparse.Namespace) -> int:
             f"kernel workers:     {build['threads']} (under `import fastrnn.torch`: "
             "PyTorch's OpenMP threads)"
         )
-    if cache is not None:
+    for name, cache in caches.items():
         print(
-            f"output cache:       keeps up to {cache['limit'] / 2**20:.0f} MiB of the cpp "
-            f"kernels' large outputs between calls, holds {cache['held'] / 2**20:.0f} MiB "
+            f"output cache:       {name}: keeps up to {cache['limit'] / 2**20:.0f} MiB of "
+            f"large outputs between calls, holds {cache['held'] / 2**20:.0f} MiB "
             "(fastrnn.set_output_cache)"
         )
     print("build_info:")
