@@ -4,6 +4,7 @@ warmup, threads, the GIL, its float32 tanh, and the report when numba cannot loa
 from __future__ import annotations
 
 import concurrent.futures
+import os
 import subprocess
 import sys
 import textwrap
@@ -25,13 +26,15 @@ def kernels():
     return _numba_kernels
 
 
-def _python(code: str) -> str:
-    """Run ``code`` in a fresh interpreter; return its stdout (a failure fails the test)."""
+def _python(code: str, timeout: float = 120, **env: str) -> str:
+    """Run ``code`` in a fresh interpreter, with ``env`` added to the environment; return
+    its stdout (a failure fails the test)."""
     proc = subprocess.run(
         [sys.executable, "-c", textwrap.dedent(code)],
         capture_output=True,
         text=True,
-        timeout=120,
+        timeout=timeout,
+        env={**os.environ, **env},
     )
     assert proc.returncode == 0, f"subprocess failed:\n{proc.stdout}\n{proc.stderr}"
     return proc.stdout
@@ -441,13 +444,96 @@ def test_small_product_is_the_matrix_product(kernels, dtype, m, k, n):
     assert np.all(np.abs(out - a @ b) <= bound), np.abs(out - a @ b).max()
 
 
-def test_small_products_follow_scipys_openblas_kernels(kernels):
-    """In-house up to 32 rows and 256 KiB of weights unless SciPy's OpenBLAS runs its
-    SkylakeX family of kernels (then every per-step product goes to BLAS)."""
+def test_small_products_follow_the_bound_openblas_kernels(kernels):
+    """In-house up to 32 rows and 256 KiB of weights unless the OpenBLAS the kernels call
+    runs its SkylakeX family of kernels (then every per-step product goes to BLAS)."""
     from fastrnn._sysinfo import blas_info, openblas_kernel_isa
 
-    scipy_blas = [i for i in blas_info() if i["owner"] == "scipy"]
-    assert len(scipy_blas) == 1
-    avx512 = openblas_kernel_isa(scipy_blas[0]["architecture"]) == "avx512"
+    bound = [i for i in blas_info() if i["filepath"] == kernels.BLAS_PATH]
+    assert len(bound) == 1, (kernels.BLAS_PATH, blas_info())
+    avx512 = openblas_kernel_isa(bound[0]["architecture"]) == "avx512"
     assert kernels.SMALL_PRODUCT_BYTES == (0 if avx512 else 256 * 1024)
     assert kernels.SMALL_PRODUCT_ROWS == 32
+
+
+# --- the BLAS hand-off -----------------------------------------------------------------
+
+
+def test_kernels_call_the_blas_the_cpp_kernels_call(kernels):
+    """The numba kernels are bound to the library :func:`find_blas` picks (NumPy's own
+    OpenBLAS with 64-bit integers where NumPy ships one, as the pip wheels do), the one the
+    cpp backend takes, and ``fastrnn info`` names it."""
+    from fastrnn.backends import _blas, numba_backend
+
+    handover, path = _blas.find_blas()
+    assert handover[0], handover[4]  # an OpenBLAS was found (pip's NumPy and SciPy ship one)
+    assert (kernels.BLAS_NAME, kernels.BLAS_PATH) == (handover[4], path)
+    assert kernels._INT64_FLAG.value == int(handover[5])
+    assert numba_backend.blas_name() == kernels.BLAS_NAME
+    limited = numba_backend._kernel_blas().lib_controllers
+    assert [lib.filepath for lib in limited] == [path]
+
+
+def _jitted_dot():
+    from numba import njit
+
+    from fastrnn.backends._numba_kernels import _dot
+
+    @njit
+    def dot(a, b, out):
+        _dot(a, b, out)
+
+    return dot
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("a_t", [False, True], ids=["a", "a.T"])
+@pytest.mark.parametrize("b_t", [False, True], ids=["b", "b.T"])
+@pytest.mark.parametrize(
+    "m, k, n", [(1, 1, 1), (3, 7, 5), (33, 129, 65), (256, 64, 32), (2, 0, 3), (0, 4, 2), (5, 3, 0)]
+)
+def test_blas_product_is_the_matrix_product(kernels, dtype, a_t, b_t, m, k, n):
+    """The kernels' ``?gemm`` call (:func:`_dot`): C- and F-contiguous operands (a
+    transposed view is F), shapes whose sizes are no multiple of anything, one row or
+    column, and empty products (k = 0 gives zeros; no call with m or n = 0)."""
+    rng = np.random.default_rng(5)
+    a = rng.normal(size=(k, m) if a_t else (m, k)).astype(dtype)
+    b = rng.normal(size=(n, k) if b_t else (k, n)).astype(dtype)
+    a, b = (a.T if a_t else a), (b.T if b_t else b)
+    out = np.full((m, n), np.nan, dtype=dtype)
+    _jitted_dot()(a, b, out)
+    eps = np.finfo(dtype).eps
+    bound = max(k, 1) * eps * (np.abs(a) @ np.abs(b))  # a sum of k products, in another order
+    assert np.all(np.abs(out - a @ b) <= bound), np.abs(out - a @ b).max()
+
+
+def test_scipys_openblas_on_request(kernels):
+    """FASTRNN_BLAS=scipy binds the kernels to SciPy's OpenBLAS (32-bit integers) in a new
+    process; the same compiled kernels (numba's cache holds the names, not the addresses)
+    then agree with the reference, and threadpoolctl limits that library."""
+    out = _python(
+        """
+        import numpy as np
+        import fastrnn
+        from fastrnn.backends import _numba_kernels as k, numba_backend
+        print(k.BLAS_NAME)
+        print(k._INT64_FLAG.value)
+        print([lib.filepath == k.BLAS_PATH for lib in numba_backend._kernel_blas().lib_controllers])
+        rng = np.random.default_rng(0)
+        for cell in ("rnn", "lstm"):
+            p = fastrnn.init_params(cell, 20, 30, seed=1, dtype=np.float64)
+            x = rng.normal(size=(9, 40, 20))
+            res = {}
+            for be in ("numpy", "numba"):
+                r = fastrnn.forward(cell, p, x, backend=be)
+                g = fastrnn.backward(r, dhs=np.ones_like(r.hs))
+                res[be] = (r.hs, g.dx, g.params["W_hh"], g.params["W_ih"])
+            for a, b in zip(res["numba"], res["numpy"]):
+                np.testing.assert_allclose(a, b, rtol=1e-10, atol=1e-12)
+        print("agree")
+        """,
+        timeout=600,
+        FASTRNN_BLAS="scipy",
+    )
+    name, flag, limited, agree = out.strip().splitlines()
+    assert "via SciPy" in name and flag == "0" and limited == "[True]" and agree == "agree"

@@ -154,7 +154,7 @@ def blas_info() -> list[dict[str, Any]]:
     from threadpoolctl import threadpool_info
 
     try:
-        import scipy.linalg  # noqa: F401  (SciPy's BLAS: Numba's np.dot calls it)
+        import scipy.linalg  # noqa: F401  (SciPy's BLAS, the kernels' other choice)
     except ImportError:
         pass
     keys = ("internal_api", "version", "num_threads", "architecture", "threading_layer")
@@ -189,7 +189,9 @@ def numba_target() -> dict[str, Any] | None:
     """The CPU numba compiles for: ``cpu`` (the LLVM CPU name), ``features`` (``"host"``
     when numba uses the host CPU's own features, else the LLVM feature string; empty means
     the named CPU's defaults), ``forced`` (whether ``NUMBA_CPU_NAME`` or
-    ``NUMBA_CPU_FEATURES`` set them) and ``version``; ``None`` without numba.
+    ``NUMBA_CPU_FEATURES`` set them) and ``version``; ``None`` without numba. (The caller
+    may add ``blas``, the library the kernels call, which :func:`format_system_info` shows:
+    ``fastrnn.backends.numba_backend.blas_name()``, a module that imports this one.)
 
     To compile numba's kernels for the same level as ``FASTRNN_CPP_ISA``, set both, e.g.
     ``NUMBA_CPU_NAME=haswell NUMBA_CPU_FEATURES=`` for avx2 (``NUMBA_CPU_NAME`` alone keeps
@@ -308,8 +310,9 @@ def format_system_info(info: dict[str, Any]) -> str:
         else:
             shown = f"features {features!r}" if features else "that CPU's default features"
         how = "set by NUMBA_CPU_NAME/NUMBA_CPU_FEATURES" if target["forced"] else "the host"
+        blas = f", BLAS: {target['blas']}" if target.get("blas") else ""
         lines.append(
-            f"numba:    {target['version']}, compiles for {target['cpu']}, {shown} ({how})"
+            f"numba:    {target['version']}, compiles for {target['cpu']}, {shown} ({how}){blas}"
         )
     build = info["build_info"]
     if build.get("available"):

@@ -21,6 +21,7 @@ cache) for one of the explicit C-contiguous signatures of :data:`SIGNATURES` by
 
 from __future__ import annotations
 
+import ctypes
 import math
 import threading
 from collections.abc import Callable, Sequence
@@ -29,9 +30,10 @@ from typing import Any, TypeAlias
 import numpy as np
 from llvmlite import ir
 from numba import njit, types
+from numba.core import cgutils
 from numba.extending import intrinsic, overload
-from numba.np.linalg import _BLAS, ensure_blas
 
+from ._blas import kernel_gemm
 from ._contract import FloatArray, IndexArray
 
 # mypy skips numba's stubs (see pyproject.toml), so numba's names, and the kernels the
@@ -247,6 +249,142 @@ def _steps(lengths: IndexArray, b0: int, b1: int) -> int:
     return n
 
 
+# --- BLAS ------------------------------------------------------------------------------
+#
+# The kernels call the Fortran-ABI ?gemm of the OpenBLAS the cpp backend calls too
+# (:func:`fastrnn.backends._blas.find_blas`: NumPy's own, ILP64, else SciPy's, LP64) by the
+# names below, which :func:`_bind_blas` binds to that library's functions at import (LLVM
+# resolves them when a kernel is compiled or loaded from numba's on-disk cache, so the
+# cached code holds names, not this process's addresses). Whether the integer arguments are
+# 64-bit is read at run time from the third name, so one compiled kernel serves both.
+# NumPy's OpenBLAS 0.3.31 ran the kernels' products 1.03 to 1.46x faster than the 0.3.30
+# SciPy ships (Zen 3, see _blas.py); Numba's own ``np.dot`` calls SciPy's.
+
+_GEMM_NAMES = {"float32": "fastrnn_numba_sgemm", "float64": "fastrnn_numba_dgemm"}
+_INT64_NAME = "fastrnn_numba_blas_int64"
+
+
+def _declared(module: Any, name: str, kind: Any) -> Any:
+    """The declaration of the external global or function ``name`` in an LLVM module."""
+    try:
+        return module.get_global(name)
+    except KeyError:
+        if isinstance(kind, ir.FunctionType):
+            return ir.Function(module, kind, name)
+        return ir.GlobalVariable(module, kind, name)
+
+
+@intrinsic
+def _fortran_gemm(
+    typingctx: Any,
+    ta: NumbaType,
+    tb: NumbaType,
+    m: NumbaType,
+    n: NumbaType,
+    k: NumbaType,
+    a: NumbaType,
+    lda: NumbaType,
+    b: NumbaType,
+    ldb: NumbaType,
+    c: NumbaType,
+    ldc: NumbaType,
+) -> tuple[NumbaType, Callable[..., Any]] | None:
+    """``c = op(a) op(b)`` in column-major terms (alpha 1, beta 0): one call of the bound
+    ``?gemm`` (:data:`_GEMM_NAMES`) with ``ta``, ``tb`` the character codes of the
+    operations (``ord("N")``, ``ord("T")``), the integers as 64- or 32-bit values as the
+    library takes them (:data:`_INT64_NAME`), all on this function's stack."""
+    arrays = (a, b, c)
+    if not all(isinstance(v, types.Array) for v in arrays):
+        return None
+    if len({v.dtype for v in arrays}) != 1 or str(c.dtype) not in _GEMM_NAMES:
+        return None
+    name = _GEMM_NAMES[str(c.dtype)]
+    sig = types.none(ta, tb, m, n, k, a, lda, b, ldb, c, ldc)
+
+    def codegen(context: Any, builder: Any, sig: Any, args: Sequence[Any]) -> Any:
+        i8p = ir.IntType(8).as_pointer()
+        i32, i64 = ir.IntType(32), ir.IntType(64)
+        flt = context.get_value_type(sig.args[-2].dtype)
+        wide = _declared(builder.module, _INT64_NAME, i64)
+        int64 = builder.icmp_unsigned("!=", builder.load(wide), i64(0))
+
+        def by_ref(value: Any, ty: Any) -> Any:
+            return builder.bitcast(cgutils.alloca_once_value(builder, value), i8p)
+
+        def integer(i: int) -> Any:
+            v = context.cast(builder, args[i], sig.args[i], types.int64)
+            return builder.select(int64, by_ref(v, i64), by_ref(builder.trunc(v, i32), i32))
+
+        def data(i: int) -> Any:
+            arr = context.make_array(sig.args[i])(context, builder, args[i])
+            return builder.bitcast(arr.data, i8p)
+
+        def char(i: int) -> Any:
+            v = context.cast(builder, args[i], sig.args[i], types.int64)
+            return by_ref(builder.trunc(v, ir.IntType(8)), ir.IntType(8))
+
+        one, zero = by_ref(flt(1), flt), by_ref(flt(0), flt)
+        fn = _declared(builder.module, name, ir.FunctionType(ir.VoidType(), [i8p] * 13))
+        operands = [char(0), char(1), integer(2), integer(3), integer(4), one, data(5)]
+        operands += [integer(6), data(7), integer(8), zero, data(9), integer(10)]
+        builder.call(fn, operands)
+        return context.get_dummy_value()
+
+    return sig, codegen
+
+
+def _bind_blas() -> tuple[str, str | None]:
+    """Bind :data:`_GEMM_NAMES` and :data:`_INT64_NAME` to the library
+    :func:`~fastrnn.backends._blas.kernel_gemm` finds; returns its description and path."""
+    import llvmlite.binding as llvm
+
+    sgemm, dgemm, int64, name, path = kernel_gemm()
+    _INT64_FLAG.value = 1 if int64 else 0
+    llvm.add_symbol(_GEMM_NAMES["float32"], sgemm)
+    llvm.add_symbol(_GEMM_NAMES["float64"], dgemm)
+    llvm.add_symbol(_INT64_NAME, ctypes.addressof(_INT64_FLAG))
+    return name, path
+
+
+_INT64_FLAG = ctypes.c_int64(0)  # lives as long as the module: the kernels read it
+BLAS_NAME, BLAS_PATH = _bind_blas()
+"""Which BLAS the kernels call, as :func:`~fastrnn.backends._blas.kernel_gemm` names it, and
+the path of that library (None: SciPy's BLAS, whichever it is)."""
+
+
+def _dot(a: FloatArray, b: FloatArray, out: FloatArray) -> None:
+    """out = a @ b for 2-d arrays (the Python twin of the jitted overload)."""
+    np.dot(a, b, out)
+
+
+@overload(_dot, jit_options={"fastmath": FASTMATH, "error_model": "numpy"}, inline="always")
+def _ol_dot(a, b, out):  # type: (NumbaType, NumbaType, NumbaType) -> Callable[..., None] | None
+    """``out = a @ b`` through the bound BLAS, for a C-contiguous ``out`` and ``a``, ``b``
+    each C- or F-contiguous (a transposed view is F): row-major ``out`` (m, n) is
+    column-major ``out^T`` = ``b^T a^T``, a C operand being its transpose as column-major
+    (``"N"``), an F one the operand itself (``"T"``)."""
+    if not all(isinstance(v, types.Array) and v.ndim == 2 for v in (a, b, out)):
+        return None
+    if out.layout != "C" or a.layout not in "CF" or b.layout not in "CF":
+        return None
+    ta, tb = ord("N" if a.layout == "C" else "T"), ord("N" if b.layout == "C" else "T")
+    a_rows_major, b_rows_major = a.layout == "C", b.layout == "C"
+
+    def impl(a, b, out):  # type: (FloatArray, FloatArray, FloatArray) -> None
+        m, k = a.shape
+        n = b.shape[1]
+        if m == 0 or n == 0:
+            return
+        if k == 0:
+            out[:] = 0
+            return
+        lda = k if a_rows_major else m
+        ldb = n if b_rows_major else k
+        _fortran_gemm(tb, ta, n, m, k, b, max(ldb, 1), a, max(lda, 1), out, n)
+
+    return impl
+
+
 def _gemm(a: FloatArray, b: FloatArray, out: FloatArray) -> None:
     """out = a @ b for C-contiguous 2-d arrays (the Python twin of the jitted overload)."""
     np.dot(a, b, out)
@@ -254,26 +392,20 @@ def _gemm(a: FloatArray, b: FloatArray, out: FloatArray) -> None:
 
 @overload(_gemm, jit_options={"fastmath": FASTMATH, "error_model": "numpy"}, inline="always")
 def _ol_gemm(a, b, out):  # type: (NumbaType, NumbaType, NumbaType) -> Callable[..., None] | None
-    """The per-step product as one BLAS ``?gemm`` call through the entry point Numba's own
-    ``np.dot`` uses (the BLAS SciPy ships), without ``np.dot``'s dispatch: for one row
-    ``np.dot`` calls ``?gemv``, which took 0.27 against 0.12 us for 64x64 and 0.89 against
-    0.60 us for 64x256 (float32, OpenBLAS 0.3.30 on AVX-512); the same for more rows."""
+    """The per-step product: in-house for a few rows (:func:`_small_product`), else one
+    ``?gemm`` call (:func:`_dot`; for one row ``np.dot`` would call ``?gemv``, which took
+    0.27 against 0.12 us for 64x64 and 0.89 against 0.60 us for 64x256, float32, OpenBLAS
+    0.3.30 on AVX-512)."""
     if not all(isinstance(v, types.Array) and v.ndim == 2 for v in (a, b, out)):
         return None
-    ensure_blas()
-    xxgemm = _BLAS.numba_xxgemm(a.dtype)
-    kind = ord("s" if _is_f32(a.dtype) else "d")
-    alpha, beta = np.ones(1, dtype=str(a.dtype)), np.zeros(1, dtype=str(a.dtype))
 
     def impl(a, b, out):  # type: (FloatArray, FloatArray, FloatArray) -> None
         m, k = a.shape
         n = b.shape[1]
         if m <= SMALL_PRODUCT_ROWS and k * n * b.itemsize <= SMALL_PRODUCT_BYTES:
             _small_product(a, b, out)
-            return
-        # row-major out (m, n) = a (m, k) @ b (k, n) is column-major out^T = b^T a^T
-        c = out.ctypes
-        xxgemm(kind, _N, _N, n, m, k, alpha.ctypes, b.ctypes, n, a.ctypes, k, beta.ctypes, c, n)
+        else:
+            _dot(a, b, out)
 
     return impl
 
@@ -281,7 +413,8 @@ def _ol_gemm(a, b, out):  # type: (NumbaType, NumbaType, NumbaType) -> Callable[
 def _small_product_bytes() -> int:
     """Up to how many bytes of ``b`` (the weights) the per-step product of at most
     :data:`SMALL_PRODUCT_ROWS` rows runs in-house (:func:`_small_product`) rather than
-    through SciPy's BLAS: 256 KiB, unless that OpenBLAS runs its SkylakeX family of kernels,
+    through the bound BLAS (:data:`BLAS_PATH`; else SciPy's): 256 KiB, unless that OpenBLAS
+    runs its SkylakeX family of kernels,
     whose small-matrix path was as fast or faster (then 0: every product through BLAS).
 
     With the Haswell kernels (an AVX2 CPU such as AMD's Zen) OpenBLAS packs the whole
@@ -294,14 +427,21 @@ def _small_product_bytes() -> int:
     64, 256) 30.9 -> 42.3, (16, 256, 64) 30.4 -> 36.0, (32, 128, 512) [512 KiB] 33.4 ->
     34.0, (64, 256, 64) 37.5 -> 29.4. Earlier, with the SkylakeX kernels, one row in-house
     was no faster (S1 lstm 31.6 -> 31.1 ms, rnn 5.7 -> 6.5), and with the Haswell kernels
-    it took a fifth of BLAS's time (S1 lstm 151.9 -> 30.7 ms). Decided once at import, so
+    it took a fifth of BLAS's time (S1 lstm 151.9 -> 30.7 ms). With NumPy's OpenBLAS 0.3.31
+    bound instead (same Zen 3, in a jitted loop, BLAS / in-house GFLOP/s), 16 rows were a
+    draw ((16, 64, 256) 67.0 / 69.5, (16, 256, 64) 66.2 / 53.7, (32, 128, 512) 73.7 / 79.9)
+    and one to four rows still in-house's ((1, 64, 256) 9.7 / 48.2); S2 with in-house up to
+    8 rows instead of 32 moved numba/cpp within the noise (rnn 1.31 -> 1.46, lstm 1.20 ->
+    1.02, gru 1.14 -> 1.18), so the limit stays. Decided once at import, so
     the choice is compiled into (and cached with) the kernels: numba's cache is per CPU,
     and OpenBLAS picks its kernels by the CPU unless OPENBLAS_CORETYPE says otherwise."""
     from .._sysinfo import blas_info, openblas_kernel_isa
 
-    scipy_blas = [i for i in blas_info() if i["owner"] == "scipy"]
-    small_matrix_path = len(scipy_blas) == 1 and (
-        openblas_kernel_isa(scipy_blas[0]["architecture"]) == "avx512"
+    libraries = blas_info()
+    bound = [i for i in libraries if BLAS_PATH and i["filepath"] == BLAS_PATH]
+    bound = bound or [i for i in libraries if i["owner"] == "scipy"]
+    small_matrix_path = len(bound) == 1 and (
+        openblas_kernel_isa(bound[0]["architecture"]) == "avx512"
     )
     return 0 if small_matrix_path else 256 * 1024
 
@@ -357,9 +497,6 @@ def _small_product(a: FloatArray, b: FloatArray, out: FloatArray) -> None:
                 out[i, j] += v * b[q, j]
 
 
-_N = ord("N")
-
-
 @njit(**_JIT)
 def _gather(src: FloatArray, t0: int, count: int, b0: int, b1: int, out: FloatArray) -> None:
     """out[s * nb + r] = src[t0 + s, b0 + r] for s < count, r < nb = b1 - b0: a block of
@@ -394,7 +531,7 @@ def _project(
                     proj[q, j] = W_ih_T[d, j]
         return
     _gather(x, t0, count, b0, b1, xb)
-    np.dot(xb[: count * nb], W_ih_T, proj[: count * nb])
+    _dot(xb[: count * nb], W_ih_T, proj[: count * nb])
 
 
 # Variational recurrent dropout: ``rec_mask`` (B, H), one mask per sequence, the same at
@@ -584,12 +721,12 @@ def _block_done(
         _scatter_rows(dA_in, ids, t0, count, b0, b1, p_ih, dW_ih)
     else:
         _gather(x, t0, count, b0, b1, xb)
-        np.dot(dA_in[:n].T, xb[:n], p_ih)
+        _dot(dA_in[:n].T, xb[:n], p_ih)
         _add(dW_ih, p_ih)
-    np.dot(dA_rec[:n].T, hb[:n], p_hh)
+    _dot(dA_rec[:n].T, hb[:n], p_hh)
     _add(dW_hh, p_hh)
     if dx.shape[0] > 0:
-        np.dot(dA_in[:n], W_ih, dxb[:n])
+        _dot(dA_in[:n], W_ih, dxb[:n])
         for s in range(count):
             for r in range(nb):
                 _copy_row(dxb, s * nb + r, dx, t0 + s, b0 + r)
@@ -1176,14 +1313,14 @@ def linear_cross_entropy(
     picked = np.empty(_HEAD_BLOCK, dtype=dt)  # z_y - max
     sums = np.empty(_HEAD_BLOCK, dtype=dt)
     tmp = np.empty((K, H), dtype=dt)
-    ones = np.ones(_HEAD_BLOCK, dtype=dt)
-    colsum = np.empty(K, dtype=dt)
+    ones = np.ones((_HEAD_BLOCK, 1), dtype=dt)
+    colsum = np.empty((K, 1), dtype=dt)
     total = 0.0
     for s in range(r0, r1, _HEAD_BLOCK):
         e = min(s + _HEAD_BLOCK, r1)
         n = e - s
         z = buf[: K * n].reshape(K, n)
-        np.dot(weight, h[s:e].T, z)  # the logits, less the bias, class-major
+        _dot(weight, h[s:e].T, z)  # the logits, less the bias, class-major
         for i in range(n):
             mx[i] = z[0, i] + bias[0]
             sums[i] = zero
@@ -1209,14 +1346,14 @@ def linear_cross_entropy(
         for i in range(n):  # - w * onehot
             w = scale * row_weights[s + i] if weighted else scale
             z[targets[s + i], i] -= w
-        np.dot(z, ones[:n], colsum)  # dbias: BLAS sums the same way in any caller
+        _dot(z, ones[:n], colsum)  # dbias: BLAS sums the same way in any caller
         for k in range(K):
-            dbias[k] += colsum[k]
-        np.dot(z, h[s:e], tmp)  # dweight += dz^T h
+            dbias[k] += colsum[k, 0]
+        _dot(z, h[s:e], tmp)  # dweight += dz^T h
         for k in range(K):
             for j in range(H):
                 dweight[k, j] += tmp[k, j]
-        np.dot(z.T, weight, dh[s:e])  # dh = dz @ weight
+        _dot(z.T, weight, dh[s:e])  # dh = dz @ weight
     loss[0] += total
 
 

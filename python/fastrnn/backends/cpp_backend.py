@@ -12,13 +12,13 @@ change), and Intel CPUs are known to slow down far more on subnormals.
 
 Large products (the input projection, the weight gradients and ``dx`` over blocks of
 steps, and the per-step product from a size measured in ``blas.hpp``) go through the
-OpenBLAS that SciPy ships: :func:`blas_functions` finds
-SciPy's Fortran-ABI ``sgemm``/``dgemm`` (the capsules of ``scipy.linalg.cython_blas``) and
-the thread getter/setter of that OpenBLAS, and they are handed to the kernel module once, at
-import. The kernels' workers call BLAS with its own threading set to 1 (see
-``src/cpp/fastrnn/blas.hpp``). Without them the kernels use their own products;
-``_kernels.blas()`` and ``fastrnn.build_info()["blas"]`` say which. The fused head
-(``head.hpp``) keeps the in-house products.
+OpenBLAS NumPy ships: :func:`fastrnn.backends._blas.blas_functions` finds its ILP64
+``sgemm``/``dgemm`` (or SciPy's, ``scipy.linalg.cython_blas``) and the thread getter/setter
+of that OpenBLAS, and they are handed to the kernel module once, at import. The kernels'
+workers call BLAS with its own threading set to 1 (see ``src/cpp/fastrnn/blas.hpp``).
+Without them the kernels use their own products; ``_kernels.blas()`` and
+``fastrnn.build_info()["blas"]`` say which. The fused head (``head.hpp``) keeps the in-house
+products.
 
 The workers are threads of the kernels' own, or, after :func:`set_thread_team`, the
 thread team of an OpenMP runtime already loaded in the process: :mod:`fastrnn.torch` hands
@@ -40,7 +40,7 @@ import os
 from types import ModuleType
 from typing import Any
 
-from .._sysinfo import blas_width_isa
+from ._blas import blas_functions
 from ._contract import (
     BackwardOutput,
     Checkpoints,
@@ -57,123 +57,6 @@ from ._contract import (
 UNAVAILABLE_REASON: str | None = None
 ISA: str | None = None
 _kernels: ModuleType | None = None
-
-
-def _capsule_address(capsule: object) -> int:
-    get_name = ctypes.pythonapi.PyCapsule_GetName
-    get_name.restype = ctypes.c_char_p
-    get_name.argtypes = [ctypes.py_object]
-    get_pointer = ctypes.pythonapi.PyCapsule_GetPointer
-    get_pointer.restype = ctypes.c_void_p
-    get_pointer.argtypes = [ctypes.py_object, ctypes.c_char_p]
-    return int(get_pointer(capsule, get_name(capsule)) or 0)
-
-
-def _scipy_openblas(threadpool_info: list[dict[str, Any]]) -> dict[str, Any] | None:
-    """The OpenBLAS entry of threadpoolctl's list that SciPy's BLAS calls: the one inside
-    SciPy's installation (``scipy.libs`` of a wheel), else the only OpenBLAS loaded."""
-    import scipy
-
-    root = os.path.dirname(os.path.abspath(scipy.__file__))  # .../scipy (and scipy.libs)
-    blas = [i for i in threadpool_info if i.get("user_api") == "blas"]
-    openblas = [i for i in blas if i.get("internal_api") == "openblas"]
-    inside = [i for i in openblas if os.path.abspath(i["filepath"]).startswith(root)]
-    if len(inside) == 1:
-        return inside[0]
-    return openblas[0] if len(blas) == 1 == len(openblas) else None
-
-
-def blas_functions(source: str | None = None) -> BlasHandover:
-    """``(sgemm, dgemm, get_num_threads, set_num_threads, name, int64, kernel_isa)``:
-    addresses of the BLAS functions the kernels call and of the thread setters of the
-    OpenBLAS behind them, or zeros and ``"none: <why>"``; ``kernel_isa`` how wide that
-    OpenBLAS's kernels run on this CPU (``fastrnn._sysinfo.blas_width_isa``). ``source``:
-    ``"numpy"`` (NumPy's own OpenBLAS, ILP64: ``int64`` is True) or ``"scipy"``
-    (``scipy.linalg.cython_blas``, LP64); default the environment variable ``FASTRNN_BLAS``
-    or ``"numpy"``, falling back to the other."""
-    source = source or os.environ.get("FASTRNN_BLAS", "numpy")
-    order = {"numpy": (_numpy_blas, _scipy_blas), "scipy": (_scipy_blas, _numpy_blas)}[source]
-    reasons = []
-    for find in order:
-        try:
-            return find()
-        except (ImportError, OSError, KeyError, AttributeError, ValueError, LookupError) as exc:
-            reasons.append(f"{find.__name__}: {type(exc).__name__}: {exc}")
-    return (0, 0, 0, 0, "none: " + "; ".join(reasons), False, "generic")
-
-
-def _thread_setters(dll: ctypes.CDLL, path: str) -> list[int]:
-    setters = []
-    for verb in ("get", "set"):
-        names = [
-            f"{prefix}openblas_{verb}_num_threads{suffix}"
-            for prefix in ("scipy_", "")
-            for suffix in ("", "64_", "_64_")
-        ]
-        address = next(
-            (ctypes.cast(getattr(dll, n), ctypes.c_void_p).value for n in names if hasattr(dll, n)),
-            None,
-        )
-        if not address:
-            raise LookupError(f"no openblas_{verb}_num_threads in {path}")
-        setters.append(address)
-    return setters
-
-
-BlasHandover = tuple[int, int, int, int, str, bool, str]
-
-
-def _numpy_blas() -> BlasHandover:
-    import numpy
-    from threadpoolctl import threadpool_info
-
-    root = os.path.dirname(os.path.dirname(os.path.abspath(numpy.__file__)))
-    inside = [
-        i
-        for i in threadpool_info()
-        if i.get("internal_api") == "openblas"
-        and os.path.basename(os.path.dirname(os.path.abspath(i["filepath"])))
-        in ("numpy.libs", "numpy")
-        and os.path.abspath(i["filepath"]).startswith(root)
-    ]
-    if len(inside) != 1:
-        raise LookupError(f"NumPy's BLAS is not one OpenBLAS (found {len(inside)})")
-    lib = inside[0]
-    dll = ctypes.CDLL(lib["filepath"])
-    gemm: list[int] = []
-    for t in "sd":
-        names = [f"scipy_{t}gemm_64_", f"{t}gemm_64_"]
-        found = next((n for n in names if hasattr(dll, n)), None)
-        address = ctypes.cast(getattr(dll, found), ctypes.c_void_p).value if found else None
-        if not address:
-            raise LookupError(f"no ILP64 {t}gemm in {lib['filepath']}")
-        gemm.append(address)
-    get, set_ = _thread_setters(dll, lib["filepath"])
-    name = (
-        f"openblas {lib.get('version')} ({lib.get('architecture')} kernels) via NumPy, ILP64, "
-        f"{os.path.basename(lib['filepath'])}"
-    )
-    return gemm[0], gemm[1], get, set_, name, True, blas_width_isa(lib.get("architecture"))
-
-
-def _scipy_blas() -> BlasHandover:
-    from scipy.linalg import cython_blas
-    from threadpoolctl import threadpool_info
-
-    capsules = cython_blas.__pyx_capi__
-    sgemm, dgemm = (_capsule_address(capsules[name]) for name in ("sgemm", "dgemm"))
-    info = threadpool_info()
-    lib = _scipy_openblas(info)
-    if lib is None:
-        found = sorted({str(i.get("internal_api")) for i in info if i.get("user_api") == "blas"})
-        raise LookupError(f"SciPy's BLAS is not one OpenBLAS (found: {found or 'none'})")
-    dll = ctypes.CDLL(lib["filepath"])
-    get, set_ = _thread_setters(dll, lib["filepath"])
-    name = (
-        f"openblas {lib.get('version')} ({lib.get('architecture')} kernels) via SciPy, "
-        f"{os.path.basename(lib['filepath'])}"
-    )
-    return sgemm, dgemm, get, set_, name, False, blas_width_isa(lib.get("architecture"))
 
 
 def thread_team_functions(library: str) -> tuple[int, int, int, str]:

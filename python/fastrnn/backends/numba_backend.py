@@ -15,9 +15,10 @@ added there), no allocation inside the loop. Nothing of size T is made beyond th
 and, for training, the saved activations; every kernel is ``nogil``, so other Python
 threads keep running.
 
-All BLAS calls go to the BLAS that SciPy ships, through the entry point Numba's ``np.dot``
-uses; that is why SciPy is a dependency. They are kept single-threaded: the backend's
-threads are its chunks and nothing else, so NumPy's BLAS threads never compete with them.
+All BLAS calls go to the OpenBLAS NumPy ships (64-bit integers), or SciPy's (with
+``FASTRNN_BLAS=scipy``, or where NumPy's is not found), bound by ``_numba_kernels`` at
+import (:func:`fastrnn.backends._blas.kernel_gemm`). They are kept single-threaded: the
+backend's threads are its chunks and nothing else, so BLAS threads never compete with them.
 
 Threads: the chunks are ``min(num_threads, B)``, a function of the call's arguments only.
 The calling thread runs the first and a pool of Python threads the others (the kernels
@@ -106,22 +107,27 @@ _blas_limiter: Any = None  # threadpoolctl's limiter (threadpoolctl has no types
 _blas_controller: threadpoolctl.ThreadpoolController | None = None
 
 
-def _kernel_blas() -> threadpoolctl.ThreadpoolController:
-    """The BLAS library that Numba's ``np.dot`` calls (SciPy's), as a threadpoolctl handle.
+def blas_name() -> str:
+    """The BLAS library the kernels call (``FASTRNN_BLAS=scipy``: SciPy's OpenBLAS)."""
+    return str(_k.BLAS_NAME)
 
-    SciPy's wheels ship their own OpenBLAS (under ``scipy.libs``); if SciPy shares a BLAS
-    with NumPy (conda, distributions), that shared one is the handle.
-    """
+
+def _kernel_blas() -> threadpoolctl.ThreadpoolController:
+    """The BLAS library the kernels call (``_numba_kernels.BLAS_PATH``: NumPy's OpenBLAS, or
+    SciPy's), as a threadpoolctl handle; with no path, the BLAS SciPy loaded."""
     global _blas_controller
     if _blas_controller is None:
-        import scipy.linalg.cython_blas  # noqa: F401  (loads the library Numba calls)
+        import scipy.linalg.cython_blas  # noqa: F401  (loads SciPy's BLAS)
 
         blas = threadpoolctl.ThreadpoolController().select(user_api="blas")
-        own = [
-            lib.filepath
-            for lib in blas.lib_controllers
-            if "scipy" in os.path.basename(os.path.dirname(lib.filepath))
-        ]
+        if _k.BLAS_PATH is not None:
+            own = [lib.filepath for lib in blas.lib_controllers if lib.filepath == _k.BLAS_PATH]
+        else:
+            own = [
+                lib.filepath
+                for lib in blas.lib_controllers
+                if "scipy" in os.path.basename(os.path.dirname(lib.filepath))
+            ]
         _blas_controller = blas.select(filepath=own) if own else blas
     return _blas_controller
 

@@ -322,6 +322,10 @@ def run(args: argparse.Namespace) -> int:
         with contextlib.suppress(ImportError):  # no torch: the rows say it is unavailable
             import fastrnn.torch  # noqa: F401
     info = _sysinfo.system_info()
+    if info["numba_target"] and "numba" in info["backends"]:
+        from fastrnn.backends import numba_backend
+
+        info["numba_target"]["blas"] = numba_backend.blas_name()
     print(_sysinfo.format_system_info(info))
     rows = schedule.plan(
         _shapes(args),

@@ -1,6 +1,6 @@
 """``fastrnn info``: the version, the backends (available, unavailable and why, the
 active one, what ``"auto"`` resolves to and why), the thread setting, the C++ backend's
-output cache and how the extension was built."""
+output cache, the BLAS the numba kernels call and how the extension was built."""
 
 from __future__ import annotations
 
@@ -32,6 +32,10 @@ def run(args: argparse.Namespace) -> int:
         "num_threads": fastrnn.get_num_threads(),
         "build_info": build,
     }
+    if "numba" in available:
+        from fastrnn.backends import numba_backend
+
+        info["numba_blas"] = numba_backend.blas_name()
     caches = fastrnn.output_cache_info()
     info["output_cache"] = caches
     if args.json:
@@ -49,6 +53,8 @@ def run(args: argparse.Namespace) -> int:
             f"kernel workers:     {build['threads']} (under `import fastrnn.torch`: "
             "PyTorch's OpenMP threads)"
         )
+    if "numba" in available:
+        print(f"numba BLAS:         {info['numba_blas']} (FASTRNN_BLAS=scipy: SciPy's)")
     for name, cache in caches.items():
         print(
             f"output cache:       {name}: keeps up to {cache['limit'] / 2**20:.0f} MiB of "
