@@ -474,6 +474,32 @@ def test_kernels_call_the_blas_the_cpp_kernels_call(kernels):
     assert [lib.filepath for lib in limited] == [path]
 
 
+def test_the_bound_blas_runs_one_thread_while_kernels_run(kernels):
+    """Threads compose: while any kernel call runs, the library the kernels call runs one
+    thread per call (reference-counted across overlapping calls); the caller's setting comes
+    back after the last one, and a whole forward and backward leave it as it was."""
+    import threadpoolctl
+
+    from fastrnn.backends import numba_backend
+
+    def bound_threads():
+        infos = threadpoolctl.threadpool_info()
+        return [i["num_threads"] for i in infos if i["filepath"] == kernels.BLAS_PATH]
+
+    with threadpoolctl.threadpool_limits(limits=2):
+        assert bound_threads() == [2]
+        with numba_backend._single_threaded_blas():
+            assert bound_threads() == [1]
+            with numba_backend._single_threaded_blas():
+                assert bound_threads() == [1]
+            assert bound_threads() == [1]  # the outer call still runs
+        assert bound_threads() == [2]
+        case = make_case("lstm", T=6, B=40, D=20, H=30, seed=4)
+        res = fastrnn.forward("lstm", case["params"], case["x"], backend="numba")
+        fastrnn.backward(res, dhs=np.ones_like(res.hs))
+        assert bound_threads() == [2]
+
+
 def _jitted_dot():
     from numba import njit
 
