@@ -82,11 +82,16 @@ def kernel_gemm() -> tuple[int, int, bool, str, str | None]:
     (sgemm, dgemm, _, _, name, int64, _), path = find_blas()
     if sgemm and dgemm:
         return sgemm, dgemm, int64, name, path
+    sgemm, dgemm = _scipy_gemm()
+    return sgemm, dgemm, False, f"scipy.linalg.cython_blas ({name})", None
+
+
+def _scipy_gemm() -> tuple[int, int]:
+    """The addresses of the LP64 ``sgemm``/``dgemm`` SciPy exports (its cython_blas capsules)."""
     from scipy.linalg import cython_blas
 
     capsules = cython_blas.__pyx_capi__
-    sgemm, dgemm = (_capsule_address(capsules[n]) for n in ("sgemm", "dgemm"))
-    return sgemm, dgemm, False, f"scipy.linalg.cython_blas ({name})", None
+    return _capsule_address(capsules["sgemm"]), _capsule_address(capsules["dgemm"])
 
 
 def _thread_setters(dll: ctypes.CDLL, path: str) -> list[int]:
@@ -142,11 +147,9 @@ def _numpy_blas() -> tuple[BlasHandover, str]:
 
 
 def _scipy_blas() -> tuple[BlasHandover, str]:
-    from scipy.linalg import cython_blas
     from threadpoolctl import threadpool_info
 
-    capsules = cython_blas.__pyx_capi__
-    sgemm, dgemm = (_capsule_address(capsules[name]) for name in ("sgemm", "dgemm"))
+    sgemm, dgemm = _scipy_gemm()
     info = threadpool_info()
     lib = _scipy_openblas(info)
     if lib is None:

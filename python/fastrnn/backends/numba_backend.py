@@ -117,8 +117,8 @@ def _kernel_blas() -> threadpoolctl.ThreadpoolController:
     SciPy's), as a threadpoolctl handle; with no path, the BLAS SciPy loaded."""
     global _blas_controller
     if _blas_controller is None:
-        import scipy.linalg.cython_blas  # noqa: F401  (loads SciPy's BLAS)
-
+        if _k.BLAS_PATH is None:
+            import scipy.linalg.cython_blas  # noqa: F401  (loads SciPy's BLAS, the one called)
         blas = threadpoolctl.ThreadpoolController().select(user_api="blas")
         if _k.BLAS_PATH is not None:
             own = [lib.filepath for lib in blas.lib_controllers if lib.filepath == _k.BLAS_PATH]
