@@ -16,7 +16,8 @@ import fastrnn
 from conftest import make_case, need_backend
 from fastrnn.backends import _block_pool
 
-LARGE = 2 << 20  # from here an output's block is cached (OutputCache::kLargeBytes, MIN_BYTES)
+KEEP = 64 << 10  # from here an output's block is kept (OutputCache::kKeepBytes, MIN_BYTES)
+LARGE = 2 << 20  # from here in whole 2 MB pages (OutputCache::kLargeBytes, _LARGE)
 # T * B * H float32 values over LARGE: hs, the gates, the lstm cell states, dx (D = H)
 T, B, D, H = 1400, 8, 48, 48
 
@@ -88,6 +89,18 @@ def test_reused_blocks_give_the_same_bits(backend, cell, mode, dtype):
     for name, value in first.items():
         assert np.isfinite(value).all(), name
         np.testing.assert_array_equal(second[name], value, err_msg=name)
+
+
+def test_mid_size_outputs_are_kept(backend):
+    # a 256 KiB hs: glibc would give its memory back to the OS when it is freed and fault
+    # it in again at the next call, so it is kept too, in whole 64 KiB units
+    case = make_case("rnn", T=64, B=8, D=16, H=128, dtype=np.float32)
+    run = lambda: fastrnn.forward("rnn", case["params"], case["x"], backend=backend).hs  # noqa: E731
+    want = run().copy()  # hs is freed: its block is kept
+    info = _info(backend)
+    assert KEEP <= info["held"] < LARGE and info["blocks"] == 1, info
+    np.testing.assert_array_equal(run(), want)  # the kept block, poisoned, written again
+    assert _info(backend)["hits"] == info["hits"] + 1
 
 
 def _share_memory(a: fastrnn.ForwardResult, b: fastrnn.ForwardResult) -> bool:
@@ -203,8 +216,15 @@ def test_every_cache_is_reported_and_set():
 
 def test_small_outputs_come_from_numpy():
     pool = _block_pool.BlockPool()
-    small = pool.empty((LARGE // 8 - 1,), np.float64)
+    small = pool.empty((KEEP // 8 - 1,), np.float64)  # 8 bytes under KEEP
     assert small.flags.owndata and pool.info()["misses"] == 0
+    mid = pool.empty((KEEP // 8,), np.float64)
+    assert not mid.flags.owndata and pool.info()["misses"] == 1
+    assert mid.base.nbytes == 2 * KEEP  # whole 64 KiB units below LARGE
+    del mid
+    again = pool.empty((KEEP // 4,), np.float32)  # the same size class: the kept block
+    assert pool.info()["hits"] == 1 and again.base.nbytes == 2 * KEEP
     large = pool.empty((3, LARGE // 8), np.float32)
-    assert not large.flags.owndata and pool.info()["misses"] == 1
+    assert not large.flags.owndata and pool.info()["misses"] == 2
     assert large.shape == (3, LARGE // 8) and large.dtype == np.float32
+    assert large.base.nbytes == 2 * LARGE  # whole 2 MB pages

@@ -14,7 +14,7 @@ def set_output_cache(max_bytes: int) -> int:
     1 GiB each; ``0`` keeps nothing, so every large output takes new memory), freeing the
     oldest blocks beyond it; returns the previous limit. The caches are the C++ backend's
     (``src/cpp/fastrnn/output_cache.hpp``) and the numba backend's
-    (:mod:`fastrnn.backends._block_pool`): an output of 2 MiB or more (``hs``, the saved
+    (:mod:`fastrnn.backends._block_pool`): an output of 64 KiB or more (``hs``, the saved
     activations, ``dx``) lives in a block that goes back to its cache once no array uses it,
     and the next output of that size takes it without the page faults and the zeroing of
     fresh memory. They never raise the memory in use at a training step's peak, but keep it
@@ -30,7 +30,7 @@ def set_output_cache(max_bytes: int) -> int:
 def output_cache_info() -> dict[str, dict[str, int]]:
     """For each backend with an output cache ("cpp" when its extension loads, "numba"):
     ``limit`` the bytes it may hold, ``held`` the bytes it holds in ``blocks`` blocks,
-    ``hits`` and ``misses`` the outputs of 2 MiB or more that took a kept block or new
+    ``hits`` and ``misses`` the outputs of 64 KiB or more that took a kept block or new
     memory (see :func:`set_output_cache`)."""
     info = {}
     if "cpp" in _registry.available():

@@ -4,7 +4,9 @@ C++ backend's output cache (``src/cpp/fastrnn/output_cache.hpp``, design notes s
 A training step's outputs (``hs``, the saved activations, ``dx``) are hundreds of MB at
 long T; fresh memory for them costs a page fault and the kernel's zeroing of every page at
 every step (``clear_page_erms``: 10 to 12% of numba's S2 forward and training step on a
-Zen 3 EPYC). The pool hands out an array of 2 MiB or more as a view of a block it keeps
+Zen 3 EPYC), and mid-size ones, freed by glibc to the OS at every call, as much (a char-LM
+batch's 1 MB ``hs``; see ``output_cache.hpp``). The pool hands out an array of 64 KiB or
+more as a view of a block it keeps
 (NumPy's ``base`` of the view and of every view of it is that block), and takes the block
 again for a later output of the same size class once nothing but the pool refers to it:
 its reference count, compared with that of a block only the pool holds, says so. A live
@@ -22,8 +24,9 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-MIN_BYTES = 2 << 20  # smaller outputs come from NumPy, as always
-_STEP = 2 << 20  # block capacities are whole multiples of this: size classes
+MIN_BYTES = 64 << 10  # smaller outputs come from NumPy, as always
+# block capacities are whole multiples of these (size classes): _MID_STEP below _LARGE
+_MID_STEP, _LARGE = 64 << 10, 2 << 20
 _ALIGN = 64  # the byte alignment of the arrays handed out (a cache line)
 
 
@@ -34,7 +37,7 @@ def _refs(blocks: list[npt.NDArray[np.uint8]], i: int) -> int:
 
 
 class BlockPool:
-    """Blocks of 2 MiB or more kept for outputs: those in use, and free ones up to
+    """Blocks of 64 KiB or more kept for outputs: those in use, and free ones up to
     ``limit`` bytes."""
 
     def __init__(self, limit: int = 1 << 30) -> None:
@@ -51,7 +54,8 @@ class BlockPool:
         nbytes = math.prod(shape) * dt.itemsize
         if nbytes < MIN_BYTES or self.limit == 0:
             return np.empty(shape, dt)
-        capacity = -(-(nbytes + _ALIGN) // _STEP) * _STEP
+        step = _LARGE if nbytes + _ALIGN >= _LARGE else _MID_STEP
+        capacity = -(-(nbytes + _ALIGN) // step) * step
         with self._lock:
             block = self._take(capacity)
             if block is None:
@@ -105,7 +109,7 @@ class BlockPool:
     def info(self) -> dict[str, int]:
         """``limit``; ``held``, the bytes of the ``blocks`` free blocks kept (the limit is
         applied at every large output and here: arrays freed since the last call may have
-        left more); ``hits`` and ``misses``, the outputs of 2 MiB or more that took a kept
+        left more); ``hits`` and ``misses``, the outputs of 64 KiB or more that took a kept
         block or new memory."""
         with self._lock:
             self._trim()

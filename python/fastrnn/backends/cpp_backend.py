@@ -106,8 +106,8 @@ else:
 def output_cache_info() -> dict[str, int]:
     """The C++ backend's cache of large output blocks (``src/cpp/fastrnn/output_cache.hpp``):
     ``limit`` the bytes it may hold, ``held`` the bytes it holds in ``blocks`` blocks,
-    ``hits`` and ``misses`` the outputs of 2 MB or more that took a kept block or new
-    memory. Every output array the kernels return lives in a block of it; a large block
+    ``hits`` and ``misses`` the outputs of 64 KiB or more that took a kept block or new
+    memory. Every output array the kernels return lives in a block of it; a kept block
     goes back to the cache when NumPy frees the array, and the next output of the same
     size class takes it without the page faults and the zeroing of fresh memory."""
     _loaded()
