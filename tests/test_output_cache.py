@@ -214,7 +214,7 @@ def test_every_cache_is_reported_and_set():
     assert "set_output_cache" in fastrnn.__all__ and "output_cache_info" in fastrnn.__all__
 
 
-def test_small_outputs_come_from_numpy():
+def test_pool_size_classes():  # under KEEP: NumPy's memory; 64 KiB, then 2 MB units
     pool = _block_pool.BlockPool()
     small = pool.empty((KEEP // 8 - 1,), np.float64)  # 8 bytes under KEEP
     assert small.flags.owndata and pool.info()["misses"] == 0

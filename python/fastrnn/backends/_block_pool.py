@@ -4,14 +4,14 @@ C++ backend's output cache (``src/cpp/fastrnn/output_cache.hpp``, design notes s
 A training step's outputs (``hs``, the saved activations, ``dx``) are hundreds of MB at
 long T; fresh memory for them costs a page fault and the kernel's zeroing of every page at
 every step (``clear_page_erms``: 10 to 12% of numba's S2 forward and training step on a
-Zen 3 EPYC), and mid-size ones, freed by glibc to the OS at every call, as much (a char-LM
-batch's 1 MB ``hs``; see ``output_cache.hpp``). The pool hands out an array of 64 KiB or
-more as a view of a block it keeps
-(NumPy's ``base`` of the view and of every view of it is that block), and takes the block
-again for a later output of the same size class once nothing but the pool refers to it:
-its reference count, compared with that of a block only the pool holds, says so. A live
-array therefore never shares memory with another output, whatever views or pickles of it
-are around, and memory NumPy would have freed is kept only up to the limit.
+Zen 3 EPYC), and mid-size ones as much, which glibc gives back to the OS when they are
+freed (a char-LM batch's 1 MB ``hs``; see ``output_cache.hpp``). The pool hands out an
+array of 64 KiB or more as a view of a block it keeps (NumPy's ``base`` of the view and of
+every view of it is that block), and takes the block again for a later output of the
+same size class once nothing but the pool refers to it: its reference count, compared with
+that of a block only the pool holds, says so. A live array therefore never shares memory
+with another output, whatever views or pickles of it are around, and memory NumPy would
+have freed is kept only up to the limit.
 """
 
 from __future__ import annotations
