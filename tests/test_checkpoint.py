@@ -264,7 +264,9 @@ def test_peak_memory_of_a_long_checkpointed_run(backend_name, head):
     from conftest import need_backend
 
     need_backend(backend_name)
-    T, B, D, H = 60_000, 16, 4, 64
+    # the NumPy reference at half the length (13 s a run at 60,000 steps on a slow CI
+    # machine): the bound below still tells full BPTT and a dh of all steps from the schedule
+    T, B, D, H = (30_000 if backend_name == "numpy" else 60_000), 16, 4, 64
     script = (_PEAK_HEAD_SCRIPT if head else _PEAK_SCRIPT).format(T=T)
     plan = fastrnn.checkpoint_plan("lstm", T, B, H, np.float32, "sqrt")
     outputs = 4 * T * B * (H + D)  # hs and dx
