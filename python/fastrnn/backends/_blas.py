@@ -58,8 +58,8 @@ def find_blas(source: str | None = None) -> tuple[BlasHandover, str | None]:
     """``((sgemm, dgemm, get_num_threads, set_num_threads, name, int64, kernel_isa), path)``:
     addresses of the BLAS functions the kernels call and of the thread setters of the
     OpenBLAS behind them and the path of that library, or zeros, ``"none: <why>"`` and
-    ``None``; ``kernel_isa`` how wide that
-    OpenBLAS's kernels run on this CPU (``fastrnn._sysinfo.blas_width_isa``). ``source``:
+    ``None``; ``kernel_isa`` how wide that OpenBLAS's kernels run on this CPU
+    (``fastrnn._sysinfo.blas_width_isa``). ``source``:
     ``"numpy"`` (NumPy's own OpenBLAS, ILP64: ``int64`` is True) or ``"scipy"``
     (``scipy.linalg.cython_blas``, LP64); default the environment variable ``FASTRNN_BLAS``
     or ``"numpy"``, falling back to the other."""
@@ -112,6 +112,21 @@ def _thread_setters(dll: ctypes.CDLL, path: str) -> list[int]:
     return setters
 
 
+def _handover(
+    lib: dict[str, Any], sgemm: int, dgemm: int, int64: bool, via: str
+) -> tuple[BlasHandover, str]:
+    """The handover of ``sgemm``/``dgemm`` of the OpenBLAS threadpoolctl describes as
+    ``lib``, with that library's thread setters, its description and its path."""
+    path = lib["filepath"]
+    get, set_ = _thread_setters(ctypes.CDLL(path), path)
+    name = (
+        f"openblas {lib.get('version')} ({lib.get('architecture')} kernels) via {via}, "
+        f"{os.path.basename(path)}"
+    )
+    isa = blas_width_isa(lib.get("architecture"))
+    return (sgemm, dgemm, get, set_, name, int64, isa), path
+
+
 def _numpy_blas() -> tuple[BlasHandover, str]:
     import numpy
     from threadpoolctl import threadpool_info
@@ -137,13 +152,7 @@ def _numpy_blas() -> tuple[BlasHandover, str]:
         if not address:
             raise LookupError(f"no ILP64 {t}gemm in {lib['filepath']}")
         gemm.append(address)
-    get, set_ = _thread_setters(dll, lib["filepath"])
-    name = (
-        f"openblas {lib.get('version')} ({lib.get('architecture')} kernels) via NumPy, ILP64, "
-        f"{os.path.basename(lib['filepath'])}"
-    )
-    isa = blas_width_isa(lib.get("architecture"))
-    return (gemm[0], gemm[1], get, set_, name, True, isa), lib["filepath"]
+    return _handover(lib, gemm[0], gemm[1], True, "NumPy, ILP64")
 
 
 def _scipy_blas() -> tuple[BlasHandover, str]:
@@ -155,11 +164,4 @@ def _scipy_blas() -> tuple[BlasHandover, str]:
     if lib is None:
         found = sorted({str(i.get("internal_api")) for i in info if i.get("user_api") == "blas"})
         raise LookupError(f"SciPy's BLAS is not one OpenBLAS (found: {found or 'none'})")
-    dll = ctypes.CDLL(lib["filepath"])
-    get, set_ = _thread_setters(dll, lib["filepath"])
-    name = (
-        f"openblas {lib.get('version')} ({lib.get('architecture')} kernels) via SciPy, "
-        f"{os.path.basename(lib['filepath'])}"
-    )
-    isa = blas_width_isa(lib.get("architecture"))
-    return (sgemm, dgemm, get, set_, name, False, isa), lib["filepath"]
+    return _handover(lib, sgemm, dgemm, False, "SciPy")

@@ -25,8 +25,8 @@ import numpy as np
 import numpy.typing as npt
 
 MIN_BYTES = 64 << 10  # smaller outputs come from NumPy, as always
-# block capacities are whole multiples of these (size classes): _MID_STEP below _LARGE
-_MID_STEP, _LARGE = 64 << 10, 2 << 20
+# block capacities (size classes): whole multiples of MIN_BYTES below _LARGE, of _LARGE above
+_LARGE = 2 << 20
 _ALIGN = 64  # the byte alignment of the arrays handed out (a cache line)
 
 
@@ -54,7 +54,7 @@ class BlockPool:
         nbytes = math.prod(shape) * dt.itemsize
         if nbytes < MIN_BYTES or self.limit == 0:
             return np.empty(shape, dt)
-        step = _LARGE if nbytes + _ALIGN >= _LARGE else _MID_STEP
+        step = _LARGE if nbytes + _ALIGN >= _LARGE else MIN_BYTES
         capacity = -(-(nbytes + _ALIGN) // step) * step
         with self._lock:
             block = self._take(capacity)

@@ -120,14 +120,11 @@ def _kernel_blas() -> threadpoolctl.ThreadpoolController:
         if _k.BLAS_PATH is None:
             import scipy.linalg.cython_blas  # noqa: F401  (loads SciPy's BLAS, the one called)
         blas = threadpoolctl.ThreadpoolController().select(user_api="blas")
+        paths = [lib.filepath for lib in blas.lib_controllers]
         if _k.BLAS_PATH is not None:
-            own = [lib.filepath for lib in blas.lib_controllers if lib.filepath == _k.BLAS_PATH]
-        else:
-            own = [
-                lib.filepath
-                for lib in blas.lib_controllers
-                if "scipy" in os.path.basename(os.path.dirname(lib.filepath))
-            ]
+            own = [p for p in paths if p == _k.BLAS_PATH]
+        else:  # SciPy's wheel keeps its OpenBLAS in scipy.libs
+            own = [p for p in paths if "scipy" in os.path.basename(os.path.dirname(p))]
         _blas_controller = blas.select(filepath=own) if own else blas
     return _blas_controller
 

@@ -18,7 +18,7 @@
 //
 // Rules: blocks under kKeepBytes come from the C allocator (64-byte aligned) and go back
 // to it (malloc reuses those from its free lists); a kept block has a whole number of
-// kMidBytes units, or of 2 MB pages from kLargeBytes (so a block fits every request of its
+// kKeepBytes units, or of 2 MB pages from kLargeBytes (so a block fits every request of its
 // size class; a large one asked for with MADV_HUGEPAGE like NumPy's own), and goes back to
 // the cache, newest kept, oldest freed first once the cache holds more than its limit
 // (kDefaultLimit, or set_limit; 0 keeps nothing). A request takes a kept block of exactly
@@ -54,7 +54,6 @@ class OutputCache {
  public:
   static constexpr std::size_t kAlign = 64;
   static constexpr std::size_t kKeepBytes = std::size_t(64) << 10;
-  static constexpr std::size_t kMidBytes = std::size_t(64) << 10;
   static constexpr std::size_t kLargeBytes = std::size_t(2) << 20;
   static constexpr std::size_t kDefaultLimit = std::size_t(1) << 30;
 
@@ -64,11 +63,11 @@ class OutputCache {
     return *cache;
   }
 
-  // The capacity a request of `bytes` gets: whole kAlign units, whole kMidBytes units from
-  // kKeepBytes, whole 2 MB pages from kLargeBytes.
+  // The capacity a request of `bytes` gets: whole kAlign units, whole kKeepBytes units
+  // from kKeepBytes, whole 2 MB pages from kLargeBytes.
   static std::size_t capacity_for(std::size_t bytes) {
     const std::size_t unit =
-        bytes >= kLargeBytes ? kLargeBytes : bytes >= kKeepBytes ? kMidBytes : kAlign;
+        bytes >= kLargeBytes ? kLargeBytes : bytes >= kKeepBytes ? kKeepBytes : kAlign;
     return (std::max<std::size_t>(bytes, 1) + unit - 1) / unit * unit;
   }
 
