@@ -126,6 +126,54 @@ def test_blas_and_in_house_products_match_the_reference(
     assert kernels.blas().startswith("none")
 
 
+def step_takes_blas(level: str, blas_isa: str, GH: int, H: int, nb: int) -> bool:
+    """blas.hpp's step_uses_blas restated: whether a worker's per-step product of GH x H
+    weights and nb columns goes to BLAS at a level, beside BLAS kernels as wide as blas_isa."""
+    if level == "generic" and blas_isa != "generic":  # BLAS takes all ...
+        return blas_isa == "avx512" or nb >= 4  # ... but 1 to 3 columns beside AVX2 kernels
+    if WIDTH[blas_isa] > WIDTH[level]:
+        return nb >= 64 and GH * H * nb >= 2**21
+    if level == "generic":
+        return GH * H * nb >= 2**21
+    return nb >= 256 and GH * H * nb >= 2**24
+
+
+@pytest.mark.skipif(BLAS[0] == 0, reason=f"no BLAS to hand over: {BLAS[4]}")
+@pytest.mark.parametrize("level", LEVELS)
+def test_the_per_step_product_rule(kernels_at, level):
+    """Which per-step products go to BLAS, by level and BLAS width, on both sides of each
+    threshold (columns, multiply-adds, the generic module's 4 columns beside AVX2 kernels)."""
+    sizes = [(64, 64, n) for n in (1, 2, 3, 4, 16, 512)]
+    sizes += [(1024, 256, n) for n in (8, 63, 64, 255, 256)] + [(4096, 1024, 256)]
+    for blas_isa in ("generic", "avx2", "avx512"):
+        kernels = kernels_at(level, (*BLAS[:6], blas_isa))
+        got = {s: kernels.step_uses_blas(*s) for s in sizes}
+        assert got == {s: step_takes_blas(level, blas_isa, *s) for s in sizes}, blas_isa
+    kernels.set_blas(*NO_BLAS)
+    assert not any(kernels.step_uses_blas(*s) for s in sizes)
+
+
+@pytest.mark.skipif(BLAS[0] == 0, reason=f"no BLAS to hand over: {BLAS[4]}")
+@pytest.mark.parametrize("cell", ["rnn", "lstm", "gru"])
+def test_generic_kernels_keep_narrow_step_products_beside_avx2_blas(kernels_at, cell):
+    """The generic module beside AVX2 BLAS kernels sends every product to BLAS but the
+    per-step products of 1 to 3 columns: with 4 sequences the forward's and the backward's
+    step products add a BLAS call each a step, with 3 none; both match the reference."""
+    if "generic" not in LEVELS:
+        pytest.skip("the generic kernels are not built here")
+    kernels = kernels_at("generic", (*BLAS[:6], "avx2"))
+    T, calls = 64, {}
+    for B in (3, 4):
+        case = make_case(cell, T=T, B=B, D=9, H=20, lengths=True, h0=True, seed=B)
+        before = kernels.blas_calls()
+        got = raw_forward_backward(kernels, cell, case, 1)
+        calls[B] = kernels.blas_calls() - before
+        want = reference_forward_backward(cell, case)
+        assert_close_to(got, want, np.float64, RTOL[np.float64])
+    assert calls[3] > 0  # the projection and the block products
+    assert calls[4] - calls[3] == 2 * T, calls
+
+
 @pytest.mark.skipif(BLAS[0] == 0, reason=f"no BLAS to hand over: {BLAS[4]}")
 def test_openblas_thread_count_is_restored_after_a_kernel():
     from threadpoolctl import threadpool_info

@@ -64,7 +64,12 @@ def blas_calls() -> int:
 
 def blas_takes_all() -> bool:
     """Whether every product goes to BLAS (the generic module beside AVX2 or wider BLAS
-    kernels), not only the large ones."""
+    kernels), not only the large ones (but the per-step products of fewer than 4 columns
+    beside AVX2 kernels: step_uses_blas)."""
+
+def step_uses_blas(GH: int, H: int, nb: int) -> bool:
+    """Whether a worker's per-step recurrent product (GH x H weights times nb columns)
+    goes to BLAS, by blas.hpp's rules for this module and the BLAS handed over now."""
 
 def blas_width() -> str:
     """How wide the BLAS's kernels run, as set_blas's kernel_isa said: "generic", "avx2"

@@ -591,7 +591,15 @@ void define_kernels(py::module_ m) {
   m.def(
       "blas_takes_all", [k] { return k->blas_takes_all(); },
       "Whether every product goes to BLAS (this module is the generic one and the BLAS's "
-      "kernels are AVX2 or wider), not only the large ones.");
+      "kernels are AVX2 or wider), not only the large ones (but the per-step products of "
+      "fewer than 4 columns beside AVX2 kernels: step_uses_blas).");
+  m.def(
+      "step_uses_blas",
+      [k](long long GH, long long H, long long nb) { return k->step_uses_blas(GH, H, nb); },
+      py::arg("GH"), py::arg("H"), py::arg("nb"),
+      "Whether a worker's per-step recurrent product (GH x H weights times nb columns: the "
+      "forward's W_hh h, the backward's W_hh^T dA) goes to BLAS, by blas.hpp's rules for "
+      "this module and the BLAS handed over now.");
   m.def(
       "blas_width",
       [k] {

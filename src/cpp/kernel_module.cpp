@@ -58,6 +58,10 @@ bool blas_takes_all() { return fastrnn::blas_takes_all(fastrnn::current_blas());
 
 int blas_level() { return fastrnn::current_blas().level; }
 
+bool step_uses_blas(long long GH, long long H, long long nb) {
+  return fastrnn::step_uses_blas(fastrnn::current_blas(), GH, H, nb);
+}
+
 void set_thread_team(std::uintptr_t parallel, std::uintptr_t thread_num,
                      std::uintptr_t num_threads, const char* name) {
   fastrnn::ThreadTeam team;
@@ -90,6 +94,7 @@ fastrnn::KernelTable make_table() {
   t.blas_calls = &blas_calls;
   t.blas_takes_all = &blas_takes_all;
   t.blas_level = &blas_level;
+  t.step_uses_blas = &step_uses_blas;
   t.set_thread_team = &set_thread_team;
   t.thread_team_name = &thread_team_name;
   t.team_calls = &team_calls;

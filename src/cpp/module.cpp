@@ -100,7 +100,8 @@ py::dict build_info() {
       const auto width = kernels.attr("blas_width")().cast<std::string>();
       info["blas_products"] =
           kernels.attr("blas_takes_all")().cast<bool>()
-              ? "every product (generic kernels beside BLAS kernels as wide as " + width + ")"
+              ? "every product (generic kernels beside BLAS kernels as wide as " + width +
+                    (width == "avx2" ? "; per-step products of 1 to 3 columns in-house)" : ")")
               : "large products (blas.hpp's thresholds for BLAS kernels as wide as " + width +
                     " beside " + kernel_isa() + " kernels)";
     }

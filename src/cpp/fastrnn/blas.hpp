@@ -193,12 +193,28 @@ inline bool blas_takes_all(const BlasFunctions& f) {
   return f.usable() && kModuleLevel == 0 && f.level >= 1;
 }
 
-// Whether the per-step product of a worker's nb columns goes to BLAS (see above): every
-// one where BLAS takes all, else by the thresholds for BLAS kernels as wide as this
-// module's, or for twice as wide ones (an avx2 module beside full-width AVX-512 kernels).
+// Where BLAS takes all and its kernels run AVX2 + FMA (4x the generic module's
+// multiply-adds a cycle), the per-step product still stays in-house below this many
+// columns: at one to three columns OpenBLAS's call and packing cost more than the SSE2
+// product. Measured (AMD EPYC Zen 3, OpenBLAS's Haswell kernels, FASTRNN_CPP_ISA=generic,
+// float32 train step, D = 32, H = 64, T = 5000, 1 thread, us/step, rnn / lstm / gru,
+// two alternating runs, every step product to BLAS -> in-house up to nb columns):
+//   B=1 (S1, T = 10000)  2.94 / 16.2 / 9.24  ->  2.02 / 7.32 / 5.88
+//   B=2   5.71, 5.25 / 19.3, 15.9 / 16.2, 16.6  ->  3.41, 4.12 / 12.1, 16.4 / 9.25, 8.39
+//   B=3   8.42, 6.94 / 23.2, 22.8 / 17.0, 17.0  ->  6.47, 5.99 / 16.2, 22.0 / 13.9, 11.7
+//   B=4   8.02, 5.58 / 20.5, 22.6 / 15.0, 21.2  ->  7.64, 7.84 / 27.9, 22.2 / 21.9, 23.1
+//   B=8   9.96, 13.2 / 35.9, 35.5 / 33.7, 27.1  ->  15.6, 12.2 / 39.4, 49.0 / 41.3, 36.1
+//   B=16 (S2)  17.5 / 68.8 / 53.0  ->  23.8 / 85.7 / 66.5
+// Beside AVX-512 kernels (8x) every product goes to BLAS, as measured on a Xeon (above).
+constexpr Index kTakesAllStepBlasMinColumns = 4;  // BLAS from 4 columns
+
+// Whether the per-step product of a worker's nb columns goes to BLAS (see above): where
+// BLAS takes all, every one with at least kTakesAllStepBlasMinColumns columns (any beside
+// AVX-512 kernels), else by the thresholds for BLAS kernels as wide as this module's, or for
+// twice as wide ones (an avx2 module beside full-width AVX-512 kernels).
 inline bool step_uses_blas(const BlasFunctions& f, Index GH, Index H, Index nb) {
   if (GH * H > INT_MAX || !f.usable()) return false;
-  if (blas_takes_all(f)) return true;
+  if (blas_takes_all(f)) return f.level >= 2 || nb >= kTakesAllStepBlasMinColumns;
   const bool wider = f.level > kModuleLevel;
   return nb >= (wider ? kWiderStepBlasMinColumns : kStepBlasMinColumns) &&
          GH * H * nb >= (wider ? kWiderStepBlasMinFlops : kStepBlasMinFlops);

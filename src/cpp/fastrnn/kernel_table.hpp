@@ -32,8 +32,8 @@ struct HeadProblem;
 template <class T>
 struct HeadOutput;
 
-constexpr std::uint32_t kKernelTableVersion = 5;  // 2: Problem::ids; 3: set_thread_team;
-// 4: set_blas's level, blas_takes_all; 5: blas_level
+constexpr std::uint32_t kKernelTableVersion = 6;  // 2: Problem::ids; 3: set_thread_team;
+// 4: set_blas's level, blas_takes_all; 5: blas_level; 6: step_uses_blas
 
 // What a kernel entry point reports: ok, or the C++ exception it caught (out of memory, or
 // any other std::exception with its message), which the bindings raise as MemoryError or
@@ -78,6 +78,9 @@ struct KernelTable {
   long long (*blas_calls)();
   bool (*blas_takes_all)();  // blas.hpp's blas_takes_all for the BLAS handed over now
   int (*blas_level)();       // how wide its kernels run (BlasFunctions::level)
+  // blas.hpp's step_uses_blas for the BLAS handed over now: whether a worker's per-step
+  // product of GH x H weights and nb columns goes to BLAS
+  bool (*step_uses_blas)(long long GH, long long H, long long nb);
   // A host's OpenMP runtime for the workers (parallel.hpp's ThreadTeam; 0s withdraw it),
   // with the same conventions as set_blas.
   void (*set_thread_team)(std::uintptr_t parallel, std::uintptr_t thread_num,
