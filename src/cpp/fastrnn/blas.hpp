@@ -205,6 +205,8 @@ inline bool blas_takes_all(const BlasFunctions& f) {
 //   B=4   8.02, 5.58 / 20.5, 22.6 / 15.0, 21.2  ->  7.64, 7.84 / 27.9, 22.2 / 21.9, 23.1
 //   B=8   9.96, 13.2 / 35.9, 35.5 / 33.7, 27.1  ->  15.6, 12.2 / 39.4, 49.0 / 41.3, 36.1
 //   B=16 (S2)  17.5 / 68.8 / 53.0  ->  23.8 / 85.7 / 66.5
+//   float64, B=1 (S1), two runs  5.42, 5.35 / 21.7, 23.4 / 14.2, 14.6  ->  3.74, 3.68 /
+//                                12.9, 13.1 / 9.81, 9.14
 // Beside AVX-512 kernels (8x) every product goes to BLAS, as measured on a Xeon (above).
 constexpr Index kTakesAllStepBlasMinColumns = 4;  // BLAS from 4 columns
 
