@@ -435,13 +435,72 @@ def test_small_product_is_the_matrix_product(kernels, dtype, m, k, n):
     """The in-house per-step product (used where SciPy's OpenBLAS has no small-matrix
     path) equals a @ b: blocks of four rows and the rows left over, whole groups of four
     (eight) rows of b and the rest."""
-    rng = np.random.default_rng(3)
+    _checked_product(kernels._small_product, dtype, m, k, n, seed=3)
+
+
+def _checked_product(product, dtype, m, k, n, seed):
+    """a, b and product(a, b, out) for random a (m, k), b (k, n), checked to be a @ b up to
+    the rounding of a sum of k products in any order; out starts as NaN (every element must
+    be written)."""
+    rng = np.random.default_rng(seed)
     a, b = rng.normal(size=(m, k)).astype(dtype), rng.normal(size=(k, n)).astype(dtype)
     out = np.full((m, n), np.nan, dtype=dtype)
-    kernels._small_product(a, b, out)
-    eps = np.finfo(dtype).eps
-    bound = k * eps * (np.abs(a) @ np.abs(b))  # a sum of k products, in another order
+    product(a, b, out)
+    bound = k * np.finfo(dtype).eps * (np.abs(a) @ np.abs(b))
     assert np.all(np.abs(out - a @ b) <= bound), np.abs(out - a @ b).max()
+    return a, b, out
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64], ids=["f32", "f64"])
+@pytest.mark.parametrize(
+    ("m", "k", "n"),
+    [
+        (1, 64, 64),  # one row: 8-vector tiles
+        (1, 13, 7),  # fewer columns than a vector: single elements
+        (3, 21, 33),
+        (4, 4, 1),
+        (4, 64, 16),  # one 4 x 2 tile (float32) or two (float64)
+        (7, 9, 5),
+        (9, 37, 45),  # 4-row tiles, then every kind of one-row tile
+        (16, 64, 256),  # 64 KiB of float32 weights: the largest tiled
+        (16, 256, 64),
+        (32, 8, 100),
+    ],
+)
+def test_tiled_product_is_the_matrix_product_and_rows_stand_alone(kernels, dtype, m, k, n):
+    """The register tiles (LLVM IR, _fma_tile) give a @ b, every row the same bits as that
+    row alone (its sum does not depend on the tile that computed it: the same bits whatever
+    the chunks of the batch), and every element written."""
+    a, b, out = _checked_product(kernels._tiled_product, dtype, m, k, n, seed=5)
+    for r in range(m):
+        alone = np.full((1, n), np.nan, dtype=dtype)
+        kernels._tiled_product(a[r : r + 1].copy(), b, alone)
+        np.testing.assert_array_equal(alone[0], out[r], err_msg=f"row {r}")
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64], ids=["f32", "f64"])
+def test_per_step_product_takes_the_tiles_for_small_weights(kernels, dtype):
+    """_gemm (the per-step product in the kernels) runs the register tiles where the weights
+    fit in TILE_BYTES, else _small_product (both in-house where SMALL_PRODUCT_BYTES allows,
+    else BLAS): each case gives the bits of its path. (The two in-house paths may agree in
+    every bit: with reassociation allowed LLVM may contract _small_product's sums into the
+    tiles' chain of multiply-adds; a BLAS call sums in blocks, in another order.)"""
+    from numba import njit
+
+    @njit(fastmath=kernels.FASTMATH, error_model="numpy")  # as the kernels are compiled
+    def step_product(a, b, out):
+        kernels._gemm(a, b, out)
+
+    item = np.dtype(dtype).itemsize
+    most = kernels.TILE_BYTES // 16 // item  # columns of 16 rows of weights in TILE_BYTES
+    for m, k, n in [(16, 64, 64), (8, 16, most), (8, 16, most + 1)]:
+        a, b, got = _checked_product(step_product, dtype, m, k, n, seed=6)
+        if k * n * item > kernels.SMALL_PRODUCT_BYTES:  # BLAS: checked against a @ b only
+            continue
+        tiled = k * n * item <= kernels.TILE_BYTES
+        want = np.empty((m, n), dtype)
+        (kernels._tiled_product if tiled else kernels._small_product)(a, b, want)
+        np.testing.assert_array_equal(got, want, err_msg=f"{(m, k, n)}")
 
 
 def test_small_products_follow_the_bound_openblas_kernels(kernels):
