@@ -98,10 +98,12 @@ py::dict build_info() {
     // which products go there (blas.hpp: the large ones, or every one)
     if (!kernels.is_none()) {
       const auto width = kernels.attr("blas_width")().cast<std::string>();
+      // a one-column per-step product in-house where BLAS takes the rest: blas.hpp's rule
+      const bool narrow_in_house = !kernels.attr("step_uses_blas")(1, 1, 1).cast<bool>();
       info["blas_products"] =
           kernels.attr("blas_takes_all")().cast<bool>()
               ? "every product (generic kernels beside BLAS kernels as wide as " + width +
-                    (width == "avx2" ? "; per-step products of 1 to 3 columns in-house)" : ")")
+                    (narrow_in_house ? "; per-step products of 1 to 3 columns in-house)" : ")")
               : "large products (blas.hpp's thresholds for BLAS kernels as wide as " + width +
                     " beside " + kernel_isa() + " kernels)";
     }

@@ -546,8 +546,10 @@ def _fma_tile(rows: int, vectors: int, lanes: bool) -> Any:
                 stride = cgutils.unpack_tuple(builder, arr.strides, 2)[0]
                 return builder.sdiv(stride, ir.Constant(i64, size))
 
-            def at(arr: Any, row: Any, col: Any) -> Any:  # pointer to a vector (or element)
-                ptr = builder.gep(arr.data, [builder.add(builder.mul(row, ld(arr)), col)])
+            lda, ldb, ldo = ld(A), ld(B), ld(O)  # once, before the loop
+
+            def at(data: Any, start: Any, col: Any) -> Any:  # pointer to a vector (or element)
+                ptr = builder.gep(data, [builder.add(start, col)])
                 return builder.bitcast(ptr, vt.as_pointer()) if L > 1 else ptr
 
             zero = ir.Constant(vt, [ir.Constant(ft, 0.0)] * L) if L > 1 else ir.Constant(ft, 0.0)
@@ -556,15 +558,15 @@ def _fma_tile(rows: int, vectors: int, lanes: bool) -> Any:
                 for _ in range(rows)
             ]  # promoted to registers by LLVM
             row = [builder.add(args[3], ir.Constant(i64, r)) for r in range(rows)]
+            a_row = [builder.mul(r, lda) for r in row]  # where each row of a starts
             col = [builder.add(args[4], ir.Constant(i64, v * L)) for v in range(vectors)]
             K = cgutils.unpack_tuple(builder, A.shape, 2)[1]
             with cgutils.for_range(builder, K) as loop:
                 q = loop.index
-                bq = [builder.load(at(B, q, col[v]), align=size) for v in range(vectors)]
+                b_row = builder.mul(q, ldb)
+                bq = [builder.load(at(B.data, b_row, col[v]), align=size) for v in range(vectors)]
                 for r in range(rows):
-                    x = builder.load(
-                        builder.gep(A.data, [builder.add(builder.mul(row[r], ld(A)), q)])
-                    )
+                    x = builder.load(builder.gep(A.data, [builder.add(a_row[r], q)]))
                     if L > 1:  # broadcast
                         x = builder.insert_element(
                             ir.Constant(vt, ir.Undefined), x, ir.Constant(ir.IntType(32), 0)
@@ -578,8 +580,9 @@ def _fma_tile(rows: int, vectors: int, lanes: bool) -> Any:
                         s = builder.load(acc[r][v])
                         builder.store(builder.call(fma, [x, bq[v], s]), acc[r][v])
             for r in range(rows):
+                o_row = builder.mul(row[r], ldo)
                 for v in range(vectors):
-                    builder.store(builder.load(acc[r][v]), at(O, row[r], col[v]), align=size)
+                    builder.store(builder.load(acc[r][v]), at(O.data, o_row, col[v]), align=size)
             return context.get_dummy_value()
 
         return types.void(a, b, out, i, j), codegen
